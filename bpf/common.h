@@ -1,0 +1,108 @@
+/* SPDX-License-Identifier: GPL-2.0 OR MIT */
+/* Shared by every kernel program of cleartap: the event ring buffer, the
+ * in-kernel filters, loss counters and the fd -> socket -> tuple walk. */
+#ifndef CLEARTAP_COMMON_H
+#define CLEARTAP_COMMON_H
+
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_endian.h>
+#include "events.h"
+
+char LICENSE[] SEC("license") = "Dual MIT/GPL";
+
+/* Filters, set by user space before load. Zero/empty means "no filter". */
+const volatile __u32 filter_pid = 0;
+const volatile __u32 filter_uid_enabled = 0;
+const volatile __u32 filter_uid = 0;
+const volatile __u32 filter_comm_enabled = 0;
+const volatile char filter_comm[CT_COMM_LEN] = {};
+
+/* One ring buffer for every event; its size is set by user space. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 24);
+} events SEC(".maps");
+
+/* Per-CPU counters, summed by user space (see enum ct_stat). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, CT_STAT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} stats SEC(".maps");
+
+static __always_inline void stat_add(__u32 which, __u64 n)
+{
+	__u64 *v = bpf_map_lookup_elem(&stats, &which);
+	if (v)
+		*v += n;
+}
+
+/* True when the current task passes --pid/--uid/--comm. Called before any
+ * copy so that a filtered-out process costs only the trap. */
+static __always_inline bool current_task_wanted(void)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	if (filter_pid && (__u32)(pid_tgid >> 32) != filter_pid)
+		return false;
+	if (filter_uid_enabled && (__u32)bpf_get_current_uid_gid() != filter_uid)
+		return false;
+	if (filter_comm_enabled) {
+		char comm[CT_COMM_LEN];
+		bpf_get_current_comm(comm, sizeof(comm));
+		for (int i = 0; i < CT_COMM_LEN; i++) {
+			if (comm[i] != filter_comm[i])
+				return false;
+			if (comm[i] == 0)
+				break;
+		}
+	}
+	return true;
+}
+
+#define S_IFMT 00170000
+#define S_IFSOCK 0140000
+#define AF_INET 2
+#define AF_INET6 10
+
+/* Fill the connection tuple of the current task's fd, if it is an inet
+ * socket. Reads kernel structs through CO-RE only: no offsets of ours. */
+static __always_inline void fd_to_tuple(int fd, struct ct_tuple *t)
+{
+	if (fd < 0)
+		return;
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
+	if (!fdt || (unsigned int)fd >= BPF_CORE_READ(fdt, max_fds))
+		return;
+	struct file **fds = BPF_CORE_READ(fdt, fd);
+	struct file *file = NULL;
+	bpf_core_read(&file, sizeof(file), &fds[fd]);
+	if (!file)
+		return;
+	umode_t mode = BPF_CORE_READ(file, f_inode, i_mode);
+	if ((mode & S_IFMT) != S_IFSOCK)
+		return;
+	struct socket *sock = BPF_CORE_READ(file, private_data);
+	struct sock *sk = BPF_CORE_READ(sock, sk);
+	if (!sk)
+		return;
+	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	if (family == AF_INET) {
+		bpf_core_read(t->laddr, 4, &sk->__sk_common.skc_rcv_saddr);
+		bpf_core_read(t->raddr, 4, &sk->__sk_common.skc_daddr);
+	} else if (family == AF_INET6) {
+		bpf_core_read(t->laddr, 16, &sk->__sk_common.skc_v6_rcv_saddr);
+		bpf_core_read(t->raddr, 16, &sk->__sk_common.skc_v6_daddr);
+	} else {
+		return;
+	}
+	t->family = family;
+	t->lport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	t->rport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+}
+
+#endif

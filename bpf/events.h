@@ -1,0 +1,74 @@
+/* SPDX-License-Identifier: GPL-2.0 OR MIT */
+/* The records kernel programs put in the ring buffer. This is the single
+ * definition: libbpf-cargo generates the Rust types from it. Every record
+ * starts with a __u32 kind (enum ct_event_kind). */
+#ifndef CLEARTAP_EVENTS_H
+#define CLEARTAP_EVENTS_H
+
+#define CT_COMM_LEN 16
+
+enum ct_event_kind {
+	CT_EV_TLS_DATA = 1,
+};
+
+enum ct_stat {
+	CT_STAT_RECORDS = 0,	/* records committed to the ring buffer */
+	CT_STAT_LOST_RECORDS,	/* records that found the ring buffer full */
+	CT_STAT_LOST_BYTES,	/* payload bytes in those records */
+	CT_STAT_TRUNCATED_BYTES,/* bytes beyond the per-call ceiling */
+	CT_STAT_MAX,
+};
+
+/* Record flags. */
+enum ct_flags {
+	CT_FLAG_FAULT = 1,     /* user memory could not be read: data[] is zeros */
+	CT_FLAG_TRUNCATED = 2, /* the call exceeded CT_CALL_MAX: the rest is counted lost */
+};
+
+enum ct_direction {
+	CT_DIR_SEND = 1,
+	CT_DIR_RECV = 2,
+};
+
+/* Functions a TLS record can come from. */
+enum ct_tls_function {
+	CT_FN_SSL_WRITE = 1,
+	CT_FN_SSL_READ,
+	CT_FN_SSL_WRITE_EX,
+	CT_FN_SSL_READ_EX,
+};
+
+struct ct_tuple {
+	__u16 family; /* 0: unknown (not an inet socket, or fd not found) */
+	__u16 lport;
+	__u16 rport;
+	__u16 _pad;
+	__u8 laddr[16];
+	__u8 raddr[16];
+};
+
+/* Header of one chunk of the plaintext of one SSL_* call; `len` payload
+ * bytes follow it in the record. A call larger than one chunk arrives as
+ * several records with the same conn/call_seq and increasing offset. */
+struct ct_tls_data {
+	__u32 kind;
+	__u32 flags;
+	__u64 ts_ns;     /* CLOCK_MONOTONIC at the call's return */
+	__u64 conn;      /* the SSL* (opaque; unique within pid while open) */
+	__u64 call_seq;  /* per-connection call counter, from 1: gaps = lost calls */
+	__u64 func_ip;   /* address of the probed function in the process */
+	__u32 pid;
+	__u32 tid;
+	__u32 uid;
+	__s32 fd;        /* -1 when no syscall revealed it yet */
+	__u32 call_len;  /* plaintext bytes of the whole call */
+	__u32 offset;    /* offset of this chunk within the call */
+	__u32 len;       /* bytes in data[] */
+	__u8 function;   /* enum ct_tls_function */
+	__u8 direction;  /* enum ct_direction */
+	__u16 _pad;
+	struct ct_tuple tuple;
+	char comm[CT_COMM_LEN];
+};
+
+#endif

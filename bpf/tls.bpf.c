@@ -1,0 +1,210 @@
+// SPDX-License-Identifier: GPL-2.0 OR MIT
+/* TLS plaintext from library functions shaped like SSL_write/SSL_read:
+ * (handle, buffer, length) with the byte count in the return value, or the
+ * _ex shape with the byte count written through a pointer argument.
+ *
+ * Entry probe: remember the arguments per thread. System call tracepoints
+ * on the same thread while the call is active reveal the socket fd (no
+ * library struct offsets needed). Return probe: the call's outcome decides
+ * what was really sent or received; the whole payload is copied then. */
+#include "payload.h"
+
+struct active_call {
+	__u64 handle;
+	__u64 buf;
+	__u64 len_ptr; /* _ex shape: where the byte count is written */
+	__u64 ip;
+	__s32 fd;
+	__u32 _pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64); /* pid_tgid */
+	__type(value, struct active_call);
+} active_calls SEC(".maps");
+
+struct conn_key {
+	__u64 handle;
+	__u32 tgid;
+	__u32 _pad;
+};
+
+struct conn_state {
+	__s32 fd;
+	__u32 _pad;
+	__u64 calls;
+};
+
+/* Per-connection state. The fd is cached because a read served from the
+ * library's own buffer makes no system call. LRU: bounded, evicts idle. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct conn_key);
+	__type(value, struct conn_state);
+} conns SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} emit_continue SEC(".maps");
+
+static __always_inline int on_entry(struct pt_regs *ctx, bool ex_shape)
+{
+	if (!current_task_wanted())
+		return 0;
+	__u64 id = bpf_get_current_pid_tgid();
+	struct active_call c = {
+		.handle = PT_REGS_PARM1(ctx),
+		.buf = PT_REGS_PARM2(ctx),
+		.len_ptr = ex_shape ? PT_REGS_PARM4(ctx) : 0,
+		.ip = PT_REGS_IP(ctx),
+		.fd = -1,
+	};
+	bpf_map_update_elem(&active_calls, &id, &c, BPF_ANY);
+	return 0;
+}
+
+static __always_inline __u64 bytes_done(struct pt_regs *ctx, struct active_call *c)
+{
+	long ret = PT_REGS_RC(ctx);
+	__u64 n = 0;
+	if (!c->len_ptr)
+		return ret > 0 ? ret : 0;
+	if (ret == 1)
+		bpf_probe_read_user(&n, sizeof(n), (void *)c->len_ptr);
+	return n;
+}
+
+static __always_inline struct conn_state *conn_for(struct conn_key *k, int fd)
+{
+	struct conn_state *cs = bpf_map_lookup_elem(&conns, k);
+	if (!cs) {
+		struct conn_state fresh = { .fd = fd };
+		bpf_map_update_elem(&conns, k, &fresh, BPF_NOEXIST);
+		cs = bpf_map_lookup_elem(&conns, k);
+		if (!cs)
+			return NULL;
+	}
+	if (fd >= 0)
+		cs->fd = fd;
+	return cs;
+}
+
+static __always_inline void fill_header(struct ct_tls_data *h, struct active_call *c,
+					struct conn_state *cs, __u64 n, __u8 fn, __u8 dir)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	h->kind = CT_EV_TLS_DATA;
+	h->flags = 0;
+	h->ts_ns = bpf_ktime_get_ns();
+	h->conn = c->handle;
+	h->call_seq = __sync_fetch_and_add(&cs->calls, 1) + 1;
+	h->func_ip = c->ip;
+	h->pid = id >> 32;
+	h->tid = (__u32)id;
+	h->uid = (__u32)bpf_get_current_uid_gid();
+	h->fd = cs->fd;
+	h->offset = 0;
+	h->len = 0;
+	h->function = fn;
+	h->direction = dir;
+	if (n > CT_CALL_MAX) {
+		stat_add(CT_STAT_TRUNCATED_BYTES, n - CT_CALL_MAX);
+		h->flags |= CT_FLAG_TRUNCATED;
+		n = CT_CALL_MAX;
+	}
+	h->call_len = n;
+	__builtin_memset(&h->tuple, 0, sizeof(h->tuple));
+	fd_to_tuple(cs->fd, &h->tuple);
+	bpf_get_current_comm(h->comm, sizeof(h->comm));
+}
+
+static __always_inline int on_return(struct pt_regs *ctx, __u8 fn, __u8 dir)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct active_call *found = bpf_map_lookup_elem(&active_calls, &id);
+	if (!found)
+		return 0;
+	struct active_call c = *found;
+	bpf_map_delete_elem(&active_calls, &id);
+
+	__u64 n = bytes_done(ctx, &c);
+	if (n == 0)
+		return 0;
+	struct conn_key k = { .handle = c.handle, .tgid = id >> 32 };
+	struct conn_state *cs = conn_for(&k, c.fd);
+	struct emit_state *st = emit_state_get();
+	if (!cs || !st)
+		return 0;
+	fill_header(&st->hdr, &c, cs, n, fn, dir);
+	st->buf = c.buf;
+	if (emit_some_chunks(st))
+		bpf_tail_call(ctx, &emit_continue, 0);
+	return 0;
+}
+
+/* Continuation of a large call: same per-CPU state, next chunks. */
+SEC("uprobe")
+int emit_more(struct pt_regs *ctx)
+{
+	struct emit_state *st = emit_state_get();
+	if (!st)
+		return 0;
+	if (emit_some_chunks(st)) {
+		bpf_tail_call(ctx, &emit_continue, 0);
+		/* Only reached past the kernel's tail call limit. */
+		stat_add(CT_STAT_TRUNCATED_BYTES, st->hdr.call_len - st->hdr.offset);
+	}
+	return 0;
+}
+
+/* Entry probes depend only on the shape; the return probe knows the function. */
+SEC("uprobe")
+int BPF_KPROBE(plain_entry) { return on_entry(ctx, false); }
+SEC("uprobe")
+int BPF_KPROBE(ex_entry) { return on_entry(ctx, true); }
+
+SEC("uretprobe")
+int BPF_KRETPROBE(ssl_write_return) { return on_return(ctx, CT_FN_SSL_WRITE, CT_DIR_SEND); }
+SEC("uretprobe")
+int BPF_KRETPROBE(ssl_write_ex_return) { return on_return(ctx, CT_FN_SSL_WRITE_EX, CT_DIR_SEND); }
+SEC("uretprobe")
+int BPF_KRETPROBE(ssl_read_return) { return on_return(ctx, CT_FN_SSL_READ, CT_DIR_RECV); }
+SEC("uretprobe")
+int BPF_KRETPROBE(ssl_read_ex_return) { return on_return(ctx, CT_FN_SSL_READ_EX, CT_DIR_RECV); }
+
+/* The first socket-ish system call a thread makes inside an active call
+ * carries the connection's fd. Every other thread exits after one lookup. */
+static __always_inline int note_fd(struct trace_event_raw_sys_enter *ctx)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct active_call *c = bpf_map_lookup_elem(&active_calls, &id);
+	if (!c || c->fd >= 0)
+		return 0;
+	long fd = 0;
+	bpf_probe_read_kernel(&fd, sizeof(fd), &ctx->args[0]);
+	c->fd = (int)fd;
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_write")
+int sys_enter_write(struct trace_event_raw_sys_enter *ctx) { return note_fd(ctx); }
+SEC("tracepoint/syscalls/sys_enter_read")
+int sys_enter_read(struct trace_event_raw_sys_enter *ctx) { return note_fd(ctx); }
+SEC("tracepoint/syscalls/sys_enter_sendto")
+int sys_enter_sendto(struct trace_event_raw_sys_enter *ctx) { return note_fd(ctx); }
+SEC("tracepoint/syscalls/sys_enter_recvfrom")
+int sys_enter_recvfrom(struct trace_event_raw_sys_enter *ctx) { return note_fd(ctx); }
+SEC("tracepoint/syscalls/sys_enter_sendmsg")
+int sys_enter_sendmsg(struct trace_event_raw_sys_enter *ctx) { return note_fd(ctx); }
+SEC("tracepoint/syscalls/sys_enter_recvmsg")
+int sys_enter_recvmsg(struct trace_event_raw_sys_enter *ctx) { return note_fd(ctx); }
+SEC("tracepoint/syscalls/sys_enter_writev")
+int sys_enter_writev(struct trace_event_raw_sys_enter *ctx) { return note_fd(ctx); }
+SEC("tracepoint/syscalls/sys_enter_readv")
+int sys_enter_readv(struct trace_event_raw_sys_enter *ctx) { return note_fd(ctx); }

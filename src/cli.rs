@@ -1,0 +1,97 @@
+//! The command line.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::output::Format;
+
+#[derive(Debug, Parser)]
+#[command(name = "cleartap", version, about = "See what programs really send and receive, in plaintext, with eBPF.")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Capture TLS plaintext from OpenSSL/BoringSSL (libssl.so*) in every process.
+    Tls(TlsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct FilterArgs {
+    /// Only this process (thread group id); applied in the kernel.
+    #[arg(long)]
+    pub pid: Option<u32>,
+    /// Only processes running with this user id; applied in the kernel.
+    #[arg(long)]
+    pub uid: Option<u32>,
+    /// Only tasks with this command name (as in /proc/PID/comm, at most 15 bytes).
+    #[arg(long)]
+    pub comm: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct OutputArgs {
+    /// Output format: readable text, or one JSON object per line.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    /// Text format: show payloads as a hex dump.
+    #[arg(long)]
+    pub hex: bool,
+    /// Size of the kernel ring buffer (bytes; K/M/G suffixes; rounded up to a power of two).
+    #[arg(long, default_value = "32M", value_parser = parse_size)]
+    pub ringbuf_size: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct TlsArgs {
+    #[command(flatten)]
+    pub filters: FilterArgs,
+    #[command(flatten)]
+    pub output: OutputArgs,
+    /// Also probe this library or executable (repeatable), e.g. a binary with OpenSSL linked in.
+    #[arg(long = "lib", value_name = "PATH")]
+    pub libs: Vec<PathBuf>,
+}
+
+/// `4096`, `64K`, `32M`, `1G` (binary units; `KiB`/`MiB`/`GiB` too), rounded
+/// up to a power of two as the kernel requires, at least one page.
+pub fn parse_size(s: &str) -> Result<u32, String> {
+    let s = s.trim();
+    let digits_end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (number, unit) = s.split_at(digits_end);
+    let number: u64 = number.parse().map_err(|_| format!("{s:?} is not a size"))?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        other => return Err(format!("unknown size unit {other:?} (use K, M or G)")),
+    };
+    let bytes = number
+        .checked_shl(shift)
+        .filter(|b| *b >> shift == number)
+        .ok_or_else(|| format!("{s:?} is too large"))?;
+    let bytes = bytes.max(4096).next_power_of_two();
+    u32::try_from(bytes).map_err(|_| format!("{s:?} is too large (at most 2G)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("32M"), Ok(32 << 20));
+        assert_eq!(parse_size("1MiB"), Ok(1 << 20));
+        assert_eq!(parse_size("5000"), Ok(8192));
+        assert_eq!(parse_size("1"), Ok(4096));
+        assert_eq!(parse_size("1G"), Ok(1 << 30));
+        assert!(parse_size("4G").is_err());
+        assert!(parse_size("12X").is_err());
+        assert!(parse_size("").is_err());
+        assert!(parse_size("99999999999999999999G").is_err());
+    }
+}

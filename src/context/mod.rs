@@ -1,0 +1,152 @@
+//! Enrichment: turns kernel events into the records outputs print, adding
+//! what the kernel cannot know cheaply (wall-clock time, library path,
+//! socket addresses as types), and keeps per-connection state bounded.
+
+pub mod clock;
+pub mod libraries;
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::SystemTime;
+
+use crate::events::{self, TlsData};
+use crate::sources::openssl;
+use clock::Clock;
+use libraries::LibraryResolver;
+
+/// One captured piece of TLS plaintext, ready for any output.
+#[derive(Debug, Clone)]
+pub struct TlsRecord<'a> {
+    pub time: SystemTime,
+    pub pid: u32,
+    pub tid: u32,
+    pub uid: u32,
+    pub comm: String,
+    pub library: &'a str,
+    pub library_path: &'a str,
+    pub function: &'static str,
+    pub direction: Direction,
+    pub fd: Option<i32>,
+    pub local: Option<SocketAddr>,
+    pub remote: Option<SocketAddr>,
+    /// Opaque connection handle (the library's session pointer).
+    pub conn: u64,
+    /// Per-connection call number; a jump means calls were lost.
+    pub call_seq: u64,
+    pub call_len: u32,
+    pub offset: u32,
+    pub flags: u32,
+    pub data: &'a [u8],
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    Send,
+    Recv,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Send => "send",
+            Direction::Recv => "recv",
+        }
+    }
+}
+
+/// Everything needed to turn events into records.
+pub struct Enricher {
+    clock: Clock,
+    libraries: LibraryResolver,
+}
+
+impl Enricher {
+    pub fn new(libraries: LibraryResolver) -> Self {
+        Enricher { clock: Clock::now(), libraries }
+    }
+
+    pub fn tls<'a>(&'a mut self, d: &TlsData<'a>) -> TlsRecord<'a> {
+        let h = &d.header;
+        let (library, library_path) = self.libraries.resolve(h.pid, h.func_ip);
+        let (local, remote) = tuple_addrs(&h.tuple);
+        TlsRecord {
+            time: self.clock.wall(h.ts_ns),
+            pid: h.pid,
+            tid: h.tid,
+            uid: h.uid,
+            comm: comm_string(&h.comm),
+            library,
+            library_path,
+            function: openssl::function_name(h.function),
+            direction: if h.direction == events::direction::SEND {
+                Direction::Send
+            } else {
+                Direction::Recv
+            },
+            fd: (h.fd >= 0).then_some(h.fd),
+            local,
+            remote,
+            conn: h.conn,
+            call_seq: h.call_seq,
+            call_len: h.call_len,
+            offset: h.offset,
+            flags: h.flags,
+            data: d.data,
+        }
+    }
+}
+
+pub fn comm_string(comm: &[i8; 16]) -> String {
+    let bytes: Vec<u8> = comm.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+fn tuple_addrs(t: &crate::bpf::tls::types::ct_tuple) -> (Option<SocketAddr>, Option<SocketAddr>) {
+    let ip = |raw: &[u8; 16]| -> Option<IpAddr> {
+        match t.family {
+            2 => Some(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]).into()),
+            10 => {
+                let v6 = Ipv6Addr::from(*raw);
+                Some(v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4))
+            }
+            _ => None,
+        }
+    };
+    let local = ip(&t.laddr).map(|a| SocketAddr::new(a, t.lport));
+    let remote = ip(&t.raddr).map(|a| SocketAddr::new(a, t.rport));
+    (local, remote)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bpf::tls::types::ct_tuple;
+
+    #[test]
+    fn ipv4_and_mapped_ipv6_tuples() {
+        let mut t = ct_tuple { family: 2, lport: 443, rport: 50000, ..Default::default() };
+        t.laddr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        t.raddr[..4].copy_from_slice(&[10, 0, 0, 2]);
+        let (l, r) = tuple_addrs(&t);
+        assert_eq!(l.unwrap().to_string(), "127.0.0.1:443");
+        assert_eq!(r.unwrap().to_string(), "10.0.0.2:50000");
+
+        t.family = 10;
+        t.laddr = Ipv4Addr::new(127, 0, 0, 1).to_ipv6_mapped().octets();
+        t.raddr = Ipv6Addr::LOCALHOST.octets();
+        let (l, r) = tuple_addrs(&t);
+        assert_eq!(l.unwrap().to_string(), "127.0.0.1:443");
+        assert_eq!(r.unwrap().to_string(), "[::1]:50000");
+
+        t.family = 0;
+        assert_eq!(tuple_addrs(&t), (None, None));
+    }
+
+    #[test]
+    fn comm_stops_at_nul() {
+        let mut c = [0i8; 16];
+        for (i, b) in b"curl".iter().enumerate() {
+            c[i] = *b as i8;
+        }
+        assert_eq!(comm_string(&c), "curl");
+    }
+}

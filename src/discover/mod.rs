@@ -1,0 +1,6 @@
+//! What there is to probe on this host: processes, the files they map, and
+//! the symbols inside those files. Pure functions over `/proc` and bytes;
+//! nothing here touches BPF.
+
+pub mod elf;
+pub mod procs;

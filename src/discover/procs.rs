@@ -1,0 +1,143 @@
+//! Processes and the files they map, read from `/proc`.
+
+use std::collections::HashMap;
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+/// One file-backed mapping of a process (a line of `/proc/PID/maps`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mapping {
+    pub start: u64,
+    pub end: u64,
+    pub file_offset: u64,
+    pub inode: u64,
+    /// The path as the process sees it (inside its own mount namespace).
+    pub path: String,
+}
+
+/// A file identified the way the kernel attaches uprobes: by device and
+/// inode. Two processes mapping the same library share one `FileId`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FileId {
+    pub dev: u64,
+    pub ino: u64,
+}
+
+impl FileId {
+    pub fn of(path: &Path) -> std::io::Result<FileId> {
+        let meta = fs::metadata(path)?;
+        Ok(FileId { dev: meta.dev(), ino: meta.ino() })
+    }
+}
+
+/// Every numeric entry of `/proc`.
+pub fn all_pids() -> Vec<u32> {
+    let Ok(dir) = fs::read_dir("/proc") else { return Vec::new() };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect()
+}
+
+/// The file-backed mappings of `pid`; empty if it exited or is unreadable.
+pub fn mappings(pid: u32) -> Vec<Mapping> {
+    fs::read_to_string(format!("/proc/{pid}/maps"))
+        .map(|text| parse_maps(&text))
+        .unwrap_or_default()
+}
+
+/// Parse the text of `/proc/PID/maps`, keeping file-backed lines only.
+pub fn parse_maps(text: &str) -> Vec<Mapping> {
+    text.lines().filter_map(parse_maps_line).collect()
+}
+
+fn parse_maps_line(line: &str) -> Option<Mapping> {
+    // start-end perms offset dev inode path (path may contain spaces)
+    let mut fields = line.splitn(6, ' ');
+    let (start, end) = fields.next()?.split_once('-')?;
+    let _perms = fields.next()?;
+    let offset = fields.next()?;
+    let _dev = fields.next()?;
+    let inode: u64 = fields.next()?.parse().ok()?;
+    let path = fields.next()?.trim_start();
+    if inode == 0 || !path.starts_with('/') {
+        return None;
+    }
+    Some(Mapping {
+        start: u64::from_str_radix(start, 16).ok()?,
+        end: u64::from_str_radix(end, 16).ok()?,
+        file_offset: u64::from_str_radix(offset, 16).ok()?,
+        inode,
+        path: path.strip_suffix(" (deleted)").unwrap_or(path).to_string(),
+    })
+}
+
+/// The path through which this process (cleartap) can open a file that
+/// `pid` maps, even when `pid` lives in another mount namespace.
+pub fn host_path(pid: u32, path: &str) -> PathBuf {
+    PathBuf::from(format!("/proc/{pid}/root{path}"))
+}
+
+/// A file some process maps: how cleartap reaches it, and its name as the
+/// process sees it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct MappedFile {
+    pub host_path: PathBuf,
+    pub path_in_process: String,
+}
+
+/// Each distinct file (by device and inode) that some process maps and
+/// that `wanted` accepts (given the path inside the process).
+pub fn mapped_files_matching(wanted: impl Fn(&str) -> bool) -> HashMap<FileId, MappedFile> {
+    let mut found = HashMap::new();
+    for pid in all_pids() {
+        if pid == std::process::id() {
+            continue;
+        }
+        let mut seen_inodes = Vec::new();
+        for m in mappings(pid) {
+            if seen_inodes.contains(&m.inode) || !wanted(&m.path) {
+                continue;
+            }
+            seen_inodes.push(m.inode);
+            let host_path = host_path(pid, &m.path);
+            if let Ok(id) = FileId::of(&host_path) {
+                found.entry(id).or_insert(MappedFile { host_path, path_in_process: m.path });
+            }
+        }
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_file_backed_lines_only() {
+        let text = "\
+7f0000000000-7f0000001000 r--p 00000000 fe:01 1234 /usr/lib/x86_64-linux-gnu/libssl.so.3
+7f0000001000-7f0000002000 r-xp 00001000 fe:01 1234 /usr/lib/x86_64-linux-gnu/libssl.so.3
+7ffd00000000-7ffd00021000 rw-p 00000000 00:00 0 [stack]
+55d000000000-55d000001000 rw-p 00000000 00:00 0
+7f0000003000-7f0000004000 r-xp 00002000 fe:01 99 /tmp/my dir/libssl.so.3 (deleted)
+";
+        let maps = parse_maps(text);
+        assert_eq!(maps.len(), 3);
+        assert_eq!(maps[1].start, 0x7f0000001000);
+        assert_eq!(maps[1].file_offset, 0x1000);
+        assert_eq!(maps[1].inode, 1234);
+        assert_eq!(maps[2].path, "/tmp/my dir/libssl.so.3");
+    }
+
+    #[test]
+    fn garbage_lines_are_skipped() {
+        for line in ["", "zz", "1-2 r 0 0 x /a", "g-1 r-xp 0 0 1 /a", "1-2 r-xp q 0 1 /a"] {
+            assert!(parse_maps(line).is_empty(), "{line:?}");
+        }
+    }
+
+    #[test]
+    fn own_process_maps_are_readable() {
+        let maps = mappings(std::process::id());
+        assert!(maps.iter().any(|m| m.path.contains("cleartap")));
+    }
+}

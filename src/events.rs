@@ -1,0 +1,138 @@
+//! Typed views of the records kernel programs write to the ring buffer.
+//! Kernel structs are decoded here and nowhere else; the views borrow the
+//! ring buffer's memory, so decoding copies no payload.
+
+use std::mem::size_of;
+
+use crate::bpf::tls::types::ct_tls_data;
+
+/// Mirrors of the enums in `bpf/events.h` (libbpf-cargo generates the
+/// structs but not the enums); a test checks them against the header.
+pub mod kind {
+    pub const TLS_DATA: u32 = 1;
+}
+pub mod stat {
+    pub const RECORDS: u32 = 0;
+    pub const LOST_RECORDS: u32 = 1;
+    pub const LOST_BYTES: u32 = 2;
+    pub const TRUNCATED_BYTES: u32 = 3;
+}
+pub mod flag {
+    pub const FAULT: u32 = 1;
+    pub const TRUNCATED: u32 = 2;
+}
+pub mod direction {
+    pub const SEND: u8 = 1;
+    #[cfg(test)]
+    pub const RECV: u8 = 2;
+}
+
+pub type TlsHeader = ct_tls_data;
+
+/// One chunk of TLS plaintext: the header and the bytes that follow it.
+#[derive(Debug, Clone, Copy)]
+pub struct TlsData<'a> {
+    pub header: TlsHeader,
+    pub data: &'a [u8],
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum Event<'a> {
+    TlsData(TlsData<'a>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DecodeError {
+    TooShort(usize),
+    UnknownKind(u32),
+    LengthBeyondRecord { len: usize, room: usize },
+}
+
+impl std::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DecodeError::TooShort(n) => write!(f, "record of {n} bytes is too short"),
+            DecodeError::UnknownKind(k) => write!(f, "record of unknown kind {k}"),
+            DecodeError::LengthBeyondRecord { len, room } => {
+                write!(f, "record claims {len} payload bytes but has room for {room}")
+            }
+        }
+    }
+}
+
+pub fn decode(raw: &[u8]) -> Result<Event<'_>, DecodeError> {
+    let kind = raw
+        .get(..4)
+        .map(|b| u32::from_ne_bytes(b.try_into().unwrap()))
+        .ok_or(DecodeError::TooShort(raw.len()))?;
+    match kind {
+        kind::TLS_DATA => decode_tls(raw).map(Event::TlsData),
+        other => Err(DecodeError::UnknownKind(other)),
+    }
+}
+
+fn decode_tls(raw: &[u8]) -> Result<TlsData<'_>, DecodeError> {
+    let mut header = TlsHeader::default();
+    plain::copy_from_bytes(&mut header, raw).map_err(|_| DecodeError::TooShort(raw.len()))?;
+    let body = &raw[size_of::<TlsHeader>()..];
+    let len = header.len as usize;
+    let data = body
+        .get(..len)
+        .ok_or(DecodeError::LengthBeyondRecord { len, room: body.len() })?;
+    Ok(TlsData { header, data })
+}
+
+// SAFETY: ct_tls_data is a repr(C) struct of integers and byte arrays, valid
+// for any bit pattern.
+unsafe impl plain::Plain for ct_tls_data {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header_enum_value(name: &str) -> u64 {
+        let header = include_str!("../bpf/events.h");
+        let line = header
+            .lines()
+            .find(|l| l.trim_start().starts_with(name))
+            .unwrap_or_else(|| panic!("{name} not in bpf/events.h"));
+        let value = line.split('=').nth(1).unwrap().trim();
+        let value = value.split([',', ' ', '/']).next().unwrap();
+        value.parse().unwrap()
+    }
+
+    #[test]
+    fn constants_match_the_c_header() {
+        assert_eq!(header_enum_value("CT_EV_TLS_DATA"), kind::TLS_DATA as u64);
+        assert_eq!(header_enum_value("CT_STAT_RECORDS"), stat::RECORDS as u64);
+        assert_eq!(header_enum_value("CT_FLAG_FAULT"), flag::FAULT as u64);
+        assert_eq!(header_enum_value("CT_FLAG_TRUNCATED"), flag::TRUNCATED as u64);
+        assert_eq!(header_enum_value("CT_DIR_SEND"), direction::SEND as u64);
+        assert_eq!(header_enum_value("CT_DIR_RECV"), direction::RECV as u64);
+        assert_eq!(header_enum_value("CT_FN_SSL_WRITE"), 1);
+    }
+
+    fn record(len_field: u32, payload: &[u8]) -> Vec<u8> {
+        let header = TlsHeader { kind: kind::TLS_DATA, len: len_field, ..Default::default() };
+        // SAFETY: reading the bytes of a plain repr(C) struct.
+        let mut raw = unsafe { plain::as_bytes(&header) }.to_vec();
+        raw.extend_from_slice(payload);
+        raw
+    }
+
+    #[test]
+    fn decodes_payload_of_the_stated_length() {
+        let raw = record(3, b"abcXXXX");
+        let Event::TlsData(d) = decode(&raw).unwrap();
+        assert_eq!(d.data, b"abc");
+    }
+
+    #[test]
+    fn rejects_malformed_records() {
+        assert!(matches!(decode(&[]), Err(DecodeError::TooShort(0))));
+        assert!(matches!(decode(&[9, 0, 0, 0]), Err(DecodeError::UnknownKind(9))));
+        assert!(matches!(decode(&[1, 0, 0, 0, 0]), Err(DecodeError::TooShort(5))));
+        let raw = record(100, b"short");
+        assert!(matches!(decode(&raw), Err(DecodeError::LengthBeyondRecord { len: 100, room: 5 })));
+    }
+}

@@ -1,0 +1,115 @@
+//! Plumbing shared by every kernel program: preflight checks, the filters
+//! in `.rodata`, and the loss counters (see `bpf/common.h`).
+
+use std::path::Path;
+
+use anyhow::{bail, Result};
+use libbpf_rs::{MapCore, MapFlags};
+
+use crate::events::stat;
+
+/// `--pid/--uid/--comm`, applied in the kernel before any copy.
+#[derive(Debug, Clone, Default)]
+pub struct Filters {
+    pub pid: Option<u32>,
+    pub uid: Option<u32>,
+    pub comm: Option<String>,
+}
+
+impl Filters {
+    /// The comm as the kernel stores it: at most 15 bytes and a NUL.
+    pub fn comm_bytes(&self) -> Option<[i8; 16]> {
+        let comm = self.comm.as_ref()?;
+        let mut out = [0i8; 16];
+        for (dst, src) in out.iter_mut().zip(comm.bytes().take(15)) {
+            *dst = src as i8;
+        }
+        Some(out)
+    }
+}
+
+/// Refuse early, with a message that says what to do, when the kernel or
+/// our privileges cannot run BPF programs.
+pub fn preflight() -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("cleartap needs root to load BPF programs: run it with sudo");
+    }
+    if !Path::new("/sys/kernel/btf/vmlinux").exists() {
+        bail!(
+            "this kernel has no BTF (/sys/kernel/btf/vmlinux is missing): cleartap needs \
+             Linux >= 5.8 built with CONFIG_DEBUG_INFO_BTF=y"
+        );
+    }
+    ensure_tracefs()?;
+    quiet_libbpf();
+    Ok(())
+}
+
+/// Tracepoints are found through tracefs; mount it if nobody did.
+fn ensure_tracefs() -> Result<()> {
+    let tracefs = Path::new("/sys/kernel/tracing");
+    if tracefs.join("events").exists() || Path::new("/sys/kernel/debug/tracing/events").exists() {
+        return Ok(());
+    }
+    let status = std::process::Command::new("mount")
+        .args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"])
+        .status();
+    if !matches!(status, Ok(s) if s.success()) || !tracefs.join("events").exists() {
+        bail!("tracefs is not mounted and mounting it failed: run `mount -t tracefs nodev /sys/kernel/tracing`");
+    }
+    Ok(())
+}
+
+/// libbpf's own messages (verifier logs, probing chatter) are for
+/// debugging: errors reach the user through our messages, with what to do.
+/// `CLEARTAP_DEBUG=1` shows them.
+fn quiet_libbpf() {
+    if std::env::var_os("CLEARTAP_DEBUG").is_none() {
+        libbpf_rs::set_print(None);
+    }
+}
+
+/// Kernel-side counters, summed over CPUs.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct KernelStats {
+    pub records: u64,
+    pub lost_records: u64,
+    pub lost_bytes: u64,
+    pub truncated_bytes: u64,
+}
+
+impl KernelStats {
+    pub fn read(map: &dyn MapCore) -> KernelStats {
+        let get = |which: u32| -> u64 {
+            match map.lookup_percpu(&which.to_ne_bytes(), MapFlags::ANY) {
+                Ok(Some(per_cpu)) => per_cpu
+                    .iter()
+                    .filter_map(|v| v.get(..8)?.try_into().ok())
+                    .map(u64::from_ne_bytes)
+                    .sum(),
+                _ => 0,
+            }
+        };
+        KernelStats {
+            records: get(stat::RECORDS),
+            lost_records: get(stat::LOST_RECORDS),
+            lost_bytes: get(stat::LOST_BYTES),
+            truncated_bytes: get(stat::TRUNCATED_BYTES),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn comm_is_cut_like_the_kernel_cuts_it() {
+        let f = Filters { comm: Some("a-very-long-command-name".into()), ..Default::default() };
+        let bytes = f.comm_bytes().unwrap();
+        assert_eq!(bytes[14], b'n' as i8);
+        assert_eq!(bytes[15], 0);
+        assert!(Filters::default().comm_bytes().is_none());
+    }
+}

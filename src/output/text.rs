@@ -1,0 +1,132 @@
+//! Human-readable output: a header line per record, then the payload with
+//! non-printable bytes escaped (or a hex dump with `--hex`).
+
+use std::io::{self, Write};
+
+use super::{addr_or_dash, Output};
+use crate::context::TlsRecord;
+
+pub struct TextOutput<W: Write> {
+    out: W,
+    hex: bool,
+}
+
+impl<W: Write> TextOutput<W> {
+    pub fn new(out: W, hex: bool) -> Self {
+        TextOutput { out, hex }
+    }
+}
+
+impl<W: Write> Output for TextOutput<W> {
+    fn tls(&mut self, r: &TlsRecord) -> io::Result<()> {
+        let arrow = match r.direction {
+            crate::context::Direction::Send => "->",
+            crate::context::Direction::Recv => "<-",
+        };
+        writeln!(
+            self.out,
+            "{} {}[{}/{}] uid={} {} {} {} fd={} {} {} {} len={}{}",
+            humantime::format_rfc3339_micros(r.time),
+            r.comm,
+            r.pid,
+            r.tid,
+            r.uid,
+            r.library,
+            r.function,
+            r.direction.as_str(),
+            r.fd.map_or_else(|| "?".to_string(), |fd| fd.to_string()),
+            addr_or_dash(r.local),
+            arrow,
+            addr_or_dash(r.remote),
+            r.data.len(),
+            chunk_note(r),
+        )?;
+        if self.hex {
+            hex_dump(&mut self.out, r.data)
+        } else {
+            write_escaped(&mut self.out, r.data)
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
+fn chunk_note(r: &TlsRecord) -> String {
+    if r.data.len() as u64 == r.call_len as u64 {
+        String::new()
+    } else {
+        format!(" (bytes {}..{} of {})", r.offset, r.offset as usize + r.data.len(), r.call_len)
+    }
+}
+
+/// Printable ASCII, newlines and tabs as they are; everything else as
+/// `\xNN` (and `\r` as `\r`), ending with a newline.
+pub fn write_escaped(out: &mut impl Write, data: &[u8]) -> io::Result<()> {
+    let mut start = 0;
+    for (i, &b) in data.iter().enumerate() {
+        let plain = b == b'\n' || b == b'\t' || (0x20..0x7f).contains(&b);
+        if plain {
+            continue;
+        }
+        out.write_all(&data[start..i])?;
+        if b == b'\r' {
+            out.write_all(b"\\r")?;
+        } else {
+            write!(out, "\\x{b:02x}")?;
+        }
+        start = i + 1;
+    }
+    out.write_all(&data[start..])?;
+    if data.last() != Some(&b'\n') {
+        out.write_all(b"\n")?;
+    }
+    Ok(())
+}
+
+pub fn hex_dump(out: &mut impl Write, data: &[u8]) -> io::Result<()> {
+    for (row, chunk) in data.chunks(16).enumerate() {
+        write!(out, "{:08x} ", row * 16)?;
+        for i in 0..16 {
+            match chunk.get(i) {
+                Some(b) => write!(out, " {b:02x}")?,
+                None => out.write_all(b"   ")?,
+            }
+        }
+        out.write_all(b"  |")?;
+        for &b in chunk {
+            let c = if (0x20..0x7f).contains(&b) { b } else { b'.' };
+            out.write_all(&[c])?;
+        }
+        out.write_all(b"|\n")?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn escaped(data: &[u8]) -> String {
+        let mut v = Vec::new();
+        write_escaped(&mut v, data).unwrap();
+        String::from_utf8(v).unwrap()
+    }
+
+    #[test]
+    fn escapes_control_and_high_bytes() {
+        assert_eq!(escaped(b"GET / HTTP/1.1\r\n"), "GET / HTTP/1.1\\r\n");
+        assert_eq!(escaped(b"a\x00b\xff"), "a\\x00b\\xff\n");
+        assert_eq!(escaped(b""), "\n");
+    }
+
+    #[test]
+    fn hex_dump_rows() {
+        let mut v = Vec::new();
+        hex_dump(&mut v, b"0123456789abcdefXY").unwrap();
+        let s = String::from_utf8(v).unwrap();
+        assert!(s.starts_with("00000000  30 31"));
+        assert!(s.contains("|0123456789abcdef|\n00000010  58 59"));
+    }
+}

@@ -1,0 +1,133 @@
+//! The kernel programs of `bpf/tls.bpf.c`, shared by every TLS library
+//! whose plaintext functions have the SSL_write/SSL_read shape: loading
+//! them with the filters, and attaching them to one file at a time.
+
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, AsRawFd};
+
+use anyhow::{Context, Result};
+use libbpf_rs::skel::{OpenSkel, SkelBuilder};
+use libbpf_rs::{Link, MapCore, MapFlags, OpenObject, ProgramMut, UprobeOpts};
+
+use super::{Shape, TlsTarget};
+use crate::bpf::tls::{TlsSkel, TlsSkelBuilder};
+use crate::kernel::Filters;
+
+/// The loaded TLS programs. Attaching returns links; dropping a link
+/// detaches it (links close with their file descriptors).
+pub struct TlsProbes<'obj> {
+    skel: TlsSkel<'obj>,
+}
+
+impl<'obj> TlsProbes<'obj> {
+    pub fn load(
+        storage: &'obj mut MaybeUninit<OpenObject>,
+        filters: &Filters,
+        ringbuf_bytes: u32,
+    ) -> Result<Self> {
+        let mut open = TlsSkelBuilder::default()
+            .open(storage)
+            .context("opening the TLS BPF object")?;
+        let rodata = open.maps.rodata_data.as_deref_mut().context("no .rodata in the BPF object")?;
+        rodata.filter_pid = filters.pid.unwrap_or(0);
+        if let Some(uid) = filters.uid {
+            rodata.filter_uid_enabled = 1;
+            rodata.filter_uid = uid;
+        }
+        if let Some(comm) = filters.comm_bytes() {
+            rodata.filter_comm_enabled = 1;
+            rodata.filter_comm = comm;
+        }
+        open.maps
+            .events
+            .set_max_entries(ringbuf_bytes)
+            .context("sizing the ring buffer")?;
+        let skel = open.load().context(
+            "loading the TLS BPF programs into the kernel failed (cleartap needs Linux >= 5.8 \
+             with BTF, uprobes and ring buffers)",
+        )?;
+        let probes = TlsProbes { skel };
+        probes.install_continuation()?;
+        Ok(probes)
+    }
+
+    /// Large payloads continue in a tail call to `emit_more`.
+    fn install_continuation(&self) -> Result<()> {
+        let fd = self.skel.progs.emit_more.as_fd().as_raw_fd();
+        self.skel
+            .maps
+            .emit_continue
+            .update(&0u32.to_ne_bytes(), &fd.to_ne_bytes(), MapFlags::ANY)
+            .context("installing the payload continuation program")
+    }
+
+    /// The system call tracepoints that reveal the fd of an active call.
+    pub fn attach_syscalls(&self) -> Result<Vec<Link>> {
+        let mut links = Vec::new();
+        let p = &self.skel.progs;
+        let programs = [
+            (&p.sys_enter_write, "sys_enter_write"),
+            (&p.sys_enter_read, "sys_enter_read"),
+            (&p.sys_enter_sendto, "sys_enter_sendto"),
+            (&p.sys_enter_recvfrom, "sys_enter_recvfrom"),
+            (&p.sys_enter_sendmsg, "sys_enter_sendmsg"),
+            (&p.sys_enter_recvmsg, "sys_enter_recvmsg"),
+            (&p.sys_enter_writev, "sys_enter_writev"),
+            (&p.sys_enter_readv, "sys_enter_readv"),
+        ];
+        for (prog, name) in programs {
+            let link = prog
+                .attach_tracepoint(libbpf_rs::TracepointCategory::Syscalls, name)
+                .with_context(|| format!("attaching tracepoint syscalls:{name}"))?;
+            links.push(link);
+        }
+        Ok(links)
+    }
+
+    /// Entry and return probes on every hook of `target`.
+    pub fn attach(&self, target: &TlsTarget) -> Result<Vec<Link>> {
+        let mut links = Vec::new();
+        for (hook, function) in &target.hooks {
+            let (entry, ret) = self.programs_for(hook.shape, hook.function_id);
+            let offset = function.file_offset as usize;
+            for (prog, retprobe) in [(entry, false), (ret, true)] {
+                let opts = UprobeOpts { retprobe, ..Default::default() };
+                let link = prog
+                    .attach_uprobe_with_opts(-1, &target.path, offset, opts)
+                    .with_context(|| {
+                        format!(
+                            "attaching a {} to {} in {}",
+                            if retprobe { "uretprobe" } else { "uprobe" },
+                            hook.symbol,
+                            target.path.display()
+                        )
+                    })?;
+                links.push(link);
+            }
+        }
+        Ok(links)
+    }
+
+    fn programs_for(&self, shape: Shape, function_id: u8) -> (&ProgramMut<'obj>, &ProgramMut<'obj>) {
+        let p = &self.skel.progs;
+        let entry = match shape {
+            Shape::Plain => &p.plain_entry,
+            Shape::Ex => &p.ex_entry,
+        };
+        let ret = match function_id {
+            1 => &p.ssl_write_return,
+            2 => &p.ssl_read_return,
+            3 => &p.ssl_write_ex_return,
+            _ => &p.ssl_read_ex_return,
+        };
+        (entry, ret)
+    }
+
+    pub fn events_map(&self) -> &dyn MapCore {
+        &self.skel.maps.events
+    }
+
+    pub fn stats_map(&self) -> &dyn MapCore {
+        &self.skel.maps.stats
+    }
+}
