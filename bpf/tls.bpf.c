@@ -71,7 +71,8 @@ static __always_inline int on_entry(struct pt_regs *ctx, bool ex_shape)
 
 static __always_inline __u64 bytes_done(struct pt_regs *ctx, struct active_call *c)
 {
-	long ret = PT_REGS_RC(ctx);
+	/* These functions return int: the upper half of rax is garbage. */
+	int ret = (int)PT_REGS_RC(ctx);
 	__u64 n = 0;
 	if (!c->len_ptr)
 		return ret > 0 ? ret : 0;

@@ -28,11 +28,7 @@ const STATS_INTERVAL: Duration = Duration::from_secs(2);
 pub fn run_tls(args: &TlsArgs) -> Result<()> {
     kernel::preflight()?;
     let targets = find_openssl_targets(&args.libs)?;
-    let filters = Filters {
-        pid: args.filters.pid,
-        uid: args.filters.uid,
-        comm: args.filters.comm.clone(),
-    };
+    let filters = Filters { pid: args.filters.pid, uid: args.filters.uid, comm: args.filters.comm.clone() };
     let stop = stop_on_signals()?;
 
     let mut storage = MaybeUninit::uninit();
@@ -44,11 +40,7 @@ pub fn run_tls(args: &TlsArgs) -> Result<()> {
 
     let known = targets
         .iter()
-        .map(|t| KnownLibrary {
-            inode: t.id.ino,
-            library: t.library,
-            path: t.display_path.clone(),
-        })
+        .map(|t| KnownLibrary { inode: t.id.ino, library: t.library, path: t.display_path.clone() })
         .collect();
     let out = output::writer(args.output.format, args.output.hex, io::stdout());
     let sink = RefCell::new(Sink::new(Enricher::new(LibraryResolver::new(known)), out));

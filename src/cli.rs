@@ -7,7 +7,11 @@ use clap::{Args, Parser, Subcommand};
 use crate::output::Format;
 
 #[derive(Debug, Parser)]
-#[command(name = "cleartap", version, about = "See what programs really send and receive, in plaintext, with eBPF.")]
+#[command(
+    name = "cleartap",
+    version,
+    about = "See what programs really send and receive, in plaintext, with eBPF."
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

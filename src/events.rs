@@ -76,9 +76,7 @@ fn decode_tls(raw: &[u8]) -> Result<TlsData<'_>, DecodeError> {
     plain::copy_from_bytes(&mut header, raw).map_err(|_| DecodeError::TooShort(raw.len()))?;
     let body = &raw[size_of::<TlsHeader>()..];
     let len = header.len as usize;
-    let data = body
-        .get(..len)
-        .ok_or(DecodeError::LengthBeyondRecord { len, room: body.len() })?;
+    let data = body.get(..len).ok_or(DecodeError::LengthBeyondRecord { len, room: body.len() })?;
     Ok(TlsData { header, data })
 }
 

@@ -52,11 +52,12 @@ fn ensure_tracefs() -> Result<()> {
     if tracefs.join("events").exists() || Path::new("/sys/kernel/debug/tracing/events").exists() {
         return Ok(());
     }
-    let status = std::process::Command::new("mount")
-        .args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"])
-        .status();
+    let status =
+        std::process::Command::new("mount").args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"]).status();
     if !matches!(status, Ok(s) if s.success()) || !tracefs.join("events").exists() {
-        bail!("tracefs is not mounted and mounting it failed: run `mount -t tracefs nodev /sys/kernel/tracing`");
+        bail!(
+            "tracefs is not mounted and mounting it failed: run `mount -t tracefs nodev /sys/kernel/tracing`"
+        );
     }
     Ok(())
 }
@@ -83,11 +84,9 @@ impl KernelStats {
     pub fn read(map: &dyn MapCore) -> KernelStats {
         let get = |which: u32| -> u64 {
             match map.lookup_percpu(&which.to_ne_bytes(), MapFlags::ANY) {
-                Ok(Some(per_cpu)) => per_cpu
-                    .iter()
-                    .filter_map(|v| v.get(..8)?.try_into().ok())
-                    .map(u64::from_ne_bytes)
-                    .sum(),
+                Ok(Some(per_cpu)) => {
+                    per_cpu.iter().filter_map(|v| v.get(..8)?.try_into().ok()).map(u64::from_ne_bytes).sum()
+                }
                 _ => 0,
             }
         };
@@ -108,7 +107,7 @@ mod tests {
     fn comm_is_cut_like_the_kernel_cuts_it() {
         let f = Filters { comm: Some("a-very-long-command-name".into()), ..Default::default() };
         let bytes = f.comm_bytes().unwrap();
-        assert_eq!(bytes[14], b'n' as i8);
+        assert_eq!(bytes[14], b'm' as i8);
         assert_eq!(bytes[15], 0);
         assert!(Filters::default().comm_bytes().is_none());
     }

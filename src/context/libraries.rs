@@ -45,11 +45,7 @@ impl LibraryResolver {
     fn lookup(&self, pid: u32, address: u64) -> Option<(&'static str, usize)> {
         let maps = self.by_pid.get(&pid)?;
         let i = maps.iter().position(|m| m.start <= address && address < m.end)?;
-        let kind = self
-            .known
-            .iter()
-            .find(|k| k.inode == maps[i].inode)
-            .map_or("unknown", |k| k.library);
+        let kind = self.known.iter().find(|k| k.inode == maps[i].inode).map_or("unknown", |k| k.library);
         Some((kind, i))
     }
 

@@ -77,11 +77,7 @@ impl Enricher {
             library,
             library_path,
             function: openssl::function_name(h.function),
-            direction: if h.direction == events::direction::SEND {
-                Direction::Send
-            } else {
-                Direction::Recv
-            },
+            direction: if h.direction == events::direction::SEND { Direction::Send } else { Direction::Recv },
             fd: (h.fd >= 0).then_some(h.fd),
             local,
             remote,

@@ -39,9 +39,7 @@ pub fn all_pids() -> Vec<u32> {
 
 /// The file-backed mappings of `pid`; empty if it exited or is unreadable.
 pub fn mappings(pid: u32) -> Vec<Mapping> {
-    fs::read_to_string(format!("/proc/{pid}/maps"))
-        .map(|text| parse_maps(&text))
-        .unwrap_or_default()
+    fs::read_to_string(format!("/proc/{pid}/maps")).map(|text| parse_maps(&text)).unwrap_or_default()
 }
 
 /// Parse the text of `/proc/PID/maps`, keeping file-backed lines only.

@@ -51,10 +51,7 @@ impl TlsTarget {
     pub fn resolve(path: &Path, library: &'static str, hooks: &[TlsHook]) -> Result<TlsTarget> {
         let id = FileId::of(path)?;
         let symbols = Symbols::read(path)?;
-        let found: Vec<_> = hooks
-            .iter()
-            .filter_map(|h| symbols.get(h.symbol).map(|f| (*h, f)))
-            .collect();
+        let found: Vec<_> = hooks.iter().filter_map(|h| symbols.get(h.symbol).map(|f| (*h, f))).collect();
         if found.is_empty() {
             let names: Vec<_> = hooks.iter().map(|h| h.symbol).collect();
             bail!(

@@ -21,10 +21,7 @@ pub fn is_library_path(path: &str) -> bool {
 
 /// The function name of an `enum ct_tls_function` value.
 pub fn function_name(function_id: u8) -> &'static str {
-    HOOKS
-        .iter()
-        .find(|h| h.function_id == function_id)
-        .map_or("?", |h| h.symbol)
+    HOOKS.iter().find(|h| h.function_id == function_id).map_or("?", |h| h.symbol)
 }
 
 #[cfg(test)]

@@ -25,9 +25,7 @@ impl<'obj> TlsProbes<'obj> {
         filters: &Filters,
         ringbuf_bytes: u32,
     ) -> Result<Self> {
-        let mut open = TlsSkelBuilder::default()
-            .open(storage)
-            .context("opening the TLS BPF object")?;
+        let mut open = TlsSkelBuilder::default().open(storage).context("opening the TLS BPF object")?;
         let rodata = open.maps.rodata_data.as_deref_mut().context("no .rodata in the BPF object")?;
         rodata.filter_pid = filters.pid.unwrap_or(0);
         if let Some(uid) = filters.uid {
@@ -38,10 +36,7 @@ impl<'obj> TlsProbes<'obj> {
             rodata.filter_comm_enabled = 1;
             rodata.filter_comm = comm;
         }
-        open.maps
-            .events
-            .set_max_entries(ringbuf_bytes)
-            .context("sizing the ring buffer")?;
+        open.maps.events.set_max_entries(ringbuf_bytes).context("sizing the ring buffer")?;
         let skel = open.load().context(
             "loading the TLS BPF programs into the kernel failed (cleartap needs Linux >= 5.8 \
              with BTF, uprobes and ring buffers)",
@@ -92,9 +87,8 @@ impl<'obj> TlsProbes<'obj> {
             let offset = function.file_offset as usize;
             for (prog, retprobe) in [(entry, false), (ret, true)] {
                 let opts = UprobeOpts { retprobe, ..Default::default() };
-                let link = prog
-                    .attach_uprobe_with_opts(-1, &target.path, offset, opts)
-                    .with_context(|| {
+                let link =
+                    prog.attach_uprobe_with_opts(-1, &target.path, offset, opts).with_context(|| {
                         format!(
                             "attaching a {} to {} in {}",
                             if retprobe { "uretprobe" } else { "uprobe" },

@@ -1,0 +1,161 @@
+//! `cleartap tls` against real programs: curl (SSL_write/SSL_read) and a
+//! Python server (SSL_write_ex/SSL_read_ex), byte-exact both ways.
+
+mod support;
+
+use std::process::Command;
+
+use support::*;
+
+fn pid_and_remote(pid: u32, remote_port: u16) -> impl Fn(&serde_json::Value) -> bool {
+    move |r| r["pid"] == pid && port_of(&r["remote"]) == Some(remote_port)
+}
+
+/// Run curl once with `body`, asking for `response_size` bytes, under a
+/// capture limited to curl and the server, and check all four streams.
+fn check_curl_exchange(body_size: usize, response_size: usize) {
+    let server = TlsServer::start();
+    let capture = Capture::start(&["tls"]);
+    let body = payload(body_size, 7);
+    let response = curl(&server, &body, response_size);
+    let got = capture.stop();
+    got.assert_clean_exit();
+    assert_eq!(response.len(), response_size);
+
+    let ports = server.peer_ports();
+    assert_eq!(ports.len(), 1, "one connection expected");
+    let curl_port = ports[0];
+    let truth_recv = server.received_from(curl_port);
+    let truth_sent = server.sent_to(curl_port);
+    assert!(truth_recv.ends_with(&body));
+    assert!(truth_sent.ends_with(&response));
+
+    // The server side, through SSL_read_ex / SSL_write_ex.
+    let server_side = pid_and_remote(server.pid(), curl_port);
+    assert_eq!(got.stream("recv", &server_side), truth_recv, "server recv stream");
+    assert_eq!(got.stream("send", &server_side), truth_sent, "server send stream");
+    let functions: Vec<_> =
+        got.records.iter().filter(|r| server_side(r)).map(|r| r["function"].clone()).collect();
+    assert!(functions.iter().any(|f| f == "SSL_read_ex") && functions.iter().any(|f| f == "SSL_write_ex"));
+
+    // The client side: curl, with its tuple mirroring the server's.
+    let curl_side = |r: &serde_json::Value| r["comm"] == "curl";
+    assert_eq!(got.stream("send", curl_side), truth_recv, "curl send stream");
+    assert_eq!(got.stream("recv", curl_side), truth_sent, "curl recv stream");
+    for r in got.records.iter().filter(|r| curl_side(r)) {
+        assert_eq!(port_of(&r["local"]), Some(curl_port), "{r}");
+        assert_eq!(port_of(&r["remote"]), Some(server.port), "{r}");
+        assert_eq!(r["library"], "openssl");
+        assert!(r["fd"].as_i64().unwrap() > 2, "{r}");
+        assert!(r["library_path"].as_str().unwrap().contains("libssl.so"), "{r}");
+    }
+}
+
+#[test]
+fn small_bodies_both_processes_both_directions() {
+    if !require_bpf() {
+        return;
+    }
+    let _one = exclusive();
+    check_curl_exchange(100, 200);
+}
+
+#[test]
+fn multi_mib_bodies_arrive_whole_and_in_order() {
+    if !require_bpf() {
+        return;
+    }
+    let _one = exclusive();
+    check_curl_exchange(3 << 20, 10 << 20);
+}
+
+#[test]
+fn pid_filter_keeps_only_that_process() {
+    if !require_bpf() {
+        return;
+    }
+    let _one = exclusive();
+    let server = TlsServer::start();
+    let mut client = TlsClient::connect(&server);
+    let pid = client.pid().to_string();
+    let capture = Capture::start(&["tls", "--pid", &pid]);
+    client.exchange(1000, 2000);
+    curl(&server, b"other client", 10); // concurrent other client: must not appear
+    let got = capture.stop();
+    got.assert_clean_exit();
+    assert!(!got.records.is_empty());
+    assert!(got.records.iter().all(|r| r["pid"] == client.pid()), "other pids captured");
+    let mine = |r: &serde_json::Value| r["pid"] == client.pid();
+    assert_eq!(got.stream("send", mine), server.received_from(client.local_port));
+    assert_eq!(got.stream("recv", mine), server.sent_to(client.local_port));
+}
+
+#[test]
+fn comm_filter_keeps_only_that_command() {
+    if !require_bpf() {
+        return;
+    }
+    let _one = exclusive();
+    let server = TlsServer::start();
+    let mut client = TlsClient::connect(&server);
+    let capture = Capture::start(&["tls", "--comm", "curl"]);
+    client.exchange(10, 10); // python3: must not appear
+    curl(&server, b"hello from curl", 5);
+    let got = capture.stop();
+    got.assert_clean_exit();
+    assert!(!got.records.is_empty());
+    assert!(got.records.iter().all(|r| r["comm"] == "curl"));
+    let sent = got.stream("send", |_| true);
+    assert!(sent.ends_with(b"hello from curl"));
+}
+
+#[test]
+fn connection_opened_before_start_has_its_tuple() {
+    if !require_bpf() {
+        return;
+    }
+    let _one = exclusive();
+    let server = TlsServer::start();
+    let mut client = TlsClient::connect(&server);
+    client.exchange(5, 5); // before cleartap exists
+    let pid = client.pid().to_string();
+    let capture = Capture::start(&["tls", "--pid", &pid]);
+    client.exchange(300, 400);
+    let got = capture.stop();
+    got.assert_clean_exit();
+    assert!(!got.records.is_empty());
+    for r in &got.records {
+        assert_eq!(port_of(&r["local"]), Some(client.local_port), "{r}");
+        assert_eq!(port_of(&r["remote"]), Some(server.port), "{r}");
+        assert_eq!(r["local"].as_str().unwrap(), format!("127.0.0.1:{}", client.local_port));
+    }
+}
+
+#[test]
+fn lib_without_tls_symbols_is_a_clear_error() {
+    if !require_bpf() {
+        return;
+    }
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_cleartap")).args(["tls", "--lib", "/bin/true"]).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/bin/true defines none of the openssl functions"), "{err}");
+}
+
+#[test]
+fn not_root_is_a_clear_error() {
+    let out = Command::new("setpriv")
+        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_cleartap"))
+        .arg("tls")
+        .output();
+    let Ok(out) = out else { return }; // not root: setpriv cannot switch, nothing to test
+    if !out.status.success() || !out.stderr.is_empty() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        if err.contains("setpriv:") {
+            return;
+        }
+        assert!(err.contains("needs root"), "{err}");
+    }
+}

@@ -1,0 +1,313 @@
+//! Shared pieces of the end-to-end tests: the cleartap binary under test,
+//! real TLS peers, and reassembly of captured streams.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Mutex, MutexGuard};
+use std::thread;
+use std::time::Duration;
+
+use base64::Engine;
+use serde_json::Value;
+
+/// System-wide captures see each other's traffic: one at a time.
+static CAPTURE_LOCK: Mutex<()> = Mutex::new(());
+
+pub fn exclusive() -> MutexGuard<'static, ()> {
+    CAPTURE_LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The e2e tests need root and BPF. They fail, loudly, when those are
+/// missing, unless CLEARTAP_SKIP_BPF_TESTS=1 says to skip them.
+pub fn require_bpf() -> bool {
+    if std::env::var("CLEARTAP_SKIP_BPF_TESTS").as_deref() == Ok("1") {
+        eprintln!("skipped: CLEARTAP_SKIP_BPF_TESTS=1");
+        return false;
+    }
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    assert!(
+        root && Path::new("/sys/kernel/btf/vmlinux").exists(),
+        "end-to-end tests need root and a kernel with BPF and BTF; \
+         set CLEARTAP_SKIP_BPF_TESTS=1 to skip them"
+    );
+    true
+}
+
+pub fn support_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support")
+}
+
+/// A running `cleartap` with JSON output.
+pub struct Capture {
+    child: Child,
+    stdout: thread::JoinHandle<String>,
+    stderr: mpsc::Receiver<String>,
+}
+
+pub struct Captured {
+    pub records: Vec<Value>,
+    pub stderr: String,
+    pub status: std::process::ExitStatus,
+}
+
+impl Capture {
+    /// Start `cleartap <args> --format json` and wait for `ready`.
+    pub fn start(args: &[&str]) -> Capture {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_cleartap"))
+            .args(args)
+            .args(["--format", "json"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting cleartap");
+        let mut out = child.stdout.take().unwrap();
+        let stdout = thread::spawn(move || {
+            let mut s = String::new();
+            out.read_to_string(&mut s).unwrap();
+            s
+        });
+        let (tx, rx) = mpsc::channel();
+        let err = child.stderr.take().unwrap();
+        thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let mut capture = Capture { child, stdout, stderr: rx };
+        capture.wait_ready();
+        capture
+    }
+
+    fn wait_ready(&mut self) {
+        let mut seen = String::new();
+        loop {
+            match self.stderr.recv_timeout(Duration::from_secs(60)) {
+                Ok(line) if line == "ready" => return,
+                Ok(line) => seen += &(line + "\n"),
+                Err(_) => {
+                    let _ = self.child.kill();
+                    panic!("cleartap did not become ready; stderr:\n{seen}");
+                }
+            }
+        }
+    }
+
+    /// SIGINT, then everything it printed.
+    pub fn stop(mut self) -> Captured {
+        // Let in-flight records reach the ring buffer consumer.
+        thread::sleep(Duration::from_millis(300));
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let status = self.child.wait().unwrap();
+        let stdout = self.stdout.join().unwrap();
+        let stderr: Vec<String> = self.stderr.try_iter().collect();
+        let records = stdout
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
+            .collect();
+        Captured { records, stderr: stderr.join("\n"), status }
+    }
+}
+
+impl Captured {
+    pub fn of_pid(&self, pid: u32) -> Vec<&Value> {
+        self.records.iter().filter(|r| r["pid"] == pid).collect()
+    }
+
+    /// The bytes of one direction of the records matching `filter`,
+    /// concatenated in capture order. Checks that chunks of each call are
+    /// contiguous, so a lost or reordered chunk fails the test.
+    pub fn stream(&self, direction: &str, filter: impl Fn(&Value) -> bool) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut expected_offset = 0u64;
+        for r in self.records.iter().filter(|r| r["direction"] == direction && filter(r)) {
+            let offset = r["offset"].as_u64().unwrap();
+            assert_eq!(offset, expected_offset, "chunk out of order in {r}");
+            let data =
+                base64::engine::general_purpose::STANDARD.decode(r["data_b64"].as_str().unwrap()).unwrap();
+            assert_eq!(data.len() as u64, r["len"].as_u64().unwrap());
+            out.extend_from_slice(&data);
+            expected_offset = offset + data.len() as u64;
+            if expected_offset == r["call_len"].as_u64().unwrap() {
+                expected_offset = 0;
+            }
+        }
+        assert_eq!(expected_offset, 0, "the last call of the stream is incomplete");
+        out
+    }
+
+    pub fn assert_clean_exit(&self) {
+        assert!(self.status.success(), "cleartap exited with {}: {}", self.status, self.stderr);
+        assert!(
+            self.stderr.contains("lost in the kernel: 0 records"),
+            "summary missing or losses reported: {}",
+            self.stderr
+        );
+    }
+}
+
+/// A self-signed certificate for localhost, made with the openssl CLI.
+pub struct Certificate {
+    pub dir: tempfile::TempDir,
+}
+
+impl Certificate {
+    pub fn new() -> Certificate {
+        let dir = tempfile::tempdir().unwrap();
+        let status = Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost"])
+            .arg("-keyout")
+            .arg(dir.path().join("key.pem"))
+            .arg("-out")
+            .arg(dir.path().join("cert.pem"))
+            .stderr(Stdio::null())
+            .status()
+            .expect("running openssl req");
+        assert!(status.success());
+        Certificate { dir }
+    }
+
+    pub fn cert(&self) -> PathBuf {
+        self.dir.path().join("cert.pem")
+    }
+
+    pub fn key(&self) -> PathBuf {
+        self.dir.path().join("key.pem")
+    }
+}
+
+/// `tls_server.py`: a Python (libssl, SSL_*_ex) HTTPS server keeping
+/// ground truth of what it received and sent per peer port.
+pub struct TlsServer {
+    child: Child,
+    pub port: u16,
+    pub truth: tempfile::TempDir,
+    _cert: Certificate,
+}
+
+impl TlsServer {
+    pub fn start() -> TlsServer {
+        let cert = Certificate::new();
+        let truth = tempfile::tempdir().unwrap();
+        let mut child = Command::new("python3")
+            .arg(support_dir().join("tls_server.py"))
+            .arg(cert.cert())
+            .arg(cert.key())
+            .arg(truth.path())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("starting python3 tls_server.py");
+        let mut line = String::new();
+        BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
+        let port = line.trim().parse().expect("server port");
+        TlsServer { child, port, truth, _cert: cert }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn received_from(&self, peer_port: u16) -> Vec<u8> {
+        std::fs::read(self.truth.path().join(format!("{peer_port}.recv"))).unwrap_or_default()
+    }
+
+    pub fn sent_to(&self, peer_port: u16) -> Vec<u8> {
+        std::fs::read(self.truth.path().join(format!("{peer_port}.sent"))).unwrap_or_default()
+    }
+
+    /// Peer ports the server has seen, in no order.
+    pub fn peer_ports(&self) -> Vec<u16> {
+        std::fs::read_dir(self.truth.path())
+            .unwrap()
+            .filter_map(|e| {
+                let name = e.ok()?.file_name().into_string().ok()?;
+                name.strip_suffix(".peer")?.parse().ok()
+            })
+            .collect()
+    }
+
+    pub fn url(&self, response_size: usize) -> String {
+        format!("https://127.0.0.1:{}/{response_size}", self.port)
+    }
+}
+
+impl Drop for TlsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// curl POSTing `body` and asking for `response_size` bytes; returns the
+/// response body curl received.
+pub fn curl(server: &TlsServer, body: &[u8], response_size: usize) -> Vec<u8> {
+    let dir = tempfile::tempdir().unwrap();
+    let body_file = dir.path().join("body");
+    std::fs::write(&body_file, body).unwrap();
+    let out = Command::new("curl")
+        .args(["-sS", "-k", "--http1.1", "--data-binary"])
+        .arg(format!("@{}", body_file.display()))
+        .args(["-H", "Content-Type: application/octet-stream", "-H", "Expect:"])
+        .arg(server.url(response_size))
+        .output()
+        .expect("running curl");
+    assert!(out.status.success(), "curl failed: {}", String::from_utf8_lossy(&out.stderr));
+    out.stdout
+}
+
+/// `tls_client.py`: one connection, talking when told.
+pub struct TlsClient {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    pub local_port: u16,
+}
+
+impl TlsClient {
+    pub fn connect(server: &TlsServer) -> TlsClient {
+        let mut child = Command::new("python3")
+            .arg(support_dir().join("tls_client.py"))
+            .arg(server.port.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("starting python3 tls_client.py");
+        let stdin = child.stdin.take().unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        let local_port = line.trim().parse().expect("client port");
+        TlsClient { child, stdin, stdout, local_port }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn exchange(&mut self, body_size: usize, response_size: usize) {
+        writeln!(self.stdin, "{body_size} {response_size}").unwrap();
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "done");
+    }
+}
+
+impl Drop for TlsClient {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Deterministic, non-UTF-8 test payload.
+pub fn payload(len: usize, seed: u8) -> Vec<u8> {
+    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 8) as u8).collect()
+}
+
+pub fn port_of(addr: &Value) -> Option<u16> {
+    addr.as_str()?.rsplit(':').next()?.parse().ok()
+}
