@@ -19,6 +19,8 @@ const volatile __u32 filter_uid_enabled = 0;
 const volatile __u32 filter_uid = 0;
 const volatile __u32 filter_comm_enabled = 0;
 const volatile char filter_comm[CT_COMM_LEN] = {};
+const volatile __u64 filter_cgroup_id = 0;   /* cgroup v2 id of the subtree root */
+const volatile __u32 filter_cgroup_level = 0; /* its depth below the root */
 
 /* One ring buffer for every event; its size is set by user space. */
 struct {
@@ -50,6 +52,9 @@ static __always_inline bool current_task_wanted(void)
 		return false;
 	if (filter_uid_enabled && (__u32)bpf_get_current_uid_gid() != filter_uid)
 		return false;
+	if (filter_cgroup_id &&
+	    bpf_get_current_ancestor_cgroup_id(filter_cgroup_level) != filter_cgroup_id)
+		return false;
 	if (filter_comm_enabled) {
 		char comm[CT_COMM_LEN];
 		bpf_get_current_comm(comm, sizeof(comm));
@@ -68,26 +73,33 @@ static __always_inline bool current_task_wanted(void)
 #define AF_INET 2
 #define AF_INET6 10
 
-/* Fill the connection tuple of the current task's fd, if it is an inet
+/* The socket behind the current task's fd, or NULL when the fd is not a
  * socket. Reads kernel structs through CO-RE only: no offsets of ours. */
-static __always_inline void fd_to_tuple(int fd, struct ct_tuple *t)
+static __always_inline struct sock *fd_to_sock(int fd)
 {
 	if (fd < 0)
-		return;
+		return NULL;
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
 	if (!fdt || (unsigned int)fd >= BPF_CORE_READ(fdt, max_fds))
-		return;
+		return NULL;
 	struct file **fds = BPF_CORE_READ(fdt, fd);
 	struct file *file = NULL;
 	bpf_core_read(&file, sizeof(file), &fds[fd]);
 	if (!file)
-		return;
+		return NULL;
 	umode_t mode = BPF_CORE_READ(file, f_inode, i_mode);
 	if ((mode & S_IFMT) != S_IFSOCK)
-		return;
+		return NULL;
 	struct socket *sock = BPF_CORE_READ(file, private_data);
-	struct sock *sk = BPF_CORE_READ(sock, sk);
+	return BPF_CORE_READ(sock, sk);
+}
+
+/* Fill the connection tuple of the current task's fd, if it is an inet
+ * socket. */
+static __always_inline void fd_to_tuple(int fd, struct ct_tuple *t)
+{
+	struct sock *sk = fd_to_sock(fd);
 	if (!sk)
 		return;
 	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);

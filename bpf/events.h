@@ -9,6 +9,8 @@
 
 enum ct_event_kind {
 	CT_EV_TLS_DATA = 1,
+	CT_EV_EXEC = 2,       /* a process called execve: maybe a new binary to probe */
+	CT_EV_LIB_OPEN = 3,   /* a process opened a file named like a TLS library */
 };
 
 enum ct_stat {
@@ -36,6 +38,14 @@ enum ct_tls_function {
 	CT_FN_SSL_READ,
 	CT_FN_SSL_WRITE_EX,
 	CT_FN_SSL_READ_EX,
+	CT_FN_GNUTLS_RECORD_SEND,
+	CT_FN_GNUTLS_RECORD_RECV,
+	CT_FN_GNUTLS_RECORD_SEND2,
+	CT_FN_GNUTLS_RECORD_RECV_SEQ,
+	CT_FN_PR_WRITE,
+	CT_FN_PR_READ,
+	CT_FN_PR_SEND,
+	CT_FN_PR_RECV,
 };
 
 struct ct_tuple {
@@ -69,6 +79,16 @@ struct ct_tls_data {
 	__u16 _pad;
 	struct ct_tuple tuple;
 	char comm[CT_COMM_LEN];
+};
+
+#define CT_PATH_LEN 256
+
+/* A process exec'd, or opened a file whose name looks like a TLS library:
+ * user space checks it and attaches before the program gets to TLS. */
+struct ct_file_event {
+	__u32 kind;
+	__u32 pid;
+	char path[CT_PATH_LEN];
 };
 
 #endif

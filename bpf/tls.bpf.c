@@ -18,8 +18,9 @@ struct active_call {
 	__u32 _pad;
 };
 
+/* LRU: a thread killed in the middle of a call never leaks an entry. */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 16384);
 	__type(key, __u64); /* pid_tgid */
 	__type(value, struct active_call);
@@ -170,17 +171,39 @@ int BPF_KPROBE(plain_entry) { return on_entry(ctx, false); }
 SEC("uprobe")
 int BPF_KPROBE(ex_entry) { return on_entry(ctx, true); }
 
-SEC("uretprobe")
-int BPF_KRETPROBE(ssl_write_return) { return on_return(ctx, CT_FN_SSL_WRITE, CT_DIR_SEND); }
-SEC("uretprobe")
-int BPF_KRETPROBE(ssl_write_ex_return) { return on_return(ctx, CT_FN_SSL_WRITE_EX, CT_DIR_SEND); }
-SEC("uretprobe")
-int BPF_KRETPROBE(ssl_read_return) { return on_return(ctx, CT_FN_SSL_READ, CT_DIR_RECV); }
-SEC("uretprobe")
-int BPF_KRETPROBE(ssl_read_ex_return) { return on_return(ctx, CT_FN_SSL_READ_EX, CT_DIR_RECV); }
+/* NSPR carries files and plain sockets too. A TLS descriptor is layered:
+ * the SSL layer sits on the socket, so PRFileDesc.lower is set. Plain
+ * sockets and files are a single layer. PRFileDesc is public, stable ABI:
+ * { methods, secret, lower, higher, dtor, identity }. */
+SEC("uprobe")
+int BPF_KPROBE(nspr_entry, void *fd)
+{
+	void *lower = NULL;
+	if (bpf_probe_read_user(&lower, sizeof(lower), (char *)fd + 2 * sizeof(void *)) || !lower)
+		return 0;
+	return on_entry(ctx, false);
+}
 
-/* The first socket-ish system call a thread makes inside an active call
- * carries the connection's fd. Every other thread exits after one lookup. */
+#define RETURN_PROBE(name, fn, dir) \
+	SEC("uretprobe") int BPF_KRETPROBE(name) { return on_return(ctx, fn, dir); }
+
+RETURN_PROBE(ssl_write_return, CT_FN_SSL_WRITE, CT_DIR_SEND)
+RETURN_PROBE(ssl_read_return, CT_FN_SSL_READ, CT_DIR_RECV)
+RETURN_PROBE(ssl_write_ex_return, CT_FN_SSL_WRITE_EX, CT_DIR_SEND)
+RETURN_PROBE(ssl_read_ex_return, CT_FN_SSL_READ_EX, CT_DIR_RECV)
+RETURN_PROBE(gnutls_record_send_return, CT_FN_GNUTLS_RECORD_SEND, CT_DIR_SEND)
+RETURN_PROBE(gnutls_record_recv_return, CT_FN_GNUTLS_RECORD_RECV, CT_DIR_RECV)
+RETURN_PROBE(gnutls_record_send2_return, CT_FN_GNUTLS_RECORD_SEND2, CT_DIR_SEND)
+RETURN_PROBE(gnutls_record_recv_seq_return, CT_FN_GNUTLS_RECORD_RECV_SEQ, CT_DIR_RECV)
+RETURN_PROBE(pr_write_return, CT_FN_PR_WRITE, CT_DIR_SEND)
+RETURN_PROBE(pr_read_return, CT_FN_PR_READ, CT_DIR_RECV)
+RETURN_PROBE(pr_send_return, CT_FN_PR_SEND, CT_DIR_SEND)
+RETURN_PROBE(pr_recv_return, CT_FN_PR_RECV, CT_DIR_RECV)
+
+/* The first I/O system call on a socket that a thread makes inside an
+ * active call carries the connection's fd. Every other thread exits after
+ * one lookup. Libraries on memory BIOs (node) make no such call inside
+ * SSL_*: their records have no fd rather than a wrong one. */
 static __always_inline int note_fd(struct trace_event_raw_sys_enter *ctx)
 {
 	__u64 id = bpf_get_current_pid_tgid();
@@ -189,7 +212,8 @@ static __always_inline int note_fd(struct trace_event_raw_sys_enter *ctx)
 		return 0;
 	long fd = 0;
 	bpf_probe_read_kernel(&fd, sizeof(fd), &ctx->args[0]);
-	c->fd = (int)fd;
+	if (fd_to_sock((int)fd))
+		c->fd = (int)fd;
 	return 0;
 }
 

@@ -4,3 +4,7 @@
 pub mod tls {
     include!(concat!(env!("OUT_DIR"), "/tls.skel.rs"));
 }
+
+pub mod procwatch {
+    include!(concat!(env!("OUT_DIR"), "/procwatch.skel.rs"));
+}

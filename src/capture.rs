@@ -2,57 +2,65 @@
 //! stream events -> enrichment -> output until a signal, and report.
 
 use std::cell::RefCell;
-use std::collections::HashSet;
 use std::io;
 use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use libbpf_rs::RingBufferBuilder;
 
-use crate::cli::TlsArgs;
+use crate::cli::{Library, TlsArgs};
 use crate::context::libraries::{KnownLibrary, LibraryResolver};
 use crate::context::Enricher;
-use crate::discover::procs;
 use crate::events::{self, Event};
-use crate::kernel::{self, Filters, KernelStats};
+use crate::kernel::{self, Cgroup, Filters, KernelStats};
 use crate::output::{self, Output};
+use crate::sources::attacher::Attacher;
+use crate::sources::procwatch::ProcWatch;
 use crate::sources::tls::TlsProbes;
-use crate::sources::{openssl, TlsTarget};
+use crate::sources::{gnutls, nss, openssl, TlsSource, TlsTarget};
 
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
 const STATS_INTERVAL: Duration = Duration::from_secs(2);
 
 pub fn run_tls(args: &TlsArgs) -> Result<()> {
     kernel::preflight()?;
-    let targets = find_openssl_targets(&args.libs)?;
-    let filters = Filters { pid: args.filters.pid, uid: args.filters.uid, comm: args.filters.comm.clone() };
+    let filters = filters(args)?;
+    let sources = selected_sources(&args.libraries);
     let stop = stop_on_signals()?;
 
-    let mut storage = MaybeUninit::uninit();
-    let probes = TlsProbes::load(&mut storage, &filters, args.output.ringbuf_size)?;
+    let mut tls_storage = MaybeUninit::uninit();
+    let probes = TlsProbes::load(&mut tls_storage, &filters, args.output.ringbuf_size)?;
+    let mut watch_storage = MaybeUninit::uninit();
+    let watch = ProcWatch::load(&mut watch_storage, &filters, &sources, &probes)?;
     let mut links = probes.attach_syscalls()?;
-    for target in &targets {
-        links.extend(probes.attach(target)?);
-    }
+    // Watch first, then scan: a process starting in between is seen twice
+    // at worst (attaching is idempotent per file), never missed.
+    links.extend(watch.attach()?);
 
-    let known = targets
-        .iter()
-        .map(|t| KnownLibrary { inode: t.id.ino, library: t.library, path: t.display_path.clone() })
-        .collect();
+    let mut attacher = Attacher::new(&probes, sources, &args.exclude_libs);
+    let mut targets = Vec::new();
+    for path in &args.libs {
+        targets.push(attacher.attach_explicit(path)?);
+    }
+    targets.extend(attacher.scan_host());
+    if targets.is_empty() {
+        eprintln!("cleartap: no TLS library in use yet; watching for processes that start");
+    }
     let out = output::writer(args.output.format, args.output.hex, io::stdout());
-    let sink = RefCell::new(Sink::new(Enricher::new(LibraryResolver::new(known)), out));
+    let mut sink = Sink::new(Enricher::new(LibraryResolver::new(Vec::new())), out, attacher);
+    for t in targets {
+        sink.attached(t);
+    }
+    let sink = RefCell::new(sink);
 
     let mut builder = RingBufferBuilder::new();
     builder.add(probes.events_map(), |raw| sink.borrow_mut().handle(raw))?;
     let ring = builder.build()?;
-
-    for t in &targets {
-        eprintln!("cleartap: attached to {} ({})", t.display_path, hook_names(t));
-    }
     eprintln!("ready");
+
     let mut last_report = Instant::now();
     let mut reported = KernelStats::default();
     while !stop.load(Ordering::Relaxed) && !sink.borrow().failed() {
@@ -66,6 +74,7 @@ pub fn run_tls(args: &TlsArgs) -> Result<()> {
     }
 
     // Detach first so nothing new arrives, then drain what is in flight.
+    sink.borrow_mut().attacher.detach_all();
     drop(links);
     let _ = ring.consume();
     drop(ring);
@@ -77,40 +86,22 @@ pub fn run_tls(args: &TlsArgs) -> Result<()> {
     sink.result()
 }
 
-/// Every OpenSSL library in use on the host, plus `--lib` paths; each
-/// file once, however many processes map it.
-fn find_openssl_targets(explicit: &[std::path::PathBuf]) -> Result<Vec<TlsTarget>> {
-    let mut targets = Vec::new();
-    let mut seen = HashSet::new();
-    for path in explicit {
-        let target = TlsTarget::resolve(path, openssl::LIBRARY, &openssl::HOOKS)
-            .with_context(|| format!("--lib {}", path.display()))?;
-        if seen.insert(target.id) {
-            targets.push(target);
-        }
-    }
-    let mut mapped: Vec<_> = procs::mapped_files_matching(openssl::is_library_path).into_iter().collect();
-    mapped.sort();
-    for (id, file) in mapped {
-        if !seen.insert(id) {
-            continue;
-        }
-        match TlsTarget::resolve(&file.host_path, openssl::LIBRARY, &openssl::HOOKS) {
-            Ok(target) => targets.push(TlsTarget { display_path: file.path_in_process, ..target }),
-            Err(e) => eprintln!("cleartap: warning: skipping {}: {e:#}", file.host_path.display()),
-        }
-    }
-    if targets.is_empty() {
-        bail!(
-            "no OpenSSL library found: no running process maps libssl.so*. Start the program \
-             to capture first, or name its library or executable with --lib PATH"
-        );
-    }
-    Ok(targets)
+fn filters(args: &TlsArgs) -> Result<Filters> {
+    let cgroup = args.filters.cgroup.as_deref().map(Cgroup::from_path).transpose()?;
+    Ok(Filters { pid: args.filters.pid, uid: args.filters.uid, comm: args.filters.comm.clone(), cgroup })
 }
 
-fn hook_names(t: &TlsTarget) -> String {
-    t.hooks.iter().map(|(h, _)| h.symbol).collect::<Vec<_>>().join(", ")
+fn selected_sources(libraries: &[Library]) -> Vec<&'static TlsSource> {
+    let mut sources: Vec<&'static TlsSource> = libraries
+        .iter()
+        .map(|l| match l {
+            Library::Openssl => &openssl::SOURCE,
+            Library::Gnutls => &gnutls::SOURCE,
+            Library::Nss => &nss::SOURCE,
+        })
+        .collect();
+    sources.dedup_by_key(|s| s.name);
+    sources
 }
 
 fn stop_on_signals() -> Result<Arc<AtomicBool>> {
@@ -138,10 +129,12 @@ fn report_new_losses(now: KernelStats, before: KernelStats) -> KernelStats {
     now
 }
 
-/// The consumer end: decodes ring buffer records and writes them out.
-struct Sink {
+/// The consumer end: decodes ring buffer records, attaches to what new
+/// processes bring, and writes records out.
+struct Sink<'p, 'obj> {
     enricher: Enricher,
     out: Box<dyn Output>,
+    attacher: Attacher<'p, 'obj>,
     records: u64,
     bytes: u64,
     undecodable: u64,
@@ -149,9 +142,20 @@ struct Sink {
     error: Option<io::Error>,
 }
 
-impl Sink {
-    fn new(enricher: Enricher, out: Box<dyn Output>) -> Self {
-        Sink { enricher, out, records: 0, bytes: 0, undecodable: 0, dirty: false, error: None }
+impl<'p, 'obj> Sink<'p, 'obj> {
+    fn new(enricher: Enricher, out: Box<dyn Output>, attacher: Attacher<'p, 'obj>) -> Self {
+        Sink { enricher, out, attacher, records: 0, bytes: 0, undecodable: 0, dirty: false, error: None }
+    }
+
+    fn attached(&mut self, t: TlsTarget) {
+        let version = t.version.as_deref().map_or(String::new(), |v| format!(" {v}"));
+        eprintln!("cleartap: attached to {} ({}{}: {})", t.display_path, t.library, version, t.hook_names());
+        self.enricher.add_library(KnownLibrary {
+            inode: t.id.ino,
+            library: t.library,
+            version: t.version,
+            path: t.display_path,
+        });
     }
 
     /// Ring buffer callback. Always returns 0: an output error stops the
@@ -164,8 +168,21 @@ impl Sink {
             Ok(Event::TlsData(d)) => {
                 self.records += 1;
                 self.bytes += d.data.len() as u64;
+                self.dirty = true;
                 let record = self.enricher.tls(&d);
                 self.out.tls(&record)
+            }
+            Ok(Event::Exec { pid, path }) => {
+                for t in self.attacher.scan_new_process(pid, &String::from_utf8_lossy(path)) {
+                    self.attached(t);
+                }
+                Ok(())
+            }
+            Ok(Event::LibOpen { pid, path }) => {
+                if let Some(t) = self.attacher.consider_library(pid, &String::from_utf8_lossy(path)) {
+                    self.attached(t);
+                }
+                Ok(())
             }
             Err(e) => {
                 self.undecodable += 1;
@@ -175,7 +192,6 @@ impl Sink {
                 Ok(())
             }
         };
-        self.dirty = true;
         if let Err(e) = result {
             self.error = Some(e);
         }

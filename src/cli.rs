@@ -19,7 +19,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Capture TLS plaintext from OpenSSL/BoringSSL (libssl.so*) in every process.
+    /// Capture TLS plaintext (OpenSSL/BoringSSL, GnuTLS, NSS) from every process, including later ones.
     Tls(TlsArgs),
 }
 
@@ -34,6 +34,10 @@ pub struct FilterArgs {
     /// Only tasks with this command name (as in /proc/PID/comm, at most 15 bytes).
     #[arg(long)]
     pub comm: Option<String>,
+    /// Only tasks in this cgroup v2 subtree, descendants included (path, absolute or
+    /// relative to /sys/fs/cgroup).
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -58,6 +62,22 @@ pub struct TlsArgs {
     /// Also probe this library or executable (repeatable), e.g. a binary with OpenSSL linked in.
     #[arg(long = "lib", value_name = "PATH")]
     pub libs: Vec<PathBuf>,
+    /// Never probe this library or executable (repeatable).
+    #[arg(long = "exclude-lib", value_name = "PATH")]
+    pub exclude_libs: Vec<PathBuf>,
+    /// Which TLS libraries to capture.
+    #[arg(long = "library", value_enum, value_delimiter = ',', default_value = "openssl,gnutls,nss")]
+    pub libraries: Vec<Library>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Library {
+    /// OpenSSL and BoringSSL, shared or linked into an executable
+    Openssl,
+    /// GnuTLS
+    Gnutls,
+    /// NSS (through NSPR)
+    Nss,
 }
 
 /// `4096`, `64K`, `32M`, `1G` (binary units; `KiB`/`MiB`/`GiB` too), rounded

@@ -10,6 +10,8 @@ use crate::bpf::tls::types::ct_tls_data;
 /// structs but not the enums); a test checks them against the header.
 pub mod kind {
     pub const TLS_DATA: u32 = 1;
+    pub const EXEC: u32 = 2;
+    pub const LIB_OPEN: u32 = 3;
 }
 pub mod stat {
     pub const RECORDS: u32 = 0;
@@ -39,6 +41,16 @@ pub struct TlsData<'a> {
 #[derive(Debug, Clone, Copy)]
 pub enum Event<'a> {
     TlsData(TlsData<'a>),
+    /// A process exec'd `path` (a new executable to check).
+    Exec {
+        pid: u32,
+        path: &'a [u8],
+    },
+    /// A process opened `path`, named like a TLS library.
+    LibOpen {
+        pid: u32,
+        path: &'a [u8],
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,6 +79,8 @@ pub fn decode(raw: &[u8]) -> Result<Event<'_>, DecodeError> {
         .ok_or(DecodeError::TooShort(raw.len()))?;
     match kind {
         kind::TLS_DATA => decode_tls(raw).map(Event::TlsData),
+        kind::EXEC => decode_file(raw).map(|(pid, path)| Event::Exec { pid, path }),
+        kind::LIB_OPEN => decode_file(raw).map(|(pid, path)| Event::LibOpen { pid, path }),
         other => Err(DecodeError::UnknownKind(other)),
     }
 }
@@ -78,6 +92,14 @@ fn decode_tls(raw: &[u8]) -> Result<TlsData<'_>, DecodeError> {
     let len = header.len as usize;
     let data = body.get(..len).ok_or(DecodeError::LengthBeyondRecord { len, room: body.len() })?;
     Ok(TlsData { header, data })
+}
+
+/// `struct ct_file_event`: kind, pid, then a NUL-terminated path.
+fn decode_file(raw: &[u8]) -> Result<(u32, &[u8]), DecodeError> {
+    let pid = raw.get(4..8).ok_or(DecodeError::TooShort(raw.len()))?;
+    let path = &raw[8..];
+    let end = path.iter().position(|&b| b == 0).unwrap_or(path.len());
+    Ok((u32::from_ne_bytes(pid.try_into().unwrap()), &path[..end]))
 }
 
 // SAFETY: ct_tls_data is a repr(C) struct of integers and byte arrays, valid
@@ -102,6 +124,8 @@ mod tests {
     #[test]
     fn constants_match_the_c_header() {
         assert_eq!(header_enum_value("CT_EV_TLS_DATA"), kind::TLS_DATA as u64);
+        assert_eq!(header_enum_value("CT_EV_EXEC"), kind::EXEC as u64);
+        assert_eq!(header_enum_value("CT_EV_LIB_OPEN"), kind::LIB_OPEN as u64);
         assert_eq!(header_enum_value("CT_STAT_RECORDS"), stat::RECORDS as u64);
         assert_eq!(header_enum_value("CT_FLAG_FAULT"), flag::FAULT as u64);
         assert_eq!(header_enum_value("CT_FLAG_TRUNCATED"), flag::TRUNCATED as u64);
@@ -121,8 +145,20 @@ mod tests {
     #[test]
     fn decodes_payload_of_the_stated_length() {
         let raw = record(3, b"abcXXXX");
-        let Event::TlsData(d) = decode(&raw).unwrap();
+        let Ok(Event::TlsData(d)) = decode(&raw) else { panic!("not TLS data") };
         assert_eq!(d.data, b"abc");
+    }
+
+    #[test]
+    fn decodes_file_events() {
+        let mut raw = vec![2, 0, 0, 0, 42, 0, 0, 0];
+        raw.extend_from_slice(b"/usr/bin/curl\0junk");
+        let Event::Exec { pid, path } = decode(&raw).unwrap() else { panic!() };
+        assert_eq!((pid, path), (42, &b"/usr/bin/curl"[..]));
+        raw[0] = 3;
+        let Event::LibOpen { pid, path } = decode(&raw).unwrap() else { panic!() };
+        assert_eq!((pid, path), (42, &b"/usr/bin/curl"[..]));
+        assert!(decode(&[3, 0, 0, 0, 1]).is_err());
     }
 
     #[test]

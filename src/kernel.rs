@@ -8,12 +8,60 @@ use libbpf_rs::{MapCore, MapFlags};
 
 use crate::events::stat;
 
-/// `--pid/--uid/--comm`, applied in the kernel before any copy.
+/// `--pid/--uid/--comm/--cgroup`, applied in the kernel before any copy.
 #[derive(Debug, Clone, Default)]
 pub struct Filters {
     pub pid: Option<u32>,
     pub uid: Option<u32>,
     pub comm: Option<String>,
+    pub cgroup: Option<Cgroup>,
+}
+
+/// A cgroup v2 subtree: its id (the inode of its directory) and depth.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cgroup {
+    pub id: u64,
+    pub level: u32,
+}
+
+impl Cgroup {
+    /// `/sys/fs/cgroup/a/b` (or `a/b`, relative to the cgroup v2 root).
+    pub fn from_path(path: &Path) -> Result<Cgroup> {
+        use std::os::unix::fs::MetadataExt;
+        let root = Path::new("/sys/fs/cgroup");
+        let full = if path.is_absolute() { path.to_path_buf() } else { root.join(path) };
+        let full = full.canonicalize().map_err(|e| anyhow::anyhow!("--cgroup {}: {e}", full.display()))?;
+        let Ok(below) = full.strip_prefix(root) else {
+            bail!("--cgroup {}: not under the cgroup v2 root {}", full.display(), root.display());
+        };
+        if !root.join("cgroup.controllers").exists() {
+            bail!("--cgroup needs the unified cgroup v2 hierarchy at {}", root.display());
+        }
+        let id = std::fs::metadata(&full)?.ino();
+        Ok(Cgroup { id, level: below.components().count() as u32 })
+    }
+}
+
+/// Writes `Filters` into the `.rodata` of any skeleton (each skeleton has
+/// its own generated type with the same field names, from `bpf/common.h`).
+#[macro_export]
+macro_rules! set_filters {
+    ($rodata:expr, $filters:expr) => {{
+        let (rodata, filters) = (&mut *$rodata, $filters);
+        rodata.filter_pid = filters.pid.unwrap_or(0);
+        if let Some(uid) = filters.uid {
+            rodata.filter_uid_enabled = 1;
+            rodata.filter_uid = uid;
+        }
+        if let Some(comm) = filters.comm_bytes() {
+            rodata.filter_comm_enabled = 1;
+            rodata.filter_comm = comm;
+        }
+        if let Some(cg) = &filters.cgroup {
+            rodata.filter_cgroup_id = cg.id;
+            rodata.filter_cgroup_level = cg.level;
+        }
+    }};
 }
 
 impl Filters {
@@ -102,6 +150,15 @@ impl KernelStats {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cgroup_root_is_level_zero() {
+        if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+            let cg = Cgroup::from_path(Path::new("/sys/fs/cgroup")).unwrap();
+            assert_eq!(cg.level, 0);
+        }
+        assert!(Cgroup::from_path(Path::new("/tmp")).is_err());
+    }
 
     #[test]
     fn comm_is_cut_like_the_kernel_cuts_it() {

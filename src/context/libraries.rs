@@ -10,12 +10,27 @@ use crate::discover::procs::{self, Mapping};
 pub struct KnownLibrary {
     pub inode: u64,
     pub library: &'static str,
+    pub version: Option<String>,
     pub path: String,
 }
 
-/// Resolves (pid, address) to (library kind, path as the process sees it).
-/// Mappings are cached per pid and re-read on a miss (a dlopen, or a pid
-/// reused by a new process); the cache is bounded.
+/// What a probe hit is attributed to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LibraryRef<'a> {
+    pub library: &'static str,
+    pub version: Option<&'a str>,
+    pub path: &'a str,
+}
+
+impl KnownLibrary {
+    fn as_ref(&self) -> LibraryRef<'_> {
+        LibraryRef { library: self.library, version: self.version.as_deref(), path: &self.path }
+    }
+}
+
+/// Resolves (pid, address) to the library and its path as the process
+/// sees it. Mappings are cached per pid and re-read on a miss (a dlopen,
+/// or a pid reused by a new process); the cache is bounded.
 pub struct LibraryResolver {
     known: Vec<KnownLibrary>,
     by_pid: HashMap<u32, Vec<Mapping>>,
@@ -28,25 +43,34 @@ impl LibraryResolver {
         LibraryResolver { known, by_pid: HashMap::new() }
     }
 
-    pub fn resolve(&mut self, pid: u32, address: u64) -> (&'static str, &str) {
+    pub fn add(&mut self, library: KnownLibrary) {
+        self.known.push(library);
+    }
+
+    /// `family` (from the hooked function) names the library when the
+    /// process is gone before its mappings could be read.
+    pub fn resolve(&mut self, pid: u32, address: u64, family: &'static str) -> LibraryRef<'_> {
         if self.lookup(pid, address).is_none() {
             self.refresh(pid);
         }
-        match self.lookup(pid, address) {
-            Some((kind, i)) => (kind, &self.by_pid[&pid][i].path),
-            // The process is gone: name the library if only one could be it.
-            None => match self.known.as_slice() {
-                [only] => (only.library, &only.path),
-                _ => ("unknown", ""),
-            },
+        let Some((known, i)) = self.lookup(pid, address) else {
+            let mut candidates = self.known.iter().filter(|k| k.library == family);
+            return match (candidates.next(), candidates.next()) {
+                (Some(only), None) => only.as_ref(),
+                _ => LibraryRef { library: family, version: None, path: "" },
+            };
+        };
+        let path = &self.by_pid[&pid][i].path;
+        match known {
+            Some(k) => LibraryRef { path, ..self.known[k].as_ref() },
+            None => LibraryRef { library: family, version: None, path },
         }
     }
 
-    fn lookup(&self, pid: u32, address: u64) -> Option<(&'static str, usize)> {
+    fn lookup(&self, pid: u32, address: u64) -> Option<(Option<usize>, usize)> {
         let maps = self.by_pid.get(&pid)?;
         let i = maps.iter().position(|m| m.start <= address && address < m.end)?;
-        let kind = self.known.iter().find(|k| k.inode == maps[i].inode).map_or("unknown", |k| k.library);
-        Some((kind, i))
+        Some((self.known.iter().position(|k| k.inode == maps[i].inode), i))
     }
 
     fn refresh(&mut self, pid: u32) {
@@ -65,17 +89,21 @@ mod tests {
     fn resolves_an_address_in_this_process() {
         let maps = procs::mappings(std::process::id());
         let libc = maps.iter().find(|m| m.path.contains("libc.so")).unwrap().clone();
-        let known = vec![KnownLibrary { inode: libc.inode, library: "libc", path: libc.path.clone() }];
+        let known =
+            vec![KnownLibrary { inode: libc.inode, library: "libc", version: None, path: "x".into() }];
         let mut r = LibraryResolver::new(known);
-        let (kind, path) = r.resolve(std::process::id(), libc.start + 1);
-        assert_eq!(kind, "libc");
-        assert_eq!(path, libc.path);
+        let found = r.resolve(std::process::id(), libc.start + 1, "openssl");
+        assert_eq!(found.library, "libc");
+        assert_eq!(found.path, libc.path);
     }
 
     #[test]
-    fn a_vanished_process_falls_back_to_the_only_library() {
-        let known = vec![KnownLibrary { inode: 1, library: "openssl", path: "/x/libssl.so.3".into() }];
-        let mut r = LibraryResolver::new(known);
-        assert_eq!(r.resolve(u32::MAX, 0x1000), ("openssl", "/x/libssl.so.3"));
+    fn a_vanished_process_falls_back_to_the_function_family() {
+        let lib = |library, path: &str| KnownLibrary { inode: 1, library, version: None, path: path.into() };
+        let mut r = LibraryResolver::new(vec![lib("openssl", "/x/libssl.so.3"), lib("gnutls", "/g")]);
+        assert_eq!(r.resolve(u32::MAX, 0x1000, "openssl").path, "/x/libssl.so.3");
+        r.add(lib("openssl", "/y/libssl.so.3"));
+        let found = r.resolve(u32::MAX, 0x1000, "openssl");
+        assert_eq!((found.library, found.path), ("openssl", ""));
     }
 }

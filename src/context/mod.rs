@@ -9,9 +9,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::SystemTime;
 
 use crate::events::{self, TlsData};
-use crate::sources::openssl;
+use crate::sources;
 use clock::Clock;
-use libraries::LibraryResolver;
+use libraries::{KnownLibrary, LibraryResolver};
 
 /// One captured piece of TLS plaintext, ready for any output.
 #[derive(Debug, Clone)]
@@ -22,6 +22,7 @@ pub struct TlsRecord<'a> {
     pub uid: u32,
     pub comm: String,
     pub library: &'a str,
+    pub library_version: Option<&'a str>,
     pub library_path: &'a str,
     pub function: &'static str,
     pub direction: Direction,
@@ -64,9 +65,14 @@ impl Enricher {
         Enricher { clock: Clock::now(), libraries }
     }
 
+    pub fn add_library(&mut self, library: KnownLibrary) {
+        self.libraries.add(library);
+    }
+
     pub fn tls<'a>(&'a mut self, d: &TlsData<'a>) -> TlsRecord<'a> {
         let h = &d.header;
-        let (library, library_path) = self.libraries.resolve(h.pid, h.func_ip);
+        let (function, family) = sources::function_of(h.function);
+        let lib = self.libraries.resolve(h.pid, h.func_ip, family);
         let (local, remote) = tuple_addrs(&h.tuple);
         TlsRecord {
             time: self.clock.wall(h.ts_ns),
@@ -74,9 +80,10 @@ impl Enricher {
             tid: h.tid,
             uid: h.uid,
             comm: comm_string(&h.comm),
-            library,
-            library_path,
-            function: openssl::function_name(h.function),
+            library: lib.library,
+            library_version: lib.version,
+            library_path: lib.path,
+            function,
             direction: if h.direction == events::direction::SEND { Direction::Send } else { Direction::Recv },
             fd: (h.fd >= 0).then_some(h.fd),
             local,

@@ -20,41 +20,63 @@ pub struct Function {
     pub file_offset: u64,
 }
 
-/// The defined function symbols of one ELF file, from `.dynsym` and
-/// `.symtab`, by name (symbol versions stripped).
+/// Defined function symbols of one ELF file, from `.dynsym` and `.symtab`,
+/// by name (symbol versions stripped). Only the names asked for are kept:
+/// an executable like node has over 100,000 symbols, and building a table
+/// of all of them would delay attaching to a process that just started.
 #[derive(Debug, Default)]
 pub struct Symbols {
     functions: HashMap<String, Function>,
 }
 
 impl Symbols {
-    pub fn read(path: &Path) -> Result<Symbols> {
-        let bytes = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-        Self::parse(&bytes).with_context(|| format!("reading ELF symbols of {}", path.display()))
+    pub fn read(path: &Path, wanted: &[&str]) -> Result<Symbols> {
+        // Mapped, not read: executables with a TLS library inside (node)
+        // are tens of MiB and only their symbol tables are touched.
+        let file = fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        // SAFETY: read-only private mapping of a file we only parse.
+        let bytes =
+            unsafe { memmap2::Mmap::map(&file) }.with_context(|| format!("mapping {}", path.display()))?;
+        Self::parse(&bytes, wanted).with_context(|| format!("reading ELF symbols of {}", path.display()))
     }
 
-    pub fn parse(bytes: &[u8]) -> Result<Symbols> {
+    pub fn parse(bytes: &[u8], wanted: &[&str]) -> Result<Symbols> {
         let elf = ElfFile64::<Endianness>::parse(bytes).context("not a 64-bit ELF file")?;
         let segments = load_segments(&elf)?;
         let mut functions = HashMap::new();
-        for sym in elf.dynamic_symbols().chain(elf.symbols()) {
-            if sym.kind() != SymbolKind::Text || sym.is_undefined() || sym.address() == 0 {
-                continue;
-            }
-            let Ok(name) = sym.name() else { continue };
-            let name = name.split('@').next().unwrap_or(name);
-            let Some(file_offset) = file_offset_of(&segments, sym.address()) else { continue };
-            functions.entry(name.to_string()).or_insert(Function {
-                address: sym.address(),
-                size: sym.size(),
-                file_offset,
-            });
+        collect(elf.dynamic_symbols(), &segments, wanted, &mut functions);
+        // Exported names are the common case and .dynsym is small; the full
+        // .symtab (when not stripped) only for binaries that export none.
+        if functions.is_empty() {
+            collect(elf.symbols(), &segments, wanted, &mut functions);
         }
         Ok(Symbols { functions })
     }
 
     pub fn get(&self, name: &str) -> Option<Function> {
         self.functions.get(name).copied()
+    }
+}
+
+fn collect<'data: 'file, 'file>(
+    symbols: impl Iterator<Item = impl ObjectSymbol<'data>>,
+    segments: &[(u64, u64, u64)],
+    wanted: &[&str],
+    functions: &mut HashMap<String, Function>,
+) {
+    for sym in symbols {
+        if sym.kind() != SymbolKind::Text || sym.is_undefined() || sym.address() == 0 {
+            continue;
+        }
+        let Ok(name) = sym.name_bytes() else { continue };
+        let name = name.split(|&b| b == b'@').next().unwrap_or(name);
+        let Some(name) = wanted.iter().find(|w| w.as_bytes() == name) else { continue };
+        let Some(file_offset) = file_offset_of(segments, sym.address()) else { continue };
+        functions.entry(name.to_string()).or_insert(Function {
+            address: sym.address(),
+            size: sym.size(),
+            file_offset,
+        });
     }
 }
 
@@ -87,7 +109,8 @@ mod tests {
     #[test]
     fn finds_exported_functions_of_libc() {
         let libc = Path::new("/lib/x86_64-linux-gnu/libc.so.6");
-        let symbols = Symbols::read(libc).unwrap();
+        let symbols = Symbols::read(libc, &["write", "read", "no_such_function_here"]).unwrap();
+        assert!(symbols.get("read").is_some());
         let write = symbols.get("write").expect("libc exports write");
         assert!(write.size > 0);
         assert!(write.file_offset > 0);
@@ -104,10 +127,11 @@ mod tests {
 
     #[test]
     fn garbage_is_an_error_not_a_panic() {
-        assert!(Symbols::parse(b"").is_err());
-        assert!(Symbols::parse(b"\x7fELF garbage that is not an elf file at all").is_err());
-        let mut truncated = fs::read("/lib/x86_64-linux-gnu/libc.so.6").unwrap();
-        truncated.truncate(4096);
-        let _ = Symbols::parse(&truncated);
+        assert!(Symbols::parse(b"", &["x"]).is_err());
+        assert!(Symbols::parse(b"\x7fELF garbage that is not an elf file at all", &["x"]).is_err());
+        let libc = fs::read("/lib/x86_64-linux-gnu/libc.so.6").unwrap();
+        for cut in [16, 64, 4096, libc.len() / 2] {
+            let _ = Symbols::parse(&libc[..cut], &["write"]);
+        }
     }
 }

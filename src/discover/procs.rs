@@ -1,6 +1,5 @@
 //! Processes and the files they map, read from `/proc`.
 
-use std::collections::HashMap;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -72,37 +71,6 @@ fn parse_maps_line(line: &str) -> Option<Mapping> {
 /// `pid` maps, even when `pid` lives in another mount namespace.
 pub fn host_path(pid: u32, path: &str) -> PathBuf {
     PathBuf::from(format!("/proc/{pid}/root{path}"))
-}
-
-/// A file some process maps: how cleartap reaches it, and its name as the
-/// process sees it.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct MappedFile {
-    pub host_path: PathBuf,
-    pub path_in_process: String,
-}
-
-/// Each distinct file (by device and inode) that some process maps and
-/// that `wanted` accepts (given the path inside the process).
-pub fn mapped_files_matching(wanted: impl Fn(&str) -> bool) -> HashMap<FileId, MappedFile> {
-    let mut found = HashMap::new();
-    for pid in all_pids() {
-        if pid == std::process::id() {
-            continue;
-        }
-        let mut seen_inodes = Vec::new();
-        for m in mappings(pid) {
-            if seen_inodes.contains(&m.inode) || !wanted(&m.path) {
-                continue;
-            }
-            seen_inodes.push(m.inode);
-            let host_path = host_path(pid, &m.path);
-            if let Ok(id) = FileId::of(&host_path) {
-                found.entry(id).or_insert(MappedFile { host_path, path_in_process: m.path });
-            }
-        }
-    }
-    found
 }
 
 #[cfg(test)]

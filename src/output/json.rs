@@ -29,6 +29,8 @@ struct TlsJson<'a> {
     uid: u32,
     comm: &'a str,
     library: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    library_version: Option<&'a str>,
     library_path: &'a str,
     function: &'a str,
     direction: &'a str,
@@ -59,6 +61,7 @@ impl<W: Write> Output for JsonOutput<W> {
             uid: r.uid,
             comm: &r.comm,
             library: r.library,
+            library_version: r.library_version,
             library_path: r.library_path,
             function: r.function,
             direction: r.direction.as_str(),

@@ -1,8 +1,12 @@
-//! Capture sources: one module per library or program family. A source
-//! knows which files to probe, which symbols to hook, and which kernel
-//! program serves each hook; nothing else.
+//! Capture sources: one module per library family. A source knows which
+//! files are its libraries, which symbols to hook and with which kernel
+//! program; discovery and attaching are shared (`attacher`).
 
+pub mod attacher;
+pub mod gnutls;
+pub mod nss;
 pub mod openssl;
+pub mod procwatch;
 pub mod tls;
 
 use std::path::{Path, PathBuf};
@@ -12,28 +16,68 @@ use anyhow::{bail, Result};
 use crate::discover::elf::{Function, Symbols};
 use crate::discover::procs::FileId;
 
-/// The calling convention of a hooked plaintext function, which decides
-/// the kernel program serving it.
+/// The kernel entry program a hooked function needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Shape {
+pub enum Entry {
     /// `f(handle, buf, len)`; the return value is the byte count.
     Plain,
     /// `f(handle, buf, len, size_t *done)`; returns 1 on success.
     Ex,
+    /// NSPR's `f(PRFileDesc *, buf, len, ...)`: plain shape, TLS layers only.
+    Nspr,
 }
 
 /// One plaintext function of a TLS library.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TlsHook {
     pub symbol: &'static str,
-    pub shape: Shape,
+    pub entry: Entry,
     /// `enum ct_tls_function` in `bpf/events.h`.
     pub function_id: u8,
 }
 
+/// A TLS library family.
+#[derive(Debug)]
+pub struct TlsSource {
+    /// `--library` name and the `library` field of records.
+    pub name: &'static str,
+    pub hooks: &'static [TlsHook],
+    /// Does a file name (basename) look like this library?
+    pub file_prefix: &'static str,
+    /// Bit of `watch_mask` in `bpf/procwatch.bpf.c` for `file_prefix`.
+    pub watch_bit: u32,
+    /// Reads the library's version from the file, when it says.
+    pub version: fn(&Path) -> Option<String>,
+}
+
+impl TlsSource {
+    pub fn is_library_path(&self, path: &str) -> bool {
+        let name = path.rsplit('/').next().unwrap_or(path);
+        name.starts_with(self.file_prefix)
+    }
+}
+
+pub const TLS_SOURCES: [&TlsSource; 3] = [&openssl::SOURCE, &gnutls::SOURCE, &nss::SOURCE];
+
+/// The function name of an `enum ct_tls_function` value, and its family.
+pub fn function_of(function_id: u8) -> (&'static str, &'static str) {
+    TLS_SOURCES
+        .iter()
+        .flat_map(|s| s.hooks.iter().map(move |h| (h, s.name)))
+        .find(|(h, _)| h.function_id == function_id)
+        .map_or(("?", "unknown"), |(h, name)| (h.symbol, name))
+}
+
+/// Every symbol any source looks for.
+pub fn wanted_symbols() -> Vec<&'static str> {
+    let mut names: Vec<_> = TLS_SOURCES.iter().flat_map(|s| s.hooks.iter().map(|h| h.symbol)).collect();
+    names.push(openssl::BORINGSSL_MARKER);
+    names
+}
+
 /// A file to probe (a library, or an executable with a library linked in)
 /// and the hooks found in it.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct TlsTarget {
     /// Where cleartap opens the file (through /proc/PID/root for files
     /// in other mount namespaces).
@@ -41,31 +85,96 @@ pub struct TlsTarget {
     /// The name to show: the path as the process using it sees it.
     pub display_path: String,
     pub id: FileId,
+    /// `openssl`, `boringssl`, `gnutls` or `nss`.
     pub library: &'static str,
+    pub version: Option<String>,
     pub hooks: Vec<(TlsHook, Function)>,
 }
 
 impl TlsTarget {
-    /// Read the symbols of `path` and keep the hooks it defines. A file
-    /// defining none of them is an error that names what was looked for.
-    pub fn resolve(path: &Path, library: &'static str, hooks: &[TlsHook]) -> Result<TlsTarget> {
+    /// Read the symbols of `path` and keep the hooks `source` defines. A
+    /// file defining none of them is an error naming what was looked for.
+    pub fn resolve(path: &Path, source: &TlsSource) -> Result<TlsTarget> {
         let id = FileId::of(path)?;
-        let symbols = Symbols::read(path)?;
-        let found: Vec<_> = hooks.iter().filter_map(|h| symbols.get(h.symbol).map(|f| (*h, f))).collect();
+        let symbols = Symbols::read(path, &wanted_symbols())?;
+        Self::from_symbols(path, id, &symbols, source)
+    }
+
+    pub fn from_symbols(path: &Path, id: FileId, symbols: &Symbols, source: &TlsSource) -> Result<TlsTarget> {
+        let found: Vec<_> =
+            source.hooks.iter().filter_map(|h| symbols.get(h.symbol).map(|f| (*h, f))).collect();
         if found.is_empty() {
-            let names: Vec<_> = hooks.iter().map(|h| h.symbol).collect();
+            let names: Vec<_> = source.hooks.iter().map(|h| h.symbol).collect();
             bail!(
-                "{} defines none of the {library} functions cleartap hooks ({})",
+                "{} defines none of the {} functions cleartap hooks ({})",
                 path.display(),
+                source.name,
                 names.join(", ")
             );
         }
+        let library = if source.name == openssl::SOURCE.name && openssl::is_boringssl(symbols) {
+            "boringssl"
+        } else {
+            source.name
+        };
         Ok(TlsTarget {
             path: path.to_path_buf(),
             display_path: path.to_string_lossy().into_owned(),
             id,
             library,
+            version: (source.version)(path),
             hooks: found,
         })
+    }
+
+    pub fn hook_names(&self) -> String {
+        self.hooks.iter().map(|(h, _)| h.symbol).collect::<Vec<_>>().join(", ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn function_ids_are_unique_and_named() {
+        let mut ids: Vec<u8> =
+            TLS_SOURCES.iter().flat_map(|s| s.hooks.iter().map(|h| h.function_id)).collect();
+        let n = ids.len();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), n);
+        assert_eq!(function_of(1), ("SSL_write", "openssl"));
+        assert_eq!(function_of(9), ("PR_Write", "nss"));
+        assert_eq!(function_of(0), ("?", "unknown"));
+    }
+
+    #[test]
+    fn function_ids_match_the_c_header() {
+        let header = include_str!("../../bpf/events.h");
+        let start = header.find("enum ct_tls_function").unwrap();
+        let body = &header[start..header[start..].find("};").unwrap() + start];
+        let names: Vec<&str> = body
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("CT_FN_"))
+            .map(|l| l.split([',', ' ', '=']).next().unwrap())
+            .collect();
+        for source in TLS_SOURCES {
+            for h in source.hooks {
+                let c_name = names[h.function_id as usize - 1];
+                assert_eq!(c_name, h.symbol.to_ascii_uppercase(), "{}", h.symbol);
+            }
+        }
+    }
+
+    #[test]
+    fn library_names() {
+        assert!(openssl::SOURCE.is_library_path("/usr/lib/x86_64-linux-gnu/libssl.so.3"));
+        assert!(openssl::SOURCE.is_library_path("/opt/app/libssl.so.1.1"));
+        assert!(!openssl::SOURCE.is_library_path("/usr/lib/libssl3.so"));
+        assert!(!openssl::SOURCE.is_library_path("/home/libssl.so.d/libc.so.6"));
+        assert!(gnutls::SOURCE.is_library_path("/lib/x86_64-linux-gnu/libgnutls.so.30"));
+        assert!(nss::SOURCE.is_library_path("/lib/x86_64-linux-gnu/libnspr4.so"));
+        assert!(!nss::SOURCE.is_library_path("/lib/x86_64-linux-gnu/libnss3.so"));
     }
 }

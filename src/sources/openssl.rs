@@ -1,48 +1,39 @@
-//! OpenSSL 1.1.x / 3.x and BoringSSL builds that export the same names.
+//! OpenSSL 1.1.x / 3.x and BoringSSL builds that export the same names,
+//! as `libssl.so*` or linked into an executable (node).
 
-use super::{Shape, TlsHook};
+use std::path::Path;
 
-pub const LIBRARY: &str = "openssl";
+use super::{Entry, TlsHook, TlsSource};
+use crate::discover::elf::Symbols;
+use crate::discover::version;
 
-/// Values of `enum ct_tls_function` in `bpf/events.h`.
-pub const HOOKS: [TlsHook; 4] = [
-    TlsHook { symbol: "SSL_write", shape: Shape::Plain, function_id: 1 },
-    TlsHook { symbol: "SSL_read", shape: Shape::Plain, function_id: 2 },
-    TlsHook { symbol: "SSL_write_ex", shape: Shape::Ex, function_id: 3 },
-    TlsHook { symbol: "SSL_read_ex", shape: Shape::Ex, function_id: 4 },
-];
+pub const SOURCE: TlsSource = TlsSource {
+    name: "openssl",
+    hooks: &[
+        TlsHook { symbol: "SSL_write", entry: Entry::Plain, function_id: 1 },
+        TlsHook { symbol: "SSL_read", entry: Entry::Plain, function_id: 2 },
+        TlsHook { symbol: "SSL_write_ex", entry: Entry::Ex, function_id: 3 },
+        TlsHook { symbol: "SSL_read_ex", entry: Entry::Ex, function_id: 4 },
+    ],
+    file_prefix: "libssl.so",
+    watch_bit: 0,
+    version: openssl_version,
+};
 
-/// Does a mapped path look like OpenSSL's libssl (`libssl.so`, `libssl.so.3`,
-/// `libssl.so.1.1`, ...)?
-pub fn is_library_path(path: &str) -> bool {
-    let name = path.rsplit('/').next().unwrap_or(path);
-    name.starts_with("libssl.so")
+/// A function only BoringSSL's libssl defines.
+pub const BORINGSSL_MARKER: &str = "SSL_CTX_set_strict_cipher_list";
+
+pub fn is_boringssl(symbols: &Symbols) -> bool {
+    symbols.get(BORINGSSL_MARKER).is_some()
 }
 
-/// The function name of an `enum ct_tls_function` value.
-pub fn function_name(function_id: u8) -> &'static str {
-    HOOKS.iter().find(|h| h.function_id == function_id).map_or("?", |h| h.symbol)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn recognises_libssl_names() {
-        assert!(is_library_path("/usr/lib/x86_64-linux-gnu/libssl.so.3"));
-        assert!(is_library_path("/opt/app/libssl.so.1.1"));
-        assert!(is_library_path("libssl.so"));
-        assert!(!is_library_path("/usr/lib/libssl3.so"));
-        assert!(!is_library_path("/usr/lib/x86_64-linux-gnu/libcrypto.so.3"));
-        assert!(!is_library_path("/home/libssl.so.d/libc.so.6"));
-    }
-
-    #[test]
-    fn function_names_round_trip() {
-        for h in HOOKS {
-            assert_eq!(function_name(h.function_id), h.symbol);
-        }
-        assert_eq!(function_name(0), "?");
-    }
+/// `OpenSSL 3.0.19 27 Jan 2026` lives in libcrypto, next to libssl; an
+/// executable with OpenSSL linked in carries it itself.
+fn openssl_version(path: &Path) -> Option<String> {
+    let name = path.file_name()?.to_str()?;
+    let file = match name.strip_prefix("libssl") {
+        Some(rest) => path.with_file_name(format!("libcrypto{rest}")),
+        None => path.to_path_buf(),
+    };
+    version::find_after(&file, b"OpenSSL ")
 }

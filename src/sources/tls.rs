@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{Link, MapCore, MapFlags, OpenObject, ProgramMut, UprobeOpts};
 
-use super::{Shape, TlsTarget};
+use super::{Entry, TlsTarget};
 use crate::bpf::tls::{TlsSkel, TlsSkelBuilder};
 use crate::kernel::Filters;
 
@@ -27,15 +27,7 @@ impl<'obj> TlsProbes<'obj> {
     ) -> Result<Self> {
         let mut open = TlsSkelBuilder::default().open(storage).context("opening the TLS BPF object")?;
         let rodata = open.maps.rodata_data.as_deref_mut().context("no .rodata in the BPF object")?;
-        rodata.filter_pid = filters.pid.unwrap_or(0);
-        if let Some(uid) = filters.uid {
-            rodata.filter_uid_enabled = 1;
-            rodata.filter_uid = uid;
-        }
-        if let Some(comm) = filters.comm_bytes() {
-            rodata.filter_comm_enabled = 1;
-            rodata.filter_comm = comm;
-        }
+        crate::set_filters!(rodata, filters);
         open.maps.events.set_max_entries(ringbuf_bytes).context("sizing the ring buffer")?;
         let skel = open.load().context(
             "loading the TLS BPF programs into the kernel failed (cleartap needs Linux >= 5.8 \
@@ -83,7 +75,7 @@ impl<'obj> TlsProbes<'obj> {
     pub fn attach(&self, target: &TlsTarget) -> Result<Vec<Link>> {
         let mut links = Vec::new();
         for (hook, function) in &target.hooks {
-            let (entry, ret) = self.programs_for(hook.shape, hook.function_id);
+            let (entry, ret) = self.programs_for(hook.entry, hook.function_id);
             let offset = function.file_offset as usize;
             for (prog, retprobe) in [(entry, false), (ret, true)] {
                 let opts = UprobeOpts { retprobe, ..Default::default() };
@@ -102,26 +94,37 @@ impl<'obj> TlsProbes<'obj> {
         Ok(links)
     }
 
-    fn programs_for(&self, shape: Shape, function_id: u8) -> (&ProgramMut<'obj>, &ProgramMut<'obj>) {
+    /// The entry program of a shape and the return program of a function
+    /// (values of `enum ct_tls_function`, checked against the C header).
+    fn programs_for(&self, entry: Entry, function_id: u8) -> (&ProgramMut<'obj>, &ProgramMut<'obj>) {
         let p = &self.skel.progs;
-        let entry = match shape {
-            Shape::Plain => &p.plain_entry,
-            Shape::Ex => &p.ex_entry,
+        let entry = match entry {
+            Entry::Plain => &p.plain_entry,
+            Entry::Ex => &p.ex_entry,
+            Entry::Nspr => &p.nspr_entry,
         };
         let ret = match function_id {
             1 => &p.ssl_write_return,
             2 => &p.ssl_read_return,
             3 => &p.ssl_write_ex_return,
-            _ => &p.ssl_read_ex_return,
+            4 => &p.ssl_read_ex_return,
+            5 => &p.gnutls_record_send_return,
+            6 => &p.gnutls_record_recv_return,
+            7 => &p.gnutls_record_send2_return,
+            8 => &p.gnutls_record_recv_seq_return,
+            9 => &p.pr_write_return,
+            10 => &p.pr_read_return,
+            11 => &p.pr_send_return,
+            _ => &p.pr_recv_return,
         };
         (entry, ret)
     }
 
-    pub fn events_map(&self) -> &dyn MapCore {
+    pub fn events_map(&self) -> &libbpf_rs::MapMut<'obj> {
         &self.skel.maps.events
     }
 
-    pub fn stats_map(&self) -> &dyn MapCore {
+    pub fn stats_map(&self) -> &libbpf_rs::MapMut<'obj> {
         &self.skel.maps.stats
     }
 }

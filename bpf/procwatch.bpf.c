@@ -1,0 +1,98 @@
+// SPDX-License-Identifier: GPL-2.0 OR MIT
+/* New processes and newly opened TLS libraries, so that user space can
+ * attach to a binary or library it has not seen before the program gets
+ * to its first TLS byte. Shares the ring buffer of the capture programs. */
+#include "common.h"
+
+/* A file named lib<prefix>.so* whose prefix a capture source asked for
+ * (bit i of watch_mask set for prefix i below). */
+const volatile __u32 watch_mask = 0;
+
+#define PREFIXES 3
+static const char prefixes[PREFIXES][16] = { "libssl.so", "libgnutls.so", "libnspr4.so" };
+
+static __always_inline bool has_prefix(const char *name, const char *prefix)
+{
+	for (int i = 0; i < 16; i++) {
+		if (prefix[i] == 0)
+			return true;
+		if (name[i] != prefix[i])
+			return false;
+	}
+	return true;
+}
+
+static __always_inline void emit_file_event(__u32 kind, const char *user_path, bool user)
+{
+	struct ct_file_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		stat_add(CT_STAT_LOST_RECORDS, 1);
+		return;
+	}
+	e->kind = kind;
+	e->pid = bpf_get_current_pid_tgid() >> 32;
+	if (user)
+		bpf_probe_read_user_str(e->path, sizeof(e->path), user_path);
+	else
+		bpf_probe_read_kernel_str(e->path, sizeof(e->path), user_path);
+	bpf_ringbuf_submit(e, 0);
+	stat_add(CT_STAT_RECORDS, 1);
+}
+
+SEC("tracepoint/sched/sched_process_exec")
+int sched_process_exec(struct trace_event_raw_sched_process_exec *ctx)
+{
+	if (!current_task_wanted())
+		return 0;
+	unsigned short loc = 0;
+	bpf_probe_read_kernel(&loc, sizeof(loc), &ctx->__data_loc_filename);
+	emit_file_event(CT_EV_EXEC, (const char *)ctx + (loc & 0xffff), false);
+	return 0;
+}
+
+struct name_buf {
+	char path[CT_PATH_LEN];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct name_buf);
+} scratch SEC(".maps");
+
+SEC("tracepoint/syscalls/sys_enter_openat")
+int sys_enter_openat(struct trace_event_raw_sys_enter *ctx)
+{
+	__u32 zero = 0;
+	struct name_buf *buf = bpf_map_lookup_elem(&scratch, &zero);
+	if (!buf || !watch_mask)
+		return 0;
+	const char *user_path = NULL;
+	bpf_probe_read_kernel(&user_path, sizeof(user_path), &ctx->args[1]);
+	long len = bpf_probe_read_user_str(buf->path, sizeof(buf->path), user_path);
+	if (len <= 0)
+		return 0;
+	/* The basename starts after the last '/': scan back from the end, so a
+	 * typical path costs a few iterations and the verifier keeps no
+	 * state across them. */
+	for (int j = 1; j < CT_PATH_LEN; j++) {
+		long i = len - 1 - j;
+		if (i < 0)
+			return 0;
+		if (buf->path[i & (CT_PATH_LEN - 1)] != '/')
+			continue;
+		if (i > CT_PATH_LEN - 17)
+			return 0;
+		const char *name = &buf->path[(i + 1) & (CT_PATH_LEN - 1)];
+		for (int p = 0; p < PREFIXES; p++) {
+			if ((watch_mask & (1 << p)) && has_prefix(name, prefixes[p])) {
+				if (current_task_wanted())
+					emit_file_event(CT_EV_LIB_OPEN, user_path, true);
+				return 0;
+			}
+		}
+		return 0;
+	}
+	return 0;
+}

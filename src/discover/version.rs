@@ -1,0 +1,79 @@
+//! Library versions read from the bytes of the file (the strings a library
+//! prints about itself), never by running it.
+
+use std::fs::File;
+use std::path::Path;
+
+/// Maps a file read-only. Empty or unreadable files give `None`.
+pub fn map(path: &Path) -> Option<memmap2::Mmap> {
+    let file = File::open(path).ok()?;
+    // SAFETY: a read-only private mapping; a concurrent truncation of the
+    // file could fault, which is why callers only map files they are
+    // about to probe and the kernel does the same when attaching.
+    unsafe { memmap2::Mmap::map(&file) }.ok()
+}
+
+/// The first `X.Y[.Z]` version right after `prefix` (e.g. `OpenSSL `).
+pub fn find_after(path: &Path, prefix: &[u8]) -> Option<String> {
+    let bytes = map(path)?;
+    find_after_in(&bytes, prefix)
+}
+
+pub fn find_after_in(bytes: &[u8], prefix: &[u8]) -> Option<String> {
+    let mut rest = bytes;
+    while let Some(at) = find(rest, prefix) {
+        let candidate = &rest[at + prefix.len()..];
+        if let Some(v) = leading_version(candidate) {
+            return Some(v);
+        }
+        rest = &rest[at + 1..];
+    }
+    None
+}
+
+/// The first NUL-delimited string that is only a version starting with
+/// `major` (e.g. `3.7.9` in GnuTLS, `4.35` in NSPR).
+pub fn find_bare(path: &Path, major: u8) -> Option<String> {
+    let bytes = map(path)?;
+    find_bare_in(&bytes, major)
+}
+
+pub fn find_bare_in(bytes: &[u8], major: u8) -> Option<String> {
+    bytes
+        .split(|&b| b == 0)
+        .filter(|s| s.first() == Some(&major) && s.len() <= 12)
+        .find_map(|s| leading_version(s).filter(|v| v.len() == s.len()))
+}
+
+/// `digits.digits[.digits]` at the start of `s`.
+fn leading_version(s: &[u8]) -> Option<String> {
+    let end = s.iter().position(|b| !(b.is_ascii_digit() || *b == b'.')).unwrap_or(s.len());
+    let v = std::str::from_utf8(&s[..end]).ok()?.trim_end_matches('.');
+    let parts: Vec<&str> = v.split('.').collect();
+    let valid = (2..=4).contains(&parts.len()) && parts.iter().all(|p| !p.is_empty() && p.len() <= 4);
+    valid.then(|| v.to_string())
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_after_a_prefix() {
+        let blob = b"\0OpenSSL xyz\0OpenSSL 3.0.19 27 Jan 2026\0";
+        assert_eq!(find_after_in(blob, b"OpenSSL ").as_deref(), Some("3.0.19"));
+        assert_eq!(find_after_in(b"OpenSSL \0", b"OpenSSL "), None);
+        assert_eq!(find_after_in(b"", b"OpenSSL "), None);
+    }
+
+    #[test]
+    fn bare_versions() {
+        assert_eq!(find_bare_in(b"x\x003.7.9\0y", b'3').as_deref(), Some("3.7.9"));
+        assert_eq!(find_bare_in(b"\x004.35\0", b'4').as_deref(), Some("4.35"));
+        assert_eq!(find_bare_in(b"\x003\x003.\x003.x\x0033333333333.1\0", b'3'), None);
+    }
+}

@@ -1,0 +1,161 @@
+//! Finds the files to probe (libraries mapped by processes, executables
+//! with a TLS library linked in, `--lib` paths) and attaches each file once,
+//! by inode: a uprobe belongs to the file, so every process using it, now
+//! or later, is covered by that one attachment.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use libbpf_rs::Link;
+
+use super::tls::TlsProbes;
+use super::{openssl, wanted_symbols, TlsSource, TlsTarget};
+use crate::discover::elf::Symbols;
+use crate::discover::procs::{self, FileId};
+
+pub struct Attacher<'p, 'obj> {
+    probes: &'p TlsProbes<'obj>,
+    sources: Vec<&'static TlsSource>,
+    excluded: HashSet<FileId>,
+    /// Files already checked, attached or not: each is read once.
+    seen: HashSet<FileId>,
+    links: Vec<Link>,
+}
+
+impl<'p, 'obj> Attacher<'p, 'obj> {
+    pub fn new(probes: &'p TlsProbes<'obj>, sources: Vec<&'static TlsSource>, exclude: &[PathBuf]) -> Self {
+        let excluded = exclude.iter().filter_map(|p| FileId::of(p).ok()).collect();
+        Attacher { probes, sources, excluded, seen: HashSet::new(), links: Vec::new() }
+    }
+
+    /// `--lib PATH`: must define the functions of one selected source.
+    pub fn attach_explicit(&mut self, path: &Path) -> Result<TlsTarget> {
+        let id = FileId::of(path).with_context(|| format!("--lib {}", path.display()))?;
+        let symbols =
+            Symbols::read(path, &wanted_symbols()).with_context(|| format!("--lib {}", path.display()))?;
+        let mut errors = Vec::new();
+        for source in self.sources.clone() {
+            match TlsTarget::from_symbols(path, id, &symbols, source) {
+                Ok(target) => {
+                    self.seen.insert(id);
+                    self.attach(&target).with_context(|| format!("--lib {}", path.display()))?;
+                    return Ok(target);
+                }
+                Err(e) => errors.push(format!("{e:#}")),
+            }
+        }
+        bail!("--lib {}: {}", path.display(), errors.join("; "))
+    }
+
+    /// Every process on the host: its mapped libraries and its executable.
+    pub fn scan_host(&mut self) -> Vec<TlsTarget> {
+        let mut pids = procs::all_pids();
+        pids.sort();
+        pids.into_iter()
+            .filter(|&pid| pid != std::process::id())
+            .flat_map(|pid| self.scan_process(pid))
+            .collect()
+    }
+
+    /// A process that just exec'd `exe_path`: its executable (its libraries
+    /// arrive as library-open events).
+    pub fn scan_new_process(&mut self, pid: u32, exe_path: &str) -> Vec<TlsTarget> {
+        self.consider_executable(pid, Some(exe_path)).into_iter().collect()
+    }
+
+    pub fn scan_process(&mut self, pid: u32) -> Vec<TlsTarget> {
+        let mut found = Vec::new();
+        found.extend(self.consider_executable(pid, None));
+        let mut paths: Vec<String> = procs::mappings(pid).into_iter().map(|m| m.path).collect();
+        paths.dedup();
+        for path in paths {
+            found.extend(self.consider_library(pid, &path));
+        }
+        found
+    }
+
+    /// A file `pid` opened (or maps) under the name `path`, as it sees it.
+    pub fn consider_library(&mut self, pid: u32, path: &str) -> Option<TlsTarget> {
+        let source = *self.sources.iter().find(|s| s.is_library_path(path))?;
+        let mut host_path = if path.starts_with('/') {
+            procs::host_path(pid, path)
+        } else {
+            PathBuf::from(format!("/proc/{pid}/cwd/{path}"))
+        };
+        if !host_path.exists() && path.starts_with('/') {
+            // The process is gone already (a short-lived one, or one whose
+            // event waited behind others): its library is most likely the
+            // one under the same name here. Attaching to it is harmless.
+            host_path = PathBuf::from(path);
+        }
+        let id = self.unseen(&host_path)?;
+        let host_path = lasting_path(path, Some(id)).unwrap_or(host_path);
+        match TlsTarget::resolve(&host_path, source) {
+            Ok(target) => self.attach_discovered(TlsTarget { display_path: path.to_string(), ..target }),
+            Err(e) => {
+                eprintln!("cleartap: warning: skipping {path} (pid {pid}): {e:#}");
+                None
+            }
+        }
+    }
+
+    /// An executable with OpenSSL/BoringSSL linked in (node, for one).
+    /// `exec_path` is the name it was exec'd under, for when the process
+    /// has already exited.
+    fn consider_executable(&mut self, pid: u32, exec_path: Option<&str>) -> Option<TlsTarget> {
+        if !self.sources.iter().any(|s| s.name == openssl::SOURCE.name) {
+            return None;
+        }
+        let exe = PathBuf::from(format!("/proc/{pid}/exe"));
+        let display_path = match std::fs::read_link(&exe) {
+            Ok(p) => p.display().to_string(),
+            Err(_) => exec_path?.to_string(),
+        };
+        let path = match lasting_path(&display_path, FileId::of(&exe).ok()) {
+            Some(p) => p,
+            None if exe.exists() => exe,
+            None => PathBuf::from(&display_path),
+        };
+        let id = self.unseen(&path)?;
+        let symbols = Symbols::read(&path, &wanted_symbols()).ok()?;
+        let target = TlsTarget::from_symbols(&path, id, &symbols, &openssl::SOURCE).ok()?;
+        self.attach_discovered(TlsTarget { display_path, ..target })
+    }
+
+    /// The file's id if it is reachable, not excluded and not yet checked
+    /// (marking it checked). A file gone already is skipped quietly: the
+    /// process that had it has exited.
+    fn unseen(&mut self, path: &Path) -> Option<FileId> {
+        let id = FileId::of(path).ok()?;
+        (!self.excluded.contains(&id) && self.seen.insert(id)).then_some(id)
+    }
+
+    fn attach_discovered(&mut self, target: TlsTarget) -> Option<TlsTarget> {
+        match self.attach(&target) {
+            Ok(()) => Some(target),
+            Err(e) => {
+                eprintln!("cleartap: warning: not capturing {}: {e:#}", target.display_path);
+                None
+            }
+        }
+    }
+
+    fn attach(&mut self, target: &TlsTarget) -> Result<()> {
+        self.links.extend(self.probes.attach(target)?);
+        Ok(())
+    }
+
+    /// Detach every uprobe (links close with their fds).
+    pub fn detach_all(&mut self) {
+        self.links.clear();
+    }
+}
+
+/// A path to the same file that does not go through /proc/PID (which
+/// vanishes with a short-lived process): the path itself, when this
+/// process sees the same file there (same mount namespace).
+fn lasting_path(path: &str, id: Option<FileId>) -> Option<PathBuf> {
+    let plain = PathBuf::from(path);
+    (id.is_some() && FileId::of(&plain).ok() == id).then_some(plain)
+}

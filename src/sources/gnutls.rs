@@ -1,0 +1,29 @@
+//! GnuTLS 3.x (`libgnutls.so.30`): Debian's wget and gnutls-cli use it.
+//!
+//! `gnutls_record_send` may tail-jump into `gnutls_record_send2` (and recv
+//! into the same internals as `recv_seq`); both are hooked, and the kernel
+//! side emits a call once: the first return to see the call consumes it.
+//! `gnutls_record_recv_packet` (zero-copy, packet shaped) is not hooked.
+
+use std::path::Path;
+
+use super::{Entry, TlsHook, TlsSource};
+use crate::discover::version;
+
+pub const SOURCE: TlsSource = TlsSource {
+    name: "gnutls",
+    hooks: &[
+        TlsHook { symbol: "gnutls_record_send", entry: Entry::Plain, function_id: 5 },
+        TlsHook { symbol: "gnutls_record_recv", entry: Entry::Plain, function_id: 6 },
+        TlsHook { symbol: "gnutls_record_send2", entry: Entry::Plain, function_id: 7 },
+        TlsHook { symbol: "gnutls_record_recv_seq", entry: Entry::Plain, function_id: 8 },
+    ],
+    file_prefix: "libgnutls.so",
+    watch_bit: 1,
+    version: gnutls_version,
+};
+
+/// GnuTLS keeps its version as a bare `3.x.y` string.
+fn gnutls_version(path: &Path) -> Option<String> {
+    version::find_bare(path, b'3')
+}

@@ -1,0 +1,29 @@
+//! NSS over NSPR (`libnspr4.so`): Firefox, Thunderbird, NSS's own tools.
+//!
+//! NSPR's I/O functions carry files and plain sockets as well as TLS. Only
+//! layered descriptors are reported: NSS pushes its SSL layer on top of the
+//! socket, so a TLS descriptor has a lower layer and a plain one has none.
+//! The check runs in the kernel at entry, before anything is copied.
+
+use std::path::Path;
+
+use super::{Entry, TlsHook, TlsSource};
+use crate::discover::version;
+
+pub const SOURCE: TlsSource = TlsSource {
+    name: "nss",
+    hooks: &[
+        TlsHook { symbol: "PR_Write", entry: Entry::Nspr, function_id: 9 },
+        TlsHook { symbol: "PR_Read", entry: Entry::Nspr, function_id: 10 },
+        TlsHook { symbol: "PR_Send", entry: Entry::Nspr, function_id: 11 },
+        TlsHook { symbol: "PR_Recv", entry: Entry::Nspr, function_id: 12 },
+    ],
+    file_prefix: "libnspr4.so",
+    watch_bit: 2,
+    version: nspr_version,
+};
+
+/// NSPR keeps its version as a bare `4.x` string.
+fn nspr_version(path: &Path) -> Option<String> {
+    version::find_bare(path, b'4')
+}

@@ -1,0 +1,52 @@
+//! The programs of `bpf/procwatch.bpf.c`: exec and library-open events,
+//! so binaries and libraries that appear after start are attached too.
+
+use std::mem::MaybeUninit;
+use std::os::fd::AsFd;
+
+use anyhow::{Context, Result};
+use libbpf_rs::skel::{OpenSkel, SkelBuilder};
+use libbpf_rs::{Link, OpenObject, TracepointCategory};
+
+use super::tls::TlsProbes;
+use super::TlsSource;
+use crate::bpf::procwatch::{ProcwatchSkel, ProcwatchSkelBuilder};
+use crate::kernel::Filters;
+
+pub struct ProcWatch<'obj> {
+    skel: ProcwatchSkel<'obj>,
+}
+
+impl<'obj> ProcWatch<'obj> {
+    /// Load, sharing the ring buffer and counters of `tls`, watching the
+    /// library file names of `sources`.
+    pub fn load(
+        storage: &'obj mut MaybeUninit<OpenObject>,
+        filters: &Filters,
+        sources: &[&TlsSource],
+        tls: &TlsProbes,
+    ) -> Result<Self> {
+        let mut open =
+            ProcwatchSkelBuilder::default().open(storage).context("opening the process watch BPF object")?;
+        let rodata = open.maps.rodata_data.as_deref_mut().context("no .rodata in the BPF object")?;
+        crate::set_filters!(rodata, filters);
+        rodata.watch_mask = sources.iter().fold(0, |mask, s| mask | (1 << s.watch_bit));
+        open.maps.events.reuse_fd(tls.events_map().as_fd()).context("sharing the ring buffer")?;
+        open.maps.stats.reuse_fd(tls.stats_map().as_fd()).context("sharing the counters")?;
+        let skel = open.load().context("loading the process watch BPF programs into the kernel failed")?;
+        Ok(ProcWatch { skel })
+    }
+
+    pub fn attach(&self) -> Result<Vec<Link>> {
+        let p = &self.skel.progs;
+        let exec = p
+            .sched_process_exec
+            .attach_tracepoint(TracepointCategory::Sched, "sched_process_exec")
+            .context("attaching tracepoint sched:sched_process_exec")?;
+        let open = p
+            .sys_enter_openat
+            .attach_tracepoint(TracepointCategory::Syscalls, "sys_enter_openat")
+            .context("attaching tracepoint syscalls:sys_enter_openat")?;
+        Ok(vec![exec, open])
+    }
+}
