@@ -25,21 +25,35 @@ pub struct Cgroup {
 }
 
 impl Cgroup {
-    /// `/sys/fs/cgroup/a/b` (or `a/b`, relative to the cgroup v2 root).
+    /// A directory of the cgroup v2 hierarchy, absolute or relative to its
+    /// mount point (`/sys/fs/cgroup`, or `/sys/fs/cgroup/unified` on hybrid
+    /// hosts).
     pub fn from_path(path: &Path) -> Result<Cgroup> {
         use std::os::unix::fs::MetadataExt;
-        let root = Path::new("/sys/fs/cgroup");
+        let root = cgroup2_mount()?;
         let full = if path.is_absolute() { path.to_path_buf() } else { root.join(path) };
         let full = full.canonicalize().map_err(|e| anyhow::anyhow!("--cgroup {}: {e}", full.display()))?;
-        let Ok(below) = full.strip_prefix(root) else {
-            bail!("--cgroup {}: not under the cgroup v2 root {}", full.display(), root.display());
+        let Ok(below) = full.strip_prefix(&root) else {
+            bail!(
+                "--cgroup {}: not in the cgroup v2 hierarchy mounted at {}",
+                full.display(),
+                root.display()
+            );
         };
-        if !root.join("cgroup.controllers").exists() {
-            bail!("--cgroup needs the unified cgroup v2 hierarchy at {}", root.display());
-        }
         let id = std::fs::metadata(&full)?.ino();
         Ok(Cgroup { id, level: below.components().count() as u32 })
     }
+}
+
+/// Where the cgroup v2 hierarchy is mounted.
+pub fn cgroup2_mount() -> Result<std::path::PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts")?;
+    mounts
+        .lines()
+        .map(|l| l.split(' ').collect::<Vec<_>>())
+        .find(|f| f.len() > 2 && f[2] == "cgroup2")
+        .map(|f| std::path::PathBuf::from(f[1]))
+        .ok_or_else(|| anyhow::anyhow!("--cgroup needs a cgroup v2 hierarchy, and none is mounted"))
 }
 
 /// Writes `Filters` into the `.rodata` of any skeleton (each skeleton has
@@ -153,11 +167,10 @@ mod tests {
 
     #[test]
     fn cgroup_root_is_level_zero() {
-        if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
-            let cg = Cgroup::from_path(Path::new("/sys/fs/cgroup")).unwrap();
-            assert_eq!(cg.level, 0);
+        if let Ok(root) = cgroup2_mount() {
+            assert_eq!(Cgroup::from_path(&root).unwrap().level, 0);
+            assert!(Cgroup::from_path(Path::new("/tmp")).is_err());
         }
-        assert!(Cgroup::from_path(Path::new("/tmp")).is_err());
     }
 
     #[test]

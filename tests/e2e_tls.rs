@@ -32,16 +32,16 @@ fn check_curl_exchange(body_size: usize, response_size: usize) {
 
     // The server side, through SSL_read_ex / SSL_write_ex.
     let server_side = pid_and_remote(server.pid(), curl_port);
-    assert_eq!(got.stream("recv", &server_side), truth_recv, "server recv stream");
-    assert_eq!(got.stream("send", &server_side), truth_sent, "server send stream");
+    assert_same_bytes(&got.stream("recv", &server_side), &truth_recv, "server recv stream");
+    assert_same_bytes(&got.stream("send", &server_side), &truth_sent, "server send stream");
     let functions: Vec<_> =
         got.records.iter().filter(|r| server_side(r)).map(|r| r["function"].clone()).collect();
     assert!(functions.iter().any(|f| f == "SSL_read_ex") && functions.iter().any(|f| f == "SSL_write_ex"));
 
     // The client side: curl, with its tuple mirroring the server's.
     let curl_side = |r: &serde_json::Value| r["comm"] == "curl";
-    assert_eq!(got.stream("send", curl_side), truth_recv, "curl send stream");
-    assert_eq!(got.stream("recv", curl_side), truth_sent, "curl recv stream");
+    assert_same_bytes(&got.stream("send", curl_side), &truth_recv, "curl send stream");
+    assert_same_bytes(&got.stream("recv", curl_side), &truth_sent, "curl recv stream");
     for r in got.records.iter().filter(|r| curl_side(r)) {
         assert_eq!(port_of(&r["local"]), Some(curl_port), "{r}");
         assert_eq!(port_of(&r["remote"]), Some(server.port), "{r}");
@@ -86,8 +86,8 @@ fn pid_filter_keeps_only_that_process() {
     assert!(!got.records.is_empty());
     assert!(got.records.iter().all(|r| r["pid"] == client.pid()), "other pids captured");
     let mine = |r: &serde_json::Value| r["pid"] == client.pid();
-    assert_eq!(got.stream("send", mine), server.received_from(client.local_port));
-    assert_eq!(got.stream("recv", mine), server.sent_to(client.local_port));
+    assert_same_bytes(&got.stream("send", mine), &server.received_from(client.local_port), "send stream");
+    assert_same_bytes(&got.stream("recv", mine), &server.sent_to(client.local_port), "recv stream");
 }
 
 #[test]

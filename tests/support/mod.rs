@@ -269,7 +269,12 @@ pub struct TlsClient {
 
 impl TlsClient {
     pub fn connect(server: &TlsServer) -> TlsClient {
+        Self::connect_with_env(server, &[])
+    }
+
+    pub fn connect_with_env(server: &TlsServer, env: &[(&str, &str)]) -> TlsClient {
         let mut child = Command::new("python3")
+            .envs(env.iter().copied())
             .arg(support_dir().join("tls_client.py"))
             .arg(server.port.to_string())
             .stdin(Stdio::piped())
@@ -310,4 +315,91 @@ pub fn payload(len: usize, seed: u8) -> Vec<u8> {
 
 pub fn port_of(addr: &Value) -> Option<u16> {
     addr.as_str()?.rsplit(':').next()?.parse().ok()
+}
+
+/// A process that maps `library` and waits: makes the library "in use"
+/// before cleartap starts, as on a host where some program already uses it.
+pub struct Holder {
+    child: Child,
+}
+
+impl Holder {
+    pub fn mapping(library: &str) -> Holder {
+        let mut child = Command::new("python3")
+            .args([
+                "-c",
+                &format!(
+                    "import ctypes,sys; ctypes.CDLL({library:?}); print('ok', flush=True); sys.stdin.read()"
+                ),
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("starting a python3 holder");
+        let mut line = String::new();
+        BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "ok", "could not load {library}");
+        Holder { child }
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Run a command to completion, feeding `stdin`; panics on failure.
+pub fn run(cmd: &mut Command, stdin: &[u8]) -> std::process::Output {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"));
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+/// The only peer port the server saw, once.
+pub fn single_peer(server: &TlsServer) -> u16 {
+    let ports = server.peer_ports();
+    assert_eq!(ports.len(), 1, "one connection expected, got {ports:?}");
+    ports[0]
+}
+
+/// Captured send/recv of `comm` equal what the server received/sent.
+pub fn assert_client_matches_server(got: &Captured, server: &TlsServer, comm: &str) {
+    let peer = single_peer(server);
+    let mine = |r: &Value| r["comm"] == comm;
+    assert_same_bytes(&got.stream("send", mine), &server.received_from(peer), &format!("{comm} send stream"));
+    assert_same_bytes(&got.stream("recv", mine), &server.sent_to(peer), &format!("{comm} recv stream"));
+    for r in got.records.iter().filter(|r| mine(r)) {
+        assert_eq!(port_of(&r["local"]), Some(peer), "{r}");
+        assert_eq!(port_of(&r["remote"]), Some(server.port), "{r}");
+    }
+}
+
+/// Byte-exact comparison that reports lengths and the first difference
+/// instead of dumping megabytes.
+#[track_caller]
+pub fn assert_same_bytes(got: &[u8], want: &[u8], what: &str) {
+    if got == want {
+        return;
+    }
+    let first = got.iter().zip(want).position(|(a, b)| a != b).unwrap_or(got.len().min(want.len()));
+    let around = |b: &[u8]| {
+        String::from_utf8_lossy(&b[first.saturating_sub(16).min(b.len())..(first + 32).min(b.len())])
+            .into_owned()
+    };
+    panic!(
+        "{what}: captured {} bytes, expected {}; first difference at byte {first}: captured {:?}, expected {:?}",
+        got.len(),
+        want.len(),
+        around(got),
+        around(want)
+    );
 }

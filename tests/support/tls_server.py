@@ -27,7 +27,7 @@ def read_request(conn, buf, port):
     while b"\r\n\r\n" not in buf:
         chunk = conn.recv(65536)
         if not chunk:
-            return None, b""
+            return None, b"", b""
         record(port, "recv", chunk)
         buf += chunk
     head, rest = buf.split(b"\r\n\r\n", 1)
@@ -40,10 +40,10 @@ def read_request(conn, buf, port):
     while len(rest) < length:
         chunk = conn.recv(65536)
         if not chunk:
-            return None, b""
+            return None, b"", b""
         record(port, "recv", chunk)
         rest += chunk
-    return lines[0], rest[length:]
+    return lines[0], head, rest[length:]
 
 
 def serve(raw, peer):
@@ -58,7 +58,7 @@ def serve(raw, peer):
     rng = random.Random(port)
     try:
         while True:
-            request_line, buf = read_request(conn, buf, port)
+            request_line, head, buf = read_request(conn, buf, port)
             if request_line is None:
                 break
             size = int(request_line.split(b" ")[1].lstrip(b"/") or b"0")
@@ -66,6 +66,8 @@ def serve(raw, peer):
             response = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size + body
             conn.sendall(response)
             record(port, "sent", response)
+            if b"connection: close" in head.lower():
+                break
     except (ssl.SSLError, OSError):
         pass
     finally:
