@@ -68,6 +68,19 @@ static __always_inline bool current_task_wanted(void)
 	return true;
 }
 
+/* pid, tid, parent pid, uid, comm and time of the current task. */
+static __always_inline void fill_task(struct ct_task *t)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	t->ts_ns = bpf_ktime_get_ns();
+	t->pid = id >> 32;
+	t->tid = (__u32)id;
+	t->ppid = BPF_CORE_READ(task, real_parent, tgid);
+	t->uid = (__u32)bpf_get_current_uid_gid();
+	bpf_get_current_comm(t->comm, sizeof(t->comm));
+}
+
 #define S_IFMT 00170000
 #define S_IFSOCK 0140000
 #define AF_INET 2

@@ -11,6 +11,10 @@ enum ct_event_kind {
 	CT_EV_TLS_DATA = 1,
 	CT_EV_EXEC = 2,       /* a process called execve: maybe a new binary to probe */
 	CT_EV_LIB_OPEN = 3,   /* a process opened a file named like a TLS library */
+	CT_EV_SHELL_LINE = 4, /* a line an interactive shell read (struct ct_shell_line) */
+	CT_EV_SHELL_EXIT = 5, /* a shell that read lines exited (struct ct_task_event) */
+	CT_EV_EXEC_START = 6, /* execve/execveat entered (struct ct_exec_start) */
+	CT_EV_EXEC_RESULT = 7,/* execve/execveat returned (struct ct_exec_result) */
 };
 
 enum ct_stat {
@@ -89,6 +93,67 @@ struct ct_file_event {
 	__u32 kind;
 	__u32 pid;
 	char path[CT_PATH_LEN];
+};
+
+/* Identity of the task an event comes from. */
+struct ct_task {
+	__u64 ts_ns;
+	__u32 pid;
+	__u32 tid;
+	__u32 ppid;
+	__u32 uid;
+	char comm[CT_COMM_LEN];
+};
+
+enum ct_shell_kind {
+	CT_SHELL_BASH = 1,
+	CT_SHELL_ZSH = 2,
+};
+
+#define CT_LINE_MAX 16384
+#define CT_TTY_LEN 32
+
+/* One line read by an interactive shell, with what the shell knew when
+ * it asked for it: whether this continues a multi-line command, and the
+ * exit status of the previous command (the shell's $?). */
+struct ct_shell_line {
+	__u32 kind;
+	__u8 shell;          /* enum ct_shell_kind */
+	__u8 continuation;   /* 1: a continuation line of the same command */
+	__u8 status_valid;   /* 0: the previous status could not be read */
+	__u8 truncated;      /* the line was longer than CT_LINE_MAX - 1 */
+	__s32 prev_status;
+	__u32 len;           /* bytes of line[], without the NUL */
+	struct ct_task task;
+	char tty[CT_TTY_LEN];
+	char line[CT_LINE_MAX];
+};
+
+struct ct_task_event {
+	__u32 kind;
+	__u32 _pad;
+	struct ct_task task;
+};
+
+#define CT_ARGS_MAX 16384
+#define CT_ARGC_MAX 256
+
+/* execve/execveat at entry: the file name and argv, NUL-separated. */
+struct ct_exec_start {
+	__u32 kind;
+	__u32 argc;          /* arguments copied */
+	__u32 args_len;      /* bytes used in args[] */
+	__u8 truncated;      /* more arguments or bytes than fit */
+	__u8 _pad[3];
+	struct ct_task task;
+	char filename[CT_PATH_LEN];
+	char args[2 * CT_ARGS_MAX]; /* only the first CT_ARGS_MAX bytes are used */
+};
+
+struct ct_exec_result {
+	__u32 kind;
+	__s32 ret;           /* 0 on success, -errno on failure */
+	struct ct_task task;
 };
 
 #endif

@@ -8,3 +8,17 @@ pub mod tls {
 pub mod procwatch {
     include!(concat!(env!("OUT_DIR"), "/procwatch.skel.rs"));
 }
+
+pub mod shell {
+    include!(concat!(env!("OUT_DIR"), "/shell.skel.rs"));
+}
+
+pub mod exec {
+    include!(concat!(env!("OUT_DIR"), "/exec.skel.rs"));
+}
+
+/// The record types of `bpf/events.h` (from `bpf/types.bpf.c`, never loaded).
+pub mod types {
+    include!(concat!(env!("OUT_DIR"), "/types.skel.rs"));
+    pub use self::types::*;
+}

@@ -21,6 +21,26 @@ pub struct Cli {
 pub enum Command {
     /// Capture TLS plaintext (OpenSSL/BoringSSL, GnuTLS, NSS) from every process, including later ones.
     Tls(TlsArgs),
+    /// Every interactive command typed in bash or zsh, with user, tty and exit status.
+    Shell(ShellArgs),
+    /// Every program started (execve/execveat), with its arguments and result.
+    Exec(ExecArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ShellArgs {
+    #[command(flatten)]
+    pub filters: FilterArgs,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    #[command(flatten)]
+    pub filters: FilterArgs,
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 #[derive(Debug, Args)]

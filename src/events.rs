@@ -4,7 +4,7 @@
 
 use std::mem::size_of;
 
-use crate::bpf::tls::types::ct_tls_data;
+use crate::bpf::types::{ct_exec_result, ct_exec_start, ct_shell_line, ct_task, ct_task_event, ct_tls_data};
 
 /// Mirrors of the enums in `bpf/events.h` (libbpf-cargo generates the
 /// structs but not the enums); a test checks them against the header.
@@ -12,6 +12,14 @@ pub mod kind {
     pub const TLS_DATA: u32 = 1;
     pub const EXEC: u32 = 2;
     pub const LIB_OPEN: u32 = 3;
+    pub const SHELL_LINE: u32 = 4;
+    pub const SHELL_EXIT: u32 = 5;
+    pub const EXEC_START: u32 = 6;
+    pub const EXEC_RESULT: u32 = 7;
+}
+pub mod shell {
+    pub const BASH: u8 = 1;
+    pub const ZSH: u8 = 2;
 }
 pub mod stat {
     pub const RECORDS: u32 = 0;
@@ -38,7 +46,7 @@ pub struct TlsData<'a> {
     pub data: &'a [u8],
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub enum Event<'a> {
     TlsData(TlsData<'a>),
     /// A process exec'd `path` (a new executable to check).
@@ -51,6 +59,10 @@ pub enum Event<'a> {
         pid: u32,
         path: &'a [u8],
     },
+    ShellLine(&'a ct_shell_line),
+    ShellExit(&'a ct_task),
+    ExecStart(&'a ct_exec_start),
+    ExecResult(&'a ct_exec_result),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,6 +93,10 @@ pub fn decode(raw: &[u8]) -> Result<Event<'_>, DecodeError> {
         kind::TLS_DATA => decode_tls(raw).map(Event::TlsData),
         kind::EXEC => decode_file(raw).map(|(pid, path)| Event::Exec { pid, path }),
         kind::LIB_OPEN => decode_file(raw).map(|(pid, path)| Event::LibOpen { pid, path }),
+        kind::SHELL_LINE => view::<ct_shell_line>(raw).map(Event::ShellLine),
+        kind::SHELL_EXIT => view::<ct_task_event>(raw).map(|e| Event::ShellExit(&e.task)),
+        kind::EXEC_START => view::<ct_exec_start>(raw).map(Event::ExecStart),
+        kind::EXEC_RESULT => view::<ct_exec_result>(raw).map(Event::ExecResult),
         other => Err(DecodeError::UnknownKind(other)),
     }
 }
@@ -102,9 +118,27 @@ fn decode_file(raw: &[u8]) -> Result<(u32, &[u8]), DecodeError> {
     Ok((u32::from_ne_bytes(pid.try_into().unwrap()), &path[..end]))
 }
 
-// SAFETY: ct_tls_data is a repr(C) struct of integers and byte arrays, valid
-// for any bit pattern.
+/// A record viewed in place (ring buffer records are 8-byte aligned and
+/// at least as large as the struct reserved for them).
+fn view<T: plain::Plain>(raw: &[u8]) -> Result<&T, DecodeError> {
+    plain::from_bytes(raw).map_err(|_| DecodeError::TooShort(raw.len()))
+}
+
+/// A C `char[]` as bytes, up to the first NUL.
+pub fn c_bytes(chars: &[i8]) -> &[u8] {
+    // SAFETY: i8 and u8 have the same size and alignment.
+    let bytes = unsafe { std::slice::from_raw_parts(chars.as_ptr().cast::<u8>(), chars.len()) };
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    &bytes[..end]
+}
+
+// SAFETY: these are repr(C) structs of integers and byte arrays, valid for
+// any bit pattern.
 unsafe impl plain::Plain for ct_tls_data {}
+unsafe impl plain::Plain for ct_shell_line {}
+unsafe impl plain::Plain for ct_task_event {}
+unsafe impl plain::Plain for ct_exec_start {}
+unsafe impl plain::Plain for ct_exec_result {}
 
 #[cfg(test)]
 mod tests {
@@ -126,6 +160,12 @@ mod tests {
         assert_eq!(header_enum_value("CT_EV_TLS_DATA"), kind::TLS_DATA as u64);
         assert_eq!(header_enum_value("CT_EV_EXEC"), kind::EXEC as u64);
         assert_eq!(header_enum_value("CT_EV_LIB_OPEN"), kind::LIB_OPEN as u64);
+        assert_eq!(header_enum_value("CT_EV_SHELL_LINE"), kind::SHELL_LINE as u64);
+        assert_eq!(header_enum_value("CT_EV_SHELL_EXIT"), kind::SHELL_EXIT as u64);
+        assert_eq!(header_enum_value("CT_EV_EXEC_START"), kind::EXEC_START as u64);
+        assert_eq!(header_enum_value("CT_EV_EXEC_RESULT"), kind::EXEC_RESULT as u64);
+        assert_eq!(header_enum_value("CT_SHELL_BASH"), shell::BASH as u64);
+        assert_eq!(header_enum_value("CT_SHELL_ZSH"), shell::ZSH as u64);
         assert_eq!(header_enum_value("CT_STAT_RECORDS"), stat::RECORDS as u64);
         assert_eq!(header_enum_value("CT_FLAG_FAULT"), flag::FAULT as u64);
         assert_eq!(header_enum_value("CT_FLAG_TRUNCATED"), flag::TRUNCATED as u64);
@@ -159,6 +199,8 @@ mod tests {
         let Event::LibOpen { pid, path } = decode(&raw).unwrap() else { panic!() };
         assert_eq!((pid, path), (42, &b"/usr/bin/curl"[..]));
         assert!(decode(&[3, 0, 0, 0, 1]).is_err());
+        // A shell line record shorter than its struct is refused, not read past.
+        assert!(decode(&[4, 0, 0, 0, 0, 0, 0, 0]).is_err());
     }
 
     #[test]

@@ -1,13 +1,13 @@
 //! cleartap: what programs really send and receive, in plaintext, with eBPF.
 
 mod bpf;
-mod capture;
 mod cli;
 mod context;
 mod discover;
 mod events;
 mod kernel;
 mod output;
+mod run;
 mod sources;
 
 use clap::Parser;
@@ -15,7 +15,9 @@ use clap::Parser;
 fn main() {
     let cli = cli::Cli::parse();
     let result = match &cli.command {
-        cli::Command::Tls(args) => capture::run_tls(args),
+        cli::Command::Tls(args) => run::tls::run(args),
+        cli::Command::Shell(args) => run::shell::run(args),
+        cli::Command::Exec(args) => run::exec::run(args),
     };
     if let Err(e) = result {
         eprintln!("cleartap: error: {e:#}");

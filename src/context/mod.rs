@@ -3,7 +3,10 @@
 //! socket addresses as types), and keeps per-connection state bounded.
 
 pub mod clock;
+pub mod commands;
+pub mod execs;
 pub mod libraries;
+pub mod users;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::SystemTime;
@@ -37,6 +40,21 @@ pub struct TlsRecord<'a> {
     pub offset: u32,
     pub flags: u32,
     pub data: &'a [u8],
+}
+
+/// A shell command, with what enrichment adds.
+#[derive(Debug, Clone, Copy)]
+pub struct CommandRecord<'a> {
+    pub command: &'a commands::Command,
+    pub user: Option<&'a str>,
+    pub shell_path: Option<&'a str>,
+}
+
+/// A program start, with what enrichment adds.
+#[derive(Debug, Clone, Copy)]
+pub struct ExecRecord<'a> {
+    pub exec: &'a execs::Exec,
+    pub user: Option<&'a str>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,7 +121,7 @@ pub fn comm_string(comm: &[i8; 16]) -> String {
     String::from_utf8_lossy(&bytes).into_owned()
 }
 
-fn tuple_addrs(t: &crate::bpf::tls::types::ct_tuple) -> (Option<SocketAddr>, Option<SocketAddr>) {
+fn tuple_addrs(t: &crate::bpf::types::ct_tuple) -> (Option<SocketAddr>, Option<SocketAddr>) {
     let ip = |raw: &[u8; 16]| -> Option<IpAddr> {
         match t.family {
             2 => Some(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]).into()),
@@ -122,7 +140,7 @@ fn tuple_addrs(t: &crate::bpf::tls::types::ct_tuple) -> (Option<SocketAddr>, Opt
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bpf::tls::types::ct_tuple;
+    use crate::bpf::types::ct_tuple;
 
     #[test]
     fn ipv4_and_mapped_ipv6_tuples() {

@@ -65,7 +65,9 @@ fn collect<'data: 'file, 'file>(
     functions: &mut HashMap<String, Function>,
 ) {
     for sym in symbols {
-        if sym.kind() != SymbolKind::Text || sym.is_undefined() || sym.address() == 0 {
+        // Functions to probe, and data (a shell's $? variable) to read.
+        let wanted_kind = matches!(sym.kind(), SymbolKind::Text | SymbolKind::Data);
+        if !wanted_kind || sym.is_undefined() || sym.address() == 0 {
             continue;
         }
         let Ok(name) = sym.name_bytes() else { continue };

@@ -2,11 +2,12 @@
 
 use std::io::{self, Write};
 
+use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use serde::Serialize;
 
-use super::Output;
-use crate::context::TlsRecord;
+use super::{lossy, Output};
+use crate::context::{CommandRecord, ExecRecord, TlsRecord};
 use crate::events::flag;
 
 pub struct JsonOutput<W: Write> {
@@ -52,7 +53,7 @@ struct TlsJson<'a> {
 impl<W: Write> Output for JsonOutput<W> {
     fn tls(&mut self, r: &TlsRecord) -> io::Result<()> {
         self.b64.clear();
-        base64::engine::general_purpose::STANDARD.encode_string(r.data, &mut self.b64);
+        STANDARD.encode_string(r.data, &mut self.b64);
         let json = TlsJson {
             event: "tls",
             time: humantime::format_rfc3339_nanos(r.time).to_string(),
@@ -77,11 +78,113 @@ impl<W: Write> Output for JsonOutput<W> {
             unreadable: r.flags & flag::FAULT != 0,
             data_b64: &self.b64,
         };
-        serde_json::to_writer(&mut self.out, &json)?;
-        self.out.write_all(b"\n")
+        write_line(&mut self.out, &json)
+    }
+
+    fn command(&mut self, r: &CommandRecord) -> io::Result<()> {
+        let c = r.command;
+        let json = CommandJson {
+            event: "command",
+            time: humantime::format_rfc3339_nanos(c.time).to_string(),
+            pid: c.pid,
+            ppid: c.ppid,
+            uid: c.uid,
+            user: r.user,
+            tty: &c.tty,
+            shell: c.shell,
+            shell_path: r.shell_path,
+            command: &lossy(&c.text),
+            command_b64: exact_if_not_utf8(&c.text),
+            truncated: c.truncated,
+            exit_status: c.exit_status,
+        };
+        self.line(&json)
+    }
+
+    fn exec(&mut self, r: &ExecRecord) -> io::Result<()> {
+        let e = r.exec;
+        let argv: Vec<_> = e.argv.iter().map(|a| lossy(a)).collect();
+        let any_binary = e.argv.iter().any(|a| std::str::from_utf8(a).is_err());
+        let json = ExecJson {
+            event: "exec",
+            time: humantime::format_rfc3339_nanos(e.time).to_string(),
+            pid: e.pid,
+            tid: e.tid,
+            ppid: e.ppid,
+            uid: e.uid,
+            user: r.user,
+            comm: &e.comm,
+            filename: &lossy(&e.filename),
+            argv,
+            argv_b64: any_binary.then(|| e.argv.iter().map(|a| STANDARD.encode(a)).collect()),
+            argv_truncated: e.argv_truncated,
+            cwd: e.cwd.as_deref(),
+            success: e.ret.map(|r| r == 0),
+            error: e.ret.filter(|r| *r != 0).map(super::errno_name),
+            errno: e.ret.filter(|r| *r != 0).map(|r| -r),
+        };
+        self.line(&json)
     }
 
     fn flush(&mut self) -> io::Result<()> {
         self.out.flush()
     }
+}
+
+impl<W: Write> JsonOutput<W> {
+    fn line(&mut self, value: &impl Serialize) -> io::Result<()> {
+        write_line(&mut self.out, value)
+    }
+}
+
+fn write_line(out: &mut impl Write, value: &impl Serialize) -> io::Result<()> {
+    serde_json::to_writer(&mut *out, value)?;
+    out.write_all(b"\n")
+}
+
+fn exact_if_not_utf8(bytes: &[u8]) -> Option<String> {
+    std::str::from_utf8(bytes).is_err().then(|| STANDARD.encode(bytes))
+}
+
+#[derive(Serialize)]
+struct CommandJson<'a> {
+    event: &'static str,
+    time: String,
+    pid: u32,
+    ppid: u32,
+    uid: u32,
+    user: Option<&'a str>,
+    tty: &'a str,
+    shell: &'a str,
+    shell_path: Option<&'a str>,
+    command: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    command_b64: Option<String>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    truncated: bool,
+    exit_status: Option<i32>,
+}
+
+#[derive(Serialize)]
+struct ExecJson<'a> {
+    event: &'static str,
+    time: String,
+    pid: u32,
+    tid: u32,
+    ppid: u32,
+    uid: u32,
+    user: Option<&'a str>,
+    comm: &'a str,
+    filename: &'a str,
+    argv: Vec<std::borrow::Cow<'a, str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    argv_b64: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    argv_truncated: bool,
+    cwd: Option<&'a str>,
+    success: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    errno: Option<i32>,
 }

@@ -6,10 +6,12 @@ pub mod text;
 
 use std::io;
 
-use crate::context::TlsRecord;
+use crate::context::{CommandRecord, ExecRecord, TlsRecord};
 
 pub trait Output {
     fn tls(&mut self, record: &TlsRecord) -> io::Result<()>;
+    fn command(&mut self, record: &CommandRecord) -> io::Result<()>;
+    fn exec(&mut self, record: &ExecRecord) -> io::Result<()>;
     fn flush(&mut self) -> io::Result<()>;
 }
 
@@ -30,4 +32,19 @@ pub fn writer<W: io::Write + 'static>(format: Format, hex: bool, out: W) -> Box<
 
 pub(crate) fn addr_or_dash(addr: Option<std::net::SocketAddr>) -> String {
     addr.map_or_else(|| "-".to_string(), |a| a.to_string())
+}
+
+/// Bytes as text for people and JSON: lossy UTF-8 (U+FFFD for invalid
+/// bytes); outputs add the exact bytes separately when they are not UTF-8.
+pub(crate) fn lossy(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
+    String::from_utf8_lossy(bytes)
+}
+
+/// Human form of an errno returned by exec.
+pub(crate) fn errno_name(ret: i32) -> String {
+    if ret == 0 {
+        return "ok".into();
+    }
+    let text = std::io::Error::from_raw_os_error(-ret).to_string();
+    text.split(" (os error").next().unwrap_or(&text).to_string()
 }

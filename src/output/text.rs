@@ -3,8 +3,8 @@
 
 use std::io::{self, Write};
 
-use super::{addr_or_dash, Output};
-use crate::context::TlsRecord;
+use super::{addr_or_dash, errno_name, lossy, Output};
+use crate::context::{CommandRecord, ExecRecord, TlsRecord};
 
 pub struct TextOutput<W: Write> {
     out: W,
@@ -46,6 +46,47 @@ impl<W: Write> Output for TextOutput<W> {
         } else {
             write_escaped(&mut self.out, r.data)
         }
+    }
+
+    fn command(&mut self, r: &CommandRecord) -> io::Result<()> {
+        let c = r.command;
+        let status = c.exit_status.map_or_else(|| "?".to_string(), |s| s.to_string());
+        writeln!(
+            self.out,
+            "{} {}[{}] ppid={} uid={}({}) tty={} status={}{}",
+            humantime::format_rfc3339_micros(c.time),
+            c.shell,
+            c.pid,
+            c.ppid,
+            c.uid,
+            r.user.unwrap_or("?"),
+            if c.tty.is_empty() { "-" } else { &c.tty },
+            status,
+            if c.truncated { " (truncated)" } else { "" },
+        )?;
+        for line in lossy(&c.text).lines() {
+            writeln!(self.out, "    {line}")?;
+        }
+        Ok(())
+    }
+
+    fn exec(&mut self, r: &ExecRecord) -> io::Result<()> {
+        let e = r.exec;
+        let argv: Vec<String> = e.argv.iter().map(|a| format!("{:?}", lossy(a))).collect();
+        writeln!(
+            self.out,
+            "{} exec {}[{}] ppid={} uid={}({}) {} [{}{}] = {}",
+            humantime::format_rfc3339_micros(e.time),
+            e.comm,
+            e.pid,
+            e.ppid,
+            e.uid,
+            r.user.unwrap_or("?"),
+            lossy(&e.filename),
+            argv.join(", "),
+            if e.argv_truncated { ", ..." } else { "" },
+            e.ret.map_or_else(|| "?".to_string(), errno_name),
+        )
     }
 
     fn flush(&mut self) -> io::Result<()> {

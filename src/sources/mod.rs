@@ -3,10 +3,12 @@
 //! program; discovery and attaching are shared (`attacher`).
 
 pub mod attacher;
+pub mod exec;
 pub mod gnutls;
 pub mod nss;
 pub mod openssl;
 pub mod procwatch;
+pub mod shell;
 pub mod tls;
 
 use std::path::{Path, PathBuf};

@@ -2,37 +2,50 @@
 //! so binaries and libraries that appear after start are attached too.
 
 use std::mem::MaybeUninit;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 
 use anyhow::{Context, Result};
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{Link, OpenObject, TracepointCategory};
 
-use super::tls::TlsProbes;
 use super::TlsSource;
 use crate::bpf::procwatch::{ProcwatchSkel, ProcwatchSkelBuilder};
 use crate::kernel::Filters;
+
+/// The ring buffer and counters of the skeleton a watch reports into.
+#[derive(Clone, Copy)]
+pub struct SharedMaps<'a> {
+    pub events: BorrowedFd<'a>,
+    pub stats: BorrowedFd<'a>,
+}
+
+impl<'a> SharedMaps<'a> {
+    pub fn of(events: &'a impl AsFd, stats: &'a impl AsFd) -> Self {
+        SharedMaps { events: events.as_fd(), stats: stats.as_fd() }
+    }
+}
 
 pub struct ProcWatch<'obj> {
     skel: ProcwatchSkel<'obj>,
 }
 
 impl<'obj> ProcWatch<'obj> {
-    /// Load, sharing the ring buffer and counters of `tls`, watching the
-    /// library file names of `sources`.
+    /// Load, sharing the ring buffer and counters of another skeleton
+    /// (`maps`), watching the library file names of `sources` (none: exec
+    /// events only).
     pub fn load(
         storage: &'obj mut MaybeUninit<OpenObject>,
         filters: &Filters,
         sources: &[&TlsSource],
-        tls: &TlsProbes,
+        maps: SharedMaps,
     ) -> Result<Self> {
         let mut open =
             ProcwatchSkelBuilder::default().open(storage).context("opening the process watch BPF object")?;
         let rodata = open.maps.rodata_data.as_deref_mut().context("no .rodata in the BPF object")?;
         crate::set_filters!(rodata, filters);
         rodata.watch_mask = sources.iter().fold(0, |mask, s| mask | (1 << s.watch_bit));
-        open.maps.events.reuse_fd(tls.events_map().as_fd()).context("sharing the ring buffer")?;
-        open.maps.stats.reuse_fd(tls.stats_map().as_fd()).context("sharing the counters")?;
+        open.maps.events.reuse_fd(maps.events).context("sharing the ring buffer")?;
+        open.maps.stats.reuse_fd(maps.stats).context("sharing the counters")?;
         let skel = open.load().context("loading the process watch BPF programs into the kernel failed")?;
         Ok(ProcWatch { skel })
     }

@@ -324,6 +324,11 @@ pub struct Holder {
 }
 
 impl Holder {
+    /// Any long-running command, killed when the holder is dropped.
+    pub fn running(cmd: &mut Command) -> Holder {
+        Holder { child: cmd.spawn().unwrap_or_else(|e| panic!("starting {cmd:?}: {e}")) }
+    }
+
     pub fn mapping(library: &str) -> Holder {
         let mut child = Command::new("python3")
             .args([

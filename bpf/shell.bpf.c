@@ -1,0 +1,167 @@
+// SPDX-License-Identifier: GPL-2.0 OR MIT
+/* Interactive shell input: the line bash's readline() or zsh's zleentry()
+ * returns, plus, read at the entry of that call, whether it continues a
+ * multi-line command and the exit status of the previous command.
+ *
+ * The status is the shell's own $? variable (bash last_command_exit_value,
+ * zsh lastval) read when the next prompt is requested: one trap per prompt,
+ * where hooking execute_command's return would trap on every command of
+ * every bash script on the host. */
+#include "common.h"
+
+/* Where a shell binary keeps its state, relative to the hooked function:
+ * variable address = probed function address + delta. Filled by user space
+ * per executable, keyed by the executable's device and inode. */
+struct shell_binary {
+	__s64 status_delta;     /* int $? */
+	__s64 linecount_delta;  /* bash: int current_command_line_count; 0 if unknown */
+	__u32 kind;             /* enum ct_shell_kind */
+	__u32 _pad;
+};
+
+struct file_key {
+	__u64 ino;
+	__u32 dev;
+	__u32 _pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 256);
+	__type(key, struct file_key);
+	__type(value, struct shell_binary);
+} shell_binaries SEC(".maps");
+
+struct prompt {
+	__s32 prev_status;
+	__u8 status_valid;
+	__u8 continuation;
+	__u8 shell;
+	__u8 _pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32); /* tid */
+	__type(value, struct prompt);
+} prompts SEC(".maps");
+
+/* Shells that read at least one line: their exit is reported. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32); /* pid */
+	__type(value, __u8);
+} shells SEC(".maps");
+
+static __always_inline struct shell_binary *current_binary(void)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct file *exe = BPF_CORE_READ(task, mm, exe_file);
+	struct file_key key = {
+		.ino = BPF_CORE_READ(exe, f_inode, i_ino),
+		.dev = BPF_CORE_READ(exe, f_inode, i_sb, s_dev),
+	};
+	return bpf_map_lookup_elem(&shell_binaries, &key);
+}
+
+static __always_inline int on_prompt(struct pt_regs *ctx, __u8 shell, int zsh_context)
+{
+	if (!current_task_wanted())
+		return 0;
+	struct prompt p = { .shell = shell, .continuation = zsh_context > 0 };
+	struct shell_binary *bin = current_binary();
+	__u64 ip = PT_REGS_IP(ctx);
+	if (bin && bin->kind == shell) {
+		if (!bpf_probe_read_user(&p.prev_status, sizeof(p.prev_status), (void *)(ip + bin->status_delta)))
+			p.status_valid = 1;
+		int lines = 0;
+		if (bin->linecount_delta &&
+		    !bpf_probe_read_user(&lines, sizeof(lines), (void *)(ip + bin->linecount_delta)))
+			p.continuation = lines > 0;
+	}
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	bpf_map_update_elem(&prompts, &tid, &p, BPF_ANY);
+	return 0;
+}
+
+static __always_inline void tty_name(char *dst)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct tty_struct *tty = BPF_CORE_READ(task, signal, tty);
+	if (tty)
+		bpf_probe_read_kernel_str(dst, CT_TTY_LEN, &tty->name);
+}
+
+static __always_inline int on_line(struct pt_regs *ctx)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	struct prompt *p = bpf_map_lookup_elem(&prompts, &tid);
+	const char *line = (const char *)PT_REGS_RC(ctx);
+	if (!p)
+		return 0;
+	struct prompt seen = *p;
+	bpf_map_delete_elem(&prompts, &tid);
+	if (!line) /* end of input */
+		return 0;
+	struct ct_shell_line *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		stat_add(CT_STAT_LOST_RECORDS, 1);
+		return 0;
+	}
+	e->kind = CT_EV_SHELL_LINE;
+	e->shell = seen.shell;
+	e->continuation = seen.continuation;
+	e->status_valid = seen.status_valid;
+	e->prev_status = seen.prev_status;
+	fill_task(&e->task);
+	e->tty[0] = 0;
+	tty_name(e->tty);
+	long n = bpf_probe_read_user_str(e->line, sizeof(e->line), line);
+	e->len = n > 0 ? n - 1 : 0;
+	e->truncated = n == sizeof(e->line);
+	__u32 pid = e->task.pid;
+	bpf_ringbuf_submit(e, 0);
+	stat_add(CT_STAT_RECORDS, 1);
+	__u8 one = 1;
+	bpf_map_update_elem(&shells, &pid, &one, BPF_ANY);
+	return 0;
+}
+
+SEC("uprobe")
+int BPF_KPROBE(bash_readline_entry) { return on_prompt(ctx, CT_SHELL_BASH, -1); }
+SEC("uretprobe")
+int BPF_KRETPROBE(bash_readline_return) { return on_line(ctx); }
+
+#define ZLE_CMD_READ 1
+/* zleentry(int cmd, ...): for ZLE_CMD_READ the varargs are (char **lp,
+ * char **rp, int flags, int context); context 0 is a new command line. */
+SEC("uprobe")
+int BPF_KPROBE(zsh_zleentry_entry, int cmd)
+{
+	if (cmd != ZLE_CMD_READ)
+		return 0;
+	return on_prompt(ctx, CT_SHELL_ZSH, (int)PT_REGS_PARM5(ctx));
+}
+SEC("uretprobe")
+int BPF_KRETPROBE(zsh_zleentry_return) { return on_line(ctx); }
+
+SEC("tracepoint/sched/sched_process_exit")
+int shell_exit(void *ctx)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	__u32 pid = id >> 32;
+	if (pid != (__u32)id || !bpf_map_lookup_elem(&shells, &pid))
+		return 0;
+	bpf_map_delete_elem(&shells, &pid);
+	struct ct_task_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		stat_add(CT_STAT_LOST_RECORDS, 1);
+		return 0;
+	}
+	e->kind = CT_EV_SHELL_EXIT;
+	fill_task(&e->task);
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}

@@ -1,0 +1,16 @@
+// SPDX-License-Identifier: GPL-2.0 OR MIT
+/* Never loaded. One global of each ring buffer record type, so that
+ * libbpf-cargo generates their Rust definitions from bpf/events.h: the
+ * records are defined once, in C, for both sides. */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include "events.h"
+
+char LICENSE[] SEC("license") = "Dual MIT/GPL";
+
+struct ct_tls_data ct_tls_data_type;
+struct ct_file_event ct_file_event_type;
+struct ct_shell_line ct_shell_line_type;
+struct ct_task_event ct_task_event_type;
+struct ct_exec_start ct_exec_start_type;
+struct ct_exec_result ct_exec_result_type;

@@ -1,0 +1,152 @@
+//! Shell lines to commands: continuation lines join the command they
+//! continue; a command is complete, with the exit status, when its shell
+//! asks for the next command (the status is the shell's $? at that prompt)
+//! or exits (status unknown).
+
+use std::collections::HashMap;
+use std::time::SystemTime;
+
+/// One line as the shell read it.
+#[derive(Debug, Clone)]
+pub struct Line {
+    pub time: SystemTime,
+    pub pid: u32,
+    pub ppid: u32,
+    pub uid: u32,
+    pub shell: &'static str,
+    pub tty: String,
+    pub text: Vec<u8>,
+    pub truncated: bool,
+    pub continuation: bool,
+    /// The previous command's exit status, when the shell's $? was readable.
+    pub prev_status: Option<i32>,
+}
+
+/// A complete command, lines joined with `\n`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Command {
+    pub time: SystemTime,
+    pub pid: u32,
+    pub ppid: u32,
+    pub uid: u32,
+    pub shell: &'static str,
+    pub tty: String,
+    pub text: Vec<u8>,
+    pub truncated: bool,
+    pub exit_status: Option<i32>,
+}
+
+#[derive(Default)]
+pub struct Commands {
+    pending: HashMap<u32, Command>,
+}
+
+impl Commands {
+    /// A new line; returns the command it completes, if any.
+    pub fn line(&mut self, line: Line) -> Option<Command> {
+        if line.continuation {
+            if let Some(cmd) = self.pending.get_mut(&line.pid) {
+                cmd.text.push(b'\n');
+                cmd.text.extend_from_slice(&line.text);
+                cmd.truncated |= line.truncated;
+                return None;
+            }
+        }
+        let done = self.pending.remove(&line.pid).map(|c| Command { exit_status: line.prev_status, ..c });
+        if !line.text.iter().all(u8::is_ascii_whitespace) {
+            self.pending.insert(line.pid, new_command(line));
+        }
+        done
+    }
+
+    /// The shell exited: its last command's status is not known.
+    pub fn shell_exited(&mut self, pid: u32) -> Option<Command> {
+        self.pending.remove(&pid)
+    }
+
+    /// Everything still pending (at shutdown), status unknown.
+    pub fn drain(&mut self) -> Vec<Command> {
+        let mut all: Vec<_> = self.pending.drain().map(|(_, c)| c).collect();
+        all.sort_by_key(|c| c.time);
+        all
+    }
+}
+
+fn new_command(l: Line) -> Command {
+    Command {
+        time: l.time,
+        pid: l.pid,
+        ppid: l.ppid,
+        uid: l.uid,
+        shell: l.shell,
+        tty: l.tty,
+        text: l.text,
+        truncated: l.truncated,
+        exit_status: None,
+    }
+}
+
+/// zsh keeps strings "metafied": a byte in the Meta range is stored as
+/// 0x83 followed by the byte xor 32.
+pub fn unmetafy(text: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(text.len());
+    let mut bytes = text.iter();
+    while let Some(&b) = bytes.next() {
+        match (b, bytes.clone().next()) {
+            (0x83, Some(&next)) => {
+                out.push(next ^ 32);
+                bytes.next();
+            }
+            _ => out.push(b),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(pid: u32, text: &str, continuation: bool, prev_status: Option<i32>) -> Line {
+        Line {
+            time: SystemTime::UNIX_EPOCH,
+            pid,
+            ppid: 1,
+            uid: 0,
+            shell: "bash",
+            tty: "pts/0".into(),
+            text: text.as_bytes().to_vec(),
+            truncated: false,
+            continuation,
+            prev_status,
+        }
+    }
+
+    #[test]
+    fn status_arrives_with_the_next_prompt() {
+        let mut c = Commands::default();
+        assert_eq!(c.line(line(1, "false", false, Some(0))), None);
+        let done = c.line(line(1, "true", false, Some(1))).unwrap();
+        assert_eq!((done.text.as_slice(), done.exit_status), (&b"false"[..], Some(1)));
+    }
+
+    #[test]
+    fn continuation_lines_join_and_shells_do_not_mix() {
+        let mut c = Commands::default();
+        c.line(line(1, "for i in 1 2; do", false, None));
+        c.line(line(2, "echo other", false, None));
+        c.line(line(1, "echo $i", true, None));
+        c.line(line(1, "done", true, None));
+        let done = c.line(line(1, "", false, Some(0))).unwrap();
+        assert_eq!(done.text, b"for i in 1 2; do\necho $i\ndone");
+        assert_eq!(c.shell_exited(2).unwrap().text, b"echo other");
+        assert!(c.drain().is_empty(), "an empty line starts no command");
+    }
+
+    #[test]
+    fn zsh_meta_bytes() {
+        assert_eq!(unmetafy(b"a\x83\xa3b"), b"a\x83b");
+        assert_eq!(unmetafy(b"plain"), b"plain");
+        assert_eq!(unmetafy(b"\x83"), b"\x83");
+    }
+}

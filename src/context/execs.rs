@@ -1,0 +1,101 @@
+//! execve/execveat entry and return, joined: a program start is reported
+//! once, with its result. Bounded: a start whose result never arrives
+//! (lost, or the task was killed) is reported without one when the table
+//! is full or at shutdown.
+
+use std::collections::HashMap;
+use std::time::SystemTime;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exec {
+    pub time: SystemTime,
+    pub pid: u32,
+    pub tid: u32,
+    pub ppid: u32,
+    pub uid: u32,
+    /// The caller's command name (before the exec).
+    pub comm: String,
+    pub filename: Vec<u8>,
+    pub argv: Vec<Vec<u8>>,
+    pub argv_truncated: bool,
+    pub cwd: Option<String>,
+    /// 0 on success, -errno on failure; None when the result was not seen.
+    pub ret: Option<i32>,
+}
+
+const MAX_PENDING: usize = 4096;
+
+#[derive(Default)]
+pub struct Execs {
+    pending: HashMap<u32, Exec>,
+}
+
+impl Execs {
+    /// An exec started; returns a start evicted to stay bounded, if any.
+    pub fn start(&mut self, exec: Exec) -> Option<Exec> {
+        let evicted = if self.pending.len() >= MAX_PENDING {
+            let oldest = *self.pending.iter().min_by_key(|(_, e)| e.time).map(|(pid, _)| pid)?;
+            self.pending.remove(&oldest)
+        } else {
+            None
+        };
+        // Keyed by pid: exec keeps the pid, while a successful exec from a
+        // non-leader thread returns on the leader's tid.
+        if let Some(previous) = self.pending.insert(exec.pid, exec) {
+            return Some(previous);
+        }
+        evicted
+    }
+
+    /// The result for `pid`; None if its start was not seen (filtered out).
+    pub fn result(&mut self, pid: u32, ret: i32) -> Option<Exec> {
+        self.pending.remove(&pid).map(|e| Exec { ret: Some(ret), ..e })
+    }
+
+    pub fn drain(&mut self) -> Vec<Exec> {
+        let mut all: Vec<_> = self.pending.drain().map(|(_, e)| e).collect();
+        all.sort_by_key(|e| e.time);
+        all
+    }
+}
+
+/// Split NUL-separated arguments.
+pub fn split_args(args: &[u8], argc: usize) -> Vec<Vec<u8>> {
+    args.split(|&b| b == 0).take(argc).map(<[u8]>::to_vec).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exec(pid: u32) -> Exec {
+        Exec {
+            time: SystemTime::UNIX_EPOCH,
+            pid,
+            tid: pid,
+            ppid: 1,
+            uid: 0,
+            comm: "sh".into(),
+            filename: b"/bin/true".to_vec(),
+            argv: vec![],
+            argv_truncated: false,
+            cwd: None,
+            ret: None,
+        }
+    }
+
+    #[test]
+    fn start_and_result_join_by_pid() {
+        let mut e = Execs::default();
+        assert!(e.start(exec(5)).is_none());
+        assert_eq!(e.result(6, 0), None);
+        assert_eq!(e.result(5, -2).unwrap().ret, Some(-2));
+        assert!(e.drain().is_empty());
+    }
+
+    #[test]
+    fn args_split_on_nul() {
+        assert_eq!(split_args(b"a\0b c\0\xff\0", 3), vec![b"a".to_vec(), b"b c".to_vec(), b"\xff".to_vec()]);
+        assert_eq!(split_args(b"a\0b\0", 1), vec![b"a".to_vec()]);
+    }
+}

@@ -1,0 +1,226 @@
+//! The pipeline every subcommand runs: a ring buffer of kernel events ->
+//! a handler (enrichment, per-source assembly) -> an output, until a
+//! signal; then detach, drain, flush and report. Subcommands differ only in
+//! the probes they load and the handler they give.
+
+pub mod exec;
+pub mod shell;
+pub mod tls;
+
+use std::cell::RefCell;
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use libbpf_rs::{Link, MapCore, RingBufferBuilder};
+
+use crate::events::{self, Event};
+use crate::kernel::{Filters, KernelStats};
+use crate::output::Output;
+
+const POLL_INTERVAL: Duration = Duration::from_millis(100);
+const STATS_INTERVAL: Duration = Duration::from_secs(2);
+
+/// What a subcommand does with each event.
+pub trait Handler {
+    fn event(&mut self, event: Event, out: &mut dyn Output) -> io::Result<()>;
+    /// Stop attaching and detach what the handler attached itself.
+    fn detach(&mut self) {}
+    /// Shutdown: write what is still pending.
+    fn finish(&mut self, _out: &mut dyn Output) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Run until SIGINT/SIGTERM/SIGHUP: prints `ready`, streams events, reports
+/// kernel losses while they happen and a summary at the end.
+pub fn pump(
+    events_map: &dyn MapCore,
+    stats_map: &dyn MapCore,
+    links: Vec<Link>,
+    handler: &mut dyn Handler,
+    out: Box<dyn Output>,
+) -> Result<()> {
+    let stop = stop_on_signals()?;
+    let sink = RefCell::new(Sink::new(handler, out));
+    let mut builder = RingBufferBuilder::new();
+    builder.add(events_map, |raw| sink.borrow_mut().handle(raw))?;
+    let ring = builder.build()?;
+    eprintln!("ready");
+
+    let mut last_report = Instant::now();
+    let mut reported = KernelStats::default();
+    while !stop.load(Ordering::Relaxed) && !sink.borrow().failed() {
+        // EINTR on a signal is expected; the loop condition handles it.
+        let _ = ring.poll(POLL_INTERVAL);
+        sink.borrow_mut().flush_if_idle();
+        if last_report.elapsed() >= STATS_INTERVAL {
+            reported = report_new_losses(KernelStats::read(stats_map), reported);
+            last_report = Instant::now();
+        }
+    }
+
+    // Detach first so nothing new arrives, then drain what is in flight.
+    sink.borrow_mut().handler.detach();
+    drop(links);
+    let _ = ring.consume();
+    drop(ring);
+    let mut sink = sink.into_inner();
+    sink.finish();
+    let stats = KernelStats::read(stats_map);
+    report_new_losses(stats, reported);
+    eprintln!("{}", sink.summary(&stats));
+    sink.result()
+}
+
+pub fn filters(args: &crate::cli::FilterArgs) -> Result<Filters> {
+    let cgroup = args.cgroup.as_deref().map(crate::kernel::Cgroup::from_path).transpose()?;
+    Ok(Filters { pid: args.pid, uid: args.uid, comm: args.comm.clone(), cgroup })
+}
+
+fn stop_on_signals() -> Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM, signal_hook::consts::SIGHUP] {
+        signal_hook::flag::register(sig, Arc::clone(&stop)).context("installing signal handlers")?;
+    }
+    Ok(stop)
+}
+
+fn report_new_losses(now: KernelStats, before: KernelStats) -> KernelStats {
+    if now.lost_records > before.lost_records {
+        eprintln!(
+            "cleartap: warning: lost {} records ({} bytes) so far: the ring buffer was full; \
+             raise --ringbuf-size",
+            now.lost_records, now.lost_bytes
+        );
+    }
+    if now.truncated_bytes > before.truncated_bytes {
+        eprintln!(
+            "cleartap: warning: {} bytes of calls larger than the per-call limit were not captured",
+            now.truncated_bytes
+        );
+    }
+    now
+}
+
+/// The consumer end: decodes ring buffer records, hands them to the
+/// handler, and keeps the output flushed and its errors.
+struct Sink<'h> {
+    handler: &'h mut dyn Handler,
+    out: Counting,
+    undecodable: u64,
+    dirty: bool,
+    error: Option<io::Error>,
+}
+
+impl<'h> Sink<'h> {
+    fn new(handler: &'h mut dyn Handler, out: Box<dyn Output>) -> Self {
+        Sink {
+            handler,
+            out: Counting { inner: out, records: 0, bytes: 0 },
+            undecodable: 0,
+            dirty: false,
+            error: None,
+        }
+    }
+
+    /// Ring buffer callback. Always returns 0: an output error stops the
+    /// loop through `failed()`, not by aborting the poll mid-batch.
+    fn handle(&mut self, raw: &[u8]) -> i32 {
+        if self.error.is_some() {
+            return 0;
+        }
+        match events::decode(raw) {
+            Ok(event) => {
+                if let Err(e) = self.handler.event(event, &mut self.out) {
+                    self.error = Some(e);
+                }
+                self.dirty = true;
+            }
+            Err(e) => {
+                self.undecodable += 1;
+                if self.undecodable == 1 {
+                    eprintln!("cleartap: warning: undecodable record: {e}");
+                }
+            }
+        }
+        0
+    }
+
+    fn flush_if_idle(&mut self) {
+        if self.dirty && self.error.is_none() {
+            self.dirty = false;
+            if let Err(e) = self.out.flush() {
+                self.error = Some(e);
+            }
+        }
+    }
+
+    fn failed(&self) -> bool {
+        self.error.is_some()
+    }
+
+    fn finish(&mut self) {
+        if self.error.is_none() {
+            if let Err(e) = self.handler.finish(&mut self.out) {
+                self.error = Some(e);
+            }
+        }
+        self.dirty = true;
+        self.flush_if_idle();
+    }
+
+    fn summary(&self, k: &KernelStats) -> String {
+        let mut s = format!(
+            "cleartap: {} records, {} bytes captured; lost in the kernel: {} records ({} bytes)",
+            self.out.records, self.out.bytes, k.lost_records, k.lost_bytes
+        );
+        if k.truncated_bytes > 0 {
+            s += &format!("; {} bytes beyond the per-call limit", k.truncated_bytes);
+        }
+        if self.undecodable > 0 {
+            s += &format!("; {} undecodable records", self.undecodable);
+        }
+        s
+    }
+
+    /// A closed pipe (`cleartap tls | head`) is a normal end, not an error.
+    fn result(self) -> Result<()> {
+        match self.error {
+            Some(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+            Some(e) => Err(e).context("writing output"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Counts what reaches the output, for the summary.
+struct Counting {
+    inner: Box<dyn Output>,
+    records: u64,
+    bytes: u64,
+}
+
+impl Output for Counting {
+    fn tls(&mut self, r: &crate::context::TlsRecord) -> io::Result<()> {
+        self.records += 1;
+        self.bytes += r.data.len() as u64;
+        self.inner.tls(r)
+    }
+
+    fn command(&mut self, r: &crate::context::CommandRecord) -> io::Result<()> {
+        self.records += 1;
+        self.inner.command(r)
+    }
+
+    fn exec(&mut self, r: &crate::context::ExecRecord) -> io::Result<()> {
+        self.records += 1;
+        self.inner.exec(r)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}

@@ -1,0 +1,54 @@
+//! Program execution: execve/execveat tracepoints (`bpf/exec.bpf.c`).
+
+use std::mem::MaybeUninit;
+
+use anyhow::{Context, Result};
+use libbpf_rs::skel::{OpenSkel, SkelBuilder};
+use libbpf_rs::{Link, OpenObject, TracepointCategory};
+
+use crate::bpf::exec::{ExecSkel, ExecSkelBuilder};
+use crate::kernel::Filters;
+
+pub struct ExecProbes<'obj> {
+    skel: ExecSkel<'obj>,
+}
+
+impl<'obj> ExecProbes<'obj> {
+    pub fn load(
+        storage: &'obj mut MaybeUninit<OpenObject>,
+        filters: &Filters,
+        ringbuf_bytes: u32,
+    ) -> Result<Self> {
+        let mut open = ExecSkelBuilder::default().open(storage).context("opening the exec BPF object")?;
+        let rodata = open.maps.rodata_data.as_deref_mut().context("no .rodata in the BPF object")?;
+        crate::set_filters!(rodata, filters);
+        open.maps.events.set_max_entries(ringbuf_bytes).context("sizing the ring buffer")?;
+        let skel = open.load().context("loading the exec BPF programs into the kernel failed")?;
+        Ok(ExecProbes { skel })
+    }
+
+    pub fn attach(&self) -> Result<Vec<Link>> {
+        let p = &self.skel.progs;
+        let programs = [
+            (&p.sys_enter_execve, "sys_enter_execve"),
+            (&p.sys_enter_execveat, "sys_enter_execveat"),
+            (&p.sys_exit_execve, "sys_exit_execve"),
+            (&p.sys_exit_execveat, "sys_exit_execveat"),
+        ];
+        programs
+            .into_iter()
+            .map(|(prog, name)| {
+                prog.attach_tracepoint(TracepointCategory::Syscalls, name)
+                    .with_context(|| format!("attaching tracepoint syscalls:{name}"))
+            })
+            .collect()
+    }
+
+    pub fn events_map(&self) -> &libbpf_rs::MapMut<'obj> {
+        &self.skel.maps.events
+    }
+
+    pub fn stats_map(&self) -> &libbpf_rs::MapMut<'obj> {
+        &self.skel.maps.stats
+    }
+}

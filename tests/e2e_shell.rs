@@ -1,0 +1,183 @@
+//! `cleartap shell` and `cleartap exec` against real shells and programs.
+
+mod support;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::thread;
+use std::time::Duration;
+
+use base64::Engine;
+use serde_json::Value;
+use support::*;
+
+/// Type `lines` into an interactive `shell` on a pseudo-terminal (under
+/// `script`), pausing so the shell prompts between them. Returns the pid
+/// of `script`, the shell's parent.
+fn type_into(shell: &[&str], lines: &[&str]) -> u32 {
+    let mut script = Command::new("script")
+        .args(["-qfc", &shell.join(" "), "/dev/null"])
+        .env("TERM", "xterm")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("running script(1)");
+    let pid = script.id();
+    let mut stdin = script.stdin.take().unwrap();
+    thread::sleep(Duration::from_millis(700));
+    for line in lines {
+        writeln!(stdin, "{line}").unwrap();
+        thread::sleep(Duration::from_millis(250));
+    }
+    drop(stdin);
+    let status = script.wait().unwrap();
+    assert!(status.success(), "{shell:?} under script failed: {status}");
+    pid
+}
+
+fn commands_of(got: &Captured, parent: u32) -> Vec<(String, Value)> {
+    got.records
+        .iter()
+        .filter(|r| r["event"] == "command" && r["ppid"] == parent)
+        .map(|r| (r["command"].as_str().unwrap().to_string(), r["exit_status"].clone()))
+        .collect()
+}
+
+fn check_shell(shell: &[&str], name: &str) {
+    // A process of the same shell already running: its binary is attached
+    // at start, as on any host with a shell open. (The very first process
+    // of a shell binary cleartap has never seen races the attach.)
+    let _running = Holder::running(Command::new(shell[0]).args(["-c", "sleep 30"]));
+    let long = format!("echo {}", "x".repeat(1000));
+    let lines = ["echo hello", "false", "for i in 1 2; do", "echo $i", "done", "(exit 7)", &long, "exit"];
+    let capture = Capture::start(&["shell"]);
+    let parent = type_into(shell, &lines);
+    let got = capture.stop();
+    got.assert_clean_exit();
+    let commands = commands_of(&got, parent);
+    let expected: Vec<(String, Value)> = [
+        ("echo hello", Value::from(0)),
+        ("false", Value::from(1)),
+        ("for i in 1 2; do\necho $i\ndone", Value::from(0)),
+        ("(exit 7)", Value::from(7)),
+        (long.as_str(), Value::from(0)),
+        ("exit", Value::Null), // the shell is gone before it could say
+    ]
+    .into_iter()
+    .map(|(c, s)| (c.to_string(), s))
+    .collect();
+    assert_eq!(commands, expected, "{name}: {}", got.stderr);
+    for r in got.records.iter().filter(|r| r["ppid"] == parent) {
+        assert_eq!(r["shell"], name);
+        assert_eq!(r["uid"], 0);
+        assert_eq!(r["user"], "root");
+        assert!(r["tty"].as_str().unwrap().starts_with("pts/"), "{r}");
+        assert!(r["shell_path"].as_str().unwrap().ends_with(name), "{r}");
+    }
+}
+
+#[test]
+fn bash_commands_with_exit_status_and_multi_line() {
+    if !require_bpf() {
+        return;
+    }
+    let _one = exclusive();
+    check_shell(&["bash", "--norc", "-i"], "bash");
+}
+
+#[test]
+fn zsh_commands_with_exit_status_and_multi_line() {
+    if !require_bpf() {
+        return;
+    }
+    let _one = exclusive();
+    check_shell(&["zsh", "-f", "-i"], "zsh");
+}
+
+fn decoded_argv(r: &Value) -> Vec<Vec<u8>> {
+    match r.get("argv_b64") {
+        Some(b64) => b64
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| base64::engine::general_purpose::STANDARD.decode(a.as_str().unwrap()).unwrap())
+            .collect(),
+        None => {
+            r["argv"].as_array().unwrap().iter().map(|a| a.as_str().unwrap().as_bytes().to_vec()).collect()
+        }
+    }
+}
+
+#[test]
+fn exec_reports_exact_argv_parent_and_result() {
+    if !require_bpf() {
+        return;
+    }
+    let _one = exclusive();
+    let capture = Capture::start(&["exec"]);
+    let script = "/bin/echo 'two words' \"$(printf 'bin\\377ary')\" '' last >/dev/null; \
+                  /no/such/program 2>/dev/null; exec /bin/true";
+    let mut sh = Command::new("sh").args(["-c", script]).spawn().unwrap();
+    let sh_pid = sh.id();
+    assert!(sh.wait().unwrap().success());
+    let got = capture.stop();
+    got.assert_clean_exit();
+    let mine: Vec<&Value> = got
+        .records
+        .iter()
+        .filter(|r| r["event"] == "exec" && (r["pid"] == sh_pid || r["ppid"] == sh_pid))
+        .collect();
+    let find = |file: &str| {
+        mine.iter()
+            .find(|r| r["filename"] == file)
+            .copied()
+            .unwrap_or_else(|| panic!("no exec of {file} in {mine:#?}"))
+    };
+
+    let sh_exec = find("/usr/bin/sh");
+    assert_eq!(sh_exec["argv"], serde_json::json!(["sh", "-c", script]));
+    assert_eq!(sh_exec["success"], true);
+
+    let echo = find("/bin/echo");
+    assert_eq!(echo["ppid"], sh_pid);
+    assert_eq!(
+        decoded_argv(echo),
+        vec![b"/bin/echo".to_vec(), b"two words".to_vec(), b"bin\xffary".to_vec(), vec![], b"last".to_vec()]
+    );
+    assert_eq!(echo["success"], true);
+
+    let missing = find("/no/such/program");
+    assert_eq!(missing["success"], false);
+    assert_eq!(missing["errno"], 2);
+
+    // `exec` in the script: same pid as sh, the new program's result.
+    let t = find("/bin/true");
+    assert_eq!(t["pid"], sh_pid);
+    assert_eq!(t["success"], true);
+    assert_eq!(t["uid"], 0);
+    assert_eq!(t["user"], "root");
+}
+
+#[test]
+fn exec_comm_filter() {
+    if !require_bpf() {
+        return;
+    }
+    let _one = exclusive();
+    // A shell whose command name is cleartap-tst: only what it starts is
+    // reported (the filter applies to the task calling exec).
+    let dir = tempfile::tempdir().unwrap();
+    let named = dir.path().join("cleartap-tst");
+    std::fs::copy("/bin/dash", &named).unwrap();
+    let capture = Capture::start(&["exec", "--comm", "cleartap-tst"]);
+    let status =
+        Command::new(&named).args(["-c", "/bin/echo marker >/dev/null; /bin/true"]).status().unwrap();
+    assert!(status.success());
+    assert!(Command::new("/bin/echo").arg("not-me").stdout(Stdio::null()).status().unwrap().success());
+    let got = capture.stop();
+    got.assert_clean_exit();
+    let files: Vec<&str> = got.records.iter().map(|r| r["filename"].as_str().unwrap()).collect();
+    assert_eq!(files, ["/bin/echo", "/bin/true"], "{:#?}", got.records);
+    assert!(got.records.iter().all(|r| r["comm"] == "cleartap-tst"));
+    assert_eq!(got.records[0]["argv"], serde_json::json!(["/bin/echo", "marker"]));
+}
