@@ -15,6 +15,9 @@ enum ct_event_kind {
 	CT_EV_SHELL_EXIT = 5, /* a shell that read lines exited (struct ct_task_event) */
 	CT_EV_EXEC_START = 6, /* execve/execveat entered (struct ct_exec_start) */
 	CT_EV_EXEC_RESULT = 7,/* execve/execveat returned (struct ct_exec_result) */
+	CT_EV_QUERY_START = 8,/* a database server starts a statement (struct ct_query_start) */
+	CT_EV_QUERY_END = 9,  /* the statement of that thread ended (struct ct_query_end) */
+	CT_EV_QUERY_FAIL = 10,/* the statement of that thread failed (struct ct_query_end) */
 };
 
 enum ct_stat {
@@ -153,6 +156,43 @@ struct ct_exec_start {
 struct ct_exec_result {
 	__u32 kind;
 	__s32 ret;           /* 0 on success, -errno on failure */
+	struct ct_task task;
+};
+
+enum ct_sql_server {
+	CT_SQL_MARIADB = 1,  /* and MySQL 5.6: dispatch_command(cmd, THD*, char*, uint, ...) */
+	CT_SQL_MYSQL = 2,    /* MySQL 5.7/8.x: dispatch_command(THD*, const COM_DATA*, cmd) */
+	CT_SQL_POSTGRES = 3,
+};
+
+/* Protocol commands worth recording (MySQL's enum_server_command). */
+enum ct_sql_command {
+	CT_COM_QUERY = 3,
+	CT_COM_STMT_PREPARE = 22,
+	CT_COM_STMT_EXECUTE = 23,
+};
+
+#define CT_QUERY_MAX 65536
+
+/* A statement starts: its text (or, for an execution of a prepared
+ * statement, its id). Only `len` bytes of text[] are in the record. */
+struct ct_query_start {
+	__u32 kind;
+	__u8 server;     /* enum ct_sql_server */
+	__u8 command;    /* enum ct_sql_command; 0 for PostgreSQL */
+	__u8 truncated;  /* the text was longer than CT_QUERY_MAX */
+	__u8 _pad;
+	__u32 len;
+	__u32 stmt_id;   /* COM_STMT_EXECUTE */
+	struct ct_task task;
+	char text[CT_QUERY_MAX];
+};
+
+struct ct_query_end {
+	__u32 kind;
+	__u8 server;
+	__u8 failed;
+	__u16 _pad;
 	struct ct_task task;
 };
 

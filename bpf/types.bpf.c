@@ -14,3 +14,5 @@ struct ct_shell_line ct_shell_line_type;
 struct ct_task_event ct_task_event_type;
 struct ct_exec_start ct_exec_start_type;
 struct ct_exec_result ct_exec_result_type;
+struct ct_query_start ct_query_start_type;
+struct ct_query_end ct_query_end_type;

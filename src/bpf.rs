@@ -22,3 +22,7 @@ pub mod types {
     include!(concat!(env!("OUT_DIR"), "/types.skel.rs"));
     pub use self::types::*;
 }
+
+pub mod sql {
+    include!(concat!(env!("OUT_DIR"), "/sql.skel.rs"));
+}

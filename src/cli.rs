@@ -25,6 +25,10 @@ pub enum Command {
     Shell(ShellArgs),
     /// Every program started (execve/execveat), with its arguments and result.
     Exec(ExecArgs),
+    /// Every statement MySQL/MariaDB servers on this host execute.
+    Mysql(ExecArgs),
+    /// Every statement PostgreSQL backends on this host execute.
+    Postgres(ExecArgs),
 }
 
 #[derive(Debug, Args)]

@@ -4,7 +4,10 @@
 
 use std::mem::size_of;
 
-use crate::bpf::types::{ct_exec_result, ct_exec_start, ct_shell_line, ct_task, ct_task_event, ct_tls_data};
+use crate::bpf::types::{
+    ct_exec_result, ct_exec_start, ct_query_end, ct_query_start, ct_shell_line, ct_task, ct_task_event,
+    ct_tls_data,
+};
 
 /// Mirrors of the enums in `bpf/events.h` (libbpf-cargo generates the
 /// structs but not the enums); a test checks them against the header.
@@ -16,6 +19,15 @@ pub mod kind {
     pub const SHELL_EXIT: u32 = 5;
     pub const EXEC_START: u32 = 6;
     pub const EXEC_RESULT: u32 = 7;
+    pub const QUERY_START: u32 = 8;
+    pub const QUERY_END: u32 = 9;
+    pub const QUERY_FAIL: u32 = 10;
+}
+pub mod sql {
+    pub const MARIADB: u8 = 1;
+    pub const MYSQL: u8 = 2;
+    pub const COM_STMT_PREPARE: u8 = 22;
+    pub const COM_STMT_EXECUTE: u8 = 23;
 }
 pub mod shell {
     pub const BASH: u8 = 1;
@@ -63,6 +75,11 @@ pub enum Event<'a> {
     ShellExit(&'a ct_task),
     ExecStart(&'a ct_exec_start),
     ExecResult(&'a ct_exec_result),
+    /// A statement starts (`struct ct_query_start`, sent with only the
+    /// used part of its text).
+    QueryStart(QueryStart<'a>),
+    QueryEnd(&'a ct_query_end),
+    QueryFail(&'a ct_query_end),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,6 +114,9 @@ pub fn decode(raw: &[u8]) -> Result<Event<'_>, DecodeError> {
         kind::SHELL_EXIT => view::<ct_task_event>(raw).map(|e| Event::ShellExit(&e.task)),
         kind::EXEC_START => view::<ct_exec_start>(raw).map(Event::ExecStart),
         kind::EXEC_RESULT => view::<ct_exec_result>(raw).map(Event::ExecResult),
+        kind::QUERY_START => decode_query(raw),
+        kind::QUERY_END => view::<ct_query_end>(raw).map(Event::QueryEnd),
+        kind::QUERY_FAIL => view::<ct_query_end>(raw).map(Event::QueryFail),
         other => Err(DecodeError::UnknownKind(other)),
     }
 }
@@ -116,6 +136,43 @@ fn decode_file(raw: &[u8]) -> Result<(u32, &[u8]), DecodeError> {
     let path = &raw[8..];
     let end = path.iter().position(|&b| b == 0).unwrap_or(path.len());
     Ok((u32::from_ne_bytes(pid.try_into().unwrap()), &path[..end]))
+}
+
+/// The fields of a `struct ct_query_start`.
+#[derive(Clone, Copy)]
+pub struct QueryStart<'a> {
+    pub server: u8,
+    pub command: u8,
+    pub truncated: bool,
+    pub stmt_id: u32,
+    pub task: &'a ct_task,
+    pub text: &'a [u8],
+}
+
+/// Query starts are shorter than their struct (only the used text is
+/// sent): read the fixed part in place, then the text.
+fn decode_query(raw: &[u8]) -> Result<Event<'_>, DecodeError> {
+    use std::mem::offset_of;
+    let too_short = DecodeError::TooShort(raw.len());
+    let text_at = offset_of!(ct_query_start, text);
+    if raw.len() < text_at {
+        return Err(too_short);
+    }
+    let byte = |field: usize| raw[field];
+    let word = |field: usize| u32::from_ne_bytes(raw[field..field + 4].try_into().unwrap());
+    let len = word(offset_of!(ct_query_start, len)) as usize;
+    let task_at = offset_of!(ct_query_start, task);
+    let task = view::<ct_task>(&raw[task_at..]).map_err(|_| too_short)?;
+    let room = raw.len() - text_at;
+    let text = raw[text_at..].get(..len).ok_or(DecodeError::LengthBeyondRecord { len, room })?;
+    Ok(Event::QueryStart(QueryStart {
+        server: byte(offset_of!(ct_query_start, server)),
+        command: byte(offset_of!(ct_query_start, command)),
+        truncated: byte(offset_of!(ct_query_start, truncated)) != 0,
+        stmt_id: word(offset_of!(ct_query_start, stmt_id)),
+        task,
+        text,
+    }))
 }
 
 /// A record viewed in place (ring buffer records are 8-byte aligned and
@@ -139,6 +196,8 @@ unsafe impl plain::Plain for ct_shell_line {}
 unsafe impl plain::Plain for ct_task_event {}
 unsafe impl plain::Plain for ct_exec_start {}
 unsafe impl plain::Plain for ct_exec_result {}
+unsafe impl plain::Plain for ct_task {}
+unsafe impl plain::Plain for ct_query_end {}
 
 #[cfg(test)]
 mod tests {

@@ -18,6 +18,8 @@ fn main() {
         cli::Command::Tls(args) => run::tls::run(args),
         cli::Command::Shell(args) => run::shell::run(args),
         cli::Command::Exec(args) => run::exec::run(args),
+        cli::Command::Mysql(args) => run::sql::run(args, sources::sql::Family::Mysql),
+        cli::Command::Postgres(args) => run::sql::run(args, sources::sql::Family::Postgres),
     };
     if let Err(e) = result {
         eprintln!("cleartap: error: {e:#}");

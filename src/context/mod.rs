@@ -6,6 +6,7 @@ pub mod clock;
 pub mod commands;
 pub mod execs;
 pub mod libraries;
+pub mod queries;
 pub mod users;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -48,6 +49,15 @@ pub struct CommandRecord<'a> {
     pub command: &'a commands::Command,
     pub user: Option<&'a str>,
     pub shell_path: Option<&'a str>,
+}
+
+/// A database statement, with what enrichment adds.
+#[derive(Debug, Clone, Copy)]
+pub struct QueryRecord<'a> {
+    pub query: &'a queries::Query,
+    pub user: Option<&'a str>,
+    pub database: Option<&'a str>,
+    pub client: Option<&'a str>,
 }
 
 /// A program start, with what enrichment adds.

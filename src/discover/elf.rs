@@ -56,6 +56,41 @@ impl Symbols {
     pub fn get(&self, name: &str) -> Option<Function> {
         self.functions.get(name).copied()
     }
+
+    /// Every defined symbol whose raw name contains `needle` and whose
+    /// demangled C++ form satisfies `pred` (e.g. `dispatch_command(enum_server_command, THD*, ...)`).
+    pub fn find_demangled(
+        path: &Path,
+        needle: &str,
+        pred: impl Fn(&str) -> bool,
+    ) -> Result<Vec<(String, Function)>> {
+        let file = fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        // SAFETY: read-only private mapping of a file we only parse.
+        let bytes =
+            unsafe { memmap2::Mmap::map(&file) }.with_context(|| format!("mapping {}", path.display()))?;
+        let elf = ElfFile64::<Endianness>::parse(&*bytes).context("not a 64-bit ELF file")?;
+        let segments = load_segments(&elf)?;
+        let mut found = Vec::new();
+        for sym in elf.dynamic_symbols().chain(elf.symbols()) {
+            let Ok(name) = sym.name() else { continue };
+            if !name.contains(needle) || sym.is_undefined() || sym.kind() != SymbolKind::Text {
+                continue;
+            }
+            let Some(demangled) = demangle(name) else { continue };
+            let Some(file_offset) = file_offset_of(&segments, sym.address()) else { continue };
+            if pred(&demangled) && !found.iter().any(|(d, _)| *d == demangled) {
+                found.push((demangled, Function { address: sym.address(), size: sym.size(), file_offset }));
+            }
+        }
+        Ok(found)
+    }
+}
+
+/// The C++ demangled form of `name`, or None if it is not a C++ symbol.
+pub fn demangle(name: &str) -> Option<String> {
+    let sym = cpp_demangle::Symbol::new(name.as_bytes()).ok()?;
+    let options = cpp_demangle::DemangleOptions::new().no_return_type();
+    sym.demangle(&options).ok()
 }
 
 fn collect<'data: 'file, 'file>(
@@ -117,6 +152,19 @@ mod tests {
         assert!(write.size > 0);
         assert!(write.file_offset > 0);
         assert!(symbols.get("no_such_function_here").is_none());
+    }
+
+    #[test]
+    fn demangles_dispatch_command_signatures() {
+        assert_eq!(
+            demangle("_Z16dispatch_command19enum_server_commandP3THDPcjb").as_deref(),
+            Some("dispatch_command(enum_server_command, THD*, char*, unsigned int, bool)")
+        );
+        assert_eq!(
+            demangle("_Z16dispatch_commandP3THDPK8COM_DATA19enum_server_command").as_deref(),
+            Some("dispatch_command(THD*, COM_DATA const*, enum_server_command)")
+        );
+        assert_eq!(demangle("SSL_write"), None);
     }
 
     #[test]

@@ -7,7 +7,7 @@ use base64::Engine;
 use serde::Serialize;
 
 use super::{lossy, Output};
-use crate::context::{CommandRecord, ExecRecord, TlsRecord};
+use crate::context::{CommandRecord, ExecRecord, QueryRecord, TlsRecord};
 use crate::events::flag;
 
 pub struct JsonOutput<W: Write> {
@@ -126,9 +126,53 @@ impl<W: Write> Output for JsonOutput<W> {
         self.line(&json)
     }
 
+    fn query(&mut self, r: &QueryRecord) -> io::Result<()> {
+        let q = r.query;
+        let json = QueryJson {
+            event: "query",
+            time: humantime::format_rfc3339_nanos(q.time).to_string(),
+            server: q.server,
+            pid: q.pid,
+            tid: q.tid,
+            user: r.user,
+            database: r.database,
+            client: r.client,
+            command: q.command,
+            statement_id: q.statement_id,
+            text: &lossy(&q.text),
+            text_b64: exact_if_not_utf8(&q.text),
+            truncated: q.truncated,
+            duration_us: q.duration.map(|d| d.as_secs_f64() * 1e6),
+            success: q.success,
+        };
+        self.line(&json)
+    }
+
     fn flush(&mut self) -> io::Result<()> {
         self.out.flush()
     }
+}
+
+#[derive(Serialize)]
+struct QueryJson<'a> {
+    event: &'static str,
+    time: String,
+    server: &'a str,
+    pid: u32,
+    tid: u32,
+    user: Option<&'a str>,
+    database: Option<&'a str>,
+    client: Option<&'a str>,
+    command: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    statement_id: Option<u32>,
+    text: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    text_b64: Option<String>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    truncated: bool,
+    duration_us: Option<f64>,
+    success: Option<bool>,
 }
 
 impl<W: Write> JsonOutput<W> {

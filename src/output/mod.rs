@@ -6,12 +6,13 @@ pub mod text;
 
 use std::io;
 
-use crate::context::{CommandRecord, ExecRecord, TlsRecord};
+use crate::context::{CommandRecord, ExecRecord, QueryRecord, TlsRecord};
 
 pub trait Output {
     fn tls(&mut self, record: &TlsRecord) -> io::Result<()>;
     fn command(&mut self, record: &CommandRecord) -> io::Result<()>;
     fn exec(&mut self, record: &ExecRecord) -> io::Result<()>;
+    fn query(&mut self, record: &QueryRecord) -> io::Result<()>;
     fn flush(&mut self) -> io::Result<()>;
 }
 

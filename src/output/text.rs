@@ -4,7 +4,7 @@
 use std::io::{self, Write};
 
 use super::{addr_or_dash, errno_name, lossy, Output};
-use crate::context::{CommandRecord, ExecRecord, TlsRecord};
+use crate::context::{CommandRecord, ExecRecord, QueryRecord, TlsRecord};
 
 pub struct TextOutput<W: Write> {
     out: W,
@@ -87,6 +87,36 @@ impl<W: Write> Output for TextOutput<W> {
             if e.argv_truncated { ", ..." } else { "" },
             e.ret.map_or_else(|| "?".to_string(), errno_name),
         )
+    }
+
+    fn query(&mut self, r: &QueryRecord) -> io::Result<()> {
+        let q = r.query;
+        let outcome = match q.success {
+            Some(true) => "ok",
+            Some(false) => "FAILED",
+            None => "?",
+        };
+        let duration =
+            q.duration.map_or_else(|| "?".to_string(), |d| format!("{:.3}ms", d.as_secs_f64() * 1e3));
+        writeln!(
+            self.out,
+            "{} {}[{}/{}] user={} db={} {}{} {} {}{}",
+            humantime::format_rfc3339_micros(q.time),
+            q.server,
+            q.pid,
+            q.tid,
+            r.user.unwrap_or("?"),
+            r.database.unwrap_or("?"),
+            q.command,
+            q.statement_id.map_or(String::new(), |id| format!(" #{id}")),
+            outcome,
+            duration,
+            if q.truncated { " (truncated)" } else { "" },
+        )?;
+        for line in lossy(&q.text).lines() {
+            writeln!(self.out, "    {line}")?;
+        }
+        Ok(())
     }
 
     fn flush(&mut self) -> io::Result<()> {

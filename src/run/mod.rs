@@ -5,6 +5,7 @@
 
 pub mod exec;
 pub mod shell;
+pub mod sql;
 pub mod tls;
 
 use std::cell::RefCell;
@@ -218,6 +219,11 @@ impl Output for Counting {
     fn exec(&mut self, r: &crate::context::ExecRecord) -> io::Result<()> {
         self.records += 1;
         self.inner.exec(r)
+    }
+
+    fn query(&mut self, r: &crate::context::QueryRecord) -> io::Result<()> {
+        self.records += 1;
+        self.inner.query(r)
     }
 
     fn flush(&mut self) -> io::Result<()> {

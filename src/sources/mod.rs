@@ -9,6 +9,7 @@ pub mod nss;
 pub mod openssl;
 pub mod procwatch;
 pub mod shell;
+pub mod sql;
 pub mod tls;
 
 use std::path::{Path, PathBuf};

@@ -1,0 +1,156 @@
+//! `cleartap mysql` and `cleartap postgres`: server-side statements with
+//! duration and outcome.
+
+use std::collections::HashMap;
+use std::io;
+use std::mem::MaybeUninit;
+
+use anyhow::Result;
+
+use super::{filters, pump, Handler};
+use crate::cli::ExecArgs;
+use crate::context::clock::Clock;
+use crate::context::queries::{postgres_backend, Queries, Query};
+use crate::context::QueryRecord;
+use crate::events::{sql, Event, QueryStart};
+use crate::kernel;
+use crate::output::{self, Output};
+use crate::sources::procwatch::{ProcWatch, SharedMaps};
+use crate::sources::sql::{Family, SqlAttacher, SqlBinary, SqlProbes};
+
+pub fn run(args: &ExecArgs, family: Family) -> Result<()> {
+    kernel::preflight()?;
+    let filters = filters(&args.filters)?;
+    let mut storage = MaybeUninit::uninit();
+    let probes = SqlProbes::load(&mut storage, &filters, args.output.ringbuf_size)?;
+    let mut watch_storage = MaybeUninit::uninit();
+    let shared = SharedMaps::of(probes.events_map(), probes.stats_map());
+    let watch = ProcWatch::load(&mut watch_storage, &filters, &[], shared)?;
+    let links = watch.attach()?;
+    let mut attacher = SqlAttacher::new(&probes, family);
+    let found = attacher.scan_host();
+    if found.is_empty() {
+        eprintln!("cleartap: no {family:?} server running yet; watching for servers that start");
+    }
+    found.iter().for_each(announce);
+    let mut handler =
+        SqlHandler { attacher, queries: Queries::default(), clock: Clock::now(), backends: HashMap::new() };
+    let out = output::writer(args.output.format, args.output.hex, io::stdout());
+    pump(probes.events_map(), probes.stats_map(), links, &mut handler, out)
+}
+
+fn announce(bin: &SqlBinary) {
+    eprintln!("cleartap: attached to {} ({})", bin.display_path, bin.server);
+}
+
+/// What a PostgreSQL backend's process title says about its session.
+#[derive(Default, Clone)]
+struct Session {
+    user: Option<String>,
+    database: Option<String>,
+    client: Option<String>,
+}
+
+struct SqlHandler<'p, 'obj> {
+    attacher: SqlAttacher<'p, 'obj>,
+    queries: Queries,
+    clock: Clock,
+    backends: HashMap<u32, Session>,
+}
+
+impl SqlHandler<'_, '_> {
+    fn start(&mut self, q: &QueryStart) -> Query {
+        let (server, command) = match (q.server, q.command) {
+            (sql::MARIADB | sql::MYSQL, c) => {
+                let server = if q.server == sql::MARIADB { "mariadb" } else { "mysql" };
+                let command = match c {
+                    sql::COM_STMT_PREPARE => "prepare",
+                    sql::COM_STMT_EXECUTE => "execute",
+                    _ => "query",
+                };
+                (server, command)
+            }
+            _ => {
+                self.remember_backend(q.task.pid);
+                ("postgres", "statement")
+            }
+        };
+        let statement_id = (q.command == sql::COM_STMT_EXECUTE).then_some(q.stmt_id);
+        let time = self.clock.wall(q.task.ts_ns);
+        Query::start(
+            time,
+            server,
+            q.task.pid,
+            q.task.tid,
+            command,
+            statement_id,
+            q.text.to_vec(),
+            q.truncated,
+        )
+    }
+
+    /// Backends are forked per connection and set their title at login.
+    fn remember_backend(&mut self, pid: u32) {
+        if self.backends.len() > 4096 {
+            self.backends.clear();
+        }
+        self.backends.entry(pid).or_insert_with(|| {
+            let title = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            match postgres_backend(&String::from_utf8_lossy(&title)) {
+                Some((user, database, client)) => {
+                    Session { user: Some(user), database: Some(database), client: Some(client) }
+                }
+                None => Session::default(),
+            }
+        });
+    }
+
+    fn write(&mut self, query: Query, out: &mut dyn Output) -> io::Result<()> {
+        let session = self.backends.get(&query.pid).cloned().unwrap_or_default();
+        let record = QueryRecord {
+            query: &query,
+            user: session.user.as_deref(),
+            database: session.database.as_deref(),
+            client: session.client.as_deref(),
+        };
+        out.query(&record)
+    }
+}
+
+impl Handler for SqlHandler<'_, '_> {
+    fn event(&mut self, event: Event, out: &mut dyn Output) -> io::Result<()> {
+        match event {
+            Event::QueryStart(q) => {
+                let query = self.start(&q);
+                if let Some(done) = self.queries.start(query) {
+                    self.write(done, out)?;
+                }
+            }
+            Event::QueryEnd(e) => {
+                let at = self.clock.wall(e.task.ts_ns);
+                if let Some(done) = self.queries.end(e.task.tid, at, e.failed != 0) {
+                    self.write(done, out)?;
+                }
+            }
+            Event::QueryFail(e) => self.queries.fail(e.task.tid),
+            Event::Exec { pid, path } => {
+                if let Some(bin) = self.attacher.consider(pid, Some(&String::from_utf8_lossy(path))) {
+                    announce(&bin);
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn detach(&mut self) {
+        self.attacher.detach_all();
+    }
+
+    fn finish(&mut self, out: &mut dyn Output) -> io::Result<()> {
+        for query in self.queries.drain() {
+            self.write(query, out)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,229 @@
+//! Database servers: MySQL/MariaDB (`dispatch_command`, matched by its
+//! demangled C++ signature) and PostgreSQL (`pgstat_report_activity`,
+//! `AbortCurrentTransaction`). See `bpf/sql.bpf.c` for what each hook means.
+
+use std::collections::HashSet;
+use std::mem::MaybeUninit;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use libbpf_rs::skel::{OpenSkel, SkelBuilder};
+use libbpf_rs::{Link, OpenObject, ProgramMut, UprobeOpts};
+
+use crate::bpf::sql::{SqlSkel, SqlSkelBuilder};
+use crate::discover::elf::{Function, Symbols};
+use crate::discover::procs::{self, FileId};
+use crate::kernel::Filters;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    Mysql,
+    Postgres,
+}
+
+impl Family {
+    /// Executable names of this family's servers.
+    pub fn is_server_path(self, path: &str) -> bool {
+        let name = path.rsplit('/').next().unwrap_or(path);
+        match self {
+            Family::Mysql => matches!(name, "mysqld" | "mariadbd"),
+            Family::Postgres => matches!(name, "postgres" | "postmaster"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Prog {
+    MariadbDispatch,
+    MysqlDispatch,
+    DispatchReturn,
+    MysqlError,
+    PgActivity,
+    PgAbort,
+}
+
+/// A server executable and the probes it needs.
+#[derive(Debug, Clone)]
+pub struct SqlBinary {
+    pub path: PathBuf,
+    pub display_path: String,
+    /// `mariadb`, `mysql` or `postgres`.
+    pub server: &'static str,
+    hooks: Vec<(Prog, Function, bool)>,
+}
+
+impl SqlBinary {
+    pub fn resolve(family: Family, path: &Path, display_path: &str) -> Result<SqlBinary> {
+        let (server, hooks) = match family {
+            Family::Mysql => mysql_hooks(path)?,
+            Family::Postgres => postgres_hooks(path)?,
+        };
+        Ok(SqlBinary { path: path.to_path_buf(), display_path: display_path.to_string(), server, hooks })
+    }
+}
+
+fn mysql_hooks(path: &Path) -> Result<(&'static str, Vec<(Prog, Function, bool)>)> {
+    let dispatch = Symbols::find_demangled(path, "dispatch_command", |d| d.starts_with("dispatch_command("))?;
+    let mut hooks = Vec::new();
+    let mut server = "";
+    for (signature, f) in &dispatch {
+        let (prog, name) = if signature.starts_with("dispatch_command(enum_server_command, THD*, char*") {
+            (Prog::MariadbDispatch, "mariadb")
+        } else if signature.starts_with("dispatch_command(THD*, COM_DATA const*, enum_server_command") {
+            (Prog::MysqlDispatch, "mysql")
+        } else {
+            continue;
+        };
+        server = name;
+        hooks.push((prog, *f, false));
+        hooks.push((Prog::DispatchReturn, *f, true));
+    }
+    if hooks.is_empty() {
+        let seen: Vec<_> = dispatch.iter().map(|(d, _)| d.as_str()).collect();
+        bail!(
+            "{}: no dispatch_command(enum_server_command, THD*, char*, ...) (MariaDB, MySQL 5.6) or \
+             dispatch_command(THD*, COM_DATA const*, enum_server_command) (MySQL 5.7/8) in its symbols{}",
+            path.display(),
+            if seen.is_empty() { String::new() } else { format!(" (found: {})", seen.join("; ")) }
+        );
+    }
+    let errors = Symbols::find_demangled(path, "set_error_status", |d| {
+        d.starts_with("Diagnostics_area::set_error_status(")
+    })?;
+    if errors.is_empty() {
+        eprintln!(
+            "cleartap: warning: {}: no Diagnostics_area::set_error_status: failed statements will \
+             be reported as successful=null",
+            path.display()
+        );
+    }
+    hooks.extend(errors.into_iter().map(|(_, f)| (Prog::MysqlError, f, false)));
+    Ok((server, hooks))
+}
+
+fn postgres_hooks(path: &Path) -> Result<(&'static str, Vec<(Prog, Function, bool)>)> {
+    let wanted = ["pgstat_report_activity", "AbortCurrentTransaction"];
+    let symbols = Symbols::read(path, &wanted)?;
+    let missing: Vec<_> = wanted.iter().filter(|w| symbols.get(w).is_none()).collect();
+    if !missing.is_empty() {
+        bail!(
+            "{}: missing {:?} in its symbols: not a PostgreSQL server cleartap can probe",
+            path.display(),
+            missing
+        );
+    }
+    Ok((
+        "postgres",
+        vec![
+            (Prog::PgActivity, symbols.get(wanted[0]).unwrap(), false),
+            (Prog::PgAbort, symbols.get(wanted[1]).unwrap(), false),
+        ],
+    ))
+}
+
+pub struct SqlProbes<'obj> {
+    skel: SqlSkel<'obj>,
+}
+
+impl<'obj> SqlProbes<'obj> {
+    pub fn load(
+        storage: &'obj mut MaybeUninit<OpenObject>,
+        filters: &Filters,
+        ringbuf_bytes: u32,
+    ) -> Result<Self> {
+        let mut open = SqlSkelBuilder::default().open(storage).context("opening the SQL BPF object")?;
+        let rodata = open.maps.rodata_data.as_deref_mut().context("no .rodata in the BPF object")?;
+        crate::set_filters!(rodata, filters);
+        open.maps.events.set_max_entries(ringbuf_bytes).context("sizing the ring buffer")?;
+        let cpus = libbpf_rs::num_possible_cpus().context("counting CPUs")? as u32;
+        open.maps.query_scratch.set_max_entries(cpus).context("sizing the query scratch space")?;
+        let skel = open.load().context("loading the SQL BPF programs into the kernel failed")?;
+        Ok(SqlProbes { skel })
+    }
+
+    fn program(&self, prog: Prog) -> &ProgramMut<'obj> {
+        let p = &self.skel.progs;
+        match prog {
+            Prog::MariadbDispatch => &p.mariadb_dispatch,
+            Prog::MysqlDispatch => &p.mysql_dispatch,
+            Prog::DispatchReturn => &p.mysql_dispatch_return,
+            Prog::MysqlError => &p.mysql_error,
+            Prog::PgActivity => &p.pg_activity,
+            Prog::PgAbort => &p.pg_abort,
+        }
+    }
+
+    pub fn attach(&self, bin: &SqlBinary) -> Result<Vec<Link>> {
+        bin.hooks
+            .iter()
+            .map(|(prog, f, retprobe)| {
+                let opts = UprobeOpts { retprobe: *retprobe, ..Default::default() };
+                self.program(*prog)
+                    .attach_uprobe_with_opts(-1, &bin.path, f.file_offset as usize, opts)
+                    .with_context(|| format!("attaching {prog:?} in {}", bin.display_path))
+            })
+            .collect()
+    }
+
+    pub fn events_map(&self) -> &libbpf_rs::MapMut<'obj> {
+        &self.skel.maps.events
+    }
+
+    pub fn stats_map(&self) -> &libbpf_rs::MapMut<'obj> {
+        &self.skel.maps.stats
+    }
+}
+
+/// Finds server executables in use and attaches each file once.
+pub struct SqlAttacher<'p, 'obj> {
+    probes: &'p SqlProbes<'obj>,
+    family: Family,
+    seen: HashSet<FileId>,
+    links: Vec<Link>,
+}
+
+impl<'p, 'obj> SqlAttacher<'p, 'obj> {
+    pub fn new(probes: &'p SqlProbes<'obj>, family: Family) -> Self {
+        SqlAttacher { probes, family, seen: HashSet::new(), links: Vec::new() }
+    }
+
+    pub fn scan_host(&mut self) -> Vec<SqlBinary> {
+        procs::all_pids().into_iter().filter_map(|pid| self.consider(pid, None)).collect()
+    }
+
+    /// `pid`'s executable (exec'd as `exec_path`), if it is a server of
+    /// the family not attached yet. A server without the symbols is
+    /// reported once, naming what is missing.
+    pub fn consider(&mut self, pid: u32, exec_path: Option<&str>) -> Option<SqlBinary> {
+        let exe = PathBuf::from(format!("/proc/{pid}/exe"));
+        let display = match std::fs::read_link(&exe) {
+            Ok(p) => p.display().to_string(),
+            Err(_) => exec_path?.to_string(),
+        };
+        if !self.family.is_server_path(&display) {
+            return None;
+        }
+        let path = if exe.exists() { exe } else { PathBuf::from(&display) };
+        let id = FileId::of(&path).ok()?;
+        if !self.seen.insert(id) {
+            return None;
+        }
+        let lasting = PathBuf::from(&display);
+        let path = if FileId::of(&lasting).ok() == Some(id) { lasting } else { path };
+        let attached = SqlBinary::resolve(self.family, &path, &display).and_then(|bin| {
+            self.links.extend(self.probes.attach(&bin)?);
+            Ok(bin)
+        });
+        match attached {
+            Ok(bin) => Some(bin),
+            Err(e) => {
+                eprintln!("cleartap: warning: not capturing {display}: {e:#}");
+                None
+            }
+        }
+    }
+
+    pub fn detach_all(&mut self) {
+        self.links.clear();
+    }
+}
