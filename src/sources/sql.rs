@@ -42,6 +42,9 @@ enum Prog {
     PgAbort,
 }
 
+/// A probe: program, where, and whether it is a return probe.
+type Hook = (Prog, Function, bool);
+
 /// A server executable and the probes it needs.
 #[derive(Debug, Clone)]
 pub struct SqlBinary {
@@ -49,7 +52,7 @@ pub struct SqlBinary {
     pub display_path: String,
     /// `mariadb`, `mysql` or `postgres`.
     pub server: &'static str,
-    hooks: Vec<(Prog, Function, bool)>,
+    hooks: Vec<Hook>,
 }
 
 impl SqlBinary {
@@ -62,7 +65,7 @@ impl SqlBinary {
     }
 }
 
-fn mysql_hooks(path: &Path) -> Result<(&'static str, Vec<(Prog, Function, bool)>)> {
+fn mysql_hooks(path: &Path) -> Result<(&'static str, Vec<Hook>)> {
     let dispatch = Symbols::find_demangled(path, "dispatch_command", |d| d.starts_with("dispatch_command("))?;
     let mut hooks = Vec::new();
     let mut server = "";
@@ -101,7 +104,7 @@ fn mysql_hooks(path: &Path) -> Result<(&'static str, Vec<(Prog, Function, bool)>
     Ok((server, hooks))
 }
 
-fn postgres_hooks(path: &Path) -> Result<(&'static str, Vec<(Prog, Function, bool)>)> {
+fn postgres_hooks(path: &Path) -> Result<(&'static str, Vec<Hook>)> {
     let wanted = ["pgstat_report_activity", "AbortCurrentTransaction"];
     let symbols = Symbols::read(path, &wanted)?;
     let missing: Vec<_> = wanted.iter().filter(|w| symbols.get(w).is_none()).collect();
