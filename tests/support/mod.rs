@@ -46,6 +46,8 @@ pub struct Capture {
     child: Child,
     stdout: thread::JoinHandle<String>,
     stderr: mpsc::Receiver<String>,
+    /// What cleartap printed on stderr before `ready`.
+    before_ready: String,
 }
 
 pub struct Captured {
@@ -77,20 +79,19 @@ impl Capture {
                 let _ = tx.send(line);
             }
         });
-        let mut capture = Capture { child, stdout, stderr: rx };
+        let mut capture = Capture { child, stdout, stderr: rx, before_ready: String::new() };
         capture.wait_ready();
         capture
     }
 
     fn wait_ready(&mut self) {
-        let mut seen = String::new();
         loop {
             match self.stderr.recv_timeout(Duration::from_secs(60)) {
                 Ok(line) if line == "ready" => return,
-                Ok(line) => seen += &(line + "\n"),
+                Ok(line) => self.before_ready += &(line + "\n"),
                 Err(_) => {
                     let _ = self.child.kill();
-                    panic!("cleartap did not become ready; stderr:\n{seen}");
+                    panic!("cleartap did not become ready; stderr:\n{}", self.before_ready);
                 }
             }
         }
@@ -109,7 +110,7 @@ impl Capture {
             .lines()
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
             .collect();
-        Captured { records, stderr: stderr.join("\n"), status }
+        Captured { records, stderr: self.before_ready + &stderr.join("\n"), status }
     }
 }
 
