@@ -77,6 +77,20 @@ pub struct OutputArgs {
     pub ringbuf_size: u32,
 }
 
+impl OutputArgs {
+    pub fn style(&self, body_preview: usize) -> crate::output::Style {
+        crate::output::Style { format: self.format, hex: self.hex, body_preview }
+    }
+}
+
+/// What `tls` shows: raw records, decoded HTTP exchanges, or both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Decode {
+    Http,
+    Raw,
+    Both,
+}
+
 #[derive(Debug, Args)]
 pub struct TlsArgs {
     #[command(flatten)]
@@ -92,6 +106,12 @@ pub struct TlsArgs {
     /// Which TLS libraries to capture.
     #[arg(long = "library", value_enum, value_delimiter = ',', default_value = "openssl,gnutls,nss")]
     pub libraries: Vec<Library>,
+    /// Show raw records, HTTP/1.1 and HTTP/2 exchanges decoded from them, or both.
+    #[arg(long, value_enum, default_value_t = Decode::Both)]
+    pub decode: Decode,
+    /// HTTP exchanges: bytes of each body to show (decompressed when compressed).
+    #[arg(long = "body", value_name = "N", default_value_t = 256)]
+    pub body: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -7,6 +7,7 @@ pub mod commands;
 pub mod execs;
 pub mod libraries;
 pub mod queries;
+pub mod streams;
 pub mod users;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -25,7 +26,7 @@ pub struct TlsRecord<'a> {
     pub tid: u32,
     pub uid: u32,
     pub comm: String,
-    pub library: &'a str,
+    pub library: &'static str,
     pub library_version: Option<&'a str>,
     pub library_path: &'a str,
     pub function: &'static str,
@@ -58,6 +59,13 @@ pub struct QueryRecord<'a> {
     pub user: Option<&'a str>,
     pub database: Option<&'a str>,
     pub client: Option<&'a str>,
+}
+
+/// A decoded HTTP exchange and its connection.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpRecord<'a> {
+    pub exchange: &'a httpdecode::Exchange,
+    pub connection: &'a streams::ConnectionInfo,
 }
 
 /// A program start, with what enrichment adds.

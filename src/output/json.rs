@@ -6,18 +6,19 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use serde::Serialize;
 
-use super::{lossy, Output};
-use crate::context::{CommandRecord, ExecRecord, QueryRecord, TlsRecord};
+use super::{body_preview, lossy, Output, Style};
+use crate::context::{CommandRecord, ExecRecord, HttpRecord, QueryRecord, TlsRecord};
 use crate::events::flag;
 
 pub struct JsonOutput<W: Write> {
     out: W,
     b64: String,
+    style: Style,
 }
 
 impl<W: Write> JsonOutput<W> {
-    pub fn new(out: W) -> Self {
-        JsonOutput { out, b64: String::new() }
+    pub fn new(out: W, style: Style) -> Self {
+        JsonOutput { out, b64: String::new(), style }
     }
 }
 
@@ -148,9 +149,91 @@ impl<W: Write> Output for JsonOutput<W> {
         self.line(&json)
     }
 
+    fn http(&mut self, r: &HttpRecord) -> io::Result<()> {
+        let e = r.exchange;
+        let c = r.connection;
+        let limit = self.style.body_preview;
+        let json = HttpJson {
+            event: "http",
+            time: humantime::format_rfc3339_nanos(e.request_time).to_string(),
+            protocol: e.protocol.to_string(),
+            method: e.method.as_deref(),
+            scheme: e.scheme.as_deref(),
+            authority: e.authority.as_deref(),
+            path: e.path.as_deref(),
+            status: e.status,
+            request_headers: &e.request_headers,
+            response_headers: &e.response_headers,
+            request_body_size: e.request_body.raw_len,
+            response_body_size: e.response_body.raw_len,
+            response_body_decoded_size: e.response_body.decoded.as_ref().map(Vec::len),
+            request_body_preview: (limit > 0)
+                .then(|| lossy(body_preview(&e.request_body, limit)).into_owned()),
+            response_body_preview: (limit > 0)
+                .then(|| lossy(body_preview(&e.response_body, limit)).into_owned()),
+            latency_us: e.latency().map(|d| d.as_secs_f64() * 1e6),
+            stream_id: e.stream_id,
+            grpc: e.grpc.as_ref().map(|g| GrpcJson {
+                status: g.status,
+                message: g.message.as_deref(),
+                request_messages: g.request_messages.len(),
+                response_messages: g.response_messages.len(),
+            }),
+            notes: &e.notes,
+            pid: c.pid,
+            comm: &c.comm,
+            library: c.library,
+            local: c.local.map(|a| a.to_string()),
+            remote: c.remote.map(|a| a.to_string()),
+        };
+        self.line(&json)
+    }
+
     fn flush(&mut self) -> io::Result<()> {
         self.out.flush()
     }
+}
+
+#[derive(Serialize)]
+struct HttpJson<'a> {
+    event: &'static str,
+    time: String,
+    protocol: String,
+    method: Option<&'a str>,
+    scheme: Option<&'a str>,
+    authority: Option<&'a str>,
+    path: Option<&'a str>,
+    status: Option<u16>,
+    request_headers: &'a [(String, String)],
+    response_headers: &'a [(String, String)],
+    request_body_size: usize,
+    response_body_size: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response_body_decoded_size: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request_body_preview: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response_body_preview: Option<String>,
+    latency_us: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream_id: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    grpc: Option<GrpcJson<'a>>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    notes: &'a [String],
+    pid: u32,
+    comm: &'a str,
+    library: &'a str,
+    local: Option<String>,
+    remote: Option<String>,
+}
+
+#[derive(Serialize)]
+struct GrpcJson<'a> {
+    status: Option<u32>,
+    message: Option<&'a str>,
+    request_messages: usize,
+    response_messages: usize,
 }
 
 #[derive(Serialize)]

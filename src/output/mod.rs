@@ -6,13 +6,14 @@ pub mod text;
 
 use std::io;
 
-use crate::context::{CommandRecord, ExecRecord, QueryRecord, TlsRecord};
+use crate::context::{CommandRecord, ExecRecord, HttpRecord, QueryRecord, TlsRecord};
 
 pub trait Output {
     fn tls(&mut self, record: &TlsRecord) -> io::Result<()>;
     fn command(&mut self, record: &CommandRecord) -> io::Result<()>;
     fn exec(&mut self, record: &ExecRecord) -> io::Result<()>;
     fn query(&mut self, record: &QueryRecord) -> io::Result<()>;
+    fn http(&mut self, record: &HttpRecord) -> io::Result<()>;
     fn flush(&mut self) -> io::Result<()>;
 }
 
@@ -22,13 +23,29 @@ pub enum Format {
     Json,
 }
 
-/// The writer for `format` on `out`.
-pub fn writer<W: io::Write + 'static>(format: Format, hex: bool, out: W) -> Box<dyn Output> {
+/// How records are shown.
+#[derive(Debug, Clone, Copy)]
+pub struct Style {
+    pub format: Format,
+    /// Text: payloads as a hex dump.
+    pub hex: bool,
+    /// HTTP exchanges: bytes of each body to show.
+    pub body_preview: usize,
+}
+
+/// The writer for `style` on `out`.
+pub fn writer<W: io::Write + 'static>(style: Style, out: W) -> Box<dyn Output> {
     let out = io::BufWriter::with_capacity(1 << 16, out);
-    match format {
-        Format::Text => Box::new(text::TextOutput::new(out, hex)),
-        Format::Json => Box::new(json::JsonOutput::new(out)),
+    match style.format {
+        Format::Text => Box::new(text::TextOutput::new(out, style)),
+        Format::Json => Box::new(json::JsonOutput::new(out, style)),
     }
+}
+
+/// The first `limit` bytes of a body as shown: decompressed when it was.
+pub(crate) fn body_preview(body: &httpdecode::Body, limit: usize) -> &[u8] {
+    let shown = body.decoded.as_deref().unwrap_or(&body.raw);
+    &shown[..shown.len().min(limit)]
 }
 
 pub(crate) fn addr_or_dash(addr: Option<std::net::SocketAddr>) -> String {

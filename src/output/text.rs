@@ -3,17 +3,18 @@
 
 use std::io::{self, Write};
 
-use super::{addr_or_dash, errno_name, lossy, Output};
-use crate::context::{CommandRecord, ExecRecord, QueryRecord, TlsRecord};
+use super::{addr_or_dash, body_preview, errno_name, lossy, Output, Style};
+use crate::context::{CommandRecord, ExecRecord, HttpRecord, QueryRecord, TlsRecord};
 
 pub struct TextOutput<W: Write> {
     out: W,
     hex: bool,
+    style: Style,
 }
 
 impl<W: Write> TextOutput<W> {
-    pub fn new(out: W, hex: bool) -> Self {
-        TextOutput { out, hex }
+    pub fn new(out: W, style: Style) -> Self {
+        TextOutput { out, hex: style.hex, style }
     }
 }
 
@@ -119,8 +120,64 @@ impl<W: Write> Output for TextOutput<W> {
         Ok(())
     }
 
+    fn http(&mut self, r: &HttpRecord) -> io::Result<()> {
+        let (e, c) = (r.exchange, r.connection);
+        let url = format!(
+            "{}://{}{}",
+            e.scheme.as_deref().unwrap_or("https"),
+            e.authority.as_deref().unwrap_or("?"),
+            e.path.as_deref().unwrap_or("")
+        );
+        let latency =
+            e.latency().map_or_else(|| "?".to_string(), |d| format!("{:.3} ms", d.as_secs_f64() * 1e3));
+        writeln!(
+            self.out,
+            "{} {} {}[{}] {} -> {}",
+            humantime::format_rfc3339_micros(e.request_time),
+            e.protocol,
+            c.comm,
+            c.pid,
+            addr_or_dash(c.local),
+            addr_or_dash(c.remote)
+        )?;
+        let status = e.status.map_or_else(|| "?".to_string(), |s| s.to_string());
+        writeln!(self.out, "  {} {} -> {} ({})", e.method.as_deref().unwrap_or("?"), url, status, latency)?;
+        for (name, value) in &e.request_headers {
+            writeln!(self.out, "  > {name}: {value}")?;
+        }
+        for (name, value) in &e.response_headers {
+            writeln!(self.out, "  < {name}: {value}")?;
+        }
+        for (label, body) in [("request", &e.request_body), ("response", &e.response_body)] {
+            self.body(label, body)?;
+        }
+        for note in &e.notes {
+            writeln!(self.out, "  note: {note}")?;
+        }
+        Ok(())
+    }
+
     fn flush(&mut self) -> io::Result<()> {
         self.out.flush()
+    }
+}
+
+impl<W: Write> TextOutput<W> {
+    fn body(&mut self, label: &str, body: &httpdecode::Body) -> io::Result<()> {
+        if body.raw_len == 0 {
+            return Ok(());
+        }
+        let decoded = body.decoded.as_ref().map_or(String::new(), |d| format!(", {} decoded", d.len()));
+        writeln!(self.out, "  {label} body: {} bytes{decoded}", body.raw_len)?;
+        let preview = body_preview(body, self.style.body_preview);
+        if !preview.is_empty() {
+            let mut shown = Vec::new();
+            write_escaped(&mut shown, preview)?;
+            for line in String::from_utf8_lossy(&shown).lines() {
+                writeln!(self.out, "  | {line}")?;
+            }
+        }
+        Ok(())
     }
 }
 

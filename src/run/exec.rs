@@ -24,7 +24,7 @@ pub fn run(args: &ExecArgs) -> Result<()> {
     let probes = ExecProbes::load(&mut storage, &filters, args.output.ringbuf_size)?;
     let links = probes.attach()?;
     let mut handler = ExecHandler { execs: Execs::default(), users: Users::default(), clock: Clock::now() };
-    let out = output::writer(args.output.format, args.output.hex, io::stdout());
+    let out = output::writer(args.output.style(0), io::stdout());
     pump(probes.events_map(), probes.stats_map(), links, &mut handler, out)
 }
 

@@ -226,6 +226,11 @@ impl Output for Counting {
         self.inner.query(r)
     }
 
+    fn http(&mut self, r: &crate::context::HttpRecord) -> io::Result<()> {
+        self.records += 1;
+        self.inner.http(r)
+    }
+
     fn flush(&mut self) -> io::Result<()> {
         self.inner.flush()
     }

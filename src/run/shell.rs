@@ -45,7 +45,7 @@ pub fn run(args: &ShellArgs) -> Result<()> {
         clock: Clock::now(),
         shell_paths: HashMap::new(),
     };
-    let out = output::writer(args.output.format, args.output.hex, io::stdout());
+    let out = output::writer(args.output.style(0), io::stdout());
     pump(probes.events_map(), probes.stats_map(), links, &mut handler, out)
 }
 

@@ -35,7 +35,7 @@ pub fn run(args: &ExecArgs, family: Family) -> Result<()> {
     found.iter().for_each(announce);
     let mut handler =
         SqlHandler { attacher, queries: Queries::default(), clock: Clock::now(), backends: HashMap::new() };
-    let out = output::writer(args.output.format, args.output.hex, io::stdout());
+    let out = output::writer(args.output.style(0), io::stdout());
     pump(probes.events_map(), probes.stats_map(), links, &mut handler, out)
 }
 

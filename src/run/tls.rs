@@ -6,9 +6,10 @@ use std::mem::MaybeUninit;
 use anyhow::Result;
 
 use super::{filters, pump, Handler};
-use crate::cli::{Library, TlsArgs};
+use crate::cli::{Decode, Library, TlsArgs};
 use crate::context::libraries::{KnownLibrary, LibraryResolver};
-use crate::context::Enricher;
+use crate::context::streams::HttpStreams;
+use crate::context::{Enricher, HttpRecord};
 use crate::events::Event;
 use crate::kernel;
 use crate::output::{self, Output};
@@ -41,11 +42,16 @@ pub fn run(args: &TlsArgs) -> Result<()> {
     if targets.is_empty() {
         eprintln!("cleartap: no TLS library in use yet; watching for processes that start");
     }
-    let mut handler = TlsHandler { enricher: Enricher::new(LibraryResolver::new(Vec::new())), attacher };
+    let mut handler = TlsHandler {
+        enricher: Enricher::new(LibraryResolver::new(Vec::new())),
+        attacher,
+        decode: args.decode,
+        streams: HttpStreams::default(),
+    };
     for t in targets {
         handler.attached(t);
     }
-    let out = output::writer(args.output.format, args.output.hex, io::stdout());
+    let out = output::writer(args.output.style(args.body), io::stdout());
     pump(probes.events_map(), probes.stats_map(), links, &mut handler, out)
 }
 
@@ -66,6 +72,8 @@ fn selected_sources(libraries: &[Library]) -> Vec<&'static TlsSource> {
 struct TlsHandler<'p, 'obj> {
     enricher: Enricher,
     attacher: Attacher<'p, 'obj>,
+    decode: Decode,
+    streams: HttpStreams,
 }
 
 impl TlsHandler<'_, '_> {
@@ -84,7 +92,17 @@ impl TlsHandler<'_, '_> {
 impl Handler for TlsHandler<'_, '_> {
     fn event(&mut self, event: Event, out: &mut dyn Output) -> io::Result<()> {
         match event {
-            Event::TlsData(d) => return out.tls(&self.enricher.tls(&d)),
+            Event::TlsData(d) => {
+                let record = self.enricher.tls(&d);
+                if self.decode != Decode::Http {
+                    out.tls(&record)?;
+                }
+                if self.decode != Decode::Raw {
+                    for (exchange, connection) in self.streams.feed(&record) {
+                        out.http(&HttpRecord { exchange: &exchange, connection: &connection })?;
+                    }
+                }
+            }
             Event::Exec { pid, path } => {
                 for t in self.attacher.scan_new_process(pid, &String::from_utf8_lossy(path)) {
                     self.attached(t);
@@ -102,5 +120,14 @@ impl Handler for TlsHandler<'_, '_> {
 
     fn detach(&mut self) {
         self.attacher.detach_all();
+    }
+
+    /// Exchanges that only the end of the stream completes (a response
+    /// delimited by the connection's close).
+    fn finish(&mut self, out: &mut dyn Output) -> io::Result<()> {
+        for (exchange, connection) in self.streams.close_all(std::time::SystemTime::now()) {
+            out.http(&HttpRecord { exchange: &exchange, connection: &connection })?;
+        }
+        Ok(())
     }
 }

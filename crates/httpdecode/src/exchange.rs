@@ -1,0 +1,107 @@
+//! The decoded request/response pair.
+
+use std::fmt;
+use std::time::SystemTime;
+
+use crate::grpc::Grpc;
+use crate::Body;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    Http1_0,
+    Http1_1,
+    Http2,
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Http1_0 => "HTTP/1.0",
+            Protocol::Http1_1 => "HTTP/1.1",
+            Protocol::Http2 => "HTTP/2",
+        })
+    }
+}
+
+/// One request and its response.
+#[derive(Clone, Debug)]
+pub struct Exchange {
+    pub protocol: Protocol,
+    pub method: Option<String>,
+    pub scheme: Option<String>,
+    pub authority: Option<String>,
+    pub path: Option<String>,
+    pub status: Option<u16>,
+    pub request_headers: Vec<(String, String)>,
+    pub response_headers: Vec<(String, String)>,
+    /// Trailers (chunked trailer section, HTTP/2 trailing HEADERS).
+    pub request_trailers: Vec<(String, String)>,
+    pub response_trailers: Vec<(String, String)>,
+    pub request_body: Body,
+    pub response_body: Body,
+    /// HTTP/2 stream id.
+    pub stream_id: Option<u32>,
+    /// Set when a content-type is application/grpc*.
+    pub grpc: Option<Grpc>,
+    pub request_time: SystemTime,
+    /// When the first byte of the response was seen.
+    pub response_time: Option<SystemTime>,
+    /// What could not be decoded or was guessed.
+    pub notes: Vec<String>,
+}
+
+impl Exchange {
+    pub(crate) fn new(protocol: Protocol, request_time: SystemTime) -> Self {
+        Exchange {
+            protocol,
+            method: None,
+            scheme: None,
+            authority: None,
+            path: None,
+            status: None,
+            request_headers: Vec::new(),
+            response_headers: Vec::new(),
+            request_trailers: Vec::new(),
+            response_trailers: Vec::new(),
+            request_body: Body::default(),
+            response_body: Body::default(),
+            stream_id: None,
+            grpc: None,
+            request_time,
+            response_time: None,
+            notes: Vec::new(),
+        }
+    }
+
+    /// Latency from the request to the first byte of the response.
+    pub fn latency(&self) -> Option<std::time::Duration> {
+        self.response_time?.duration_since(self.request_time).ok()
+    }
+
+    /// Decompresses bodies and splits gRPC messages, once both sides are in.
+    pub(crate) fn finish(&mut self, body_limit: usize) {
+        let req_enc = header(&self.request_headers, "content-encoding").map(str::to_owned);
+        let resp_enc = header(&self.response_headers, "content-encoding").map(str::to_owned);
+        if let Some(note) = self.request_body.decode(req_enc.as_deref(), body_limit) {
+            self.notes.push(format!("request: {note}"));
+        }
+        if let Some(note) = self.response_body.decode(resp_enc.as_deref(), body_limit) {
+            self.notes.push(format!("response: {note}"));
+        }
+        if self.is_grpc() {
+            self.grpc = Some(Grpc::from_exchange(self));
+        }
+    }
+
+    fn is_grpc(&self) -> bool {
+        [&self.request_headers, &self.response_headers].iter().any(|h| {
+            header(h, "content-type")
+                .is_some_and(|ct| ct.to_ascii_lowercase().starts_with("application/grpc"))
+        })
+    }
+}
+
+/// First value of a header, case-insensitively.
+pub(crate) fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+}

@@ -1,0 +1,46 @@
+//! Entry points for fuzzers, and a randomized no-panic test.
+
+use std::time::SystemTime;
+
+use crate::detect::{Start, PREFACE};
+use crate::{http1, http2, Connection, Direction, Limits, State};
+
+/// Small limits so that fuzzing reaches the truncation paths.
+const FUZZ_LIMITS: Limits = Limits { max_body: 4096 };
+
+/// Decodes `data` as an HTTP/1 connection whose client writes `Send`.
+pub fn fuzz_http1(data: &[u8]) {
+    let start = Start { client_dir: Some(Direction::Send), preface: false };
+    let state = State::Http1(Box::new(http1::Http1::new(FUZZ_LIMITS, start)));
+    drive(Connection { limits: FUZZ_LIMITS, state }, data);
+}
+
+/// Decodes `data` as an HTTP/2 connection seen from its start (the preface
+/// is supplied).
+pub fn fuzz_http2(data: &[u8]) {
+    let start = Start { client_dir: Some(Direction::Send), preface: true };
+    let state = State::Http2(Box::new(http2::Http2::new(FUZZ_LIMITS, start)));
+    let mut conn = Connection { limits: FUZZ_LIMITS, state };
+    conn.feed(Direction::Send, PREFACE, SystemTime::UNIX_EPOCH);
+    drive(conn, data);
+}
+
+/// Splits `data` into segments `[control, length, bytes...]`: control bit 0
+/// picks the direction, bits 6 and 7 both set report a gap first.
+fn drive(mut conn: Connection, data: &[u8]) {
+    let mut rest = data;
+    let time = SystemTime::UNIX_EPOCH;
+    while let [control, len, tail @ ..] = rest {
+        let dir = if control & 1 == 0 { Direction::Send } else { Direction::Recv };
+        if control & 0xc0 == 0xc0 {
+            conn.gap(dir);
+        }
+        let n = (*len as usize).min(tail.len());
+        conn.feed(dir, &tail[..n], time);
+        rest = &tail[n..];
+    }
+    conn.close(time);
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,309 @@
+//! HTTP/1.0 and HTTP/1.1: keep-alive, pipelining, chunked bodies, bodies
+//! delimited by close, interim responses and tunnels.
+
+mod reader;
+#[cfg(test)]
+mod tests;
+
+use std::collections::VecDeque;
+use std::time::SystemTime;
+
+use crate::detect::Start;
+use crate::exchange::{header, Exchange, Protocol};
+use crate::{Direction, Limits};
+use reader::{Framing, Reader};
+
+/// Requests awaiting their response; more is not plausible pipelining.
+const MAX_SLOTS: usize = 64;
+/// Most headers accepted in one head or trailer section.
+const MAX_HEADERS: usize = 128;
+
+/// A request and, once seen, its response.
+struct Slot {
+    ex: Exchange,
+    /// Feed sequence number at which the request started: a response that
+    /// started earlier cannot answer it.
+    req_seq: u64,
+    req_done: bool,
+    resp_started: bool,
+    resp_done: bool,
+    /// The response has no body whatever its headers say.
+    head: bool,
+    connect: bool,
+}
+
+pub(crate) struct Http1 {
+    limits: Limits,
+    request_dir: Direction,
+    readers: [Reader; 2],
+    slots: VecDeque<Slot>,
+    ready: Vec<Exchange>,
+    protocol: Protocol,
+    /// A tunnel (CONNECT, Upgrade) follows: the bytes are not HTTP any more.
+    stopped: bool,
+    seq: u64,
+}
+
+/// A parsed request or response head.
+pub(crate) struct Head {
+    pub version: u8,
+    pub method: Option<String>,
+    pub path: Option<String>,
+    pub status: Option<u16>,
+    pub headers: Vec<(String, String)>,
+}
+
+/// What a reader reports to the connection.
+pub(crate) enum Event {
+    Head(Head),
+    Body(Vec<u8>),
+    Trailers(Vec<(String, String)>),
+    End,
+    /// Bytes were lost or unparsable inside the current message.
+    Broken(String),
+}
+
+impl Http1 {
+    pub(crate) fn new(limits: Limits, start: Start) -> Self {
+        Http1 {
+            limits,
+            request_dir: start.client_dir.unwrap_or(Direction::Send),
+            readers: [Reader::new(), Reader::new()],
+            slots: VecDeque::new(),
+            ready: Vec::new(),
+            protocol: Protocol::Http1_1,
+            stopped: false,
+            seq: 0,
+        }
+    }
+
+    pub(crate) fn protocol(&self) -> Protocol {
+        self.protocol
+    }
+
+    pub(crate) fn is_stopped(&self) -> bool {
+        self.stopped
+    }
+
+    pub(crate) fn feed(&mut self, dir: Direction, data: &[u8], time: SystemTime) -> Vec<Exchange> {
+        if self.stopped {
+            return Vec::new();
+        }
+        self.seq += 1;
+        let is_request = dir == self.request_dir;
+        self.readers[dir.idx()].push(data);
+        while !self.stopped {
+            let Some(event) = self.readers[dir.idx()].next(is_request) else {
+                break;
+            };
+            self.handle(dir, event, time);
+        }
+        self.emit();
+        std::mem::take(&mut self.ready)
+    }
+
+    pub(crate) fn gap(&mut self, dir: Direction) {
+        if self.stopped {
+            return;
+        }
+        if let Some(Event::Broken(note)) = self.readers[dir.idx()].gap() {
+            self.handle(dir, Event::Broken(note), SystemTime::UNIX_EPOCH);
+        }
+        if dir != self.request_dir {
+            // Responses may have been lost entirely: pairing the next
+            // response with a waiting request could pair the wrong ones.
+            for slot in self.slots.iter_mut().filter(|s| !s.resp_started) {
+                slot.resp_done = true;
+                slot.ex.notes.push("response not captured (capture gap)".into());
+            }
+        }
+        self.emit();
+    }
+
+    pub(crate) fn close(&mut self, time: SystemTime) -> Vec<Exchange> {
+        for dir in Direction::BOTH {
+            if let Some(event) = self.readers[dir.idx()].close() {
+                self.handle(dir, event, time);
+            }
+        }
+        for mut slot in self.slots.drain(..) {
+            if !slot.resp_started {
+                slot.ex.notes.push("no response captured before close".into());
+            }
+            slot.ex.finish(self.limits.max_body);
+            self.ready.push(slot.ex);
+        }
+        std::mem::take(&mut self.ready)
+    }
+
+    fn handle(&mut self, dir: Direction, event: Event, time: SystemTime) {
+        if dir == self.request_dir {
+            self.handle_request(event, time);
+        } else {
+            self.handle_response(event, time);
+        }
+    }
+
+    fn handle_request(&mut self, event: Event, time: SystemTime) {
+        if let Event::Head(head) = event {
+            return self.start_request(head, time);
+        }
+        let limit = self.limits.max_body;
+        let Some(slot) = self.slots.back_mut().filter(|s| !s.req_done) else {
+            return;
+        };
+        match event {
+            Event::Body(data) => slot.ex.request_body.push(&data, limit),
+            Event::Trailers(t) => slot.ex.request_trailers = t,
+            Event::End => slot.req_done = true,
+            Event::Broken(note) => {
+                slot.ex.request_body.truncated = true;
+                slot.ex.notes.push(format!("request: {note}"));
+                slot.req_done = true;
+            }
+            Event::Head(_) => {}
+        }
+    }
+
+    fn start_request(&mut self, head: Head, time: SystemTime) {
+        if self.slots.len() >= MAX_SLOTS {
+            if let Some(mut old) = self.slots.pop_front() {
+                old.ex.notes.push("no response captured (too many pipelined requests)".into());
+                old.ex.finish(self.limits.max_body);
+                self.ready.push(old.ex);
+            }
+        }
+        let protocol = version_protocol(head.version);
+        self.protocol = protocol;
+        let mut ex = Exchange::new(protocol, time);
+        let method = head.method.unwrap_or_default();
+        let framing = match method.as_str() {
+            "CONNECT" => Framing::None,
+            _ => Framing::from_headers(&head.headers, false),
+        };
+        self.readers[self.request_dir.idx()].set_framing(framing);
+        set_target(&mut ex, head.path.unwrap_or_default());
+        if ex.authority.is_none() {
+            ex.authority = header(&head.headers, "host").map(str::to_owned);
+        }
+        ex.request_headers = head.headers;
+        let slot = Slot {
+            req_seq: self.seq,
+            req_done: false,
+            resp_started: false,
+            resp_done: false,
+            head: method == "HEAD",
+            connect: method == "CONNECT",
+            ex: Exchange { method: Some(method), ..ex },
+        };
+        self.slots.push_back(slot);
+    }
+
+    fn handle_response(&mut self, event: Event, time: SystemTime) {
+        if let Event::Head(head) = event {
+            return self.start_response(head, time);
+        }
+        let limit = self.limits.max_body;
+        let Some(slot) = self.slots.iter_mut().find(|s| s.resp_started && !s.resp_done) else {
+            return;
+        };
+        match event {
+            Event::Body(data) => slot.ex.response_body.push(&data, limit),
+            Event::Trailers(t) => slot.ex.response_trailers = t,
+            Event::End => slot.resp_done = true,
+            Event::Broken(note) => {
+                slot.ex.response_body.truncated = true;
+                slot.ex.notes.push(format!("response: {note}"));
+                slot.resp_done = true;
+            }
+            Event::Head(_) => {}
+        }
+    }
+
+    fn start_response(&mut self, head: Head, time: SystemTime) {
+        let status = head.status.unwrap_or(0);
+        let idx = self.response_slot(time, head.version);
+        let slot = &mut self.slots[idx];
+        if (100..200).contains(&status) && status != 101 {
+            // Interim response (100 Continue, 103 Early Hints): the final
+            // response follows on the same request.
+            slot.ex.notes.push(format!("interim response {status}"));
+            self.readers[self.request_dir.opposite().idx()].expect_head();
+            return;
+        }
+        slot.resp_started = true;
+        slot.ex.status = Some(status);
+        slot.ex.response_time = Some(time);
+        let tunnel = status == 101 || (slot.connect && (200..300).contains(&status));
+        let framing = if tunnel || slot.head || status == 204 || status == 304 {
+            Framing::None
+        } else {
+            Framing::from_headers(&head.headers, true)
+        };
+        if tunnel {
+            slot.ex.notes.push(format!("tunnel after status {status}: rest of connection not decoded"));
+            slot.req_done = true;
+            slot.resp_done = true;
+            self.stopped = true;
+        }
+        slot.ex.response_headers = head.headers;
+        self.readers[self.request_dir.opposite().idx()].set_framing(framing);
+    }
+
+    /// The slot a new response belongs to, creating one when its request was
+    /// not captured.
+    fn response_slot(&mut self, time: SystemTime, version: u8) -> usize {
+        let seq = self.seq;
+        let current = self.slots.iter().position(|s| !s.resp_started && !s.resp_done);
+        if let Some(i) = current.filter(|&i| self.slots[i].req_seq <= seq) {
+            return i;
+        }
+        let mut ex = Exchange::new(version_protocol(version), time);
+        ex.notes.push("request not captured".into());
+        let slot = Slot {
+            ex,
+            req_seq: seq,
+            req_done: true,
+            resp_started: false,
+            resp_done: false,
+            head: false,
+            connect: false,
+        };
+        let at = current.unwrap_or(self.slots.len());
+        self.slots.insert(at, slot);
+        at
+    }
+
+    /// Moves fully seen exchanges, in order, to `ready`.
+    fn emit(&mut self) {
+        while self.slots.front().is_some_and(|s| s.req_done && s.resp_done) {
+            if let Some(mut slot) = self.slots.pop_front() {
+                slot.ex.finish(self.limits.max_body);
+                self.ready.push(slot.ex);
+            }
+        }
+    }
+}
+
+fn version_protocol(version: u8) -> Protocol {
+    if version == 0 {
+        Protocol::Http1_0
+    } else {
+        Protocol::Http1_1
+    }
+}
+
+/// Splits an absolute-form target (`http://host/path`) into its parts.
+fn set_target(ex: &mut Exchange, target: String) {
+    let Some((scheme, rest)) = target.split_once("://") else {
+        ex.path = Some(target);
+        return;
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    ex.scheme = Some(scheme.to_owned());
+    ex.authority = Some(authority.to_owned());
+    ex.path = Some(path.to_owned());
+}

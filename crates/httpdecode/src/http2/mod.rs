@@ -1,0 +1,454 @@
+//! HTTP/2: frames, HPACK and multiplexed streams.
+
+pub(crate) mod frame;
+mod hpack;
+#[cfg(test)]
+pub(crate) use hpack::STATIC_TABLE;
+mod reader;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::SystemTime;
+
+use crate::detect::Start;
+use crate::exchange::{Exchange, Protocol};
+use crate::{Body, Direction, Limits};
+use frame::FrameHeader;
+use hpack::{DecodedBlock, HpackDecoder};
+use reader::{FrameReader, Item};
+
+/// Streams tracked at once; the oldest is given up beyond that.
+const MAX_STREAMS: usize = 256;
+/// Largest header block (HEADERS + CONTINUATION) kept.
+const MAX_BLOCK: usize = 256 * 1024;
+/// Recently finished streams remembered so that late frames are ignored.
+const MAX_CLOSED: usize = 1024;
+
+/// One direction of a stream: a request or a response.
+#[derive(Default)]
+struct Half {
+    headers: Option<Vec<(String, String)>>,
+    trailers: Vec<(String, String)>,
+    body: Body,
+    ended: bool,
+    first_time: Option<SystemTime>,
+    notes: Vec<String>,
+}
+
+struct Stream {
+    halves: [Half; 2],
+    /// Direction of the first header block seen, to guess roles.
+    first_headers: Option<Direction>,
+    notes: Vec<String>,
+    start_time: SystemTime,
+}
+
+/// A header block waiting for its CONTINUATION frames.
+struct Block {
+    stream: u32,
+    /// Stream the headers belong to: the promised one for PUSH_PROMISE.
+    target: u32,
+    promise: bool,
+    data: Vec<u8>,
+    end_stream: bool,
+    overflow: bool,
+}
+
+pub(crate) struct Http2 {
+    limits: Limits,
+    client_dir: Option<Direction>,
+    /// Seen from the start: DATA on an unknown stream is then a late frame.
+    from_start: bool,
+    readers: [FrameReader; 2],
+    hpack: [HpackDecoder; 2],
+    blocks: [Option<Block>; 2],
+    streams: BTreeMap<u32, Stream>,
+    closed: VecDeque<u32>,
+    ready: Vec<Exchange>,
+}
+
+impl Http2 {
+    pub(crate) fn new(limits: Limits, start: Start) -> Self {
+        let reader = |dir: Direction| {
+            let preface = start.preface && start.client_dir == Some(dir);
+            FrameReader::new(preface, start.preface)
+        };
+        Http2 {
+            limits,
+            client_dir: start.client_dir,
+            from_start: start.preface,
+            readers: [reader(Direction::Send), reader(Direction::Recv)],
+            hpack: [HpackDecoder::new(start.preface), HpackDecoder::new(start.preface)],
+            blocks: [None, None],
+            streams: BTreeMap::new(),
+            closed: VecDeque::new(),
+            ready: Vec::new(),
+        }
+    }
+
+    pub(crate) fn is_stopped(&self) -> bool {
+        false
+    }
+
+    pub(crate) fn feed(&mut self, dir: Direction, data: &[u8], time: SystemTime) -> Vec<Exchange> {
+        self.readers[dir.idx()].push(data);
+        while let Some(item) = self.readers[dir.idx()].next() {
+            self.handle(dir, item, time);
+        }
+        std::mem::take(&mut self.ready)
+    }
+
+    pub(crate) fn gap(&mut self, dir: Direction) {
+        self.readers[dir.idx()].gap();
+        self.lost(dir, "bytes lost (capture gap)");
+    }
+
+    pub(crate) fn close(&mut self, _time: SystemTime) -> Vec<Exchange> {
+        let ids: Vec<u32> = self.streams.keys().copied().collect();
+        for id in ids {
+            self.finish_stream(id, Some("connection closed before the stream ended"));
+        }
+        std::mem::take(&mut self.ready)
+    }
+
+    /// Frames were lost in `dir`: header blocks may be among them.
+    fn lost(&mut self, dir: Direction, why: &str) {
+        self.hpack[dir.idx()].lose_state();
+        self.blocks[dir.idx()] = None;
+        for stream in self.streams.values_mut() {
+            let half = &mut stream.halves[dir.idx()];
+            if !half.ended {
+                half.body.truncated = true;
+                half.notes.push(why.to_owned());
+            }
+        }
+    }
+
+    fn handle(&mut self, dir: Direction, item: Item, time: SystemTime) {
+        match item {
+            Item::Frame(h, payload) => self.frame(dir, h, &payload, time),
+            Item::Data { stream, data } => {
+                let limit = self.limits.max_body;
+                if let Some(s) = self.stream(stream, !self.from_start, time) {
+                    let half = &mut s.halves[dir.idx()];
+                    half.first_time.get_or_insert(time);
+                    half.body.push(&data, limit);
+                }
+            }
+            Item::DataEnd { stream, end_stream } => {
+                if end_stream {
+                    self.end_half(stream, dir);
+                }
+            }
+            Item::Skipped(h) => {
+                if matches!(h.kind, frame::HEADERS | frame::CONTINUATION | frame::PUSH_PROMISE) {
+                    self.lost(dir, "header block too large, not decoded");
+                }
+            }
+            Item::Desync(why) => self.lost(dir, &format!("frame boundaries lost ({why})")),
+        }
+    }
+
+    fn frame(&mut self, dir: Direction, h: FrameHeader, payload: &[u8], time: SystemTime) {
+        if self.blocks[dir.idx()].is_some() && h.kind != frame::CONTINUATION {
+            self.lost(dir, "header block interrupted");
+        }
+        match h.kind {
+            frame::HEADERS => self.headers(dir, h, payload, time),
+            frame::PUSH_PROMISE => self.push_promise(dir, h, payload, time),
+            frame::CONTINUATION => self.continuation(dir, h, payload, time),
+            frame::RST_STREAM => self.rst_stream(dir, h, payload),
+            frame::SETTINGS if !h.has(frame::ACK) => self.settings(dir, payload),
+            _ => {}
+        }
+    }
+
+    fn headers(&mut self, dir: Direction, h: FrameHeader, payload: &[u8], time: SystemTime) {
+        let Some(fragment) = frame::unpad(&h, payload) else {
+            return self.lost(dir, "malformed HEADERS frame");
+        };
+        if let Some(s) = self.stream(h.stream, true, time) {
+            s.first_headers.get_or_insert(dir);
+            s.halves[dir.idx()].first_time.get_or_insert(time);
+        }
+        self.start_block(dir, h, h.stream, false, fragment, time);
+    }
+
+    fn push_promise(&mut self, dir: Direction, h: FrameHeader, payload: &[u8], time: SystemTime) {
+        // Only servers push.
+        self.client_dir.get_or_insert(dir.opposite());
+        let Some(rest) = frame::unpad(&h, payload).filter(|p| p.len() >= 4) else {
+            return self.lost(dir, "malformed PUSH_PROMISE frame");
+        };
+        let promised = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) & 0x7fff_ffff;
+        if let Some(s) = self.stream(promised, true, time) {
+            s.notes.push(format!("server push promised on stream {}", h.stream));
+            s.first_headers.get_or_insert(dir.opposite());
+        }
+        self.start_block(dir, h, promised, true, rest[4..].to_vec(), time);
+    }
+
+    fn start_block(
+        &mut self,
+        dir: Direction,
+        h: FrameHeader,
+        target: u32,
+        promise: bool,
+        data: Vec<u8>,
+        time: SystemTime,
+    ) {
+        let overflow = data.len() > MAX_BLOCK;
+        let block = Block {
+            stream: h.stream,
+            target,
+            promise,
+            data: if overflow { Vec::new() } else { data },
+            end_stream: h.kind == frame::HEADERS && h.has(frame::END_STREAM),
+            overflow,
+        };
+        if h.has(frame::END_HEADERS) {
+            self.complete_block(dir, block, time);
+        } else {
+            self.blocks[dir.idx()] = Some(block);
+        }
+    }
+
+    fn continuation(&mut self, dir: Direction, h: FrameHeader, payload: &[u8], time: SystemTime) {
+        let Some(mut block) = self.blocks[dir.idx()].take().filter(|b| b.stream == h.stream) else {
+            // The start of this block was not seen: the table state is unknown.
+            self.lost(dir, "header block start not captured");
+            return;
+        };
+        if block.data.len() + payload.len() > MAX_BLOCK {
+            block.overflow = true;
+            block.data = Vec::new();
+        } else if !block.overflow {
+            block.data.extend_from_slice(payload);
+        }
+        if h.has(frame::END_HEADERS) {
+            self.complete_block(dir, block, time);
+        } else {
+            self.blocks[dir.idx()] = Some(block);
+        }
+    }
+
+    fn complete_block(&mut self, dir: Direction, block: Block, time: SystemTime) {
+        let decoded = if block.overflow {
+            self.lost(dir, "header block too large, not decoded");
+            DecodedBlock { headers: Vec::new(), notes: vec!["header block too large, not decoded".into()] }
+        } else {
+            self.hpack[dir.idx()].decode(&block.data)
+        };
+        self.learn_roles(dir, &decoded, block.promise);
+        // Promised headers are the request of the pushed stream.
+        let half_dir = if block.promise { dir.opposite() } else { dir };
+        let Some(s) = self.stream(block.target, true, time) else {
+            return;
+        };
+        let half = &mut s.halves[half_dir.idx()];
+        half.notes.extend(decoded.notes);
+        deliver_headers(half, decoded.headers);
+        if block.promise {
+            half.ended = true;
+        }
+        if block.end_stream {
+            self.end_half(block.target, dir);
+        }
+    }
+
+    /// Pseudo-headers tell which side is the client.
+    fn learn_roles(&mut self, dir: Direction, decoded: &DecodedBlock, promise: bool) {
+        if self.client_dir.is_some() || promise {
+            return;
+        }
+        for (name, _) in &decoded.headers {
+            match name.as_str() {
+                ":status" => self.client_dir = Some(dir.opposite()),
+                ":method" | ":path" | ":scheme" => self.client_dir = Some(dir),
+                _ => continue,
+            }
+            return;
+        }
+    }
+
+    fn rst_stream(&mut self, dir: Direction, h: FrameHeader, payload: &[u8]) {
+        let code = payload.get(..4).map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+        let by = match self.client_dir {
+            Some(c) if c == dir => "client",
+            Some(_) => "server",
+            None => "peer",
+        };
+        let note = format!("stream reset by {by} (RST_STREAM {})", error_name(code));
+        if self.streams.contains_key(&h.stream) {
+            self.finish_stream(h.stream, Some(&note));
+        }
+    }
+
+    fn settings(&mut self, dir: Direction, payload: &[u8]) {
+        for entry in payload.chunks_exact(6) {
+            let id = u16::from_be_bytes([entry[0], entry[1]]);
+            let value = u32::from_be_bytes([entry[2], entry[3], entry[4], entry[5]]);
+            if id == 0x1 {
+                // Limits the table of the decoder for what the peer sends.
+                self.hpack[dir.opposite().idx()].set_allowed(value);
+            }
+        }
+    }
+
+    /// The stream, created when `create` and not recently finished.
+    fn stream(&mut self, id: u32, create: bool, time: SystemTime) -> Option<&mut Stream> {
+        if id == 0 || self.closed.contains(&id) {
+            return None;
+        }
+        if !self.streams.contains_key(&id) {
+            if !create {
+                return None;
+            }
+            self.make_room();
+            let mut notes = Vec::new();
+            if !self.from_start {
+                notes.push("stream may have started before the capture".into());
+            }
+            let stream = Stream {
+                halves: [Half::default(), Half::default()],
+                first_headers: None,
+                notes,
+                start_time: time,
+            };
+            self.streams.insert(id, stream);
+        }
+        self.streams.get_mut(&id)
+    }
+
+    fn make_room(&mut self) {
+        while self.streams.len() >= MAX_STREAMS {
+            let Some(&oldest) = self.streams.keys().next() else {
+                return;
+            };
+            self.finish_stream(oldest, Some("given up: too many concurrent streams"));
+        }
+    }
+
+    fn end_half(&mut self, id: u32, dir: Direction) {
+        let Some(s) = self.streams.get_mut(&id) else {
+            return;
+        };
+        s.halves[dir.idx()].ended = true;
+        let done = match self.client_dir {
+            Some(client) => s.halves[client.opposite().idx()].ended,
+            None => s.halves.iter().all(|h| h.ended),
+        };
+        if done {
+            self.finish_stream(id, None);
+        }
+    }
+
+    fn finish_stream(&mut self, id: u32, note: Option<&str>) {
+        let Some(mut s) = self.streams.remove(&id) else {
+            return;
+        };
+        if self.closed.len() >= MAX_CLOSED {
+            self.closed.pop_front();
+        }
+        self.closed.push_back(id);
+        s.notes.extend(note.map(str::to_owned));
+        let ex = self.build(id, s);
+        self.ready.push(ex);
+    }
+
+    fn build(&self, id: u32, s: Stream) -> Exchange {
+        let mut notes = s.notes;
+        let client = self.client_dir.unwrap_or_else(|| {
+            notes.push("request direction guessed".into());
+            s.first_headers.unwrap_or(Direction::Send)
+        });
+        let [send, recv] = s.halves;
+        let (req, resp) = if client == Direction::Send { (send, recv) } else { (recv, send) };
+        let time = req.first_time.or(resp.first_time).unwrap_or(s.start_time);
+        let mut ex = Exchange::new(Protocol::Http2, time);
+        ex.stream_id = Some(id);
+        ex.response_time = resp.first_time;
+        fill_request(&mut ex, req, &mut notes);
+        fill_response(&mut ex, resp, &mut notes);
+        ex.notes = notes;
+        ex.finish(self.limits.max_body);
+        ex
+    }
+}
+
+/// First header block of a half is its headers, a later one its trailers;
+/// informational responses (1xx) are noted and dropped.
+fn deliver_headers(half: &mut Half, headers: Vec<(String, String)>) {
+    let status = headers.iter().find(|(n, _)| n == ":status").map(|(_, v)| v.as_str());
+    if let Some(s) = status.filter(|s| s.starts_with('1') && s.len() == 3) {
+        half.notes.push(format!("interim response {s}"));
+        return;
+    }
+    if half.headers.is_none() {
+        half.headers = Some(headers);
+    } else {
+        half.trailers.extend(headers);
+    }
+}
+
+fn fill_request(ex: &mut Exchange, req: Half, notes: &mut Vec<String>) {
+    notes.extend(req.notes.into_iter().map(|n| format!("request: {n}")));
+    let Some(headers) = req.headers else {
+        notes.push("request headers not captured".into());
+        ex.request_body = req.body;
+        return;
+    };
+    for (name, value) in headers {
+        match name.as_str() {
+            ":method" => ex.method = Some(value),
+            ":scheme" => ex.scheme = Some(value),
+            ":authority" => ex.authority = Some(value),
+            ":path" => ex.path = Some(value),
+            _ => ex.request_headers.push((name, value)),
+        }
+    }
+    ex.request_trailers = req.trailers;
+    ex.request_body = req.body;
+}
+
+fn fill_response(ex: &mut Exchange, resp: Half, notes: &mut Vec<String>) {
+    notes.extend(resp.notes.into_iter().map(|n| format!("response: {n}")));
+    let Some(headers) = resp.headers else {
+        notes.push("response headers not captured".into());
+        ex.response_body = resp.body;
+        return;
+    };
+    for (name, value) in headers {
+        if name == ":status" {
+            ex.status = value.parse().ok();
+        } else if !name.starts_with(':') {
+            ex.response_headers.push((name, value));
+        }
+    }
+    ex.response_trailers = resp.trailers;
+    ex.response_body = resp.body;
+}
+
+fn error_name(code: u32) -> String {
+    const NAMES: [&str; 14] = [
+        "NO_ERROR",
+        "PROTOCOL_ERROR",
+        "INTERNAL_ERROR",
+        "FLOW_CONTROL_ERROR",
+        "SETTINGS_TIMEOUT",
+        "STREAM_CLOSED",
+        "FRAME_SIZE_ERROR",
+        "REFUSED_STREAM",
+        "CANCEL",
+        "COMPRESSION_ERROR",
+        "CONNECT_ERROR",
+        "ENHANCE_YOUR_CALM",
+        "INADEQUATE_SECURITY",
+        "HTTP_1_1_REQUIRED",
+    ];
+    match NAMES.get(code as usize) {
+        Some(name) => name.to_string(),
+        None => format!("error code {code}"),
+    }
+}

@@ -1,0 +1,200 @@
+//! HTTP/1.x and HTTP/2 decoder for captured TLS plaintext of one connection.
+//!
+//! The captured process may be the client or the server; which direction
+//! carries requests is decided from the content. Input may start in the middle
+//! of a connection, arrive in arbitrary chunks and contain gaps. The decoder
+//! never panics, never loops forever and keeps memory bounded; when it cannot
+//! be sure of what it decodes it reports that in `Exchange::notes` instead of
+//! producing garbage.
+
+mod body;
+mod detect;
+mod exchange;
+mod fuzz;
+mod grpc;
+mod http1;
+mod http2;
+#[cfg(test)]
+mod testutil;
+
+use std::time::SystemTime;
+
+pub use body::Body;
+pub use exchange::{Exchange, Protocol};
+pub use fuzz::{fuzz_http1, fuzz_http2};
+pub use grpc::{Grpc, GrpcMessage};
+
+/// Direction of captured bytes, from the point of view of the captured process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// Bytes the process wrote.
+    Send,
+    /// Bytes the process read.
+    Recv,
+}
+
+impl Direction {
+    pub fn opposite(self) -> Direction {
+        match self {
+            Direction::Send => Direction::Recv,
+            Direction::Recv => Direction::Send,
+        }
+    }
+
+    /// Index for per-direction arrays.
+    pub(crate) fn idx(self) -> usize {
+        match self {
+            Direction::Send => 0,
+            Direction::Recv => 1,
+        }
+    }
+
+    pub(crate) const BOTH: [Direction; 2] = [Direction::Send, Direction::Recv];
+}
+
+/// Memory limits of one connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Bytes of each body kept (raw and decoded); the rest is only counted.
+    pub max_body: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_body: 1 << 20 }
+    }
+}
+
+/// What the connection turned out to be.
+enum State {
+    Detecting(detect::Detector),
+    Http1(Box<http1::Http1>),
+    Http2(Box<http2::Http2>),
+    NotHttp,
+}
+
+/// Decoder of one TCP/TLS connection.
+pub struct Connection {
+    limits: Limits,
+    state: State,
+}
+
+impl Default for Connection {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Connection {
+    pub fn new() -> Self {
+        Self::with_limits(Limits::default())
+    }
+
+    pub fn with_limits(limits: Limits) -> Self {
+        Connection { limits, state: State::Detecting(detect::Detector::default()) }
+    }
+
+    /// Feed bytes; returns exchanges completed by them (request + response paired).
+    pub fn feed(&mut self, dir: Direction, data: &[u8], time: SystemTime) -> Vec<Exchange> {
+        if data.is_empty() {
+            return Vec::new();
+        }
+        match &mut self.state {
+            State::Detecting(det) => {
+                det.push(dir, data, time);
+                self.try_detect()
+            }
+            State::Http1(h) => h.feed(dir, data, time),
+            State::Http2(h) => h.feed(dir, data, time),
+            State::NotHttp => Vec::new(),
+        }
+    }
+
+    /// Bytes were lost in `dir`.
+    pub fn gap(&mut self, dir: Direction) {
+        match &mut self.state {
+            State::Detecting(det) => det.gap(dir),
+            State::Http1(h) => h.gap(dir),
+            State::Http2(h) => h.gap(dir),
+            State::NotHttp => {}
+        }
+    }
+
+    /// Connection closed: return what can still be completed (e.g. response delimited by close).
+    pub fn close(&mut self, time: SystemTime) -> Vec<Exchange> {
+        let out = match &mut self.state {
+            State::Detecting(_) | State::NotHttp => Vec::new(),
+            State::Http1(h) => h.close(time),
+            State::Http2(h) => h.close(time),
+        };
+        if matches!(self.state, State::Detecting(_)) {
+            self.state = State::NotHttp;
+        }
+        out
+    }
+
+    /// true once the bytes are known not to be HTTP (the caller then keeps them raw only).
+    pub fn is_not_http(&self) -> bool {
+        matches!(self.state, State::NotHttp)
+    }
+
+    /// The protocol once detected.
+    pub fn protocol(&self) -> Option<Protocol> {
+        match &self.state {
+            State::Http1(h) => Some(h.protocol()),
+            State::Http2(_) => Some(Protocol::Http2),
+            _ => None,
+        }
+    }
+
+    /// true once decoding stopped for good: a tunnel (CONNECT, Upgrade) or
+    /// lost synchronisation that could not be regained.
+    pub fn is_stopped(&self) -> bool {
+        match &self.state {
+            State::Http1(h) => h.is_stopped(),
+            State::Http2(h) => h.is_stopped(),
+            State::NotHttp => true,
+            State::Detecting(_) => false,
+        }
+    }
+
+    /// Hands the buffered bytes to the decoder of the detected protocol.
+    fn try_detect(&mut self) -> Vec<Exchange> {
+        let State::Detecting(det) = &mut self.state else {
+            return Vec::new();
+        };
+        let outcome = det.detect();
+        let (mut det, start) = match outcome {
+            detect::Outcome::Undecided => return Vec::new(),
+            detect::Outcome::NotHttp => {
+                self.state = State::NotHttp;
+                return Vec::new();
+            }
+            detect::Outcome::Http1(start) | detect::Outcome::Http2(start) => {
+                let State::Detecting(d) = std::mem::replace(&mut self.state, State::NotHttp) else {
+                    return Vec::new();
+                };
+                (d, start)
+            }
+        };
+        self.state = match outcome {
+            detect::Outcome::Http1(_) => State::Http1(Box::new(http1::Http1::new(self.limits, start))),
+            _ => State::Http2(Box::new(http2::Http2::new(self.limits, start))),
+        };
+        let mut out = Vec::new();
+        for chunk in det.take_chunks() {
+            out.extend(self.feed_after_detect(chunk));
+        }
+        out
+    }
+
+    fn feed_after_detect(&mut self, chunk: detect::Chunk) -> Vec<Exchange> {
+        match chunk {
+            detect::Chunk::Data(dir, data, time) => self.feed(dir, &data, time),
+            detect::Chunk::Gap(dir) => {
+                self.gap(dir);
+                Vec::new()
+            }
+        }
+    }
+}
