@@ -265,7 +265,7 @@ mod tests {
     #[test]
     fn rejects_malformed_records() {
         assert!(matches!(decode(&[]), Err(DecodeError::TooShort(0))));
-        assert!(matches!(decode(&[9, 0, 0, 0]), Err(DecodeError::UnknownKind(9))));
+        assert!(matches!(decode(&[99, 0, 0, 0]), Err(DecodeError::UnknownKind(99))));
         assert!(matches!(decode(&[1, 0, 0, 0, 0]), Err(DecodeError::TooShort(5))));
         let raw = record(100, b"short");
         assert!(matches!(decode(&raw), Err(DecodeError::LengthBeyondRecord { len: 100, room: 5 })));

@@ -73,6 +73,35 @@ pub fn host_path(pid: u32, path: &str) -> PathBuf {
     PathBuf::from(format!("/proc/{pid}/root{path}"))
 }
 
+/// The executable of a process, as cleartap can attach to it.
+#[derive(Debug, Clone)]
+pub struct Executable {
+    /// A path that reaches the file: the plain path when this process sees
+    /// the same file there (it outlives the process), else /proc/PID/exe.
+    pub path: PathBuf,
+    /// The path as the process sees it.
+    pub display_path: String,
+    pub id: FileId,
+}
+
+/// The executable of `pid`; `exec_path` (the name it was exec'd under)
+/// stands in when the process has already exited.
+pub fn executable(pid: u32, exec_path: Option<&str>) -> Option<Executable> {
+    let exe = PathBuf::from(format!("/proc/{pid}/exe"));
+    let display_path = match fs::read_link(&exe) {
+        Ok(p) => p.display().to_string(),
+        Err(_) => exec_path?.to_string(),
+    };
+    let plain = PathBuf::from(&display_path);
+    let (path, id) = match (FileId::of(&exe), FileId::of(&plain)) {
+        (Ok(a), Ok(b)) if a == b => (plain, a),
+        (Ok(a), _) => (exe, a),
+        (Err(_), Ok(b)) => (plain, b),
+        (Err(_), Err(_)) => return None,
+    };
+    Some(Executable { path, display_path, id })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -99,6 +128,15 @@ mod tests {
         for line in ["", "zz", "1-2 r 0 0 x /a", "g-1 r-xp 0 0 1 /a", "1-2 r-xp q 0 1 /a"] {
             assert!(parse_maps(line).is_empty(), "{line:?}");
         }
+    }
+
+    #[test]
+    fn own_executable() {
+        let exe = executable(std::process::id(), None).unwrap();
+        assert!(exe.display_path.contains("cleartap"));
+        assert_eq!(exe.path, PathBuf::from(&exe.display_path));
+        assert!(executable(u32::MAX, None).is_none());
+        assert_eq!(executable(u32::MAX, Some("/bin/sh")).unwrap().display_path, "/bin/sh");
     }
 
     #[test]

@@ -107,20 +107,13 @@ impl<'p, 'obj> Attacher<'p, 'obj> {
         if !self.sources.iter().any(|s| s.name == openssl::SOURCE.name) {
             return None;
         }
-        let exe = PathBuf::from(format!("/proc/{pid}/exe"));
-        let display_path = match std::fs::read_link(&exe) {
-            Ok(p) => p.display().to_string(),
-            Err(_) => exec_path?.to_string(),
-        };
-        let path = match lasting_path(&display_path, FileId::of(&exe).ok()) {
-            Some(p) => p,
-            None if exe.exists() => exe,
-            None => PathBuf::from(&display_path),
-        };
-        let id = self.unseen(&path)?;
-        let symbols = Symbols::read(&path, &wanted_symbols()).ok()?;
-        let target = TlsTarget::from_symbols(&path, id, &symbols, &openssl::SOURCE).ok()?;
-        self.attach_discovered(TlsTarget { display_path, ..target })
+        let exe = procs::executable(pid, exec_path)?;
+        if self.excluded.contains(&exe.id) || !self.seen.insert(exe.id) {
+            return None;
+        }
+        let symbols = Symbols::read(&exe.path, &wanted_symbols()).ok()?;
+        let target = TlsTarget::from_symbols(&exe.path, exe.id, &symbols, &openssl::SOURCE).ok()?;
+        self.attach_discovered(TlsTarget { display_path: exe.display_path, ..target })
     }
 
     /// The file's id if it is reachable, not excluded and not yet checked

@@ -34,7 +34,10 @@ pub struct ShellBinary {
 struct ShellSymbols {
     name: &'static str,
     kind: u8,
-    entry: &'static str,
+    /// The function returning the line, best first: bash builds that
+    /// inline `readline` still have `readline_internal_teardown`, which
+    /// returns the same line.
+    entries: &'static [&'static str],
     status: &'static str,
     linecount: Option<&'static str>,
 }
@@ -43,21 +46,24 @@ const SHELLS: [ShellSymbols; 2] = [
     ShellSymbols {
         name: "bash",
         kind: kind::BASH,
-        entry: "readline",
+        entries: &["readline", "readline_internal_teardown"],
         status: "last_command_exit_value",
         linecount: Some("current_command_line_count"),
     },
-    ShellSymbols { name: "zsh", kind: kind::ZSH, entry: "zleentry", status: "lastval", linecount: None },
+    ShellSymbols { name: "zsh", kind: kind::ZSH, entries: &["zleentry"], status: "lastval", linecount: None },
 ];
 
 impl ShellBinary {
     pub fn resolve(path: &Path, display_path: &str) -> Result<ShellBinary> {
         let id = FileId::of(path)?;
-        let wanted: Vec<&str> =
-            SHELLS.iter().flat_map(|s| [s.entry, s.status].into_iter().chain(s.linecount)).collect();
+        let wanted: Vec<&str> = SHELLS
+            .iter()
+            .flat_map(|s| s.entries.iter().copied().chain([s.status]).chain(s.linecount))
+            .collect();
         let symbols = Symbols::read(path, &wanted)?;
         for shell in &SHELLS {
-            let (Some(entry), Some(status)) = (symbols.get(shell.entry), symbols.get(shell.status)) else {
+            let entry = shell.entries.iter().find_map(|e| symbols.get(e));
+            let (Some(entry), Some(status)) = (entry, symbols.get(shell.status)) else {
                 continue;
             };
             let delta = |f: Function| f.address as i64 - entry.address as i64;
@@ -73,8 +79,9 @@ impl ShellBinary {
             });
         }
         bail!(
-            "{display_path}: no readline/last_command_exit_value (bash) or zleentry/lastval (zsh) \
-             in the executable (a bash linked to libreadline.so is not supported)"
+            "{display_path}: no readline (or readline_internal_teardown) and last_command_exit_value \
+             (bash), or zleentry and lastval (zsh), in the executable (a bash linked to \
+             libreadline.so is not supported)"
         )
     }
 }
@@ -179,34 +186,18 @@ impl<'p, 'obj> ShellAttacher<'p, 'obj> {
     /// The executable of `pid` (exec'd as `exec_path`, for when the
     /// process is already gone), if it is a shell not attached yet.
     pub fn consider(&mut self, pid: u32, exec_path: Option<&str>) -> Option<ShellBinary> {
-        let exe = PathBuf::from(format!("/proc/{pid}/exe"));
-        let display = match std::fs::read_link(&exe) {
-            Ok(p) => p.display().to_string(),
-            Err(_) => exec_path?.to_string(),
-        };
-        if !is_shell_path(&display) {
+        let exe = procs::executable(pid, exec_path)?;
+        if !is_shell_path(&exe.display_path) || !self.seen.insert(exe.id) {
             return None;
         }
-        let path = if exe.exists() { exe } else { PathBuf::from(&display) };
-        let id = FileId::of(&path).ok()?;
-        if !self.seen.insert(id) {
-            return None;
-        }
-        let attached = ShellBinary::resolve(&path, &display).and_then(|bin| {
-            // Attach through a path that outlives the process when we can.
-            let lasting = PathBuf::from(&display);
-            let bin = if FileId::of(&lasting).ok() == Some(id) {
-                ShellBinary { path: lasting, ..bin }
-            } else {
-                bin
-            };
+        let attached = ShellBinary::resolve(&exe.path, &exe.display_path).and_then(|bin| {
             self.links.extend(self.probes.attach(&bin)?);
             Ok(bin)
         });
         match attached {
             Ok(bin) => Some(bin),
             Err(e) => {
-                eprintln!("cleartap: warning: not capturing {display}: {e:#}");
+                eprintln!("cleartap: warning: not capturing {}: {e:#}", exe.display_path);
                 None
             }
         }

@@ -198,29 +198,18 @@ impl<'p, 'obj> SqlAttacher<'p, 'obj> {
     /// the family not attached yet. A server without the symbols is
     /// reported once, naming what is missing.
     pub fn consider(&mut self, pid: u32, exec_path: Option<&str>) -> Option<SqlBinary> {
-        let exe = PathBuf::from(format!("/proc/{pid}/exe"));
-        let display = match std::fs::read_link(&exe) {
-            Ok(p) => p.display().to_string(),
-            Err(_) => exec_path?.to_string(),
-        };
-        if !self.family.is_server_path(&display) {
+        let exe = procs::executable(pid, exec_path)?;
+        if !self.family.is_server_path(&exe.display_path) || !self.seen.insert(exe.id) {
             return None;
         }
-        let path = if exe.exists() { exe } else { PathBuf::from(&display) };
-        let id = FileId::of(&path).ok()?;
-        if !self.seen.insert(id) {
-            return None;
-        }
-        let lasting = PathBuf::from(&display);
-        let path = if FileId::of(&lasting).ok() == Some(id) { lasting } else { path };
-        let attached = SqlBinary::resolve(self.family, &path, &display).and_then(|bin| {
+        let attached = SqlBinary::resolve(self.family, &exe.path, &exe.display_path).and_then(|bin| {
             self.links.extend(self.probes.attach(&bin)?);
             Ok(bin)
         });
         match attached {
             Ok(bin) => Some(bin),
             Err(e) => {
-                eprintln!("cleartap: warning: not capturing {display}: {e:#}");
+                eprintln!("cleartap: warning: not capturing {}: {e:#}", exe.display_path);
                 None
             }
         }
