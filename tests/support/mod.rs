@@ -46,6 +46,7 @@ pub struct Capture {
     child: Child,
     stdout: thread::JoinHandle<String>,
     stderr: mpsc::Receiver<String>,
+    stderr_reader: thread::JoinHandle<()>,
     /// What cleartap printed on stderr before `ready`.
     before_ready: String,
 }
@@ -74,12 +75,12 @@ impl Capture {
         });
         let (tx, rx) = mpsc::channel();
         let err = child.stderr.take().unwrap();
-        thread::spawn(move || {
+        let stderr_reader = thread::spawn(move || {
             for line in BufReader::new(err).lines().map_while(Result::ok) {
                 let _ = tx.send(line);
             }
         });
-        let mut capture = Capture { child, stdout, stderr: rx, before_ready: String::new() };
+        let mut capture = Capture { child, stdout, stderr: rx, stderr_reader, before_ready: String::new() };
         capture.wait_ready();
         capture
     }
@@ -105,6 +106,8 @@ impl Capture {
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
         let status = self.child.wait().unwrap();
         let stdout = self.stdout.join().unwrap();
+        // All of stderr, up to its end: the summary is its last line.
+        self.stderr_reader.join().unwrap();
         let stderr: Vec<String> = self.stderr.try_iter().collect();
         let records = stdout
             .lines()
