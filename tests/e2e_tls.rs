@@ -34,15 +34,14 @@ fn check_curl_exchange(body_size: usize, response_size: usize) {
     let server_side = pid_and_remote(server.pid(), curl_port);
     assert_same_bytes(&got.stream("recv", &server_side), &truth_recv, "server recv stream");
     assert_same_bytes(&got.stream("send", &server_side), &truth_sent, "server send stream");
-    let functions: Vec<_> =
-        got.records.iter().filter(|r| server_side(r)).map(|r| r["function"].clone()).collect();
+    let functions: Vec<_> = got.tls().filter(|r| server_side(r)).map(|r| r["function"].clone()).collect();
     assert!(functions.iter().any(|f| f == "SSL_read_ex") && functions.iter().any(|f| f == "SSL_write_ex"));
 
     // The client side: curl, with its tuple mirroring the server's.
     let curl_side = |r: &serde_json::Value| r["comm"] == "curl";
     assert_same_bytes(&got.stream("send", curl_side), &truth_recv, "curl send stream");
     assert_same_bytes(&got.stream("recv", curl_side), &truth_sent, "curl recv stream");
-    for r in got.records.iter().filter(|r| curl_side(r)) {
+    for r in got.tls().filter(|r| curl_side(r)) {
         assert_eq!(port_of(&r["local"]), Some(curl_port), "{r}");
         assert_eq!(port_of(&r["remote"]), Some(server.port), "{r}");
         assert_eq!(r["library"], "openssl");
@@ -83,8 +82,8 @@ fn pid_filter_keeps_only_that_process() {
     curl(&server, b"other client", 10); // concurrent other client: must not appear
     let got = capture.stop();
     got.assert_clean_exit();
-    assert!(!got.records.is_empty());
-    assert!(got.records.iter().all(|r| r["pid"] == client.pid()), "other pids captured");
+    assert!(got.tls().next().is_some(), "no TLS records");
+    assert!(got.tls().all(|r| r["pid"] == client.pid()), "other pids captured");
     let mine = |r: &serde_json::Value| r["pid"] == client.pid();
     assert_same_bytes(&got.stream("send", mine), &server.received_from(client.local_port), "send stream");
     assert_same_bytes(&got.stream("recv", mine), &server.sent_to(client.local_port), "recv stream");
@@ -103,8 +102,8 @@ fn comm_filter_keeps_only_that_command() {
     curl(&server, b"hello from curl", 5);
     let got = capture.stop();
     got.assert_clean_exit();
-    assert!(!got.records.is_empty());
-    assert!(got.records.iter().all(|r| r["comm"] == "curl"));
+    assert!(got.tls().next().is_some(), "no TLS records");
+    assert!(got.tls().all(|r| r["comm"] == "curl"));
     let sent = got.stream("send", |_| true);
     assert!(sent.ends_with(b"hello from curl"));
 }
@@ -123,8 +122,8 @@ fn connection_opened_before_start_has_its_tuple() {
     client.exchange(300, 400);
     let got = capture.stop();
     got.assert_clean_exit();
-    assert!(!got.records.is_empty());
-    for r in &got.records {
+    assert!(got.tls().next().is_some(), "no TLS records");
+    for r in got.tls() {
         assert_eq!(port_of(&r["local"]), Some(client.local_port), "{r}");
         assert_eq!(port_of(&r["remote"]), Some(server.port), "{r}");
         assert_eq!(r["local"].as_str().unwrap(), format!("127.0.0.1:{}", client.local_port));

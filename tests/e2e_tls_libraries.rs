@@ -34,8 +34,8 @@ fn gnutls_wget_both_directions() {
     curl(&server, b"curl is openssl: not selected", 10);
     let got = capture.stop();
     got.assert_clean_exit();
-    assert!(got.records.iter().all(|r| r["library"] == "gnutls"), "only gnutls selected");
-    assert!(got.records.iter().all(|r| r["library_version"] == "3.7.9" || !r["library_version"].is_null()));
+    assert!(got.tls().all(|r| r["library"] == "gnutls"), "only gnutls selected");
+    assert!(got.tls().all(|r| r["library_version"] == "3.7.9" || !r["library_version"].is_null()));
     let wget_port =
         server.peer_ports().into_iter().find(|p| !server.received_from(*p).ends_with(b"selected"));
     let wget_port = wget_port.expect("wget connection");
@@ -79,11 +79,8 @@ fn nss_tstclnt_both_directions() {
     drop(stdin);
     let got = capture.stop();
     got.assert_clean_exit();
-    assert!(!got.records.is_empty());
-    assert!(
-        got.records.iter().all(|r| r["library"] == "nss" && r["comm"] == "tstclnt"),
-        "plain NSPR I/O leaked"
-    );
+    assert!(got.tls().next().is_some(), "no TLS records");
+    assert!(got.tls().all(|r| r["library"] == "nss" && r["comm"] == "tstclnt"), "plain NSPR I/O leaked");
     assert_client_matches_server(&got, &server, "tstclnt");
 }
 
@@ -116,8 +113,7 @@ fn node_started_later_is_captured_through_its_linked_openssl() {
     // Node from nodesource (our CI) links OpenSSL in; Debian's uses libssl.
     let path = |r: &serde_json::Value| r["library_path"].as_str().unwrap_or("").to_string();
     assert!(got
-        .records
-        .iter()
+        .tls()
         .all(|r| r["library"] == "openssl" && (path(r) == "/usr/bin/node" || path(r).contains("libssl.so"))));
 }
 
@@ -134,7 +130,7 @@ fn fifty_short_lived_curls_each_captured_with_its_pid() {
     }
     let got = capture.stop();
     got.assert_clean_exit();
-    let mut pids: Vec<u64> = got.records.iter().map(|r| r["pid"].as_u64().unwrap()).collect();
+    let mut pids: Vec<u64> = got.tls().map(|r| r["pid"].as_u64().unwrap()).collect();
     pids.dedup();
     assert_eq!(pids.len(), 50, "one pid per curl, in order");
     for (i, pid) in pids.iter().enumerate() {
@@ -167,11 +163,7 @@ fn private_copy_of_libssl_loaded_later_is_captured() {
     assert_same_bytes(&got.stream("send", mine), &server.received_from(client.local_port), "send stream");
     assert_same_bytes(&got.stream("recv", mine), &server.sent_to(client.local_port), "recv stream");
     let private_path = private.path().join("libssl.so.3");
-    assert!(got
-        .records
-        .iter()
-        .filter(|r| mine(r))
-        .all(|r| r["library_path"] == private_path.to_str().unwrap()));
+    assert!(got.tls().filter(|r| mine(r)).all(|r| r["library_path"] == private_path.to_str().unwrap()));
 }
 
 #[test]
@@ -185,7 +177,7 @@ fn exclude_lib_skips_that_file() {
     curl(&server, b"not captured", 5);
     let got = capture.stop();
     got.assert_clean_exit();
-    assert!(got.records.iter().all(|r| r["comm"] != "curl"), "excluded library was probed");
+    assert!(got.tls().all(|r| r["comm"] != "curl"), "excluded library was probed");
 }
 
 #[test]
@@ -216,7 +208,7 @@ fn cgroup_filter_keeps_only_that_subtree() {
     let _ = std::fs::remove_dir(&child);
     let _ = std::fs::remove_dir(&group);
     got.assert_clean_exit();
-    assert!(!got.records.is_empty());
+    assert!(got.tls().next().is_some(), "no TLS records");
     let sent = got.stream("send", |_| true);
     assert!(sent.ends_with(b"inside-the-group"), "{}", String::from_utf8_lossy(&sent));
     assert!(!String::from_utf8_lossy(&sent).contains("outside"));

@@ -118,6 +118,11 @@ impl Capture {
 }
 
 impl Captured {
+    /// The raw TLS records (not the decoded HTTP exchanges).
+    pub fn tls(&self) -> impl Iterator<Item = &Value> {
+        self.records.iter().filter(|r| r["event"] == "tls")
+    }
+
     pub fn of_pid(&self, pid: u32) -> Vec<&Value> {
         self.records.iter().filter(|r| r["pid"] == pid).collect()
     }
@@ -386,7 +391,7 @@ pub fn assert_client_matches_server(got: &Captured, server: &TlsServer, comm: &s
     let mine = |r: &Value| r["comm"] == comm;
     assert_same_bytes(&got.stream("send", mine), &server.received_from(peer), &format!("{comm} send stream"));
     assert_same_bytes(&got.stream("recv", mine), &server.sent_to(peer), &format!("{comm} recv stream"));
-    for r in got.records.iter().filter(|r| mine(r)) {
+    for r in got.tls().filter(|r| mine(r)) {
         assert_eq!(port_of(&r["local"]), Some(peer), "{r}");
         assert_eq!(port_of(&r["remote"]), Some(server.port), "{r}");
     }
