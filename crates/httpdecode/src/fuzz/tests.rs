@@ -188,3 +188,14 @@ fn fuzz_entry_points_decode_valid_input() {
     fuzz_http2(&input);
     fuzz_http1(b"\x00\x12GET / HTTP/1.1\r\n\r\n\x01\x13HTTP/1.1 200 OK\r\n\r\n");
 }
+
+/// Found by cargo fuzz: a header block the synced HPACK decoder rejects
+/// while it starts with a table size update to 0 recursed without end.
+#[test]
+fn regression_hpack_resync_recursion() {
+    let input = [
+        0x78, 0x11, 0x00, 0x00, 0x06, 0x01, 0x8d, 0x97, 0x85, 0xc3, 0x95, 0x01, 0x20, 0x00, 0x00, 0xff, 0xf7,
+        0xf7, 0x51, 0xd1,
+    ];
+    crate::fuzz_http2(&input);
+}

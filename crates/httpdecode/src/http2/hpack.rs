@@ -76,8 +76,12 @@ impl HpackDecoder {
                     notes: Vec::new(),
                 },
                 Err(e) => {
-                    self.lose_state();
-                    let mut out = self.decode(block);
+                    // Decode this block partially; no resync for it (a block
+                    // the synced decoder rejected would be rejected again:
+                    // found by fuzzing as an endless recursion).
+                    let mut table = PartialTable::default();
+                    let mut out = table.decode(block);
+                    self.mode = Mode::Partial(table);
                     out.notes.insert(0, format!("HPACK decoding error ({e}): header table state lost"));
                     out
                 }
