@@ -22,25 +22,18 @@ pub enum Command {
     /// Capture TLS plaintext (OpenSSL/BoringSSL, GnuTLS, NSS) from every process, including later ones.
     Tls(TlsArgs),
     /// Every interactive command typed in bash or zsh, with user, tty and exit status.
-    Shell(ShellArgs),
+    Shell(SourceArgs),
     /// Every program started (execve/execveat), with its arguments and result.
-    Exec(ExecArgs),
+    Exec(SourceArgs),
     /// Every statement MySQL/MariaDB servers on this host execute.
-    Mysql(ExecArgs),
+    Mysql(SourceArgs),
     /// Every statement PostgreSQL backends on this host execute.
-    Postgres(ExecArgs),
+    Postgres(SourceArgs),
 }
 
+/// What every capture subcommand but `tls` takes: filters and output.
 #[derive(Debug, Args)]
-pub struct ShellArgs {
-    #[command(flatten)]
-    pub filters: FilterArgs,
-    #[command(flatten)]
-    pub output: OutputArgs,
-}
-
-#[derive(Debug, Args)]
-pub struct ExecArgs {
+pub struct SourceArgs {
     #[command(flatten)]
     pub filters: FilterArgs,
     #[command(flatten)]

@@ -7,7 +7,7 @@ use std::mem::MaybeUninit;
 use anyhow::Result;
 
 use super::{filters, pump, Handler};
-use crate::cli::ExecArgs;
+use crate::cli::SourceArgs;
 use crate::context::clock::Clock;
 use crate::context::execs::{split_args, Exec, Execs};
 use crate::context::users::Users;
@@ -17,7 +17,7 @@ use crate::kernel;
 use crate::output::{self, Output};
 use crate::sources::exec::ExecProbes;
 
-pub fn run(args: &ExecArgs) -> Result<()> {
+pub fn run(args: &SourceArgs) -> Result<()> {
     kernel::preflight()?;
     let filters = filters(&args.filters)?;
     let mut storage = MaybeUninit::uninit();

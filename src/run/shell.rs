@@ -8,7 +8,7 @@ use std::mem::MaybeUninit;
 use anyhow::Result;
 
 use super::{filters, pump, Handler};
-use crate::cli::ShellArgs;
+use crate::cli::SourceArgs;
 use crate::context::clock::Clock;
 use crate::context::commands::{unmetafy, Command, Commands, Line};
 use crate::context::users::Users;
@@ -19,7 +19,7 @@ use crate::output::{self, Output};
 use crate::sources::procwatch::{ProcWatch, SharedMaps};
 use crate::sources::shell::{ShellAttacher, ShellBinary, ShellProbes};
 
-pub fn run(args: &ShellArgs) -> Result<()> {
+pub fn run(args: &SourceArgs) -> Result<()> {
     kernel::preflight()?;
     let filters = filters(&args.filters)?;
     let mut storage = MaybeUninit::uninit();

@@ -8,7 +8,7 @@ use std::mem::MaybeUninit;
 use anyhow::Result;
 
 use super::{filters, pump, Handler};
-use crate::cli::ExecArgs;
+use crate::cli::SourceArgs;
 use crate::context::clock::Clock;
 use crate::context::queries::{postgres_backend, Queries, Query};
 use crate::context::QueryRecord;
@@ -18,7 +18,7 @@ use crate::output::{self, Output};
 use crate::sources::procwatch::{ProcWatch, SharedMaps};
 use crate::sources::sql::{Family, SqlAttacher, SqlBinary, SqlProbes};
 
-pub fn run(args: &ExecArgs, family: Family) -> Result<()> {
+pub fn run(args: &SourceArgs, family: Family) -> Result<()> {
     kernel::preflight()?;
     let filters = filters(&args.filters)?;
     let mut storage = MaybeUninit::uninit();
