@@ -108,11 +108,10 @@ static __always_inline struct sock *fd_to_sock(int fd)
 	return BPF_CORE_READ(sock, sk);
 }
 
-/* Fill the connection tuple of the current task's fd, if it is an inet
- * socket. */
-static __always_inline void fd_to_tuple(int fd, struct ct_tuple *t)
+/* Fill the connection tuple of an inet socket (NULL or another family:
+ * left unknown). */
+static __always_inline void sock_to_tuple(struct sock *sk, struct ct_tuple *t)
 {
-	struct sock *sk = fd_to_sock(fd);
 	if (!sk)
 		return;
 	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);

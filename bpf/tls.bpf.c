@@ -14,6 +14,7 @@ struct active_call {
 	__u64 buf;
 	__u64 len_ptr; /* _ex shape: where the byte count is written */
 	__u64 ip;
+	__u64 sk;      /* the socket behind fd, found with it */
 	__s32 fd;
 	__u32 _pad;
 };
@@ -122,7 +123,9 @@ static __always_inline void fill_header(struct ct_tls_data *h, struct active_cal
 	}
 	h->call_len = n;
 	__builtin_memset(&h->tuple, 0, sizeof(h->tuple));
-	fd_to_tuple(cs->fd, &h->tuple);
+	/* A syscall in this call found the socket already; a call served from
+	 * the library's buffer walks from the cached fd. */
+	sock_to_tuple(c->sk ? (struct sock *)c->sk : fd_to_sock(cs->fd), &h->tuple);
 	bpf_get_current_comm(h->comm, sizeof(h->comm));
 }
 
@@ -212,8 +215,11 @@ static __always_inline int note_fd(struct trace_event_raw_sys_enter *ctx)
 		return 0;
 	long fd = 0;
 	bpf_probe_read_kernel(&fd, sizeof(fd), &ctx->args[0]);
-	if (fd_to_sock((int)fd))
+	struct sock *sk = fd_to_sock((int)fd);
+	if (sk) {
 		c->fd = (int)fd;
+		c->sk = (__u64)sk;
+	}
 	return 0;
 }
 
