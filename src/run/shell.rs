@@ -16,8 +16,9 @@ use crate::context::CommandRecord;
 use crate::events::{c_bytes, shell, Event};
 use crate::kernel;
 use crate::output::{self, Output};
+use crate::sources::executables::ExecutableAttacher;
 use crate::sources::procwatch::{ProcWatch, SharedMaps};
-use crate::sources::shell::{ShellAttacher, ShellBinary, ShellProbes};
+use crate::sources::shell::{self as shells, ShellBinary, ShellProbes};
 
 pub fn run(args: &SourceArgs) -> Result<()> {
     kernel::preflight()?;
@@ -30,7 +31,7 @@ pub fn run(args: &SourceArgs) -> Result<()> {
     let mut links = vec![probes.attach_exit()?];
     links.extend(watch.attach()?);
 
-    let mut attacher = ShellAttacher::new(&probes);
+    let mut attacher = shells::attacher(&probes);
     let found = attacher.scan_host();
     if found.is_empty() {
         eprintln!("cleartap: no bash or zsh running yet; watching for shells that start");
@@ -53,8 +54,8 @@ fn announce(bin: &ShellBinary) {
     eprintln!("cleartap: attached to {} ({})", bin.display_path, bin.name);
 }
 
-struct ShellHandler<'p, 'obj> {
-    attacher: ShellAttacher<'p, 'obj>,
+struct ShellHandler<'p> {
+    attacher: ExecutableAttacher<'p, ShellBinary>,
     commands: Commands,
     users: Users,
     clock: Clock,
@@ -62,7 +63,7 @@ struct ShellHandler<'p, 'obj> {
     shell_paths: HashMap<u32, Option<String>>,
 }
 
-impl ShellHandler<'_, '_> {
+impl ShellHandler<'_> {
     fn write(&mut self, command: Command, out: &mut dyn Output) -> io::Result<()> {
         let shell_path = self.shell_paths.get(&command.pid).cloned().flatten();
         let record = CommandRecord {
@@ -99,7 +100,7 @@ impl ShellHandler<'_, '_> {
     }
 }
 
-impl Handler for ShellHandler<'_, '_> {
+impl Handler for ShellHandler<'_> {
     fn event(&mut self, event: Event, out: &mut dyn Output) -> io::Result<()> {
         match event {
             Event::ShellLine(l) => {

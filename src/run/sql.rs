@@ -15,8 +15,9 @@ use crate::context::QueryRecord;
 use crate::events::{sql, Event, QueryStart};
 use crate::kernel;
 use crate::output::{self, Output};
+use crate::sources::executables::ExecutableAttacher;
 use crate::sources::procwatch::{ProcWatch, SharedMaps};
-use crate::sources::sql::{Family, SqlAttacher, SqlBinary, SqlProbes};
+use crate::sources::sql::{self as servers, Family, SqlBinary, SqlProbes};
 
 pub fn run(args: &SourceArgs, family: Family) -> Result<()> {
     kernel::preflight()?;
@@ -27,7 +28,7 @@ pub fn run(args: &SourceArgs, family: Family) -> Result<()> {
     let shared = SharedMaps::of(probes.events_map(), probes.stats_map());
     let watch = ProcWatch::load(&mut watch_storage, &filters, &[], shared)?;
     let links = watch.attach()?;
-    let mut attacher = SqlAttacher::new(&probes, family);
+    let mut attacher = servers::attacher(&probes, family);
     let found = attacher.scan_host();
     if found.is_empty() {
         eprintln!("cleartap: no {family:?} server running yet; watching for servers that start");
@@ -51,14 +52,14 @@ struct Session {
     client: Option<String>,
 }
 
-struct SqlHandler<'p, 'obj> {
-    attacher: SqlAttacher<'p, 'obj>,
+struct SqlHandler<'p> {
+    attacher: ExecutableAttacher<'p, SqlBinary>,
     queries: Queries,
     clock: Clock,
     backends: HashMap<u32, Session>,
 }
 
-impl SqlHandler<'_, '_> {
+impl SqlHandler<'_> {
     fn start(&mut self, q: &QueryStart) -> Query {
         let (server, command) = match (q.server, q.command) {
             (sql::MARIADB | sql::MYSQL, c) => {
@@ -117,7 +118,7 @@ impl SqlHandler<'_, '_> {
     }
 }
 
-impl Handler for SqlHandler<'_, '_> {
+impl Handler for SqlHandler<'_> {
     fn event(&mut self, event: Event, out: &mut dyn Output) -> io::Result<()> {
         match event {
             Event::QueryStart(q) => {

@@ -4,6 +4,7 @@
 
 pub mod attacher;
 pub mod exec;
+pub mod executables;
 pub mod gnutls;
 pub mod nss;
 pub mod openssl;

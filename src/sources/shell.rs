@@ -2,7 +2,6 @@
 //! shell's own executable. The exit status is the shell's `$?` variable,
 //! read at the next prompt (see `bpf/shell.bpf.c` for why).
 
-use std::collections::HashSet;
 use std::mem::MaybeUninit;
 use std::path::{Path, PathBuf};
 
@@ -10,10 +9,11 @@ use anyhow::{bail, Context, Result};
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{Link, MapCore, MapFlags, OpenObject, TracepointCategory, UprobeOpts};
 
+use super::executables::ExecutableAttacher;
 use crate::bpf::shell::types::{file_key, shell_binary};
 use crate::bpf::shell::{ShellSkel, ShellSkelBuilder};
 use crate::discover::elf::{Function, Symbols};
-use crate::discover::procs::{self, FileId};
+use crate::discover::procs::FileId;
 use crate::events::shell as kind;
 use crate::kernel::Filters;
 
@@ -168,44 +168,12 @@ fn kernel_dev(dev: u64) -> u32 {
 }
 
 /// Finds shell executables in use and attaches each file once.
-pub struct ShellAttacher<'p, 'obj> {
-    probes: &'p ShellProbes<'obj>,
-    seen: HashSet<FileId>,
-    links: Vec<Link>,
-}
-
-impl<'p, 'obj> ShellAttacher<'p, 'obj> {
-    pub fn new(probes: &'p ShellProbes<'obj>) -> Self {
-        ShellAttacher { probes, seen: HashSet::new(), links: Vec::new() }
-    }
-
-    pub fn scan_host(&mut self) -> Vec<ShellBinary> {
-        procs::all_pids().into_iter().filter_map(|pid| self.consider(pid, None)).collect()
-    }
-
-    /// The executable of `pid` (exec'd as `exec_path`, for when the
-    /// process is already gone), if it is a shell not attached yet.
-    pub fn consider(&mut self, pid: u32, exec_path: Option<&str>) -> Option<ShellBinary> {
-        let exe = procs::executable(pid, exec_path)?;
-        if !is_shell_path(&exe.display_path) || !self.seen.insert(exe.id) {
-            return None;
-        }
-        let attached = ShellBinary::resolve(&exe.path, &exe.display_path).and_then(|bin| {
-            self.links.extend(self.probes.attach(&bin)?);
-            Ok(bin)
-        });
-        match attached {
-            Ok(bin) => Some(bin),
-            Err(e) => {
-                eprintln!("cleartap: warning: not capturing {}: {e:#}", exe.display_path);
-                None
-            }
-        }
-    }
-
-    pub fn detach_all(&mut self) {
-        self.links.clear();
-    }
+pub fn attacher<'a>(probes: &'a ShellProbes) -> ExecutableAttacher<'a, ShellBinary> {
+    ExecutableAttacher::new(is_shell_path, move |exe| {
+        let bin = ShellBinary::resolve(&exe.path, &exe.display_path)?;
+        let links = probes.attach(&bin)?;
+        Ok((bin, links))
+    })
 }
 
 #[cfg(test)]

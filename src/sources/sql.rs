@@ -2,7 +2,6 @@
 //! demangled C++ signature) and PostgreSQL (`pgstat_report_activity`,
 //! `AbortCurrentTransaction`). See `bpf/sql.bpf.c` for what each hook means.
 
-use std::collections::HashSet;
 use std::mem::MaybeUninit;
 use std::path::{Path, PathBuf};
 
@@ -10,9 +9,9 @@ use anyhow::{bail, Context, Result};
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{Link, OpenObject, ProgramMut, UprobeOpts};
 
+use super::executables::ExecutableAttacher;
 use crate::bpf::sql::{SqlSkel, SqlSkelBuilder};
 use crate::discover::elf::{Function, Symbols};
-use crate::discover::procs::{self, FileId};
 use crate::kernel::Filters;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -177,45 +176,14 @@ impl<'obj> SqlProbes<'obj> {
     }
 }
 
-/// Finds server executables in use and attaches each file once.
-pub struct SqlAttacher<'p, 'obj> {
-    probes: &'p SqlProbes<'obj>,
-    family: Family,
-    seen: HashSet<FileId>,
-    links: Vec<Link>,
-}
-
-impl<'p, 'obj> SqlAttacher<'p, 'obj> {
-    pub fn new(probes: &'p SqlProbes<'obj>, family: Family) -> Self {
-        SqlAttacher { probes, family, seen: HashSet::new(), links: Vec::new() }
-    }
-
-    pub fn scan_host(&mut self) -> Vec<SqlBinary> {
-        procs::all_pids().into_iter().filter_map(|pid| self.consider(pid, None)).collect()
-    }
-
-    /// `pid`'s executable (exec'd as `exec_path`), if it is a server of
-    /// the family not attached yet. A server without the symbols is
-    /// reported once, naming what is missing.
-    pub fn consider(&mut self, pid: u32, exec_path: Option<&str>) -> Option<SqlBinary> {
-        let exe = procs::executable(pid, exec_path)?;
-        if !self.family.is_server_path(&exe.display_path) || !self.seen.insert(exe.id) {
-            return None;
-        }
-        let attached = SqlBinary::resolve(self.family, &exe.path, &exe.display_path).and_then(|bin| {
-            self.links.extend(self.probes.attach(&bin)?);
-            Ok(bin)
-        });
-        match attached {
-            Ok(bin) => Some(bin),
-            Err(e) => {
-                eprintln!("cleartap: warning: not capturing {}: {e:#}", exe.display_path);
-                None
-            }
-        }
-    }
-
-    pub fn detach_all(&mut self) {
-        self.links.clear();
-    }
+/// Finds server executables of `family` in use and attaches each file once.
+pub fn attacher<'a>(probes: &'a SqlProbes, family: Family) -> ExecutableAttacher<'a, SqlBinary> {
+    ExecutableAttacher::new(
+        move |path| family.is_server_path(path),
+        move |exe| {
+            let bin = SqlBinary::resolve(family, &exe.path, &exe.display_path)?;
+            let links = probes.attach(&bin)?;
+            Ok((bin, links))
+        },
+    )
 }
