@@ -92,14 +92,24 @@ pub fn executable(pid: u32, exec_path: Option<&str>) -> Option<Executable> {
         Ok(p) => p.display().to_string(),
         Err(_) => exec_path?.to_string(),
     };
-    let plain = PathBuf::from(&display_path);
-    let (path, id) = match (FileId::of(&exe), FileId::of(&plain)) {
-        (Ok(a), Ok(b)) if a == b => (plain, a),
-        (Ok(a), _) => (exe, a),
-        (Err(_), Ok(b)) => (plain, b),
-        (Err(_), Err(_)) => return None,
-    };
+    let (path, id) = reachable(exe, Some(&display_path))?;
     Some(Executable { path, display_path, id })
+}
+
+/// How cleartap reaches a file a process knows as `plain` (absolute, or
+/// None), through `via` (/proc/PID/root/..., /proc/PID/exe): the plain
+/// path when this process sees the same file there (it outlives the
+/// process); else `via` while the process lives; else, the process being
+/// gone, the file under the same name here, most likely the same one.
+pub fn reachable(via: PathBuf, plain: Option<&str>) -> Option<(PathBuf, FileId)> {
+    let plain = plain.map(PathBuf::from);
+    let plain_id = plain.as_deref().and_then(|p| FileId::of(p).ok());
+    match (FileId::of(&via), plain, plain_id) {
+        (Ok(a), Some(p), Some(b)) if a == b => Some((p, a)),
+        (Ok(a), _, _) => Some((via, a)),
+        (Err(_), Some(p), Some(b)) => Some((p, b)),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -137,6 +147,17 @@ mod tests {
         assert_eq!(exe.path, PathBuf::from(&exe.display_path));
         assert!(executable(u32::MAX, None).is_none());
         assert_eq!(executable(u32::MAX, Some("/bin/sh")).unwrap().display_path, "/bin/sh");
+    }
+
+    #[test]
+    fn reachable_prefers_the_lasting_path() {
+        let via = host_path(std::process::id(), "/bin/sh");
+        let (path, _) = reachable(via.clone(), Some("/bin/sh")).unwrap();
+        assert_eq!(path, PathBuf::from("/bin/sh"));
+        let gone = PathBuf::from("/proc/4294967295/root/bin/sh");
+        assert_eq!(reachable(gone.clone(), Some("/bin/sh")).unwrap().0, PathBuf::from("/bin/sh"));
+        assert!(reachable(gone, None).is_none());
+        assert_eq!(reachable(via.clone(), Some("/no/such/file")).unwrap().0, via);
     }
 
     #[test]

@@ -78,19 +78,13 @@ impl<'p, 'obj> Attacher<'p, 'obj> {
     /// A file `pid` opened (or maps) under the name `path`, as it sees it.
     pub fn consider_library(&mut self, pid: u32, path: &str) -> Option<TlsTarget> {
         let source = *self.sources.iter().find(|s| s.is_library_path(path))?;
-        let mut host_path = if path.starts_with('/') {
-            procs::host_path(pid, path)
+        let (via, plain) = if path.starts_with('/') {
+            (procs::host_path(pid, path), Some(path))
         } else {
-            PathBuf::from(format!("/proc/{pid}/cwd/{path}"))
+            (PathBuf::from(format!("/proc/{pid}/cwd/{path}")), None)
         };
-        if !host_path.exists() && path.starts_with('/') {
-            // The process is gone already (a short-lived one, or one whose
-            // event waited behind others): its library is most likely the
-            // one under the same name here. Attaching to it is harmless.
-            host_path = PathBuf::from(path);
-        }
-        let id = self.unseen(&host_path)?;
-        let host_path = lasting_path(path, Some(id)).unwrap_or(host_path);
+        let (host_path, id) = procs::reachable(via, plain)?;
+        self.unseen(id)?;
         match TlsTarget::resolve(&host_path, source) {
             Ok(target) => self.attach_discovered(TlsTarget { display_path: path.to_string(), ..target }),
             Err(e) => {
@@ -108,20 +102,16 @@ impl<'p, 'obj> Attacher<'p, 'obj> {
             return None;
         }
         let exe = procs::executable(pid, exec_path)?;
-        if self.excluded.contains(&exe.id) || !self.seen.insert(exe.id) {
-            return None;
-        }
+        self.unseen(exe.id)?;
         let symbols = Symbols::read(&exe.path, &wanted_symbols()).ok()?;
         let target = TlsTarget::from_symbols(&exe.path, exe.id, &symbols, &openssl::SOURCE).ok()?;
         self.attach_discovered(TlsTarget { display_path: exe.display_path, ..target })
     }
 
-    /// The file's id if it is reachable, not excluded and not yet checked
-    /// (marking it checked). A file gone already is skipped quietly: the
-    /// process that had it has exited.
-    fn unseen(&mut self, path: &Path) -> Option<FileId> {
-        let id = FileId::of(path).ok()?;
-        (!self.excluded.contains(&id) && self.seen.insert(id)).then_some(id)
+    /// Some(()) if the file is not excluded and not yet checked (marking
+    /// it checked).
+    fn unseen(&mut self, id: FileId) -> Option<()> {
+        (!self.excluded.contains(&id) && self.seen.insert(id)).then_some(())
     }
 
     fn attach_discovered(&mut self, target: TlsTarget) -> Option<TlsTarget> {
@@ -143,12 +133,4 @@ impl<'p, 'obj> Attacher<'p, 'obj> {
     pub fn detach_all(&mut self) {
         self.links.clear();
     }
-}
-
-/// A path to the same file that does not go through /proc/PID (which
-/// vanishes with a short-lived process): the path itself, when this
-/// process sees the same file there (same mount namespace).
-fn lasting_path(path: &str, id: Option<FileId>) -> Option<PathBuf> {
-    let plain = PathBuf::from(path);
-    (id.is_some() && FileId::of(&plain).ok() == id).then_some(plain)
 }
