@@ -13,10 +13,12 @@ use support::*;
 
 /// Type `lines` into an interactive `shell` on a pseudo-terminal (under
 /// `script`), pausing so the shell prompts between them. Returns the pid
-/// of `script`, the shell's parent.
+/// of `script`, the shell's parent: `script` runs its command through
+/// `$SHELL -c`, which may or may not exec it (dash does not), so the
+/// command starts with `exec` to make the shell script's own child.
 fn type_into(shell: &[&str], lines: &[&str]) -> u32 {
     let mut script = Command::new("script")
-        .args(["-qfc", &shell.join(" "), "/dev/null"])
+        .args(["-qfc", &format!("exec {}", shell.join(" ")), "/dev/null"])
         .env("TERM", "xterm")
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
