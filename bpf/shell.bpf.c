@@ -11,7 +11,9 @@
 
 /* Where a shell binary keeps its state, relative to the hooked function:
  * variable address = probed function address + delta. Filled by user space
- * per executable, keyed by the executable's device and inode. */
+ * per executable, keyed by the executable's device and inode. For a bash
+ * linked to libreadline.so the probed function is bash's own read_command
+ * (the anchor), since readline's address says nothing about bash's. */
 struct shell_binary {
 	__s64 status_delta;     /* int $? */
 	__s64 linecount_delta;  /* bash: int current_command_line_count; 0 if unknown */
@@ -55,6 +57,20 @@ struct {
 	__type(value, __u8);
 } shells SEC(".maps");
 
+/* libreadline.so bash: its variables' addresses in this process, found by
+ * the anchor probe before readline is called. */
+struct shell_vars {
+	__u64 status_addr;
+	__u64 linecount_addr; /* 0 if unknown */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32); /* pid */
+	__type(value, struct shell_vars);
+} bash_vars SEC(".maps");
+
 static __always_inline struct shell_binary *current_binary(void)
 {
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
@@ -66,6 +82,21 @@ static __always_inline struct shell_binary *current_binary(void)
 	return bpf_map_lookup_elem(&shell_binaries, &key);
 }
 
+static __always_inline void read_state(struct prompt *p, __u64 status_addr, __u64 linecount_addr)
+{
+	if (!bpf_probe_read_user(&p->prev_status, sizeof(p->prev_status), (void *)status_addr))
+		p->status_valid = 1;
+	int lines = 0;
+	if (linecount_addr && !bpf_probe_read_user(&lines, sizeof(lines), (void *)linecount_addr))
+		p->continuation = lines > 0;
+}
+
+static __always_inline void remember_prompt(struct prompt *p)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	bpf_map_update_elem(&prompts, &tid, p, BPF_ANY);
+}
+
 static __always_inline int on_prompt(struct pt_regs *ctx, __u8 shell, int zsh_context)
 {
 	if (!current_task_wanted())
@@ -73,16 +104,9 @@ static __always_inline int on_prompt(struct pt_regs *ctx, __u8 shell, int zsh_co
 	struct prompt p = { .shell = shell, .continuation = zsh_context > 0 };
 	struct shell_binary *bin = current_binary();
 	__u64 ip = PT_REGS_IP(ctx);
-	if (bin && bin->kind == shell) {
-		if (!bpf_probe_read_user(&p.prev_status, sizeof(p.prev_status), (void *)(ip + bin->status_delta)))
-			p.status_valid = 1;
-		int lines = 0;
-		if (bin->linecount_delta &&
-		    !bpf_probe_read_user(&lines, sizeof(lines), (void *)(ip + bin->linecount_delta)))
-			p.continuation = lines > 0;
-	}
-	__u32 tid = (__u32)bpf_get_current_pid_tgid();
-	bpf_map_update_elem(&prompts, &tid, &p, BPF_ANY);
+	if (bin && bin->kind == shell)
+		read_state(&p, ip + bin->status_delta, bin->linecount_delta ? ip + bin->linecount_delta : 0);
+	remember_prompt(&p);
 	return 0;
 }
 
@@ -134,6 +158,41 @@ int BPF_KPROBE(bash_readline_entry) { return on_prompt(ctx, CT_SHELL_BASH, -1); 
 SEC("uretprobe")
 int BPF_KRETPROBE(bash_readline_return) { return on_line(ctx); }
 
+/* bash linked to libreadline.so: read_command (in bash) runs before every
+ * command is read and says where this process keeps its variables; readline
+ * (in the library, shared with python, gdb, ...) then only reports
+ * processes the anchor has seen. */
+SEC("uprobe")
+int BPF_KPROBE(bash_anchor)
+{
+	struct shell_binary *bin = current_binary();
+	if (!bin || bin->kind != CT_SHELL_BASH)
+		return 0;
+	__u64 ip = PT_REGS_IP(ctx);
+	struct shell_vars vars = {
+		.status_addr = ip + bin->status_delta,
+		.linecount_addr = bin->linecount_delta ? ip + bin->linecount_delta : 0,
+	};
+	__u32 pid = bpf_get_current_pid_tgid() >> 32;
+	bpf_map_update_elem(&bash_vars, &pid, &vars, BPF_ANY);
+	return 0;
+}
+
+SEC("uprobe")
+int BPF_KPROBE(bash_lib_readline_entry)
+{
+	__u32 pid = bpf_get_current_pid_tgid() >> 32;
+	struct shell_vars *vars = bpf_map_lookup_elem(&bash_vars, &pid);
+	/* The executable check also rules out a stale entry of a reused pid. */
+	struct shell_binary *bin = current_binary();
+	if (!vars || !bin || bin->kind != CT_SHELL_BASH || !current_task_wanted())
+		return 0;
+	struct prompt p = { .shell = CT_SHELL_BASH };
+	read_state(&p, vars->status_addr, vars->linecount_addr);
+	remember_prompt(&p);
+	return 0;
+}
+
 #define ZLE_CMD_READ 1
 /* zleentry(int cmd, ...): for ZLE_CMD_READ the varargs are (char **lp,
  * char **rp, int flags, int context); context 0 is a new command line. */
@@ -155,6 +214,7 @@ int shell_exit(void *ctx)
 	if (pid != (__u32)id || !bpf_map_lookup_elem(&shells, &pid))
 		return 0;
 	bpf_map_delete_elem(&shells, &pid);
+	bpf_map_delete_elem(&bash_vars, &pid);
 	struct ct_task_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
 		stat_add(CT_STAT_LOST_RECORDS, 1);

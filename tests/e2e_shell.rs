@@ -49,7 +49,8 @@ fn check_shell(shell: &[&str], name: &str) {
     // A process of the same shell already running: its binary is attached
     // at start, as on any host with a shell open. (The very first process
     // of a shell binary cleartap has never seen races the attach.)
-    let _running = Holder::running(Command::new(shell[0]).args(["-c", "sleep 30"]));
+    // (`; true` keeps the shell from exec'ing sleep.)
+    let _running = Holder::running(Command::new(shell[0]).args(["-c", "sleep 30; true"]));
     let long = format!("echo {}", "x".repeat(1000));
     let lines = ["echo hello", "false", "for i in 1 2; do", "echo $i", "done", "(exit 7)", &long, "exit"];
     let capture = Capture::start(&["shell"]);
@@ -85,6 +86,36 @@ fn bash_commands_with_exit_status_and_multi_line() {
     }
     let _one = exclusive();
     check_shell(&["bash", "--norc", "-i"], "bash");
+}
+
+/// A bash built at install time against Debian's libreadline.so.8
+/// (`scripts/install-deps --test`): its lines come from readline in the
+/// library, which python shares.
+const READLINE_BASH: &str = "/opt/cleartap-test/readline/bin/bash";
+
+#[test]
+fn bash_linked_to_libreadline() {
+    if !require_bpf() {
+        return;
+    }
+    let _one = exclusive();
+    check_shell(&[READLINE_BASH, "--norc", "-i"], "bash");
+}
+
+#[test]
+fn other_readline_programs_are_not_shells() {
+    if !require_bpf() {
+        return;
+    }
+    let _one = exclusive();
+    let _running = Holder::running(Command::new(READLINE_BASH).args(["-c", "sleep 30; true"]));
+    let capture = Capture::start(&["shell"]);
+    // bc calls readline() in the same libreadline.so.8 on a tty.
+    type_into(&["bc", "-q"], &["1+41", "quit"]);
+    let got = capture.stop();
+    got.assert_clean_exit();
+    assert!(got.stderr.contains("libreadline"), "the readline bash was attached: {}", got.stderr);
+    assert!(!got.records.iter().any(|r| r["command"] == "1+41"), "{:?}", got.records);
 }
 
 #[test]

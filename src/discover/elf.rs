@@ -6,8 +6,8 @@ use std::fs;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use object::elf::PT_LOAD;
-use object::read::elf::{ElfFile64, ProgramHeader};
+use object::elf::{DT_NEEDED, DT_RPATH, DT_RUNPATH, PT_LOAD};
+use object::read::elf::{Dyn, ElfFile64, ProgramHeader, SectionHeader};
 use object::{Endianness, Object, ObjectSymbol, SymbolKind};
 
 /// A function found in an ELF file.
@@ -83,6 +83,44 @@ impl Symbols {
             }
         }
         Ok(found)
+    }
+}
+
+/// What an executable asks the dynamic loader for: its `DT_NEEDED`
+/// libraries and its `DT_RUNPATH`/`DT_RPATH` directories.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Dependencies {
+    pub needed: Vec<String>,
+    pub runpath: Vec<String>,
+}
+
+impl Dependencies {
+    pub fn read(path: &Path) -> Result<Dependencies> {
+        let bytes = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        Self::parse(&bytes).with_context(|| format!("reading the dynamic section of {}", path.display()))
+    }
+
+    pub fn parse(bytes: &[u8]) -> Result<Dependencies> {
+        let elf = ElfFile64::<Endianness>::parse(bytes).context("not a 64-bit ELF file")?;
+        let endian = elf.endian();
+        let sections = elf.elf_section_table();
+        let mut deps = Dependencies::default();
+        for section in sections.iter() {
+            let Some((entries, link)) = section.dynamic(endian, bytes)? else { continue };
+            let strings = sections.strings(endian, bytes, link)?;
+            for entry in entries {
+                let text = |e: &object::elf::Dyn64<Endianness>| -> Result<String> {
+                    let raw = e.string(endian, strings).context("bad string in the dynamic section")?;
+                    Ok(String::from_utf8_lossy(raw).into_owned())
+                };
+                match entry.d_tag(endian) as u32 {
+                    DT_NEEDED => deps.needed.push(text(entry)?),
+                    DT_RUNPATH | DT_RPATH => deps.runpath.extend(text(entry)?.split(':').map(String::from)),
+                    _ => {}
+                }
+            }
+        }
+        Ok(deps)
     }
 }
 
@@ -173,6 +211,18 @@ mod tests {
         assert_eq!(file_offset_of(&segments, 0x10), Some(0x10));
         assert_eq!(file_offset_of(&segments, 0x2010), Some(0x1010));
         assert_eq!(file_offset_of(&segments, 0x1800), None);
+    }
+
+    #[test]
+    fn dependencies_of_the_system_bash_and_garbage() {
+        let deps = Dependencies::read(Path::new("/bin/bash")).unwrap();
+        assert!(deps.needed.iter().any(|n| n == "libc.so.6"), "{deps:?}");
+        assert!(deps.needed.iter().any(|n| n.starts_with("libtinfo.so")), "{deps:?}");
+        assert!(Dependencies::parse(b"\x7fELF not really").is_err());
+        let bash = fs::read("/bin/bash").unwrap();
+        for cut in [64, 4096, bash.len() / 2, bash.len() - 1] {
+            let _ = Dependencies::parse(&bash[..cut]);
+        }
     }
 
     #[test]

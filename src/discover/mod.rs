@@ -3,5 +3,6 @@
 //! nothing here touches BPF.
 
 pub mod elf;
+pub mod ldpath;
 pub mod procs;
 pub mod version;

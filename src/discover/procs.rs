@@ -82,6 +82,9 @@ pub struct Executable {
     /// The path as the process sees it.
     pub display_path: String,
     pub id: FileId,
+    /// The process it was found through (possibly gone since); None when
+    /// found by its path alone.
+    pub pid: Option<u32>,
 }
 
 /// The executable of `pid`; `exec_path` (the name it was exec'd under)
@@ -93,7 +96,13 @@ pub fn executable(pid: u32, exec_path: Option<&str>) -> Option<Executable> {
         Err(_) => exec_path?.to_string(),
     };
     let (path, id) = reachable(exe, Some(&display_path))?;
-    Some(Executable { path, display_path, id })
+    Some(Executable { path, display_path, id, pid: Some(pid) })
+}
+
+/// An executable known by its path on this host, before any process runs it.
+pub fn executable_at(path: &str) -> Option<Executable> {
+    let (path_buf, id) = reachable(PathBuf::from(path), None)?;
+    Some(Executable { path: path_buf, display_path: path.to_string(), id, pid: None })
 }
 
 /// How cleartap reaches a file a process knows as `plain` (absolute, or
@@ -147,6 +156,8 @@ mod tests {
         assert_eq!(exe.path, PathBuf::from(&exe.display_path));
         assert!(executable(u32::MAX, None).is_none());
         assert_eq!(executable(u32::MAX, Some("/bin/sh")).unwrap().display_path, "/bin/sh");
+        assert_eq!(executable_at("/bin/sh").unwrap().id, FileId::of(Path::new("/bin/sh")).unwrap());
+        assert!(executable_at("/no/such/program").is_none());
     }
 
     #[test]

@@ -32,9 +32,10 @@ pub fn run(args: &SourceArgs) -> Result<()> {
     links.extend(watch.attach()?);
 
     let mut attacher = shells::attacher(&probes);
-    let found = attacher.scan_host();
+    let mut found = attacher.scan_paths(&registered_shells());
+    found.extend(attacher.scan_host());
     if found.is_empty() {
-        eprintln!("cleartap: no bash or zsh running yet; watching for shells that start");
+        eprintln!("cleartap: no bash or zsh found yet; watching for shells that start");
     }
     for bin in &found {
         announce(bin);
@@ -50,8 +51,20 @@ pub fn run(args: &SourceArgs) -> Result<()> {
     pump(probes.events_map(), probes.stats_map(), links, &mut handler, out)
 }
 
+/// The login shells this host lists in /etc/shells.
+fn registered_shells() -> Vec<String> {
+    let text = std::fs::read_to_string("/etc/shells").unwrap_or_default();
+    text.lines().map(str::trim).filter(|l| l.starts_with('/')).map(String::from).collect()
+}
+
 fn announce(bin: &ShellBinary) {
-    eprintln!("cleartap: attached to {} ({})", bin.display_path, bin.name);
+    match &bin.readline_lib {
+        None => eprintln!("cleartap: attached to {} ({})", bin.display_path, bin.name),
+        Some(lib) => eprintln!(
+            "cleartap: attached to {} ({}, reading lines from {})",
+            bin.display_path, bin.name, lib.display_path
+        ),
+    }
 }
 
 struct ShellHandler<'p> {

@@ -37,12 +37,22 @@ impl<'a, T> ExecutableAttacher<'a, T> {
         procs::all_pids().into_iter().filter_map(|pid| self.consider(pid, None)).collect()
     }
 
+    /// Executables named by path (a shell listed in /etc/shells), attached
+    /// before any process runs them, so even their first process is seen
+    /// from its start.
+    pub fn scan_paths(&mut self, paths: &[String]) -> Vec<T> {
+        paths.iter().filter_map(|p| procs::executable_at(p)).filter_map(|exe| self.offer(exe)).collect()
+    }
+
     /// The executable of `pid` (exec'd as `exec_path`, for when the
     /// process is already gone), if the source wants it and it is not
     /// attached yet. A file that cannot be attached is reported once,
     /// naming it and why.
     pub fn consider(&mut self, pid: u32, exec_path: Option<&str>) -> Option<T> {
-        let exe = procs::executable(pid, exec_path)?;
+        self.offer(procs::executable(pid, exec_path)?)
+    }
+
+    fn offer(&mut self, exe: Executable) -> Option<T> {
         if !(self.wanted)(&exe.display_path) || !self.seen.insert(exe.id) {
             return None;
         }

@@ -2,6 +2,8 @@
 //! shell's own executable. The exit status is the shell's `$?` variable,
 //! read at the next prompt (see `bpf/shell.bpf.c` for why).
 
+use std::cell::RefCell;
+use std::collections::HashSet;
 use std::mem::MaybeUninit;
 use std::path::{Path, PathBuf};
 
@@ -12,8 +14,9 @@ use libbpf_rs::{Link, MapCore, MapFlags, OpenObject, TracepointCategory, UprobeO
 use super::executables::ExecutableAttacher;
 use crate::bpf::shell::types::{file_key, shell_binary};
 use crate::bpf::shell::{ShellSkel, ShellSkelBuilder};
-use crate::discover::elf::{Function, Symbols};
-use crate::discover::procs::FileId;
+use crate::discover::elf::{Dependencies, Function, Symbols};
+use crate::discover::ldpath;
+use crate::discover::procs::{Executable, FileId};
 use crate::events::shell as kind;
 use crate::kernel::Filters;
 
@@ -25,11 +28,27 @@ pub struct ShellBinary {
     pub id: FileId,
     pub name: &'static str,
     kind: u8,
-    /// `readline` (bash) or `zleentry` (zsh).
+    /// `readline` (bash) or `zleentry` (zsh); for a bash linked to
+    /// libreadline.so, bash's own `read_command` (see `readline_lib`).
     entry: Function,
+    /// Variables relative to `entry`.
     status_delta: i64,
     linecount_delta: i64,
+    /// The libreadline.so whose `readline` returns this bash's lines.
+    pub readline_lib: Option<ReadlineLibrary>,
 }
+
+#[derive(Debug, Clone)]
+pub struct ReadlineLibrary {
+    pub path: PathBuf,
+    pub display_path: String,
+    pub id: FileId,
+    readline: Function,
+}
+
+/// Run by bash before each command is read: the anchor giving a
+/// libreadline.so bash's load address.
+const BASH_ANCHOR: &str = "read_command";
 
 struct ShellSymbols {
     name: &'static str,
@@ -54,36 +73,56 @@ const SHELLS: [ShellSymbols; 2] = [
 ];
 
 impl ShellBinary {
-    pub fn resolve(path: &Path, display_path: &str) -> Result<ShellBinary> {
-        let id = FileId::of(path)?;
+    pub fn resolve(exe: &Executable) -> Result<ShellBinary> {
         let wanted: Vec<&str> = SHELLS
             .iter()
             .flat_map(|s| s.entries.iter().copied().chain([s.status]).chain(s.linecount))
+            .chain([BASH_ANCHOR])
             .collect();
-        let symbols = Symbols::read(path, &wanted)?;
+        let symbols = Symbols::read(&exe.path, &wanted)?;
         for shell in &SHELLS {
-            let entry = shell.entries.iter().find_map(|e| symbols.get(e));
-            let (Some(entry), Some(status)) = (entry, symbols.get(shell.status)) else {
-                continue;
+            let Some(status) = symbols.get(shell.status) else { continue };
+            let inside = shell.entries.iter().find_map(|e| symbols.get(e));
+            let (entry, readline_lib) = match (inside, symbols.get(BASH_ANCHOR)) {
+                (Some(entry), _) => (entry, None),
+                (None, Some(anchor)) if shell.kind == kind::BASH => (anchor, Some(readline_library(exe)?)),
+                (None, _) => continue,
             };
             let delta = |f: Function| f.address as i64 - entry.address as i64;
             return Ok(ShellBinary {
-                path: path.to_path_buf(),
-                display_path: display_path.to_string(),
-                id,
+                path: exe.path.clone(),
+                display_path: exe.display_path.clone(),
+                id: exe.id,
                 name: shell.name,
                 kind: shell.kind,
                 entry,
                 status_delta: delta(status),
                 linecount_delta: shell.linecount.and_then(|n| symbols.get(n)).map_or(0, delta),
+                readline_lib,
             });
         }
         bail!(
-            "{display_path}: no readline (or readline_internal_teardown) and last_command_exit_value \
-             (bash), or zleentry and lastval (zsh), in the executable (a bash linked to \
-             libreadline.so is not supported)"
+            "{}: no readline (or readline_internal_teardown, or read_command and a \
+             libreadline.so) and last_command_exit_value (bash), or zleentry and lastval (zsh), in \
+             the executable",
+            exe.display_path
         )
     }
+}
+
+/// The libreadline.so a bash without its own readline loads.
+fn readline_library(exe: &Executable) -> Result<ReadlineLibrary> {
+    let deps = Dependencies::read(&exe.path)?;
+    let name =
+        deps.needed.iter().find(|n| n.starts_with("libreadline.so")).with_context(|| {
+            format!("{}: no readline inside and no libreadline.so needed", exe.display_path)
+        })?;
+    let lib = ldpath::locate(exe.pid, &exe.display_path, name, &deps.runpath)
+        .with_context(|| format!("{}: needs {name}, which was not found", exe.display_path))?;
+    let readline = Symbols::read(&lib.path, &["readline"])?
+        .get("readline")
+        .with_context(|| format!("{}: no readline function", lib.display_path))?;
+    Ok(ReadlineLibrary { path: lib.path, display_path: lib.display_path, id: lib.id, readline })
 }
 
 /// Is this executable name a shell we know?
@@ -94,6 +133,8 @@ pub fn is_shell_path(path: &str) -> bool {
 
 pub struct ShellProbes<'obj> {
     skel: ShellSkel<'obj>,
+    /// libreadline.so files probed so far.
+    readline_libs: RefCell<HashSet<FileId>>,
 }
 
 impl<'obj> ShellProbes<'obj> {
@@ -107,7 +148,7 @@ impl<'obj> ShellProbes<'obj> {
         crate::set_filters!(rodata, filters);
         open.maps.events.set_max_entries(ringbuf_bytes).context("sizing the ring buffer")?;
         let skel = open.load().context("loading the shell BPF programs into the kernel failed")?;
-        Ok(ShellProbes { skel })
+        Ok(ShellProbes { skel, readline_libs: RefCell::default() })
     }
 
     pub fn attach_exit(&self) -> Result<Link> {
@@ -130,21 +171,32 @@ impl<'obj> ShellProbes<'obj> {
         let (k, v) = unsafe { (plain::as_bytes(&key), plain::as_bytes(&value)) };
         self.skel.maps.shell_binaries.update(k, v, MapFlags::ANY).context("registering the shell binary")?;
         let p = &self.skel.progs;
-        let (entry, ret) = if bin.kind == kind::BASH {
-            (&p.bash_readline_entry, &p.bash_readline_return)
-        } else {
-            (&p.zsh_zleentry_entry, &p.zsh_zleentry_return)
-        };
-        let offset = bin.entry.file_offset as usize;
-        let mut links = Vec::new();
-        for (prog, retprobe) in [(entry, false), (ret, true)] {
+        let at = |prog: &libbpf_rs::ProgramMut<'obj>, retprobe, path: &Path, display: &str, f: Function| {
             let opts = UprobeOpts { retprobe, ..Default::default() };
-            let link = prog
-                .attach_uprobe_with_opts(-1, &bin.path, offset, opts)
-                .with_context(|| format!("attaching to {} in {}", bin.name, bin.display_path))?;
-            links.push(link);
+            prog.attach_uprobe_with_opts(-1, path, f.file_offset as usize, opts)
+                .with_context(|| format!("attaching to {} in {display}", bin.name))
+        };
+        let (path, display) = (&bin.path, bin.display_path.as_str());
+        match (bin.kind, &bin.readline_lib) {
+            (kind::ZSH, _) => Ok(vec![
+                at(&p.zsh_zleentry_entry, false, path, display, bin.entry)?,
+                at(&p.zsh_zleentry_return, true, path, display, bin.entry)?,
+            ]),
+            (_, None) => Ok(vec![
+                at(&p.bash_readline_entry, false, path, display, bin.entry)?,
+                at(&p.bash_readline_return, true, path, display, bin.entry)?,
+            ]),
+            (_, Some(lib)) => {
+                let mut links = vec![at(&p.bash_anchor, false, path, display, bin.entry)?];
+                // One pair of probes per library file, whichever bash needs it.
+                if self.readline_libs.borrow_mut().insert(lib.id) {
+                    let (path, display) = (&lib.path, lib.display_path.as_str());
+                    links.push(at(&p.bash_lib_readline_entry, false, path, display, lib.readline)?);
+                    links.push(at(&p.bash_readline_return, true, path, display, lib.readline)?);
+                }
+                Ok(links)
+            }
         }
-        Ok(links)
     }
 
     pub fn events_map(&self) -> &libbpf_rs::MapMut<'obj> {
@@ -170,7 +222,7 @@ fn kernel_dev(dev: u64) -> u32 {
 /// Finds shell executables in use and attaches each file once.
 pub fn attacher<'a>(probes: &'a ShellProbes) -> ExecutableAttacher<'a, ShellBinary> {
     ExecutableAttacher::new(is_shell_path, move |exe| {
-        let bin = ShellBinary::resolve(&exe.path, &exe.display_path)?;
+        let bin = ShellBinary::resolve(exe)?;
         let links = probes.attach(&bin)?;
         Ok((bin, links))
     })
@@ -179,6 +231,7 @@ pub fn attacher<'a>(probes: &'a ShellProbes) -> ExecutableAttacher<'a, ShellBina
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::discover::procs;
 
     #[test]
     fn shell_names() {
@@ -191,11 +244,13 @@ mod tests {
 
     #[test]
     fn bash_state_is_found_in_the_system_bash() {
-        let bin = ShellBinary::resolve(Path::new("/bin/bash"), "/bin/bash").unwrap();
+        let exe = |path: &str| procs::executable(u32::MAX, Some(path)).unwrap();
+        let bin = ShellBinary::resolve(&exe("/bin/bash")).unwrap();
         assert_eq!(bin.name, "bash");
         assert_ne!(bin.status_delta, 0);
         assert_ne!(bin.linecount_delta, 0);
-        assert!(ShellBinary::resolve(Path::new("/bin/true"), "/bin/true").is_err());
+        assert!(bin.readline_lib.is_none(), "Debian's bash has readline inside");
+        assert!(ShellBinary::resolve(&exe("/bin/true")).is_err());
     }
 
     #[test]
