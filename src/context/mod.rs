@@ -5,6 +5,7 @@
 pub mod clock;
 pub mod commands;
 pub mod execs;
+pub mod gaps;
 pub mod libraries;
 pub mod queries;
 pub mod streams;
@@ -41,6 +42,8 @@ pub struct TlsRecord<'a> {
     pub call_len: u32,
     pub offset: u32,
     pub flags: u32,
+    /// Calls or bytes of this connection lost just before this record.
+    pub gap: Option<gaps::Gap>,
     pub data: &'a [u8],
 }
 
@@ -94,11 +97,12 @@ impl Direction {
 pub struct Enricher {
     clock: Clock,
     libraries: LibraryResolver,
+    gaps: gaps::GapTracker,
 }
 
 impl Enricher {
     pub fn new(libraries: LibraryResolver) -> Self {
-        Enricher { clock: Clock::now(), libraries }
+        Enricher { clock: Clock::now(), libraries, gaps: gaps::GapTracker::default() }
     }
 
     pub fn add_library(&mut self, library: KnownLibrary) {
@@ -108,8 +112,16 @@ impl Enricher {
     pub fn tls<'a>(&'a mut self, d: &TlsData<'a>) -> TlsRecord<'a> {
         let h = &d.header;
         let (function, family) = sources::function_of(h.function);
-        let lib = self.libraries.resolve(h.pid, h.func_ip, family);
         let (local, remote) = tuple_addrs(&h.tuple);
+        let gap = self.gaps.record(
+            h.pid,
+            h.conn,
+            h.call_seq,
+            u64::from(h.offset),
+            d.data.len() as u64,
+            u64::from(h.call_len),
+        );
+        let lib = self.libraries.resolve(h.pid, h.func_ip, family);
         TlsRecord {
             time: self.clock.wall(h.ts_ns),
             pid: h.pid,
@@ -129,6 +141,7 @@ impl Enricher {
             call_len: h.call_len,
             offset: h.offset,
             flags: h.flags,
+            gap,
             data: d.data,
         }
     }

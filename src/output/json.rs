@@ -48,7 +48,16 @@ struct TlsJson<'a> {
     truncated: bool,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     unreadable: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gap: Option<GapJson>,
     data_b64: &'a str,
+}
+
+/// Lost just before this record on its connection (see `context::gaps`).
+#[derive(Serialize)]
+struct GapJson {
+    calls_lost: u64,
+    bytes_lost: u64,
 }
 
 impl<W: Write> Output for JsonOutput<W> {
@@ -77,6 +86,7 @@ impl<W: Write> Output for JsonOutput<W> {
             len: r.data.len(),
             truncated: r.flags & flag::TRUNCATED != 0,
             unreadable: r.flags & flag::FAULT != 0,
+            gap: r.gap.map(|g| GapJson { calls_lost: g.calls_lost, bytes_lost: g.bytes_lost }),
             data_b64: &self.b64,
         };
         write_line(&mut self.out, &json)

@@ -20,6 +20,13 @@ impl<W: Write> TextOutput<W> {
 
 impl<W: Write> Output for TextOutput<W> {
     fn tls(&mut self, r: &TlsRecord) -> io::Result<()> {
+        if let Some(g) = r.gap {
+            writeln!(
+                self.out,
+                "-- gap on this connection: {} calls and {} bytes of the previous call lost --",
+                g.calls_lost, g.bytes_lost
+            )?;
+        }
         let arrow = match r.direction {
             crate::context::Direction::Send => "->",
             crate::context::Direction::Recv => "<-",
