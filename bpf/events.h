@@ -18,6 +18,7 @@ enum ct_event_kind {
 	CT_EV_QUERY_START = 8,/* a database server starts a statement (struct ct_query_start) */
 	CT_EV_QUERY_END = 9,  /* the statement of that thread ended (struct ct_query_end) */
 	CT_EV_QUERY_FAIL = 10,/* the statement of that thread failed (struct ct_query_end) */
+	CT_EV_TLS_SECRET = 11,/* a TLS secret as a key log line says it (struct ct_tls_secret) */
 };
 
 enum ct_stat {
@@ -53,6 +54,8 @@ enum ct_tls_function {
 	CT_FN_PR_READ,
 	CT_FN_PR_SEND,
 	CT_FN_PR_RECV,
+	CT_FN_GO_WRITE, /* crypto/tls.(*Conn).Write */
+	CT_FN_GO_READ,  /* crypto/tls.(*Conn).Read */
 };
 
 struct ct_tuple {
@@ -86,6 +89,27 @@ struct ct_tls_data {
 	__u16 _pad;
 	struct ct_tuple tuple;
 	char comm[CT_COMM_LEN];
+};
+
+#define CT_SECRET_LABEL_MAX 32
+#define CT_RANDOM_LEN 32
+#define CT_SECRET_MAX 64
+
+/* One secret of a handshake: an NSS key log line is
+ * "<label> <hex client_random> <hex secret>". Lengths are as the program
+ * passed them; a field that is too long or unreadable is not copied and
+ * its bit is set in `missing` (user space reports it instead of writing
+ * a wrong line). */
+struct ct_tls_secret {
+	__u32 kind;
+	__u32 pid;
+	__u32 label_len;
+	__u32 random_len;
+	__u32 secret_len;
+	__u32 missing;   /* 1: label, 2: client_random, 4: secret */
+	char label[CT_SECRET_LABEL_MAX];
+	__u8 client_random[CT_RANDOM_LEN];
+	__u8 secret[CT_SECRET_MAX];
 };
 
 #define CT_PATH_LEN 256

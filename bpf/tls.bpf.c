@@ -129,6 +129,21 @@ static __always_inline void fill_header(struct ct_tls_data *h, struct active_cal
 	bpf_get_current_comm(h->comm, sizeof(h->comm));
 }
 
+/* The n bytes of a finished call, as records. */
+static __always_inline int emit_call(void *ctx, struct active_call *c, __u64 n, __u8 fn, __u8 dir)
+{
+	struct conn_key k = { .handle = c->handle, .tgid = bpf_get_current_pid_tgid() >> 32 };
+	struct conn_state *cs = conn_for(&k, c->fd);
+	struct emit_state *st = emit_state_get();
+	if (!cs || !st)
+		return 0;
+	fill_header(&st->hdr, c, cs, n, fn, dir);
+	st->buf = c->buf;
+	if (emit_some_chunks(st))
+		bpf_tail_call(ctx, &emit_continue, 0);
+	return 0;
+}
+
 static __always_inline int on_return(struct pt_regs *ctx, __u8 fn, __u8 dir)
 {
 	__u64 id = bpf_get_current_pid_tgid();
@@ -141,16 +156,7 @@ static __always_inline int on_return(struct pt_regs *ctx, __u8 fn, __u8 dir)
 	__u64 n = bytes_done(ctx, &c);
 	if (n == 0)
 		return 0;
-	struct conn_key k = { .handle = c.handle, .tgid = id >> 32 };
-	struct conn_state *cs = conn_for(&k, c.fd);
-	struct emit_state *st = emit_state_get();
-	if (!cs || !st)
-		return 0;
-	fill_header(&st->hdr, &c, cs, n, fn, dir);
-	st->buf = c.buf;
-	if (emit_some_chunks(st))
-		bpf_tail_call(ctx, &emit_continue, 0);
-	return 0;
+	return emit_call(ctx, &c, n, fn, dir);
 }
 
 /* Continuation of a large call: same per-CPU state, next chunks. */
@@ -239,3 +245,140 @@ SEC("tracepoint/syscalls/sys_enter_writev")
 int sys_enter_writev(struct trace_event_raw_sys_enter *ctx) { return note_fd(ctx); }
 SEC("tracepoint/syscalls/sys_enter_readv")
 int sys_enter_readv(struct trace_event_raw_sys_enter *ctx) { return note_fd(ctx); }
+
+/* Go crypto/tls, Go >= 1.17 on amd64 (register ABI): arguments in rax,
+ * rbx, rcx, rdi, rsi, r8, r9, r10, r11, results in rax, rbx, ..., and r14
+ * holds the running goroutine. Never a uretprobe on Go code: when a
+ * goroutine's stack grows the runtime copies it, and the return address a
+ * uretprobe planted would send the program astray. Read is probed after
+ * its stack check and at each of its RET instructions instead, keyed by
+ * goroutine (it may resume on another thread). Probes sit after the stack
+ * check, not at the entry: a call that grows the stack runs the entry
+ * again, and Write would be reported twice. */
+struct go_key {
+	__u64 g;
+	__u32 tgid;
+	__u32 _pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct go_key);
+	__type(value, struct active_call);
+} go_reads SEC(".maps");
+
+/* tls.Conn starts with `conn net.Conn` (an interface: itab, data); its
+ * data is a *net.TCPConn, whose first word is the *netFD; netFD starts
+ * with poll.FD { fdmu fdMutex (16 bytes); Sysfd int }. The same layout
+ * from Go 1.9 to today. Anything else behind the interface gives an fd that
+ * is not a socket, and then no fd rather than a wrong one. */
+#define GO_CONN_DATA 8
+#define GO_FD_SYSFD 16
+
+static __always_inline void go_conn_fd(struct active_call *c)
+{
+	__u64 data = 0, netfd = 0;
+	__s64 sysfd = -1;
+	if (bpf_probe_read_user(&data, sizeof(data), (void *)(c->handle + GO_CONN_DATA)) ||
+	    bpf_probe_read_user(&netfd, sizeof(netfd), (void *)data) ||
+	    bpf_probe_read_user(&sysfd, sizeof(sysfd), (void *)(netfd + GO_FD_SYSFD)))
+		return;
+	if (sysfd < 0 || sysfd > 0x7fffffff)
+		return;
+	struct sock *sk = fd_to_sock((int)sysfd);
+	if (sk) {
+		c->fd = (int)sysfd;
+		c->sk = (__u64)sk;
+	}
+}
+
+static __always_inline struct active_call go_call(struct pt_regs *ctx)
+{
+	struct active_call c = { .handle = ctx->ax, .buf = ctx->bx, .ip = PT_REGS_IP(ctx), .fd = -1 };
+	go_conn_fd(&c);
+	return c;
+}
+
+/* (*Conn).Write(b []byte) (int, error): all of b is written or the
+ * connection is broken for good, so the data is taken here. */
+SEC("uprobe")
+int go_write(struct pt_regs *ctx)
+{
+	if (!current_task_wanted())
+		return 0;
+	__u64 n = ctx->cx;
+	if (n == 0)
+		return 0;
+	struct active_call c = go_call(ctx);
+	return emit_call(ctx, &c, n, CT_FN_GO_WRITE, CT_DIR_SEND);
+}
+
+SEC("uprobe")
+int go_read_entry(struct pt_regs *ctx)
+{
+	if (!current_task_wanted())
+		return 0;
+	struct go_key k = { .g = ctx->r14, .tgid = bpf_get_current_pid_tgid() >> 32 };
+	struct active_call c = go_call(ctx);
+	bpf_map_update_elem(&go_reads, &k, &c, BPF_ANY);
+	return 0;
+}
+
+/* At a RET of (*Conn).Read: rax is n. */
+SEC("uprobe")
+int go_read_return(struct pt_regs *ctx)
+{
+	struct go_key k = { .g = ctx->r14, .tgid = bpf_get_current_pid_tgid() >> 32 };
+	struct active_call *found = bpf_map_lookup_elem(&go_reads, &k);
+	if (!found)
+		return 0;
+	struct active_call c = *found;
+	bpf_map_delete_elem(&go_reads, &k);
+	__s64 n = (__s64)ctx->ax;
+	if (n <= 0)
+		return 0;
+	return emit_call(ctx, &c, n, CT_FN_GO_READ, CT_DIR_RECV);
+}
+
+/* Copy a user buffer of `len` bytes into dst[max]; false if it does not
+ * fit or cannot be read. */
+static __always_inline bool copy_field(void *dst, __u32 max, __u64 len, __u64 src)
+{
+	if (len > max)
+		return false;
+	__u32 n = len;
+	barrier_var(n);
+	if (n > max)
+		return false;
+	return bpf_probe_read_user(dst, n, (void *)src) == 0;
+}
+
+/* (*Config).writeKeyLog(label string, clientRandom, secret []byte): called
+ * for every secret whether or not the program set a KeyLogWriter. */
+SEC("uprobe")
+int go_keylog(struct pt_regs *ctx)
+{
+	if (!current_task_wanted())
+		return 0;
+	struct ct_tls_secret *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		stat_add(CT_STAT_LOST_RECORDS, 1);
+		return 0;
+	}
+	e->kind = CT_EV_TLS_SECRET;
+	e->pid = bpf_get_current_pid_tgid() >> 32;
+	e->label_len = ctx->cx;
+	e->random_len = ctx->si;
+	e->secret_len = ctx->r10;
+	e->missing = 0;
+	if (!copy_field(e->label, sizeof(e->label), ctx->cx, ctx->bx))
+		e->missing |= 1;
+	if (!copy_field(e->client_random, sizeof(e->client_random), ctx->si, ctx->di))
+		e->missing |= 2;
+	if (!copy_field(e->secret, sizeof(e->secret), ctx->r10, ctx->r9))
+		e->missing |= 4;
+	bpf_ringbuf_submit(e, 0);
+	stat_add(CT_STAT_RECORDS, 1);
+	return 0;
+}

@@ -16,3 +16,4 @@ struct ct_exec_start ct_exec_start_type;
 struct ct_exec_result ct_exec_result_type;
 struct ct_query_start ct_query_start_type;
 struct ct_query_end ct_query_end_type;
+struct ct_tls_secret ct_tls_secret_type;

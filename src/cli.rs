@@ -96,9 +96,18 @@ pub struct TlsArgs {
     /// Never probe this library or executable (repeatable).
     #[arg(long = "exclude-lib", value_name = "PATH")]
     pub exclude_libs: Vec<PathBuf>,
+    /// Also probe this Go executable (repeatable); Go programs are found by themselves too.
+    #[arg(long = "go-binary", value_name = "PATH")]
+    pub go_binaries: Vec<PathBuf>,
     /// Which TLS libraries to capture.
-    #[arg(long = "library", value_enum, value_delimiter = ',', default_value = "openssl,gnutls,nss")]
+    #[arg(long = "library", value_enum, value_delimiter = ',', default_value = "openssl,gnutls,nss,go")]
     pub libraries: Vec<Library>,
+    /// Write the TLS secrets seen (Go programs) to this file in SSLKEYLOGFILE format, mode 0600.
+    #[arg(long = "keylog", value_name = "FILE")]
+    pub keylog: Option<PathBuf>,
+    /// Append to an existing --keylog file instead of refusing it.
+    #[arg(long)]
+    pub force: bool,
     /// Show raw records, HTTP/1.1 and HTTP/2 exchanges decoded from them, or both.
     #[arg(long, value_enum, default_value_t = Decode::Both)]
     pub decode: Decode,
@@ -115,6 +124,8 @@ pub enum Library {
     Gnutls,
     /// NSS (through NSPR)
     Nss,
+    /// Go's crypto/tls, in Go executables
+    Go,
 }
 
 /// `4096`, `64K`, `32M`, `1G` (binary units; `KiB`/`MiB`/`GiB` too), rounded

@@ -6,7 +6,7 @@ use std::mem::size_of;
 
 use crate::bpf::types::{
     ct_exec_result, ct_exec_start, ct_query_end, ct_query_start, ct_shell_line, ct_task, ct_task_event,
-    ct_tls_data,
+    ct_tls_data, ct_tls_secret,
 };
 
 /// Mirrors of the enums in `bpf/events.h` (libbpf-cargo generates the
@@ -22,6 +22,7 @@ pub mod kind {
     pub const QUERY_START: u32 = 8;
     pub const QUERY_END: u32 = 9;
     pub const QUERY_FAIL: u32 = 10;
+    pub const TLS_SECRET: u32 = 11;
 }
 pub mod sql {
     pub const MARIADB: u8 = 1;
@@ -80,6 +81,8 @@ pub enum Event<'a> {
     QueryStart(QueryStart<'a>),
     QueryEnd(&'a ct_query_end),
     QueryFail(&'a ct_query_end),
+    /// A TLS secret, as a key log line says it.
+    TlsSecret(&'a ct_tls_secret),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -117,6 +120,7 @@ pub fn decode(raw: &[u8]) -> Result<Event<'_>, DecodeError> {
         kind::QUERY_START => decode_query(raw),
         kind::QUERY_END => view::<ct_query_end>(raw).map(Event::QueryEnd),
         kind::QUERY_FAIL => view::<ct_query_end>(raw).map(Event::QueryFail),
+        kind::TLS_SECRET => view::<ct_tls_secret>(raw).map(Event::TlsSecret),
         other => Err(DecodeError::UnknownKind(other)),
     }
 }
@@ -183,10 +187,15 @@ fn view<T: plain::Plain>(raw: &[u8]) -> Result<&T, DecodeError> {
 
 /// A C `char[]` as bytes, up to the first NUL.
 pub fn c_bytes(chars: &[i8]) -> &[u8] {
-    // SAFETY: i8 and u8 have the same size and alignment.
-    let bytes = unsafe { std::slice::from_raw_parts(chars.as_ptr().cast::<u8>(), chars.len()) };
+    let bytes = c_chars(chars);
     let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
     &bytes[..end]
+}
+
+/// A C `char[]` as bytes, all of them.
+pub fn c_chars(chars: &[i8]) -> &[u8] {
+    // SAFETY: i8 and u8 have the same size and alignment.
+    unsafe { std::slice::from_raw_parts(chars.as_ptr().cast::<u8>(), chars.len()) }
 }
 
 // SAFETY: these are repr(C) structs of integers and byte arrays, valid for
@@ -198,6 +207,8 @@ unsafe impl plain::Plain for ct_exec_start {}
 unsafe impl plain::Plain for ct_exec_result {}
 unsafe impl plain::Plain for ct_task {}
 unsafe impl plain::Plain for ct_query_end {}
+// SAFETY: as above.
+unsafe impl plain::Plain for ct_tls_secret {}
 
 #[cfg(test)]
 mod tests {
@@ -223,6 +234,8 @@ mod tests {
         assert_eq!(header_enum_value("CT_EV_SHELL_EXIT"), kind::SHELL_EXIT as u64);
         assert_eq!(header_enum_value("CT_EV_EXEC_START"), kind::EXEC_START as u64);
         assert_eq!(header_enum_value("CT_EV_EXEC_RESULT"), kind::EXEC_RESULT as u64);
+        assert_eq!(header_enum_value("CT_EV_QUERY_FAIL"), kind::QUERY_FAIL as u64);
+        assert_eq!(header_enum_value("CT_EV_TLS_SECRET"), kind::TLS_SECRET as u64);
         assert_eq!(header_enum_value("CT_SHELL_BASH"), shell::BASH as u64);
         assert_eq!(header_enum_value("CT_SHELL_ZSH"), shell::ZSH as u64);
         assert_eq!(header_enum_value("CT_STAT_RECORDS"), stat::RECORDS as u64);

@@ -156,7 +156,7 @@ fn collect<'data: 'file, 'file>(
 }
 
 /// (virtual address, size in memory, file offset) of each PT_LOAD segment.
-fn load_segments(elf: &ElfFile64<Endianness>) -> Result<Vec<(u64, u64, u64)>> {
+pub(crate) fn load_segments(elf: &ElfFile64<Endianness>) -> Result<Vec<(u64, u64, u64)>> {
     let endian = elf.endian();
     let mut segments = Vec::new();
     for ph in elf.elf_program_headers() {
@@ -170,7 +170,7 @@ fn load_segments(elf: &ElfFile64<Endianness>) -> Result<Vec<(u64, u64, u64)>> {
     Ok(segments)
 }
 
-fn file_offset_of(segments: &[(u64, u64, u64)], address: u64) -> Option<u64> {
+pub(crate) fn file_offset_of(segments: &[(u64, u64, u64)], address: u64) -> Option<u64> {
     segments
         .iter()
         .find(|(vaddr, memsz, _)| address >= *vaddr && address - vaddr < *memsz)

@@ -2,6 +2,7 @@
 //! idle and on shutdown (not per record).
 
 pub mod json;
+pub mod keylog;
 pub mod text;
 
 use std::io;

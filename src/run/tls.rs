@@ -6,12 +6,14 @@ use std::mem::MaybeUninit;
 use anyhow::Result;
 
 use super::{filters, pump, Handler};
+use crate::bpf::types::ct_tls_secret;
 use crate::cli::{Decode, Library, TlsArgs};
 use crate::context::libraries::{KnownLibrary, LibraryResolver};
 use crate::context::streams::HttpStreams;
 use crate::context::{Enricher, HttpRecord};
-use crate::events::Event;
+use crate::events::{c_chars, Event};
 use crate::kernel;
+use crate::output::keylog::KeyLog;
 use crate::output::{self, Output};
 use crate::sources::attacher::Attacher;
 use crate::sources::procwatch::{ProcWatch, SharedMaps};
@@ -33,11 +35,16 @@ pub fn run(args: &TlsArgs) -> Result<()> {
     // at worst (each file is attached once), never missed.
     links.extend(watch.attach()?);
 
-    let mut attacher = Attacher::new(&probes, sources, &args.exclude_libs);
+    let go = args.libraries.contains(&Library::Go);
+    let mut attacher = Attacher::new(&probes, sources, go, &args.exclude_libs);
     let mut targets = Vec::new();
     for path in &args.libs {
         targets.push(attacher.attach_explicit(path)?);
     }
+    for path in &args.go_binaries {
+        targets.push(attacher.attach_go_binary(path)?);
+    }
+    let keylog = args.keylog.as_deref().map(|p| KeyLog::create(p, args.force)).transpose()?;
     targets.extend(attacher.scan_host());
     if targets.is_empty() {
         eprintln!("cleartap: no TLS library in use yet; watching for processes that start");
@@ -47,6 +54,8 @@ pub fn run(args: &TlsArgs) -> Result<()> {
         attacher,
         decode: args.decode,
         streams: HttpStreams::default(),
+        keylog,
+        unusable_secrets: 0,
     };
     for t in targets {
         handler.attached(t);
@@ -58,10 +67,11 @@ pub fn run(args: &TlsArgs) -> Result<()> {
 fn selected_sources(libraries: &[Library]) -> Vec<&'static TlsSource> {
     let mut sources: Vec<&'static TlsSource> = libraries
         .iter()
-        .map(|l| match l {
-            Library::Openssl => &openssl::SOURCE,
-            Library::Gnutls => &gnutls::SOURCE,
-            Library::Nss => &nss::SOURCE,
+        .filter_map(|l| match l {
+            Library::Openssl => Some(&openssl::SOURCE),
+            Library::Gnutls => Some(&gnutls::SOURCE),
+            Library::Nss => Some(&nss::SOURCE),
+            Library::Go => None, // executables, not a library file (see Attacher)
         })
         .collect();
     sources.dedup_by_key(|s| s.name);
@@ -74,6 +84,9 @@ struct TlsHandler<'p, 'obj> {
     attacher: Attacher<'p, 'obj>,
     decode: Decode,
     streams: HttpStreams,
+    keylog: Option<KeyLog>,
+    /// Secrets whose fields could not be read whole: not written.
+    unusable_secrets: u64,
 }
 
 impl TlsHandler<'_, '_> {
@@ -86,6 +99,34 @@ impl TlsHandler<'_, '_> {
             version: t.version,
             path: t.display_path,
         });
+    }
+}
+
+impl TlsHandler<'_, '_> {
+    fn secret(&mut self, s: &ct_tls_secret) -> io::Result<()> {
+        let Some(keylog) = self.keylog.as_mut() else { return Ok(()) };
+        let field = |bytes: &[u8], len: u32| bytes.get(..len as usize).map(<[u8]>::to_vec);
+        let (label, random, secret) = (
+            field(c_chars(&s.label), s.label_len),
+            field(&s.client_random, s.random_len),
+            field(&s.secret, s.secret_len),
+        );
+        match (s.missing, label, random, secret) {
+            (0, Some(label), Some(random), Some(secret)) if !secret.is_empty() => {
+                keylog.secret(&String::from_utf8_lossy(&label), &random, &secret)
+            }
+            _ => {
+                if self.unusable_secrets == 0 {
+                    eprintln!(
+                        "cleartap: warning: a TLS secret of pid {} could not be read whole; it is not \
+                         written to the key log (counted in the summary)",
+                        s.pid
+                    );
+                }
+                self.unusable_secrets += 1;
+                Ok(())
+            }
+        }
     }
 }
 
@@ -103,6 +144,7 @@ impl Handler for TlsHandler<'_, '_> {
                     }
                 }
             }
+            Event::TlsSecret(secret) => self.secret(secret)?,
             Event::Exec { pid, path } => {
                 for t in self.attacher.scan_new_process(pid, &String::from_utf8_lossy(path)) {
                     self.attached(t);
@@ -125,6 +167,12 @@ impl Handler for TlsHandler<'_, '_> {
     /// Exchanges that only the end of the stream completes (a response
     /// delimited by the connection's close).
     fn finish(&mut self, out: &mut dyn Output) -> io::Result<()> {
+        if let Some(keylog) = &self.keylog {
+            eprintln!(
+                "cleartap: {} TLS secrets written to the key log; {} could not be read",
+                keylog.written, self.unusable_secrets
+            );
+        }
         for (exchange, connection) in self.streams.close_all(std::time::SystemTime::now()) {
             out.http(&HttpRecord { exchange: &exchange, connection: &connection })?;
         }

@@ -10,13 +10,15 @@ use anyhow::{bail, Context, Result};
 use libbpf_rs::Link;
 
 use super::tls::TlsProbes;
-use super::{openssl, wanted_symbols, TlsSource, TlsTarget};
+use super::{gotls, openssl, wanted_symbols, TlsSource, TlsTarget};
 use crate::discover::elf::Symbols;
-use crate::discover::procs::{self, FileId};
+use crate::discover::procs::{self, Executable, FileId};
 
 pub struct Attacher<'p, 'obj> {
     probes: &'p TlsProbes<'obj>,
     sources: Vec<&'static TlsSource>,
+    /// Look for Go programs (crypto/tls) among executables.
+    go: bool,
     excluded: HashSet<FileId>,
     /// Files already checked, attached or not: each is read once.
     seen: HashSet<FileId>,
@@ -24,9 +26,27 @@ pub struct Attacher<'p, 'obj> {
 }
 
 impl<'p, 'obj> Attacher<'p, 'obj> {
-    pub fn new(probes: &'p TlsProbes<'obj>, sources: Vec<&'static TlsSource>, exclude: &[PathBuf]) -> Self {
+    pub fn new(
+        probes: &'p TlsProbes<'obj>,
+        sources: Vec<&'static TlsSource>,
+        go: bool,
+        exclude: &[PathBuf],
+    ) -> Self {
         let excluded = exclude.iter().filter_map(|p| FileId::of(p).ok()).collect();
-        Attacher { probes, sources, excluded, seen: HashSet::new(), links: Vec::new() }
+        Attacher { probes, sources, go, excluded, seen: HashSet::new(), links: Vec::new() }
+    }
+
+    /// `--go-binary PATH`: must be a Go program using crypto/tls that
+    /// cleartap can probe.
+    pub fn attach_go_binary(&mut self, path: &Path) -> Result<TlsTarget> {
+        let context = || format!("--go-binary {}", path.display());
+        let id = FileId::of(path).with_context(context)?;
+        let Some(target) = gotls::resolve(path, id).with_context(context)? else {
+            bail!("--go-binary {}: not a Go program using crypto/tls", path.display());
+        };
+        self.seen.insert(id);
+        self.attach(&target).with_context(context)?;
+        Ok(target)
     }
 
     /// `--lib PATH`: must define the functions of one selected source.
@@ -98,14 +118,31 @@ impl<'p, 'obj> Attacher<'p, 'obj> {
     /// `exec_path` is the name it was exec'd under, for when the process
     /// has already exited.
     fn consider_executable(&mut self, pid: u32, exec_path: Option<&str>) -> Option<TlsTarget> {
+        let exe = procs::executable(pid, exec_path)?;
+        self.unseen(exe.id)?;
+        let target = self.linked_openssl(&exe).or_else(|| self.go_program(&exe))?;
+        self.attach_discovered(TlsTarget { display_path: exe.display_path, ..target })
+    }
+
+    fn linked_openssl(&self, exe: &Executable) -> Option<TlsTarget> {
         if !self.sources.iter().any(|s| s.name == openssl::SOURCE.name) {
             return None;
         }
-        let exe = procs::executable(pid, exec_path)?;
-        self.unseen(exe.id)?;
         let symbols = Symbols::read(&exe.path, &wanted_symbols()).ok()?;
-        let target = TlsTarget::from_symbols(&exe.path, exe.id, &symbols, &openssl::SOURCE).ok()?;
-        self.attach_discovered(TlsTarget { display_path: exe.display_path, ..target })
+        TlsTarget::from_symbols(&exe.path, exe.id, &symbols, &openssl::SOURCE).ok()
+    }
+
+    fn go_program(&self, exe: &Executable) -> Option<TlsTarget> {
+        if !self.go {
+            return None;
+        }
+        match gotls::resolve(&exe.path, exe.id) {
+            Ok(target) => target,
+            Err(e) => {
+                eprintln!("cleartap: warning: not capturing Go program {}: {e:#}", exe.display_path);
+                None
+            }
+        }
     }
 
     /// Some(()) if the file is not excluded and not yet checked (marking

@@ -6,6 +6,7 @@ pub mod attacher;
 pub mod exec;
 pub mod executables;
 pub mod gnutls;
+pub mod gotls;
 pub mod nss;
 pub mod openssl;
 pub mod procwatch;
@@ -29,6 +30,8 @@ pub enum Entry {
     Ex,
     /// NSPR's `f(PRFileDesc *, buf, len, ...)`: plain shape, TLS layers only.
     Nspr,
+    /// Go's crypto/tls methods: register ABI, no return probe (see `gotls`).
+    Go,
 }
 
 /// One plaintext function of a TLS library.
@@ -68,6 +71,7 @@ pub fn function_of(function_id: u8) -> (&'static str, &'static str) {
     TLS_SOURCES
         .iter()
         .flat_map(|s| s.hooks.iter().map(move |h| (h, s.name)))
+        .chain(gotls::HOOKS.iter().map(|h| (h, gotls::NAME)))
         .find(|(h, _)| h.function_id == function_id)
         .map_or(("?", "unknown"), |(h, name)| (h.symbol, name))
 }
@@ -93,6 +97,8 @@ pub struct TlsTarget {
     pub library: &'static str,
     pub version: Option<String>,
     pub hooks: Vec<(TlsHook, Function)>,
+    /// Go executables: where their probes go (see `gotls`).
+    pub go: Option<gotls::GoProbePoints>,
 }
 
 impl TlsTarget {
@@ -128,6 +134,7 @@ impl TlsTarget {
             library,
             version: (source.version)(path),
             hooks: found,
+            go: None,
         })
     }
 
@@ -150,6 +157,8 @@ mod tests {
         assert_eq!(ids.len(), n);
         assert_eq!(function_of(1), ("SSL_write", "openssl"));
         assert_eq!(function_of(9), ("PR_Write", "nss"));
+        assert_eq!(function_of(13), ("crypto/tls.(*Conn).Write", "go"));
+        assert_eq!(function_of(14), ("crypto/tls.(*Conn).Read", "go"));
         assert_eq!(function_of(0), ("?", "unknown"));
     }
 
@@ -169,6 +178,8 @@ mod tests {
                 assert_eq!(c_name, h.symbol.to_ascii_uppercase(), "{}", h.symbol);
             }
         }
+        assert_eq!(names[gotls::HOOKS[0].function_id as usize - 1], "GO_WRITE");
+        assert_eq!(names[gotls::HOOKS[1].function_id as usize - 1], "GO_READ");
     }
 
     #[test]

@@ -5,10 +5,11 @@
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, AsRawFd};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{Link, MapCore, MapFlags, OpenObject, ProgramMut, UprobeOpts};
 
+use super::gotls::GoProbePoints;
 use super::{Entry, TlsTarget};
 use crate::bpf::tls::{TlsSkel, TlsSkelBuilder};
 use crate::kernel::Filters;
@@ -73,9 +74,14 @@ impl<'obj> TlsProbes<'obj> {
 
     /// Entry and return probes on every hook of `target`.
     pub fn attach(&self, target: &TlsTarget) -> Result<Vec<Link>> {
+        if let Some(points) = &target.go {
+            return self.attach_go(target, points);
+        }
         let mut links = Vec::new();
         for (hook, function) in &target.hooks {
-            let (entry, ret) = self.programs_for(hook.entry, hook.function_id);
+            let Some((entry, ret)) = self.programs_for(hook.entry, hook.function_id) else {
+                bail!("{} has no entry/return program pair", hook.symbol);
+            };
             let offset = function.file_offset as usize;
             for (prog, retprobe) in [(entry, false), (ret, true)] {
                 let opts = UprobeOpts { retprobe, ..Default::default() };
@@ -94,14 +100,30 @@ impl<'obj> TlsProbes<'obj> {
         Ok(links)
     }
 
+    /// A Go executable: plain uprobes only, at the points `gotls` found.
+    fn attach_go(&self, target: &TlsTarget, points: &GoProbePoints) -> Result<Vec<Link>> {
+        let p = &self.skel.progs;
+        let mut probes = vec![(&p.go_write, points.write, "Write"), (&p.go_read_entry, points.read, "Read")];
+        probes.extend(points.read_returns.iter().map(|&ret| (&p.go_read_return, ret, "Read (a RET)")));
+        probes.extend(points.keylog.map(|at| (&p.go_keylog, at, "writeKeyLog")));
+        probes
+            .into_iter()
+            .map(|(prog, offset, what)| {
+                prog.attach_uprobe_with_opts(-1, &target.path, offset as usize, UprobeOpts::default())
+                    .with_context(|| format!("attaching a uprobe to {what} in {}", target.path.display()))
+            })
+            .collect()
+    }
+
     /// The entry program of a shape and the return program of a function
     /// (values of `enum ct_tls_function`, checked against the C header).
-    fn programs_for(&self, entry: Entry, function_id: u8) -> (&ProgramMut<'obj>, &ProgramMut<'obj>) {
+    fn programs_for(&self, entry: Entry, function_id: u8) -> Option<(&ProgramMut<'obj>, &ProgramMut<'obj>)> {
         let p = &self.skel.progs;
         let entry = match entry {
             Entry::Plain => &p.plain_entry,
             Entry::Ex => &p.ex_entry,
             Entry::Nspr => &p.nspr_entry,
+            Entry::Go => return None, // attach_go
         };
         let ret = match function_id {
             1 => &p.ssl_write_return,
@@ -117,7 +139,7 @@ impl<'obj> TlsProbes<'obj> {
             11 => &p.pr_send_return,
             _ => &p.pr_recv_return,
         };
-        (entry, ret)
+        Some((entry, ret))
     }
 
     pub fn events_map(&self) -> &libbpf_rs::MapMut<'obj> {

