@@ -32,7 +32,7 @@ enum ct_stat {
 /* Record flags. */
 enum ct_flags {
 	CT_FLAG_FAULT = 1,     /* user memory could not be read: data[] is zeros */
-	CT_FLAG_TRUNCATED = 2, /* the call exceeded CT_CALL_MAX: the rest is counted lost */
+	CT_FLAG_TRUNCATED = 2, /* the call exceeded the per-call bound (payload.h): the rest is counted lost */
 };
 
 enum ct_direction {

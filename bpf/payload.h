@@ -4,9 +4,12 @@
  * One ring buffer reservation per chunk and one copy from user memory
  * straight into it (no per-CPU scratch copy of the data). Chunk sizes come
  * in classes so a 64-byte payload does not reserve 32 KiB. A call larger
- * than CT_CHUNKS_PER_PROG chunks continues in a tail call of the same
- * program; the kernel allows 33 of them, which bounds one call at
- * CT_CALL_MAX bytes. Bytes beyond that are counted, never silently cut. */
+ * than CT_CHUNKS_PER_PROG chunks continues in a tail call: on kernels with
+ * bpf_loop (5.17) one continuation program loops over every remaining
+ * chunk, so a call is bounded only by its 32-bit length; on older kernels
+ * the continuation tail-calls itself, and the kernel's limit of 33 tail
+ * calls bounds one call at CT_CALL_MAX_TAIL bytes. Bytes beyond the bound
+ * are counted, never silently cut. */
 #ifndef CLEARTAP_PAYLOAD_H
 #define CLEARTAP_PAYLOAD_H
 
@@ -15,7 +18,12 @@
 #define CT_CHUNK_MAX 32768
 #define CT_CHUNKS_PER_PROG 16
 #define CT_TAIL_CALLS_MAX 33
-#define CT_CALL_MAX ((__u64)CT_CHUNK_MAX * CT_CHUNKS_PER_PROG * (CT_TAIL_CALLS_MAX + 1))
+#define CT_CALL_MAX_TAIL ((__u64)CT_CHUNK_MAX * CT_CHUNKS_PER_PROG * (CT_TAIL_CALLS_MAX + 1))
+#define CT_CALL_MAX_LOOP 0xffffffffULL /* call_len is 32 bits */
+
+/* Set by user space: the kernel has bpf_loop (then emit_more_loop is the
+ * continuation). */
+const volatile bool has_bpf_loop = false;
 
 struct emit_state {
 	struct ct_tls_data hdr; /* template for every chunk of the call */
@@ -83,6 +91,33 @@ static __always_inline bool emit_some_chunks(struct emit_state *st)
 		stat_add(CT_STAT_RECORDS, 1);
 	}
 	return st->hdr.offset < st->hdr.call_len;
+}
+
+/* One chunk per iteration of bpf_loop: 0 to go on, 1 to stop. */
+static long emit_chunk_cb(__u64 index, void *ctx)
+{
+	struct emit_state *st = emit_state_get();
+	if (!st)
+		return 1;
+	__u32 rem = st->hdr.call_len - st->hdr.offset;
+	if (rem == 0)
+		return 1;
+	if (emit_one_chunk(st, rem) < 0) {
+		stat_add(CT_STAT_LOST_RECORDS, 1);
+		stat_add(CT_STAT_LOST_BYTES, rem);
+		st->hdr.offset = st->hdr.call_len;
+		return 1;
+	}
+	stat_add(CT_STAT_RECORDS, 1);
+	return 0;
+}
+
+/* Every remaining chunk of the pending call (needs bpf_loop). */
+static __always_inline void emit_all_chunks(struct emit_state *st)
+{
+	__u32 rem = st->hdr.call_len - st->hdr.offset;
+	__u32 chunks = rem / CT_CHUNK_MAX + 1;
+	bpf_loop(chunks, emit_chunk_cb, NULL, 0);
 }
 
 #endif

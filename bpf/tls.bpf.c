@@ -116,10 +116,11 @@ static __always_inline void fill_header(struct ct_tls_data *h, struct active_cal
 	h->len = 0;
 	h->function = fn;
 	h->direction = dir;
-	if (n > CT_CALL_MAX) {
-		stat_add(CT_STAT_TRUNCATED_BYTES, n - CT_CALL_MAX);
+	__u64 max = has_bpf_loop ? CT_CALL_MAX_LOOP : CT_CALL_MAX_TAIL;
+	if (n > max) {
+		stat_add(CT_STAT_TRUNCATED_BYTES, n - max);
 		h->flags |= CT_FLAG_TRUNCATED;
-		n = CT_CALL_MAX;
+		n = max;
 	}
 	h->call_len = n;
 	__builtin_memset(&h->tuple, 0, sizeof(h->tuple));
@@ -159,7 +160,19 @@ static __always_inline int on_return(struct pt_regs *ctx, __u8 fn, __u8 dir)
 	return emit_call(ctx, &c, n, fn, dir);
 }
 
-/* Continuation of a large call: same per-CPU state, next chunks. */
+/* Continuation of a large call: same per-CPU state, every next chunk.
+ * Loaded only where the kernel has bpf_loop. */
+SEC("uprobe")
+int emit_more_loop(struct pt_regs *ctx)
+{
+	struct emit_state *st = emit_state_get();
+	if (st)
+		emit_all_chunks(st);
+	return 0;
+}
+
+/* Continuation of a large call on older kernels: the next chunks, then
+ * itself again. */
 SEC("uprobe")
 int emit_more(struct pt_regs *ctx)
 {

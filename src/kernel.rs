@@ -108,6 +108,20 @@ pub fn preflight() -> Result<()> {
     Ok(())
 }
 
+/// Does this kernel have the bpf_loop helper (5.17)? Probed, not guessed
+/// from the version: distributions backport.
+pub fn has_bpf_loop() -> bool {
+    // SAFETY: a read-only probe that loads and unloads a tiny program.
+    let found = unsafe {
+        libbpf_sys::libbpf_probe_bpf_helper(
+            libbpf_sys::BPF_PROG_TYPE_KPROBE,
+            libbpf_sys::BPF_FUNC_loop,
+            std::ptr::null(),
+        )
+    };
+    found == 1
+}
+
 /// Tracepoints are found through tracefs; mount it if nobody did.
 fn ensure_tracefs() -> Result<()> {
     let tracefs = Path::new("/sys/kernel/tracing");

@@ -12,12 +12,13 @@ use libbpf_rs::{Link, MapCore, MapFlags, OpenObject, ProgramMut, UprobeOpts};
 use super::gotls::GoProbePoints;
 use super::{Entry, TlsTarget};
 use crate::bpf::tls::{TlsSkel, TlsSkelBuilder};
-use crate::kernel::Filters;
+use crate::kernel::{self, Filters};
 
 /// The loaded TLS programs. Attaching returns links; dropping a link
 /// detaches it (links close with their file descriptors).
 pub struct TlsProbes<'obj> {
     skel: TlsSkel<'obj>,
+    has_loop: bool,
 }
 
 impl<'obj> TlsProbes<'obj> {
@@ -30,18 +31,25 @@ impl<'obj> TlsProbes<'obj> {
         let rodata = open.maps.rodata_data.as_deref_mut().context("no .rodata in the BPF object")?;
         crate::set_filters!(rodata, filters);
         open.maps.events.set_max_entries(ringbuf_bytes).context("sizing the ring buffer")?;
+        let has_loop = kernel::has_bpf_loop();
+        rodata.has_bpf_loop = has_loop;
+        open.progs.emit_more_loop.set_autoload(has_loop);
+        open.progs.emit_more.set_autoload(!has_loop);
         let skel = open.load().context(
             "loading the TLS BPF programs into the kernel failed (cleartap needs Linux >= 5.8 \
              with BTF, uprobes and ring buffers)",
         )?;
-        let probes = TlsProbes { skel };
+        let probes = TlsProbes { skel, has_loop };
         probes.install_continuation()?;
         Ok(probes)
     }
 
-    /// Large payloads continue in a tail call to `emit_more`.
+    /// Large payloads continue in a tail call to `emit_more_loop` (or
+    /// `emit_more` where the kernel has no bpf_loop).
     fn install_continuation(&self) -> Result<()> {
-        let fd = self.skel.progs.emit_more.as_fd().as_raw_fd();
+        let p = &self.skel.progs;
+        let continuation = if self.has_loop { &p.emit_more_loop } else { &p.emit_more };
+        let fd = continuation.as_fd().as_raw_fd();
         self.skel
             .maps
             .emit_continue

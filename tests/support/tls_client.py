@@ -8,6 +8,8 @@ import socket
 import ssl
 import sys
 
+# (i * 7 + 3) % 256 repeats every 256 bytes: a multi-MiB body is cheap.
+PATTERN = bytes((i * 7 + 3) % 256 for i in range(256))
 port = int(sys.argv[1])
 ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
 ctx.check_hostname = False
@@ -16,12 +18,13 @@ conn = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port)))
 print(conn.getsockname()[1], flush=True)
 for line in sys.stdin:
     body_size, response_size = (int(x) for x in line.split())
-    body = bytes((i * 7 + 3) % 256 for i in range(body_size))
+    body = (PATTERN * (body_size // 256 + 1))[:body_size]
     conn.sendall(b"POST /%d HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n" % (response_size, body_size) + body)
     buf = b""
     while b"\r\n\r\n" not in buf:
         buf += conn.recv(65536)
     head, rest = buf.split(b"\r\n\r\n", 1)
+    rest = bytearray(rest)  # appended to in place: multi-MiB bodies stay linear
     length = int([l for l in head.split(b"\r\n") if l.lower().startswith(b"content-length")][0].split(b":")[1])
     while len(rest) < length:
         rest += conn.recv(65536)

@@ -31,6 +31,7 @@ def read_request(conn, buf, port):
         record(port, "recv", chunk)
         buf += chunk
     head, rest = buf.split(b"\r\n\r\n", 1)
+    rest = bytearray(rest)  # appended to in place: multi-MiB bodies stay linear
     lines = head.split(b"\r\n")
     length = 0
     for line in lines[1:]:
@@ -43,7 +44,7 @@ def read_request(conn, buf, port):
             return None, b"", b""
         record(port, "recv", chunk)
         rest += chunk
-    return lines[0], head, rest[length:]
+    return lines[0], head, bytes(rest[length:])
 
 
 def serve(raw, peer):
@@ -77,7 +78,7 @@ def serve(raw, peer):
 listener = socket.socket()
 listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 listener.bind(("127.0.0.1", 0))
-listener.listen(128)
+listener.listen(1024)
 print(listener.getsockname()[1], flush=True)
 while True:
     raw, peer = listener.accept()
