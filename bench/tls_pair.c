@@ -5,7 +5,8 @@
  * so every hooked function runs. One iteration: the client writes SIZE
  * bytes, the server reads them and writes them back, the client reads them.
  * Prints one JSON line: iterations, seconds (timed loop only), ssl_calls
- * (every SSL_* data call of both processes), bytes (plaintext moved).
+ * (every SSL_* data call of both processes), bytes (plaintext moved),
+ * plaintext_bytes (everything a capture of both processes sees).
  *
  * Usage: tls_pair CERT KEY SIZE ITERATIONS */
 #include <arpa/inet.h>
@@ -135,7 +136,11 @@ int main(int argc, char **argv)
 	long timed_calls = __atomic_load_n(calls, __ATOMIC_RELAXED) - calls_before;
 	SSL_shutdown(ssl);
 	waitpid(server, NULL, 0);
-	printf("{\"size\": %zu, \"iterations\": %ld, \"seconds\": %.6f, \"ssl_calls\": %ld, \"bytes\": %zu}\n",
-	       size, iterations, seconds, timed_calls, 2 * size * (size_t)iterations);
+	/* Every byte is written by one side and read by the other: what a
+	 * capture of both processes sees, warm-up included. */
+	size_t plaintext = 4 * size * (size_t)(iterations + warmup);
+	printf("{\"size\": %zu, \"iterations\": %ld, \"seconds\": %.6f, \"ssl_calls\": %ld, \"bytes\": %zu, "
+	       "\"plaintext_bytes\": %zu}\n",
+	       size, iterations, seconds, timed_calls, 2 * size * (size_t)iterations, plaintext);
 	return 0;
 }

@@ -11,7 +11,7 @@ use std::fs;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use iced_x86::{Decoder, DecoderOptions, FlowControl};
+use iced_x86::{Decoder, DecoderOptions, FlowControl, Mnemonic, Register};
 
 use super::{Entry, TlsHook, TlsTarget};
 use crate::discover::elf::Function;
@@ -73,26 +73,38 @@ pub fn resolve(path: &Path, id: FileId) -> Result<Option<TlsTarget>> {
     }))
 }
 
-/// The file offset just past a Go function's stack check (the first
-/// conditional branch of its prologue, to runtime.morestack), or its entry
-/// when it has none. A call that grows the stack runs the prologue again,
-/// so a probe there would fire twice for one call.
+/// The file offset just past a Go function's stack check: the compare of
+/// the stack pointer with the goroutine's stack guard (`[r14+0x10]`) and
+/// the branch to runtime.morestack after it. A call that grows the stack
+/// runs the prologue again, so a probe there would fire twice for one call.
+/// Not finding that prologue means the address is not the Go function we
+/// think (a pclntab whose text base had to be guessed, say): the function
+/// is then refused, since a uprobe at a wrong address corrupts the program.
 pub fn body_start(bytes: &[u8], f: Function) -> Result<u64> {
     const PROLOGUE_MAX: u64 = 48;
     let start = usize::try_from(f.file_offset).context("function offset")?;
     let len = f.size.min(PROLOGUE_MAX) as usize;
     let code = bytes.get(start..start.saturating_add(len)).context("function outside the file")?;
     let mut decoder = Decoder::with_ip(64, code, f.address, DecoderOptions::NONE);
+    let mut compared_guard = false;
     for instruction in decoder.iter().take(6) {
         if instruction.is_invalid() {
             break;
         }
-        if instruction.flow_control() == FlowControl::ConditionalBranch {
+        if instruction.mnemonic() == Mnemonic::Cmp
+            && instruction.memory_base() == Register::R14
+            && instruction.memory_displacement64() == STACK_GUARD
+        {
+            compared_guard = true;
+        } else if compared_guard && instruction.flow_control() == FlowControl::ConditionalBranch {
             return Ok(f.file_offset + (instruction.next_ip() - f.address));
         }
     }
-    Ok(f.file_offset)
+    bail!("the code at {:#x} does not start with a Go stack check: its address cannot be trusted", f.address)
 }
+
+/// Offset of `stackguard0` in the runtime's `g`, which r14 points to.
+const STACK_GUARD: u64 = 0x10;
 
 #[cfg(test)]
 mod tests {
@@ -117,9 +129,12 @@ mod tests {
     }
 
     #[test]
-    fn a_function_without_stack_check_is_probed_at_its_entry() {
+    fn code_that_is_not_a_go_prologue_is_refused() {
         let (bytes, f) = function(&[0x48, 0x89, 0xd8, 0xc3]); // mov rax,rbx; ret
-        assert_eq!(body_start(&bytes, f).unwrap(), 0x100);
+        assert!(body_start(&bytes, f).is_err());
+        // A compare and branch, but not against the stack guard.
+        let (bytes, f) = function(&[0x48, 0x3b, 0x46, 0x10, 0x76, 0x20, 0x55]); // cmp rax,[rsi+0x10]; jbe
+        assert!(body_start(&bytes, f).is_err());
         let outside = Function { file_offset: 1 << 40, ..f };
         assert!(body_start(&bytes, outside).is_err());
     }

@@ -1,0 +1,375 @@
+"""The whole-system scenarios of bench/run, beside its per-call table:
+stream, nginx, burst, scale and soak. Each returns a dict that goes into
+the results JSON and prints its own lines. Nothing here asserts: it
+measures and reports, including when a target is missed.
+"""
+import base64
+import hashlib
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+SUMMARY = re.compile(r"(\d+) records, (\d+) bytes captured; lost in the kernel: (\d+) records \((\d+) bytes\)")
+
+
+class Cleartap:
+    """`cleartap tls ...` started, ready, and stopped with SIGINT."""
+
+    def __init__(self, binary, args, out_path):
+        self.out = open(out_path, "wb")
+        self.start_time = time.monotonic()
+        self.proc = subprocess.Popen([binary, "tls", *args], stdout=self.out, stderr=subprocess.PIPE)
+        self.stderr = []
+        for line in self.proc.stderr:
+            text = line.decode(errors="replace").rstrip()
+            self.stderr.append(text)
+            if text == "ready":
+                self.ready_s = time.monotonic() - self.start_time
+                return
+        sys.exit("bench: cleartap exited before ready:\n" + "\n".join(self.stderr))
+
+    def rss_kib(self):
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        return 0
+
+    def open_fds(self):
+        return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
+
+    def stop(self):
+        """Returns cpu seconds, peak RSS, and the summary's counts."""
+        self.proc.send_signal(signal.SIGINT)
+        _, _, usage = os.wait4(self.proc.pid, 0)
+        self.proc.returncode = 0
+        self.stderr += self.proc.stderr.read().decode(errors="replace").splitlines()
+        self.out.close()
+        found = [SUMMARY.search(l) for l in self.stderr]
+        found = [m for m in found if m]
+        counts = dict(zip(["records", "bytes", "lost_records", "lost_bytes"],
+                          map(int, found[-1].groups()))) if found else {}
+        return {"cpu_s": usage.ru_utime + usage.ru_stime, "rss_kib": usage.ru_maxrss, **counts}
+
+
+class Floor:
+    """Empty uprobe+uretprobe pairs on the library (bpftrace): the trap alone."""
+
+    def __init__(self, script, scratch):
+        self.out = open(os.path.join(scratch, "floor.out"), "wb")
+        self.proc = subprocess.Popen(["bpftrace", "-e", script], stdout=self.out, stderr=subprocess.DEVNULL)
+        for _ in range(600):
+            with open(self.out.name, "rb") as f:
+                if b"Attaching" in f.read(4096):
+                    time.sleep(1.0)  # bpftrace prints before the last probe is live
+                    return
+            if self.proc.poll() is not None:
+                sys.exit("bench: bpftrace failed")
+            time.sleep(0.05)
+        sys.exit("bench: bpftrace did not attach")
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGINT)
+        self.proc.wait()
+        self.out.close()
+
+
+def under(mode, env, fn, cleartap_args=(), out_name="cleartap.out"):
+    """Runs fn() under `mode` (baseline, floor, cleartap); returns
+    (fn's result, cleartap's stop() or None, cleartap's ready time)."""
+    tracer = None
+    if mode == "floor":
+        tracer = Floor(env["floor_script"], env["scratch"])
+    elif mode == "cleartap":
+        out = os.path.join(env["scratch"], out_name)
+        tracer = Cleartap(env["cleartap"], ["--lib", env["lib"], "--format", "json", *cleartap_args], out)
+    result = fn()
+    stats = tracer.stop() if tracer else None
+    return result, stats
+
+
+def ratio(a, b):
+    return f"{a / b:.2f}x" if b else "n/a"
+
+
+# --- stream --------------------------------------------------------------
+
+def stream(env, total):
+    """One connection, `total` bytes in 256 KiB SSL_writes: MiB/s under each
+    mode, and the SHA-256 of what cleartap captured against what was sent."""
+    rows = {}
+    for mode in ("baseline", "floor", "cleartap"):
+        run = lambda: json.loads(subprocess.run(
+            [env["stream"], env["cert"], env["key"], str(total), str(256 << 10)],
+            check=True, capture_output=True, text=True).stdout)
+        # The capture holds a whole 256 KiB call at once many times over.
+        result, stats = under(mode, env, run, ["--comm", "tls_stream", "--decode", "raw"], "stream.out")
+        rows[mode] = {"mib_s": result["mib_s"], "sha256": result["sha256"], "cleartap": stats}
+    captured = captured_sha256(os.path.join(env["scratch"], "stream.out"), "SSL_write")
+    os.unlink(os.path.join(env["scratch"], "stream.out"))
+    c = rows["cleartap"]
+    c["captured_sha256_equal"] = captured == c["sha256"]
+    print(f"\nstream: {total >> 20} MiB over one connection (256 KiB SSL_write calls)")
+    print(f"  MiB/s: baseline {rows['baseline']['mib_s']:.0f}, floor {rows['floor']['mib_s']:.0f}, "
+          f"cleartap {c['mib_s']:.0f} ({ratio(c['mib_s'], rows['floor']['mib_s'])} of the floor, "
+          f"{ratio(c['mib_s'], rows['baseline']['mib_s'])} of the baseline)")
+    s = c["cleartap"]
+    print(f"  captured stream SHA-256 {'equals' if c['captured_sha256_equal'] else 'DIFFERS FROM'} the "
+          f"sent one; lost {s.get('lost_records')} records ({s.get('lost_bytes')} bytes); "
+          f"cleartap cpu {s['cpu_s']:.1f} s ({s['cpu_s'] * 1000 / (s.get('bytes', 0) / 2**20 or 1):.1f} ms per "
+          f"captured MiB), peak RSS {s['rss_kib'] / 1024:.0f} MiB")
+    return rows
+
+
+def captured_sha256(path, function):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for line in f:
+            r = json.loads(line)
+            if r.get("event") == "tls" and r["function"] == function:
+                digest.update(base64.b64decode(r["data_b64"]))
+    return digest.hexdigest()
+
+
+# --- nginx ---------------------------------------------------------------
+
+NGINX_CONF = """daemon off; master_process off; worker_processes 1;
+error_log {dir}/error.log; pid {dir}/nginx.pid;
+events {{ worker_connections 1024; }}
+http {{
+  access_log off;
+  keepalive_requests 10000000;
+  server {{
+    listen 127.0.0.1:{port} ssl;
+    ssl_certificate {cert}; ssl_certificate_key {key};
+    root {dir}/www;
+  }}
+}}
+"""
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def start_nginx(env):
+    d = os.path.join(env["scratch"], "nginx")
+    os.makedirs(os.path.join(d, "www"), exist_ok=True)
+    for size in (1024, 65536):
+        with open(os.path.join(d, "www", f"{size}.bin"), "wb") as f:
+            f.write(os.urandom(size))
+    port = free_port()
+    with open(os.path.join(d, "nginx.conf"), "w") as f:
+        f.write(NGINX_CONF.format(dir=d, port=port, cert=env["cert"], key=env["key"]))
+    proc = subprocess.Popen(["nginx", "-c", os.path.join(d, "nginx.conf"), "-p", d],
+                            stderr=subprocess.DEVNULL)
+    for _ in range(100):
+        try:
+            socket.create_connection(("127.0.0.1", port)).close()
+            return proc, port
+        except OSError:
+            time.sleep(0.05)
+    sys.exit("bench: nginx did not start")
+
+
+def wrk(port, size, seconds):
+    out = subprocess.run(["wrk", "-t1", "-c16", f"-d{seconds}s", f"https://127.0.0.1:{port}/{size}.bin"],
+                         check=True, capture_output=True, text=True).stdout
+    return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+
+
+def nginx(env, seconds):
+    """Debian's nginx over HTTPS, keep-alive, driven by wrk on loopback
+    (both are captured: wrk uses the same libssl). cleartap's JSON goes to
+    /dev/null here: gigabytes of bodies would fill the disk."""
+    proc, port = start_nginx(env)
+    rows = {}
+    try:
+        for size in (1024, 65536):
+            row = {}
+            for mode in ("baseline", "floor", "cleartap"):
+                env_out = dict(env, scratch=env["scratch"])
+                rps, stats = under(mode, env_out, lambda: wrk(port, size, seconds), out_name="/dev/null")
+                row[mode] = {"req_s": rps, "cleartap": stats}
+            rows[size] = row
+    finally:
+        proc.send_signal(signal.SIGQUIT)
+        proc.wait()
+    print(f"\nnginx: HTTPS keep-alive, wrk -t1 -c16 for {seconds} s per run, req/s")
+    for size, row in rows.items():
+        b, f, c = (row[m]["req_s"] for m in ("baseline", "floor", "cleartap"))
+        s = row["cleartap"]["cleartap"]
+        print(f"  {size // 1024:>3} KiB body: baseline {b:>8.0f}, floor {f:>8.0f}, cleartap {c:>8.0f}: "
+              f"{ratio(c, f)} of the floor, {ratio(c, b)} of the baseline; lost {s.get('lost_records')} "
+              f"records; peak RSS {s['rss_kib'] / 1024:.0f} MiB")
+    return rows
+
+
+# --- burst ---------------------------------------------------------------
+
+def burst(env, iterations):
+    """Four tls_pair processes at once, 64-byte messages: the highest event
+    rate two cores make. With the default ring buffer nothing may be lost;
+    with a 64 KiB one, captured + lost must equal what the workload moved,
+    exactly, and gaps must be marked."""
+    results = {}
+    for name, args in (("default buffer", []), ("64 KiB buffer", ["--ringbuf-size", "64K"])):
+        def run():
+            procs = [subprocess.Popen([env["pair"], env["cert"], env["key"], "64", str(iterations)],
+                                      stdout=subprocess.PIPE) for _ in range(4)]
+            start = time.monotonic()
+            outs = [json.loads(p.communicate()[0]) for p in procs]
+            return outs, time.monotonic() - start
+
+        (outs, seconds), stats = under("cleartap", env, run, ["--comm", "tls_pair"], "burst.out")
+        moved = sum(o["plaintext_bytes"] for o in outs)
+        gaps = count_gaps(os.path.join(env["scratch"], "burst.out"))
+        results[name] = {"seconds": seconds, "plaintext_bytes": moved, "gap_records": gaps, "cleartap": stats}
+    os.unlink(os.path.join(env["scratch"], "burst.out"))
+    print("\nburst: 4 x tls_pair, 64-byte messages, all captured")
+    for name, r in results.items():
+        s = r["cleartap"]
+        exact = s.get("bytes", 0) + s.get("lost_bytes", 0) == r["plaintext_bytes"]
+        print(f"  {name}: {s.get('records', 0) / r['seconds']:,.0f} records/s; lost {s.get('lost_records')} "
+              f"records ({s.get('lost_bytes')} bytes); captured + lost = moved: "
+              f"{'exact' if exact else 'NOT EXACT'} ({s.get('bytes')} + {s.get('lost_bytes')} vs "
+              f"{r['plaintext_bytes']}); records marking a gap: {r['gap_records']}")
+    return results
+
+
+def count_gaps(path):
+    with open(path, "rb") as f:
+        return sum(1 for line in f if b'"gap":' in line)
+
+
+# --- scale ---------------------------------------------------------------
+
+SCALE_CLIENT = r"""
+import os, socket, ssl, sys, time
+port, count, seconds = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+conns = [ctx.wrap_socket(socket.create_connection(("127.0.0.1", port))) for _ in range(count)]
+print("open", flush=True)
+sys.stdin.readline()
+end = time.monotonic() + seconds
+while time.monotonic() < end:
+    for c in conns:
+        c.sendall(b"who: pid=%d port=%d\n" % (os.getpid(), c.getsockname()[1]))
+    time.sleep(0.2)
+"""
+
+SCALE_SERVER = r"""
+import selectors, socket, ssl, sys
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(sys.argv[1], sys.argv[2])
+listener = socket.socket()
+listener.bind(("127.0.0.1", 0))
+listener.listen(2048)
+print(listener.getsockname()[1], flush=True)
+sel = selectors.DefaultSelector()
+sel.register(listener, selectors.EVENT_READ)
+while True:
+    for key, _ in sel.select():
+        if key.fileobj is listener:
+            raw, _ = listener.accept()
+            try:
+                sel.register(ctx.wrap_socket(raw, server_side=True), selectors.EVENT_READ)
+            except (ssl.SSLError, OSError):
+                pass
+        else:
+            try:
+                if not key.fileobj.recv(65536):
+                    sel.unregister(key.fileobj)
+            except (ssl.SSLError, OSError):
+                sel.unregister(key.fileobj)
+"""
+
+
+def scale(env, processes=20, per_process=50, seconds=5):
+    """1,000 TLS connections from 20 processes, open before cleartap starts:
+    time to ready, attribution of every record (each names its pid and
+    port), and the kernel memory of cleartap's maps."""
+    server = subprocess.Popen([sys.executable, "-c", SCALE_SERVER, env["cert"], env["key"]],
+                              stdout=subprocess.PIPE, text=True)
+    port = server.stdout.readline().strip()
+    clients = [subprocess.Popen([sys.executable, "-c", SCALE_CLIENT, port, str(per_process), str(seconds)],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+               for _ in range(processes)]
+    for c in clients:
+        c.stdout.readline()
+    out = os.path.join(env["scratch"], "scale.out")
+    tracer = Cleartap(env["cleartap"], ["--comm", "python3", "--format", "json", "--decode", "raw"], out)
+    map_kib = cleartap_map_memory(tracer.proc.pid)
+    for c in clients:
+        c.stdin.write("go\n")
+        c.stdin.flush()
+    for c in clients:
+        c.wait()
+    stats = tracer.stop()
+    server.kill()
+    server.wait()
+    right, wrong = attribution(out)
+    os.unlink(out)
+    print(f"\nscale: {processes} processes x {per_process} TLS connections open before start")
+    print(f"  start to ready: {tracer.ready_s:.2f} s; records attributed right: {right}, wrong: {wrong}; "
+          f"kernel memory of cleartap's maps: {map_kib / 1024:.1f} MiB; lost {stats.get('lost_records')} "
+          f"records; peak RSS {stats['rss_kib'] / 1024:.0f} MiB")
+    return {"ready_s": tracer.ready_s, "right": right, "wrong": wrong, "map_kib": map_kib, "cleartap": stats}
+
+
+def attribution(path):
+    pattern = re.compile(rb"who: pid=(\d+) port=(\d+)")
+    right = wrong = 0
+    with open(path, "rb") as f:
+        for line in f:
+            r = json.loads(line)
+            if r.get("event") != "tls" or r["direction"] != "send":
+                continue
+            for pid, port in pattern.findall(base64.b64decode(r["data_b64"])):
+                ok = r["pid"] == int(pid) and (r["local"] or "").endswith(":" + port.decode())
+                right, wrong = right + ok, wrong + (not ok)
+    return right, wrong
+
+
+def cleartap_map_memory(pid):
+    """Sum of bytes_memlock of the BPF maps cleartap holds, in KiB."""
+    out = subprocess.run(["bpftool", "map", "show", "-j"], capture_output=True, text=True).stdout
+    total = 0
+    for m in json.loads(out or "[]"):
+        if any(p.get("pid") == pid for p in m.get("pids", [])):
+            total += int(m.get("bytes_memlock", 0))
+    return total // 1024
+
+
+# --- soak ----------------------------------------------------------------
+
+def soak(env, seconds):
+    """The nginx 1 KiB scenario under full capture for `seconds`: RSS and
+    open fds at start and end, losses."""
+    proc, port = start_nginx(env)
+    tracer = Cleartap(env["cleartap"], ["--lib", env["lib"], "--format", "json"], "/dev/null")
+    try:
+        wrk(port, 1024, 10)
+        start = {"rss_kib": tracer.rss_kib(), "fds": tracer.open_fds()}
+        rps = wrk(port, 1024, max(seconds - 10, 1))
+        end = {"rss_kib": tracer.rss_kib(), "fds": tracer.open_fds()}
+    finally:
+        stats = tracer.stop()
+        proc.send_signal(signal.SIGQUIT)
+        proc.wait()
+    growth = (end["rss_kib"] - start["rss_kib"]) / max(start["rss_kib"], 1)
+    print(f"\nsoak: {seconds} s of nginx 1 KiB under full capture: {rps:.0f} req/s; RSS "
+          f"{start['rss_kib'] / 1024:.1f} -> {end['rss_kib'] / 1024:.1f} MiB ({growth:+.1%}); open fds "
+          f"{start['fds']} -> {end['fds']}; lost {stats.get('lost_records')} records")
+    return {"seconds": seconds, "req_s": rps, "start": start, "end": end, "cleartap": stats}
