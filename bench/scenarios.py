@@ -343,13 +343,19 @@ def attribution(path):
 
 
 def cleartap_map_memory(pid):
-    """Sum of bytes_memlock of the BPF maps cleartap holds, in KiB."""
-    out = subprocess.run(["bpftool", "map", "show", "-j"], capture_output=True, text=True).stdout
-    total = 0
-    for m in json.loads(out or "[]"):
-        if any(p.get("pid") == pid for p in m.get("pids", [])):
-            total += int(m.get("bytes_memlock", 0))
-    return total // 1024
+    """Sum of the memlock of the BPF maps cleartap holds (from the fdinfo
+    of its map fds), in KiB."""
+    memlock = {}  # map id -> bytes: one map can be held through several fds
+    fd_dir = f"/proc/{pid}/fdinfo"
+    for fd in os.listdir(fd_dir):
+        try:
+            with open(os.path.join(fd_dir, fd)) as f:
+                info = dict(line.split(":", 1) for line in f if ":" in line)
+        except OSError:
+            continue
+        if "map_id" in info and "memlock" in info:
+            memlock[info["map_id"].strip()] = int(info["memlock"].strip())
+    return sum(memlock.values()) // 1024
 
 
 # --- soak ----------------------------------------------------------------

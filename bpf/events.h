@@ -86,7 +86,7 @@ struct ct_tls_data {
 	__u32 len;       /* bytes in data[] */
 	__u8 function;   /* enum ct_tls_function */
 	__u8 direction;  /* enum ct_direction */
-	__u16 _pad;
+	__u16 library_id;/* which attached file (the uprobe's cookie); 0: unknown */
 	struct ct_tuple tuple;
 	char comm[CT_COMM_LEN];
 };

@@ -43,6 +43,20 @@ static __always_inline struct emit_state *emit_state_get(void)
 	return bpf_map_lookup_elem(&emit_state, &zero);
 }
 
+/* Set by user space: wake the consumer only once this many bytes wait in
+ * the ring buffer (0: for every record). It polls every few milliseconds
+ * anyway, and on a busy host a wake-up per record (a context switch each)
+ * costs more than the record. */
+const volatile __u64 wakeup_batch_bytes = 0;
+
+static __always_inline __u64 wakeup_flags(void)
+{
+	if (!wakeup_batch_bytes)
+		return 0;
+	return bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_batch_bytes ? BPF_RB_FORCE_WAKEUP
+										       : BPF_RB_NO_WAKEUP;
+}
+
 /* Reserve a record with room for SIZE bytes, copy min(rem, SIZE) bytes. */
 #define EMIT_CHUNK_OF_CLASS(SIZE)                                                   \
 	do {                                                                        \
@@ -56,7 +70,7 @@ static __always_inline struct emit_state *emit_state_get(void)
 		if (bpf_probe_read_user((void *)(e + 1), n,                                 \
 					(void *)(st->buf + st->hdr.offset)))        \
 			e->flags |= CT_FLAG_FAULT;                                  \
-		bpf_ringbuf_submit(e, 0);                                           \
+		bpf_ringbuf_submit(e, wakeup_flags());                              \
 		st->hdr.offset += n;                                                \
 		return 0;                                                           \
 	} while (0)

@@ -16,8 +16,19 @@ struct active_call {
 	__u64 ip;
 	__u64 sk;      /* the socket behind fd, found with it */
 	__s32 fd;
-	__u32 _pad;
+	__u32 library_id;
 };
+
+/* Set by user space: the kernel has bpf_get_attach_cookie (5.15). */
+const volatile bool has_attach_cookie = false;
+
+/* Which attached file this probe belongs to: user space gives every file
+ * an id as the uprobe's cookie, so a record names its library without
+ * reading the process's maps (which are gone with a short-lived process). */
+static __always_inline __u32 library_id(void *ctx)
+{
+	return has_attach_cookie ? (__u32)bpf_get_attach_cookie(ctx) : 0;
+}
 
 /* LRU: a thread killed in the middle of a call never leaks an entry. */
 struct {
@@ -66,6 +77,7 @@ static __always_inline int on_entry(struct pt_regs *ctx, bool ex_shape)
 		.len_ptr = ex_shape ? PT_REGS_PARM4(ctx) : 0,
 		.ip = PT_REGS_IP(ctx),
 		.fd = -1,
+		.library_id = library_id(ctx),
 	};
 	bpf_map_update_elem(&active_calls, &id, &c, BPF_ANY);
 	return 0;
@@ -116,6 +128,7 @@ static __always_inline void fill_header(struct ct_tls_data *h, struct active_cal
 	h->len = 0;
 	h->function = fn;
 	h->direction = dir;
+	h->library_id = c->library_id;
 	__u64 max = has_bpf_loop ? CT_CALL_MAX_LOOP : CT_CALL_MAX_TAIL;
 	if (n > max) {
 		stat_add(CT_STAT_TRUNCATED_BYTES, n - max);
@@ -308,7 +321,9 @@ static __always_inline void go_conn_fd(struct active_call *c)
 
 static __always_inline struct active_call go_call(struct pt_regs *ctx)
 {
-	struct active_call c = { .handle = ctx->ax, .buf = ctx->bx, .ip = PT_REGS_IP(ctx), .fd = -1 };
+	struct active_call c = {
+		.handle = ctx->ax, .buf = ctx->bx, .ip = PT_REGS_IP(ctx), .fd = -1, .library_id = library_id(ctx),
+	};
 	go_conn_fd(&c);
 	return c;
 }

@@ -108,6 +108,10 @@ pub struct TlsArgs {
     /// Append to an existing --keylog file instead of refusing it.
     #[arg(long)]
     pub force: bool,
+    /// Connections whose state the kernel keeps (LRU: the least recently used is dropped beyond it).
+    #[arg(long = "max-connections", value_name = "N", default_value_t = 65536,
+          value_parser = clap::value_parser!(u32).range(1024..=16_777_216))]
+    pub max_connections: u32,
     /// Show raw records, HTTP/1.1 and HTTP/2 exchanges decoded from them, or both.
     #[arg(long, value_enum, default_value_t = Decode::Both)]
     pub decode: Decode,

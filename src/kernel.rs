@@ -122,6 +122,19 @@ pub fn has_bpf_loop() -> bool {
     found == 1
 }
 
+/// Does this kernel give uprobes a cookie (bpf_get_attach_cookie, 5.15)?
+pub fn has_attach_cookie() -> bool {
+    // SAFETY: as in has_bpf_loop.
+    let found = unsafe {
+        libbpf_sys::libbpf_probe_bpf_helper(
+            libbpf_sys::BPF_PROG_TYPE_KPROBE,
+            libbpf_sys::BPF_FUNC_get_attach_cookie,
+            std::ptr::null(),
+        )
+    };
+    found == 1
+}
+
 /// Tracepoints are found through tracefs; mount it if nobody did.
 fn ensure_tracefs() -> Result<()> {
     let tracefs = Path::new("/sys/kernel/tracing");

@@ -8,6 +8,8 @@ use crate::discover::procs::{self, Mapping};
 /// A library cleartap attached to, known by inode.
 #[derive(Debug, Clone)]
 pub struct KnownLibrary {
+    /// The id its probes' records carry (0: none).
+    pub id: u16,
     pub inode: u64,
     pub library: &'static str,
     pub version: Option<String>,
@@ -47,9 +49,16 @@ impl LibraryResolver {
         self.known.push(library);
     }
 
-    /// `family` (from the hooked function) names the library when the
-    /// process is gone before its mappings could be read.
-    pub fn resolve(&mut self, pid: u32, address: u64, family: &'static str) -> LibraryRef<'_> {
+    /// The library of a record: by the id its probe carried (kernels with
+    /// uprobe cookies), else by the process's mappings; `family` (from the
+    /// hooked function) names the library when the process is gone before
+    /// its mappings could be read.
+    pub fn resolve(&mut self, pid: u32, address: u64, family: &'static str, id: u16) -> LibraryRef<'_> {
+        if id != 0 {
+            if let Some(i) = self.known.iter().position(|k| k.id == id) {
+                return self.known[i].as_ref();
+            }
+        }
         if self.lookup(pid, address).is_none() {
             self.refresh(pid);
         }
@@ -90,20 +99,24 @@ mod tests {
         let maps = procs::mappings(std::process::id());
         let libc = maps.iter().find(|m| m.path.contains("libc.so")).unwrap().clone();
         let known =
-            vec![KnownLibrary { inode: libc.inode, library: "libc", version: None, path: "x".into() }];
+            vec![KnownLibrary { id: 0, inode: libc.inode, library: "libc", version: None, path: "x".into() }];
         let mut r = LibraryResolver::new(known);
-        let found = r.resolve(std::process::id(), libc.start + 1, "openssl");
+        let found = r.resolve(std::process::id(), libc.start + 1, "openssl", 0);
         assert_eq!(found.library, "libc");
         assert_eq!(found.path, libc.path);
     }
 
     #[test]
     fn a_vanished_process_falls_back_to_the_function_family() {
-        let lib = |library, path: &str| KnownLibrary { inode: 1, library, version: None, path: path.into() };
+        let lib =
+            |library, path: &str| KnownLibrary { id: 0, inode: 1, library, version: None, path: path.into() };
         let mut r = LibraryResolver::new(vec![lib("openssl", "/x/libssl.so.3"), lib("gnutls", "/g")]);
-        assert_eq!(r.resolve(u32::MAX, 0x1000, "openssl").path, "/x/libssl.so.3");
+        assert_eq!(r.resolve(u32::MAX, 0x1000, "openssl", 0).path, "/x/libssl.so.3");
         r.add(lib("openssl", "/y/libssl.so.3"));
-        let found = r.resolve(u32::MAX, 0x1000, "openssl");
+        let found = r.resolve(u32::MAX, 0x1000, "openssl", 0);
         assert_eq!((found.library, found.path), ("openssl", ""));
+        // With the id its probe carried, a vanished process is no problem.
+        r.add(KnownLibrary { id: 7, ..lib("openssl", "/z/libssl.so.3") });
+        assert_eq!(r.resolve(u32::MAX, 0x1000, "openssl", 7).path, "/z/libssl.so.3");
     }
 }

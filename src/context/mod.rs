@@ -121,7 +121,7 @@ impl Enricher {
             d.data.len() as u64,
             u64::from(h.call_len),
         );
-        let lib = self.libraries.resolve(h.pid, h.func_ip, family);
+        let lib = self.libraries.resolve(h.pid, h.func_ip, family, h.library_id);
         TlsRecord {
             time: self.clock.wall(h.ts_ns),
             pid: h.pid,

@@ -21,7 +21,11 @@ use crate::events::{self, Event};
 use crate::kernel::{Filters, KernelStats};
 use crate::output::Output;
 
-const POLL_INTERVAL: Duration = Duration::from_millis(100);
+/// The longest a record waits in the ring buffer: TLS programs wake the
+/// consumer only for batches (see `bpf/payload.h`).
+pub const POLL_INTERVAL: Duration = Duration::from_millis(10);
+/// The longest a record waits in the output buffer while records keep coming.
+const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
 const STATS_INTERVAL: Duration = Duration::from_secs(2);
 
 /// What a subcommand does with each event.
@@ -56,7 +60,7 @@ pub fn pump(
     while !stop.load(Ordering::Relaxed) && !sink.borrow().failed() {
         // EINTR on a signal is expected; the loop condition handles it.
         let _ = ring.poll(POLL_INTERVAL);
-        sink.borrow_mut().flush_if_idle();
+        sink.borrow_mut().after_poll();
         if last_report.elapsed() >= STATS_INTERVAL {
             reported = report_new_losses(KernelStats::read(stats_map), reported);
             last_report = Instant::now();
@@ -112,7 +116,10 @@ struct Sink<'h> {
     handler: &'h mut dyn Handler,
     out: Counting,
     undecodable: u64,
+    /// Records written since the last flush, and since the last poll.
     dirty: bool,
+    since_poll: u64,
+    last_flush: Instant,
     error: Option<io::Error>,
 }
 
@@ -123,6 +130,8 @@ impl<'h> Sink<'h> {
             out: Counting { inner: out, records: 0, bytes: 0 },
             undecodable: 0,
             dirty: false,
+            since_poll: 0,
+            last_flush: Instant::now(),
             error: None,
         }
     }
@@ -133,6 +142,7 @@ impl<'h> Sink<'h> {
         if self.error.is_some() {
             return 0;
         }
+        self.since_poll += 1;
         match events::decode(raw) {
             Ok(event) => {
                 if let Err(e) = self.handler.event(event, &mut self.out) {
@@ -150,9 +160,15 @@ impl<'h> Sink<'h> {
         0
     }
 
-    fn flush_if_idle(&mut self) {
-        if self.dirty && self.error.is_none() {
+    /// Flush when the ring buffer had nothing more (a reader sees output at
+    /// once), or at least every FLUSH_INTERVAL while records keep coming;
+    /// not after every batch, which would be a write per record or two.
+    fn after_poll(&mut self) {
+        let idle = self.since_poll == 0;
+        self.since_poll = 0;
+        if self.dirty && self.error.is_none() && (idle || self.last_flush.elapsed() >= FLUSH_INTERVAL) {
             self.dirty = false;
+            self.last_flush = Instant::now();
             if let Err(e) = self.out.flush() {
                 self.error = Some(e);
             }
@@ -169,8 +185,11 @@ impl<'h> Sink<'h> {
                 self.error = Some(e);
             }
         }
-        self.dirty = true;
-        self.flush_if_idle();
+        if self.error.is_none() {
+            if let Err(e) = self.out.flush() {
+                self.error = Some(e);
+            }
+        }
     }
 
     fn summary(&self, k: &KernelStats) -> String {

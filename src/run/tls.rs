@@ -26,7 +26,7 @@ pub fn run(args: &TlsArgs) -> Result<()> {
     let sources = selected_sources(&args.libraries);
 
     let mut tls_storage = MaybeUninit::uninit();
-    let probes = TlsProbes::load(&mut tls_storage, &filters, args.output.ringbuf_size)?;
+    let probes = TlsProbes::load(&mut tls_storage, &filters, args.output.ringbuf_size, args.max_connections)?;
     let mut watch_storage = MaybeUninit::uninit();
     let shared = SharedMaps::of(probes.events_map(), probes.stats_map());
     let watch = ProcWatch::load(&mut watch_storage, &filters, &sources, shared)?;
@@ -94,6 +94,7 @@ impl TlsHandler<'_, '_> {
         let version = t.version.as_deref().map_or(String::new(), |v| format!(" {v}"));
         eprintln!("cleartap: attached to {} ({}{}: {})", t.display_path, t.library, version, t.hook_names());
         self.enricher.add_library(KnownLibrary {
+            id: t.library_id,
             inode: t.id.ino,
             library: t.library,
             version: t.version,

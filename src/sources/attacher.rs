@@ -23,6 +23,8 @@ pub struct Attacher<'p, 'obj> {
     /// Files already checked, attached or not: each is read once.
     seen: HashSet<FileId>,
     links: Vec<Link>,
+    /// The last library id given (0: none).
+    next_id: u16,
 }
 
 impl<'p, 'obj> Attacher<'p, 'obj> {
@@ -33,7 +35,7 @@ impl<'p, 'obj> Attacher<'p, 'obj> {
         exclude: &[PathBuf],
     ) -> Self {
         let excluded = exclude.iter().filter_map(|p| FileId::of(p).ok()).collect();
-        Attacher { probes, sources, go, excluded, seen: HashSet::new(), links: Vec::new() }
+        Attacher { probes, sources, go, excluded, seen: HashSet::new(), links: Vec::new(), next_id: 0 }
     }
 
     /// `--go-binary PATH`: must be a Go program using crypto/tls that
@@ -41,11 +43,11 @@ impl<'p, 'obj> Attacher<'p, 'obj> {
     pub fn attach_go_binary(&mut self, path: &Path) -> Result<TlsTarget> {
         let context = || format!("--go-binary {}", path.display());
         let id = FileId::of(path).with_context(context)?;
-        let Some(target) = gotls::resolve(path, id).with_context(context)? else {
+        let Some(mut target) = gotls::resolve(path, id).with_context(context)? else {
             bail!("--go-binary {}: not a Go program using crypto/tls", path.display());
         };
         self.seen.insert(id);
-        self.attach(&target).with_context(context)?;
+        self.attach(&mut target).with_context(context)?;
         Ok(target)
     }
 
@@ -57,9 +59,9 @@ impl<'p, 'obj> Attacher<'p, 'obj> {
         let mut errors = Vec::new();
         for source in self.sources.clone() {
             match TlsTarget::from_symbols(path, id, &symbols, source) {
-                Ok(target) => {
+                Ok(mut target) => {
                     self.seen.insert(id);
-                    self.attach(&target).with_context(|| format!("--lib {}", path.display()))?;
+                    self.attach(&mut target).with_context(|| format!("--lib {}", path.display()))?;
                     return Ok(target);
                 }
                 Err(e) => errors.push(format!("{e:#}")),
@@ -151,8 +153,8 @@ impl<'p, 'obj> Attacher<'p, 'obj> {
         (!self.excluded.contains(&id) && self.seen.insert(id)).then_some(())
     }
 
-    fn attach_discovered(&mut self, target: TlsTarget) -> Option<TlsTarget> {
-        match self.attach(&target) {
+    fn attach_discovered(&mut self, mut target: TlsTarget) -> Option<TlsTarget> {
+        match self.attach(&mut target) {
             Ok(()) => Some(target),
             Err(e) => {
                 eprintln!("cleartap: warning: not capturing {}: {e:#}", target.display_path);
@@ -161,7 +163,10 @@ impl<'p, 'obj> Attacher<'p, 'obj> {
         }
     }
 
-    fn attach(&mut self, target: &TlsTarget) -> Result<()> {
+    /// Gives the file its id (the cookie its records carry), then probes it.
+    fn attach(&mut self, target: &mut TlsTarget) -> Result<()> {
+        self.next_id = self.next_id.checked_add(1).context("more than 65535 files probed")?;
+        target.library_id = self.next_id;
         self.links.extend(self.probes.attach(target)?);
         Ok(())
     }

@@ -70,6 +70,7 @@ pub fn resolve(path: &Path, id: FileId) -> Result<Option<TlsTarget>> {
         version: Some(go.version.clone()),
         hooks: vec![(HOOKS[0], write), (HOOKS[1], read)],
         go: Some(points),
+        library_id: 0,
     }))
 }
 

@@ -99,6 +99,8 @@ pub struct TlsTarget {
     pub hooks: Vec<(TlsHook, Function)>,
     /// Go executables: where their probes go (see `gotls`).
     pub go: Option<gotls::GoProbePoints>,
+    /// Given by the attacher, carried by every record from this file.
+    pub library_id: u16,
 }
 
 impl TlsTarget {
@@ -135,6 +137,7 @@ impl TlsTarget {
             version: (source.version)(path),
             hooks: found,
             go: None,
+            library_id: 0,
         })
     }
 

@@ -22,17 +22,28 @@ pub struct TlsProbes<'obj> {
 }
 
 impl<'obj> TlsProbes<'obj> {
+    /// `max_connections` sizes the per-connection map; calls in flight
+    /// (one per thread or goroutine inside a TLS call) get a quarter of it.
     pub fn load(
         storage: &'obj mut MaybeUninit<OpenObject>,
         filters: &Filters,
         ringbuf_bytes: u32,
+        max_connections: u32,
     ) -> Result<Self> {
         let mut open = TlsSkelBuilder::default().open(storage).context("opening the TLS BPF object")?;
         let rodata = open.maps.rodata_data.as_deref_mut().context("no .rodata in the BPF object")?;
         crate::set_filters!(rodata, filters);
         open.maps.events.set_max_entries(ringbuf_bytes).context("sizing the ring buffer")?;
+        let in_flight = (max_connections / 4).max(1024);
+        open.maps.conns.set_max_entries(max_connections).context("sizing the connection map")?;
+        open.maps.active_calls.set_max_entries(in_flight).context("sizing the call map")?;
+        open.maps.go_reads.set_max_entries(in_flight).context("sizing the Go read map")?;
         let has_loop = kernel::has_bpf_loop();
         rodata.has_bpf_loop = has_loop;
+        rodata.has_attach_cookie = kernel::has_attach_cookie();
+        // Wake-ups in batches of 1/32 of the ring; the consumer also polls
+        // every few ms (see run::POLL_INTERVAL), which bounds the delay.
+        rodata.wakeup_batch_bytes = u64::from(ringbuf_bytes / 32);
         open.progs.emit_more_loop.set_autoload(has_loop);
         open.progs.emit_more.set_autoload(!has_loop);
         let skel = open.load().context(
@@ -92,7 +103,8 @@ impl<'obj> TlsProbes<'obj> {
             };
             let offset = function.file_offset as usize;
             for (prog, retprobe) in [(entry, false), (ret, true)] {
-                let opts = UprobeOpts { retprobe, ..Default::default() };
+                let opts =
+                    UprobeOpts { retprobe, cookie: u64::from(target.library_id), ..Default::default() };
                 let link =
                     prog.attach_uprobe_with_opts(-1, &target.path, offset, opts).with_context(|| {
                         format!(
@@ -117,7 +129,8 @@ impl<'obj> TlsProbes<'obj> {
         probes
             .into_iter()
             .map(|(prog, offset, what)| {
-                prog.attach_uprobe_with_opts(-1, &target.path, offset as usize, UprobeOpts::default())
+                let opts = UprobeOpts { cookie: u64::from(target.library_id), ..Default::default() };
+                prog.attach_uprobe_with_opts(-1, &target.path, offset as usize, opts)
                     .with_context(|| format!("attaching a uprobe to {what} in {}", target.path.display()))
             })
             .collect()
