@@ -52,6 +52,10 @@ pub(crate) struct Detector {
     boundaries: [Vec<usize>; 2],
     total: usize,
     since_last_run: usize,
+    /// Per direction, where the next scan starts: every position before it
+    /// was ruled out for good (a "no" stays a "no" whatever follows), so
+    /// scans are incremental rather than quadratic.
+    scanned: [usize; 2],
 }
 
 impl Detector {
@@ -99,8 +103,9 @@ impl Detector {
     }
 
     /// Looks for the earliest HTTP/1 message start or HTTP/2 frame boundary.
-    fn detect_dir(&self, dir: Direction, full: bool) -> Option<Outcome> {
-        let buf = &self.bufs[dir.idx()];
+    fn detect_dir(&mut self, dir: Direction, full: bool) -> Option<Outcome> {
+        let d = dir.idx();
+        let buf = &self.bufs[d];
         if buf.starts_with(PREFACE) {
             let start = Start { client_dir: Some(dir), preface: true };
             return Some(Outcome::Http2(start));
@@ -108,8 +113,8 @@ impl Detector {
         if PREFACE.starts_with(buf) && !full {
             return None;
         }
-        let bounds = &self.boundaries[dir.idx()];
-        for pos in 0..buf.len() {
+        let bounds = &self.boundaries[d];
+        for pos in self.scanned[d]..buf.len() {
             let at_boundary = bounds.binary_search(&pos).is_ok();
             if at_boundary || buf[pos - 1] == b'\n' {
                 match h1_message_start(&buf[pos..]) {
@@ -118,7 +123,10 @@ impl Detector {
                         let start = Start { client_dir: Some(client), preface: false };
                         return Some(Outcome::Http1(start));
                     }
-                    (Cand::NeedMore, _) if !full => return None,
+                    (Cand::NeedMore, _) if !full => {
+                        self.scanned[d] = pos;
+                        return None;
+                    }
                     _ => {}
                 }
             }
@@ -129,10 +137,14 @@ impl Detector {
                 }
                 // Wait rather than look further: later positions may be
                 // inside the payload of this frame.
-                Cand::NeedMore => return None,
+                Cand::NeedMore => {
+                    self.scanned[d] = pos;
+                    return None;
+                }
                 Cand::No => {}
             }
         }
+        self.scanned[d] = buf.len();
         None
     }
 }
