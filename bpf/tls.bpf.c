@@ -149,8 +149,13 @@ static __always_inline int emit_call(void *ctx, struct active_call *c, __u64 n, 
 	struct conn_key k = { .handle = c->handle, .tgid = bpf_get_current_pid_tgid() >> 32 };
 	struct conn_state *cs = conn_for(&k, c->fd);
 	struct emit_state *st = emit_state_get();
-	if (!cs || !st)
+	if (!cs || !st) {
+		/* The connection map refused an entry (memory pressure on the
+		 * LRU): the call is lost, and counted as such. */
+		stat_add(CT_STAT_LOST_RECORDS, 1);
+		stat_add(CT_STAT_LOST_BYTES, n);
 		return 0;
+	}
 	fill_header(&st->hdr, c, cs, n, fn, dir);
 	st->buf = c->buf;
 	if (emit_some_chunks(st))
