@@ -23,12 +23,7 @@
 #include <time.h>
 #include <unistd.h>
 
-static void die(const char *what)
-{
-	fprintf(stderr, "tls_pair: %s\n", what);
-	ERR_print_errors_fp(stderr);
-	exit(1);
-}
+#include "workload.h"
 
 static long *calls; /* shared between the two processes */
 
@@ -61,24 +56,9 @@ static void write_all(SSL *ssl, const char *buf, size_t size, int ex)
 		die("write failed");
 }
 
-static double now(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
 static void serve(int listener, const char *cert, const char *key, size_t size, long iterations)
 {
-	SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
-	if (!ctx || SSL_CTX_use_certificate_file(ctx, cert, SSL_FILETYPE_PEM) != 1 ||
-	    SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1)
-		die("server context");
-	int fd = accept(listener, NULL, NULL);
-	SSL *ssl = SSL_new(ctx);
-	SSL_set_fd(ssl, fd);
-	if (SSL_accept(ssl) != 1)
-		die("accept");
+	SSL *ssl = accept_tls(listener, cert, key);
 	char *buf = malloc(size);
 	for (long i = 0; i < iterations; i++) {
 		read_all(ssl, buf, size, 1);
@@ -90,6 +70,7 @@ static void serve(int listener, const char *cert, const char *key, size_t size, 
 
 int main(int argc, char **argv)
 {
+	program = argv[0];
 	if (argc != 5) {
 		fprintf(stderr, "usage: tls_pair CERT KEY SIZE ITERATIONS\n");
 		return 2;
@@ -98,12 +79,8 @@ int main(int argc, char **argv)
 	long iterations = strtol(argv[4], NULL, 10);
 	calls = mmap(NULL, sizeof(long), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
 
-	int listener = socket(AF_INET, SOCK_STREAM, 0);
-	struct sockaddr_in addr = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-	socklen_t len = sizeof(addr);
-	if (bind(listener, (void *)&addr, sizeof(addr)) || listen(listener, 1) ||
-	    getsockname(listener, (void *)&addr, &len))
-		die("listen");
+	struct sockaddr_in addr;
+	int listener = listen_loopback(&addr);
 	long warmup = iterations / 10 + 1;
 	pid_t server = fork();
 	if (server == 0)

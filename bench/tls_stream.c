@@ -18,19 +18,7 @@
 #include <time.h>
 #include <unistd.h>
 
-static void die(const char *what)
-{
-	fprintf(stderr, "tls_stream: %s\n", what);
-	ERR_print_errors_fp(stderr);
-	exit(1);
-}
-
-static double now(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return ts.tv_sec + ts.tv_nsec / 1e9;
-}
+#include "workload.h"
 
 static void hex(const unsigned char *d, unsigned n, char *out)
 {
@@ -41,15 +29,7 @@ static void hex(const unsigned char *d, unsigned n, char *out)
 /* The server: reads everything, writes back the hex SHA-256 (64 bytes). */
 static void serve(int listener, const char *cert, const char *key, size_t total)
 {
-	SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
-	if (!ctx || SSL_CTX_use_certificate_file(ctx, cert, SSL_FILETYPE_PEM) != 1 ||
-	    SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1)
-		die("server context");
-	int fd = accept(listener, NULL, NULL);
-	SSL *ssl = SSL_new(ctx);
-	SSL_set_fd(ssl, fd);
-	if (SSL_accept(ssl) != 1)
-		die("accept");
+	SSL *ssl = accept_tls(listener, cert, key);
 	EVP_MD_CTX *md = EVP_MD_CTX_new();
 	EVP_DigestInit_ex(md, EVP_sha256(), NULL);
 	static char buf[1 << 16];
@@ -73,17 +53,14 @@ static void serve(int listener, const char *cert, const char *key, size_t total)
 
 int main(int argc, char **argv)
 {
+	program = argv[0];
 	if (argc != 5) {
 		fprintf(stderr, "usage: tls_stream CERT KEY TOTAL WRITE\n");
 		return 2;
 	}
 	size_t total = strtoull(argv[3], NULL, 10), chunk = strtoull(argv[4], NULL, 10);
-	int listener = socket(AF_INET, SOCK_STREAM, 0);
-	struct sockaddr_in addr = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-	socklen_t len = sizeof(addr);
-	if (bind(listener, (void *)&addr, sizeof(addr)) || listen(listener, 1) ||
-	    getsockname(listener, (void *)&addr, &len))
-		die("listen");
+	struct sockaddr_in addr;
+	int listener = listen_loopback(&addr);
 	pid_t server = fork();
 	if (server == 0)
 		serve(listener, argv[1], argv[2], total);

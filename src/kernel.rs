@@ -111,26 +111,18 @@ pub fn preflight() -> Result<()> {
 /// Does this kernel have the bpf_loop helper (5.17)? Probed, not guessed
 /// from the version: distributions backport.
 pub fn has_bpf_loop() -> bool {
-    // SAFETY: a read-only probe that loads and unloads a tiny program.
-    let found = unsafe {
-        libbpf_sys::libbpf_probe_bpf_helper(
-            libbpf_sys::BPF_PROG_TYPE_KPROBE,
-            libbpf_sys::BPF_FUNC_loop,
-            std::ptr::null(),
-        )
-    };
-    found == 1
+    has_uprobe_helper(libbpf_sys::BPF_FUNC_loop)
 }
 
 /// Does this kernel give uprobes a cookie (bpf_get_attach_cookie, 5.15)?
 pub fn has_attach_cookie() -> bool {
-    // SAFETY: as in has_bpf_loop.
+    has_uprobe_helper(libbpf_sys::BPF_FUNC_get_attach_cookie)
+}
+
+fn has_uprobe_helper(helper: libbpf_sys::bpf_func_id) -> bool {
+    // SAFETY: a read-only probe that loads and unloads a tiny program.
     let found = unsafe {
-        libbpf_sys::libbpf_probe_bpf_helper(
-            libbpf_sys::BPF_PROG_TYPE_KPROBE,
-            libbpf_sys::BPF_FUNC_get_attach_cookie,
-            std::ptr::null(),
-        )
+        libbpf_sys::libbpf_probe_bpf_helper(libbpf_sys::BPF_PROG_TYPE_KPROBE, helper, std::ptr::null())
     };
     found == 1
 }

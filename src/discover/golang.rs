@@ -26,7 +26,11 @@ impl GoBinary {
     pub fn parse(bytes: &[u8], wanted: &[&str]) -> Result<Option<GoBinary>> {
         let elf = ElfFile64::<Endianness>::parse(bytes).context("not a 64-bit ELF file")?;
         let segments = load_segments(&elf)?;
-        let buildinfo = section(&elf, ".go.buildinfo").or_else(|| find_buildinfo(bytes));
+        // Scanning for the build info is for files without section headers
+        // only: every exec on the host comes through here.
+        let no_sections = elf.sections().next().is_none();
+        let buildinfo =
+            section(&elf, ".go.buildinfo").or_else(|| if no_sections { find_buildinfo(bytes) } else { None });
         let has_pclntab = section(&elf, ".gopclntab").is_some();
         if buildinfo.is_none() && !has_pclntab && elf.section_by_name(".note.go.buildid").is_none() {
             return Ok(None);

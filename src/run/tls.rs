@@ -101,9 +101,8 @@ impl TlsHandler<'_, '_> {
             path: t.display_path,
         });
     }
-}
 
-impl TlsHandler<'_, '_> {
+    /// A secret -> one key log line, when asked for and readable whole.
     fn secret(&mut self, s: &ct_tls_secret) -> io::Result<()> {
         let Some(keylog) = self.keylog.as_mut() else { return Ok(()) };
         let field = |bytes: &[u8], len: u32| bytes.get(..len as usize).map(<[u8]>::to_vec);
