@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 
+CONN_TABLE = re.compile(r"connection table: (\d+) entries created, (\d+) evicted")
 SUMMARY = re.compile(r"(\d+) records, (\d+) bytes captured; lost in the kernel: (\d+) records \((\d+) bytes\)")
 
 
@@ -54,6 +55,9 @@ class Cleartap:
         found = [m for m in found if m]
         counts = dict(zip(["records", "bytes", "lost_records", "lost_bytes"],
                           map(int, found[-1].groups()))) if found else {}
+        table = [m for m in map(CONN_TABLE.search, self.stderr) if m]
+        if table:
+            counts["conn_entries"], counts["conn_evicted"] = map(int, table[-1].groups())
         return {"cpu_s": usage.ru_utime + usage.ru_stime, "rss_kib": usage.ru_maxrss, **counts}
 
 
@@ -302,7 +306,10 @@ while True:
 def scale(env, processes=20, per_process=50, seconds=5):
     """1,000 TLS connections from 20 processes, open before cleartap starts:
     time to ready, attribution of every record (each names its pid and
-    port), and the kernel memory of cleartap's maps."""
+    port), and the kernel memory of cleartap's maps. The connection map is
+    sized for 1,024 (both ends of each connection are captured: 2,000), so
+    its LRU evicts and the evictions are counted; tuples are read at every
+    call, so attribution must not suffer."""
     server = subprocess.Popen([sys.executable, "-c", SCALE_SERVER, env["cert"], env["key"]],
                               stdout=subprocess.PIPE, text=True)
     port = server.stdout.readline().strip()
@@ -312,7 +319,8 @@ def scale(env, processes=20, per_process=50, seconds=5):
     for c in clients:
         c.stdout.readline()
     out = os.path.join(env["scratch"], "scale.out")
-    tracer = Cleartap(env["cleartap"], ["--comm", "python3", "--format", "json", "--decode", "raw"], out)
+    args = ["--comm", "python3", "--format", "json", "--decode", "raw", "--max-connections", "1024"]
+    tracer = Cleartap(env["cleartap"], args, out)
     map_kib = cleartap_map_memory(tracer.proc.pid)
     for c in clients:
         c.stdin.write("go\n")
@@ -326,8 +334,9 @@ def scale(env, processes=20, per_process=50, seconds=5):
     os.unlink(out)
     print(f"\nscale: {processes} processes x {per_process} TLS connections open before start")
     print(f"  start to ready: {tracer.ready_s:.2f} s; records attributed right: {right}, wrong: {wrong}; "
-          f"kernel memory of cleartap's maps: {map_kib / 1024:.1f} MiB; lost {stats.get('lost_records')} "
-          f"records; peak RSS {stats['rss_kib'] / 1024:.0f} MiB")
+          f"kernel memory of cleartap's maps: {map_kib / 1024:.1f} MiB; connection map (1,024 entries): "
+          f"{stats.get('conn_entries')} created, {stats.get('conn_evicted')} evicted; lost "
+          f"{stats.get('lost_records')} records; peak RSS {stats['rss_kib'] / 1024:.0f} MiB")
     return {"ready_s": tracer.ready_s, "right": right, "wrong": wrong, "map_kib": map_kib, "cleartap": stats}
 
 

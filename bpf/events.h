@@ -26,6 +26,8 @@ enum ct_stat {
 	CT_STAT_LOST_RECORDS,	/* records that found the ring buffer full */
 	CT_STAT_LOST_BYTES,	/* payload bytes in those records */
 	CT_STAT_TRUNCATED_BYTES,/* bytes beyond the per-call ceiling */
+	CT_STAT_CONN_ENTRIES,	/* entries created in the connection map (none is deleted:
+				 * created - present = evicted by the LRU) */
 	CT_STAT_MAX,
 };
 

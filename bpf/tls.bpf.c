@@ -100,7 +100,8 @@ static __always_inline struct conn_state *conn_for(struct conn_key *k, int fd)
 	struct conn_state *cs = bpf_map_lookup_elem(&conns, k);
 	if (!cs) {
 		struct conn_state fresh = { .fd = fd };
-		bpf_map_update_elem(&conns, k, &fresh, BPF_NOEXIST);
+		if (!bpf_map_update_elem(&conns, k, &fresh, BPF_NOEXIST))
+			stat_add(CT_STAT_CONN_ENTRIES, 1);
 		cs = bpf_map_lookup_elem(&conns, k);
 		if (!cs)
 			return NULL;

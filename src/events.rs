@@ -39,6 +39,7 @@ pub mod stat {
     pub const LOST_RECORDS: u32 = 1;
     pub const LOST_BYTES: u32 = 2;
     pub const TRUNCATED_BYTES: u32 = 3;
+    pub const CONN_ENTRIES: u32 = 4;
 }
 pub mod flag {
     pub const FAULT: u32 = 1;

@@ -159,6 +159,8 @@ pub struct KernelStats {
     pub lost_records: u64,
     pub lost_bytes: u64,
     pub truncated_bytes: u64,
+    /// Entries the TLS connection map has created (see `sources::tls`).
+    pub conn_entries: u64,
 }
 
 impl KernelStats {
@@ -176,6 +178,7 @@ impl KernelStats {
             lost_records: get(stat::LOST_RECORDS),
             lost_bytes: get(stat::LOST_BYTES),
             truncated_bytes: get(stat::TRUNCATED_BYTES),
+            conn_entries: get(stat::CONN_ENTRIES),
         }
     }
 }

@@ -12,7 +12,7 @@ use crate::context::libraries::{KnownLibrary, LibraryResolver};
 use crate::context::streams::HttpStreams;
 use crate::context::{Enricher, HttpRecord};
 use crate::events::{c_chars, Event};
-use crate::kernel;
+use crate::kernel::{self, KernelStats};
 use crate::output::keylog::KeyLog;
 use crate::output::{self, Output};
 use crate::sources::attacher::Attacher;
@@ -61,7 +61,14 @@ pub fn run(args: &TlsArgs) -> Result<()> {
         handler.attached(t);
     }
     let out = output::writer(args.output.style(args.body), io::stdout());
-    pump(probes.events_map(), probes.stats_map(), links, &mut handler, out)
+    let result = pump(probes.events_map(), probes.stats_map(), links, &mut handler, out);
+    let created = KernelStats::read(probes.stats_map()).conn_entries;
+    let evicted = created.saturating_sub(probes.connections_held());
+    eprintln!(
+        "cleartap: connection table: {created} entries created, {evicted} evicted (--max-connections {})",
+        args.max_connections
+    );
+    result
 }
 
 fn selected_sources(libraries: &[Library]) -> Vec<&'static TlsSource> {

@@ -163,6 +163,12 @@ impl<'obj> TlsProbes<'obj> {
         Some((entry, ret))
     }
 
+    /// Connections the kernel map holds now. It never deletes an entry, so
+    /// entries created minus this is what its LRU evicted.
+    pub fn connections_held(&self) -> u64 {
+        self.skel.maps.conns.keys().count() as u64
+    }
+
     pub fn events_map(&self) -> &libbpf_rs::MapMut<'obj> {
         &self.skel.maps.events
     }
