@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use libbpf_cargo::SkeletonBuilder;
 
-const PROGRAMS: &[&str] = &["tls", "procwatch", "shell", "exec", "sql", "types"];
+const PROGRAMS: &[&str] = &["tls", "procwatch", "shell", "exec", "sql", "packets", "types"];
 
 fn main() {
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR is set by cargo"));

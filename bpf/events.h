@@ -19,6 +19,9 @@ enum ct_event_kind {
 	CT_EV_QUERY_END = 9,  /* the statement of that thread ended (struct ct_query_end) */
 	CT_EV_QUERY_FAIL = 10,/* the statement of that thread failed (struct ct_query_end) */
 	CT_EV_TLS_SECRET = 11,/* a TLS secret as a key log line says it (struct ct_tls_secret) */
+	CT_EV_SSL_KEYS = 12,  /* OpenSSL's secrets of one handshake, raw (struct ct_ssl_keys) */
+	CT_EV_PACKET = 13,    /* a packet seen by the TC classifier (struct ct_packet + bytes) */
+	CT_EV_SOCK_OWNER = 14,/* a process connected or accepted a socket (struct ct_sock_owner) */
 };
 
 enum ct_stat {
@@ -28,6 +31,8 @@ enum ct_stat {
 	CT_STAT_TRUNCATED_BYTES,/* bytes beyond the per-call ceiling */
 	CT_STAT_CONN_ENTRIES,	/* entries created in the connection map (none is deleted:
 				 * created - present = evicted by the LRU) */
+	CT_STAT_LOST_PACKETS,	/* packets that found the packet ring buffer full */
+	CT_STAT_CUT_PACKETS,	/* packets longer than the largest record: cut */
 	CT_STAT_MAX,
 };
 
@@ -112,6 +117,72 @@ struct ct_tls_secret {
 	char label[CT_SECRET_LABEL_MAX];
 	__u8 client_random[CT_RANDOM_LEN];
 	__u8 secret[CT_SECRET_MAX];
+};
+
+/* Where OpenSSL keeps the secrets (user space fills it per library from
+ * the generated layout table; see src/sources/openssl_layout.rs). Offsets
+ * from the SSL* handle; CT_NO_OFFSET: the field does not exist. */
+#define CT_NO_OFFSET 0xffffffff
+struct ct_ssl_layout {
+	__u32 ssl_type;
+	__u32 version;
+	__u32 session;
+	__u32 s3;
+	__u32 s3_is_pointer;
+	__u32 s3_client_random;
+	__u32 handshake_secret;
+	__u32 handshake_traffic_hash;
+	__u32 client_app_traffic_secret;
+	__u32 server_app_traffic_secret;
+	__u32 exporter_master_secret;
+	__u32 session_master_key_length;
+	__u32 session_master_key;
+	__u32 session_cipher;
+	__u32 cipher_id;
+};
+
+/* The secrets of one OpenSSL handshake, read once it completed. User space
+ * checks them for sanity and turns them into key log lines (deriving the
+ * TLS 1.3 handshake traffic secrets). A field that could not be read has
+ * its bit set in `missing` (1 << the field's order below). */
+struct ct_ssl_keys {
+	__u32 kind;
+	__u32 pid;
+	__u32 library_id;
+	__s32 ssl_type;
+	__s32 version;
+	__u32 cipher_id;
+	__u64 master_key_length;
+	__u32 missing;
+	__u32 _pad;
+	__u8 client_random[CT_RANDOM_LEN];
+	__u8 master_key[CT_SECRET_MAX];
+	__u8 handshake_secret[CT_SECRET_MAX];
+	__u8 handshake_traffic_hash[CT_SECRET_MAX];
+	__u8 client_app_traffic_secret[CT_SECRET_MAX];
+	__u8 server_app_traffic_secret[CT_SECRET_MAX];
+	__u8 exporter_master_secret[CT_SECRET_MAX];
+};
+
+/* A packet at TC ingress or egress; `caplen` bytes of it follow. */
+struct ct_packet {
+	__u32 kind;
+	__u32 ifindex;
+	__u64 ts_ns;     /* CLOCK_MONOTONIC */
+	__u32 len;       /* on the wire (for GSO packets: the whole aggregate) */
+	__u32 caplen;
+	__u8 outbound;   /* 1: egress, 0: ingress */
+	__u8 _pad[7];
+};
+
+/* A process connected or accepted an inet socket: who owns this tuple. */
+struct ct_sock_owner {
+	__u32 kind;
+	__u32 pid;
+	__u32 uid;
+	__u32 _pad;
+	struct ct_tuple tuple;
+	char comm[CT_COMM_LEN];
 };
 
 #define CT_PATH_LEN 256

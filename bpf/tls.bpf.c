@@ -164,6 +164,141 @@ static __always_inline int emit_call(void *ctx, struct active_call *c, __u64 n, 
 	return 0;
 }
 
+/* --- OpenSSL secrets ------------------------------------------------------
+ * Read from the library's private structs at offsets user space generated
+ * from OpenSSL's sources (per library, by the probe's cookie), once per
+ * handshake: after SSL_do_handshake succeeds, or at the first SSL_read/
+ * SSL_write that finds the handshake done (handshakes driven implicitly by
+ * SSL_read, as node does). User space validates every field. */
+
+/* Set by user space when secrets are wanted (--keylog, -w). */
+const volatile bool capture_secrets = false;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 256);
+	__type(key, __u32); /* library id; 0 on kernels without attach cookies */
+	__type(value, struct ct_ssl_layout);
+} ssl_layouts SEC(".maps");
+
+/* The first 8 bytes of the client random whose secrets a connection has
+ * reported: a new handshake on the same SSL* reports again. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct conn_key);
+	__type(value, __u64);
+} ssl_keys_sent SEC(".maps");
+
+#define TLS1_3_VERSION 0x0304
+
+static __always_inline bool read_field(void *dst, __u32 size, __u64 base, __u32 offset)
+{
+	return offset != CT_NO_OFFSET && bpf_probe_read_user(dst, size, (void *)(base + offset)) == 0;
+}
+
+static __always_inline bool nonzero64(const __u8 *p)
+{
+	__u64 head = 0;
+	__builtin_memcpy(&head, p, sizeof(head));
+	return head != 0;
+}
+
+/* Where the client random is: s3 is a pointer in 1.1.x, inline in 3.x. */
+static __always_inline __u64 client_random_at(struct ct_ssl_layout *l, __u64 ssl)
+{
+	__u64 s3 = ssl + l->s3;
+	if (l->s3_is_pointer && bpf_probe_read_user(&s3, sizeof(s3), (void *)(ssl + l->s3)))
+		return 0;
+	return s3 ? s3 + l->s3_client_random : 0;
+}
+
+static __always_inline void fill_ssl_keys(struct ct_ssl_keys *e, struct ct_ssl_layout *l, __u64 ssl,
+					  __u64 random_at)
+{
+	__u64 session = 0, cipher = 0;
+	e->kind = CT_EV_SSL_KEYS;
+	e->missing = 0;
+	e->ssl_type = 0;
+	if (l->ssl_type != CT_NO_OFFSET && !read_field(&e->ssl_type, 4, ssl, l->ssl_type))
+		e->missing |= 1;
+	if (!read_field(&e->version, 4, ssl, l->version))
+		e->missing |= 2;
+	if (!read_field(&session, 8, ssl, l->session) || !session ||
+	    !read_field(&e->master_key_length, 8, session, l->session_master_key_length) ||
+	    !read_field(e->master_key, CT_SECRET_MAX, session, l->session_master_key))
+		e->missing |= 4;
+	if (!read_field(&cipher, 8, session, l->session_cipher) || !cipher ||
+	    !read_field(&e->cipher_id, 4, cipher, l->cipher_id))
+		e->missing |= 8;
+	if (bpf_probe_read_user(e->client_random, CT_RANDOM_LEN, (void *)random_at))
+		e->missing |= 16;
+	if (!read_field(e->handshake_secret, CT_SECRET_MAX, ssl, l->handshake_secret) ||
+	    !read_field(e->handshake_traffic_hash, CT_SECRET_MAX, ssl, l->handshake_traffic_hash) ||
+	    !read_field(e->client_app_traffic_secret, CT_SECRET_MAX, ssl, l->client_app_traffic_secret) ||
+	    !read_field(e->server_app_traffic_secret, CT_SECRET_MAX, ssl, l->server_app_traffic_secret) ||
+	    !read_field(e->exporter_master_secret, CT_SECRET_MAX, ssl, l->exporter_master_secret))
+		e->missing |= 32;
+}
+
+/* A handshake is done when its final secrets exist: the application
+ * traffic secrets in TLS 1.3, the master key before. */
+static __always_inline bool handshake_done(struct ct_ssl_keys *e)
+{
+	if (e->missing & 6)
+		return false;
+	if (e->version == TLS1_3_VERSION)
+		return nonzero64(e->client_app_traffic_secret) && nonzero64(e->server_app_traffic_secret);
+	return e->master_key_length > 0;
+}
+
+static __always_inline void report_ssl_keys(__u64 ssl, __u32 lib)
+{
+	struct ct_ssl_layout *l = bpf_map_lookup_elem(&ssl_layouts, &lib);
+	if (!l)
+		return;
+	__u64 random_at = client_random_at(l, ssl);
+	__u64 head = 0;
+	if (!random_at || bpf_probe_read_user(&head, sizeof(head), (void *)random_at) || !head)
+		return;
+	__u64 id = bpf_get_current_pid_tgid();
+	struct conn_key k = { .handle = ssl, .tgid = id >> 32 };
+	__u64 *sent = bpf_map_lookup_elem(&ssl_keys_sent, &k);
+	if (sent && *sent == head)
+		return;
+	struct ct_ssl_keys *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		stat_add(CT_STAT_LOST_RECORDS, 1);
+		return;
+	}
+	e->pid = id >> 32;
+	e->library_id = lib;
+	fill_ssl_keys(e, l, ssl, random_at);
+	if (!handshake_done(e)) {
+		bpf_ringbuf_discard(e, 0);
+		return;
+	}
+	bpf_ringbuf_submit(e, 0);
+	stat_add(CT_STAT_RECORDS, 1);
+	bpf_map_update_elem(&ssl_keys_sent, &k, &head, BPF_ANY);
+}
+
+/* SSL_do_handshake: 1 when the handshake completed. */
+SEC("uretprobe")
+int BPF_KRETPROBE(ssl_handshake_return)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct active_call *found = bpf_map_lookup_elem(&active_calls, &id);
+	if (!found)
+		return 0;
+	__u64 ssl = found->handle;
+	__u32 lib = found->library_id;
+	bpf_map_delete_elem(&active_calls, &id);
+	if ((int)PT_REGS_RC(ctx) == 1)
+		report_ssl_keys(ssl, lib);
+	return 0;
+}
+
 static __always_inline int on_return(struct pt_regs *ctx, __u8 fn, __u8 dir)
 {
 	__u64 id = bpf_get_current_pid_tgid();
@@ -172,6 +307,8 @@ static __always_inline int on_return(struct pt_regs *ctx, __u8 fn, __u8 dir)
 		return 0;
 	struct active_call c = *found;
 	bpf_map_delete_elem(&active_calls, &id);
+	if (capture_secrets && fn <= CT_FN_SSL_READ_EX)
+		report_ssl_keys(c.handle, c.library_id);
 
 	__u64 n = bytes_done(ctx, &c);
 	if (n == 0)
@@ -411,6 +548,51 @@ int go_keylog(struct pt_regs *ctx)
 	if (!copy_field(e->client_random, sizeof(e->client_random), ctx->si, ctx->di))
 		e->missing |= 2;
 	if (!copy_field(e->secret, sizeof(e->secret), ctx->r10, ctx->r9))
+		e->missing |= 4;
+	bpf_ringbuf_submit(e, 0);
+	stat_add(CT_STAT_RECORDS, 1);
+	return 0;
+}
+
+/* GnuTLS (3.6.13+) hands every secret to session->internals.keylog_func;
+ * this probe sits on the default one gnutls_init installs: (session, label,
+ * const gnutls_datum_t *secret). The client random's offset in the session
+ * comes from disassembling gnutls_session_get_random (user space). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 64);
+	__type(key, __u32);   /* library id */
+	__type(value, __u32); /* offset of the client random in the session */
+} gnutls_random_offsets SEC(".maps");
+
+SEC("uprobe")
+int BPF_KPROBE(gnutls_keylog, void *session, const char *label, void *datum)
+{
+	if (!current_task_wanted())
+		return 0;
+	__u32 lib = library_id(ctx);
+	__u32 *random_offset = bpf_map_lookup_elem(&gnutls_random_offsets, &lib);
+	if (!random_offset)
+		return 0;
+	struct { __u64 data; __u32 size; } secret = {};
+	struct ct_tls_secret *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		stat_add(CT_STAT_LOST_RECORDS, 1);
+		return 0;
+	}
+	e->kind = CT_EV_TLS_SECRET;
+	e->pid = bpf_get_current_pid_tgid() >> 32;
+	e->missing = 0;
+	long n = bpf_probe_read_user_str(e->label, sizeof(e->label), label);
+	e->label_len = n > 0 ? n - 1 : 0;
+	if (n <= 1)
+		e->missing |= 1;
+	e->random_len = CT_RANDOM_LEN;
+	if (bpf_probe_read_user(e->client_random, CT_RANDOM_LEN, (char *)session + *random_offset))
+		e->missing |= 2;
+	bpf_probe_read_user(&secret, sizeof(secret), datum);
+	e->secret_len = secret.size;
+	if (!copy_field(e->secret, sizeof(e->secret), secret.size, secret.data))
 		e->missing |= 4;
 	bpf_ringbuf_submit(e, 0);
 	stat_add(CT_STAT_RECORDS, 1);

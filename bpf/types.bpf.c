@@ -17,3 +17,7 @@ struct ct_exec_result ct_exec_result_type;
 struct ct_query_start ct_query_start_type;
 struct ct_query_end ct_query_end_type;
 struct ct_tls_secret ct_tls_secret_type;
+struct ct_ssl_keys ct_ssl_keys_type;
+struct ct_ssl_layout ct_ssl_layout_type;
+struct ct_packet ct_packet_type;
+struct ct_sock_owner ct_sock_owner_type;

@@ -26,3 +26,7 @@ pub mod types {
 pub mod sql {
     include!(concat!(env!("OUT_DIR"), "/sql.skel.rs"));
 }
+
+pub mod packets {
+    include!(concat!(env!("OUT_DIR"), "/packets.skel.rs"));
+}

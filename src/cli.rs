@@ -18,6 +18,8 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+// Parsed once per run: the size of the largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Capture TLS plaintext (OpenSSL/BoringSSL, GnuTLS, NSS) from every process, including later ones.
     Tls(TlsArgs),
@@ -102,10 +104,20 @@ pub struct TlsArgs {
     /// Which TLS libraries to capture.
     #[arg(long = "library", value_enum, value_delimiter = ',', default_value = "openssl,gnutls,nss,go")]
     pub libraries: Vec<Library>,
-    /// Write the TLS secrets seen (Go programs) to this file in SSLKEYLOGFILE format, mode 0600.
+    /// Write the TLS secrets seen (OpenSSL, GnuTLS, Go) to this file in SSLKEYLOGFILE format, mode 0600.
     #[arg(long = "keylog", value_name = "FILE")]
     pub keylog: Option<PathBuf>,
-    /// Append to an existing --keylog file instead of refusing it.
+    /// Write the packets of the -i interfaces to this pcapng file (`-` for stdout), mode 0600,
+    /// with the TLS secrets embedded so that Wireshark decrypts it as it is.
+    #[arg(short = 'w', long = "write", value_name = "FILE")]
+    pub write: Option<PathBuf>,
+    /// Interface to capture packets on with -w (repeatable; `any`: every interface). Default: any.
+    #[arg(short = 'i', long = "interface", value_name = "IFACE", requires = "write")]
+    pub interfaces: Vec<String>,
+    /// Bytes of each packet to keep with -w (default: whole packets).
+    #[arg(long, value_name = "N", requires = "write", value_parser = clap::value_parser!(u32).range(64..))]
+    pub snaplen: Option<u32>,
+    /// Append to an existing --keylog file, or replace an existing -w file, instead of refusing it.
     #[arg(long)]
     pub force: bool,
     /// Connections whose state the kernel keeps (LRU: the least recently used is dropped beyond it).
@@ -118,6 +130,9 @@ pub struct TlsArgs {
     /// HTTP exchanges: bytes of each body to show (decompressed when compressed).
     #[arg(long = "body", value_name = "N", default_value_t = 256)]
     pub body: usize,
+    /// With -w: a packet filter in tcpdump syntax (e.g. `tcp port 443`), applied exactly as libpcap does.
+    #[arg(value_name = "FILTER", trailing_var_arg = true, allow_hyphen_values = true, requires = "write")]
+    pub filter: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

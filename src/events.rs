@@ -5,8 +5,8 @@
 use std::mem::size_of;
 
 use crate::bpf::types::{
-    ct_exec_result, ct_exec_start, ct_query_end, ct_query_start, ct_shell_line, ct_task, ct_task_event,
-    ct_tls_data, ct_tls_secret,
+    ct_exec_result, ct_exec_start, ct_packet, ct_query_end, ct_query_start, ct_shell_line, ct_sock_owner,
+    ct_ssl_keys, ct_task, ct_task_event, ct_tls_data, ct_tls_secret,
 };
 
 /// Mirrors of the enums in `bpf/events.h` (libbpf-cargo generates the
@@ -23,6 +23,9 @@ pub mod kind {
     pub const QUERY_END: u32 = 9;
     pub const QUERY_FAIL: u32 = 10;
     pub const TLS_SECRET: u32 = 11;
+    pub const SSL_KEYS: u32 = 12;
+    pub const PACKET: u32 = 13;
+    pub const SOCK_OWNER: u32 = 14;
 }
 pub mod sql {
     pub const MARIADB: u8 = 1;
@@ -40,6 +43,8 @@ pub mod stat {
     pub const LOST_BYTES: u32 = 2;
     pub const TRUNCATED_BYTES: u32 = 3;
     pub const CONN_ENTRIES: u32 = 4;
+    pub const LOST_PACKETS: u32 = 5;
+    pub const CUT_PACKETS: u32 = 6;
 }
 pub mod flag {
     pub const FAULT: u32 = 1;
@@ -84,6 +89,18 @@ pub enum Event<'a> {
     QueryFail(&'a ct_query_end),
     /// A TLS secret, as a key log line says it.
     TlsSecret(&'a ct_tls_secret),
+    /// OpenSSL's secrets of one handshake, raw (see `sources::openssl_keys`).
+    SslKeys(&'a ct_ssl_keys),
+    /// A packet from the TC classifier and the bytes captured of it.
+    Packet(Packet<'a>),
+    /// A process connected or accepted this socket.
+    SockOwner(&'a ct_sock_owner),
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Packet<'a> {
+    pub header: ct_packet,
+    pub data: &'a [u8],
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -122,6 +139,9 @@ pub fn decode(raw: &[u8]) -> Result<Event<'_>, DecodeError> {
         kind::QUERY_END => view::<ct_query_end>(raw).map(Event::QueryEnd),
         kind::QUERY_FAIL => view::<ct_query_end>(raw).map(Event::QueryFail),
         kind::TLS_SECRET => view::<ct_tls_secret>(raw).map(Event::TlsSecret),
+        kind::SSL_KEYS => view::<ct_ssl_keys>(raw).map(Event::SslKeys),
+        kind::PACKET => decode_packet(raw).map(Event::Packet),
+        kind::SOCK_OWNER => view::<ct_sock_owner>(raw).map(Event::SockOwner),
         other => Err(DecodeError::UnknownKind(other)),
     }
 }
@@ -133,6 +153,15 @@ fn decode_tls(raw: &[u8]) -> Result<TlsData<'_>, DecodeError> {
     let len = header.len as usize;
     let data = body.get(..len).ok_or(DecodeError::LengthBeyondRecord { len, room: body.len() })?;
     Ok(TlsData { header, data })
+}
+
+fn decode_packet(raw: &[u8]) -> Result<Packet<'_>, DecodeError> {
+    let mut header = ct_packet::default();
+    plain::copy_from_bytes(&mut header, raw).map_err(|_| DecodeError::TooShort(raw.len()))?;
+    let body = &raw[size_of::<ct_packet>()..];
+    let len = header.caplen as usize;
+    let data = body.get(..len).ok_or(DecodeError::LengthBeyondRecord { len, room: body.len() })?;
+    Ok(Packet { header, data })
 }
 
 /// `struct ct_file_event`: kind, pid, then a NUL-terminated path.
@@ -210,6 +239,14 @@ unsafe impl plain::Plain for ct_task {}
 unsafe impl plain::Plain for ct_query_end {}
 // SAFETY: as above.
 unsafe impl plain::Plain for ct_tls_secret {}
+// SAFETY: as above.
+unsafe impl plain::Plain for ct_ssl_keys {}
+// SAFETY: as above.
+unsafe impl plain::Plain for ct_packet {}
+// SAFETY: as above.
+unsafe impl plain::Plain for ct_sock_owner {}
+// SAFETY: as above.
+unsafe impl plain::Plain for crate::bpf::types::ct_ssl_layout {}
 
 #[cfg(test)]
 mod tests {
@@ -237,6 +274,9 @@ mod tests {
         assert_eq!(header_enum_value("CT_EV_EXEC_RESULT"), kind::EXEC_RESULT as u64);
         assert_eq!(header_enum_value("CT_EV_QUERY_FAIL"), kind::QUERY_FAIL as u64);
         assert_eq!(header_enum_value("CT_EV_TLS_SECRET"), kind::TLS_SECRET as u64);
+        assert_eq!(header_enum_value("CT_EV_SSL_KEYS"), kind::SSL_KEYS as u64);
+        assert_eq!(header_enum_value("CT_EV_PACKET"), kind::PACKET as u64);
+        assert_eq!(header_enum_value("CT_EV_SOCK_OWNER"), kind::SOCK_OWNER as u64);
         assert_eq!(header_enum_value("CT_SHELL_BASH"), shell::BASH as u64);
         assert_eq!(header_enum_value("CT_SHELL_ZSH"), shell::ZSH as u64);
         assert_eq!(header_enum_value("CT_STAT_RECORDS"), stat::RECORDS as u64);

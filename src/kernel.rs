@@ -161,6 +161,10 @@ pub struct KernelStats {
     pub truncated_bytes: u64,
     /// Entries the TLS connection map has created (see `sources::tls`).
     pub conn_entries: u64,
+    /// Packets that found the packet ring full, and packets cut because
+    /// they were larger than the largest record.
+    pub lost_packets: u64,
+    pub cut_packets: u64,
 }
 
 impl KernelStats {
@@ -179,6 +183,8 @@ impl KernelStats {
             lost_bytes: get(stat::LOST_BYTES),
             truncated_bytes: get(stat::TRUNCATED_BYTES),
             conn_entries: get(stat::CONN_ENTRIES),
+            lost_packets: get(stat::LOST_PACKETS),
+            cut_packets: get(stat::CUT_PACKETS),
         }
     }
 }

@@ -7,6 +7,7 @@ mod discover;
 mod events;
 mod kernel;
 mod output;
+mod packets;
 mod run;
 mod sources;
 

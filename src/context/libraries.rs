@@ -76,6 +76,15 @@ impl LibraryResolver {
         }
     }
 
+    pub fn describe(&self, id: u16) -> String {
+        match self.known.iter().find(|k| k.id == id && id != 0) {
+            Some(k) => {
+                format!("{} {} at {}", k.library, k.version.as_deref().unwrap_or("(version unknown)"), k.path)
+            }
+            None => "a TLS library".to_string(),
+        }
+    }
+
     fn lookup(&self, pid: u32, address: u64) -> Option<(Option<usize>, usize)> {
         let maps = self.by_pid.get(&pid)?;
         let i = maps.iter().position(|m| m.start <= address && address < m.end)?;

@@ -8,6 +8,7 @@ pub mod execs;
 pub mod gaps;
 pub mod libraries;
 pub mod queries;
+pub mod secrets;
 pub mod streams;
 pub mod users;
 
@@ -109,6 +110,11 @@ impl Enricher {
         self.libraries.add(library);
     }
 
+    /// "openssl 3.0.22 at /usr/lib/.../libssl.so.3", for messages.
+    pub fn library_name(&self, id: u16) -> String {
+        self.libraries.describe(id)
+    }
+
     pub fn tls<'a>(&'a mut self, d: &TlsData<'a>) -> TlsRecord<'a> {
         let h = &d.header;
         let (function, family) = sources::function_of(h.function);
@@ -152,7 +158,7 @@ pub fn comm_string(comm: &[i8; 16]) -> String {
     String::from_utf8_lossy(&bytes).into_owned()
 }
 
-fn tuple_addrs(t: &crate::bpf::types::ct_tuple) -> (Option<SocketAddr>, Option<SocketAddr>) {
+pub(crate) fn tuple_addrs(t: &crate::bpf::types::ct_tuple) -> (Option<SocketAddr>, Option<SocketAddr>) {
     let ip = |raw: &[u8; 16]| -> Option<IpAddr> {
         match t.family {
             2 => Some(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]).into()),

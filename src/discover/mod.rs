@@ -3,6 +3,7 @@
 //! nothing here touches BPF.
 
 pub mod elf;
+pub mod gnutls_keylog;
 pub mod golang;
 pub mod ldpath;
 pub mod procs;

@@ -1,23 +1,47 @@
-//! TLS secrets as an NSS key log file (SSLKEYLOGFILE), which Wireshark
-//! reads: `<label> <client_random hex> <secret hex>`, one line per secret,
-//! written and flushed as it arrives, never twice.
+//! TLS secrets as NSS key log lines (SSLKEYLOGFILE), which Wireshark reads:
+//! `<label> <client_random hex> <secret hex>`. `KeyLines` keeps each
+//! (label, client random) once; `KeyLog` writes the lines to a file, each
+//! flushed as it arrives.
 
 use std::collections::{HashSet, VecDeque};
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use anyhow::{Context, Result};
 
-/// Lines remembered for de-duplication: a handshake repeats none after
+/// Secrets remembered for de-duplication: a handshake repeats none after
 /// it ends, so a bounded window is enough.
 const REMEMBERED: usize = 4096;
 
+/// The first secret of each (label, client random): a library may hand
+/// over the same secret twice, or a later generation of it (a TLS 1.3 key
+/// update) under the same label, which would make the line wrong.
+#[derive(Default)]
+pub struct KeyLines {
+    seen: HashSet<(String, Vec<u8>)>,
+    order: VecDeque<(String, Vec<u8>)>,
+}
+
+impl KeyLines {
+    /// The line to write, or None when this label and random had one.
+    pub fn accept(&mut self, label: &str, client_random: &[u8], secret: &[u8]) -> Option<String> {
+        let key = (label.to_string(), client_random.to_vec());
+        if !self.seen.insert(key.clone()) {
+            return None;
+        }
+        self.order.push_back(key);
+        if self.order.len() > REMEMBERED {
+            if let Some(old) = self.order.pop_front() {
+                self.seen.remove(&old);
+            }
+        }
+        Some(format!("{label} {} {}\n", hex(client_random), hex(secret)))
+    }
+}
+
 pub struct KeyLog {
     file: File,
-    recent: HashSet<String>,
-    order: VecDeque<String>,
     pub written: u64,
 }
 
@@ -25,42 +49,22 @@ impl KeyLog {
     /// Created with mode 0600, never through a symlink; an existing file
     /// is refused unless `append`.
     pub fn create(path: &Path, append: bool) -> Result<KeyLog> {
-        let mut options = OpenOptions::new();
-        options.write(true).mode(0o600).custom_flags(libc::O_NOFOLLOW);
-        if append {
-            options.create(true).append(true);
-        } else {
-            options.create_new(true);
-        }
-        let file = options.open(path).with_context(|| {
+        let existing = if append { super::Existing::Append } else { super::Existing::Refuse };
+        let file = super::create_private(path, existing).with_context(|| {
             format!(
                 "--keylog {}: cannot create it (an existing file needs --force to be appended to)",
                 path.display()
             )
         })?;
-        Ok(KeyLog { file, recent: HashSet::new(), order: VecDeque::new(), written: 0 })
+        Ok(KeyLog { file, written: 0 })
     }
 
-    pub fn secret(&mut self, label: &str, client_random: &[u8], secret: &[u8]) -> io::Result<()> {
-        let line = format_line(label, client_random, secret);
-        if !self.recent.insert(line.clone()) {
-            return Ok(());
-        }
-        self.order.push_back(line.clone());
-        if self.order.len() > REMEMBERED {
-            if let Some(old) = self.order.pop_front() {
-                self.recent.remove(&old);
-            }
-        }
+    pub fn write(&mut self, line: &str) -> io::Result<()> {
         self.file.write_all(line.as_bytes())?;
         self.file.flush()?;
         self.written += 1;
         Ok(())
     }
-}
-
-fn format_line(label: &str, client_random: &[u8], secret: &[u8]) -> String {
-    format!("{label} {} {}\n", hex(client_random), hex(secret))
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -73,14 +77,23 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     #[test]
-    fn lines_are_nss_format_once_each_and_private() {
+    fn lines_are_nss_format_and_once_per_label_and_random() {
+        let mut lines = KeyLines::default();
+        let line = lines.accept("CLIENT_RANDOM", &[0xab; 32], &[0x01, 0xff]).unwrap();
+        assert_eq!(line, format!("CLIENT_RANDOM {} 01ff\n", "ab".repeat(32)));
+        assert_eq!(lines.accept("CLIENT_RANDOM", &[0xab; 32], &[0x01, 0xff]), None);
+        assert_eq!(lines.accept("CLIENT_RANDOM", &[0xab; 32], &[0x02]), None, "a later generation");
+        assert!(lines.accept("EXPORTER_SECRET", &[0xab; 32], &[0x02]).is_some());
+        assert!(lines.accept("CLIENT_RANDOM", &[0xac; 32], &[0x02]).is_some());
+    }
+
+    #[test]
+    fn the_file_is_private_and_never_reached_through_a_symlink() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("keys.log");
         let mut log = KeyLog::create(&path, false).unwrap();
-        log.secret("CLIENT_RANDOM", &[0xab; 32], &[0x01, 0xff]).unwrap();
-        log.secret("CLIENT_RANDOM", &[0xab; 32], &[0x01, 0xff]).unwrap();
-        let text = std::fs::read_to_string(&path).unwrap();
-        assert_eq!(text, format!("CLIENT_RANDOM {} 01ff\n", "ab".repeat(32)));
+        log.write("X 00 01\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "X 00 01\n");
         assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
         assert!(KeyLog::create(&path, false).is_err(), "an existing file is not overwritten");
         assert!(KeyLog::create(&path, true).is_ok());

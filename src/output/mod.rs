@@ -3,6 +3,7 @@
 
 pub mod json;
 pub mod keylog;
+pub mod pcapng;
 pub mod text;
 
 use std::io;
@@ -32,6 +33,28 @@ pub struct Style {
     pub hex: bool,
     /// HTTP exchanges: bytes of each body to show.
     pub body_preview: usize,
+}
+
+/// How an output file that already exists is treated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Existing {
+    Refuse,
+    Append,
+    Replace,
+}
+
+/// A file for secrets (key logs, captures): created mode 0600, never
+/// through a symlink, an existing one only as `existing` allows.
+pub fn create_private(path: &std::path::Path, existing: Existing) -> io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).mode(0o600).custom_flags(libc::O_NOFOLLOW);
+    match existing {
+        Existing::Refuse => options.create_new(true),
+        Existing::Append => options.create(true).append(true),
+        Existing::Replace => options.create(true).truncate(true),
+    };
+    options.open(path)
 }
 
 /// The writer for `style` on `out`.

@@ -25,7 +25,7 @@ pub fn run(args: &SourceArgs) -> Result<()> {
     let links = probes.attach()?;
     let mut handler = ExecHandler { execs: Execs::default(), users: Users::default(), clock: Clock::now() };
     let out = output::writer(args.output.style(0), io::stdout());
-    pump(probes.events_map(), probes.stats_map(), links, &mut handler, out)
+    pump(&[probes.events_map()], probes.stats_map(), links, &mut handler, out)
 }
 
 struct ExecHandler {

@@ -33,16 +33,21 @@ pub trait Handler {
     fn event(&mut self, event: Event, out: &mut dyn Output) -> io::Result<()>;
     /// Stop attaching and detach what the handler attached itself.
     fn detach(&mut self) {}
+    /// After each poll of the ring buffers (every few ms): time-based work.
+    fn idle(&mut self) -> io::Result<()> {
+        Ok(())
+    }
     /// Shutdown: write what is still pending.
     fn finish(&mut self, _out: &mut dyn Output) -> io::Result<()> {
         Ok(())
     }
 }
 
-/// Run until SIGINT/SIGTERM/SIGHUP: prints `ready`, streams events, reports
-/// kernel losses while they happen and a summary at the end.
+/// Run until SIGINT/SIGTERM/SIGHUP: prints `ready`, streams events from
+/// every ring buffer in `rings`, reports kernel losses while they happen
+/// and a summary at the end.
 pub fn pump(
-    events_map: &dyn MapCore,
+    rings: &[&dyn MapCore],
     stats_map: &dyn MapCore,
     links: Vec<Link>,
     handler: &mut dyn Handler,
@@ -51,7 +56,9 @@ pub fn pump(
     let stop = stop_on_signals()?;
     let sink = RefCell::new(Sink::new(handler, out));
     let mut builder = RingBufferBuilder::new();
-    builder.add(events_map, |raw| sink.borrow_mut().handle(raw))?;
+    for ring in rings {
+        builder.add(*ring, |raw| sink.borrow_mut().handle(raw))?;
+    }
     let ring = builder.build()?;
     eprintln!("ready");
 
@@ -99,6 +106,12 @@ fn report_new_losses(now: KernelStats, before: KernelStats) -> KernelStats {
             "cleartap: warning: lost {} records ({} bytes) so far: the ring buffer was full; \
              raise --ringbuf-size",
             now.lost_records, now.lost_bytes
+        );
+    }
+    if now.lost_packets > before.lost_packets {
+        eprintln!(
+            "cleartap: warning: lost {} packets so far: the packet ring buffer was full; raise --ringbuf-size",
+            now.lost_packets
         );
     }
     if now.truncated_bytes > before.truncated_bytes {
@@ -164,6 +177,11 @@ impl<'h> Sink<'h> {
     /// once), or at least every FLUSH_INTERVAL while records keep coming;
     /// not after every batch, which would be a write per record or two.
     fn after_poll(&mut self) {
+        if self.error.is_none() {
+            if let Err(e) = self.handler.idle() {
+                self.error = Some(e);
+            }
+        }
         let idle = self.since_poll == 0;
         self.since_poll = 0;
         if self.dirty && self.error.is_none() && (idle || self.last_flush.elapsed() >= FLUSH_INTERVAL) {
@@ -199,6 +217,12 @@ impl<'h> Sink<'h> {
         );
         if k.truncated_bytes > 0 {
             s += &format!("; {} bytes beyond the per-call limit", k.truncated_bytes);
+        }
+        if k.lost_packets > 0 || k.cut_packets > 0 {
+            s += &format!(
+                "; packets lost in the kernel: {}, cut at 256 KiB: {}",
+                k.lost_packets, k.cut_packets
+            );
         }
         if self.undecodable > 0 {
             s += &format!("; {} undecodable records", self.undecodable);

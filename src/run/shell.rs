@@ -48,7 +48,7 @@ pub fn run(args: &SourceArgs) -> Result<()> {
         shell_paths: HashMap::new(),
     };
     let out = output::writer(args.output.style(0), io::stdout());
-    pump(probes.events_map(), probes.stats_map(), links, &mut handler, out)
+    pump(&[probes.events_map()], probes.stats_map(), links, &mut handler, out)
 }
 
 /// The login shells this host lists in /etc/shells.

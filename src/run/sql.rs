@@ -37,7 +37,7 @@ pub fn run(args: &SourceArgs, family: Family) -> Result<()> {
     let mut handler =
         SqlHandler { attacher, queries: Queries::default(), clock: Clock::now(), backends: HashMap::new() };
     let out = output::writer(args.output.style(0), io::stdout());
-    pump(probes.events_map(), probes.stats_map(), links, &mut handler, out)
+    pump(&[probes.events_map()], probes.stats_map(), links, &mut handler, out)
 }
 
 fn announce(bin: &SqlBinary) {

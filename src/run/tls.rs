@@ -1,21 +1,28 @@
-//! `cleartap tls`: TLS libraries found now and later -> records.
+//! `cleartap tls`: TLS libraries found now and later -> records; with
+//! `--keylog` and `-w`, their secrets and the packets they decrypt.
 
+use std::collections::HashMap;
 use std::io;
 use std::mem::MaybeUninit;
+use std::path::Path;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
+use libbpf_rs::MapCore;
 
 use super::{filters, pump, Handler};
-use crate::bpf::types::ct_tls_secret;
+use crate::bpf::types::{ct_ssl_keys, ct_tls_secret};
 use crate::cli::{Decode, Library, TlsArgs};
 use crate::context::libraries::{KnownLibrary, LibraryResolver};
+use crate::context::secrets;
 use crate::context::streams::HttpStreams;
-use crate::context::{Enricher, HttpRecord};
+use crate::context::{Enricher, HttpRecord, TlsRecord};
 use crate::events::{c_chars, Event};
 use crate::kernel::{self, KernelStats};
-use crate::output::keylog::KeyLog;
-use crate::output::{self, Output};
+use crate::output::keylog::{KeyLines, KeyLog};
+use crate::output::{self, Existing, Output};
+use crate::packets::capture::{Owner, PacketCapture};
 use crate::sources::attacher::Attacher;
+use crate::sources::packets::{self, PacketProbes};
 use crate::sources::procwatch::{ProcWatch, SharedMaps};
 use crate::sources::tls::TlsProbes;
 use crate::sources::{gnutls, nss, openssl, TlsSource, TlsTarget};
@@ -24,16 +31,31 @@ pub fn run(args: &TlsArgs) -> Result<()> {
     kernel::preflight()?;
     let filters = filters(&args.filters)?;
     let sources = selected_sources(&args.libraries);
+    let secrets = args.keylog.is_some() || args.write.is_some();
 
     let mut tls_storage = MaybeUninit::uninit();
-    let probes = TlsProbes::load(&mut tls_storage, &filters, args.output.ringbuf_size, args.max_connections)?;
-    let mut watch_storage = MaybeUninit::uninit();
+    let probes =
+        TlsProbes::load(&mut tls_storage, &filters, args.output.ringbuf_size, args.max_connections, secrets)?;
     let shared = SharedMaps::of(probes.events_map(), probes.stats_map());
+    let mut watch_storage = MaybeUninit::uninit();
     let watch = ProcWatch::load(&mut watch_storage, &filters, &sources, shared)?;
     let mut links = probes.attach_syscalls()?;
     // Watch first, then scan: a process starting in between is seen twice
     // at worst (each file is attached once), never missed.
     links.extend(watch.attach()?);
+
+    let mut packet_storage = MaybeUninit::uninit();
+    let mut capture = None;
+    let mut packet_probes = None;
+    let mut tc = Vec::new();
+    if let Some(path) = &args.write {
+        let started = start_capture(&mut packet_storage, args, path, shared)?;
+        links.extend(started.probes.attach_owners()?);
+        // Attached after the pcapng header is written; detached on drop.
+        tc = attach_interfaces(&started.probes, &started.interfaces)?;
+        capture = Some(started.capture);
+        packet_probes = Some(started.probes);
+    }
 
     let go = args.libraries.contains(&Library::Go);
     let mut attacher = Attacher::new(&probes, sources, go, &args.exclude_libs);
@@ -54,14 +76,24 @@ pub fn run(args: &TlsArgs) -> Result<()> {
         attacher,
         decode: args.decode,
         streams: HttpStreams::default(),
-        keylog,
-        unusable_secrets: 0,
+        secrets: Secrets { lines: KeyLines::default(), keylog, capture, ..Default::default() },
     };
     for t in targets {
         handler.attached(t);
     }
-    let out = output::writer(args.output.style(args.body), io::stdout());
-    let result = pump(probes.events_map(), probes.stats_map(), links, &mut handler, out);
+    // `-w -`: stdout carries the capture, so records are not printed.
+    let stdout_is_capture = args.write.as_deref() == Some(Path::new("-"));
+    let out: Box<dyn Output> = if stdout_is_capture {
+        output::writer(args.output.style(args.body), io::sink())
+    } else {
+        output::writer(args.output.style(args.body), io::stdout())
+    };
+    let mut rings: Vec<&dyn MapCore> = vec![probes.events_map()];
+    if let Some(p) = &packet_probes {
+        rings.push(p.packets_map());
+    }
+    let result = pump(&rings, probes.stats_map(), links, &mut handler, out);
+    drop(tc);
     let created = KernelStats::read(probes.stats_map()).conn_entries;
     let evicted = created.saturating_sub(probes.connections_held());
     eprintln!(
@@ -69,6 +101,58 @@ pub fn run(args: &TlsArgs) -> Result<()> {
         args.max_connections
     );
     result
+}
+
+struct StartedCapture<'obj> {
+    probes: PacketProbes<'obj>,
+    capture: PacketCapture,
+    interfaces: Vec<packets::CaptureInterface>,
+}
+
+/// The pcapng file (header and interface blocks written) and the kernel
+/// programs that will feed it.
+fn start_capture<'obj>(
+    storage: &'obj mut MaybeUninit<libbpf_rs::OpenObject>,
+    args: &TlsArgs,
+    path: &Path,
+    shared: SharedMaps,
+) -> Result<StartedCapture<'obj>> {
+    let names = if args.interfaces.is_empty() { vec!["any".to_string()] } else { args.interfaces.clone() };
+    let interfaces = packets::interfaces(&names)?;
+    let snaplen = args.snaplen.unwrap_or(u32::MAX);
+    let filter = (!args.filter.is_empty()).then(|| args.filter.join(" "));
+    let out: Box<dyn io::Write> = if path == Path::new("-") {
+        Box::new(io::BufWriter::with_capacity(1 << 16, io::stdout()))
+    } else {
+        let existing = if args.force { Existing::Replace } else { Existing::Refuse };
+        let file = output::create_private(path, existing).with_context(|| {
+            format!("-w {}: cannot create it (an existing file needs --force to be replaced)", path.display())
+        })?;
+        Box::new(io::BufWriter::with_capacity(1 << 16, file))
+    };
+    // The largest packet a record holds (bpf/packets.bpf.c, Wireshark's
+    // limit too) bounds the snap length the file declares.
+    let capture = PacketCapture::new(out, interfaces.clone(), snaplen.min(262_144), filter.as_deref())
+        .with_context(|| format!("-w {}", path.display()))?;
+    let probes = PacketProbes::load(storage, shared, snaplen, args.output.ringbuf_size)?;
+    let names: Vec<&str> = interfaces.iter().map(|i| i.name.as_str()).collect();
+    eprintln!(
+        "cleartap: capturing packets on {}{}",
+        names.join(", "),
+        filter.map_or(String::new(), |f| format!(" matching `{f}`"))
+    );
+    Ok(StartedCapture { probes, capture, interfaces })
+}
+
+fn attach_interfaces(
+    probes: &PacketProbes,
+    interfaces: &[packets::CaptureInterface],
+) -> Result<Vec<packets::TcAttachment>> {
+    let mut attached = Vec::new();
+    for iface in interfaces {
+        attached.extend(probes.attach_interface(iface)?);
+    }
+    Ok(attached)
 }
 
 fn selected_sources(libraries: &[Library]) -> Vec<&'static TlsSource> {
@@ -85,15 +169,58 @@ fn selected_sources(libraries: &[Library]) -> Vec<&'static TlsSource> {
     sources
 }
 
-/// TLS data -> records; exec and library-open events -> new attachments.
+/// Where secrets go: the key log file and the capture, each line once.
+#[derive(Default)]
+struct Secrets {
+    lines: KeyLines,
+    keylog: Option<KeyLog>,
+    capture: Option<PacketCapture>,
+    /// Secrets whose fields could not be read whole: not written.
+    unreadable: u64,
+    /// OpenSSL handshakes whose fields failed the sanity check, by library.
+    refused: HashMap<u16, u64>,
+}
+
+impl Secrets {
+    fn line(&mut self, label: &str, client_random: &[u8], secret: &[u8]) -> io::Result<()> {
+        let Some(line) = self.lines.accept(label, client_random, secret) else { return Ok(()) };
+        if let Some(keylog) = self.keylog.as_mut() {
+            keylog.write(&line)?;
+        }
+        if let (Some(capture), Ok(random)) = (self.capture.as_mut(), client_random.try_into()) {
+            capture.secret(line.as_bytes(), random)?;
+        }
+        Ok(())
+    }
+
+    fn summary(&self) {
+        let refused: u64 = self.refused.values().sum();
+        if let Some(keylog) = &self.keylog {
+            eprintln!(
+                "cleartap: {} TLS secrets written to the key log; {} could not be read whole; {} OpenSSL \
+                 handshakes refused by the sanity check",
+                keylog.written, self.unreadable, refused
+            );
+        }
+        if let Some(c) = &self.capture {
+            let s = c.stats;
+            eprintln!(
+                "cleartap: pcapng: {} packets written, {} filtered out, {} secrets embedded; {} handshakes \
+                 got no secrets in time",
+                s.written, s.filtered_out, s.secrets, s.handshakes_without_secrets
+            );
+        }
+    }
+}
+
+/// TLS data -> records; exec and library-open events -> new attachments;
+/// secrets -> key log and capture; packets -> capture.
 struct TlsHandler<'p, 'obj> {
     enricher: Enricher,
     attacher: Attacher<'p, 'obj>,
     decode: Decode,
     streams: HttpStreams,
-    keylog: Option<KeyLog>,
-    /// Secrets whose fields could not be read whole: not written.
-    unusable_secrets: u64,
+    secrets: Secrets,
 }
 
 impl TlsHandler<'_, '_> {
@@ -109,9 +236,8 @@ impl TlsHandler<'_, '_> {
         });
     }
 
-    /// A secret -> one key log line, when asked for and readable whole.
-    fn secret(&mut self, s: &ct_tls_secret) -> io::Result<()> {
-        let Some(keylog) = self.keylog.as_mut() else { return Ok(()) };
+    /// A secret -> one key log line, when readable whole.
+    fn tls_secret(&mut self, s: &ct_tls_secret) -> io::Result<()> {
         let field = |bytes: &[u8], len: u32| bytes.get(..len as usize).map(<[u8]>::to_vec);
         let (label, random, secret) = (
             field(c_chars(&s.label), s.label_len),
@@ -120,21 +246,75 @@ impl TlsHandler<'_, '_> {
         );
         match (s.missing, label, random, secret) {
             (0, Some(label), Some(random), Some(secret)) if !secret.is_empty() => {
-                keylog.secret(&String::from_utf8_lossy(&label), &random, &secret)
+                self.secrets.line(&String::from_utf8_lossy(&label), &random, &secret)
             }
             _ => {
-                if self.unusable_secrets == 0 {
+                if self.secrets.unreadable == 0 {
                     eprintln!(
                         "cleartap: warning: a TLS secret of pid {} could not be read whole; it is not \
-                         written to the key log (counted in the summary)",
+                         written (counted in the summary)",
                         s.pid
                     );
                 }
-                self.unusable_secrets += 1;
+                self.secrets.unreadable += 1;
                 Ok(())
             }
         }
     }
+
+    /// OpenSSL's raw secrets -> key log lines, if they pass the checks.
+    fn ssl_keys(&mut self, k: &ct_ssl_keys) -> io::Result<()> {
+        match secrets::openssl_lines(k) {
+            Ok(lines) => {
+                for l in lines {
+                    self.secrets.line(l.label, &l.client_random, &l.secret)?;
+                }
+            }
+            Err(why) => {
+                let id = k.library_id as u16;
+                let count = self.secrets.refused.entry(id).or_default();
+                *count += 1;
+                if *count == 1 {
+                    let library = self.enricher.library_name(id);
+                    eprintln!(
+                        "cleartap: warning: the secrets read from {library} (pid {}) fail a sanity check \
+                         ({why}): its struct offsets do not match; no key log lines from it",
+                        k.pid
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A TLS record names the owner of its tuple: the capture can use that.
+fn remember_owner(secrets: &mut Secrets, record: &TlsRecord) {
+    if let (Some(capture), Some(local), Some(remote)) = (&mut secrets.capture, record.local, record.remote) {
+        capture.remember_owner(
+            local,
+            remote,
+            Owner { pid: record.pid, uid: record.uid, comm: record.comm.clone() },
+        );
+    }
+}
+
+/// The record, and the HTTP exchanges it completes, as `decode` says.
+fn show(
+    decode: Decode,
+    streams: &mut HttpStreams,
+    record: &TlsRecord,
+    out: &mut dyn Output,
+) -> io::Result<()> {
+    if decode != Decode::Http {
+        out.tls(record)?;
+    }
+    if decode != Decode::Raw {
+        for (exchange, connection) in streams.feed(record) {
+            out.http(&HttpRecord { exchange: &exchange, connection: &connection })?;
+        }
+    }
+    Ok(())
 }
 
 impl Handler for TlsHandler<'_, '_> {
@@ -142,16 +322,21 @@ impl Handler for TlsHandler<'_, '_> {
         match event {
             Event::TlsData(d) => {
                 let record = self.enricher.tls(&d);
-                if self.decode != Decode::Http {
-                    out.tls(&record)?;
-                }
-                if self.decode != Decode::Raw {
-                    for (exchange, connection) in self.streams.feed(&record) {
-                        out.http(&HttpRecord { exchange: &exchange, connection: &connection })?;
-                    }
+                remember_owner(&mut self.secrets, &record);
+                show(self.decode, &mut self.streams, &record, out)?;
+            }
+            Event::TlsSecret(secret) => self.tls_secret(secret)?,
+            Event::SslKeys(keys) => self.ssl_keys(keys)?,
+            Event::Packet(p) => {
+                if let Some(capture) = self.secrets.capture.as_mut() {
+                    capture.packet(&p)?;
                 }
             }
-            Event::TlsSecret(secret) => self.secret(secret)?,
+            Event::SockOwner(o) => {
+                if let Some(capture) = self.secrets.capture.as_mut() {
+                    capture.owner(o);
+                }
+            }
             Event::Exec { pid, path } => {
                 for t in self.attacher.scan_new_process(pid, &String::from_utf8_lossy(path)) {
                     self.attached(t);
@@ -167,19 +352,27 @@ impl Handler for TlsHandler<'_, '_> {
         Ok(())
     }
 
+    fn idle(&mut self) -> io::Result<()> {
+        match self.secrets.capture.as_mut() {
+            Some(capture) => {
+                capture.tick()?;
+                capture.flush()
+            }
+            None => Ok(()),
+        }
+    }
+
     fn detach(&mut self) {
         self.attacher.detach_all();
     }
 
     /// Exchanges that only the end of the stream completes (a response
-    /// delimited by the connection's close).
+    /// delimited by the connection's close); held packets.
     fn finish(&mut self, out: &mut dyn Output) -> io::Result<()> {
-        if let Some(keylog) = &self.keylog {
-            eprintln!(
-                "cleartap: {} TLS secrets written to the key log; {} could not be read",
-                keylog.written, self.unusable_secrets
-            );
+        if let Some(capture) = self.secrets.capture.as_mut() {
+            capture.finish()?;
         }
+        self.secrets.summary();
         for (exchange, connection) in self.streams.close_all(std::time::SystemTime::now()) {
             out.http(&HttpRecord { exchange: &exchange, connection: &connection })?;
         }

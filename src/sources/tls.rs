@@ -10,8 +10,12 @@ use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{Link, MapCore, MapFlags, OpenObject, ProgramMut, UprobeOpts};
 
 use super::gotls::GoProbePoints;
+use super::openssl_layout::SslLayout;
+use super::secret_points::{self, SecretPoints};
 use super::{Entry, TlsTarget};
 use crate::bpf::tls::{TlsSkel, TlsSkelBuilder};
+use crate::bpf::types::ct_ssl_layout;
+use crate::discover::gnutls_keylog::GnutlsKeylogPoints;
 use crate::kernel::{self, Filters};
 
 /// The loaded TLS programs. Attaching returns links; dropping a link
@@ -19,6 +23,9 @@ use crate::kernel::{self, Filters};
 pub struct TlsProbes<'obj> {
     skel: TlsSkel<'obj>,
     has_loop: bool,
+    has_cookie: bool,
+    /// Read TLS secrets too (`--keylog`, `-w`).
+    secrets: bool,
 }
 
 impl<'obj> TlsProbes<'obj> {
@@ -29,6 +36,7 @@ impl<'obj> TlsProbes<'obj> {
         filters: &Filters,
         ringbuf_bytes: u32,
         max_connections: u32,
+        secrets: bool,
     ) -> Result<Self> {
         let mut open = TlsSkelBuilder::default().open(storage).context("opening the TLS BPF object")?;
         let rodata = open.maps.rodata_data.as_deref_mut().context("no .rodata in the BPF object")?;
@@ -38,9 +46,12 @@ impl<'obj> TlsProbes<'obj> {
         open.maps.conns.set_max_entries(max_connections).context("sizing the connection map")?;
         open.maps.active_calls.set_max_entries(in_flight).context("sizing the call map")?;
         open.maps.go_reads.set_max_entries(in_flight).context("sizing the Go read map")?;
+        open.maps.ssl_keys_sent.set_max_entries(max_connections).context("sizing the secrets map")?;
         let has_loop = kernel::has_bpf_loop();
+        let has_cookie = kernel::has_attach_cookie();
         rodata.has_bpf_loop = has_loop;
-        rodata.has_attach_cookie = kernel::has_attach_cookie();
+        rodata.has_attach_cookie = has_cookie;
+        rodata.capture_secrets = secrets;
         // Wake-ups in batches of 1/32 of the ring; the consumer also polls
         // every few ms (see run::POLL_INTERVAL), which bounds the delay.
         rodata.wakeup_batch_bytes = u64::from(ringbuf_bytes / 32);
@@ -50,7 +61,7 @@ impl<'obj> TlsProbes<'obj> {
             "loading the TLS BPF programs into the kernel failed (cleartap needs Linux >= 5.8 \
              with BTF, uprobes and ring buffers)",
         )?;
-        let probes = TlsProbes { skel, has_loop };
+        let probes = TlsProbes { skel, has_loop, has_cookie, secrets };
         probes.install_continuation()?;
         Ok(probes)
     }
@@ -91,11 +102,20 @@ impl<'obj> TlsProbes<'obj> {
         Ok(links)
     }
 
-    /// Entry and return probes on every hook of `target`.
+    /// Entry and return probes on every hook of `target`, and where its
+    /// secrets are read when they are wanted.
     pub fn attach(&self, target: &TlsTarget) -> Result<Vec<Link>> {
         if let Some(points) = &target.go {
             return self.attach_go(target, points);
         }
+        let mut links = self.attach_plaintext(target)?;
+        if self.secrets {
+            links.extend(self.attach_secrets(target));
+        }
+        Ok(links)
+    }
+
+    fn attach_plaintext(&self, target: &TlsTarget) -> Result<Vec<Link>> {
         let mut links = Vec::new();
         for (hook, function) in &target.hooks {
             let Some((entry, ret)) = self.programs_for(hook.entry, hook.function_id) else {
@@ -118,6 +138,69 @@ impl<'obj> TlsProbes<'obj> {
             }
         }
         Ok(links)
+    }
+
+    /// Secrets are optional: a library without them is still captured in
+    /// plaintext, with a warning that says why it gives no key log lines.
+    fn attach_secrets(&self, target: &TlsTarget) -> Vec<Link> {
+        let attached = match secret_points::find(target) {
+            Ok(Some(SecretPoints::Openssl { layout, do_handshake })) => {
+                self.attach_openssl_secrets(target, &layout, do_handshake)
+            }
+            Ok(Some(SecretPoints::Gnutls(points))) => self.attach_gnutls_secrets(target, &points),
+            Ok(None) => return Vec::new(),
+            Err(e) => Err(e),
+        };
+        attached.unwrap_or_else(|e| {
+            eprintln!("cleartap: warning: no TLS secrets from {}: {e:#}", target.display_path);
+            Vec::new()
+        })
+    }
+
+    /// Map key of per-library settings: the library id where probes carry
+    /// it (5.15+), else one shared entry (the first library's).
+    fn settings_key(&self, target: &TlsTarget) -> [u8; 4] {
+        let key = if self.has_cookie { u32::from(target.library_id) } else { 0 };
+        key.to_ne_bytes()
+    }
+
+    fn attach_openssl_secrets(
+        &self,
+        target: &TlsTarget,
+        layout: &SslLayout,
+        do_handshake: Option<crate::discover::elf::Function>,
+    ) -> Result<Vec<Link>> {
+        let c = c_layout(layout);
+        // SAFETY: a repr(C) struct of u32s, read as its bytes.
+        let value = unsafe { plain::as_bytes(&c) };
+        let flags = if self.has_cookie { MapFlags::ANY } else { MapFlags::NO_EXIST };
+        self.skel.maps.ssl_layouts.update(&self.settings_key(target), value, flags).context(
+            "only one OpenSSL version can give secrets on kernels without uprobe cookies (< 5.15)",
+        )?;
+        let Some(f) = do_handshake else { return Ok(Vec::new()) };
+        let p = &self.skel.progs;
+        [(&p.plain_entry, false), (&p.ssl_handshake_return, true)]
+            .into_iter()
+            .map(|(prog, retprobe)| {
+                let opts =
+                    UprobeOpts { retprobe, cookie: u64::from(target.library_id), ..Default::default() };
+                prog.attach_uprobe_with_opts(-1, &target.path, f.file_offset as usize, opts)
+                    .with_context(|| format!("attaching to SSL_do_handshake in {}", target.path.display()))
+            })
+            .collect()
+    }
+
+    fn attach_gnutls_secrets(&self, target: &TlsTarget, points: &GnutlsKeylogPoints) -> Result<Vec<Link>> {
+        let offset = points.client_random_offset.to_ne_bytes();
+        self.skel.maps.gnutls_random_offsets.update(&self.settings_key(target), &offset, MapFlags::ANY)?;
+        let opts = UprobeOpts { cookie: u64::from(target.library_id), ..Default::default() };
+        let link = self
+            .skel
+            .progs
+            .gnutls_keylog
+            .attach_uprobe_with_opts(-1, &target.path, points.keylog_function as usize, opts)
+            .with_context(|| format!("attaching to the key log function of {}", target.path.display()))?;
+        Ok(vec![link])
     }
 
     /// A Go executable: plain uprobes only, at the points `gotls` found.
@@ -177,3 +260,27 @@ impl<'obj> TlsProbes<'obj> {
         &self.skel.maps.stats
     }
 }
+
+/// The generated layout as the kernel program reads it.
+fn c_layout(l: &SslLayout) -> ct_ssl_layout {
+    ct_ssl_layout {
+        ssl_type: l.ssl_type.unwrap_or(NO_OFFSET),
+        version: l.version,
+        session: l.session,
+        s3: l.s3,
+        s3_is_pointer: u32::from(l.s3_is_pointer),
+        s3_client_random: l.s3_client_random,
+        handshake_secret: l.handshake_secret,
+        handshake_traffic_hash: l.handshake_traffic_hash,
+        client_app_traffic_secret: l.client_app_traffic_secret,
+        server_app_traffic_secret: l.server_app_traffic_secret,
+        exporter_master_secret: l.exporter_master_secret,
+        session_master_key_length: l.session_master_key_length,
+        session_master_key: l.session_master_key,
+        session_cipher: l.session_cipher,
+        cipher_id: l.cipher_id,
+    }
+}
+
+/// `CT_NO_OFFSET` in `bpf/events.h`.
+const NO_OFFSET: u32 = u32::MAX;

@@ -60,9 +60,12 @@ pub struct Captured {
 impl Capture {
     /// Start `cleartap <args> --format json` and wait for `ready`.
     pub fn start(args: &[&str]) -> Capture {
+        // Right after the subcommand: a trailing filter expression takes
+        // every argument after it.
         let mut child = Command::new(env!("CARGO_BIN_EXE_cleartap"))
-            .args(args)
+            .args(&args[..1])
             .args(["--format", "json"])
+            .args(&args[1..])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

@@ -1,0 +1,138 @@
+//! Where each library's TLS secrets can be read, for `--keylog` and `-w`:
+//! OpenSSL's struct offsets by version (generated table), GnuTLS's default
+//! key log function (found by disassembly), Go's `writeKeyLog` (found with
+//! the other Go probe points). A library without them is still captured in
+//! plaintext; the caller warns that it gives no key log lines.
+
+use anyhow::{bail, Context, Result};
+
+use super::openssl_layout::{SslLayout, LAYOUTS};
+use super::TlsTarget;
+use crate::discover::elf::{Function, Symbols};
+use crate::discover::gnutls_keylog::{self, GnutlsKeylogPoints};
+
+/// How secrets are read from one probed file.
+#[derive(Debug, Clone, Copy)]
+pub enum SecretPoints {
+    /// Read the structs after `SSL_do_handshake` (and at the first
+    /// SSL_read/SSL_write after a handshake).
+    Openssl { layout: SslLayout, do_handshake: Option<Function> },
+    /// A probe on the default key log function.
+    Gnutls(GnutlsKeylogPoints),
+}
+
+pub fn find(target: &TlsTarget) -> Result<Option<SecretPoints>> {
+    match target.library {
+        "openssl" => openssl(target).map(Some),
+        "gnutls" => {
+            let points = gnutls_keylog::find(&target.path)?;
+            Ok(Some(SecretPoints::Gnutls(points)))
+        }
+        "boringssl" => bail!("BoringSSL's structs are not supported for key log lines"),
+        _ => Ok(None), // Go: its own probe point; NSS: not supported yet
+    }
+}
+
+fn openssl(target: &TlsTarget) -> Result<SecretPoints> {
+    let version = target.version.as_deref().context("its OpenSSL version could not be read from the file")?;
+    let layout = layout_for(version)?;
+    let symbols = Symbols::read(&target.path, &["SSL_do_handshake"])?;
+    Ok(SecretPoints::Openssl { layout, do_handshake: symbols.get("SSL_do_handshake") })
+}
+
+/// The generated offsets covering `version`, or an error naming the
+/// versions that have them.
+pub fn layout_for(version: &str) -> Result<SslLayout> {
+    let wanted =
+        OpensslVersion::parse(version).with_context(|| format!("unrecognised OpenSSL version {version}"))?;
+    let found =
+        LAYOUTS.iter().find(|l| match (OpensslVersion::parse(l.first), OpensslVersion::parse(l.last)) {
+            (Some(first), Some(last)) => first.line() == wanted.line() && first <= wanted && wanted <= last,
+            _ => false,
+        });
+    match found {
+        Some(layout) => Ok(*layout),
+        None => {
+            let known: Vec<String> = LAYOUTS.iter().map(|l| format!("{}..{}", l.first, l.last)).collect();
+            bail!(
+                "no struct offsets for OpenSSL {version} (generated for {}); regenerate them with \
+                 scripts/gen-openssl-offsets",
+                known.join(", ")
+            )
+        }
+    }
+}
+
+/// `3.0.22` or `1.1.1w`, ordered within a release line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct OpensslVersion {
+    major: u32,
+    minor: u32,
+    patch: u32,
+    /// 1.1.1's letter: a = 1, ..., none = 0.
+    letter: u32,
+}
+
+impl OpensslVersion {
+    fn parse(s: &str) -> Option<Self> {
+        let mut parts = s.split('.');
+        let major = parts.next()?.parse().ok()?;
+        let minor = parts.next()?.parse().ok()?;
+        let last = parts.next()?;
+        if parts.next().is_some() {
+            return None;
+        }
+        let digits_end = last.find(|c: char| !c.is_ascii_digit()).unwrap_or(last.len());
+        let patch = last[..digits_end].parse().ok()?;
+        let letter = match &last[digits_end..] {
+            "" => 0,
+            l if l.len() == 1 && l.as_bytes()[0].is_ascii_lowercase() => {
+                u32::from(l.as_bytes()[0] - b'a' + 1)
+            }
+            _ => return None,
+        };
+        Some(OpensslVersion { major, minor, patch, letter })
+    }
+
+    /// Layouts change only between release lines' patch releases: 1.1.1
+    /// is one line (its letters are the patches); 3.x lines are 3.0, 3.1, ...
+    fn line(&self) -> (u32, u32, u32) {
+        if self.major == 1 {
+            (self.major, self.minor, self.patch)
+        } else {
+            (self.major, self.minor, 0)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_order_within_a_line() {
+        let v = |s| OpensslVersion::parse(s).unwrap();
+        assert!(v("1.1.1b") < v("1.1.1w"));
+        assert!(v("1.1.1") < v("1.1.1a"));
+        assert!(v("3.0.8") < v("3.0.22"));
+        assert_eq!(v("3.0.22").line(), v("3.0.0").line());
+        assert_ne!(v("3.1.0").line(), v("3.0.9").line());
+        assert_ne!(v("1.1.1w").line(), v("1.1.0l").line());
+        for bad in ["", "3", "3.0", "3.0.x", "3.0.1ab", "3.0.1.2", "1.1.1W"] {
+            assert!(OpensslVersion::parse(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn every_generated_row_parses_and_is_ordered() {
+        for l in LAYOUTS {
+            let (first, last) =
+                (OpensslVersion::parse(l.first).unwrap(), OpensslVersion::parse(l.last).unwrap());
+            assert!(first <= last && first.line() == last.line(), "{}..{}", l.first, l.last);
+            assert_eq!(layout_for(l.first).unwrap(), *l);
+            assert_eq!(layout_for(l.last).unwrap(), *l);
+        }
+        assert!(layout_for("9.9.9").is_err());
+        assert!(layout_for("not a version").is_err());
+    }
+}

@@ -1,0 +1,329 @@
+//! TLS secrets and decryptable captures: `--keylog` must equal, line for
+//! line, what each client writes itself when asked (SSLKEYLOGFILE and
+//! friends), and `-w` must give a pcapng that tshark decrypts with nothing
+//! but the file.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::thread;
+use std::time::Duration;
+
+use support::*;
+
+/// A capture with a key log and a pcapng of loopback traffic to `port`.
+struct Recording {
+    dir: tempfile::TempDir,
+    capture: Capture,
+}
+
+impl Recording {
+    fn start(port: u16, extra: &[&str]) -> Recording {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = dir.path().join("keys.log");
+        let pcap = dir.path().join("capture.pcapng");
+        let mut args = vec!["tls", "--keylog", keys.to_str().unwrap(), "-w", pcap.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let filter = format!("tcp port {port}");
+        args.extend(["-i", "lo"]);
+        args.extend(filter.split(' '));
+        let capture = Capture::start(&args);
+        Recording { dir, capture }
+    }
+
+    fn stop(self) -> Recorded {
+        let done = self.stop_anyhow();
+        done.got.assert_clean_exit();
+        done
+    }
+
+    /// Stopped, whatever it lost on the way.
+    fn stop_anyhow(self) -> Recorded {
+        let got = self.capture.stop();
+        assert!(got.status.success(), "cleartap exited with {}: {}", got.status, got.stderr);
+        Recorded { dir: self.dir, got }
+    }
+}
+
+struct Recorded {
+    dir: tempfile::TempDir,
+    got: Captured,
+}
+
+impl Recorded {
+    fn keys(&self) -> PathBuf {
+        self.dir.path().join("keys.log")
+    }
+
+    fn pcap(&self) -> PathBuf {
+        self.dir.path().join("capture.pcapng")
+    }
+
+    fn key_lines(&self) -> Vec<String> {
+        fs::read_to_string(self.keys()).unwrap().lines().map(String::from).collect()
+    }
+}
+
+fn lines_of(path: &Path) -> BTreeSet<String> {
+    fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+/// Every line once, and the same set as the program's own key log.
+#[track_caller]
+fn assert_same_key_lines(got: &[String], own: &Path) {
+    let want = lines_of(own);
+    assert!(!want.is_empty(), "the client wrote no key log");
+    let got_set: BTreeSet<String> = got.iter().cloned().collect();
+    assert_eq!(got.len(), got_set.len(), "a line written twice: {got:#?}");
+    assert_eq!(got_set, want);
+}
+
+/// `tshark` fields of the HTTP messages it can decrypt in `pcap`, with
+/// extra `-o` options.
+fn decrypted_http(pcap: &Path, options: &[&str]) -> String {
+    let mut cmd = Command::new("tshark");
+    cmd.arg("-r").arg(pcap).args(options);
+    cmd.args(["-Y", "http", "-T", "fields", "-e", "http.request.uri", "-e", "http.content_length"]);
+    let out = cmd.output().expect("running tshark");
+    assert!(out.status.success(), "tshark failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The pcapng with its Decryption Secrets Blocks removed.
+fn without_secrets(pcap: &Path) -> PathBuf {
+    let stripped = pcap.with_extension("stripped.pcapng");
+    let out = Command::new("editcap").arg("--discard-all-secrets").arg(pcap).arg(&stripped).output().unwrap();
+    assert!(out.status.success(), "editcap: {}", String::from_utf8_lossy(&out.stderr));
+    stripped
+}
+
+fn curl_with_keylog(server: &TlsServer, tls_max: &str, response_size: usize, keylog: &Path) {
+    let out = Command::new("curl")
+        .args(["-sS", "-k", "--http1.1", "--tls-max", tls_max, "-o", "/dev/null"])
+        .arg(server.url(response_size))
+        .env("SSLKEYLOGFILE", keylog)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "curl: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn openssl_tls12_and_tls13_secrets_equal_curls_own_and_the_capture_decrypts() {
+    if !require_bpf() {
+        return;
+    }
+    let _one = exclusive();
+    let server = TlsServer::start();
+    let recording = Recording::start(server.port, &[]);
+    let own = recording.dir.path().join("curl-keys.log");
+    curl_with_keylog(&server, "1.3", 1234, &own);
+    curl_with_keylog(&server, "1.2", 5678, &own);
+    let done = recording.stop();
+    let lines = done.key_lines();
+    assert_same_key_lines(&lines, &own);
+    let labels: BTreeSet<&str> = lines.iter().filter_map(|l| l.split(' ').next()).collect();
+    assert!(
+        labels.contains("CLIENT_RANDOM") && labels.contains("CLIENT_HANDSHAKE_TRAFFIC_SECRET"),
+        "{labels:?}"
+    );
+    assert_eq!(fs::metadata(done.keys()).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(fs::metadata(done.pcap()).unwrap().permissions().mode() & 0o777, 0o600);
+
+    // The pcapng alone: its embedded secrets decrypt both connections.
+    let want = "/1234\t\n\t1234\n/5678\t\n\t5678\n";
+    assert_eq!(decrypted_http(&done.pcap(), &[]), want);
+    // The key log alone decrypts the capture without its secrets.
+    let stripped = without_secrets(&done.pcap());
+    assert_eq!(decrypted_http(&stripped, &[]), "", "the stripped capture still decrypts");
+    let keylog_option = format!("tls.keylog_file:{}", done.keys().display());
+    assert_eq!(decrypted_http(&stripped, &["-o", &keylog_option]), want);
+    // The plaintext is captured as without -w.
+    let sent = done.got.stream("send", |r| r["comm"] == "curl");
+    assert!(String::from_utf8_lossy(&sent).contains("GET /1234 HTTP/1.1\r\n"));
+    // Packets name their processes.
+    let comments = tshark_fields(&done.pcap(), "frame.comment");
+    assert!(comments.contains("comm=curl uid=0"), "{comments}");
+}
+
+fn tshark_fields(pcap: &Path, field: &str) -> String {
+    let out =
+        Command::new("tshark").arg("-r").arg(pcap).args(["-T", "fields", "-e", field]).output().unwrap();
+    assert!(out.status.success(), "tshark: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn node_secrets_from_its_linked_openssl_equal_its_own_key_log() {
+    if !require_bpf() {
+        return;
+    }
+    let _one = exclusive();
+    let server = TlsServer::start();
+    let recording = Recording::start(server.port, &[]);
+    let own = recording.dir.path().join("node-keys.log");
+    let script = format!(
+        r#"const req = require("https").get({{host: "127.0.0.1", port: {}, path: "/4321",
+            rejectUnauthorized: false, headers: {{"Connection": "close"}}}},
+            res => {{ res.resume(); res.on("end", () => process.exit(0)); }});"#,
+        server.port
+    );
+    let keylog_flag = format!("--tls-keylog={}", own.display());
+    run(Command::new("node").args([&keylog_flag, "-e", &script]), b"");
+    let done = recording.stop();
+    assert_same_key_lines(&done.key_lines(), &own);
+    assert_eq!(decrypted_http(&done.pcap(), &[]), "/4321\t\n\t4321\n");
+}
+
+#[test]
+fn gnutls_secrets_equal_its_own_key_log() {
+    if !require_bpf() {
+        return;
+    }
+    let _one = exclusive();
+    let server = TlsServer::start();
+    let recording = Recording::start(server.port, &[]);
+    let own = recording.dir.path().join("gnutls-keys.log");
+    let out = Command::new("wget")
+        .args(["-q", "--no-check-certificate", "-O", "/dev/null"])
+        .arg(server.url(2468))
+        .env("SSLKEYLOGFILE", &own) // GnuTLS 3.7 reads this name too
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "wget: {}", String::from_utf8_lossy(&out.stderr));
+    let done = recording.stop();
+    assert_same_key_lines(&done.key_lines(), &own);
+    let http = decrypted_http(&done.pcap(), &[]);
+    assert!(http.starts_with("/2468\t\n\t2468\n"), "{http}");
+}
+
+#[test]
+fn the_filter_expression_keeps_only_what_it_matches() {
+    if !require_bpf() {
+        return;
+    }
+    let _one = exclusive();
+    let kept = TlsServer::start();
+    let other = TlsServer::start();
+    let recording = Recording::start(kept.port, &[]);
+    let own = recording.dir.path().join("curl-keys.log");
+    curl_with_keylog(&kept, "1.3", 100, &own);
+    curl_with_keylog(&other, "1.3", 200, &own);
+    let done = recording.stop();
+    let ports = tshark_fields(&done.pcap(), "tcp.port");
+    let ports: BTreeSet<&str> = ports.split(['\n', ',']).filter(|p| !p.is_empty()).collect();
+    assert!(ports.contains(kept.port.to_string().as_str()), "{ports:?}");
+    assert!(!ports.contains(other.port.to_string().as_str()), "{ports:?}");
+    assert_eq!(decrypted_http(&done.pcap(), &[]), "/100\t\n\t100\n");
+    // Secrets are not filtered: the key log has both connections.
+    assert_same_key_lines(&done.key_lines(), &own);
+}
+
+#[test]
+fn a_capture_interrupted_mid_transfer_is_a_valid_pcapng() {
+    if !require_bpf() {
+        return;
+    }
+    let _one = exclusive();
+    let server = TlsServer::start();
+    for wait_ms in [150, 700] {
+        let recording = Recording::start(server.port, &[]);
+        let url = server.url(20 << 20);
+        let mut client = Command::new("curl")
+            .args(["-sS", "-k", "--http1.1", "-o", "/dev/null", "--limit-rate", "20M", &url])
+            .spawn()
+            .unwrap();
+        thread::sleep(Duration::from_millis(wait_ms));
+        // Under a full-speed transfer records may be lost (and counted):
+        // this test is about the file.
+        let done = recording.stop_anyhow();
+        let cut =
+            done.got.stderr.contains("cut at 256 KiB: ") && !done.got.stderr.contains("cut at 256 KiB: 0");
+        assert!(!cut, "whole packets expected: {}", done.got.stderr);
+        let _ = client.kill();
+        let _ = client.wait();
+        let out = Command::new("tshark").arg("-r").arg(done.pcap()).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success() && !stderr.contains("cut short"), "{stderr}");
+        assert!(!out.stdout.is_empty(), "no packets before the interrupt");
+    }
+}
+
+#[test]
+fn a_capture_to_stdout_is_read_by_tshark_from_a_pipe() {
+    if !require_bpf() {
+        return;
+    }
+    let _one = exclusive();
+    let server = TlsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let pcap = dir.path().join("stdout.pcapng");
+    let filter = format!("tcp port {}", server.port);
+    let mut cleartap = Command::new(env!("CARGO_BIN_EXE_cleartap"))
+        .args(["tls", "-w", "-", "-i", "lo"])
+        .args(filter.split(' '))
+        .stdout(fs::File::create(&pcap).unwrap())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = std::io::BufReader::new(cleartap.stderr.take().unwrap());
+    let mut lines = std::io::BufRead::lines(stderr);
+    assert!(lines.by_ref().map_while(Result::ok).any(|l| l == "ready"), "cleartap did not become ready");
+    curl(&server, b"", 777);
+    thread::sleep(Duration::from_millis(300));
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(cleartap.id() as i32, libc::SIGINT) };
+    assert!(cleartap.wait().unwrap().success());
+    // Through a pipe, which tshark cannot seek in.
+    let mut cat = Command::new("cat").arg(&pcap).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let out = Command::new("tshark")
+        .args([
+            "-r",
+            "-",
+            "-Y",
+            "http",
+            "-T",
+            "fields",
+            "-e",
+            "http.request.uri",
+            "-e",
+            "http.content_length",
+        ])
+        .stdin(cat.stdout.take().unwrap())
+        .output()
+        .unwrap();
+    assert!(cat.wait().unwrap().success());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "/777\t0\n\t777\n");
+}
+
+#[test]
+fn an_existing_capture_file_or_a_symlink_is_refused() {
+    if !require_bpf() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let existing = dir.path().join("old.pcapng");
+    fs::write(&existing, b"keep me").unwrap();
+    let link = dir.path().join("link.pcapng");
+    std::os::unix::fs::symlink(dir.path().join("elsewhere"), &link).unwrap();
+    for path in [&existing, &link] {
+        let out = Command::new(env!("CARGO_BIN_EXE_cleartap"))
+            .args(["tls", "-i", "lo", "-w"])
+            .arg(path)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("cannot create it"), "{out:?}");
+    }
+    assert_eq!(fs::read(&existing).unwrap(), b"keep me");
+    assert!(!dir.path().join("elsewhere").exists());
+}

@@ -1,0 +1,168 @@
+#!/bin/bash
+# Runs inside the VM started by tests/vm/run (or natively with `run host`):
+# prepares the guest, runs the smoke subset of the end-to-end tests one by
+# one, and exits non-zero when any failed.
+#
+# Usage: guest.sh RESULTS_DIR [BINARY:TEST ...]
+#   RESULTS_DIR  where each test's full output goes (shared with the host)
+#   BINARY:TEST  e.g. e2e_tls:small_bodies_both_processes_both_directions;
+#                without any, the default smoke subset below.
+# Environment: CLEARTAP_VM_TEST_TIMEOUT (seconds per test, default 300).
+set -u
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+export LC_ALL=C.UTF-8
+REPO=$(cd "$(dirname "$0")/../.." && pwd)
+RESULTS=${1:?usage: guest.sh RESULTS_DIR [BINARY:TEST ...]}
+shift
+mkdir -p "$RESULTS"
+PER_TEST=${CLEARTAP_VM_TEST_TIMEOUT:-300}
+
+# The host's runner waits for this line to know the guest booted.
+echo "cleartap-vm: guest up"
+
+DEFAULT_TESTS=(
+    # OpenSSL (curl <-> Python ssl server), small bodies, both directions byte-exact.
+    e2e_tls:small_bodies_both_processes_both_directions
+    # OpenSSL, 3 MiB up and 10 MiB down, byte-exact and in order.
+    e2e_tls:multi_mib_bodies_arrive_whole_and_in_order
+    # TC packet capture on lo into pcapng with embedded secrets; tshark decrypts it.
+    e2e_keylog:openssl_tls12_and_tls13_secrets_equal_curls_own_and_the_capture_decrypts
+    # exec events (tracepoints syscalls:sys_{enter,exit}_execve).
+    e2e_shell:exec_reports_exact_argv_parent_and_result
+    # bash command lines through uprobes on readline.
+    e2e_shell:bash_commands_with_exit_status_and_multi_line
+    # Go crypto/tls, register ABI, Debian's Go 1.19 (binary prebuilt on the host).
+    e2e_go:go119_plain
+)
+if [ $# -gt 0 ]; then TESTS=("$@"); else TESTS=("${DEFAULT_TESTS[@]}"); fi
+
+now() { date +%s.%N; }
+since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
+T0=$(now)
+
+# --- the guest environment -------------------------------------------------
+guest_setup() {
+    ip link set lo up 2>/dev/null || true
+    if [ ! -d /sys/kernel/tracing/events ]; then
+        mount -t tracefs nodev /sys/kernel/tracing 2>/dev/null || true
+    fi
+    if ! grep -q ' /sys/fs/bpf bpf ' /proc/mounts; then
+        mount -t bpf bpf /sys/fs/bpf 2>/dev/null || true
+    fi
+    if ! grep -q ' /dev/pts devpts ' /proc/mounts; then
+        mkdir -p /dev/pts && mount -t devpts -o newinstance,ptmxmode=0666 devpts /dev/pts 2>/dev/null || true
+    fi
+    # Rust's tempfile and the peers want a HOME and a writable TMPDIR.
+    export HOME=${HOME:-/root} TMPDIR=/tmp
+}
+if [ "${CLEARTAP_VM_HOST:-0}" != 1 ]; then guest_setup; fi
+
+echo "cleartap-vm: kernel $(uname -r) ($(uname -v))"
+echo "cleartap-vm: BTF $([ -e /sys/kernel/btf/vmlinux ] && echo present || echo MISSING)," \
+    "tracefs $([ -d /sys/kernel/tracing/events ] && echo mounted || echo MISSING)," \
+    "lo $(cat /sys/class/net/lo/operstate 2>/dev/null)," \
+    "cpus $(nproc), memory $(awk '/MemTotal/ { printf "%d MiB", $2 / 1024 }' /proc/meminfo)"
+for f in kprobe_events uprobe_events; do
+    [ -e /sys/kernel/tracing/$f ] || echo "cleartap-vm: no /sys/kernel/tracing/$f"
+done
+
+# The newest executable of each test binary (cargo leaves older ones).
+binary_of() {
+    local f
+    for f in $(ls -t "$REPO"/target/release/deps/"$1"-* 2>/dev/null); do
+        case $f in *.d|*.rlib|*.rmeta) continue ;; esac
+        [ -f "$f" ] && [ -x "$f" ] && { echo "$f"; return 0; }
+    done
+    return 1
+}
+
+# cleartap's own log (CLEARTAP_DEBUG=1: libbpf's messages, verifier logs)
+# for the command a failed test runs: until `ready` (or 120 s), then SIGINT.
+debug_run() {
+    local what=$1 log="$RESULTS/debug-$1.log"
+    local args
+    case $what in
+        tls) args=(tls) ;;
+        packets) args=(tls --keylog /tmp/debug-keys.log -w /tmp/debug.pcapng -i lo tcp port 9) ;;
+        exec) args=(exec) ;;
+        shell) args=(shell) ;;
+    esac
+    rm -f /tmp/debug-keys.log /tmp/debug.pcapng
+    echo "cleartap-vm: CLEARTAP_DEBUG=1 cleartap ${args[*]}   (full log: $log)"
+    CLEARTAP_DEBUG=1 "$REPO/target/release/cleartap" "${args[@]}" >/dev/null 2>"$log" &
+    local pid=$! t=0
+    while kill -0 $pid 2>/dev/null && ! grep -qx ready "$log" && [ $t -lt 120 ]; do
+        sleep 1
+        t=$((t + 1))
+    done
+    if kill -0 $pid 2>/dev/null; then
+        sleep 2
+        kill -INT $pid
+        sleep 5
+        kill -KILL $pid 2>/dev/null
+    fi
+    wait $pid
+    local rc=$?
+    echo "cleartap-vm: it exited with $rc after ${t}s; libbpf warnings/errors and the last lines:"
+    grep -n -i -E 'libbpf: .*(fail|error|err |invalid|unknown|not supported|-E[A-Z]+|errno)|^Error|^error|verifier|processed [0-9]+ insns' "$log" |
+        grep -v -i 'BTF is missing' | head -40 | sed 's/^/    /'
+    echo "    ..."
+    tail -n 40 "$log" | sed 's/^/    /'
+}
+
+declare -A DEBUG_DONE=()
+results=()
+passed=0
+failed=0
+for spec in "${TESTS[@]}"; do
+    name=${spec%%:*}
+    test=${spec#*:}
+    log="$RESULTS/$name.$test.log"
+    bin=$(binary_of "$name") || {
+        echo "cleartap-vm: FAILED $spec: no executable $REPO/target/release/deps/$name-* (cargo test --no-run --release)"
+        results+=("FAILED   -      $spec (no test binary)")
+        failed=$((failed + 1))
+        continue
+    }
+    echo "cleartap-vm: running $spec ($(basename "$bin"))"
+    t=$(now)
+    (cd /tmp && timeout -k 10 "$PER_TEST" "$bin" "$test" --exact --test-threads 1 --nocapture) >"$log" 2>&1
+    rc=$?
+    took=$(since "$t")
+    # A filter that matched no test passes vacuously: count it as failed.
+    if [ $rc -eq 0 ] && ! grep -q '^test result: ok. 1 passed' "$log"; then rc=254; fi
+    if [ $rc -eq 0 ]; then
+        status=ok
+        passed=$((passed + 1))
+    else
+        status=FAILED
+        failed=$((failed + 1))
+        case $rc in
+            124 | 137) why="timed out after ${PER_TEST}s" ;;
+            254) why="the filter matched no test (renamed?)" ;;
+            *) why="exit $rc" ;;
+        esac
+        echo "cleartap-vm: $spec FAILED ($why), its output:"
+        grep -v -E '^(running 1 test|test result:|$)' "$log" | tail -n 60 | sed 's/^/    /'
+        case $name:$test in
+            e2e_keylog:*) kind=packets ;;
+            e2e_shell:exec*) kind=exec ;;
+            e2e_shell:*) kind=shell ;;
+            *) kind=tls ;;
+        esac
+        if [ -z "${DEBUG_DONE[$kind]:-}" ]; then
+            DEBUG_DONE[$kind]=1
+            debug_run "$kind"
+        fi
+    fi
+    line=$(printf '%-8s %6ss  %s' "$status" "$took" "$spec")
+    echo "cleartap-vm: $line"
+    results+=("$line")
+done
+
+echo
+echo "cleartap-vm: ===== kernel $(uname -r): results ====="
+for r in "${results[@]}"; do echo "cleartap-vm: $r"; done
+echo "cleartap-vm: tests took $(since "$T0")s in all; full logs in $RESULTS"
+echo "$passed passed, $failed failed"
+[ $failed -eq 0 ]
