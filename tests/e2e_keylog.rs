@@ -161,6 +161,50 @@ fn tshark_fields(pcap: &Path, field: &str) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// OpenSSL 1.1.1w (built by scripts/build-openssl111): its `s3` is a
+/// pointer, its offsets another row of the generated table.
+const OPENSSL_111: &str = "/opt/cleartap-test/openssl-1.1.1w";
+
+/// tests/support/keylog_peer.c built against OpenSSL 1.1.1w.
+fn keylog_peer_111(dir: &Path) -> PathBuf {
+    let binary = dir.join("keylog_peer_111");
+    let lib = format!("{OPENSSL_111}/lib");
+    let out = Command::new("gcc")
+        .args(["-O1", "-Wall", "-o"])
+        .arg(&binary)
+        .arg(support_dir().join("keylog_peer.c"))
+        .arg(format!("-I{OPENSSL_111}/include"))
+        .arg(format!("-L{lib}"))
+        .arg(format!("-Wl,-rpath,{lib}"))
+        .args(["-lssl", "-lcrypto"])
+        .output()
+        .expect("running gcc");
+    assert!(out.status.success(), "building keylog_peer: {}", String::from_utf8_lossy(&out.stderr));
+    binary
+}
+
+#[test]
+fn openssl_111_secrets_equal_its_own_key_log() {
+    if !require_bpf() {
+        return;
+    }
+    let _one = exclusive();
+    let server = TlsServer::start();
+    let recording = Recording::start(server.port, &[]);
+    let peer = keylog_peer_111(recording.dir.path());
+    let own = recording.dir.path().join("peer-keys.log");
+    for (tls_max, size) in [("1.3", "/3333"), ("1.2", "/2222")] {
+        let port = server.port.to_string();
+        let out = run(Command::new(&peer).args(["127.0.0.1", &port, size]).arg(&own).arg(tls_max), b"");
+        let want = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n", &size[1..]);
+        assert!(out.stdout.starts_with(want.as_bytes()), "{}", String::from_utf8_lossy(&out.stdout));
+    }
+    let done = recording.stop();
+    assert!(done.got.stderr.contains("(openssl 1.1.1w:"), "{}", done.got.stderr);
+    assert_same_key_lines(&done.key_lines(), &own);
+    assert_eq!(decrypted_http(&done.pcap(), &[]), "/3333\t\n\t3333\n/2222\t\n\t2222\n");
+}
+
 #[test]
 fn node_secrets_from_its_linked_openssl_equal_its_own_key_log() {
     if !require_bpf() {

@@ -45,13 +45,26 @@ pub fn find_bare_in(bytes: &[u8], major: u8) -> Option<String> {
         .find_map(|s| leading_version(s).filter(|v| v.len() == s.len()))
 }
 
-/// `digits.digits[.digits]` at the start of `s`.
+/// `digits.digits[.digits]` at the start of `s`, with a patch letter if
+/// one follows the last digit (OpenSSL 1.1.1w: its letters are releases
+/// with different struct layouts).
 fn leading_version(s: &[u8]) -> Option<String> {
     let end = s.iter().position(|b| !(b.is_ascii_digit() || *b == b'.')).unwrap_or(s.len());
     let v = std::str::from_utf8(&s[..end]).ok()?.trim_end_matches('.');
     let parts: Vec<&str> = v.split('.').collect();
     let valid = (2..=4).contains(&parts.len()) && parts.iter().all(|p| !p.is_empty() && p.len() <= 4);
-    valid.then(|| v.to_string())
+    if !valid {
+        return None;
+    }
+    let letter = match (s.get(v.len()), s.get(v.len() + 1)) {
+        (Some(l), next)
+            if v.len() == end && l.is_ascii_lowercase() && !next.is_some_and(u8::is_ascii_alphanumeric) =>
+        {
+            Some(*l as char)
+        }
+        _ => None,
+    };
+    Some(letter.map_or_else(|| v.to_string(), |l| format!("{v}{l}")))
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
@@ -68,6 +81,10 @@ mod tests {
         assert_eq!(find_after_in(blob, b"OpenSSL ").as_deref(), Some("3.0.19"));
         assert_eq!(find_after_in(b"OpenSSL \0", b"OpenSSL "), None);
         assert_eq!(find_after_in(b"", b"OpenSSL "), None);
+        let old = b"\0OpenSSL 1.1.1w  11 Sep 2023\0";
+        assert_eq!(find_after_in(old, b"OpenSSL ").as_deref(), Some("1.1.1w"));
+        assert_eq!(find_after_in(b"OpenSSL 1.1.1 11 Sep 2018", b"OpenSSL ").as_deref(), Some("1.1.1"));
+        assert_eq!(find_after_in(b"OpenSSL 1.1.1wx", b"OpenSSL ").as_deref(), Some("1.1.1"));
     }
 
     #[test]

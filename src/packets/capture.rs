@@ -84,6 +84,8 @@ pub struct PacketCapture {
     awaiting: HashMap<FlowKey, ([u8; 32], Instant)>,
     held: VecDeque<HeldPacket>,
     held_bytes: usize,
+    /// HOLD, shorter in tests.
+    hold: Duration,
     pub stats: CaptureStats,
 }
 
@@ -116,6 +118,7 @@ impl PacketCapture {
             awaiting: HashMap::new(),
             held: VecDeque::new(),
             held_bytes: 0,
+            hold: HOLD,
             stats: CaptureStats::default(),
         })
     }
@@ -197,7 +200,7 @@ impl PacketCapture {
         }
         if let Some(random) = frame::client_hello_random(f.payload) {
             if !self.known_randoms.contains(&random) {
-                self.awaiting.insert(key, (random, now + HOLD));
+                self.awaiting.insert(key, (random, now + self.hold));
             }
         }
     }
@@ -267,4 +270,131 @@ impl PacketCapture {
 fn wall_ns(clock: &Clock, monotonic_ns: u64) -> u64 {
     let wall = clock.wall(monotonic_ns);
     wall.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bpf::types::ct_packet;
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
+    /// A Write whose bytes the test can read while the capture owns it.
+    #[derive(Clone, Default)]
+    struct Shared(Rc<RefCell<Vec<u8>>>);
+
+    impl Write for Shared {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.borrow_mut().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    const DSB: u32 = 0x0a;
+    const EPB: u32 = 6;
+
+    /// Block types after the section header and interface blocks.
+    fn blocks(out: &Shared) -> Vec<u32> {
+        let bytes = out.0.borrow();
+        let mut types = Vec::new();
+        let mut at = 0;
+        while at + 8 <= bytes.len() {
+            let word = |i: usize| u32::from_le_bytes(bytes[i..i + 4].try_into().unwrap());
+            types.push(word(at));
+            at += word(at + 4) as usize;
+        }
+        types.retain(|t| *t == DSB || *t == EPB);
+        types
+    }
+
+    /// Ethernet + IPv4 + TCP from 10.0.0.1:40000 to 10.0.0.2:443.
+    fn frame(payload: &[u8]) -> Vec<u8> {
+        let mut f = vec![0; 12];
+        f.extend_from_slice(&[0x08, 0x00, 0x45, 0]);
+        f.extend_from_slice(&((40 + payload.len()) as u16).to_be_bytes());
+        f.extend_from_slice(&[0, 0, 0x40, 0, 64, 6, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2]);
+        f.extend_from_slice(&40000u16.to_be_bytes());
+        f.extend_from_slice(&443u16.to_be_bytes());
+        f.extend_from_slice(&[0; 8]);
+        f.extend_from_slice(&[0x50, 0x18, 0xff, 0xff, 0, 0, 0, 0]);
+        f.extend_from_slice(payload);
+        f
+    }
+
+    fn client_hello(random: [u8; 32]) -> Vec<u8> {
+        let mut hello = vec![22, 3, 1, 0, 0x2f, 1, 0, 0, 0x2b, 3, 3];
+        hello.extend_from_slice(&random);
+        hello.extend_from_slice(&[0; 11]);
+        hello
+    }
+
+    fn capture(out: &Shared, hold: Duration) -> PacketCapture {
+        let iface = CaptureInterface { name: "eth9".into(), ifindex: 9, linktype: 1, loopback: false };
+        let mut c = PacketCapture::new(Box::new(out.clone()), vec![iface], 65535, None).unwrap();
+        c.hold = hold;
+        c
+    }
+
+    fn feed(c: &mut PacketCapture, data: &[u8]) {
+        let header =
+            ct_packet { ifindex: 9, len: data.len() as u32, caplen: data.len() as u32, ..Default::default() };
+        c.packet(&events::Packet { header, data }).unwrap();
+    }
+
+    #[test]
+    fn a_handshake_waits_for_its_secrets_which_come_first_in_the_file() {
+        let out = Shared::default();
+        let mut c = capture(&out, Duration::from_secs(60));
+        feed(&mut c, &frame(b"")); // nothing to wait for: written at once
+        assert_eq!(blocks(&out), [EPB]);
+        feed(&mut c, &frame(&client_hello([5; 32])));
+        feed(&mut c, &frame(b"encrypted"));
+        assert_eq!(blocks(&out), [EPB], "held until the secrets are known");
+        c.secret(b"CLIENT_RANDOM 0505 00\n", [6; 32]).unwrap();
+        assert_eq!(blocks(&out), [EPB, DSB], "another handshake's secret releases nothing");
+        c.secret(b"CLIENT_RANDOM 0505 01\n", [5; 32]).unwrap();
+        assert_eq!(blocks(&out), [EPB, DSB, DSB, EPB, EPB]);
+        // A handshake whose secrets are known already is not held.
+        feed(&mut c, &frame(&client_hello([5; 32])));
+        assert_eq!(blocks(&out).len(), 6);
+        assert_eq!(c.stats.written, 4);
+    }
+
+    #[test]
+    fn a_handshake_without_secrets_is_written_after_the_hold() {
+        let out = Shared::default();
+        let mut c = capture(&out, Duration::from_millis(20));
+        feed(&mut c, &frame(&client_hello([7; 32])));
+        assert!(blocks(&out).is_empty());
+        std::thread::sleep(Duration::from_millis(30));
+        c.tick().unwrap();
+        assert_eq!(blocks(&out), [EPB]);
+        assert_eq!(c.stats.handshakes_without_secrets, 1);
+    }
+
+    #[test]
+    fn the_end_writes_everything_held() {
+        let out = Shared::default();
+        let mut c = capture(&out, Duration::from_secs(60));
+        feed(&mut c, &frame(&client_hello([8; 32])));
+        feed(&mut c, &frame(b"x"));
+        c.finish().unwrap();
+        assert_eq!(blocks(&out), [EPB, EPB]);
+    }
+
+    #[test]
+    fn packets_name_the_owner_of_their_local_socket() {
+        let out = Shared::default();
+        let mut c = capture(&out, Duration::from_secs(60));
+        let local: SocketAddr = "10.0.0.1:40000".parse().unwrap();
+        let remote: SocketAddr = "10.0.0.2:443".parse().unwrap();
+        c.remember_owner(local, remote, Owner { pid: 42, uid: 1000, comm: "curl".into() });
+        let f = frame(b"");
+        let parsed = frame::parse(1, &f).unwrap();
+        assert_eq!(c.owner_comment(&parsed, true).as_deref(), Some("pid=42 comm=curl uid=1000"));
+        assert_eq!(c.owner_comment(&parsed, false), None, "inbound: the destination is local");
+    }
 }

@@ -5,8 +5,8 @@
  * that it builds with both OpenSSL 1.1.1 and 3.x: it fetches PATH over HTTPS
  * (certificate verification off, highest protocol version TLS_MAX, "1.2" or
  * "1.3"), appends OpenSSL's own key log lines to KEYLOG_FILE and writes the
- * response to stdout. Exits 0 on success, 1 with a message on stderr on any
- * error.
+ * response to stdout. Exits 0 on success; on any error prints a message on
+ * stderr and exits 1 (2 for bad arguments).
  */
 #define _POSIX_C_SOURCE 200112L
 #include <netdb.h>
