@@ -31,6 +31,8 @@ pub enum Command {
     Mysql(SourceArgs),
     /// Every statement PostgreSQL backends on this host execute.
     Postgres(SourceArgs),
+    /// Load every kernel program without attaching anything: does this kernel take them?
+    Check,
 }
 
 /// What every capture subcommand but `tls` takes: filters and output.

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use libbpf_rs::{MapCore, MapFlags};
 
 use crate::events::stat;
@@ -90,13 +90,39 @@ impl Filters {
     }
 }
 
+/// A capability cleartap needs: its bit (linux/capability.h) and why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capability {
+    pub name: &'static str,
+    pub bit: u32,
+    pub why: &'static str,
+}
+
+/// Uprobes made through perf need CAP_SYS_ADMIN (CAP_BPF and CAP_PERFMON
+/// are not enough for them; measured on 6.18), and it covers loading BPF
+/// programs and tracepoints too.
+pub const CAP_SYS_ADMIN: Capability =
+    Capability { name: "CAP_SYS_ADMIN", bit: 21, why: "to load BPF programs and attach uprobes" };
+pub const CAP_SYS_PTRACE: Capability = Capability {
+    name: "CAP_SYS_PTRACE",
+    bit: 19,
+    why: "to read /proc/PID/maps and /proc/PID/root of other users' processes",
+};
+pub const CAP_DAC_READ_SEARCH: Capability = Capability {
+    name: "CAP_DAC_READ_SEARCH",
+    bit: 2,
+    why: "to read libraries and executables whatever their permissions",
+};
+pub const CAP_NET_ADMIN: Capability =
+    Capability { name: "CAP_NET_ADMIN", bit: 12, why: "to attach the packet classifier (-w)" };
+
+/// What every subcommand needs.
+pub const BASE_CAPABILITIES: [Capability; 3] = [CAP_SYS_ADMIN, CAP_SYS_PTRACE, CAP_DAC_READ_SEARCH];
+
 /// Refuse early, with a message that says what to do, when the kernel or
 /// our privileges cannot run BPF programs.
 pub fn preflight() -> Result<()> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        bail!("cleartap needs root to load BPF programs: run it with sudo");
-    }
+    require_capabilities(&BASE_CAPABILITIES)?;
     if !Path::new("/sys/kernel/btf/vmlinux").exists() {
         bail!(
             "this kernel has no BTF (/sys/kernel/btf/vmlinux is missing): cleartap needs \
@@ -106,6 +132,26 @@ pub fn preflight() -> Result<()> {
     ensure_tracefs()?;
     quiet_libbpf();
     Ok(())
+}
+
+/// Every capability of `needed` must be effective (root has them all).
+pub fn require_capabilities(needed: &[Capability]) -> Result<()> {
+    let status = std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+    let effective = effective_capabilities(&status).context("no CapEff line in /proc/self/status")?;
+    let missing: Vec<String> = needed
+        .iter()
+        .filter(|c| effective & (1u64 << c.bit) == 0)
+        .map(|c| format!("{} ({})", c.name, c.why))
+        .collect();
+    if !missing.is_empty() {
+        bail!("cleartap is missing capabilities: {}; run it as root or grant them", missing.join(", "));
+    }
+    Ok(())
+}
+
+fn effective_capabilities(status: &str) -> Option<u64> {
+    let line = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
+    u64::from_str_radix(line.trim(), 16).ok()
 }
 
 /// Does this kernel have the bpf_loop helper (5.17)? Probed, not guessed
@@ -199,6 +245,16 @@ mod tests {
             assert_eq!(Cgroup::from_path(&root).unwrap().level, 0);
             assert!(Cgroup::from_path(Path::new("/tmp")).is_err());
         }
+    }
+
+    #[test]
+    fn effective_capabilities_are_read_from_status() {
+        let status = "Name:\tx\nCapInh:\t0000000000000000\nCapEff:\t0000000000200004\n";
+        let caps = effective_capabilities(status).unwrap();
+        assert!(caps & (1 << CAP_SYS_ADMIN.bit) != 0 && caps & (1 << CAP_DAC_READ_SEARCH.bit) != 0);
+        assert!(caps & (1 << CAP_SYS_PTRACE.bit) == 0);
+        assert_eq!(effective_capabilities("CapEff: zz"), None);
+        assert_eq!(effective_capabilities(""), None);
     }
 
     #[test]

@@ -15,12 +15,17 @@ use clap::Parser;
 
 fn main() {
     let cli = cli::Cli::parse();
+    if let Err(e) = run::stop_on_signals() {
+        eprintln!("cleartap: error: {e:#}");
+        std::process::exit(1);
+    }
     let result = match &cli.command {
         cli::Command::Tls(args) => run::tls::run(args),
         cli::Command::Shell(args) => run::shell::run(args),
         cli::Command::Exec(args) => run::exec::run(args),
         cli::Command::Mysql(args) => run::sql::run(args, sources::sql::Family::Mysql),
         cli::Command::Postgres(args) => run::sql::run(args, sources::sql::Family::Postgres),
+        cli::Command::Check => run::check::run(),
     };
     if let Err(e) = result {
         eprintln!("cleartap: error: {e:#}");

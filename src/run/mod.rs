@@ -3,6 +3,7 @@
 //! signal; then detach, drain, flush and report. Subcommands differ only in
 //! the probes they load and the handler they give.
 
+pub mod check;
 pub mod exec;
 pub mod shell;
 pub mod sql;
@@ -11,7 +12,7 @@ pub mod tls;
 use std::cell::RefCell;
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -92,12 +93,21 @@ pub fn filters(args: &crate::cli::FilterArgs) -> Result<Filters> {
     Ok(Filters { pid: args.pid, uid: args.uid, comm: args.comm.clone(), cgroup })
 }
 
-fn stop_on_signals() -> Result<Arc<AtomicBool>> {
+static STOP: OnceLock<Arc<AtomicBool>> = OnceLock::new();
+
+/// SIGINT, SIGTERM and SIGHUP set a flag instead of killing the process:
+/// installed first thing in main, so that a signal while attaching, too,
+/// ends with a clean stop (files whole, everything detached) once `pump`
+/// starts. Idempotent.
+pub fn stop_on_signals() -> Result<Arc<AtomicBool>> {
+    if let Some(stop) = STOP.get() {
+        return Ok(Arc::clone(stop));
+    }
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM, signal_hook::consts::SIGHUP] {
         signal_hook::flag::register(sig, Arc::clone(&stop)).context("installing signal handlers")?;
     }
-    Ok(stop)
+    Ok(Arc::clone(STOP.get_or_init(|| stop)))
 }
 
 fn report_new_losses(now: KernelStats, before: KernelStats) -> KernelStats {

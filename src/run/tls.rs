@@ -29,6 +29,9 @@ use crate::sources::{gnutls, nss, openssl, TlsSource, TlsTarget};
 
 pub fn run(args: &TlsArgs) -> Result<()> {
     kernel::preflight()?;
+    if args.write.is_some() {
+        kernel::require_capabilities(&[kernel::CAP_NET_ADMIN])?;
+    }
     let filters = filters(&args.filters)?;
     let sources = selected_sources(&args.libraries);
     let secrets = args.keylog.is_some() || args.write.is_some();

@@ -102,11 +102,16 @@ impl Capture {
     }
 
     /// SIGINT, then everything it printed.
-    pub fn stop(mut self) -> Captured {
+    pub fn stop(self) -> Captured {
+        self.stop_with(libc::SIGINT)
+    }
+
+    /// `signal` (one cleartap stops cleanly on), then everything it printed.
+    pub fn stop_with(mut self, signal: i32) -> Captured {
         // Let in-flight records reach the ring buffer consumer.
         thread::sleep(Duration::from_millis(300));
         // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        unsafe { libc::kill(self.child.id() as i32, signal) };
         let status = self.child.wait().unwrap();
         let stdout = self.stdout.join().unwrap();
         // All of stderr, up to its end: the summary is its last line.
@@ -117,6 +122,14 @@ impl Capture {
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
             .collect();
         Captured { records, stderr: self.before_ready + &stderr.join("\n"), status }
+    }
+}
+
+impl Capture {
+    /// SIGKILL: nothing of cleartap runs after it.
+    pub fn kill_hard(mut self) -> std::process::ExitStatus {
+        let _ = self.child.kill();
+        self.child.wait().unwrap()
     }
 }
 

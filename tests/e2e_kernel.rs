@@ -1,0 +1,199 @@
+//! The kernel side as a whole: every program loads, cleartap runs with
+//! only the capabilities the README lists, and however it stops (signal
+//! while attaching, under load, kill -9) nothing of it stays in the kernel.
+
+mod support;
+
+use std::process::{Command, Stdio};
+use std::thread;
+use std::time::Duration;
+
+use support::*;
+
+fn cleartap() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_cleartap"))
+}
+
+#[test]
+fn check_loads_every_program_and_reports_verifier_instructions() {
+    if !require_bpf() {
+        return;
+    }
+    let out = cleartap().arg("check").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    print!("{text}");
+    for program in ["ssl_write_return", "go_keylog", "gnutls_keylog", "packet_egress", "bash_readline_entry"]
+    {
+        let line =
+            text.lines().find(|l| l.starts_with(program)).unwrap_or_else(|| panic!("{program}: {text}"));
+        let count: u32 = line.split_whitespace().last().unwrap().parse().unwrap();
+        assert!(count > 0, "{line}");
+    }
+    assert!(text.ends_with("every program loaded\n"));
+}
+
+/// Names (as bpftool shows them, 15 bytes) of programs only cleartap loads.
+const OUR_PROGRAMS: [&str; 6] = [
+    "plain_entry",
+    "ssl_write_retur",
+    "packet_egress",
+    "packet_ingress",
+    "owner_connect_e",
+    "sched_process_e",
+];
+
+/// Our programs, links and TC filters still in the kernel.
+fn leftovers() -> Vec<String> {
+    let mut found = Vec::new();
+    let progs = Command::new("bpftool").args(["prog", "show"]).output().expect("running bpftool");
+    let progs = String::from_utf8_lossy(&progs.stdout);
+    for name in OUR_PROGRAMS {
+        if progs.lines().any(|l| l.split_whitespace().any(|w| w == name)) {
+            found.push(format!("program {name}"));
+        }
+    }
+    let net = Command::new("bpftool").args(["net", "show", "dev", "lo"]).output().unwrap();
+    let net = String::from_utf8_lossy(&net.stdout);
+    found.extend(net.lines().filter(|l| l.contains("packet_")).map(|l| format!("TC: {l}")));
+    for direction in ["ingress", "egress"] {
+        let tc = Command::new("tc").args(["filter", "show", "dev", "lo", direction]).output().unwrap();
+        let tc = String::from_utf8_lossy(&tc.stdout);
+        found.extend(tc.lines().filter(|l| l.contains("packet_")).map(|l| format!("tc filter: {l}")));
+    }
+    found
+}
+
+/// Processes exit, then their links close: give the kernel a moment.
+fn assert_nothing_left(what: &str) {
+    for _ in 0..50 {
+        if leftovers().is_empty() {
+            return;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    panic!("{what}: left in the kernel: {:?}", leftovers());
+}
+
+fn tshark_reads(pcap: &std::path::Path) {
+    let out = Command::new("tshark").arg("-r").arg(pcap).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && !stderr.contains("cut short"), "{}: {stderr}", pcap.display());
+}
+
+#[test]
+fn every_way_of_stopping_leaves_nothing_attached_and_whole_files() {
+    if !require_bpf() {
+        return;
+    }
+    let _one = exclusive();
+    assert_nothing_left("before the test");
+    let server = TlsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    for (i, signal) in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP].into_iter().enumerate() {
+        let pcap = dir.path().join(format!("{i}.pcapng"));
+        let capture = Capture::start(&["tls", "-w", pcap.to_str().unwrap(), "-i", "lo"]);
+        let mut load = Command::new("curl")
+            .args(["-sS", "-k", "--http1.1", "-o", "/dev/null", "--limit-rate", "5M", &server.url(50 << 20)])
+            .spawn()
+            .unwrap();
+        thread::sleep(Duration::from_millis(500));
+        // Under load: every JSON line whole (stop parses them all), the
+        // capture readable.
+        let got = capture.stop_with(signal);
+        assert!(got.status.success(), "signal {signal}: {}", got.stderr);
+        let _ = load.kill();
+        let _ = load.wait();
+        assert!(got.tls().count() > 0, "signal {signal}: nothing captured");
+        tshark_reads(&pcap);
+        assert_nothing_left(&format!("signal {signal}"));
+    }
+    // kill -9: the kernel drops links with their file descriptors.
+    let pcap = dir.path().join("killed.pcapng");
+    let capture = Capture::start(&["tls", "-w", pcap.to_str().unwrap(), "-i", "lo"]);
+    curl(&server, b"x", 1000);
+    capture.kill_hard();
+    assert_nothing_left("kill -9");
+}
+
+#[test]
+fn a_signal_while_attaching_still_stops_cleanly() {
+    if !require_bpf() {
+        return;
+    }
+    let _one = exclusive();
+    let dir = tempfile::tempdir().unwrap();
+    for delay_ms in [0, 30, 150] {
+        let pcap = dir.path().join(format!("{delay_ms}.pcapng"));
+        let child = cleartap()
+            .args(["tls", "-w"])
+            .arg(&pcap)
+            .args(["-i", "lo"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        thread::sleep(Duration::from_millis(delay_ms));
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "after {delay_ms} ms: {} {stderr}", out.status);
+        if pcap.exists() {
+            tshark_reads(&pcap);
+        }
+        assert_nothing_left(&format!("SIGINT after {delay_ms} ms"));
+    }
+}
+
+/// The capabilities the README documents, and nothing else: setpriv
+/// keeps only them in the bounding set of a root process.
+const DOCUMENTED: &str = "-all,+sys_admin,+sys_ptrace,+dac_read_search,+net_admin";
+
+#[test]
+fn runs_with_only_the_documented_capabilities_and_names_a_missing_one() {
+    if !require_bpf() {
+        return;
+    }
+    let _one = exclusive();
+    let server = TlsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let pcap = dir.path().join("caps.pcapng");
+    let bounding = format!("--bounding-set={DOCUMENTED}");
+    let mut child = Command::new("setpriv")
+        .args([bounding.as_str(), "--inh-caps=-all"])
+        .arg(env!("CARGO_BIN_EXE_cleartap"))
+        .args(["tls", "--format", "json", "--comm", "curl", "-w"])
+        .arg(&pcap)
+        .args(["-i", "lo"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut lines = std::io::BufRead::lines(stderr);
+    assert!(lines.by_ref().map_while(Result::ok).any(|l| l == "ready"), "not ready under setpriv");
+    curl(&server, b"ping", 2000);
+    thread::sleep(Duration::from_millis(300));
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains(r#""comm":"curl""#), "nothing captured under setpriv: {stdout}");
+    tshark_reads(&pcap);
+
+    for (dropped, name) in [("sys_admin", "CAP_SYS_ADMIN"), ("net_admin", "CAP_NET_ADMIN")] {
+        let fewer = format!("--bounding-set={}", DOCUMENTED.replace(&format!(",+{dropped}"), ""));
+        let out = Command::new("setpriv")
+            .args([fewer.as_str(), "--inh-caps=-all"])
+            .arg(env!("CARGO_BIN_EXE_cleartap"))
+            .args(["tls", "-w"])
+            .arg(dir.path().join(format!("{dropped}.pcapng")))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains(&format!("missing capabilities: {name}")), "{stderr}");
+    }
+}
