@@ -272,6 +272,34 @@ fn the_filter_expression_keeps_only_what_it_matches() {
 }
 
 #[test]
+fn snaplen_cuts_packets_and_keeps_their_length_on_the_wire() {
+    if !require_bpf() {
+        return;
+    }
+    let _one = exclusive();
+    let server = TlsServer::start();
+    let recording = Recording::start(server.port, &["--snaplen", "200"]);
+    curl(&server, b"", 100_000);
+    let done = recording.stop();
+    let fields = Command::new("tshark")
+        .arg("-r")
+        .arg(done.pcap())
+        .args(["-T", "fields", "-e", "frame.cap_len", "-e", "frame.len"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&fields.stdout);
+    let sizes: Vec<(u32, u32)> = text
+        .lines()
+        .map(|l| {
+            let (cap, len) = l.split_once('\t').unwrap();
+            (cap.parse().unwrap(), len.parse().unwrap())
+        })
+        .collect();
+    assert!(sizes.iter().all(|&(cap, len)| cap == len.min(200)), "{sizes:?}");
+    assert!(sizes.iter().any(|&(_, len)| len > 1000), "{sizes:?}");
+}
+
+#[test]
 fn a_capture_interrupted_mid_transfer_is_a_valid_pcapng() {
     if !require_bpf() {
         return;
