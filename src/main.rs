@@ -1,17 +1,8 @@
 //! cleartap: what programs really send and receive, in plaintext, with eBPF.
-
-mod bpf;
-mod cli;
-mod context;
-mod discover;
-mod events;
-mod kernel;
-mod output;
-mod packets;
-mod run;
-mod sources;
+//! The binary is a thin shell over the library (`src/lib.rs`).
 
 use clap::Parser;
+use cleartap::{cli, run, sources};
 
 fn main() {
     let cli = cli::Cli::parse();

@@ -93,8 +93,7 @@ impl<W: Write> PcapngWriter<W> {
         self.out.flush()
     }
 
-    /// The output, flushed first (tests read what was written).
-    #[cfg(test)]
+    /// The output, flushed first (tests and fuzz targets read it back).
     pub fn into_inner(mut self) -> io::Result<W> {
         self.out.flush()?;
         Ok(self.out)

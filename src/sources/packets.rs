@@ -16,10 +16,7 @@ use libbpf_rs::{
 
 use super::procwatch::SharedMaps;
 use crate::bpf::packets::{PacketsSkel, PacketsSkelBuilder};
-
-/// pcap link types.
-pub const LINKTYPE_ETHERNET: u16 = 1;
-pub const LINKTYPE_RAW: u16 = 101;
+use crate::packets::frame::{LINKTYPE_ETHERNET, LINKTYPE_RAW};
 
 /// Netlink filters are ours by this handle and priority: a filter left by
 /// a killed cleartap is replaced (and then removed) by the next one.
