@@ -38,16 +38,21 @@ static __always_inline __u64 packet_wakeup(void)
 			stat_add(CT_STAT_LOST_PACKETS, 1);                               \
 			return;                                                          \
 		}                                                                        \
-		__u32 n = cap < (SIZE) ? cap : (SIZE);                                   \
-		barrier_var(n);                                                          \
+		/* m = bytes - 1, checked, then hidden from the compiler: it must  \
+		 * pass m + 1, whose range [1, SIZE] even old verifiers see (6.12  \
+		 * refuses a length it can only prove <= SIZE, not > 0). */       \
+		__u32 m = (cap < (SIZE) ? cap : (SIZE)) - 1;                             \
 		p->kind = CT_EV_PACKET;                                                  \
 		p->ifindex = skb->ifindex;                                               \
 		p->ts_ns = bpf_ktime_get_ns();                                           \
 		p->len = skb->len;                                                       \
 		p->outbound = outbound;                                                  \
 		p->caplen = 0;                                                           \
-		if (n > 0 && n <= (SIZE) && !bpf_skb_load_bytes(skb, 0, (void *)(p + 1), n)) \
-			p->caplen = n;                                                   \
+		if (m < (SIZE)) {                                                        \
+			barrier_var(m);                                                  \
+			if (!bpf_skb_load_bytes(skb, 0, (void *)(p + 1), m + 1))         \
+				p->caplen = m + 1;                                       \
+		}                                                                        \
 		bpf_ringbuf_submit(p, packet_wakeup());                                  \
 		return;                                                                  \
 	} while (0)
