@@ -41,6 +41,11 @@ pub fn resolve(path: &Path, id: FileId) -> Result<Option<TlsTarget>> {
     // SAFETY: read-only private mapping of a file we only parse.
     let bytes =
         unsafe { memmap2::Mmap::map(&file) }.with_context(|| format!("mapping {}", path.display()))?;
+    // Scripts are exec'd too (their interpreter is what runs): not ELF,
+    // so not a Go program, and nothing to warn about.
+    if !bytes.starts_with(b"\x7fELF") {
+        return Ok(None);
+    }
     let wanted = [HOOKS[0].symbol, HOOKS[1].symbol, KEYLOG];
     let Some(go) = GoBinary::parse(&bytes, &wanted).with_context(|| format!("reading {}", path.display()))?
     else {

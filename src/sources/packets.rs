@@ -36,21 +36,28 @@ pub struct CaptureInterface {
 
 /// `-i` names to interfaces; `any` is every interface there is now.
 pub fn interfaces(names: &[String]) -> Result<Vec<CaptureInterface>> {
-    let names: Vec<String> = if names.iter().any(|n| n == "any") {
+    let mut found: Vec<CaptureInterface> = Vec::new();
+    let mut add = |iface: CaptureInterface| {
+        if !found.iter().any(|f| f.ifindex == iface.ifindex) {
+            found.push(iface);
+        }
+    };
+    for name in names.iter().filter(|n| *n != "any") {
+        add(interface(name)?);
+    }
+    if names.iter().any(|n| n == "any") {
         let mut all: Vec<String> = fs::read_dir("/sys/class/net")
             .context("listing /sys/class/net")?
             .filter_map(|e| e.ok()?.file_name().into_string().ok())
             .collect();
         all.sort();
-        all
-    } else {
-        names.to_vec()
-    };
-    let mut found: Vec<CaptureInterface> = Vec::new();
-    for name in names {
-        let iface = interface(&name)?;
-        if !found.iter().any(|f| f.ifindex == iface.ifindex) {
-            found.push(iface);
+        // `any` takes what it can: an interface of another link type is
+        // skipped with a warning, not an error.
+        for name in all {
+            match interface(&name) {
+                Ok(iface) => add(iface),
+                Err(e) => eprintln!("cleartap: warning: not capturing packets on {name}: {e:#}"),
+            }
         }
     }
     Ok(found)
