@@ -197,3 +197,52 @@ fn runs_with_only_the_documented_capabilities_and_names_a_missing_one() {
         assert!(stderr.contains(&format!("missing capabilities: {name}")), "{stderr}");
     }
 }
+
+#[test]
+fn hostile_library_files_are_skipped_with_a_warning_and_the_rest_captured() {
+    if !require_bpf() {
+        return;
+    }
+    let _one = exclusive();
+    let server = TlsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    // A truncated libssl, an ELF header claiming 65535 sections at an
+    // offset past the end, and a file that is not ELF at all: each named
+    // like a TLS library and opened by a process while cleartap runs.
+    let real = std::fs::read("/usr/lib/x86_64-linux-gnu/libssl.so.3").unwrap();
+    let truncated = dir.path().join("libssl.so.91");
+    std::fs::write(&truncated, &real[..4096]).unwrap();
+    let mut absurd = real[..64].to_vec();
+    absurd[0x28..0x30].copy_from_slice(&u64::MAX.to_le_bytes()); // e_shoff
+    absurd[0x3c..0x3e].copy_from_slice(&u16::MAX.to_le_bytes()); // e_shnum
+    let absurd_path = dir.path().join("libssl.so.92");
+    std::fs::write(&absurd_path, &absurd).unwrap();
+    let garbage = dir.path().join("libgnutls.so.93");
+    std::fs::write(&garbage, b"#!/bin/sh\necho not a library\n").unwrap();
+
+    // No --comm filter: it would hide python's opens from the watch too.
+    let capture = Capture::start(&["tls"]);
+    for path in [&truncated, &absurd_path, &garbage] {
+        run(
+            Command::new("python3").args(["-c", "import sys; open(sys.argv[1], 'rb').read()"]).arg(path),
+            b"",
+        );
+    }
+    let response = curl(&server, b"still here", 3000);
+    let got = capture.stop();
+    got.assert_clean_exit();
+    for path in [&truncated, &absurd_path, &garbage] {
+        let name = path.display().to_string();
+        assert!(got.stderr.contains(&format!("warning: skipping {name}")), "{name}: {}", got.stderr);
+    }
+    assert_same_bytes(&got.stream("recv", |r| r["comm"] == "curl"), &response_with_headers(&got), "recv");
+    assert_eq!(response.len(), 3000);
+}
+
+/// What curl received, as captured (headers and body): non-empty and
+/// ending with the body the server sent.
+fn response_with_headers(got: &Captured) -> Vec<u8> {
+    let recv = got.stream("recv", |r| r["comm"] == "curl");
+    assert!(recv.starts_with(b"HTTP/1.1 200 OK\r\n"), "{}", String::from_utf8_lossy(&recv));
+    recv
+}
