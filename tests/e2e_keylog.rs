@@ -214,14 +214,19 @@ fn node_secrets_from_its_linked_openssl_equal_its_own_key_log() {
     let server = TlsServer::start();
     let recording = Recording::start(server.port, &[]);
     let own = recording.dir.path().join("node-keys.log");
+    // Node's own key log, written synchronously: --tls-keylog writes
+    // through a stream that process.exit may cut short.
     let script = format!(
-        r#"const req = require("https").get({{host: "127.0.0.1", port: {}, path: "/4321",
+        r#"const fs = require("fs"), https = require("https");
+        const agent = new https.Agent();
+        agent.on("keylog", line => fs.appendFileSync({:?}, line));
+        https.get({{host: "127.0.0.1", port: {}, path: "/4321", agent,
             rejectUnauthorized: false, headers: {{"Connection": "close"}}}},
             res => {{ res.resume(); res.on("end", () => process.exit(0)); }});"#,
+        own.display().to_string(),
         server.port
     );
-    let keylog_flag = format!("--tls-keylog={}", own.display());
-    run(Command::new("node").args([&keylog_flag, "-e", &script]), b"");
+    run(Command::new("node").args(["-e", &script]), b"");
     let done = recording.stop();
     assert_same_key_lines(&done.key_lines(), &own);
     assert_eq!(decrypted_http(&done.pcap(), &[]), "/4321\t\n\t4321\n");
