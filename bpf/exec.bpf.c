@@ -17,15 +17,15 @@ static __always_inline void copy_argv(struct ct_exec_start *e, const char *const
 		}
 		/* args[] is twice CT_ARGS_MAX: any offset below CT_ARGS_MAX has
 		 * CT_ARGS_MAX bytes of room, which the verifier can see. */
-		/* An empty argument is its NUL, 1 byte; Debian's 6.1 returns 0 for
-		 * it instead (seen in tests/vm), which must not end argv: the NUL
-		 * is written first and a 0 counts as 1. */
+		/* An empty argument is its NUL, 1 byte; 6.1 and 6.12 return 0 for
+		 * it instead (seen in tests/vm) and may not write the NUL: it is
+		 * written first, and a 0 counts as 1 without a branch (one more
+		 * branch per argument blows up 6.1's verifier: E2BIG). */
 		e->args[off & (CT_ARGS_MAX - 1)] = 0;
 		long n = bpf_probe_read_user_str(&e->args[off & (CT_ARGS_MAX - 1)], CT_ARGS_MAX, arg);
 		if (n < 0)
 			break;
-		n += n == 0;
-		off += n;
+		off += n + (((__u64)(n - 1)) >> 63); /* n == 0 counts as 1 */
 		e->argc++;
 		if (i == CT_ARGC_MAX - 1) {
 			const char *more = NULL;
