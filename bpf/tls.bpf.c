@@ -525,6 +525,20 @@ static __always_inline bool copy_field(void *dst, __u32 max, __u64 len, __u64 sr
 	return bpf_probe_read_user(dst, n, (void *)src) == 0;
 }
 
+/* A secret record with its kind and pid set, or NULL (counted lost). */
+static __always_inline struct ct_tls_secret *reserve_secret(void)
+{
+	struct ct_tls_secret *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		stat_add(CT_STAT_LOST_RECORDS, 1);
+		return NULL;
+	}
+	e->kind = CT_EV_TLS_SECRET;
+	e->pid = bpf_get_current_pid_tgid() >> 32;
+	e->missing = 0;
+	return e;
+}
+
 /* (*Config).writeKeyLog(label string, clientRandom, secret []byte): called
  * for every secret whether or not the program set a KeyLogWriter. */
 SEC("uprobe")
@@ -532,17 +546,12 @@ int go_keylog(struct pt_regs *ctx)
 {
 	if (!current_task_wanted())
 		return 0;
-	struct ct_tls_secret *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
-	if (!e) {
-		stat_add(CT_STAT_LOST_RECORDS, 1);
+	struct ct_tls_secret *e = reserve_secret();
+	if (!e)
 		return 0;
-	}
-	e->kind = CT_EV_TLS_SECRET;
-	e->pid = bpf_get_current_pid_tgid() >> 32;
 	e->label_len = ctx->cx;
 	e->random_len = ctx->si;
 	e->secret_len = ctx->r10;
-	e->missing = 0;
 	if (!copy_field(e->label, sizeof(e->label), ctx->cx, ctx->bx))
 		e->missing |= 1;
 	if (!copy_field(e->client_random, sizeof(e->client_random), ctx->si, ctx->di))
@@ -575,14 +584,9 @@ int BPF_KPROBE(gnutls_keylog, void *session, const char *label, void *datum)
 	if (!random_offset)
 		return 0;
 	struct { __u64 data; __u32 size; } secret = {};
-	struct ct_tls_secret *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
-	if (!e) {
-		stat_add(CT_STAT_LOST_RECORDS, 1);
+	struct ct_tls_secret *e = reserve_secret();
+	if (!e)
 		return 0;
-	}
-	e->kind = CT_EV_TLS_SECRET;
-	e->pid = bpf_get_current_pid_tgid() >> 32;
-	e->missing = 0;
 	long n = bpf_probe_read_user_str(e->label, sizeof(e->label), label);
 	e->label_len = n > 0 ? n - 1 : 0;
 	if (n <= 1)

@@ -155,6 +155,9 @@ fn not_root_is_a_clear_error() {
         if err.contains("setpriv:") {
             return;
         }
-        assert!(err.contains("needs root"), "{err}");
+        assert!(
+            err.contains("missing capabilities: CAP_SYS_ADMIN") && err.contains("run it as root"),
+            "{err}"
+        );
     }
 }

@@ -4,7 +4,7 @@ use std::mem::MaybeUninit;
 
 use anyhow::{Context, Result};
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
-use libbpf_rs::{Link, OpenObject, TracepointCategory};
+use libbpf_rs::{Link, OpenObject};
 
 use crate::bpf::exec::{ExecSkel, ExecSkelBuilder};
 use crate::kernel::Filters;
@@ -35,13 +35,7 @@ impl<'obj> ExecProbes<'obj> {
             (&p.sys_exit_execve, "sys_exit_execve"),
             (&p.sys_exit_execveat, "sys_exit_execveat"),
         ];
-        programs
-            .into_iter()
-            .map(|(prog, name)| {
-                prog.attach_tracepoint(TracepointCategory::Syscalls, name)
-                    .with_context(|| format!("attaching tracepoint syscalls:{name}"))
-            })
-            .collect()
+        super::attach_syscall_tracepoints(&programs)
     }
 
     pub fn events_map(&self) -> &libbpf_rs::MapMut<'obj> {

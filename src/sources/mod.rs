@@ -24,6 +24,20 @@ use anyhow::{bail, Result};
 use crate::discover::elf::{Function, Symbols};
 use crate::discover::procs::FileId;
 
+/// Attach each program to its `syscalls:` tracepoint.
+pub fn attach_syscall_tracepoints(
+    programs: &[(&libbpf_rs::ProgramMut, &str)],
+) -> Result<Vec<libbpf_rs::Link>> {
+    use anyhow::Context;
+    programs
+        .iter()
+        .map(|(prog, name)| {
+            prog.attach_tracepoint(libbpf_rs::TracepointCategory::Syscalls, name)
+                .with_context(|| format!("attaching tracepoint syscalls:{name}"))
+        })
+        .collect()
+}
+
 /// The kernel entry program a hooked function needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Entry {

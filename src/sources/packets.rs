@@ -10,9 +10,7 @@ use std::ptr::NonNull;
 
 use anyhow::{bail, Context, Result};
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
-use libbpf_rs::{
-    AsRawLibbpf, Link, OpenObject, ProgramMut, TcAttachPoint, TcHook, TcHookBuilder, TracepointCategory,
-};
+use libbpf_rs::{AsRawLibbpf, Link, OpenObject, ProgramMut, TcAttachPoint, TcHook, TcHookBuilder};
 
 use super::procwatch::SharedMaps;
 use crate::bpf::packets::{PacketsSkel, PacketsSkelBuilder};
@@ -131,13 +129,7 @@ impl<'obj> PacketProbes<'obj> {
             (&p.owner_accept4_exit, "sys_exit_accept4"),
             (&p.owner_accept_exit, "sys_exit_accept"),
         ];
-        programs
-            .into_iter()
-            .map(|(prog, name)| {
-                prog.attach_tracepoint(TracepointCategory::Syscalls, name)
-                    .with_context(|| format!("attaching tracepoint syscalls:{name}"))
-            })
-            .collect()
+        super::attach_syscall_tracepoints(&programs)
     }
 
     /// Egress and (except on loopback) ingress of `iface`.

@@ -81,7 +81,6 @@ impl<'obj> TlsProbes<'obj> {
 
     /// The system call tracepoints that reveal the fd of an active call.
     pub fn attach_syscalls(&self) -> Result<Vec<Link>> {
-        let mut links = Vec::new();
         let p = &self.skel.progs;
         let programs = [
             (&p.sys_enter_write, "sys_enter_write"),
@@ -93,13 +92,7 @@ impl<'obj> TlsProbes<'obj> {
             (&p.sys_enter_writev, "sys_enter_writev"),
             (&p.sys_enter_readv, "sys_enter_readv"),
         ];
-        for (prog, name) in programs {
-            let link = prog
-                .attach_tracepoint(libbpf_rs::TracepointCategory::Syscalls, name)
-                .with_context(|| format!("attaching tracepoint syscalls:{name}"))?;
-            links.push(link);
-        }
-        Ok(links)
+        super::attach_syscall_tracepoints(&programs)
     }
 
     /// Entry and return probes on every hook of `target`, and where its
