@@ -5,11 +5,12 @@ use clap::Parser;
 use cleartap::{cli, run, sources};
 
 fn main() {
-    let cli = cli::Cli::parse();
+    // First thing: from here on a signal means a clean stop.
     if let Err(e) = run::stop_on_signals() {
         eprintln!("cleartap: error: {e:#}");
         std::process::exit(1);
     }
+    let cli = cli::Cli::parse();
     let result = match &cli.command {
         cli::Command::Tls(args) => run::tls::run(args),
         cli::Command::Shell(args) => run::shell::run(args),

@@ -35,6 +35,8 @@ pub fn run(args: &TlsArgs) -> Result<()> {
     let filters = filters(&args.filters)?;
     let sources = selected_sources(&args.libraries);
     let secrets = args.keylog.is_some() || args.write.is_some();
+    // Output files first: an existing one is refused before anything is loaded.
+    let keylog = args.keylog.as_deref().map(|p| KeyLog::create(p, args.force)).transpose()?;
 
     let mut tls_storage = MaybeUninit::uninit();
     let probes =
@@ -69,7 +71,6 @@ pub fn run(args: &TlsArgs) -> Result<()> {
     for path in &args.go_binaries {
         targets.push(attacher.attach_go_binary(path)?);
     }
-    let keylog = args.keylog.as_deref().map(|p| KeyLog::create(p, args.force)).transpose()?;
     targets.extend(attacher.scan_host());
     if targets.is_empty() {
         eprintln!("cleartap: no TLS library in use yet; watching for processes that start");
