@@ -166,10 +166,16 @@ impl<'obj> TlsProbes<'obj> {
         let c = c_layout(layout);
         // SAFETY: a repr(C) struct of u32s, read as its bytes.
         let value = unsafe { plain::as_bytes(&c) };
-        let flags = if self.has_cookie { MapFlags::ANY } else { MapFlags::NO_EXIST };
-        self.skel.maps.ssl_layouts.update(&self.settings_key(target), value, flags).context(
-            "only one OpenSSL version can give secrets on kernels without uprobe cookies (< 5.15)",
-        )?;
+        let key = self.settings_key(target);
+        let maps = &self.skel.maps;
+        // Without cookies every library shares entry 0: a second library
+        // is fine only if its layout is the same.
+        match maps.ssl_layouts.lookup(&key, MapFlags::ANY)? {
+            Some(held) if !self.has_cookie && held != value => bail!(
+                "only one OpenSSL struct layout can give secrets on kernels without uprobe cookies (< 5.15)"
+            ),
+            _ => maps.ssl_layouts.update(&key, value, MapFlags::ANY).context("storing the OpenSSL layout")?,
+        }
         let Some(f) = do_handshake else { return Ok(Vec::new()) };
         let p = &self.skel.progs;
         [(&p.plain_entry, false), (&p.ssl_handshake_return, true)]
