@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 CONN_TABLE = re.compile(r"connection table: (\d+) entries created, (\d+) evicted")
@@ -31,8 +32,31 @@ class Cleartap:
             self.stderr.append(text)
             if text == "ready":
                 self.ready_s = time.monotonic() - self.start_time
+                # Keep reading: a full pipe would block cleartap's warnings.
+                self.reader = threading.Thread(target=self._drain_stderr, daemon=True)
+                self.reader.start()
                 return
         sys.exit("bench: cleartap exited before ready:\n" + "\n".join(self.stderr))
+
+    def _drain_stderr(self):
+        for line in self.proc.stderr:
+            self.stderr.append(line.decode(errors="replace").rstrip())
+
+    def attached(self):
+        """Files attached so far (each adds the fds of its uprobe links)."""
+        return [l for l in self.stderr if l.startswith("cleartap: attached to ")]
+
+    def fd_kinds(self):
+        """Open fds by what they are (bpf-link, perf_event, socket, ...)."""
+        kinds = {}
+        for fd in os.listdir(f"/proc/{self.proc.pid}/fd"):
+            try:
+                target = os.readlink(f"/proc/{self.proc.pid}/fd/{fd}")
+            except OSError:
+                continue
+            kind = target.split(":", 1)[0] + (":" + target.split(":", 1)[1] if target.startswith("anon_inode") else "")
+            kinds[kind] = kinds.get(kind, 0) + 1
+        return kinds
 
     def rss_kib(self):
         with open(f"/proc/{self.proc.pid}/status") as f:
@@ -49,7 +73,7 @@ class Cleartap:
         self.proc.send_signal(signal.SIGINT)
         _, _, usage = os.wait4(self.proc.pid, 0)
         self.proc.returncode = 0
-        self.stderr += self.proc.stderr.read().decode(errors="replace").splitlines()
+        self.reader.join(timeout=10)
         self.out.close()
         found = [SUMMARY.search(l) for l in self.stderr]
         found = [m for m in found if m]
@@ -379,9 +403,11 @@ def soak(env, seconds):
     tracer = Cleartap(env["cleartap"], ["--lib", env["lib"], "--format", "json"], "/dev/null")
     try:
         wrk(port, 1024, 10)
-        start = {"rss_kib": tracer.rss_kib(), "fds": tracer.open_fds()}
+        start = {"rss_kib": tracer.rss_kib(), "fds": tracer.open_fds(), "fd_kinds": tracer.fd_kinds(),
+                 "attached": len(tracer.attached())}
         rps = wrk(port, 1024, max(seconds - 10, 1))
-        end = {"rss_kib": tracer.rss_kib(), "fds": tracer.open_fds()}
+        end = {"rss_kib": tracer.rss_kib(), "fds": tracer.open_fds(), "fd_kinds": tracer.fd_kinds(),
+               "attached": len(tracer.attached())}
     finally:
         stats = tracer.stop()
         proc.send_signal(signal.SIGQUIT)
@@ -390,4 +416,9 @@ def soak(env, seconds):
     print(f"\nsoak: {seconds} s of nginx 1 KiB under full capture: {rps:.0f} req/s; RSS "
           f"{start['rss_kib'] / 1024:.1f} -> {end['rss_kib'] / 1024:.1f} MiB ({growth:+.1%}); open fds "
           f"{start['fds']} -> {end['fds']}; lost {stats.get('lost_records')} records")
+    # New fds are expected only from files attached during the run (a
+    # program with TLS started on the host adds its uprobe links).
+    later = tracer.attached()[start["attached"]:end["attached"]]
+    print(f"soak: fds by kind at start {start['fd_kinds']}, at end {end['fd_kinds']}; "
+          f"{len(later)} files attached during the run" + "".join(f"\n    {l}" for l in later))
     return {"seconds": seconds, "req_s": rps, "start": start, "end": end, "cleartap": stats}

@@ -173,6 +173,26 @@ fn has_uprobe_helper(helper: libbpf_sys::bpf_func_id) -> bool {
     found == 1
 }
 
+/// Why loading `what` (e.g. "the TLS BPF programs") failed, with what to
+/// do: out of memory for maps (a memory cgroup limit, a huge
+/// `--ringbuf-size`) is told apart from a kernel that cannot run them.
+pub fn load_failed(what: &'static str) -> impl FnOnce(libbpf_rs::Error) -> anyhow::Error {
+    move |e| {
+        if e.kind() == libbpf_rs::ErrorKind::OutOfMemory {
+            anyhow::Error::new(e).context(format!(
+                "loading {what} failed: the kernel refused memory for cleartap's BPF maps; lower \
+                 --ringbuf-size (and --max-connections), or raise the memory limit of the cgroup \
+                 cleartap runs in"
+            ))
+        } else {
+            anyhow::Error::new(e).context(format!(
+                "loading {what} into the kernel failed (cleartap needs Linux >= 5.8 with BTF, uprobes, \
+                 tracepoints, ring buffers and TC BPF; `cleartap check` shows which program)"
+            ))
+        }
+    }
+}
+
 /// Tracepoints are found through tracefs; mount it if nobody did.
 fn ensure_tracefs() -> Result<()> {
     let tracefs = Path::new("/sys/kernel/tracing");

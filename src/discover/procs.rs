@@ -41,6 +41,11 @@ pub fn mappings(pid: u32) -> Vec<Mapping> {
     fs::read_to_string(format!("/proc/{pid}/maps")).map(|text| parse_maps(&text)).unwrap_or_default()
 }
 
+/// The inode numbers of every file any process maps.
+pub fn mapped_inodes() -> std::collections::HashSet<u64> {
+    all_pids().into_iter().flat_map(mappings).map(|m| m.inode).collect()
+}
+
 /// Parse the text of `/proc/PID/maps`, keeping file-backed lines only.
 pub fn parse_maps(text: &str) -> Vec<Mapping> {
     text.lines().filter_map(parse_maps_line).collect()

@@ -4,6 +4,7 @@
 pub mod json;
 pub mod keylog;
 pub mod pcapng;
+pub mod stdout;
 pub mod text;
 
 use std::io;
@@ -55,6 +56,12 @@ pub fn create_private(path: &std::path::Path, existing: Existing) -> io::Result<
         Existing::Replace => options.create(true).truncate(true),
     };
     options.open(path)
+}
+
+/// Records in `style` on standard output: a regular file there is never
+/// left ending in half a record (see `stdout`).
+pub fn to_stdout(style: Style) -> Box<dyn Output> {
+    writer(style, stdout::RecordStdout::new())
 }
 
 /// The writer for `style` on `out`.

@@ -6,7 +6,7 @@ use std::mem::MaybeUninit;
 
 use anyhow::Result;
 
-use super::{filters, pump, Handler};
+use super::{filters, pump, Destination, Handler};
 use crate::cli::SourceArgs;
 use crate::context::clock::Clock;
 use crate::context::execs::{split_args, Exec, Execs};
@@ -14,18 +14,22 @@ use crate::context::users::Users;
 use crate::context::{comm_string, ExecRecord};
 use crate::events::{c_bytes, Event};
 use crate::kernel;
-use crate::output::{self, Output};
+use crate::output::Output;
 use crate::sources::exec::ExecProbes;
 
 pub fn run(args: &SourceArgs) -> Result<()> {
+    capture(args, Destination::stdout(args.output.style(0))?)
+}
+
+/// The capture, into `dest`.
+pub fn capture(args: &SourceArgs, dest: Destination) -> Result<()> {
     kernel::preflight()?;
     let filters = filters(&args.filters)?;
     let mut storage = MaybeUninit::uninit();
     let probes = ExecProbes::load(&mut storage, &filters, args.output.ringbuf_size)?;
     let links = probes.attach()?;
     let mut handler = ExecHandler { execs: Execs::default(), users: Users::default(), clock: Clock::now() };
-    let out = output::writer(args.output.style(0), io::stdout());
-    pump(&[probes.events_map()], probes.stats_map(), links, &mut handler, out)
+    pump(&[probes.events_map()], probes.stats_map(), links, &mut handler, dest)
 }
 
 struct ExecHandler {

@@ -44,33 +44,70 @@ pub trait Handler {
     }
 }
 
-/// Run until SIGINT/SIGTERM/SIGHUP: prints `ready`, streams events from
-/// every ring buffer in `rings`, reports kernel losses while they happen
-/// and a summary at the end.
+/// Where a capture's records go, what stops it and who hears that it is
+/// ready: standard output, the signal flag and a `ready` line for the
+/// subcommands; the agent's pipeline and a flag of its own for each source
+/// of `cleartap agent`.
+pub struct Destination {
+    pub out: Box<dyn Output>,
+    pub stop: Arc<AtomicBool>,
+    pub on_ready: Box<dyn FnOnce()>,
+    /// The kernel-side counters, every few seconds and at the end.
+    pub on_stats: Box<dyn FnMut(&KernelStats)>,
+}
+
+impl Destination {
+    /// Records in `style` on standard output until a signal.
+    pub fn stdout(style: crate::output::Style) -> Result<Destination> {
+        Self::signalled(crate::output::to_stdout(style))
+    }
+
+    /// `out` until a signal.
+    pub fn signalled(out: Box<dyn Output>) -> Result<Destination> {
+        Ok(Destination {
+            out,
+            stop: stop_on_signals()?,
+            on_ready: Box::new(|| eprintln!("ready")),
+            on_stats: Box::new(|_| {}),
+        })
+    }
+}
+
+/// Run until `dest.stop` (a signal): tells `dest` it is ready, streams
+/// events from every ring buffer in `rings`, reports kernel losses while
+/// they happen and a summary at the end.
 pub fn pump(
     rings: &[&dyn MapCore],
     stats_map: &dyn MapCore,
     links: Vec<Link>,
     handler: &mut dyn Handler,
-    out: Box<dyn Output>,
+    dest: Destination,
 ) -> Result<()> {
-    let stop = stop_on_signals()?;
+    let Destination { out, stop, on_ready, mut on_stats } = dest;
     let sink = RefCell::new(Sink::new(handler, out));
     let mut builder = RingBufferBuilder::new();
     for ring in rings {
-        builder.add(*ring, |raw| sink.borrow_mut().handle(raw))?;
+        builder.add(*ring, |raw| sink.borrow_mut().handle(raw)).map_err(ring_map_failed)?;
     }
-    let ring = builder.build()?;
-    eprintln!("ready");
+    let ring = builder.build().map_err(ring_map_failed)?;
+    on_ready();
 
     let mut last_report = Instant::now();
     let mut reported = KernelStats::default();
     while !stop.load(Ordering::Relaxed) && !sink.borrow().failed() {
         // EINTR on a signal is expected; the loop condition handles it.
-        let _ = ring.poll(POLL_INTERVAL);
+        // A timeout must still read the rings: records submitted without a
+        // wake-up (TLS batches, see bpf/payload.h) would otherwise wait for
+        // the next one, and while one waits unread, the kernel wakes
+        // nobody for any later record either (it only wakes a consumer
+        // that had caught up).
+        if ring.poll_raw(POLL_INTERVAL) == 0 {
+            let _ = ring.consume_raw();
+        }
         sink.borrow_mut().after_poll();
         if last_report.elapsed() >= STATS_INTERVAL {
             reported = report_new_losses(KernelStats::read(stats_map), reported);
+            on_stats(&reported);
             last_report = Instant::now();
         }
     }
@@ -84,8 +121,18 @@ pub fn pump(
     sink.finish();
     let stats = KernelStats::read(stats_map);
     report_new_losses(stats, reported);
+    on_stats(&stats);
     eprintln!("{}", sink.summary(&stats));
     sink.result()
+}
+
+/// Mapping a ring buffer takes twice its size of address space (its data
+/// is mapped twice, so that records wrapping around read as one piece).
+fn ring_map_failed(e: libbpf_rs::Error) -> anyhow::Error {
+    anyhow::Error::new(e).context(
+        "mapping the kernel ring buffer into cleartap failed: lower --ringbuf-size \
+         (it needs twice its size of address space) or raise cleartap's memory limits",
+    )
 }
 
 pub fn filters(args: &crate::cli::FilterArgs) -> Result<Filters> {
@@ -93,21 +140,52 @@ pub fn filters(args: &crate::cli::FilterArgs) -> Result<Filters> {
     Ok(Filters { pid: args.pid, uid: args.uid, comm: args.comm.clone(), cgroup })
 }
 
-static STOP: OnceLock<Arc<AtomicBool>> = OnceLock::new();
+/// Flags the signal handlers set.
+struct Signals {
+    /// Any of SIGINT, SIGTERM, SIGHUP: what the subcommands stop on.
+    stop: Arc<AtomicBool>,
+    /// SIGINT or SIGTERM only, and SIGHUP only: the agent tells them apart
+    /// (SIGHUP reloads its configuration).
+    terminate: Arc<AtomicBool>,
+    hangup: Arc<AtomicBool>,
+}
+
+static SIGNALS: OnceLock<Signals> = OnceLock::new();
 
 /// SIGINT, SIGTERM and SIGHUP set a flag instead of killing the process:
 /// installed first thing in main, so that a signal while attaching, too,
 /// ends with a clean stop (files whole, everything detached) once `pump`
 /// starts. Idempotent.
 pub fn stop_on_signals() -> Result<Arc<AtomicBool>> {
-    if let Some(stop) = STOP.get() {
-        return Ok(Arc::clone(stop));
+    if let Some(s) = SIGNALS.get() {
+        return Ok(Arc::clone(&s.stop));
     }
-    let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM, signal_hook::consts::SIGHUP] {
-        signal_hook::flag::register(sig, Arc::clone(&stop)).context("installing signal handlers")?;
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let s = Signals {
+        stop: Arc::new(AtomicBool::new(false)),
+        terminate: Arc::new(AtomicBool::new(false)),
+        hangup: Arc::new(AtomicBool::new(false)),
+    };
+    let register = |sig, flag: &Arc<AtomicBool>| {
+        signal_hook::flag::register(sig, Arc::clone(flag)).context("installing signal handlers")
+    };
+    for sig in [SIGINT, SIGTERM, SIGHUP] {
+        register(sig, &s.stop)?;
     }
-    Ok(Arc::clone(STOP.get_or_init(|| stop)))
+    register(SIGINT, &s.terminate)?;
+    register(SIGTERM, &s.terminate)?;
+    register(SIGHUP, &s.hangup)?;
+    Ok(Arc::clone(&SIGNALS.get_or_init(|| s).stop))
+}
+
+/// Has SIGINT or SIGTERM arrived?
+pub fn terminated() -> bool {
+    SIGNALS.get().is_some_and(|s| s.terminate.load(Ordering::Relaxed))
+}
+
+/// Has SIGHUP arrived since the last call? Clears it.
+pub fn take_hangup() -> bool {
+    SIGNALS.get().is_some_and(|s| s.hangup.swap(false, Ordering::Relaxed))
 }
 
 fn report_new_losses(now: KernelStats, before: KernelStats) -> KernelStats {
@@ -150,7 +228,7 @@ impl<'h> Sink<'h> {
     fn new(handler: &'h mut dyn Handler, out: Box<dyn Output>) -> Self {
         Sink {
             handler,
-            out: Counting { inner: out, records: 0, bytes: 0 },
+            out: Counting { inner: out, records: 0, flushed: 0, bytes: 0 },
             undecodable: 0,
             dirty: false,
             since_poll: 0,
@@ -244,7 +322,13 @@ impl<'h> Sink<'h> {
     fn result(self) -> Result<()> {
         match self.error {
             Some(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
-            Some(e) => Err(e).context("writing output"),
+            Some(e) => {
+                let (whole, dropped) = (self.out.flushed, self.out.records - self.out.flushed);
+                Err(e).context(format!(
+                    "writing output: capture stopped; {whole} records were written whole, the {dropped} \
+                     after them were not (a regular file is cut back to its last whole record)"
+                ))
+            }
             None => Ok(()),
         }
     }
@@ -254,6 +338,8 @@ impl<'h> Sink<'h> {
 struct Counting {
     inner: Box<dyn Output>,
     records: u64,
+    /// Records in the output at its last successful flush.
+    flushed: u64,
     bytes: u64,
 }
 
@@ -285,6 +371,8 @@ impl Output for Counting {
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
+        self.inner.flush()?;
+        self.flushed = self.records;
+        Ok(())
     }
 }

@@ -7,7 +7,7 @@ use std::mem::MaybeUninit;
 
 use anyhow::Result;
 
-use super::{filters, pump, Handler};
+use super::{filters, pump, Destination, Handler};
 use crate::cli::SourceArgs;
 use crate::context::clock::Clock;
 use crate::context::commands::{unmetafy, Command, Commands, Line};
@@ -15,12 +15,17 @@ use crate::context::users::Users;
 use crate::context::CommandRecord;
 use crate::events::{c_bytes, shell, Event};
 use crate::kernel;
-use crate::output::{self, Output};
+use crate::output::Output;
 use crate::sources::executables::ExecutableAttacher;
 use crate::sources::procwatch::{ProcWatch, SharedMaps};
 use crate::sources::shell::{self as shells, ShellBinary, ShellProbes};
 
 pub fn run(args: &SourceArgs) -> Result<()> {
+    capture(args, Destination::stdout(args.output.style(0))?)
+}
+
+/// The capture, into `dest`.
+pub fn capture(args: &SourceArgs, dest: Destination) -> Result<()> {
     kernel::preflight()?;
     let filters = filters(&args.filters)?;
     let mut storage = MaybeUninit::uninit();
@@ -47,8 +52,7 @@ pub fn run(args: &SourceArgs) -> Result<()> {
         clock: Clock::now(),
         shell_paths: HashMap::new(),
     };
-    let out = output::writer(args.output.style(0), io::stdout());
-    pump(&[probes.events_map()], probes.stats_map(), links, &mut handler, out)
+    pump(&[probes.events_map()], probes.stats_map(), links, &mut handler, dest)
 }
 
 /// The login shells this host lists in /etc/shells.

@@ -7,19 +7,24 @@ use std::mem::MaybeUninit;
 
 use anyhow::Result;
 
-use super::{filters, pump, Handler};
+use super::{filters, pump, Destination, Handler};
 use crate::cli::SourceArgs;
 use crate::context::clock::Clock;
 use crate::context::queries::{postgres_backend, Queries, Query};
 use crate::context::QueryRecord;
 use crate::events::{sql, Event, QueryStart};
 use crate::kernel;
-use crate::output::{self, Output};
+use crate::output::Output;
 use crate::sources::executables::ExecutableAttacher;
 use crate::sources::procwatch::{ProcWatch, SharedMaps};
 use crate::sources::sql::{self as servers, Family, SqlBinary, SqlProbes};
 
 pub fn run(args: &SourceArgs, family: Family) -> Result<()> {
+    capture(args, family, Destination::stdout(args.output.style(0))?)
+}
+
+/// The capture, into `dest`.
+pub fn capture(args: &SourceArgs, family: Family, dest: Destination) -> Result<()> {
     kernel::preflight()?;
     let filters = filters(&args.filters)?;
     let mut storage = MaybeUninit::uninit();
@@ -36,8 +41,7 @@ pub fn run(args: &SourceArgs, family: Family) -> Result<()> {
     found.iter().for_each(announce);
     let mut handler =
         SqlHandler { attacher, queries: Queries::default(), clock: Clock::now(), backends: HashMap::new() };
-    let out = output::writer(args.output.style(0), io::stdout());
-    pump(&[probes.events_map()], probes.stats_map(), links, &mut handler, out)
+    pump(&[probes.events_map()], probes.stats_map(), links, &mut handler, dest)
 }
 
 fn announce(bin: &SqlBinary) {

@@ -9,7 +9,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use libbpf_rs::MapCore;
 
-use super::{filters, pump, Handler};
+use super::{filters, pump, Destination, Handler};
 use crate::bpf::types::{ct_ssl_keys, ct_tls_secret};
 use crate::cli::{Decode, Library, TlsArgs};
 use crate::context::libraries::{KnownLibrary, LibraryResolver};
@@ -28,6 +28,17 @@ use crate::sources::tls::TlsProbes;
 use crate::sources::{gnutls, nss, openssl, TlsSource, TlsTarget};
 
 pub fn run(args: &TlsArgs) -> Result<()> {
+    // `-w -`: stdout carries the capture, so records are not printed.
+    let out = if args.write.as_deref() == Some(Path::new("-")) {
+        output::writer(args.output.style(args.body), io::sink())
+    } else {
+        output::to_stdout(args.output.style(args.body))
+    };
+    capture(args, Destination::signalled(out)?)
+}
+
+/// The capture, records into `dest`.
+pub fn capture(args: &TlsArgs, dest: Destination) -> Result<()> {
     kernel::preflight()?;
     if args.write.is_some() {
         kernel::require_capabilities(&[kernel::CAP_NET_ADMIN])?;
@@ -85,18 +96,11 @@ pub fn run(args: &TlsArgs) -> Result<()> {
     for t in targets {
         handler.attached(t);
     }
-    // `-w -`: stdout carries the capture, so records are not printed.
-    let stdout_is_capture = args.write.as_deref() == Some(Path::new("-"));
-    let out: Box<dyn Output> = if stdout_is_capture {
-        output::writer(args.output.style(args.body), io::sink())
-    } else {
-        output::writer(args.output.style(args.body), io::stdout())
-    };
     let mut rings: Vec<&dyn MapCore> = vec![probes.events_map()];
     if let Some(p) = &packet_probes {
         rings.push(p.packets_map());
     }
-    let result = pump(&rings, probes.stats_map(), links, &mut handler, out);
+    let result = pump(&rings, probes.stats_map(), links, &mut handler, dest);
     drop(tc);
     let created = KernelStats::read(probes.stats_map()).conn_entries;
     let evicted = created.saturating_sub(probes.connections_held());
@@ -357,6 +361,11 @@ impl Handler for TlsHandler<'_, '_> {
     }
 
     fn idle(&mut self) -> io::Result<()> {
+        for name in self.attacher.detach_unused() {
+            eprintln!(
+                "cleartap: detached from {name}: the file was replaced or removed and no process maps it"
+            );
+        }
         match self.secrets.capture.as_mut() {
             Some(capture) => {
                 capture.tick()?;

@@ -3,8 +3,9 @@
 //! by inode: a uprobe belongs to the file, so every process using it, now
 //! or later, is covered by that one attachment.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use libbpf_rs::Link;
@@ -22,10 +23,28 @@ pub struct Attacher<'p, 'obj> {
     excluded: HashSet<FileId>,
     /// Files already checked, attached or not: each is read once.
     seen: HashSet<FileId>,
-    links: Vec<Link>,
+    attached: HashMap<FileId, AttachedFile>,
+    /// When attached files were last checked for replacement.
+    last_sweep: Instant,
     /// The last library id given (0: none).
     next_id: u16,
 }
+
+/// One probed file and its uprobe links.
+struct AttachedFile {
+    /// Where cleartap opened it, and the name shown.
+    path: PathBuf,
+    display_path: String,
+    /// Held for their Drop, which detaches the probes.
+    _links: Vec<Link>,
+    /// A replaced file still mapped by some process is checked again at
+    /// `next_check`, each time twice as late (up to MAX_RECHECK).
+    next_check: Instant,
+    recheck: Duration,
+}
+
+const SWEEP_INTERVAL: Duration = Duration::from_secs(2);
+const MAX_RECHECK: Duration = Duration::from_secs(64);
 
 impl<'p, 'obj> Attacher<'p, 'obj> {
     pub fn new(
@@ -35,7 +54,16 @@ impl<'p, 'obj> Attacher<'p, 'obj> {
         exclude: &[PathBuf],
     ) -> Self {
         let excluded = exclude.iter().filter_map(|p| FileId::of(p).ok()).collect();
-        Attacher { probes, sources, go, excluded, seen: HashSet::new(), links: Vec::new(), next_id: 0 }
+        Attacher {
+            probes,
+            sources,
+            go,
+            excluded,
+            seen: HashSet::new(),
+            attached: HashMap::new(),
+            last_sweep: Instant::now(),
+            next_id: 0,
+        }
     }
 
     /// `--go-binary PATH`: must be a Go program using crypto/tls that
@@ -167,12 +195,61 @@ impl<'p, 'obj> Attacher<'p, 'obj> {
     fn attach(&mut self, target: &mut TlsTarget) -> Result<()> {
         self.next_id = self.next_id.checked_add(1).context("more than 65535 files probed")?;
         target.library_id = self.next_id;
-        self.links.extend(self.probes.attach(target)?);
+        let links = self.probes.attach(target)?;
+        self.attached.insert(
+            target.id,
+            AttachedFile {
+                path: target.path.clone(),
+                display_path: target.display_path.clone(),
+                _links: links,
+                next_check: Instant::now(),
+                recheck: SWEEP_INTERVAL,
+            },
+        );
         Ok(())
+    }
+
+    /// Detach from files that were replaced (a package upgrade renames a
+    /// new file over the old name) or whose container is gone, once no
+    /// process maps them any more: a uprobe pins its file, and its inode
+    /// number could otherwise never be reused for a file we would probe.
+    /// Cheap when nothing was replaced (a stat per file every 2 s); a scan
+    /// of every process's mappings only while a replaced file is attached.
+    /// Returns the names of the files detached.
+    pub fn detach_unused(&mut self) -> Vec<String> {
+        let now = Instant::now();
+        if now.duration_since(self.last_sweep) < SWEEP_INTERVAL {
+            return Vec::new();
+        }
+        self.last_sweep = now;
+        let replaced: Vec<FileId> = self
+            .attached
+            .iter()
+            .filter(|(id, f)| f.next_check <= now && FileId::of(&f.path).ok() != Some(**id))
+            .map(|(id, _)| *id)
+            .collect();
+        if replaced.is_empty() {
+            return Vec::new();
+        }
+        let mapped = procs::mapped_inodes();
+        let mut detached = Vec::new();
+        for id in replaced {
+            // By inode number alone: a false match keeps a probe a while
+            // longer, never drops one still in use.
+            if mapped.contains(&id.ino) {
+                let file = self.attached.get_mut(&id).expect("listed above");
+                file.recheck = (file.recheck * 2).min(MAX_RECHECK);
+                file.next_check = now + file.recheck;
+            } else if let Some(file) = self.attached.remove(&id) {
+                self.seen.remove(&id);
+                detached.push(file.display_path);
+            }
+        }
+        detached
     }
 
     /// Detach every uprobe (links close with their fds).
     pub fn detach_all(&mut self) {
-        self.links.clear();
+        self.attached.clear();
     }
 }

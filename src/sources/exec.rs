@@ -7,7 +7,7 @@ use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{Link, OpenObject};
 
 use crate::bpf::exec::{ExecSkel, ExecSkelBuilder};
-use crate::kernel::Filters;
+use crate::kernel::{self, Filters};
 
 pub struct ExecProbes<'obj> {
     skel: ExecSkel<'obj>,
@@ -23,7 +23,7 @@ impl<'obj> ExecProbes<'obj> {
         let rodata = open.maps.rodata_data.as_deref_mut().context("no .rodata in the BPF object")?;
         crate::set_filters!(rodata, filters);
         open.maps.events.set_max_entries(ringbuf_bytes).context("sizing the ring buffer")?;
-        let skel = open.load().context("loading the exec BPF programs into the kernel failed")?;
+        let skel = open.load().map_err(kernel::load_failed("the exec BPF programs"))?;
         Ok(ExecProbes { skel })
     }
 

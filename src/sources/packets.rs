@@ -14,6 +14,7 @@ use libbpf_rs::{AsRawLibbpf, Link, OpenObject, ProgramMut, TcAttachPoint, TcHook
 
 use super::procwatch::SharedMaps;
 use crate::bpf::packets::{PacketsSkel, PacketsSkelBuilder};
+use crate::kernel;
 use crate::packets::frame::{LINKTYPE_ETHERNET, LINKTYPE_RAW};
 
 /// Netlink filters are ours by this handle and priority: a filter left by
@@ -114,9 +115,7 @@ impl<'obj> PacketProbes<'obj> {
         open.maps.packets.set_max_entries(ring_bytes).context("sizing the packet ring buffer")?;
         open.maps.events.reuse_fd(maps.events).context("sharing the ring buffer")?;
         open.maps.stats.reuse_fd(maps.stats).context("sharing the counters")?;
-        let skel = open.load().context(
-            "loading the packet capture BPF programs into the kernel failed (needs TC BPF, Linux >= 5.8)",
-        )?;
+        let skel = open.load().map_err(kernel::load_failed("the packet capture BPF programs"))?;
         Ok(PacketProbes { skel })
     }
 

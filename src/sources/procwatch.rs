@@ -10,7 +10,7 @@ use libbpf_rs::{Link, OpenObject, TracepointCategory};
 
 use super::TlsSource;
 use crate::bpf::procwatch::{ProcwatchSkel, ProcwatchSkelBuilder};
-use crate::kernel::Filters;
+use crate::kernel::{self, Filters};
 
 /// The ring buffer and counters of the skeleton a watch reports into.
 #[derive(Clone, Copy)]
@@ -46,7 +46,7 @@ impl<'obj> ProcWatch<'obj> {
         rodata.watch_mask = sources.iter().fold(0, |mask, s| mask | (1 << s.watch_bit));
         open.maps.events.reuse_fd(maps.events).context("sharing the ring buffer")?;
         open.maps.stats.reuse_fd(maps.stats).context("sharing the counters")?;
-        let skel = open.load().context("loading the process watch BPF programs into the kernel failed")?;
+        let skel = open.load().map_err(kernel::load_failed("the process watch BPF programs"))?;
         Ok(ProcWatch { skel })
     }
 

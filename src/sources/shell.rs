@@ -18,7 +18,7 @@ use crate::discover::elf::{Dependencies, Function, Symbols};
 use crate::discover::ldpath;
 use crate::discover::procs::{Executable, FileId};
 use crate::events::shell as kind;
-use crate::kernel::Filters;
+use crate::kernel::{self, Filters};
 
 /// A shell executable and where its state lives.
 #[derive(Debug, Clone)]
@@ -147,7 +147,7 @@ impl<'obj> ShellProbes<'obj> {
         let rodata = open.maps.rodata_data.as_deref_mut().context("no .rodata in the BPF object")?;
         crate::set_filters!(rodata, filters);
         open.maps.events.set_max_entries(ringbuf_bytes).context("sizing the ring buffer")?;
-        let skel = open.load().context("loading the shell BPF programs into the kernel failed")?;
+        let skel = open.load().map_err(kernel::load_failed("the shell BPF programs"))?;
         Ok(ShellProbes { skel, readline_libs: RefCell::default() })
     }
 

@@ -12,7 +12,7 @@ use libbpf_rs::{Link, OpenObject, ProgramMut, UprobeOpts};
 use super::executables::ExecutableAttacher;
 use crate::bpf::sql::{SqlSkel, SqlSkelBuilder};
 use crate::discover::elf::{Function, Symbols};
-use crate::kernel::Filters;
+use crate::kernel::{self, Filters};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Family {
@@ -139,7 +139,7 @@ impl<'obj> SqlProbes<'obj> {
         open.maps.events.set_max_entries(ringbuf_bytes).context("sizing the ring buffer")?;
         let cpus = libbpf_rs::num_possible_cpus().context("counting CPUs")? as u32;
         open.maps.query_scratch.set_max_entries(cpus).context("sizing the query scratch space")?;
-        let skel = open.load().context("loading the SQL BPF programs into the kernel failed")?;
+        let skel = open.load().map_err(kernel::load_failed("the SQL BPF programs"))?;
         Ok(SqlProbes { skel })
     }
 

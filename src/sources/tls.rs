@@ -57,10 +57,7 @@ impl<'obj> TlsProbes<'obj> {
         rodata.wakeup_batch_bytes = u64::from(ringbuf_bytes / 32);
         open.progs.emit_more_loop.set_autoload(has_loop);
         open.progs.emit_more.set_autoload(!has_loop);
-        let skel = open.load().context(
-            "loading the TLS BPF programs into the kernel failed (cleartap needs Linux >= 5.8 \
-             with BTF, uprobes and ring buffers)",
-        )?;
+        let skel = open.load().map_err(kernel::load_failed("the TLS BPF programs"))?;
         let probes = TlsProbes { skel, has_loop, has_cookie, secrets };
         probes.install_continuation()?;
         Ok(probes)

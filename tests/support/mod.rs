@@ -47,7 +47,8 @@ pub struct Capture {
     stdout: thread::JoinHandle<String>,
     stderr: mpsc::Receiver<String>,
     stderr_reader: thread::JoinHandle<()>,
-    /// What cleartap printed on stderr before `ready`.
+    /// What cleartap printed on stderr before `ready`, and the lines
+    /// `wait_for_stderr` read.
     before_ready: String,
 }
 
@@ -97,6 +98,26 @@ impl Capture {
                     let _ = self.child.kill();
                     panic!("cleartap did not become ready; stderr:\n{}", self.before_ready);
                 }
+            }
+        }
+    }
+
+    /// What cleartap printed on stderr so far (before `ready`, and the
+    /// lines `wait_for_stderr` read).
+    pub fn stderr_so_far(&self) -> &str {
+        &self.before_ready
+    }
+
+    /// Wait until cleartap prints a stderr line containing `needle`.
+    pub fn wait_for_stderr(&mut self, needle: &str, timeout: Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let Ok(line) = self.stderr.recv_timeout(left) else { return false };
+            let found = line.contains(needle);
+            self.before_ready += &(line + "\n");
+            if found {
+                return true;
             }
         }
     }
@@ -270,10 +291,16 @@ impl Drop for TlsServer {
 /// curl POSTing `body` and asking for `response_size` bytes; returns the
 /// response body curl received.
 pub fn curl(server: &TlsServer, body: &[u8], response_size: usize) -> Vec<u8> {
+    curl_with_env(server, body, response_size, &[])
+}
+
+/// `curl` with extra environment variables (e.g. `LD_LIBRARY_PATH`).
+pub fn curl_with_env(server: &TlsServer, body: &[u8], response_size: usize, env: &[(&str, &str)]) -> Vec<u8> {
     let dir = tempfile::tempdir().unwrap();
     let body_file = dir.path().join("body");
     std::fs::write(&body_file, body).unwrap();
     let out = Command::new("curl")
+        .envs(env.iter().copied())
         .args(["-sS", "-k", "--http1.1", "--data-binary"])
         .arg(format!("@{}", body_file.display()))
         .args(["-H", "Content-Type: application/octet-stream", "-H", "Expect:"])

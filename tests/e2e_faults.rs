@@ -1,0 +1,199 @@
+//! Faults around a running capture: the disk fills up, the kernel refuses
+//! memory for the maps, a library is replaced under running processes.
+//! Each ends in a clear message and exact counts, or in capture going on.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::*;
+
+fn cleartap() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_cleartap"))
+}
+
+/// A tmpfs of `size` mounted on a fresh directory, unmounted on drop.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(size: &str) -> SmallDisk {
+        let dir = tempfile::tempdir().unwrap();
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        assert!(status.success(), "mounting a tmpfs");
+        SmallDisk { dir }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.dir.path()).status();
+    }
+}
+
+/// The number in "... N records were written whole ..." of cleartap's
+/// error message.
+fn records_written_whole(stderr: &str) -> usize {
+    let at = stderr.find(" records were written whole").unwrap_or_else(|| panic!("no count: {stderr}"));
+    stderr[..at].rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn a_full_disk_stops_the_capture_with_whole_records_and_a_count() {
+    if !require_bpf() {
+        return;
+    }
+    let _one = exclusive();
+    let disk = SmallDisk::mount("256k");
+    let out_path = disk.path().join("records.jsonl");
+    let mut child = cleartap()
+        .args(["tls", "--format", "json", "--comm", "curl", "--decode", "raw"])
+        .stdout(std::fs::File::create(&out_path).unwrap())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    while line.trim() != "ready" {
+        line.clear();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "cleartap exited before ready");
+    }
+    let server = TlsServer::start();
+    // 2 MiB of response: about 2.7 MiB of base64 for a 256 KiB disk.
+    curl(&server, b"fill the disk", 2 << 20);
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "cleartap did not stop on a full disk");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    assert_eq!(status.code(), Some(1), "{rest}");
+    assert!(rest.contains("No space left on device"), "{rest}");
+    let written = std::fs::read_to_string(&out_path).unwrap();
+    assert!(written.is_empty() || written.ends_with('\n'), "the file ends in half a record");
+    for l in written.lines() {
+        let record: serde_json::Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:.80}"));
+        assert_eq!(record["comm"], "curl");
+    }
+    assert_eq!(written.lines().count(), records_written_whole(&rest), "{rest}");
+}
+
+/// A memory cgroup limited to `limit`, removed on drop; v1 (hybrid hosts,
+/// like ours) or v2.
+struct MemoryCgroup {
+    dir: std::path::PathBuf,
+}
+
+impl MemoryCgroup {
+    fn new(limit: &str) -> MemoryCgroup {
+        let name = format!("cleartap-test-{}", std::process::id());
+        let v1 = Path::new("/sys/fs/cgroup/memory");
+        let (dir, limit_file) = if v1.join("memory.limit_in_bytes").exists() {
+            (v1.join(name), "memory.limit_in_bytes")
+        } else {
+            std::fs::write("/sys/fs/cgroup/cgroup.subtree_control", "+memory").unwrap();
+            (Path::new("/sys/fs/cgroup").join(name), "memory.max")
+        };
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join(limit_file), limit).unwrap();
+        MemoryCgroup { dir }
+    }
+}
+
+impl Drop for MemoryCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+#[test]
+fn no_memory_for_the_maps_is_a_clear_error_naming_what_to_lower() {
+    if !require_bpf() {
+        return;
+    }
+    let _one = exclusive();
+    let cgroup = MemoryCgroup::new("40M");
+    let procs = cgroup.dir.join("cgroup.procs");
+    // The shell moves itself into the cgroup, then becomes cleartap.
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!("echo $$ > {} && exec \"$0\" tls --ringbuf-size 256M --pid 1", procs.display()))
+        .arg(env!("CARGO_BIN_EXE_cleartap"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("the kernel refused memory for cleartap's BPF maps"), "{stderr}");
+    assert!(stderr.contains("lower --ringbuf-size"), "{stderr}");
+    assert!(!stderr.contains("Linux >= 5.8"), "blamed the kernel version: {stderr}");
+}
+
+#[test]
+fn a_library_replaced_under_running_processes_is_attached_again() {
+    if !require_bpf() {
+        return;
+    }
+    let _one = exclusive();
+    let server = TlsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let library = dir.path().join("libssl.so.3");
+    std::fs::copy("/usr/lib/x86_64-linux-gnu/libssl.so.3", &library).unwrap();
+    let env = [("LD_LIBRARY_PATH", dir.path().to_str().unwrap())];
+
+    let mut capture = Capture::start(&["tls", "--decode", "raw"]);
+    // A process that keeps the old file mapped across the upgrade.
+    let mut old_client = TlsClient::connect_with_env(&server, &env);
+    curl_with_env(&server, b"before the upgrade", 100, &env);
+    // What a package upgrade does: a new file renamed over the old name.
+    let staged = dir.path().join("libssl.so.3.dpkg-new");
+    std::fs::copy(&library, &staged).unwrap();
+    std::fs::rename(&staged, &library).unwrap();
+    // The first process to open the new file gets it attached; a process
+    // that finished its exchange within the few ms that takes would be
+    // missed (see the README), so this one waits for the attachment.
+    let attached = format!("attached to {} ", library.display());
+    assert!(capture.wait_for_stderr(&attached, Duration::from_secs(10)), "{}", capture.stderr_so_far());
+    let mut new_client = TlsClient::connect_with_env(&server, &env);
+    let new_attached = capture.wait_for_stderr(&attached, Duration::from_secs(10));
+    assert!(new_attached, "the new file was not attached: {}", capture.stderr_so_far());
+    new_client.exchange(2000, 1000);
+    curl_with_env(&server, b"after the upgrade", 100, &env);
+    old_client.exchange(3000, 4000);
+    let old_pid = old_client.pid();
+    let old_port = old_client.local_port;
+    // The last process mapping the old file exits: its probes go, the new
+    // file's stay.
+    drop(old_client);
+    let detached = format!("detached from {}: ", library.display());
+    assert!(capture.wait_for_stderr(&detached, Duration::from_secs(30)), "old file not detached");
+    curl_with_env(&server, b"after the detach", 100, &env);
+    let got = capture.stop();
+    got.assert_clean_exit();
+
+    assert_eq!(got.stderr.matches(&attached).count(), 2, "old and new file: {}", got.stderr);
+    let sent = got.stream("send", |r| r["comm"] == "curl");
+    for marker in ["before the upgrade", "after the upgrade", "after the detach"] {
+        assert!(sent.windows(marker.len()).any(|w| w == marker.as_bytes()), "{marker} missing");
+    }
+    let old = |r: &serde_json::Value| r["pid"] == old_pid;
+    assert_same_bytes(&got.stream("send", old), &server.received_from(old_port), "old mapping");
+    let new = |r: &serde_json::Value| r["pid"] == new_client.pid();
+    assert_same_bytes(&got.stream("recv", new), &server.sent_to(new_client.local_port), "new mapping");
+    assert_eq!(got.stderr.matches("detached from").count(), 1, "{}", got.stderr);
+}
