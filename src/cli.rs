@@ -33,6 +33,53 @@ pub enum Command {
     Postgres(SourceArgs),
     /// Load every kernel program without attaching anything: does this kernel take them?
     Check,
+    /// Run every configured source as a daemon, streaming events to the configured sinks.
+    Agent(AgentArgs),
+    /// Read the fleet's events back from NATS JetStream, live or from the start.
+    Tail(TailArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TailArgs {
+    /// NATS server url (repeatable: the servers of a cluster).
+    #[arg(long, value_name = "URL", required = true)]
+    pub from: Vec<String>,
+    /// The JetStream stream the agents publish to.
+    #[arg(long, default_value = "CLEARTAP")]
+    pub stream: String,
+    /// The agents' subject prefix (subjects are PREFIX.HOST.SOURCE).
+    #[arg(long, default_value = "cleartap")]
+    pub subject_prefix: String,
+    /// Only this host's events.
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Only this source's events (tls, exec, shell, mysql, postgres).
+    #[arg(long)]
+    pub source: Option<String>,
+    /// From the start of the stream (default: only new events).
+    #[arg(long, conflicts_with = "since")]
+    pub all: bool,
+    /// From this long ago (`10m`) or this time (`2026-11-26T10:00:00Z`).
+    #[arg(long, value_name = "WHEN")]
+    pub since: Option<String>,
+    /// Stop once every event already in the stream is printed.
+    #[arg(long)]
+    pub no_follow: bool,
+    /// NATS credentials file.
+    #[arg(long, value_name = "FILE")]
+    pub creds: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t = Format::Json)]
+    pub format: Format,
+}
+
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// The configuration file (TOML; see the README).
+    #[arg(long, value_name = "FILE", default_value = "/etc/cleartap/agent.toml")]
+    pub config: PathBuf,
+    /// Serve Prometheus metrics on this address, e.g. 127.0.0.1:9464.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// What every capture subcommand but `tls` takes: filters and output.

@@ -2,6 +2,7 @@
 //! (`fuzz/`) use it. Data flows one way: probes (`bpf/`, `sources`) ->
 //! events -> enrichment (`context`) -> decoders -> outputs.
 
+pub mod agent;
 pub mod bpf;
 pub mod cli;
 pub mod context;

@@ -2,7 +2,7 @@
 //! The binary is a thin shell over the library (`src/lib.rs`).
 
 use clap::Parser;
-use cleartap::{cli, run, sources};
+use cleartap::{agent, cli, run, sources};
 
 fn main() {
     // First thing: from here on a signal means a clean stop.
@@ -18,9 +18,13 @@ fn main() {
         cli::Command::Mysql(args) => run::sql::run(args, sources::sql::Family::Mysql),
         cli::Command::Postgres(args) => run::sql::run(args, sources::sql::Family::Postgres),
         cli::Command::Check => run::check::run(),
+        cli::Command::Agent(args) => agent::run(args),
+        cli::Command::Tail(args) => agent::tail::run(args),
     };
     if let Err(e) = result {
         eprintln!("cleartap: error: {e:#}");
-        std::process::exit(1);
+        // A configuration that cannot be used: 2, as for bad arguments.
+        let config = e.chain().any(|c| c.is::<agent::config::ConfigError>());
+        std::process::exit(if config { 2 } else { 1 });
     }
 }

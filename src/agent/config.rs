@@ -1,0 +1,387 @@
+//! The agent's configuration file (TOML). Each `[sources.NAME]` table takes
+//! exactly the options of the subcommand of the same name: its keys become
+//! that subcommand's command line and clap parses them, so a source in the
+//! agent and on the command line cannot disagree on names, defaults or
+//! validation.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use clap::{CommandFactory, Parser};
+use serde::Deserialize;
+
+use crate::cli::{self, Cli};
+
+/// A configuration that cannot be used: the message names the key. The
+/// agent exits with status 2 on it.
+#[derive(Debug)]
+pub struct ConfigError(pub String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn error(message: impl Into<String>) -> ConfigError {
+    ConfigError(message.into())
+}
+
+/// The sources the agent knows, in the order they start.
+pub const SOURCE_NAMES: [&str; 5] = ["tls", "exec", "shell", "mysql", "postgres"];
+
+/// Options of a subcommand the agent decides itself: the output is its
+/// JSON, and packet capture files are for the command line.
+const AGENT_OWNED: [&str; 10] =
+    ["format", "hex", "write", "interface", "snaplen", "filter", "keylog", "force", "help", "version"];
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    host: Option<String>,
+    spool_dir: Option<PathBuf>,
+    spool_max_bytes: Option<toml::Value>,
+    #[serde(default)]
+    sources: BTreeMap<String, toml::Table>,
+    #[serde(default)]
+    sinks: Sinks,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sinks {
+    pub nats: Option<NatsSink>,
+    pub file: Option<FileSink>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsSink {
+    #[serde(deserialize_with = "one_or_many")]
+    pub url: Vec<String>,
+    #[serde(default = "default_stream")]
+    pub stream: String,
+    #[serde(default = "default_prefix")]
+    pub subject_prefix: String,
+    #[serde(default = "default_true")]
+    pub create_stream: bool,
+    pub creds: Option<PathBuf>,
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub token: Option<String>,
+    pub tls_ca: Option<PathBuf>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSink {
+    pub path: PathBuf,
+    /// Rotated when it reaches this size.
+    #[serde(default = "default_file_max", deserialize_with = "size")]
+    pub max_bytes: u64,
+    /// Rotated files kept beside the current one.
+    #[serde(default = "default_keep")]
+    pub keep: u32,
+}
+
+fn default_stream() -> String {
+    "CLEARTAP".into()
+}
+fn default_prefix() -> String {
+    "cleartap".into()
+}
+fn default_true() -> bool {
+    true
+}
+fn default_file_max() -> u64 {
+    100 << 20
+}
+fn default_keep() -> u32 {
+    5
+}
+
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => Ok(vec![s]),
+        OneOrMany::Many(v) if !v.is_empty() => Ok(v),
+        OneOrMany::Many(_) => Err(serde::de::Error::custom("at least one url is needed")),
+    }
+}
+
+fn size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    parse_size(&toml::Value::deserialize(d)?).map_err(serde::de::Error::custom)
+}
+
+/// `1GiB`, `512MiB`, `64M`, `4096` or a TOML integer.
+fn parse_size(value: &toml::Value) -> Result<u64, String> {
+    let text = match value {
+        toml::Value::Integer(n) if *n > 0 => return Ok(*n as u64),
+        toml::Value::String(s) => s.trim(),
+        other => return Err(format!("expected a size such as \"1GiB\", found a {}", other.type_str())),
+    };
+    let digits = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(digits);
+    let number: u64 = number.parse().map_err(|_| format!("{text:?} is not a size such as \"1GiB\""))?;
+    let shift = match unit.trim() {
+        "" | "B" => 0,
+        "K" | "KiB" => 10,
+        "M" | "MiB" => 20,
+        "G" | "GiB" => 30,
+        "T" | "TiB" => 40,
+        other => return Err(format!("unknown unit {other:?} in {text:?} (B, KiB, MiB, GiB, TiB)")),
+    };
+    number
+        .checked_shl(shift)
+        .filter(|n| *n > 0 && n >> shift == number)
+        .ok_or(format!("{text:?} is out of range"))
+}
+
+/// One configured source: its name and its parsed subcommand arguments.
+#[derive(Debug)]
+pub struct Source {
+    pub name: &'static str,
+    pub command: cli::Command,
+    /// The table it came from: a reload restarts a source whose table changed.
+    pub table: toml::Table,
+}
+
+#[derive(Debug)]
+pub struct AgentConfig {
+    pub host: String,
+    pub spool_dir: PathBuf,
+    pub spool_max_bytes: u64,
+    pub sources: Vec<Source>,
+    pub sinks: Sinks,
+}
+
+impl AgentConfig {
+    pub fn load(path: &Path) -> Result<AgentConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| error(format!("{}: {e}", path.display())))?;
+        Self::parse(&text).map_err(|e| error(format!("{}: {e}", path.display())))
+    }
+
+    pub fn parse(text: &str) -> Result<AgentConfig, ConfigError> {
+        let file: File = toml::from_str(text).map_err(|e| error(e.to_string().trim_end().to_string()))?;
+        let spool_max_bytes = match &file.spool_max_bytes {
+            Some(v) => parse_size(v).map_err(|e| error(format!("spool_max_bytes: {e}")))?,
+            None => 1 << 30,
+        };
+        let mut sources = Vec::new();
+        for (name, table) in &file.sources {
+            sources.push(source(name, table)?);
+        }
+        sources.sort_by_key(|s| SOURCE_NAMES.iter().position(|n| *n == s.name));
+        if sources.is_empty() {
+            return Err(error(
+                "no source: add at least one [sources.NAME] table (tls, exec, shell, mysql, postgres)",
+            ));
+        }
+        if file.sinks.nats.is_none() && file.sinks.file.is_none() {
+            return Err(error("no sink: add [sinks.nats] or [sinks.file] (events would go nowhere)"));
+        }
+        if let Some(nats) = &file.sinks.nats {
+            check_subject_token("sinks.nats.subject_prefix", &nats.subject_prefix)?;
+        }
+        let host = match file.host {
+            Some(h) => h,
+            // CLEARTAP_HOST: a pod's own hostname is not its node's.
+            None => std::env::var("CLEARTAP_HOST")
+                .ok()
+                .or_else(hostname)
+                .ok_or_else(|| error("host: the hostname cannot be read; set `host`"))?,
+        };
+        check_subject_token("host", &host)?;
+        Ok(AgentConfig {
+            host,
+            spool_dir: file.spool_dir.unwrap_or_else(|| "/var/lib/cleartap/spool".into()),
+            spool_max_bytes,
+            sources,
+            sinks: file.sinks,
+        })
+    }
+}
+
+/// Host and prefix become parts of NATS subjects: no dots, spaces or
+/// wildcards in them.
+fn check_subject_token(key: &str, value: &str) -> Result<(), ConfigError> {
+    let bad = |c: char| c == '.' || c == '*' || c == '>' || c.is_whitespace() || c.is_control();
+    if value.is_empty() || value.contains(bad) {
+        return Err(error(format!(
+            "{key}: {value:?} cannot be part of a NATS subject (no dots, spaces, `*` or `>`)"
+        )));
+    }
+    Ok(())
+}
+
+fn hostname() -> Option<String> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
+    Some(name.trim().replace('.', "_")).filter(|n| !n.is_empty())
+}
+
+/// `[sources.NAME]` -> the subcommand's arguments, parsed by clap.
+fn source(name: &str, table: &toml::Table) -> Result<Source, ConfigError> {
+    let name = *SOURCE_NAMES.iter().find(|n| **n == name).ok_or_else(|| {
+        error(format!("sources.{name}: unknown source (known: {})", SOURCE_NAMES.join(", ")))
+    })?;
+    let known = options_of(name);
+    let mut args = vec!["cleartap".to_string(), name.to_string(), "--format".into(), "json".into()];
+    for (key, value) in table {
+        let option = key.replace('_', "-");
+        let at = format!("sources.{name}.{key}");
+        if !known.contains(&option) {
+            return Err(error(format!("{at}: unknown key (`{name}` takes: {})", known.join(", "))));
+        }
+        let mine = arguments(&option, value).map_err(|e| error(format!("{at}: {e}")))?;
+        // Each key alone first, so that an error names its key.
+        let alone: Vec<String> = args[..4].iter().cloned().chain(mine.iter().cloned()).collect();
+        Cli::try_parse_from(&alone).map_err(|e| error(format!("{at}: {}", clap_message(&e))))?;
+        args.extend(mine);
+    }
+    let cli =
+        Cli::try_parse_from(&args).map_err(|e| error(format!("sources.{name}: {}", clap_message(&e))))?;
+    Ok(Source { name, command: cli.command, table: table.clone() })
+}
+
+/// The long options of subcommand `name` a config may set.
+fn options_of(name: &str) -> Vec<String> {
+    let command = Cli::command();
+    let sub = command.find_subcommand(name).expect("every source is a subcommand");
+    sub.get_arguments()
+        .filter_map(|a| a.get_long())
+        .filter(|long| !AGENT_OWNED.contains(long))
+        .map(String::from)
+        .collect()
+}
+
+/// One key's value as command-line arguments: a string or number is the
+/// option's value, `true` the flag itself, an array the option repeated.
+fn arguments(option: &str, value: &toml::Value) -> Result<Vec<String>, String> {
+    let flag = format!("--{option}");
+    match value {
+        toml::Value::String(s) => Ok(vec![flag, s.clone()]),
+        toml::Value::Integer(n) => Ok(vec![flag, n.to_string()]),
+        toml::Value::Boolean(true) => Ok(vec![flag]),
+        toml::Value::Boolean(false) => Ok(Vec::new()),
+        toml::Value::Array(items) => {
+            let mut out = Vec::new();
+            for item in items {
+                match item {
+                    toml::Value::Array(_) | toml::Value::Table(_) | toml::Value::Boolean(_) => {
+                        return Err(format!(
+                            "expected strings or numbers in the array, found a {}",
+                            item.type_str()
+                        ))
+                    }
+                    _ => out.extend(arguments(option, item)?),
+                }
+            }
+            Ok(out)
+        }
+        other => Err(format!("expected a string, number, boolean or array, found a {}", other.type_str())),
+    }
+}
+
+/// The first line of clap's message, without its `error: ` prefix.
+fn clap_message(e: &clap::Error) -> String {
+    let text = e.to_string();
+    let line = text.lines().next().unwrap_or("invalid").trim();
+    line.strip_prefix("error: ").unwrap_or(line).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FULL: &str = r#"
+host = "web-1"
+spool_dir = "/tmp/spool"
+spool_max_bytes = "64MiB"
+
+[sources.tls]
+comm = "curl"
+library = ["openssl", "go"]
+max_connections = 4096
+
+[sources.exec]
+[sources.postgres]
+uid = 70
+
+[sinks.nats]
+url = ["nats://10.0.0.1:4222", "nats://10.0.0.2:4222"]
+
+[sinks.file]
+path = "/var/log/cleartap/events.jsonl"
+max_bytes = "10MiB"
+"#;
+
+    #[test]
+    fn a_full_config_parses_into_subcommand_arguments() {
+        let c = AgentConfig::parse(FULL).unwrap();
+        assert_eq!(c.host, "web-1");
+        assert_eq!(c.spool_max_bytes, 64 << 20);
+        let names: Vec<_> = c.sources.iter().map(|s| s.name).collect();
+        assert_eq!(names, ["tls", "exec", "postgres"]);
+        let cli::Command::Tls(tls) = &c.sources[0].command else { panic!() };
+        assert_eq!(tls.filters.comm.as_deref(), Some("curl"));
+        assert_eq!(tls.max_connections, 4096);
+        assert_eq!(tls.output.format, crate::output::Format::Json);
+        let cli::Command::Postgres(pg) = &c.sources[2].command else { panic!() };
+        assert_eq!(pg.filters.uid, Some(70));
+        let nats = c.sinks.nats.unwrap();
+        assert_eq!(nats.url.len(), 2);
+        assert_eq!(
+            (nats.stream.as_str(), nats.subject_prefix.as_str(), nats.create_stream),
+            ("CLEARTAP", "cleartap", true)
+        );
+        assert_eq!(c.sinks.file.unwrap().max_bytes, 10 << 20);
+    }
+
+    fn message(text: &str) -> String {
+        AgentConfig::parse(text).unwrap_err().0
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let sink = "\n[sinks.file]\npath = \"/tmp/x\"\n";
+        assert!(
+            message(&format!("[sources.tls]\ncom = \"x\"{sink}")).starts_with("sources.tls.com: unknown key")
+        );
+        assert!(message(&format!("[sources.exec]\npid = \"abc\"{sink}"))
+            .starts_with("sources.exec.pid: invalid value"));
+        assert!(message(&format!("[sources.tls]\nformat = \"text\"{sink}"))
+            .starts_with("sources.tls.format: unknown key"));
+        assert!(message(&format!("[sources.dns]{sink}")).starts_with("sources.dns: unknown source"));
+        assert!(message(&format!("hots = \"a\"\n[sources.exec]{sink}")).contains("unknown field `hots`"));
+        assert!(message(&format!("spool_max_bytes = \"1GB\"\n[sources.exec]{sink}"))
+            .starts_with("spool_max_bytes: unknown unit"));
+        assert!(message("[sources.exec]\n").starts_with("no sink"));
+        assert!(message(&format!("host = \"a.b\"\n[sources.exec]{sink}")).starts_with("host: "));
+        assert!(message("[sources.exec]\n[sinks.nats]\nurl = []\n").contains("at least one url"));
+        assert!(message("[sources.exec]\n[sinks.nats]\nurl = \"nats://x\"\nstrem = \"S\"\n")
+            .contains("unknown field `strem`"));
+    }
+
+    #[test]
+    fn sizes() {
+        let s = |t: &str| parse_size(&toml::Value::String(t.into()));
+        assert_eq!(s("1GiB"), Ok(1 << 30));
+        assert_eq!(s("512M"), Ok(512 << 20));
+        assert_eq!(s("4096"), Ok(4096));
+        assert!(s("0").is_err());
+        assert!(s("99999999999999TiB").is_err());
+        assert!(s("GiB").is_err());
+        assert_eq!(parse_size(&toml::Value::Integer(10)), Ok(10));
+        assert!(parse_size(&toml::Value::Integer(-1)).is_err());
+    }
+}

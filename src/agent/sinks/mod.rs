@@ -1,0 +1,24 @@
+//! Where the agent's events go. A sink never blocks the agent thread on
+//! the network: it sends, spools or counts what it could not keep.
+
+pub mod file;
+pub mod nats;
+
+use std::io;
+
+use super::pipeline::Envelope;
+
+pub trait Sink {
+    fn name(&self) -> &'static str;
+    fn send(&mut self, event: &Envelope) -> io::Result<()>;
+    /// Events this sink could not keep, per source, with the reason, not
+    /// yet reported; returned once the sink can take the report (a `loss`
+    /// event the agent numbers and sends to this sink).
+    fn lost(&mut self) -> Vec<(&'static str, u64, &'static str)> {
+        Vec::new()
+    }
+    /// Time-based work, every few ms: flushes, acks, reconnects, draining.
+    fn tick(&mut self) -> io::Result<()>;
+    /// Clean stop: flush (and spool) what is held, then a summary line.
+    fn close(&mut self) -> io::Result<String>;
+}

@@ -1,0 +1,434 @@
+//! `cleartap agent` against real `nats-server -js` processes on free
+//! loopback ports: events arrive once, in order, on their subjects, across
+//! broker outages, full spools, restarts and kill -9.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::*;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// `nats-server -js` with its store in a directory that outlives restarts.
+struct Nats {
+    port: u16,
+    store: PathBuf,
+    child: Option<Child>,
+}
+
+impl Nats {
+    fn new(dir: &Path) -> Nats {
+        Nats { port: free_port(), store: dir.join("nats-store"), child: None }
+    }
+
+    fn started(dir: &Path) -> Nats {
+        let mut nats = Nats::new(dir);
+        nats.start();
+        nats
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    fn start(&mut self) {
+        let child = Command::new("nats-server")
+            .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string(), "-sd"])
+            .arg(&self.store)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting nats-server (scripts/install-deps --test installs it)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "nats-server did not listen");
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Every event of the stream (optionally `--host/--source` filtered).
+    fn events(&self, filter: &[&str]) -> Vec<Value> {
+        let out = Command::new(env!("CARGO_BIN_EXE_cleartap"))
+            .args(["tail", "--from", &self.url(), "--all", "--no-follow"])
+            .args(filter)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "tail: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A running `cleartap agent`.
+struct Agent {
+    child: Child,
+    stderr: mpsc::Receiver<String>,
+    printed: String,
+}
+
+impl Agent {
+    fn start(config: &Path) -> Agent {
+        Self::start_with(config, &[])
+    }
+
+    fn start_with(config: &Path, extra: &[&str]) -> Agent {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_cleartap"))
+            .arg("agent")
+            .args(extra)
+            .arg("--config")
+            .arg(config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, rx) = mpsc::channel();
+        let err = child.stderr.take().unwrap();
+        thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let mut agent = Agent { child, stderr: rx, printed: String::new() };
+        assert!(agent.wait_for("ready", Duration::from_secs(120)), "agent not ready: {}", agent.printed);
+        agent
+    }
+
+    fn wait_for(&mut self, needle: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while let Ok(line) = self.stderr.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            self.printed += &(line.clone() + "\n");
+            if line == needle || (needle != "ready" && line.contains(needle)) {
+                return true;
+            }
+        }
+        false
+    }
+
+    fn signal(&self, signal: i32) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+    }
+
+    /// SIGTERM; everything it printed; asserts exit 0.
+    fn stop(mut self) -> String {
+        thread::sleep(Duration::from_millis(300));
+        self.signal(libc::SIGTERM);
+        let status = self.child.wait().unwrap();
+        while let Ok(line) = self.stderr.recv_timeout(Duration::from_secs(5)) {
+            self.printed += &(line + "\n");
+        }
+        assert!(status.success(), "agent exited with {status}: {}", self.printed);
+        self.printed
+    }
+
+    fn kill_hard(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn write_config(dir: &Path, body: &str) -> PathBuf {
+    let path = dir.join("agent.toml");
+    std::fs::write(
+        &path,
+        format!("host = \"web-1\"\nspool_dir = \"{}\"\n{body}", dir.join("spool").display()),
+    )
+    .unwrap();
+    path
+}
+
+fn nats_sink(nats: &Nats) -> String {
+    format!("[sinks.nats]\nurl = \"{}\"\n", nats.url())
+}
+
+/// Run `/bin/true MARKER-i` for each i: one exec event each.
+fn execs(marker: &str, range: std::ops::Range<u32>) {
+    for i in range {
+        let status = Command::new("/bin/true").arg(format!("{marker}-{i}")).status().unwrap();
+        assert!(status.success());
+    }
+}
+
+/// The argv[1] of the exec events carrying `marker`, in stream order.
+fn marked(events: &[Value], marker: &str) -> Vec<String> {
+    events
+        .iter()
+        .filter(|e| e["event"] == "exec")
+        .filter_map(|e| e["argv"][1].as_str())
+        .filter(|a| a.starts_with(marker))
+        .map(String::from)
+        .collect()
+}
+
+fn expected(marker: &str, range: std::ops::Range<u32>) -> Vec<String> {
+    range.map(|i| format!("{marker}-{i}")).collect()
+}
+
+/// Every seq from 1 to the last, once, in order.
+fn assert_seqs_contiguous(events: &[Value]) {
+    let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    let want: Vec<u64> = (1..=seqs.len() as u64).collect();
+    assert_eq!(seqs, want, "seq must count 1, 2, 3... with no gap or repeat");
+}
+
+#[test]
+fn a_tls_exchange_arrives_once_byte_exact_on_its_subject() {
+    if !require_bpf() {
+        return;
+    }
+    let _one = exclusive();
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::started(dir.path());
+    let config = write_config(dir.path(), &format!("[sources.tls]\ncomm = \"curl\"\n{}", nats_sink(&nats)));
+    // The server first: the library it maps is attached before `ready`
+    // (a file first seen after start is attached within ms, and curl's
+    // first write could come sooner; see the README).
+    let server = TlsServer::start();
+    let agent = Agent::start(&config);
+    let body = b"agent-marker: the one and only body";
+    let response = curl(&server, body, 5000);
+    let printed = agent.stop();
+
+    let events = nats.events(&["--host", "web-1", "--source", "tls"]);
+    let got = Captured { records: events.clone(), stderr: String::new(), status: Default::default() };
+    let sent = got.stream("send", |r| r["comm"] == "curl");
+    assert!(sent.ends_with(body), "{}\n{printed}\n{events:?}", String::from_utf8_lossy(&sent));
+    let marker = b"agent-marker";
+    assert_eq!(sent.windows(marker.len()).filter(|w| w == marker).count(), 1, "exactly once");
+    let received = got.stream("recv", |r| r["comm"] == "curl");
+    assert!(received.ends_with(&response), "recv stream");
+    assert!(events.iter().all(|e| e["host"] == "web-1"));
+    assert!(nats.events(&["--source", "exec"]).is_empty(), "subjects: nothing under .exec");
+}
+
+#[test]
+fn events_survive_broker_outages_in_order_and_once() {
+    if !require_bpf() {
+        return;
+    }
+    let _one = exclusive();
+    let dir = tempfile::tempdir().unwrap();
+    let mut nats = Nats::new(dir.path());
+    let config = write_config(dir.path(), &format!("[sources.exec]\n{}", nats_sink(&nats)));
+    // The broker is down when the agent starts: everything is spooled.
+    let mut agent = Agent::start(&config);
+    execs("outage-a", 0..20);
+    nats.start();
+    execs("live-b", 0..20);
+    thread::sleep(Duration::from_secs(1));
+    nats.stop();
+    execs("outage-c", 0..20);
+    assert!(agent.wait_for("NATS publish failed", Duration::from_secs(30)), "{}", agent.printed);
+    nats.start();
+    assert!(agent.wait_for("publishing again", Duration::from_secs(30)), "{}", agent.printed);
+    execs("live-d", 0..20);
+    let printed = agent.stop();
+
+    let events = nats.events(&[]);
+    assert_seqs_contiguous(&events);
+    for marker in ["outage-a", "live-b", "outage-c", "live-d"] {
+        assert_eq!(marked(&events, marker), expected(marker, 0..20), "{marker}: {printed}");
+    }
+    assert!(printed.contains("0 events left in the spool"), "{printed}");
+}
+
+#[test]
+fn a_full_spool_drops_counts_exactly_and_reports_the_loss() {
+    if !require_bpf() {
+        return;
+    }
+    let _one = exclusive();
+    let dir = tempfile::tempdir().unwrap();
+    let mut nats = Nats::new(dir.path());
+    let config = write_config(
+        dir.path(),
+        &format!("spool_max_bytes = \"16KiB\"\n[sources.exec]\n{}", nats_sink(&nats)),
+    );
+    let agent = Agent::start(&config);
+    execs("full", 0..200);
+    thread::sleep(Duration::from_millis(500));
+    nats.start();
+    let printed = agent.stop();
+
+    let events = nats.events(&[]);
+    let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    let last = *seqs.iter().max().unwrap();
+    let missing = last - seqs.len() as u64;
+    let reported: u64 =
+        events.iter().filter(|e| e["event"] == "loss").map(|e| e["count"].as_u64().unwrap()).sum();
+    assert!(missing > 0, "16 KiB cannot hold 200 exec events: {printed}");
+    assert_eq!(reported, missing, "loss events count every seq that is missing: {printed}");
+    let kept = marked(&events, "full");
+    assert!(!kept.is_empty() && kept.len() < 200);
+    let dropped_line = printed.lines().find(|l| l.starts_with("cleartap: nats:")).unwrap();
+    assert!(dropped_line.contains(&format!("{missing} dropped (spool full)")), "{dropped_line}");
+}
+
+#[test]
+fn a_stopped_agent_keeps_its_spool_and_a_killed_one_loses_only_a_torn_tail() {
+    if !require_bpf() {
+        return;
+    }
+    let _one = exclusive();
+    let dir = tempfile::tempdir().unwrap();
+    let mut nats = Nats::new(dir.path());
+    let config = write_config(dir.path(), &format!("[sources.exec]\n{}", nats_sink(&nats)));
+    // SIGTERM with the broker down: the events wait in the spool.
+    let agent = Agent::start(&config);
+    execs("term", 0..10);
+    let printed = agent.stop();
+    assert!(!printed.contains(" 0 events left in the spool"), "{printed}");
+    // kill -9 with the broker down, then a half-written record at the end.
+    let agent = Agent::start(&config);
+    execs("killed", 0..10);
+    thread::sleep(Duration::from_millis(500));
+    agent.kill_hard();
+    let last_segment = std::fs::read_dir(dir.path().join("spool"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .max()
+        .unwrap();
+    let mut torn = std::fs::OpenOptions::new().append(true).open(&last_segment).unwrap();
+    std::io::Write::write_all(&mut torn, &[200, 0, 0, 0, 1, 2, 3, 4, b'{']).unwrap();
+    drop(torn);
+
+    nats.start();
+    let agent = Agent::start(&config);
+    assert!(agent.printed.contains("torn record"), "{}", agent.printed);
+    execs("after", 0..10);
+    agent.stop();
+    let events = nats.events(&[]);
+    for marker in ["term", "killed", "after"] {
+        assert_eq!(marked(&events, marker), expected(marker, 0..10), "{marker}");
+    }
+    // The spooled events of earlier runs come first.
+    let order: Vec<String> =
+        marked(&events, "").into_iter().map(|a| a.split('-').next().unwrap().to_string()).collect();
+    let first_after = order.iter().position(|m| m == "after").unwrap();
+    assert!(order[..first_after].iter().all(|m| m == "term" || m == "killed"));
+}
+
+#[test]
+fn sighup_adds_and_changes_sources_without_stopping_the_others() {
+    if !require_bpf() {
+        return;
+    }
+    let _one = exclusive();
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::started(dir.path());
+    let sink = nats_sink(&nats);
+    let config = write_config(dir.path(), &format!("[sources.exec]\n{sink}"));
+    let mut agent = Agent::start(&config);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let stop = std::sync::Arc::clone(&stop);
+        thread::spawn(move || {
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                execs("steady", i..i + 1);
+                i += 1;
+                thread::sleep(Duration::from_millis(20));
+            }
+            i
+        })
+    };
+    thread::sleep(Duration::from_millis(500));
+    write_config(dir.path(), &format!("[sources.exec]\n[sources.shell]\n{sink}"));
+    agent.signal(libc::SIGHUP);
+    assert!(agent.wait_for("cleartap: reloaded", Duration::from_secs(60)), "{}", agent.printed);
+    // A filter changed: that source restarts, exec still does not.
+    write_config(dir.path(), &format!("[sources.exec]\n[sources.shell]\nuid = 0\n{sink}"));
+    agent.signal(libc::SIGHUP);
+    assert!(agent.wait_for("restarted [\"shell\"]", Duration::from_secs(60)), "{}", agent.printed);
+    thread::sleep(Duration::from_millis(500));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let count = load.join().unwrap();
+    let printed = agent.stop();
+    assert!(printed.contains("stopped [], restarted [], started [\"shell\"]"), "{printed}");
+    let events = nats.events(&[]);
+    assert_eq!(
+        marked(&events, "steady"),
+        expected("steady", 0..count),
+        "exec kept running across the reload"
+    );
+}
+
+#[test]
+fn bad_configurations_exit_2_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    for (body, key) in [
+        ("[sources.exec]\npidd = 1\n[sinks.file]\npath = \"/tmp/x\"\n", "sources.exec.pidd"),
+        ("[sources.exec]\npid = \"one\"\n[sinks.file]\npath = \"/tmp/x\"\n", "sources.exec.pid"),
+        ("[sources.exec]\n", "no sink"),
+        ("spool_max_bytes = \"lots\"\n[sources.exec]\n[sinks.file]\npath = \"/tmp/x\"\n", "spool_max_bytes"),
+    ] {
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, body).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_cleartap"))
+            .args(["agent", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{body}: {stderr}");
+        assert!(stderr.contains(key), "{body}: {stderr}");
+    }
+}
+
+#[test]
+fn metrics_are_served_in_prometheus_text_format() {
+    if !require_bpf() {
+        return;
+    }
+    let _one = exclusive();
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::started(dir.path());
+    let config = write_config(dir.path(), &format!("[sources.exec]\n{}", nats_sink(&nats)));
+    let port = free_port();
+    let agent = Agent::start_with(&config, &["--metrics", &format!("127.0.0.1:{port}")]);
+    execs("metrics", 0..5);
+    thread::sleep(Duration::from_millis(500));
+    let mut conn = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    std::io::Write::write_all(&mut conn, b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut response = String::new();
+    conn.read_to_string(&mut response).unwrap();
+    agent.stop();
+    assert!(response.starts_with("HTTP/1.0 200 OK\r\n"), "{response}");
+    assert!(response.contains("text/plain; version=0.0.4"), "{response}");
+    let value = |name: &str| -> f64 {
+        let l =
+            response.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("{name}: {response}"));
+        l.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert!(value("cleartap_events_total{source=\"exec\"}") >= 5.0);
+    assert!(value("cleartap_nats_acked_total") >= 5.0);
+    assert_eq!(value("cleartap_kernel_lost_records_total{source=\"exec\"}"), 0.0);
+    assert_eq!(value("cleartap_spool_dropped_total"), 0.0);
+    for name in ["cleartap_nats_published_total", "cleartap_nats_retried_total", "cleartap_spool_bytes"] {
+        value(name);
+    }
+}
