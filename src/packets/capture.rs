@@ -6,8 +6,12 @@
 //! ClientHello carries a client random with no secret yet is held back
 //! (with everything after it, which keeps the file in capture order) until
 //! its secrets arrive or HOLD passes. Memory for held packets is bounded.
+//! "Its secrets" means all a decryption needs: `CLIENT_RANDOM` for TLS 1.2,
+//! both application traffic secrets for TLS 1.3 (they come one line at a
+//! time: releasing the flow at the first would put the server's first
+//! records before the secret that decrypts them).
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -78,7 +82,8 @@ pub struct PacketCapture {
     clock: Clock,
     owners: HashMap<FlowKey, Owner>,
     owner_order: VecDeque<FlowKey>,
-    known_randoms: HashSet<[u8; 32]>,
+    /// Client random -> the secrets seen for it (`Seen` bits).
+    known_randoms: HashMap<[u8; 32], u8>,
     random_order: VecDeque<[u8; 32]>,
     /// Flows waiting for the secrets of this client random, until a deadline.
     awaiting: HashMap<FlowKey, ([u8; 32], Instant)>,
@@ -113,7 +118,7 @@ impl PacketCapture {
             clock: Clock::now(),
             owners: HashMap::new(),
             owner_order: VecDeque::new(),
-            known_randoms: HashSet::new(),
+            known_randoms: HashMap::new(),
             random_order: VecDeque::new(),
             awaiting: HashMap::new(),
             held: VecDeque::new(),
@@ -148,7 +153,7 @@ impl PacketCapture {
     pub fn secret(&mut self, line: &[u8], client_random: [u8; 32]) -> io::Result<()> {
         self.writer.secrets(line)?;
         self.stats.secrets += 1;
-        if self.known_randoms.insert(client_random) {
+        if !self.known_randoms.contains_key(&client_random) {
             self.random_order.push_back(client_random);
             if self.random_order.len() > MAX_REMEMBERED {
                 if let Some(old) = self.random_order.pop_front() {
@@ -156,7 +161,11 @@ impl PacketCapture {
                 }
             }
         }
-        self.awaiting.retain(|_, (random, _)| *random != client_random);
+        let seen = self.known_randoms.entry(client_random).or_default();
+        *seen |= secret_bit(line);
+        if is_complete(*seen) {
+            self.awaiting.retain(|_, (random, _)| *random != client_random);
+        }
         self.drain(Instant::now())
     }
 
@@ -199,7 +208,7 @@ impl PacketCapture {
             return;
         }
         if let Some(random) = frame::client_hello_random(f.payload) {
-            if !self.known_randoms.contains(&random) {
+            if !self.known_randoms.get(&random).is_some_and(|seen| is_complete(*seen)) {
                 self.awaiting.insert(key, (random, now + self.hold));
             }
         }
@@ -265,6 +274,24 @@ impl PacketCapture {
         self.drain(Instant::now())?;
         self.writer.flush()
     }
+}
+
+const TLS12: u8 = 1;
+const CLIENT_TRAFFIC: u8 = 2;
+const SERVER_TRAFFIC: u8 = 4;
+
+/// Which of the secrets a decryption needs a key log line gives.
+fn secret_bit(line: &[u8]) -> u8 {
+    match line.split(|&b| b == b' ').next().unwrap_or_default() {
+        b"CLIENT_RANDOM" => TLS12,
+        b"CLIENT_TRAFFIC_SECRET_0" => CLIENT_TRAFFIC,
+        b"SERVER_TRAFFIC_SECRET_0" => SERVER_TRAFFIC,
+        _ => 0,
+    }
+}
+
+fn is_complete(seen: u8) -> bool {
+    seen & TLS12 != 0 || seen & (CLIENT_TRAFFIC | SERVER_TRAFFIC) == CLIENT_TRAFFIC | SERVER_TRAFFIC
 }
 
 fn wall_ns(clock: &Clock, monotonic_ns: u64) -> u64 {
@@ -361,6 +388,22 @@ mod tests {
         feed(&mut c, &frame(&client_hello([5; 32])));
         assert_eq!(blocks(&out).len(), 6);
         assert_eq!(c.stats.written, 4);
+    }
+
+    #[test]
+    fn a_tls13_handshake_waits_for_both_application_secrets() {
+        let out = Shared::default();
+        let mut c = capture(&out, Duration::from_secs(60));
+        feed(&mut c, &frame(&client_hello([8; 32])));
+        feed(&mut c, &frame(b"server's first record"));
+        for label in
+            ["CLIENT_HANDSHAKE_TRAFFIC_SECRET", "SERVER_HANDSHAKE_TRAFFIC_SECRET", "CLIENT_TRAFFIC_SECRET_0"]
+        {
+            c.secret(format!("{label} 0808 00\n").as_bytes(), [8; 32]).unwrap();
+            assert!(!blocks(&out).contains(&EPB), "released at {label}");
+        }
+        c.secret(b"SERVER_TRAFFIC_SECRET_0 0808 00\n", [8; 32]).unwrap();
+        assert_eq!(blocks(&out), [DSB, DSB, DSB, DSB, EPB, EPB]);
     }
 
     #[test]
