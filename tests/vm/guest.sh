@@ -31,9 +31,10 @@ DEFAULT_TESTS=(
     e2e_shell:exec_reports_exact_argv_parent_and_result
     # bash command lines through uprobes on readline.
     e2e_shell:bash_commands_with_exit_status_and_multi_line
-    # Go crypto/tls, register ABI, Debian's Go 1.19 (binary prebuilt on the host).
-    e2e_go:go119_plain
 )
+# Not in the default subset: Go (e2e_go:go119_plain, 60-100 s under
+# emulation; the issue asks for "a Go or shell event if cheap", and the
+# shell one is). Run it by hand: tests/vm/run 6.1 e2e_go:go119_plain
 if [ $# -gt 0 ]; then TESTS=("$@"); else TESTS=("${DEFAULT_TESTS[@]}"); fi
 
 now() { date +%s.%N; }
