@@ -24,11 +24,13 @@ struct Nats {
     port: u16,
     store: PathBuf,
     child: Option<Child>,
+    /// Cluster and monitoring options, for a node of a cluster.
+    extra: Vec<String>,
 }
 
 impl Nats {
     fn new(dir: &Path) -> Nats {
-        Nats { port: free_port(), store: dir.join("nats-store"), child: None }
+        Nats { port: free_port(), store: dir.join("nats-store"), child: None, extra: Vec::new() }
     }
 
     fn started(dir: &Path) -> Nats {
@@ -45,6 +47,7 @@ impl Nats {
         let child = Command::new("nats-server")
             .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string(), "-sd"])
             .arg(&self.store)
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -66,13 +69,82 @@ impl Nats {
 
     /// Every event of the stream (optionally `--host/--source` filtered).
     fn events(&self, filter: &[&str]) -> Vec<Value> {
-        let out = Command::new(env!("CARGO_BIN_EXE_cleartap"))
-            .args(["tail", "--from", &self.url(), "--all", "--no-follow"])
-            .args(filter)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "tail: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+        stream_events(&[self.url()], filter)
+    }
+}
+
+/// Every event of the stream, read through `cleartap tail` from `urls`.
+fn stream_events(urls: &[String], filter: &[&str]) -> Vec<Value> {
+    let mut tail = Command::new(env!("CARGO_BIN_EXE_cleartap"));
+    tail.args(["tail", "--all", "--no-follow"]).args(filter);
+    for url in urls {
+        tail.args(["--from", url]);
+    }
+    let out = tail.output().unwrap();
+    assert!(out.status.success(), "tail: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+/// Three JetStream nodes clustered on loopback, each with its monitoring
+/// port (to find the stream's leader).
+struct Cluster {
+    nodes: Vec<Nats>,
+    monitors: Vec<u16>,
+}
+
+impl Cluster {
+    fn start(dir: &Path) -> Cluster {
+        let routes: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let all_routes = routes.iter().map(|p| format!("nats://127.0.0.1:{p}")).collect::<Vec<_>>().join(",");
+        let monitors: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let mut nodes = Vec::new();
+        for i in 0..3 {
+            let mut node = Nats::new(&dir.join(format!("n{i}")));
+            node.extra = ["-n", &format!("n{i}"), "--cluster_name", "cleartap-test"]
+                .iter()
+                .map(|s| s.to_string())
+                .chain(["-cluster".into(), format!("nats://127.0.0.1:{}", routes[i])])
+                .chain(["-routes".into(), all_routes.clone(), "-m".into(), monitors[i].to_string()])
+                .collect();
+            node.start();
+            nodes.push(node);
+        }
+        Cluster { nodes, monitors }
+    }
+
+    fn urls(&self) -> Vec<String> {
+        self.nodes.iter().filter(|n| n.child.is_some()).map(Nats::url).collect()
+    }
+
+    /// The node leading stream CLEARTAP, once there is one.
+    fn stream_leader(&self) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            for port in &self.monitors {
+                let Ok(mut conn) = TcpStream::connect(("127.0.0.1", *port)) else { continue };
+                let request = b"GET /jsz?streams=true&accounts=true HTTP/1.0\r\n\r\n";
+                let mut response = String::new();
+                if std::io::Write::write_all(&mut conn, request).is_err()
+                    || conn.read_to_string(&mut response).is_err()
+                {
+                    continue;
+                }
+                let Some(body) = response.split("\r\n\r\n").nth(1) else { continue };
+                let Ok(jsz) = serde_json::from_str::<Value>(body) else { continue };
+                let streams = jsz["account_details"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .flat_map(|a| a["stream_detail"].as_array().cloned().unwrap_or_default());
+                for stream in streams.filter(|s| s["name"] == "CLEARTAP") {
+                    if let Some(leader) = stream["cluster"]["leader"].as_str() {
+                        return leader.trim_start_matches('n').parse().unwrap();
+                    }
+                }
+            }
+            assert!(Instant::now() < deadline, "no leader for stream CLEARTAP");
+            thread::sleep(Duration::from_millis(200));
+        }
     }
 }
 
@@ -150,6 +222,21 @@ impl Agent {
     }
 }
 
+/// One scrape of the agent's metrics endpoint: the whole HTTP response.
+fn scrape(port: u16) -> String {
+    let mut conn = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    std::io::Write::write_all(&mut conn, b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut response = String::new();
+    conn.read_to_string(&mut response).unwrap();
+    response
+}
+
+/// The value of metric `name` (with its labels) in a scrape.
+fn metric(response: &str, name: &str) -> f64 {
+    let line = response.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("{name}: {response}"));
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
 fn write_config(dir: &Path, body: &str) -> PathBuf {
     let path = dir.join("agent.toml");
     std::fs::write(
@@ -169,6 +256,35 @@ fn execs(marker: &str, range: std::ops::Range<u32>) {
     for i in range {
         let status = Command::new("/bin/true").arg(format!("{marker}-{i}")).status().unwrap();
         assert!(status.success());
+    }
+}
+
+/// `/bin/true MARKER-i` every 20 ms in a thread, until `stop`.
+struct Steady {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: thread::JoinHandle<u32>,
+}
+
+impl Steady {
+    fn start(marker: &'static str) -> Steady {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = std::sync::Arc::clone(&stop);
+        let thread = thread::spawn(move || {
+            let mut i = 0;
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                execs(marker, i..i + 1);
+                i += 1;
+                thread::sleep(Duration::from_millis(20));
+            }
+            i
+        });
+        Steady { stop, thread }
+    }
+
+    /// How many it ran.
+    fn stop(self) -> u32 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap()
     }
 }
 
@@ -237,21 +353,62 @@ fn events_survive_broker_outages_in_order_and_once() {
     let mut agent = Agent::start(&config);
     execs("outage-a", 0..20);
     nats.start();
-    execs("live-b", 0..20);
+    // A steady flow; the broker is killed for 10 s in the middle of it and
+    // restarted on the same store.
+    let steady = Steady::start("steady");
     thread::sleep(Duration::from_secs(1));
     nats.stop();
-    execs("outage-c", 0..20);
-    assert!(agent.wait_for("NATS publish failed", Duration::from_secs(30)), "{}", agent.printed);
+    thread::sleep(Duration::from_secs(10));
     nats.start();
     assert!(agent.wait_for("publishing again", Duration::from_secs(30)), "{}", agent.printed);
-    execs("live-d", 0..20);
+    thread::sleep(Duration::from_secs(1));
+    let count = steady.stop();
     let printed = agent.stop();
 
     let events = nats.events(&[]);
     assert_seqs_contiguous(&events);
-    for marker in ["outage-a", "live-b", "outage-c", "live-d"] {
-        assert_eq!(marked(&events, marker), expected(marker, 0..20), "{marker}: {printed}");
+    assert_eq!(marked(&events, "outage-a"), expected("outage-a", 0..20), "{printed}");
+    assert_eq!(marked(&events, "steady"), expected("steady", 0..count), "{printed}");
+    assert!(printed.contains("NATS publish failed") || printed.contains("NATS disconnected"), "{printed}");
+    assert!(printed.contains("0 events left in the spool"), "{printed}");
+}
+
+#[test]
+fn a_cluster_losing_its_stream_leader_mid_flow_keeps_every_event_once() {
+    if !require_bpf() {
+        return;
     }
+    let _one = exclusive();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::start(dir.path());
+    let urls = cluster.urls().iter().map(|u| format!("\"{u}\"")).collect::<Vec<_>>().join(", ");
+    let config =
+        write_config(dir.path(), &format!("[sources.exec]\n[sinks.nats]\nurl = [{urls}]\nreplicas = 3\n"));
+    let port = free_port();
+    let agent = Agent::start_with(&config, &["--metrics", &format!("127.0.0.1:{port}")]);
+    let steady = Steady::start("clustered");
+    let leader = cluster.stream_leader();
+    thread::sleep(Duration::from_secs(1));
+    cluster.nodes[leader].stop();
+    // A new leader is elected; the agent goes on through the other nodes.
+    thread::sleep(Duration::from_secs(3));
+    let count = steady.stop();
+    // Stop once everything is acknowledged (the election takes its time).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let m = scrape(port);
+        let events = metric(&m, "cleartap_events_total{source=\"exec\"}");
+        if metric(&m, "cleartap_spool_bytes") == 0.0 && metric(&m, "cleartap_nats_acked_total") >= events {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the spool did not drain: {m}");
+        thread::sleep(Duration::from_millis(200));
+    }
+    let printed = agent.stop();
+
+    let events = stream_events(&cluster.urls(), &[]);
+    assert_seqs_contiguous(&events);
+    assert_eq!(marked(&events, "clustered"), expected("clustered", 0..count), "{printed}");
     assert!(printed.contains("0 events left in the spool"), "{printed}");
 }
 
@@ -343,19 +500,7 @@ fn sighup_adds_and_changes_sources_without_stopping_the_others() {
     let sink = nats_sink(&nats);
     let config = write_config(dir.path(), &format!("[sources.exec]\n{sink}"));
     let mut agent = Agent::start(&config);
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let load = {
-        let stop = std::sync::Arc::clone(&stop);
-        thread::spawn(move || {
-            let mut i = 0;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                execs("steady", i..i + 1);
-                i += 1;
-                thread::sleep(Duration::from_millis(20));
-            }
-            i
-        })
-    };
+    let steady = Steady::start("steady");
     thread::sleep(Duration::from_millis(500));
     write_config(dir.path(), &format!("[sources.exec]\n[sources.shell]\n{sink}"));
     agent.signal(libc::SIGHUP);
@@ -365,8 +510,7 @@ fn sighup_adds_and_changes_sources_without_stopping_the_others() {
     agent.signal(libc::SIGHUP);
     assert!(agent.wait_for("restarted [\"shell\"]", Duration::from_secs(60)), "{}", agent.printed);
     thread::sleep(Duration::from_millis(500));
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let count = load.join().unwrap();
+    let count = steady.stop();
     let printed = agent.stop();
     assert!(printed.contains("stopped [], restarted [], started [\"shell\"]"), "{printed}");
     let events = nats.events(&[]);
@@ -384,6 +528,11 @@ fn bad_configurations_exit_2_naming_the_key() {
         ("[sources.exec]\npidd = 1\n[sinks.file]\npath = \"/tmp/x\"\n", "sources.exec.pidd"),
         ("[sources.exec]\npid = \"one\"\n[sinks.file]\npath = \"/tmp/x\"\n", "sources.exec.pid"),
         ("[sources.exec]\n", "no sink"),
+        ("[sources.exec]\n[sinks.nats]\nurl = \"nats://bad host:1\"\n", "sinks.nats.url"),
+        (
+            "[sources.exec]\n[sinks.nats]\nurl = \"nats://127.0.0.1:1\"\ncreds = \"/nonexistent.creds\"\n",
+            "sinks.nats.creds",
+        ),
         ("spool_max_bytes = \"lots\"\n[sources.exec]\n[sinks.file]\npath = \"/tmp/x\"\n", "spool_max_bytes"),
     ] {
         let path = dir.path().join("bad.toml");
@@ -412,18 +561,11 @@ fn metrics_are_served_in_prometheus_text_format() {
     let agent = Agent::start_with(&config, &["--metrics", &format!("127.0.0.1:{port}")]);
     execs("metrics", 0..5);
     thread::sleep(Duration::from_millis(500));
-    let mut conn = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    std::io::Write::write_all(&mut conn, b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
-    let mut response = String::new();
-    conn.read_to_string(&mut response).unwrap();
+    let response = scrape(port);
     agent.stop();
     assert!(response.starts_with("HTTP/1.0 200 OK\r\n"), "{response}");
     assert!(response.contains("text/plain; version=0.0.4"), "{response}");
-    let value = |name: &str| -> f64 {
-        let l =
-            response.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("{name}: {response}"));
-        l.rsplit(' ').next().unwrap().parse().unwrap()
-    };
+    let value = |name: &str| metric(&response, name);
     assert!(value("cleartap_events_total{source=\"exec\"}") >= 5.0);
     assert!(value("cleartap_nats_acked_total") >= 5.0);
     assert_eq!(value("cleartap_kernel_lost_records_total{source=\"exec\"}"), 0.0);

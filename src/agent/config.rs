@@ -68,6 +68,9 @@ pub struct NatsSink {
     pub subject_prefix: String,
     #[serde(default = "default_true")]
     pub create_stream: bool,
+    /// Replicas of a stream the agent creates (a cluster: 3).
+    #[serde(default = "default_replicas")]
+    pub replicas: usize,
     pub creds: Option<PathBuf>,
     pub user: Option<String>,
     pub password: Option<String>,
@@ -94,6 +97,9 @@ fn default_stream() -> String {
 }
 fn default_prefix() -> String {
     "cleartap".into()
+}
+fn default_replicas() -> usize {
+    1
 }
 fn default_true() -> bool {
     true
@@ -191,7 +197,7 @@ impl AgentConfig {
             return Err(error("no sink: add [sinks.nats] or [sinks.file] (events would go nowhere)"));
         }
         if let Some(nats) = &file.sinks.nats {
-            check_subject_token("sinks.nats.subject_prefix", &nats.subject_prefix)?;
+            check_nats(nats)?;
         }
         let host = match file.host {
             Some(h) => h,
@@ -210,6 +216,41 @@ impl AgentConfig {
             sinks: file.sinks,
         })
     }
+}
+
+/// What the NATS sink would only find out later, in its own thread:
+/// urls it cannot parse, files it cannot read, half an auth pair.
+fn check_nats(nats: &NatsSink) -> Result<(), ConfigError> {
+    check_subject_token("sinks.nats.subject_prefix", &nats.subject_prefix)?;
+    if !(1..=5).contains(&nats.replicas) {
+        return Err(error(format!("sinks.nats.replicas: {} (JetStream takes 1 to 5)", nats.replicas)));
+    }
+    for url in &nats.url {
+        url.parse::<async_nats::ServerAddr>()
+            .map_err(|e| error(format!("sinks.nats.url: {url:?} is not a NATS url ({e})")))?;
+    }
+    let files = [
+        ("creds", &nats.creds),
+        ("tls_ca", &nats.tls_ca),
+        ("tls_cert", &nats.tls_cert),
+        ("tls_key", &nats.tls_key),
+    ];
+    for (key, path) in files {
+        if let Some(path) = path {
+            std::fs::File::open(path)
+                .map_err(|e| error(format!("sinks.nats.{key}: {}: {e}", path.display())))?;
+        }
+    }
+    let pairs = [
+        ("user", nats.user.is_some(), "password", nats.password.is_some()),
+        ("tls_cert", nats.tls_cert.is_some(), "tls_key", nats.tls_key.is_some()),
+    ];
+    for (a, has_a, b, has_b) in pairs {
+        if has_a != has_b {
+            return Err(error(format!("sinks.nats: `{a}` and `{b}` go together")));
+        }
+    }
+    Ok(())
 }
 
 /// Host and prefix become parts of NATS subjects: no dots, spaces or
@@ -368,6 +409,14 @@ max_bytes = "10MiB"
         assert!(message("[sources.exec]\n").starts_with("no sink"));
         assert!(message(&format!("host = \"a.b\"\n[sources.exec]{sink}")).starts_with("host: "));
         assert!(message("[sources.exec]\n[sinks.nats]\nurl = []\n").contains("at least one url"));
+        assert!(
+            message("[sources.exec]\n[sinks.nats]\nurl = \"nats://a b:x\"\n").starts_with("sinks.nats.url: ")
+        );
+        let creds =
+            "[sources.exec]\n[sinks.nats]\nurl = \"nats://h:4222\"\ncreds = \"/nonexistent/x.creds\"\n";
+        assert!(message(creds).starts_with("sinks.nats.creds: /nonexistent/x.creds: "));
+        let half = "[sources.exec]\n[sinks.nats]\nurl = \"nats://h:4222\"\nuser = \"u\"\n";
+        assert!(message(half).contains("`user` and `password` go together"));
         assert!(message("[sources.exec]\n[sinks.nats]\nurl = \"nats://x\"\nstrem = \"S\"\n")
             .contains("unknown field `strem`"));
     }

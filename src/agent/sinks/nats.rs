@@ -278,6 +278,7 @@ async fn ensure_stream(config: &NatsSink, js: &jetstream::Context, shared: &Shar
                 name: config.stream.clone(),
                 subjects: vec![format!("{}.>", config.subject_prefix)],
                 duplicate_window: DUPLICATE_WINDOW,
+                num_replicas: config.replicas,
                 ..Default::default()
             };
             js.get_or_create_stream(stream).await.map(|_| ()).map_err(|e| e.to_string())
