@@ -34,6 +34,8 @@ use crate::sources::sql::Family;
 /// How long a source may take to attach before the agent gives up on it.
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
 const TICK: Duration = Duration::from_millis(20);
+/// How long a stop waits for room to report losses in.
+const LOSS_REPORT_WAIT: Duration = Duration::from_secs(5);
 
 pub fn run(args: &AgentArgs) -> Result<()> {
     let config = AgentConfig::load(&args.config)?;
@@ -272,6 +274,16 @@ impl Agent {
         // Everything the sources wrote before they ended.
         while let Ok(line) = self.rx.try_recv() {
             if let Err(e) = self.dispatch(line) {
+                eprintln!("cleartap: error: {e:#}");
+                break;
+            }
+        }
+        // Losses not reported yet wait for room in their sink (a spool
+        // draining to a broker that is back), a few seconds at most; the
+        // summary counts them either way.
+        let deadline = Instant::now() + LOSS_REPORT_WAIT;
+        while self.sinks.iter().any(|s| s.has_unreported_losses()) && Instant::now() < deadline {
+            if let Err(e) = self.step() {
                 eprintln!("cleartap: error: {e:#}");
                 break;
             }

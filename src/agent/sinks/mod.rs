@@ -17,6 +17,10 @@ pub trait Sink {
     fn lost(&mut self) -> Vec<(&'static str, u64, &'static str)> {
         Vec::new()
     }
+    /// Are there losses `lost` has not returned yet?
+    fn has_unreported_losses(&self) -> bool {
+        false
+    }
     /// Time-based work, every few ms: flushes, acks, reconnects, draining.
     fn tick(&mut self) -> io::Result<()>;
     /// Clean stop: flush (and spool) what is held, then a summary line.

@@ -180,6 +180,10 @@ impl Sink for NatsPublisher {
         lost.into_iter().map(|(source, n)| (source, n, "the NATS spool was full")).collect()
     }
 
+    fn has_unreported_losses(&self) -> bool {
+        !self.unreported.is_empty()
+    }
+
     /// Buffered records reach the file: a kill -9 loses at most a tick.
     fn tick(&mut self) -> std::io::Result<()> {
         let mut spool = self.shared.spool.lock().expect("spool lock");
