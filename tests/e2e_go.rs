@@ -80,6 +80,7 @@ impl GoServer {
             .arg(truth.path().join("keys"))
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("starting the Go server");
         let mut line = String::new();
@@ -91,6 +92,16 @@ impl GoServer {
     fn alive(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()
     }
+
+    /// Stops the server and returns what it wrote to stderr (a Go panic or
+    /// a fatal runtime error lands there).
+    fn stop(mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut self.child.stderr.take().unwrap(), &mut stderr).unwrap();
+        stderr
+    }
 }
 
 impl Drop for GoServer {
@@ -100,15 +111,17 @@ impl Drop for GoServer {
     }
 }
 
+/// What one client run left: its pid, its truth files and its stdout (a
+/// line per request, in request order, then "ok COUNT").
+struct ClientRun {
+    pid: u32,
+    truth: tempfile::TempDir,
+    stdout: String,
+}
+
 /// Runs the client: `count` POSTs of `size` bytes over `workers`
 /// connections; it checks every response itself.
-fn client(
-    binary: &Path,
-    server: &GoServer,
-    count: usize,
-    size: usize,
-    workers: usize,
-) -> (u32, tempfile::TempDir) {
+fn client(binary: &Path, server: &GoServer, count: usize, size: usize, workers: usize) -> ClientRun {
     let truth = tempfile::tempdir().unwrap();
     let url = format!("https://127.0.0.1:{}/echo", server.port);
     let child = Command::new(binary)
@@ -122,8 +135,10 @@ fn client(
     let pid = child.id();
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "Go client: {}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(String::from_utf8_lossy(&out.stdout), format!("ok {count}\n"));
-    (pid, truth)
+    assert!(out.stderr.is_empty(), "Go client: {}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(stdout.ends_with(&format!("ok {count}\n")), "{stdout}");
+    ClientRun { pid, truth, stdout }
 }
 
 /// Every connection a side recorded (`<local port>-<remote port>.sent` and
@@ -172,13 +187,13 @@ fn check_go(go: &str, build: Build) {
     let keys = tempfile::tempdir().unwrap();
     let keylog = keys.path().join("keys.log");
     let capture = Capture::start(&["tls", "--library", "go", "--keylog", keylog.to_str().unwrap()]);
-    let (client_pid, client_truth) = client(&binary, &server, 3, 3 << 20, 1);
+    let run = client(&binary, &server, 3, 3 << 20, 1);
     let got = capture.stop();
     got.assert_clean_exit();
     assert!(got.stderr.contains("(go go1."), "{}", got.stderr);
-    assert_side_matches(&got, client_pid, client_truth.path(), "client");
+    assert_side_matches(&got, run.pid, run.truth.path(), "client");
     assert_side_matches(&got, server.child.id(), server.truth.path(), "server");
-    let want = key_lines(&[client_truth.path().join("keys"), server.truth.path().join("keys")]);
+    let want = key_lines(&[run.truth.path().join("keys"), server.truth.path().join("keys")]);
     let captured = fs::read_to_string(&keylog).unwrap();
     let lines: Vec<&str> = captured.lines().collect();
     assert_eq!(lines.iter().map(|l| l.to_string()).collect::<BTreeSet<_>>(), want);
@@ -225,6 +240,42 @@ fn go_server_soak() {
     let got = capture.stop();
     got.assert_clean_exit();
     assert_side_matches(&got, server.child.id(), server.truth.path(), "server");
+    let stderr = server.stop();
+    assert!(stderr.is_empty(), "the Go server wrote to stderr: {stderr}");
+}
+
+/// The same Go client and server, run once alone and once under capture
+/// (both sides probed, the collector running all the time): the client's
+/// transcript (every response's status, length and SHA-256, in request
+/// order) is identical, neither side writes to stderr, and the capture is
+/// byte-exact. Probes that disturbed a Go program (a uretprobe's return
+/// address on a moved stack, a clobbered register) would show here.
+#[test]
+fn go_output_is_the_same_with_and_without_capture() {
+    if !require_bpf() {
+        return;
+    }
+    let _one = exclusive();
+    let binary = tlspeer(CURRENT_GO, Build::Plain);
+    let gc = [("GOGC", "5")];
+    let (count, size, workers) = (400, 40_000, 8);
+
+    let alone = GoServer::start(&binary, &gc);
+    let without = client(&binary, &alone, count, size, workers);
+    assert_eq!(alone.stop(), "", "the Go server wrote to stderr without capture");
+
+    let mut server = GoServer::start(&binary, &gc);
+    let capture = Capture::start(&["tls", "--library", "go"]);
+    let with = client(&binary, &server, count, size, workers);
+    assert!(server.alive(), "the Go server died under capture");
+    let got = capture.stop();
+    got.assert_clean_exit();
+    assert_eq!(with.stdout.lines().count(), count + 1);
+    assert_eq!(with.stdout, without.stdout, "the Go client's output changed under capture");
+    assert_side_matches(&got, with.pid, with.truth.path(), "client");
+    assert_side_matches(&got, server.child.id(), server.truth.path(), "server");
+    let stderr = server.stop();
+    assert!(stderr.is_empty(), "the Go server wrote to stderr under capture: {stderr}");
 }
 
 #[test]

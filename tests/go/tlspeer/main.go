@@ -9,6 +9,9 @@
 //
 // The server echoes each POST body after a line giving its length and
 // SHA-256; the client checks every response and exits 1 on a mismatch.
+// The client prints that line for every request, in request order, then
+// "ok COUNT": a deterministic transcript, so a run under capture can be
+// compared with a run without it.
 package main
 
 import (
@@ -156,12 +159,15 @@ func client(args []string) {
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	bad := 0
+	transcript := make([]string, count)
 	for w := 0; w < workers; w++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			for i := range jobs {
-				if err := exchange(httpc, url, body(i, size)); err != nil {
+				line, err := exchange(httpc, url, body(i, size))
+				transcript[i] = line
+				if err != nil {
 					mu.Lock()
 					bad++
 					mu.Unlock()
@@ -179,25 +185,32 @@ func client(args []string) {
 	if bad > 0 {
 		fail(fmt.Errorf("%d of %d responses wrong", bad, count))
 	}
+	for i, line := range transcript {
+		fmt.Printf("%d %s\n", i, line)
+	}
 	fmt.Printf("ok %d\n", count)
 }
 
-func exchange(c *http.Client, url string, sent []byte) error {
+// exchange POSTs one body and returns the status and the response's first
+// line.
+func exchange(c *http.Client, url string, sent []byte) (string, error) {
 	resp, err := c.Post(url, "application/octet-stream", bytes.NewReader(sent))
 	if err != nil {
-		return err
+		return "", err
 	}
 	defer resp.Body.Close()
 	got, err := io.ReadAll(resp.Body)
 	if err != nil {
-		return err
+		return "", err
 	}
+	line, _, _ := bytes.Cut(got, []byte("\n"))
+	summary := fmt.Sprintf("%d %s", resp.StatusCode, line)
 	sum := sha256.Sum256(sent)
 	want := append([]byte(fmt.Sprintf("%d %s\n", len(sent), hex.EncodeToString(sum[:]))), sent...)
 	if !bytes.Equal(got, want) {
-		return fmt.Errorf("response differs (%d bytes, want %d)", len(got), len(want))
+		return summary, fmt.Errorf("response differs (%d bytes, want %d)", len(got), len(want))
 	}
-	return nil
+	return summary, nil
 }
 
 func fail(err error) {
