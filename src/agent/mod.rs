@@ -46,20 +46,18 @@ pub fn run(args: &AgentArgs) -> Result<()> {
         metrics.serve(addr)?;
     }
     let mut agent = Agent::new(&config, sinks, metrics);
-    let started = agent.start(config.sources);
-    if let Err(e) = started {
-        agent.stop_all();
-        return Err(e);
-    }
-    eprintln!("ready");
-    while !run::terminated() {
-        agent.step()?;
-        if run::take_hangup() {
-            agent.reload(&args.config);
-        }
-    }
+    let outcome = agent.start(config.sources).and_then(|()| {
+        eprintln!("ready");
+        agent.serve(&args.config)
+    });
+    // Whatever ended the run, the sources detach and the sinks keep what
+    // they hold (the NATS spool is synced for the next start).
     agent.stop_all();
-    agent.close()
+    let closed = agent.close();
+    if let (Err(_), Err(e)) = (&outcome, &closed) {
+        eprintln!("cleartap: error: {e:#}");
+    }
+    outcome.and(closed)
 }
 
 fn open_sinks(config: &AgentConfig, metrics: &Metrics) -> Result<Vec<Box<dyn Sink>>> {
@@ -123,6 +121,17 @@ impl Agent {
             sinks,
             sinks_config: config.sinks.clone(),
         }
+    }
+
+    /// Until SIGINT/SIGTERM: move events; SIGHUP reloads.
+    fn serve(&mut self, config: &Path) -> Result<()> {
+        while !run::terminated() {
+            self.step()?;
+            if run::take_hangup() {
+                self.reload(config);
+            }
+        }
+        Ok(())
     }
 
     /// Start `sources` and wait until each is attached (moving events of
