@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -422,3 +423,149 @@ def soak(env, seconds):
     print(f"soak: fds by kind at start {start['fd_kinds']}, at end {end['fd_kinds']}; "
           f"{len(later)} files attached during the run" + "".join(f"\n    {l}" for l in later))
     return {"seconds": seconds, "req_s": rps, "start": start, "end": end, "cleartap": stats}
+
+
+# --- agent ---------------------------------------------------------------
+
+class NatsServer:
+    """`nats-server -js` on a free loopback port, its store under scratch."""
+
+    def __init__(self, scratch):
+        self.port = free_port()
+        store = os.path.join(scratch, "nats-store")
+        self.proc = subprocess.Popen(["nats-server", "-js", "-a", "127.0.0.1", "-p", str(self.port),
+                                      "-sd", store], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.url = f"nats://127.0.0.1:{self.port}"
+        for _ in range(200):
+            try:
+                socket.create_connection(("127.0.0.1", self.port)).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        sys.exit("bench: nats-server did not listen (scripts/install-deps --test installs it)")
+
+    def cpu_s(self):
+        with open(f"/proc/{self.proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait()
+
+
+AGENT_CONFIG = """host = "bench"
+spool_dir = "{spool}"
+[sources.tls]
+lib = "{lib}"
+[sinks.nats]
+url = "{url}"
+stream = "CLEARTAP_AGENT_BENCH"
+"""
+
+METRIC = re.compile(r"^(cleartap_[a-z_]+)(?:\{[^}]*\})? (\d+)$", re.M)
+
+
+def agent(env, events, seconds, burst_records_s=None):
+    """The agent's NATS sink alone (bench/sink_throughput.rs: 1 KiB events
+    through the spool and the publisher to one local JetStream server,
+    events/s until the last ack), then the whole agent (tls source, NATS
+    sink) keeping up with the nginx 1 KiB scenario: req/s, events/s, the
+    spool's largest size (it grows only when the sink falls behind), the
+    agent's CPU and peak RSS."""
+    nats = NatsServer(env["scratch"])
+    try:
+        before = nats.cpu_s()
+        sink = sink_throughput(env, nats.url, events)
+        sink["broker_cpu_s"] = nats.cpu_s() - before
+        under_nginx = agent_under_nginx(env, nats.url, seconds)
+    finally:
+        nats.stop()
+        shutil.rmtree(os.path.join(env["scratch"], "nats-store"), ignore_errors=True)
+    intake = events / sink["send_seconds"]
+    print(f"\nagent: NATS sink alone, {events:,} events of 1 KiB to one local JetStream server: "
+          f"{sink['events_s']:,.0f} events/s acked ({sink['mib_s']:.0f} MiB/s); the spool took them at "
+          f"{intake:,.0f} events/s; nats-server used {sink['broker_cpu_s']:.1f} s of CPU in "
+          f"{sink['seconds']:.1f} s")
+    if burst_records_s:
+        print(f"  over the capture's burst rate ({burst_records_s:,.0f} records/s): acked "
+              f"{ratio(sink['events_s'], burst_records_s)}, spool intake {ratio(intake, burst_records_s)}")
+    a = under_nginx
+    print(f"agent: tls source + NATS sink under nginx 1 KiB for {seconds} s: {a['req_s']:.0f} req/s, "
+          f"{a['events'] / seconds:,.0f} events/s; published {a['published']:,}, acked {a['acked']:,} "
+          f"(all acked {a['drain_s']:.1f} s after the load ended); spool at most {a['spool_max'] / 1024:.0f} KiB; "
+          f"dropped {a['dropped']}, kernel lost {a['kernel_lost']}; agent cpu {a['cpu_s']:.1f} s "
+          f"({a['cpu_s'] * 1e6 / max(a['events'], 1):.1f} us per event), peak RSS {a['rss_kib'] / 1024:.0f} MiB")
+    return {"sink": dict(sink, intake_events_s=intake), "nginx": under_nginx, "burst_records_s": burst_records_s}
+
+
+def sink_throughput(env, url, events):
+    spool = os.path.join(env["scratch"], "sink-spool")
+    out = subprocess.run([env["sink_bench"], url, str(events), "1024", spool],
+                         check=True, capture_output=True, text=True).stdout
+    shutil.rmtree(spool, ignore_errors=True)
+    return json.loads(out)
+
+
+def metrics(port):
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+            s.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+            body = b"".join(iter(lambda: s.recv(65536), b"")).decode()
+    except OSError:
+        return {}
+    found = {}
+    for name, value in METRIC.findall(body):
+        found[name] = found.get(name, 0) + int(value)
+    return found
+
+
+def agent_under_nginx(env, url, seconds):
+    proc, port = start_nginx(env)
+    config = os.path.join(env["scratch"], "agent.toml")
+    with open(config, "w") as f:
+        f.write(AGENT_CONFIG.format(spool=os.path.join(env["scratch"], "agent-spool"), lib=env["lib"], url=url))
+    metrics_port = free_port()
+    agent = subprocess.Popen([env["cleartap"], "agent", "--config", config, "--metrics",
+                              f"127.0.0.1:{metrics_port}"], stderr=subprocess.PIPE)
+    stderr = []
+    for line in agent.stderr:
+        stderr.append(line.decode(errors="replace").rstrip())
+        if stderr[-1] == "ready":
+            break
+    else:
+        proc.send_signal(signal.SIGQUIT)
+        sys.exit("bench: the agent exited before ready:\n" + "\n".join(stderr))
+    threading.Thread(target=lambda: stderr.extend(l.decode(errors="replace").rstrip() for l in agent.stderr),
+                     daemon=True).start()
+    spool_max, stop = [0], threading.Event()
+
+    def watch_spool():
+        while not stop.wait(0.25):
+            spool_max[0] = max(spool_max[0], metrics(metrics_port).get("cleartap_spool_bytes", 0))
+
+    watcher = threading.Thread(target=watch_spool, daemon=True)
+    watcher.start()
+    try:
+        rps = wrk(port, 1024, seconds)
+        ended = time.monotonic()
+        while True:  # the sink catches up: every published event acked
+            m = metrics(metrics_port)
+            if m.get("cleartap_nats_acked_total", 0) >= m.get("cleartap_events_total", 1) or \
+                    time.monotonic() - ended > 60:
+                break
+            time.sleep(0.1)
+        drain_s = time.monotonic() - ended
+    finally:
+        stop.set()
+        watcher.join()
+        agent.send_signal(signal.SIGTERM)
+        _, _, usage = os.wait4(agent.pid, 0)
+        agent.returncode = 0
+        proc.send_signal(signal.SIGQUIT)
+        proc.wait()
+    return {"req_s": rps, "events": m.get("cleartap_events_total", 0),
+            "published": m.get("cleartap_nats_published_total", 0), "acked": m.get("cleartap_nats_acked_total", 0),
+            "dropped": m.get("cleartap_events_dropped_total", 0) + m.get("cleartap_spool_dropped_total", 0),
+            "kernel_lost": m.get("cleartap_kernel_lost_records_total", 0), "spool_max": spool_max[0],
+            "drain_s": drain_s, "cpu_s": usage.ru_utime + usage.ru_stime, "rss_kib": usage.ru_maxrss}

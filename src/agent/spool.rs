@@ -14,6 +14,11 @@
 //!   starts a new one, so a segment found on disk is never written again, only cut or deleted.
 //! - `commit` (0600): the commit point, `b"CTS1"` + u64 LE segment + u64 LE offset + u32 LE crc32 of
 //!   the 20 bytes before it, replaced atomically (written to `commit.tmp`, then renamed over).
+//!   `commit` moves the point in memory; the file is rewritten by `flush` (the caller's timer), by
+//!   `sync`, and before a segment is deleted, not at every commit: it costs four file system
+//!   operations, which per delivered event would bound the drain rate. So a crash may deliver
+//!   again what was committed since the last `flush`; the publisher's message ids make JetStream
+//!   drop those duplicates.
 //!
 //! Any other file in the directory is left alone.
 //!
@@ -200,6 +205,8 @@ pub struct Spool {
     unsynced: Vec<u64>,
     next_seg: u64,
     commit: Position,
+    /// The commit point the commit file holds.
+    persisted: Position,
     cursor: Position,
     /// End positions of records returned by `read` and not committed yet, increasing. Kept across
     /// `rewind` so a commit for a record read before the rewind is still honoured.
@@ -248,6 +255,7 @@ impl Spool {
             unsynced: Vec::new(),
             next_seg,
             commit,
+            persisted: commit,
             cursor: commit,
             inflight: VecDeque::new(),
             pending: rec.records,
@@ -317,8 +325,8 @@ impl Spool {
         Ok(out)
     }
 
-    /// Everything up to and including `upto` was delivered: delete fully delivered segment files,
-    /// persist the commit point, free the space for push. The commit point becomes the end of the
+    /// Everything up to and including `upto` was delivered: delete fully delivered segment files
+    /// (after persisting the commit point), free the space for push. The commit point becomes the end of the
     /// last record returned by `read` that is at or before `upto`: a position past what was read
     /// is clamped, since a record never read cannot have been delivered. Positions at or before
     /// the current commit point are ignored.
@@ -327,15 +335,28 @@ impl Spool {
         let Some(&new) = n.checked_sub(1).and_then(|last| self.inflight.get(last)) else {
             return Ok(());
         };
-        // Persist first: a crash before the deletions below only leaves files that `open` removes.
-        write_commit(&self.dir, new, false)?;
         self.inflight.drain(..n);
         self.pending -= n as u64;
         self.commit = new;
         self.cursor = self.cursor.max(new);
-        let deleted = self.delete_consumed();
+        let done = self.consumed_segments();
+        // Persist first: a crash before the deletions only leaves files that `open` removes.
+        let result = if done.is_empty() {
+            Ok(())
+        } else {
+            self.persist_commit().and_then(|()| self.delete_segments(done))
+        };
         self.bytes = self.compute_bytes();
-        deleted
+        result
+    }
+
+    /// Writes the commit file when the commit point moved since it was last written.
+    fn persist_commit(&mut self) -> io::Result<()> {
+        if self.persisted != self.commit {
+            write_commit(&self.dir, self.commit, false)?;
+            self.persisted = self.commit;
+        }
+        Ok(())
     }
 
     /// Delivery failed: the read cursor goes back to the last commit point, so the next `read`
@@ -375,12 +396,13 @@ impl Spool {
         &self.dir
     }
 
-    /// Hands buffered records to the kernel, so they survive a crash of the process.
+    /// Hands buffered records and the commit point to the kernel, so they survive a crash of the
+    /// process.
     pub fn flush(&mut self) -> io::Result<()> {
-        match &mut self.writer {
-            Some(w) => w.flush(),
-            None => Ok(()),
+        if let Some(w) = &mut self.writer {
+            w.flush()?;
         }
+        self.persist_commit()
     }
 
     /// fsync the current segment, the segments closed since the last sync, the commit point and
@@ -400,7 +422,9 @@ impl Spool {
         }
         self.unsynced.clear();
         // Also fsyncs the directory, which makes segment creations and deletions durable.
-        write_commit(&self.dir, self.commit, true)
+        write_commit(&self.dir, self.commit, true)?;
+        self.persisted = self.commit;
+        Ok(())
     }
 
     /// The writer to append `size` bytes to, rolling over to a new segment when the current one
@@ -489,17 +513,20 @@ impl Spool {
         Ok(self.reader.insert(reader))
     }
 
-    /// Deletes the segments the commit point has fully passed, except the one being written.
-    /// A segment whose deletion fails stays known and is retried at the next commit (or `open`).
-    fn delete_consumed(&mut self) -> io::Result<()> {
+    /// The segments the commit point has fully passed, except the one being written.
+    fn consumed_segments(&self) -> Vec<u64> {
         let c = self.commit;
         let writer = self.writer.as_ref().map(|w| w.seg);
-        let done: Vec<u64> = self
-            .segs
+        self.segs
             .iter()
             .filter(|&(&s, &len)| Some(s) != writer && (s < c.seg || (s == c.seg && c.off >= len)))
             .map(|(&s, _)| s)
-            .collect();
+            .collect()
+    }
+
+    /// Deletes `done` (consumed segments). A segment whose deletion fails stays known and is
+    /// retried at the next commit (or `open`).
+    fn delete_segments(&mut self, done: Vec<u64>) -> io::Result<()> {
         let mut first_err = None;
         for seg in done {
             if let Err(e) = remove_if_exists(&seg_path(&self.dir, seg)) {
@@ -859,6 +886,27 @@ mod tests {
         // Older positions are no-ops.
         sp.commit(Position { seg: 0, off: 0 }).unwrap();
         assert_eq!(sp.pending_records(), 3);
+    }
+
+    /// The commit file follows `flush`, not every commit: a crash (no drop, no flush) after a
+    /// commit delivers those records again, never fewer; after a flush, exactly the rest.
+    #[test]
+    fn commit_point_reaches_the_file_at_flush() {
+        let tmp = tempfile::tempdir().unwrap();
+        // One segment: no deletion forces the file to be written.
+        let (mut sp, _) = Spool::open_with_segment_size(tmp.path(), 1 << 20, 1 << 20).unwrap();
+        push_n(&mut sp, 0..6);
+        sp.flush().unwrap();
+        let batch = sp.read(6, usize::MAX).unwrap();
+        sp.commit(batch[1].0).unwrap();
+        assert_eq!(read_commit(tmp.path()), None, "written at every commit");
+        sp.flush().unwrap();
+        assert_eq!(read_commit(tmp.path()), Some(batch[1].0));
+        sp.commit(batch[3].0).unwrap();
+        std::mem::forget(sp); // a kill -9: no drop, no flush
+        let (mut sp, rec) = open(tmp.path(), 1 << 20);
+        assert_eq!(rec.records, 4);
+        assert_eq!(payloads(&read_all(&mut sp)), expected(2..6));
     }
 
     #[test]

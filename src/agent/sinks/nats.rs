@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use async_nats::jetstream::{self, context::PublishErrorKind};
+use futures_util::FutureExt;
 
 use super::Sink;
 use crate::agent::config::NatsSink;
@@ -214,9 +215,8 @@ impl Sink for NatsPublisher {
     }
 }
 
-type AckFuture = Pin<
-    Box<dyn Future<Output = Result<jetstream::publish::PublishAck, jetstream::context::PublishError>> + Send>,
->;
+type AckOutcome = Result<jetstream::publish::PublishAck, jetstream::context::PublishError>;
+type AckFuture = Pin<Box<dyn Future<Output = AckOutcome> + Send>>;
 
 fn publisher_thread(config: &NatsSink, shared: &Shared) {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
@@ -377,28 +377,34 @@ impl Window {
         }
     }
 
-    /// Wait for the oldest ack: commit on success, start over from the
-    /// last commit on failure.
+    /// Wait for the oldest ack, then take every later one already there:
+    /// commit once up to the last of them on success (one spool lock per
+    /// batch, not per event), start over from the last commit on failure.
     async fn settle_oldest(&mut self, shared: &Shared) {
-        let (position, ack) = self.inflight.front_mut().expect("not empty");
-        let position = *position;
-        let outcome = tokio::time::timeout(ACK_TIMEOUT, ack).await;
-        match outcome {
-            Ok(Ok(ack)) => {
-                shared.counters.acked.fetch_add(1, Ordering::Relaxed);
-                if ack.duplicate {
-                    shared.counters.duplicates.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            Ok(Err(e)) if e.kind() == PublishErrorKind::Other && e.to_string().contains(SKIPPED) => {}
-            Ok(Err(e)) => return self.failed(shared, &e.to_string()).await,
+        let (_, oldest) = self.inflight.front_mut().expect("not empty");
+        let outcome = match tokio::time::timeout(ACK_TIMEOUT, oldest).await {
+            Ok(outcome) => outcome,
             Err(_) => return self.failed(shared, "no acknowledgement within 10 s").await,
+        };
+        let mut settled = None;
+        let mut next = Some(outcome);
+        while let Some(outcome) = next.take() {
+            if let Err(why) = count_ack(outcome, &shared.counters) {
+                self.commit(shared, settled);
+                return self.failed(shared, &why).await;
+            }
+            settled = self.inflight.pop_front().map(|(position, _)| position);
+            next = self.inflight.front_mut().and_then(|(_, ack)| ack.now_or_never());
         }
-        self.inflight.pop_front();
         self.backoff = Duration::from_millis(100);
         if self.warned.take().is_some() {
             eprintln!("cleartap: NATS publishing again; draining the spool");
         }
+        self.commit(shared, settled);
+    }
+
+    fn commit(&self, shared: &Shared, upto: Option<Position>) {
+        let Some(position) = upto else { return };
         if let Err(e) = shared.spool.lock().expect("spool lock").commit(position) {
             eprintln!("cleartap: warning: committing the spool: {e}");
         }
@@ -414,6 +420,21 @@ impl Window {
         shared.spool.lock().expect("spool lock").rewind();
         tokio::time::sleep(self.backoff).await;
         self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// Counts one settled message; the reason to start over if it failed.
+fn count_ack(outcome: AckOutcome, counters: &NatsCounters) -> Result<(), String> {
+    match outcome {
+        Ok(ack) => {
+            counters.acked.fetch_add(1, Ordering::Relaxed);
+            if ack.duplicate {
+                counters.duplicates.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == PublishErrorKind::Other && e.to_string().contains(SKIPPED) => Ok(()),
+        Err(e) => Err(e.to_string()),
     }
 }
 
