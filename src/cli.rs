@@ -68,8 +68,12 @@ pub struct TailArgs {
     /// NATS credentials file.
     #[arg(long, value_name = "FILE")]
     pub creds: Option<PathBuf>,
+    /// Output: json (as published) or text (as the live subcommands print).
     #[arg(long, value_enum, default_value_t = Format::Json)]
     pub format: Format,
+    /// Text: TLS payloads as a hex dump.
+    #[arg(long)]
+    pub hex: bool,
 }
 
 #[derive(Debug, Args)]

@@ -348,6 +348,30 @@ fn a_tls_exchange_arrives_once_byte_exact_on_its_subject() {
     assert!(received.ends_with(&response), "recv stream");
     assert!(events.iter().all(|e| e["host"] == "web-1"));
     assert!(nats.events(&["--source", "exec"]).is_empty(), "subjects: nothing under .exec");
+
+    // The same events as text, in the live layout (unit tests check it
+    // line for line): a header per record led by the host, then the data.
+    let text = tail_text(&nats.url(), &["--host", "web-1", "--source", "tls"]);
+    let headers: Vec<&str> = text.lines().filter(|l| l.starts_with("web-1 ")).collect();
+    assert_eq!(headers.len(), events.len(), "{text}");
+    let sends = headers.iter().filter(|l| l.contains(" curl[") && l.contains(" send fd=")).count();
+    assert_eq!(sends, events.iter().filter(|e| e["comm"] == "curl" && e["direction"] == "send").count());
+    // Once in the SSL_write record, once in the decoded request's preview.
+    let previews = events
+        .iter()
+        .filter(|e| e["request_body_preview"].as_str() == Some("agent-marker: the one and only body"));
+    assert_eq!(previews.count(), 1, "{events:?}");
+    assert_eq!(text.matches("agent-marker: the one and only body").count(), 2, "{text}");
+}
+
+fn tail_text(url: &str, filter: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_cleartap"))
+        .args(["tail", "--all", "--no-follow", "--format", "text", "--from", url])
+        .args(filter)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "tail: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! `cleartap tail --from nats://...`: the fleet's events read back from
 //! the JetStream stream through an ephemeral ordered consumer, filtered by
-//! host and source on the server (by subject).
+//! host and source on the server (by subject). JSON is printed as
+//! published; text in the live subcommands' layout (`json_to_text`).
 
 use std::io::Write;
 use std::time::Duration;
@@ -10,7 +11,7 @@ use async_nats::jetstream::{self, consumer::DeliverPolicy};
 use futures_util::StreamExt;
 
 use crate::cli::TailArgs;
-use crate::output::Format;
+use crate::output::{json_to_text, Format};
 
 pub fn run(args: &TailArgs) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -77,7 +78,7 @@ async fn tail(args: &TailArgs) -> Result<()> {
     let mut out = std::io::stdout().lock();
     while let Some(message) = messages.next().await {
         let message = message.context("reading the stream")?;
-        print_event(&mut out, &message.payload, args.format)?;
+        print_event(&mut out, &message.payload, args)?;
         let caught_up = message.info().map(|i| i.pending == 0).unwrap_or(false);
         if caught_up {
             out.flush()?;
@@ -89,42 +90,13 @@ async fn tail(args: &TailArgs) -> Result<()> {
     bail!("the stream ended")
 }
 
-fn print_event(out: &mut impl Write, payload: &[u8], format: Format) -> Result<()> {
-    match format {
+fn print_event(out: &mut impl Write, payload: &[u8], args: &TailArgs) -> Result<()> {
+    match args.format {
         Format::Json => {
             out.write_all(payload)?;
             out.write_all(b"\n")?;
         }
-        Format::Text => writeln!(out, "{}", text_line(payload))?,
+        Format::Text => json_to_text::write_event(out, payload, args.hex)?,
     }
     Ok(())
-}
-
-/// One readable line: time, host, event, process, then the other fields.
-fn text_line(payload: &[u8]) -> String {
-    let Ok(serde_json::Value::Object(mut fields)) = serde_json::from_slice(payload) else {
-        return String::from_utf8_lossy(payload).into_owned();
-    };
-    let mut take =
-        |key: &str| fields.remove(key).map(|v| v.as_str().map_or_else(|| v.to_string(), String::from));
-    let head =
-        [take("time"), take("host"), take("event"), take("comm"), take("pid").map(|p| format!("pid {p}"))];
-    let head: Vec<String> = head.into_iter().flatten().collect();
-    fields.remove("seq");
-    let rest: Vec<String> = fields.into_iter().map(|(k, v)| format!("{k}={v}")).collect();
-    format!("{} {}", head.join(" "), rest.join(" "))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn text_lines_lead_with_time_host_and_event() {
-        let line = text_line(
-            br#"{"host":"web-1","seq":3,"event":"exec","time":"T","pid":7,"comm":"sh","argv":["ls"]}"#,
-        );
-        assert_eq!(line, r#"T web-1 exec sh pid 7 argv=["ls"]"#);
-        assert_eq!(text_line(b"not json"), "not json");
-    }
 }

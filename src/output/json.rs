@@ -176,6 +176,7 @@ impl<W: Write> Output for JsonOutput<W> {
             response_headers: &e.response_headers,
             request_body_size: e.request_body.raw_len,
             response_body_size: e.response_body.raw_len,
+            request_body_decoded_size: e.request_body.decoded.as_ref().map(Vec::len),
             response_body_decoded_size: e.response_body.decoded.as_ref().map(Vec::len),
             request_body_preview: (limit > 0)
                 .then(|| lossy(body_preview(&e.request_body, limit)).into_owned()),
@@ -218,6 +219,8 @@ struct HttpJson<'a> {
     response_headers: &'a [(String, String)],
     request_body_size: usize,
     response_body_size: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request_body_decoded_size: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     response_body_decoded_size: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -2,6 +2,7 @@
 //! idle and on shutdown (not per record).
 
 pub mod json;
+pub mod json_to_text;
 pub mod keylog;
 pub mod pcapng;
 pub mod stdout;
