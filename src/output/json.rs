@@ -13,12 +13,14 @@ use crate::events::flag;
 pub struct JsonOutput<W: Write> {
     out: W,
     b64: String,
+    /// A TLS record's fields before its data, serialized (reused).
+    head: Vec<u8>,
     style: Style,
 }
 
 impl<W: Write> JsonOutput<W> {
     pub fn new(out: W, style: Style) -> Self {
-        JsonOutput { out, b64: String::new(), style }
+        JsonOutput { out, b64: String::new(), head: Vec::new(), style }
     }
 }
 
@@ -50,7 +52,7 @@ struct TlsJson<'a> {
     unreadable: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     gap: Option<GapJson>,
-    data_b64: &'a str,
+    // `data_b64` follows, written by hand: see `JsonOutput::tls`.
 }
 
 /// Lost just before this record on its connection (see `context::gaps`).
@@ -63,7 +65,9 @@ struct GapJson {
 impl<W: Write> Output for JsonOutput<W> {
     fn tls(&mut self, r: &TlsRecord) -> io::Result<()> {
         self.b64.clear();
-        STANDARD.encode_string(r.data, &mut self.b64);
+        // SIMD: with the escaping skipped below, encoding is most of what
+        // the consumer spends per captured MiB.
+        base64_simd::STANDARD.encode_append(r.data, &mut self.b64);
         let json = TlsJson {
             event: "tls",
             time: humantime::format_rfc3339_nanos(r.time).to_string(),
@@ -87,9 +91,17 @@ impl<W: Write> Output for JsonOutput<W> {
             truncated: r.flags & flag::TRUNCATED != 0,
             unreadable: r.flags & flag::FAULT != 0,
             gap: r.gap.map(|g| GapJson { calls_lost: g.calls_lost, bytes_lost: g.bytes_lost }),
-            data_b64: &self.b64,
         };
-        write_line(&mut self.out, &json)
+        // The payload is the bulk of the line. serde_json would check every
+        // base64 character for escaping (a third of the consumer's CPU on a
+        // stream); the base64 alphabet never needs any, so it goes in as is.
+        self.head.clear();
+        serde_json::to_writer(&mut self.head, &json)?;
+        self.head.pop(); // the closing brace
+        self.out.write_all(&self.head)?;
+        self.out.write_all(b",\"data_b64\":\"")?;
+        self.out.write_all(self.b64.as_bytes())?;
+        self.out.write_all(b"\"}\n")
     }
 
     fn command(&mut self, r: &CommandRecord) -> io::Result<()> {
@@ -327,4 +339,56 @@ struct ExecJson<'a> {
     error: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     errno: Option<i32>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::context::{gaps::Gap, Direction};
+
+    fn tls_line(data: &[u8], gap: Option<Gap>) -> serde_json::Value {
+        let mut out = Vec::new();
+        let style = Style { format: super::super::Format::Json, hex: false, body_preview: 0 };
+        let record = TlsRecord {
+            time: std::time::UNIX_EPOCH,
+            pid: 1,
+            tid: 2,
+            uid: 3,
+            comm: "a \"quoted\"\ncomm".into(),
+            library: "openssl",
+            library_version: None,
+            library_path: "/lib/libssl.so.3",
+            function: "SSL_write",
+            direction: Direction::Send,
+            fd: None,
+            local: None,
+            remote: None,
+            conn: 1,
+            call_seq: 1,
+            call_len: data.len() as u32,
+            offset: 0,
+            flags: 0,
+            gap,
+            data,
+        };
+        JsonOutput::new(&mut out, style).tls(&record).unwrap();
+        assert_eq!(out.iter().filter(|&&b| b == b'\n').count(), 1, "one line");
+        assert!(out.ends_with(b"\"}\n"));
+        serde_json::from_slice(&out).unwrap()
+    }
+
+    /// The payload is appended by hand after the serialized fields: the
+    /// line stays one valid object, whatever the data and the fields.
+    #[test]
+    fn tls_lines_are_valid_json_with_the_exact_payload() {
+        let all_bytes: Vec<u8> = (0..=255u8).cycle().take(1000).collect();
+        for data in [&b""[..], b"x", b"\"}\n\\", &all_bytes] {
+            let v = tls_line(data, Some(Gap { calls_lost: 1, bytes_lost: 2 }));
+            assert_eq!(STANDARD.decode(v["data_b64"].as_str().unwrap()).unwrap(), data);
+            assert_eq!(v["len"], data.len());
+            assert_eq!(v["gap"]["bytes_lost"], 2);
+            assert_eq!(v["comm"], "a \"quoted\"\ncomm");
+        }
+        assert!(tls_line(b"y", None).get("gap").is_none());
+    }
 }
