@@ -37,6 +37,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// A clean stop waits this long for the spool to drain; the rest stays
 /// in the spool for the next start.
 const DRAIN_ON_STOP: Duration = Duration::from_secs(5);
+/// How often buffered spool records and the commit point are written out
+/// (the agent ticks its sinks far more often under load).
+const FLUSH_INTERVAL: Duration = Duration::from_millis(20);
 /// How long JetStream remembers message ids (streams the agent creates).
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(600);
 
@@ -70,6 +73,7 @@ pub struct NatsPublisher {
     /// Events the full spool refused, per source, not yet reported.
     unreported: BTreeMap<&'static str, u64>,
     spool_error_shown: bool,
+    last_flush: std::time::Instant,
 }
 
 impl NatsPublisher {
@@ -111,6 +115,7 @@ impl NatsPublisher {
             id_head: format!("{host}-{}-{}-", boot_id(), start.as_nanos()),
             unreported: BTreeMap::new(),
             spool_error_shown: false,
+            last_flush: std::time::Instant::now(),
         })
     }
 
@@ -185,10 +190,15 @@ impl Sink for NatsPublisher {
         !self.unreported.is_empty()
     }
 
-    /// Buffered records reach the file: a kill -9 loses at most a tick.
+    /// Buffered records and the commit point reach the files every
+    /// `FLUSH_INTERVAL`: a kill -9 loses at most that much.
     fn tick(&mut self) -> std::io::Result<()> {
         let mut spool = self.shared.spool.lock().expect("spool lock");
         self.shared.counters.spool_bytes.store(spool.bytes(), Ordering::Relaxed);
+        if self.last_flush.elapsed() < FLUSH_INTERVAL {
+            return Ok(());
+        }
+        self.last_flush = std::time::Instant::now();
         spool.flush()
     }
 
