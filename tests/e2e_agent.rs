@@ -6,6 +6,7 @@ mod support;
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -611,5 +612,43 @@ fn metrics_are_served_in_prometheus_text_format() {
     assert_eq!(value("cleartap_spool_dropped_total"), 0.0);
     for name in ["cleartap_nats_published_total", "cleartap_nats_retried_total", "cleartap_spool_bytes"] {
         value(name);
+    }
+}
+
+/// The file sink alone: every exec event once, as JSON lines led by host
+/// and a contiguous seq, in a private file that rotates between lines.
+#[test]
+fn a_file_sink_gets_every_event_in_whole_rotated_lines() {
+    if !require_bpf() {
+        return;
+    }
+    let _one = exclusive();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log/events.jsonl");
+    let sink = format!("[sinks.file]\npath = \"{}\"\nmax_bytes = \"4KiB\"\nkeep = 100\n", path.display());
+    let config = write_config(dir.path(), &format!("[sources.exec]\n{sink}"));
+    let agent = Agent::start(&config);
+    execs("file-sink", 0..30);
+    let printed = agent.stop();
+    let mut files: Vec<PathBuf> =
+        (1..=100).map(|n| PathBuf::from(format!("{}.{n}", path.display()))).collect();
+    files.retain(|p| p.exists());
+    files.reverse(); // oldest first
+    files.push(path.clone());
+    assert!(files.len() > 1, "no rotation at 4 KiB: {printed}");
+    let mut events = Vec::new();
+    for file in &files {
+        assert_eq!(std::fs::metadata(file).unwrap().permissions().mode() & 0o777, 0o600);
+        let text = std::fs::read_to_string(file).unwrap();
+        assert!(text.ends_with('\n'), "{} ends inside a line", file.display());
+        events.extend(text.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()));
+    }
+    let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "seq contiguous from 1");
+    assert!(events.iter().all(|e| e["host"] == "web-1"));
+    for i in 0..30 {
+        let marker = format!("file-sink-{i}");
+        let found = events.iter().filter(|e| e["event"] == "exec" && e["argv"][1] == marker.as_str()).count();
+        assert_eq!(found, 1, "{marker}: {printed}");
     }
 }

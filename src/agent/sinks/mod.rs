@@ -5,8 +5,13 @@ pub mod file;
 pub mod nats;
 
 use std::io;
+use std::time::Duration;
 
 use super::pipeline::Envelope;
+
+/// How often a sink writes out what it buffers (the agent ticks its sinks
+/// far more often under load); also what a kill -9 may lose at most.
+pub const FLUSH_INTERVAL: Duration = Duration::from_millis(20);
 
 pub trait Sink {
     fn name(&self) -> &'static str;

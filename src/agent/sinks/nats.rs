@@ -23,7 +23,7 @@ use anyhow::{Context as _, Result};
 use async_nats::jetstream::{self, context::PublishErrorKind};
 use futures_util::FutureExt;
 
-use super::Sink;
+use super::{Sink, FLUSH_INTERVAL};
 use crate::agent::config::NatsSink;
 use crate::agent::pipeline::Envelope;
 use crate::agent::spool::{Position, PushError, Spool};
@@ -37,9 +37,6 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// A clean stop waits this long for the spool to drain; the rest stays
 /// in the spool for the next start.
 const DRAIN_ON_STOP: Duration = Duration::from_secs(5);
-/// How often buffered spool records and the commit point are written out
-/// (the agent ticks its sinks far more often under load).
-const FLUSH_INTERVAL: Duration = Duration::from_millis(20);
 /// How long JetStream remembers message ids (streams the agent creates).
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(600);
 
