@@ -1,6 +1,7 @@
 #![no_main]
-// Captured frames (Ethernet, raw IP), ClientHello randoms, and ring buffer
-// records as the kernel could write them: garbage in, no panic out.
+// Captured frames (Ethernet, raw IP), ClientHello randoms, ring buffer
+// records as the kernel could write them (MySQL and PostgreSQL statements
+// among them), and PostgreSQL process titles: garbage in, no panic out.
 use cleartap::packets::frame;
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
@@ -13,4 +14,5 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let bytes = unsafe { std::slice::from_raw_parts_mut(aligned.as_mut_ptr().cast::<u8>(), data.len()) };
     bytes.copy_from_slice(data);
     let _ = cleartap::events::decode(bytes);
+    let _ = cleartap::context::queries::postgres_backend(&String::from_utf8_lossy(data));
 });

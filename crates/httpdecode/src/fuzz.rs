@@ -2,6 +2,7 @@
 
 use std::time::SystemTime;
 
+use crate::body::Body;
 use crate::detect::{Start, PREFACE};
 use crate::{http1, http2, Connection, Direction, Limits, State};
 
@@ -23,6 +24,19 @@ pub fn fuzz_http2(data: &[u8]) {
     let mut conn = Connection { limits: FUZZ_LIMITS, state };
     conn.feed(Direction::Send, PREFACE, SystemTime::UNIX_EPOCH);
     drive(conn, data);
+}
+
+/// Decompresses `data[1..]` as a body whose Content-Encoding the first
+/// byte picks (gzip, deflate, br, or an unknown one), as truncated or not
+/// as bit 7 of that byte says: any bytes, bounded output.
+pub fn fuzz_body(data: &[u8]) {
+    let Some((&selector, raw)) = data.split_first() else { return };
+    let encoding = ["gzip", "deflate", "br", "zstd"][usize::from(selector & 3)];
+    let mut body = Body::default();
+    body.push(raw, FUZZ_LIMITS.max_body);
+    body.truncated |= selector & 0x80 != 0;
+    let _ = body.decode(Some(encoding), FUZZ_LIMITS.max_body);
+    assert!(body.decoded.as_ref().map_or(0, Vec::len) <= FUZZ_LIMITS.max_body);
 }
 
 /// Splits `data` into segments `[control, length, bytes...]`: control bit 0

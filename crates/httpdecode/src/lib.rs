@@ -21,7 +21,7 @@ use std::time::SystemTime;
 
 pub use body::Body;
 pub use exchange::{Exchange, Protocol};
-pub use fuzz::{fuzz_http1, fuzz_http2};
+pub use fuzz::{fuzz_body, fuzz_http1, fuzz_http2};
 pub use grpc::{Grpc, GrpcMessage};
 
 /// Direction of captured bytes, from the point of view of the captured process.
