@@ -103,8 +103,15 @@ class Floor:
         sys.exit("bench: bpftrace did not attach")
 
     def stop(self):
+        """SIGINT; SIGKILL after 30 s: bpftrace sometimes misses the SIGINT
+        (seen here: it then sleeps forever and the benchmark with it)."""
         self.proc.send_signal(signal.SIGINT)
-        self.proc.wait()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            print("bench: bpftrace ignored SIGINT for 30 s: killed", file=sys.stderr)
+            self.proc.kill()
+            self.proc.wait()
         self.out.close()
 
 
