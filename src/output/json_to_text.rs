@@ -25,7 +25,7 @@ use super::text::{
 /// layout.
 pub fn write_event(out: &mut impl Write, json: &[u8], hex: bool) -> io::Result<()> {
     let Ok(Value::Object(event)) = serde_json::from_slice::<Value>(json) else {
-        out.write_all(&String::from_utf8_lossy(json).into_owned().into_bytes())?;
+        out.write_all(String::from_utf8_lossy(json).as_bytes())?;
         return out.write_all(b"\n");
     };
     let mut record = Vec::new();

@@ -6,7 +6,7 @@ use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use super::{Sink, FLUSH_INTERVAL};
+use super::{FlushTimer, Sink};
 use crate::agent::config::FileSink;
 use crate::agent::pipeline::Envelope;
 use crate::output::{create_private, Existing};
@@ -19,7 +19,7 @@ pub struct RotatingFile {
     size: u64,
     events: u64,
     rotations: u64,
-    last_flush: std::time::Instant,
+    flush_timer: FlushTimer,
 }
 
 impl RotatingFile {
@@ -36,7 +36,7 @@ impl RotatingFile {
             size,
             events: 0,
             rotations: 0,
-            last_flush: std::time::Instant::now(),
+            flush_timer: FlushTimer::default(),
         })
     }
 
@@ -98,10 +98,9 @@ impl Sink for RotatingFile {
     }
 
     fn tick(&mut self) -> io::Result<()> {
-        if self.last_flush.elapsed() < FLUSH_INTERVAL {
+        if !self.flush_timer.due() {
             return Ok(());
         }
-        self.last_flush = std::time::Instant::now();
         self.out.flush()
     }
 

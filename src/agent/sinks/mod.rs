@@ -5,13 +5,35 @@ pub mod file;
 pub mod nats;
 
 use std::io;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::pipeline::Envelope;
 
 /// How often a sink writes out what it buffers (the agent ticks its sinks
 /// far more often under load); also what a kill -9 may lose at most.
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(20);
+
+/// Says when a sink's next flush is due: once per `FLUSH_INTERVAL`.
+pub struct FlushTimer {
+    last: Instant,
+}
+
+impl Default for FlushTimer {
+    fn default() -> Self {
+        FlushTimer { last: Instant::now() }
+    }
+}
+
+impl FlushTimer {
+    /// True (and the interval starts again) when `FLUSH_INTERVAL` passed.
+    pub fn due(&mut self) -> bool {
+        if self.last.elapsed() < FLUSH_INTERVAL {
+            return false;
+        }
+        self.last = Instant::now();
+        true
+    }
+}
 
 pub trait Sink {
     fn name(&self) -> &'static str;

@@ -23,7 +23,7 @@ use anyhow::{Context as _, Result};
 use async_nats::jetstream::{self, context::PublishErrorKind};
 use futures_util::FutureExt;
 
-use super::{Sink, FLUSH_INTERVAL};
+use super::{FlushTimer, Sink};
 use crate::agent::config::NatsSink;
 use crate::agent::pipeline::Envelope;
 use crate::agent::spool::{Position, PushError, Spool};
@@ -70,7 +70,7 @@ pub struct NatsPublisher {
     /// Events the full spool refused, per source, not yet reported.
     unreported: BTreeMap<&'static str, u64>,
     spool_error_shown: bool,
-    last_flush: std::time::Instant,
+    flush_timer: FlushTimer,
 }
 
 impl NatsPublisher {
@@ -112,7 +112,7 @@ impl NatsPublisher {
             id_head: format!("{host}-{}-{}-", boot_id(), start.as_nanos()),
             unreported: BTreeMap::new(),
             spool_error_shown: false,
-            last_flush: std::time::Instant::now(),
+            flush_timer: FlushTimer::default(),
         })
     }
 
@@ -188,14 +188,13 @@ impl Sink for NatsPublisher {
     }
 
     /// Buffered records and the commit point reach the files every
-    /// `FLUSH_INTERVAL`: a kill -9 loses at most that much.
+    /// `sinks::FLUSH_INTERVAL`: a kill -9 loses at most that much.
     fn tick(&mut self) -> std::io::Result<()> {
         let mut spool = self.shared.spool.lock().expect("spool lock");
         self.shared.counters.spool_bytes.store(spool.bytes(), Ordering::Relaxed);
-        if self.last_flush.elapsed() < FLUSH_INTERVAL {
+        if !self.flush_timer.due() {
             return Ok(());
         }
-        self.last_flush = std::time::Instant::now();
         spool.flush()
     }
 
