@@ -63,6 +63,8 @@ enum ct_tls_function {
 	CT_FN_PR_RECV,
 	CT_FN_GO_WRITE, /* crypto/tls.(*Conn).Write */
 	CT_FN_GO_READ,  /* crypto/tls.(*Conn).Read */
+	CT_FN_SSL_WRITE_INTERNAL, /* OpenSSL's ssl_write_internal: see src/sources/openssl.rs */
+	CT_FN_SSL_READ_INTERNAL,
 };
 
 struct ct_tuple {
@@ -84,6 +86,8 @@ struct ct_tls_data {
 	__u64 conn;      /* the SSL* (opaque; unique within pid while open) */
 	__u64 call_seq;  /* per-connection call counter, from 1: gaps = lost calls */
 	__u64 func_ip;   /* address of the probed function in the process */
+	__u64 caller;    /* return address of the probed call (internal probe
+			  * points only, to name the API function; else 0) */
 	__u32 pid;
 	__u32 tid;
 	__u32 uid;

@@ -14,6 +14,7 @@ struct active_call {
 	__u64 buf;
 	__u64 len_ptr; /* _ex shape: where the byte count is written */
 	__u64 ip;
+	__u64 caller;  /* return address, read at internal probe points */
 	__u64 sk;      /* the socket behind fd, found with it */
 	__s32 fd;
 	__u32 library_id;
@@ -66,7 +67,10 @@ struct {
 	__type(value, __u32);
 } emit_continue SEC(".maps");
 
-static __always_inline int on_entry(struct pt_regs *ctx, bool ex_shape)
+/* len_ptr: where an _ex-shaped function writes its byte count (0: the
+ * byte count is the return value). with_caller: remember the return
+ * address, which names the API function behind an internal probe point. */
+static __always_inline int on_entry(struct pt_regs *ctx, __u64 len_ptr, bool with_caller)
 {
 	if (!current_task_wanted())
 		return 0;
@@ -74,11 +78,13 @@ static __always_inline int on_entry(struct pt_regs *ctx, bool ex_shape)
 	struct active_call c = {
 		.handle = PT_REGS_PARM1(ctx),
 		.buf = PT_REGS_PARM2(ctx),
-		.len_ptr = ex_shape ? PT_REGS_PARM4(ctx) : 0,
+		.len_ptr = len_ptr,
 		.ip = PT_REGS_IP(ctx),
 		.fd = -1,
 		.library_id = library_id(ctx),
 	};
+	if (with_caller)
+		bpf_probe_read_user(&c.caller, sizeof(c.caller), (void *)PT_REGS_SP(ctx));
 	bpf_map_update_elem(&active_calls, &id, &c, BPF_ANY);
 	return 0;
 }
@@ -90,7 +96,9 @@ static __always_inline __u64 bytes_done(struct pt_regs *ctx, struct active_call 
 	__u64 n = 0;
 	if (!c->len_ptr)
 		return ret > 0 ? ret : 0;
-	if (ret == 1)
+	/* SSL_*_ex return 1 on success; OpenSSL's internal functions return
+	 * a positive value on success, as SSL_write itself tests. */
+	if (ret > 0)
 		bpf_probe_read_user(&n, sizeof(n), (void *)c->len_ptr);
 	return n;
 }
@@ -121,6 +129,7 @@ static __always_inline void fill_header(struct ct_tls_data *h, struct active_cal
 	h->conn = c->handle;
 	h->call_seq = __sync_fetch_and_add(&cs->calls, 1) + 1;
 	h->func_ip = c->ip;
+	h->caller = c->caller;
 	h->pid = id >> 32;
 	h->tid = (__u32)id;
 	h->uid = (__u32)bpf_get_current_uid_gid();
@@ -307,7 +316,7 @@ static __always_inline int on_return(struct pt_regs *ctx, __u8 fn, __u8 dir)
 		return 0;
 	struct active_call c = *found;
 	bpf_map_delete_elem(&active_calls, &id);
-	if (capture_secrets && fn <= CT_FN_SSL_READ_EX)
+	if (capture_secrets && (fn <= CT_FN_SSL_READ_EX || fn >= CT_FN_SSL_WRITE_INTERNAL))
 		report_ssl_keys(c.handle, c.library_id);
 
 	__u64 n = bytes_done(ctx, &c);
@@ -345,9 +354,15 @@ int emit_more(struct pt_regs *ctx)
 
 /* Entry probes depend only on the shape; the return probe knows the function. */
 SEC("uprobe")
-int BPF_KPROBE(plain_entry) { return on_entry(ctx, false); }
+int BPF_KPROBE(plain_entry) { return on_entry(ctx, 0, false); }
 SEC("uprobe")
-int BPF_KPROBE(ex_entry) { return on_entry(ctx, true); }
+int BPF_KPROBE(ex_entry) { return on_entry(ctx, PT_REGS_PARM4(ctx), false); }
+/* OpenSSL's ssl_read_internal/ssl_write_internal: the count pointer is
+ * the 4th argument, or the 5th (ssl_write_internal since 3.3). */
+SEC("uprobe")
+int BPF_KPROBE(internal_entry) { return on_entry(ctx, PT_REGS_PARM4(ctx), true); }
+SEC("uprobe")
+int BPF_KPROBE(internal5_entry) { return on_entry(ctx, PT_REGS_PARM5(ctx), true); }
 
 /* NSPR carries files and plain sockets too. A TLS descriptor is layered:
  * the SSL layer sits on the socket, so PRFileDesc.lower is set. Plain
@@ -359,7 +374,7 @@ int BPF_KPROBE(nspr_entry, void *fd)
 	void *lower = NULL;
 	if (bpf_probe_read_user(&lower, sizeof(lower), (char *)fd + 2 * sizeof(void *)) || !lower)
 		return 0;
-	return on_entry(ctx, false);
+	return on_entry(ctx, 0, false);
 }
 
 #define RETURN_PROBE(name, fn, dir) \
@@ -377,6 +392,8 @@ RETURN_PROBE(pr_write_return, CT_FN_PR_WRITE, CT_DIR_SEND)
 RETURN_PROBE(pr_read_return, CT_FN_PR_READ, CT_DIR_RECV)
 RETURN_PROBE(pr_send_return, CT_FN_PR_SEND, CT_DIR_SEND)
 RETURN_PROBE(pr_recv_return, CT_FN_PR_RECV, CT_DIR_RECV)
+RETURN_PROBE(ssl_write_internal_return, CT_FN_SSL_WRITE_INTERNAL, CT_DIR_SEND)
+RETURN_PROBE(ssl_read_internal_return, CT_FN_SSL_READ_INTERNAL, CT_DIR_RECV)
 
 /* The first I/O system call on a socket that a thread makes inside an
  * active call carries the connection's fd. Every other thread exits after

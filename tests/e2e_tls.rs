@@ -161,3 +161,60 @@ fn not_root_is_a_clear_error() {
         );
     }
 }
+
+/// `openssl s_server -www` reads and writes through an SSL BIO, which calls
+/// libssl's internal functions and no exported SSL_read/SSL_write: cleartap
+/// probes those internal functions (see `sources::openssl`), so the
+/// server's side is captured too, named by the internal function, while
+/// curl's records name the API function curl called.
+#[test]
+fn the_ssl_bio_of_openssl_s_server_is_captured_at_the_internal_functions() {
+    if !require_bpf() {
+        return;
+    }
+    let _one = exclusive();
+    let cert = Certificate::new();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut server = Command::new("openssl")
+        .args(["s_server", "-www", "-quiet", "-accept", &port.to_string(), "-cert"])
+        .arg(cert.cert())
+        .arg("-key")
+        .arg(cert.key())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("starting openssl s_server");
+    let listening = (0..100).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    assert!(listening, "s_server did not listen");
+    let capture = Capture::start(&["tls"]);
+    let page = Command::new("curl")
+        .args(["-sk", "--http1.1", &format!("https://127.0.0.1:{port}/bio-marker")])
+        .output()
+        .expect("running curl");
+    let got = capture.stop();
+    let _ = server.kill();
+    let _ = server.wait();
+    got.assert_clean_exit();
+    assert!(page.status.success() && !page.stdout.is_empty(), "curl failed: {page:?}");
+
+    let server_side = |r: &serde_json::Value| r["pid"] == server.id();
+    let curl_side = |r: &serde_json::Value| r["comm"] == "curl";
+    let request = got.stream("send", curl_side);
+    assert!(request.starts_with(b"GET /bio-marker HTTP/1.1\r\n"), "{}", String::from_utf8_lossy(&request));
+    assert_same_bytes(&got.stream("recv", server_side), &request, "s_server recv stream");
+    let response = got.stream("send", server_side);
+    assert!(response.ends_with(&page.stdout), "s_server's send stream ends with the page curl printed");
+    assert_same_bytes(&got.stream("recv", curl_side), &response, "curl recv stream");
+    let names = |side: &dyn Fn(&serde_json::Value) -> bool| {
+        let mut n: Vec<String> =
+            got.tls().filter(|r| side(r)).map(|r| r["function"].as_str().unwrap().to_string()).collect();
+        n.sort();
+        n.dedup();
+        n
+    };
+    assert_eq!(names(&server_side), ["ssl_read_internal", "ssl_write_internal"]);
+    assert_eq!(names(&curl_side), ["SSL_read", "SSL_write"]);
+}

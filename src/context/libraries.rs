@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 
 use crate::discover::procs::{self, Mapping};
+use crate::sources::openssl::Caller;
 
 /// A library cleartap attached to, known by inode.
 #[derive(Debug, Clone)]
@@ -14,6 +15,9 @@ pub struct KnownLibrary {
     pub library: &'static str,
     pub version: Option<String>,
     pub path: String,
+    /// Call sites of internal probe points (OpenSSL), naming the API
+    /// function behind each.
+    pub callers: Vec<Caller>,
 }
 
 /// What a probe hit is attributed to.
@@ -76,6 +80,14 @@ impl LibraryResolver {
         }
     }
 
+    /// The API function that made a call caught at an internal probe
+    /// point, from its return address minus the probed function's address.
+    /// None: not one of the known call sites (the SSL BIO calls them too).
+    pub fn caller(&self, id: u16, function_id: u8, delta: i64) -> Option<&'static str> {
+        let known = self.known.iter().find(|k| k.id == id && id != 0)?;
+        known.callers.iter().find(|c| c.function_id == function_id && c.delta == delta).map(|c| c.name)
+    }
+
     pub fn describe(&self, id: u16) -> String {
         match self.known.iter().find(|k| k.id == id && id != 0) {
             Some(k) => {
@@ -107,8 +119,14 @@ mod tests {
     fn resolves_an_address_in_this_process() {
         let maps = procs::mappings(std::process::id());
         let libc = maps.iter().find(|m| m.path.contains("libc.so")).unwrap().clone();
-        let known =
-            vec![KnownLibrary { id: 0, inode: libc.inode, library: "libc", version: None, path: "x".into() }];
+        let known = vec![KnownLibrary {
+            id: 0,
+            inode: libc.inode,
+            library: "libc",
+            version: None,
+            path: "x".into(),
+            callers: Vec::new(),
+        }];
         let mut r = LibraryResolver::new(known);
         let found = r.resolve(std::process::id(), libc.start + 1, "openssl", 0);
         assert_eq!(found.library, "libc");
@@ -117,8 +135,14 @@ mod tests {
 
     #[test]
     fn a_vanished_process_falls_back_to_the_function_family() {
-        let lib =
-            |library, path: &str| KnownLibrary { id: 0, inode: 1, library, version: None, path: path.into() };
+        let lib = |library, path: &str| KnownLibrary {
+            id: 0,
+            inode: 1,
+            library,
+            version: None,
+            path: path.into(),
+            callers: Vec::new(),
+        };
         let mut r = LibraryResolver::new(vec![lib("openssl", "/x/libssl.so.3"), lib("gnutls", "/g")]);
         assert_eq!(r.resolve(u32::MAX, 0x1000, "openssl", 0).path, "/x/libssl.so.3");
         r.add(lib("openssl", "/y/libssl.so.3"));

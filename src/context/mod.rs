@@ -117,7 +117,11 @@ impl Enricher {
 
     pub fn tls<'a>(&'a mut self, d: &TlsData<'a>) -> TlsRecord<'a> {
         let h = &d.header;
-        let (function, family) = sources::function_of(h.function);
+        let (mut function, family) = sources::function_of(h.function);
+        if h.caller != 0 {
+            let delta = h.caller.wrapping_sub(h.func_ip) as i64;
+            function = self.libraries.caller(h.library_id, h.function, delta).unwrap_or(function);
+        }
         let (local, remote) = tuple_addrs(&h.tuple);
         let gap = self.gaps.record(
             h.pid,

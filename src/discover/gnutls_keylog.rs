@@ -14,7 +14,7 @@
 //! Each function is traced symbolically: registers hold "argument N plus k",
 //! a constant, a RIP-relative address, or unknown; both sides of every
 //! conditional branch are followed, each instruction once. Every read is
-//! bounds-checked and decoding is capped at [`MAX_FUNCTION`] bytes per
+//! bounds-checked and decoding is capped at [`super::calls::MAX_FUNCTION`] bytes per
 //! function: these bytes come from any file on the host.
 
 use std::fs;
@@ -31,7 +31,8 @@ use object::{
     Architecture, Endianness, Object, ObjectSymbol, ObjectSymbolTable, RelocationFlags, RelocationTarget,
 };
 
-use super::elf::{file_offset_of, load_segments, Function, Symbols};
+use super::calls::function_code;
+use super::elf::{file_offset_of, load_segments, Symbols};
 
 /// Where to probe for GnuTLS secrets and how to read the client random.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,8 +48,6 @@ const INIT: &str = "gnutls_init";
 const GET_RANDOM: &str = "gnutls_session_get_random";
 const SET_KEYLOG: &str = "gnutls_session_set_keylog_function";
 
-/// At most this many bytes of a function are decoded.
-const MAX_FUNCTION: u64 = 8 * 1024;
 /// The client random is near the start of the session struct (0x50 in
 /// GnuTLS 3.7); anything past this is not a field offset.
 const MAX_CLIENT_RANDOM_OFFSET: i64 = 0x1_0000;
@@ -101,15 +100,6 @@ pub fn find_in(bytes: &[u8]) -> Result<GnutlsKeylogPoints> {
             || format!("the default key log function at {function:#x} is not in the file; {UNAVAILABLE}"),
         )?;
     Ok(GnutlsKeylogPoints { keylog_function, client_random_offset })
-}
-
-/// The bytes of `f`, at most [`MAX_FUNCTION`] of them (all of them up to
-/// that cap when the symbol has no size); empty when outside the file.
-fn function_code(bytes: &[u8], f: Function) -> &[u8] {
-    let len = if f.size == 0 { MAX_FUNCTION } else { f.size.min(MAX_FUNCTION) };
-    let Ok(start) = usize::try_from(f.file_offset) else { return &[] };
-    let end = start.saturating_add(len as usize).min(bytes.len());
-    bytes.get(start..end).unwrap_or(&[])
 }
 
 /// `gnutls_session_get_random(session, client, server)`: the offset of
@@ -703,7 +693,7 @@ mod tests {
             .iter()
             .map(|name| {
                 let f = symbols.get(name).unwrap();
-                (f.file_offset as usize, f.size.min(MAX_FUNCTION) as usize)
+                (f.file_offset as usize, f.size.min(crate::discover::calls::MAX_FUNCTION) as usize)
             })
             .collect();
         ranges.push((0x37160, 16)); // the PLT stub gnutls_init calls

@@ -241,6 +241,7 @@ impl TlsHandler<'_, '_> {
             library: t.library,
             version: t.version,
             path: t.display_path,
+            callers: t.callers,
         });
     }
 

@@ -76,6 +76,7 @@ pub fn resolve(path: &Path, id: FileId) -> Result<Option<TlsTarget>> {
         hooks: vec![(HOOKS[0], write), (HOOKS[1], read)],
         go: Some(points),
         library_id: 0,
+        callers: Vec::new(),
     }))
 }
 

@@ -49,6 +49,11 @@ pub enum Entry {
     Nspr,
     /// Go's crypto/tls methods: register ABI, no return probe (see `gotls`).
     Go,
+    /// OpenSSL's `ssl_*_internal(handle, buf, len, size_t *done)`: the _ex
+    /// shape, returning > 0 on success; the record names the caller.
+    Internal,
+    /// The same with the count pointer in the 5th argument (`flags` before it).
+    Internal5,
 }
 
 /// One plaintext function of a TLS library.
@@ -89,6 +94,7 @@ pub fn function_of(function_id: u8) -> (&'static str, &'static str) {
         .iter()
         .flat_map(|s| s.hooks.iter().map(move |h| (h, s.name)))
         .chain(gotls::HOOKS.iter().map(|h| (h, gotls::NAME)))
+        .chain([&openssl::WRITE_INTERNAL, &openssl::READ_INTERNAL].map(|h| (h, openssl::SOURCE.name)))
         .find(|(h, _)| h.function_id == function_id)
         .map_or(("?", "unknown"), |(h, name)| (h.symbol, name))
 }
@@ -97,6 +103,7 @@ pub fn function_of(function_id: u8) -> (&'static str, &'static str) {
 pub fn wanted_symbols() -> Vec<&'static str> {
     let mut names: Vec<_> = TLS_SOURCES.iter().flat_map(|s| s.hooks.iter().map(|h| h.symbol)).collect();
     names.push(openssl::BORINGSSL_MARKER);
+    names.push(openssl::WRITE_EX2);
     names
 }
 
@@ -118,6 +125,9 @@ pub struct TlsTarget {
     pub go: Option<gotls::GoProbePoints>,
     /// Given by the attacher, carried by every record from this file.
     pub library_id: u16,
+    /// Call sites of the internal functions hooked instead of exported
+    /// ones (OpenSSL, see `openssl::internal_points`).
+    pub callers: Vec<openssl::Caller>,
 }
 
 impl TlsTarget {
@@ -146,7 +156,7 @@ impl TlsTarget {
         } else {
             source.name
         };
-        Ok(TlsTarget {
+        let mut target = TlsTarget {
             path: path.to_path_buf(),
             display_path: path.to_string_lossy().into_owned(),
             id,
@@ -155,11 +165,40 @@ impl TlsTarget {
             hooks: found,
             go: None,
             library_id: 0,
-        })
+            callers: Vec::new(),
+        };
+        if library == openssl::SOURCE.name {
+            target.use_internal_points(symbols);
+        }
+        Ok(target)
     }
 
+    /// Swap exported OpenSSL hooks for the internal functions behind them
+    /// where that saves a trap; the file is read again only for their code.
+    fn use_internal_points(&mut self, symbols: &Symbols) {
+        let Ok(file) = std::fs::File::open(&self.path) else { return };
+        // SAFETY: read-only private mapping of a file we only parse.
+        let Ok(bytes) = (unsafe { memmap2::Mmap::map(&file) }) else { return };
+        for point in openssl::internal_points(&bytes, symbols, self.version.as_deref()) {
+            self.hooks.retain(|(h, _)| !point.replaces.contains(&h.symbol));
+            self.hooks.push((point.hook, point.function));
+            self.callers.extend(point.callers);
+        }
+    }
+
+    /// "SSL_write, SSL_read", and for an internal function what it stands
+    /// for: "SSL_read+SSL_read_ex via ssl_read_internal@0x352d0".
     pub fn hook_names(&self) -> String {
-        self.hooks.iter().map(|(h, _)| h.symbol).collect::<Vec<_>>().join(", ")
+        let name = |(h, f): &(TlsHook, Function)| {
+            let callers: Vec<_> =
+                self.callers.iter().filter(|c| c.function_id == h.function_id).map(|c| c.name).collect();
+            if callers.is_empty() {
+                h.symbol.to_string()
+            } else {
+                format!("{} via {}@{:#x}", callers.join("+"), h.symbol, f.address)
+            }
+        };
+        self.hooks.iter().map(name).collect::<Vec<_>>().join(", ")
     }
 }
 

@@ -4,7 +4,8 @@
 use std::path::Path;
 
 use super::{Entry, TlsHook, TlsSource};
-use crate::discover::elf::Symbols;
+use crate::discover::calls;
+use crate::discover::elf::{Function, Symbols};
 use crate::discover::version;
 
 pub const SOURCE: TlsSource = TlsSource {
@@ -36,4 +37,170 @@ fn openssl_version(path: &Path) -> Option<String> {
         None => path.to_path_buf(),
     };
     version::find_after(&file, b"OpenSSL ")
+}
+
+/// OpenSSL's own plaintext functions, probed instead of the exported ones
+/// when that is cheaper (see [`internal_points`]).
+pub const WRITE_INTERNAL: TlsHook =
+    TlsHook { symbol: "ssl_write_internal", entry: Entry::Internal, function_id: 15 };
+pub const READ_INTERNAL: TlsHook =
+    TlsHook { symbol: "ssl_read_internal", entry: Entry::Internal, function_id: 16 };
+
+/// `SSL_write_ex2`: since 3.3, `SSL_write_ex` calls it, and it calls
+/// `ssl_write_internal` with a `flags` argument before `written`.
+pub const WRITE_EX2: &str = "SSL_write_ex2";
+
+/// An API function that calls an internal one: records from the internal
+/// probe carry the return address, which names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caller {
+    pub function_id: u8,
+    /// Return address minus the internal function's address (as linked,
+    /// so the same in every process).
+    pub delta: i64,
+    pub name: &'static str,
+}
+
+/// One internal function to probe, the exported hooks it stands for, and
+/// their call sites.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InternalPoint {
+    pub hook: TlsHook,
+    pub function: Function,
+    pub replaces: [&'static str; 2],
+    pub callers: Vec<Caller>,
+}
+
+/// `SSL_write` and `SSL_write_ex` (`SSL_read`, `SSL_read_ex`) are thin
+/// wrappers around `ssl_write_internal` (`ssl_read_internal`), which takes
+/// the _ex arguments and returns > 0 on success, from OpenSSL 1.1.1 to 3.6
+/// (checked in their sources; the SSL BIO calls them directly too). The
+/// exported functions start with `sub rsp`, which a uprobe must
+/// single-step, and the internal ones with `push`, which the kernel
+/// emulates: one trap per probe hit instead of two (see
+/// `discover::calls`). The internal function is found, not assumed: it is
+/// the first call of the _ex function, made with its own arguments, and
+/// the plain function calls it too. Anything else (another version,
+/// BoringSSL, a build that inlines them) keeps the exported probes.
+pub fn internal_points(file: &[u8], symbols: &Symbols, version: Option<&str>) -> Vec<InternalPoint> {
+    let Some((major, minor)) = version.and_then(major_minor) else { return Vec::new() };
+    let Ok(elf) = object::read::elf::ElfFile64::<object::Endianness>::parse(file) else { return Vec::new() };
+    let Ok(segments) = crate::discover::elf::load_segments(&elf) else { return Vec::new() };
+    let (write_wrapper, write_hook) = match (major, minor) {
+        (1, 1) | (3, 0..=2) => ("SSL_write_ex", WRITE_INTERNAL),
+        (3, 3..=6) => (WRITE_EX2, TlsHook { entry: Entry::Internal5, ..WRITE_INTERNAL }),
+        _ => return Vec::new(),
+    };
+    let sides = [
+        (["SSL_write", "SSL_write_ex"], write_wrapper, write_hook),
+        (["SSL_read", "SSL_read_ex"], "SSL_read_ex", READ_INTERNAL),
+    ];
+    sides
+        .into_iter()
+        .filter_map(|(replaces, wrapper, hook)| {
+            let code = |f: Function| (calls::function_code(file, f), f.address);
+            let plain = symbols.get(replaces[0])?;
+            let wrapper = symbols.get(wrapper)?;
+            let (wrapper_code, plain_code) = (code(wrapper), code(plain));
+            let through = *calls::direct_calls(wrapper_code.0, wrapper_code.1).first()?;
+            let plain_call = calls::direct_calls(plain_code.0, plain_code.1)
+                .into_iter()
+                .find(|c| c.target == through.target)?;
+            let file_offset = crate::discover::elf::file_offset_of(&segments, through.target)?;
+            let internal = Function { address: through.target, size: 0, file_offset };
+            let (internal_code, _) = code(internal);
+            let cheaper = calls::entry_is_emulated(internal_code, internal.address)
+                && !calls::entry_is_emulated(wrapper_code.0, wrapper.address);
+            if !through.passes_arguments || !cheaper {
+                return None;
+            }
+            let caller = |call: calls::DirectCall, name| Caller {
+                function_id: hook.function_id,
+                delta: call.return_address.wrapping_sub(internal.address) as i64,
+                name,
+            };
+            let callers = vec![caller(plain_call, replaces[0]), caller(through, replaces[1])];
+            Some(InternalPoint { hook, function: internal, replaces, callers })
+        })
+        .collect()
+}
+
+/// "3.0.22" -> (3, 0); "1.1.1w" -> (1, 1).
+fn major_minor(version: &str) -> Option<(u32, u32)> {
+    let mut parts = version.split('.');
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn points_of(path: &str, version: Option<&str>) -> Option<Vec<InternalPoint>> {
+        let bytes = std::fs::read(path).ok()?;
+        let symbols = Symbols::parse(&bytes, &super::super::wanted_symbols()).unwrap();
+        Some(internal_points(&bytes, &symbols, version))
+    }
+
+    fn names(points: &[InternalPoint]) -> Vec<(&str, Vec<&str>)> {
+        points.iter().map(|p| (p.hook.symbol, p.callers.iter().map(|c| c.name).collect())).collect()
+    }
+
+    #[test]
+    fn debian_libssl3_is_probed_at_its_internal_functions() {
+        let path = "/lib/x86_64-linux-gnu/libssl.so.3";
+        let version = openssl_version(Path::new(path));
+        let points = points_of(path, version.as_deref()).expect("Debian 12 has libssl3");
+        assert_eq!(
+            names(&points),
+            [
+                ("ssl_write_internal", vec!["SSL_write", "SSL_write_ex"]),
+                ("ssl_read_internal", vec!["SSL_read", "SSL_read_ex"])
+            ]
+        );
+        assert_eq!(points[0].hook.entry, Entry::Internal);
+        for p in &points {
+            let file = std::fs::read(path).unwrap();
+            let code = calls::function_code(&file, p.function);
+            assert!(calls::entry_is_emulated(code, p.function.address));
+            // Distinct call sites: each names one function.
+            assert_ne!(p.callers[0].delta, p.callers[1].delta);
+        }
+        // From 3.3 the write side goes through SSL_write_ex2, which 3.0 lacks.
+        assert_eq!(names(&points_of(path, Some("3.3.0")).unwrap()), [names(&points)[1].clone()]);
+    }
+
+    #[test]
+    fn openssl_111_built_for_the_tests_is_probed_the_same_way() {
+        let Some(points) = points_of("/opt/cleartap-test/openssl-1.1.1w/lib/libssl.so.1.1", Some("1.1.1w"))
+        else {
+            return; // scripts/build-openssl111 not run here
+        };
+        assert_eq!(points.len(), 2);
+    }
+
+    #[test]
+    fn unknown_versions_and_garbage_keep_the_exported_functions() {
+        let path = "/lib/x86_64-linux-gnu/libssl.so.3";
+        for version in [None, Some("4.0.0"), Some("1.0.2u"), Some("3.x"), Some("")] {
+            assert_eq!(points_of(path, version).unwrap(), [], "{version:?}");
+        }
+        let symbols = Symbols::default();
+        assert_eq!(internal_points(b"\x7fELF garbage", &symbols, Some("3.0.2")), []);
+        let file = std::fs::read(path).unwrap();
+        let symbols = Symbols::parse(&file, &super::super::wanted_symbols()).unwrap();
+        for cut in [64, 4096, file.len() / 2] {
+            let _ = internal_points(&file[..cut], &symbols, Some("3.0.2"));
+        }
+    }
+
+    #[test]
+    fn versions() {
+        assert_eq!(major_minor("3.0.22"), Some((3, 0)));
+        assert_eq!(major_minor("1.1.1w"), Some((1, 1)));
+        assert_eq!(major_minor("3"), None);
+    }
 }

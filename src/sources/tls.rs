@@ -223,6 +223,8 @@ impl<'obj> TlsProbes<'obj> {
             Entry::Plain => &p.plain_entry,
             Entry::Ex => &p.ex_entry,
             Entry::Nspr => &p.nspr_entry,
+            Entry::Internal => &p.internal_entry,
+            Entry::Internal5 => &p.internal5_entry,
             Entry::Go => return None, // attach_go
         };
         let ret = match function_id {
@@ -237,7 +239,10 @@ impl<'obj> TlsProbes<'obj> {
             9 => &p.pr_write_return,
             10 => &p.pr_read_return,
             11 => &p.pr_send_return,
-            _ => &p.pr_recv_return,
+            12 => &p.pr_recv_return,
+            15 => &p.ssl_write_internal_return,
+            16 => &p.ssl_read_internal_return,
+            _ => return None,
         };
         Some((entry, ret))
     }
