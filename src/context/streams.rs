@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::SystemTime;
 
-use httpdecode::{Connection, Direction as HttpDirection, Exchange};
+use httpdecode::{Connection, Direction as HttpDirection, Exchange, Limits};
 
 use super::{Direction, TlsRecord};
 
@@ -36,9 +36,17 @@ const MAX_CONNECTIONS: usize = 4096;
 pub struct HttpStreams {
     streams: HashMap<(u32, u64), Stream>,
     clock: u64,
+    limits: Limits,
 }
 
 impl HttpStreams {
+    /// Decoders that keep `shown` bytes of a body nobody decodes further
+    /// (the preview the outputs show), rather than up to 1 MiB of it.
+    pub fn new(shown: usize) -> Self {
+        let limits = Limits { max_plain_body: shown, ..Limits::default() };
+        HttpStreams { limits, ..Self::default() }
+    }
+
     /// Feed one record; returns the exchanges it completes.
     pub fn feed(&mut self, r: &TlsRecord) -> Vec<(Exchange, ConnectionInfo)> {
         self.clock += 1;
@@ -48,7 +56,7 @@ impl HttpStreams {
             done.extend(self.evict_oldest(r.time));
         }
         let stream = self.streams.entry(key).or_insert_with(|| Stream {
-            decoder: Connection::new(),
+            decoder: Connection::with_limits(self.limits),
             info: info_of(r),
             last_call: r.call_seq.saturating_sub(1),
             expected_offset: 0,

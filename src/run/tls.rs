@@ -90,7 +90,7 @@ pub fn capture(args: &TlsArgs, dest: Destination) -> Result<()> {
         enricher: Enricher::new(LibraryResolver::new(Vec::new())),
         attacher,
         decode: args.decode,
-        streams: HttpStreams::default(),
+        streams: HttpStreams::new(args.body),
         secrets: Secrets { lines: KeyLines::default(), keylog, capture, ..Default::default() },
     };
     for t in targets {

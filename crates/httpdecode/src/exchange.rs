@@ -94,10 +94,28 @@ impl Exchange {
     }
 
     fn is_grpc(&self) -> bool {
-        [&self.request_headers, &self.response_headers].iter().any(|h| {
-            header(h, "content-type")
-                .is_some_and(|ct| ct.to_ascii_lowercase().starts_with("application/grpc"))
-        })
+        is_grpc(&self.request_headers) || is_grpc(&self.response_headers)
+    }
+}
+
+fn is_grpc(headers: &[(String, String)]) -> bool {
+    header(headers, "content-type").is_some_and(|ct| ct.to_ascii_lowercase().starts_with("application/grpc"))
+}
+
+/// Bytes to keep of a body with headers `own` (the other side's: `other`):
+/// all `max_body` when it will be decompressed or parsed as gRPC, else
+/// `max_plain_body`.
+pub(crate) fn body_limit(
+    limits: crate::Limits,
+    own: &[(String, String)],
+    other: &[(String, String)],
+) -> usize {
+    let compressed =
+        header(own, "content-encoding").is_some_and(|e| !e.trim().eq_ignore_ascii_case("identity"));
+    if compressed || is_grpc(own) || is_grpc(other) {
+        limits.max_body
+    } else {
+        limits.max_plain_body.min(limits.max_body)
     }
 }
 

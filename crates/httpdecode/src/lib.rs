@@ -57,11 +57,15 @@ impl Direction {
 pub struct Limits {
     /// Bytes of each body kept (raw and decoded); the rest is only counted.
     pub max_body: usize,
+    /// Bytes kept of a body that needs no decoding (neither compressed nor
+    /// gRPC), when only its start is of use (a preview): copying whole
+    /// bodies is most of a decoder's work on large responses.
+    pub max_plain_body: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_body: 1 << 20 }
+        Limits { max_body: 1 << 20, max_plain_body: 1 << 20 }
     }
 }
 

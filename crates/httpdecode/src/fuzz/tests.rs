@@ -149,7 +149,7 @@ fn check(ex: &crate::Exchange, limits: Limits) {
 #[test]
 fn random_inputs_never_panic() {
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-    let limits = Limits { max_body: 64 };
+    let limits = Limits { max_body: 64, max_plain_body: 64 };
     let mut samples = http1_samples();
     samples.push(http2_sample());
     let started = Instant::now();

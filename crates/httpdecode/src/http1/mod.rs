@@ -9,7 +9,7 @@ use std::collections::VecDeque;
 use std::time::SystemTime;
 
 use crate::detect::Start;
-use crate::exchange::{header, Exchange, Protocol};
+use crate::exchange::{body_limit, header, Exchange, Protocol};
 use crate::{Direction, Limits};
 use reader::{Framing, Reader};
 
@@ -148,10 +148,10 @@ impl Http1 {
         if let Event::Head(head) = event {
             return self.start_request(head, time);
         }
-        let limit = self.limits.max_body;
         let Some(slot) = self.slots.back_mut().filter(|s| !s.req_done) else {
             return;
         };
+        let limit = body_limit(self.limits, &slot.ex.request_headers, &[]);
         match event {
             Event::Body(data) => slot.ex.request_body.push(&data, limit),
             Event::Trailers(t) => slot.ex.request_trailers = t,
@@ -203,10 +203,10 @@ impl Http1 {
         if let Event::Head(head) = event {
             return self.start_response(head, time);
         }
-        let limit = self.limits.max_body;
         let Some(slot) = self.slots.iter_mut().find(|s| s.resp_started && !s.resp_done) else {
             return;
         };
+        let limit = body_limit(self.limits, &slot.ex.response_headers, &slot.ex.request_headers);
         match event {
             Event::Body(data) => slot.ex.response_body.push(&data, limit),
             Event::Trailers(t) => slot.ex.response_trailers = t,

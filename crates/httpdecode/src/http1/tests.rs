@@ -226,11 +226,41 @@ fn connect_stops_decoding() {
 
 #[test]
 fn body_limit_truncates() {
-    let mut c = Connection::with_limits(crate::Limits { max_body: 4 });
+    let mut c = Connection::with_limits(crate::Limits { max_body: 4, ..Default::default() });
     let ex = run(&mut c, &[(Send, GET), (Recv, OK)]);
     assert_eq!(ex[0].response_body.raw, b"hell");
     assert_eq!(ex[0].response_body.raw_len, 5);
     assert!(ex[0].response_body.truncated);
+}
+
+#[test]
+fn plain_bodies_keep_only_max_plain_body_and_compressed_ones_all() {
+    let limits = crate::Limits { max_body: 1 << 20, max_plain_body: 3 };
+    let mut c = Connection::with_limits(limits);
+    let plain = run(&mut c, &[(Send, b"POST /p HTTP/1.1\r\nContent-Length: 6\r\n\r\nabcdef"), (Recv, OK)]);
+    assert_eq!(plain[0].request_body.raw, b"abc");
+    assert_eq!(plain[0].request_body.raw_len, 6);
+    assert_eq!(plain[0].response_body.raw, b"hel");
+    assert_eq!(plain[0].response_body.raw_len, 5);
+
+    let body = gzip(b"a body long enough to be cut by a limit of three");
+    let mut response =
+        format!("HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: {}\r\n\r\n", body.len())
+            .into_bytes();
+    response.extend_from_slice(&body);
+    let mut c = Connection::with_limits(limits);
+    let gz = run(&mut c, &[(Send, GET), (Recv, &response)]);
+    assert_eq!(gz[0].response_body.raw, body);
+    assert_eq!(
+        gz[0].response_body.decoded.as_deref(),
+        Some(&b"a body long enough to be cut by a limit of three"[..])
+    );
+
+    let grpc = b"POST /s/M HTTP/1.1\r\nContent-Type: application/grpc\r\nContent-Length: 6\r\n\r\nabcdef";
+    let mut c = Connection::with_limits(limits);
+    let g = run(&mut c, &[(Send, grpc), (Recv, OK)]);
+    assert_eq!(g[0].request_body.raw, b"abcdef");
+    assert_eq!(g[0].response_body.raw, b"hello", "the response of a gRPC request is kept whole");
 }
 
 #[test]

@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::time::SystemTime;
 
 use crate::detect::Start;
-use crate::exchange::{Exchange, Protocol};
+use crate::exchange::{body_limit, Exchange, Protocol};
 use crate::{Body, Direction, Limits};
 use frame::FrameHeader;
 use hpack::{DecodedBlock, HpackDecoder};
@@ -34,6 +34,10 @@ struct Half {
     ended: bool,
     first_time: Option<SystemTime>,
     notes: Vec<String>,
+}
+
+fn headers_of(half: &Half) -> &[(String, String)] {
+    half.headers.as_deref().unwrap_or_default()
 }
 
 struct Stream {
@@ -129,9 +133,11 @@ impl Http2 {
         match item {
             Item::Frame(h, payload) => self.frame(dir, h, &payload, time),
             Item::Data { stream, data } => {
-                let limit = self.limits.max_body;
+                let limits = self.limits;
                 if let Some(s) = self.stream(stream, !self.from_start, time) {
-                    let half = &mut s.halves[dir.idx()];
+                    let [first, second] = &mut s.halves;
+                    let (half, other) = if dir.idx() == 0 { (first, &*second) } else { (second, &*first) };
+                    let limit = body_limit(limits, headers_of(half), headers_of(other));
                     half.first_time.get_or_insert(time);
                     half.body.push(&data, limit);
                 }
