@@ -16,6 +16,8 @@ import sys
 import threading
 import time
 
+from empty_probes import EmptyProbes
+
 CONN_TABLE = re.compile(r"connection table: (\d+) entries created, (\d+) evicted")
 SUMMARY = re.compile(r"(\d+) records, (\d+) bytes captured; lost in the kernel: (\d+) records \((\d+) bytes\)")
 
@@ -121,6 +123,11 @@ def under(mode, env, fn, cleartap_args=(), out_name="cleartap.out"):
     tracer = None
     if mode == "floor":
         tracer = Floor(env["floor_script"], env["scratch"])
+    elif mode == "ct-floor":
+        probes = EmptyProbes(env["ct_points"])
+        result = fn()
+        probes.remove()
+        return result, None
     elif mode == "cleartap":
         out = os.path.join(env["scratch"], out_name)
         tracer = Cleartap(env["cleartap"], ["--lib", env["lib"], "--format", "json", *cleartap_args], out)
@@ -229,10 +236,11 @@ def nginx(env, seconds):
     /dev/null here: gigabytes of bodies would fill the disk."""
     proc, port = start_nginx(env)
     rows = {}
+    modes = ("baseline", "floor", "ct-floor", "cleartap") if env.get("ct_points") else ("baseline", "floor", "cleartap")
     try:
         for size in (1024, 65536):
             row = {}
-            for mode in ("baseline", "floor", "cleartap"):
+            for mode in modes:
                 env_out = dict(env, scratch=env["scratch"])
                 rps, stats = under(mode, env_out, lambda: wrk(port, size, seconds), out_name="/dev/null")
                 row[mode] = {"req_s": rps, "cleartap": stats}
@@ -243,10 +251,12 @@ def nginx(env, seconds):
     print(f"\nnginx: HTTPS keep-alive, wrk -t1 -c16 for {seconds} s per run, req/s")
     for size, row in rows.items():
         b, f, c = (row[m]["req_s"] for m in ("baseline", "floor", "cleartap"))
+        ct = row.get("ct-floor", {}).get("req_s")
         s = row["cleartap"]["cleartap"]
-        print(f"  {size // 1024:>3} KiB body: baseline {b:>8.0f}, floor {f:>8.0f}, cleartap {c:>8.0f}: "
-              f"{ratio(c, f)} of the floor, {ratio(c, b)} of the baseline; lost {s.get('lost_records')} "
-              f"records; peak RSS {s['rss_kib'] / 1024:.0f} MiB")
+        at_ct = f", ct-floor {ct:>8.0f}" if ct else ""
+        print(f"  {size // 1024:>3} KiB body: baseline {b:>8.0f}, floor {f:>8.0f}{at_ct}, cleartap {c:>8.0f}: "
+              f"{ratio(c, f)} of the floor, {ratio(c, ct)} of the ct-floor, {ratio(c, b)} of the baseline; "
+              f"lost {s.get('lost_records')} records; peak RSS {s['rss_kib'] / 1024:.0f} MiB")
     return rows
 
 

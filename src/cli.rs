@@ -121,7 +121,8 @@ pub struct OutputArgs {
     #[arg(long)]
     pub hex: bool,
     /// Size of the kernel ring buffer (bytes; K/M/G suffixes; rounded up to a power of two).
-    #[arg(long, default_value = "32M", value_parser = parse_size)]
+    /// It is mapped twice into cleartap (records may wrap around), so it counts twice in its RSS.
+    #[arg(long, default_value = "16M", value_parser = parse_size)]
     pub ringbuf_size: u32,
 }
 
