@@ -9,8 +9,11 @@
  * what was really sent or received; the whole payload is copied then. */
 #include "payload.h"
 
+/* One slot per thread, reused from call to call: a slot is written in
+ * place at entry and marked done (handle 0) at return, which costs less
+ * than creating and deleting an LRU entry per call. */
 struct active_call {
-	__u64 handle;
+	__u64 handle;  /* 0: no call in progress on this thread */
 	__u64 buf;
 	__u64 len_ptr; /* _ex shape: where the byte count is written */
 	__u64 ip;
@@ -31,7 +34,8 @@ static __always_inline __u32 library_id(void *ctx)
 	return has_attach_cookie ? (__u32)bpf_get_attach_cookie(ctx) : 0;
 }
 
-/* LRU: a thread killed in the middle of a call never leaks an entry. */
+/* LRU: slots of threads that are gone (or idle the longest) are the ones
+ * reused when it is full; a thread killed mid-call leaks nothing. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 16384);
@@ -47,8 +51,10 @@ struct conn_key {
 
 struct conn_state {
 	__s32 fd;
-	__u32 _pad;
+	__u32 portpair;        /* of `sk` when `tuple` was read */
 	__u64 calls;
+	__u64 sk;              /* the socket `tuple` was read from; 0: none yet */
+	struct ct_tuple tuple;
 };
 
 /* Per-connection state. The fd is cached because a read served from the
@@ -85,8 +91,25 @@ static __always_inline int on_entry(struct pt_regs *ctx, __u64 len_ptr, bool wit
 	};
 	if (with_caller)
 		bpf_probe_read_user(&c.caller, sizeof(c.caller), (void *)PT_REGS_SP(ctx));
-	bpf_map_update_elem(&active_calls, &id, &c, BPF_ANY);
+	struct active_call *slot = bpf_map_lookup_elem(&active_calls, &id);
+	if (slot)
+		*slot = c;
+	else
+		bpf_map_update_elem(&active_calls, &id, &c, BPF_ANY);
 	return 0;
+}
+
+/* The call in progress on this thread, now ended: its slot is marked done
+ * so that a return whose entry was filtered out finds nothing. */
+static __always_inline bool end_call(struct active_call *out)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct active_call *found = bpf_map_lookup_elem(&active_calls, &id);
+	if (!found || !found->handle)
+		return false;
+	*out = *found;
+	found->handle = 0;
+	return true;
 }
 
 static __always_inline __u64 bytes_done(struct pt_regs *ctx, struct active_call *c)
@@ -119,6 +142,37 @@ static __always_inline struct conn_state *conn_for(struct conn_key *k, int fd)
 	return cs;
 }
 
+/* The tuple of a call's connection. A connection's addresses do not
+ * change, so they are read once per socket (five reads) and kept: a call
+ * then costs one read, of the port pair, which also catches a freed
+ * socket's address reused by another connection on the same handle. A
+ * syscall in this call names the socket; a call served from the library's
+ * buffer made none, and its bytes came from the socket already seen (or,
+ * the first time, from the one behind the cached fd). */
+static __always_inline void conn_tuple(struct conn_state *cs, struct active_call *c, struct ct_tuple *out)
+{
+	struct sock *sk = (struct sock *)c->sk;
+	if (!sk && cs->sk) {
+		*out = cs->tuple;
+		return;
+	}
+	if (!sk)
+		sk = fd_to_sock(cs->fd);
+	if (!sk) {
+		__builtin_memset(out, 0, sizeof(*out));
+		return;
+	}
+	__u32 ports = 0;
+	bpf_core_read(&ports, sizeof(ports), &sk->__sk_common.skc_portpair);
+	if (cs->sk != (__u64)sk || cs->portpair != ports) {
+		__builtin_memset(&cs->tuple, 0, sizeof(cs->tuple));
+		sock_to_tuple(sk, &cs->tuple);
+		cs->sk = (__u64)sk;
+		cs->portpair = ports;
+	}
+	*out = cs->tuple;
+}
+
 static __always_inline void fill_header(struct ct_tls_data *h, struct active_call *c,
 					struct conn_state *cs, __u64 n, __u8 fn, __u8 dir)
 {
@@ -146,10 +200,7 @@ static __always_inline void fill_header(struct ct_tls_data *h, struct active_cal
 		n = max;
 	}
 	h->call_len = n;
-	__builtin_memset(&h->tuple, 0, sizeof(h->tuple));
-	/* A syscall in this call found the socket already; a call served from
-	 * the library's buffer walks from the cached fd. */
-	sock_to_tuple(c->sk ? (struct sock *)c->sk : fd_to_sock(cs->fd), &h->tuple);
+	conn_tuple(cs, c, &h->tuple);
 	bpf_get_current_comm(h->comm, sizeof(h->comm));
 }
 
@@ -296,26 +347,19 @@ static __always_inline void report_ssl_keys(__u64 ssl, __u32 lib)
 SEC("uretprobe")
 int BPF_KRETPROBE(ssl_handshake_return)
 {
-	__u64 id = bpf_get_current_pid_tgid();
-	struct active_call *found = bpf_map_lookup_elem(&active_calls, &id);
-	if (!found)
+	struct active_call c;
+	if (!end_call(&c))
 		return 0;
-	__u64 ssl = found->handle;
-	__u32 lib = found->library_id;
-	bpf_map_delete_elem(&active_calls, &id);
 	if ((int)PT_REGS_RC(ctx) == 1)
-		report_ssl_keys(ssl, lib);
+		report_ssl_keys(c.handle, c.library_id);
 	return 0;
 }
 
 static __always_inline int on_return(struct pt_regs *ctx, __u8 fn, __u8 dir)
 {
-	__u64 id = bpf_get_current_pid_tgid();
-	struct active_call *found = bpf_map_lookup_elem(&active_calls, &id);
-	if (!found)
+	struct active_call c;
+	if (!end_call(&c))
 		return 0;
-	struct active_call c = *found;
-	bpf_map_delete_elem(&active_calls, &id);
 	if (capture_secrets && (fn <= CT_FN_SSL_READ_EX || fn >= CT_FN_SSL_WRITE_INTERNAL))
 		report_ssl_keys(c.handle, c.library_id);
 
@@ -403,7 +447,7 @@ static __always_inline int note_fd(struct trace_event_raw_sys_enter *ctx)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	struct active_call *c = bpf_map_lookup_elem(&active_calls, &id);
-	if (!c || c->fd >= 0)
+	if (!c || !c->handle || c->fd >= 0)
 		return 0;
 	long fd = 0;
 	bpf_probe_read_kernel(&fd, sizeof(fd), &ctx->args[0]);
