@@ -237,6 +237,10 @@ mod tests {
                 assert_eq!(c_name, h.symbol.to_ascii_uppercase(), "{}", h.symbol);
             }
         }
+        for h in [openssl::WRITE_INTERNAL, openssl::READ_INTERNAL] {
+            assert_eq!(names[h.function_id as usize - 1], h.symbol.to_ascii_uppercase());
+            assert_eq!(function_of(h.function_id), (h.symbol, "openssl"));
+        }
         assert_eq!(names[gotls::HOOKS[0].function_id as usize - 1], "GO_WRITE");
         assert_eq!(names[gotls::HOOKS[1].function_id as usize - 1], "GO_READ");
     }
