@@ -122,7 +122,7 @@ pub struct OutputArgs {
     pub hex: bool,
     /// Size of the kernel ring buffer (bytes; K/M/G suffixes; rounded up to a power of two).
     /// It is mapped twice into cleartap (records may wrap around), so it counts twice in its RSS.
-    #[arg(long, default_value = "16M", value_parser = parse_size)]
+    #[arg(long, default_value = "32M", value_parser = parse_size)]
     pub ringbuf_size: u32,
 }
 
