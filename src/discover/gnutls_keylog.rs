@@ -494,13 +494,62 @@ mod tests {
 
     const LIBGNUTLS: &str = "/usr/lib/x86_64-linux-gnu/libgnutls.so.30";
 
-    fn libgnutls() -> Option<Vec<u8>> {
-        match fs::read(LIBGNUTLS) {
-            Ok(bytes) => Some(bytes),
-            Err(e) => {
-                eprintln!("skipping: {LIBGNUTLS}: {e}");
-                None
-            }
+    /// The system libgnutls; its absence fails the test with the way to
+    /// get it rather than passing without checking anything.
+    fn libgnutls() -> Vec<u8> {
+        fs::read(LIBGNUTLS)
+            .unwrap_or_else(|e| panic!("{LIBGNUTLS}: {e}; install it with scripts/install-deps --test"))
+    }
+
+    /// What the library itself says, asked at run time: the default key log
+    /// function `gnutls_init` installs (as a link-time address) and where
+    /// `gnutls_session_get_random` finds the client random. This derives the
+    /// expectation without reading any machine code, so it holds for every
+    /// build of the package.
+    fn ask_the_library() -> (u64, u32) {
+        use std::ffi::{c_char, c_int, c_uint, c_void, CString};
+        #[repr(C)]
+        struct Datum {
+            data: *mut u8,
+            size: c_uint,
+        }
+        type Init = unsafe extern "C" fn(*mut *mut c_void, c_uint) -> c_int;
+        type GetKeylog = unsafe extern "C" fn(*mut c_void) -> *const c_void;
+        type GetRandom = unsafe extern "C" fn(*mut c_void, *mut Datum, *mut Datum);
+        type Deinit = unsafe extern "C" fn(*mut c_void);
+        const GNUTLS_CLIENT: c_uint = 1 << 1;
+
+        let path = CString::new(LIBGNUTLS).unwrap();
+        // SAFETY: libgnutls is a system library with the C ABI declared
+        // above for these four exported functions (GnuTLS >= 3.6.13).
+        unsafe {
+            let handle = libc::dlopen(path.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL);
+            assert!(!handle.is_null(), "dlopen {LIBGNUTLS} failed");
+            let symbol = |name: &str| {
+                let name = CString::new(name).unwrap();
+                let found = libc::dlsym(handle, name.as_ptr() as *const c_char);
+                assert!(!found.is_null(), "{LIBGNUTLS} does not export {name:?}");
+                found
+            };
+            let init: Init = std::mem::transmute(symbol(INIT));
+            let get_keylog: GetKeylog = std::mem::transmute(symbol("gnutls_session_get_keylog_function"));
+            let get_random: GetRandom = std::mem::transmute(symbol(GET_RANDOM));
+            let deinit: Deinit = std::mem::transmute(symbol("gnutls_deinit"));
+
+            let mut session = std::ptr::null_mut();
+            assert_eq!(init(&mut session, GNUTLS_CLIENT), 0, "gnutls_init failed");
+            let function = get_keylog(session);
+            let mut client = Datum { data: std::ptr::null_mut(), size: 0 };
+            let mut server = Datum { data: std::ptr::null_mut(), size: 0 };
+            get_random(session, &mut client, &mut server);
+            let client_random_offset = client.data as usize - session as usize;
+            assert_eq!(client.size, 32);
+
+            let mut info: libc::Dl_info = std::mem::zeroed();
+            assert_ne!(libc::dladdr(function, &mut info), 0, "dladdr of the key log function");
+            let address = function as u64 - info.dli_fbase as u64;
+            deinit(session);
+            (address, client_random_offset as u32)
         }
     }
 
@@ -530,34 +579,50 @@ mod tests {
     }
 
     #[test]
-    fn the_debian_libgnutls() {
-        let Some(bytes) = libgnutls() else { return };
+    fn the_system_libgnutls_agrees_with_itself_at_run_time() {
+        let bytes = libgnutls();
         let points = find(Path::new(LIBGNUTLS)).unwrap();
-        // .text maps at the same file offset as its address in this build.
-        assert_eq!(points, GnutlsKeylogPoints { keylog_function: 0x53240, client_random_offset: 0x50 });
         assert_eq!(find_in(&bytes).unwrap(), points);
 
-        let symbols = Symbols::parse(&bytes, &[SET_KEYLOG, INIT]).unwrap();
-        let set_keylog = symbols.get(SET_KEYLOG).unwrap();
-        assert_eq!(keylog_func_field(function_code(&bytes, set_keylog), set_keylog.address), Some(0x660));
-        // Called through the PLT: the stub at 0x37160 jumps through the
-        // JUMP_SLOT of gnutls_session_set_keylog_function.
+        let (function, client_random_offset) = ask_the_library();
         let elf = ElfFile64::<Endianness>::parse(&*bytes).unwrap();
         let segments = load_segments(&elf).unwrap();
+        let keylog_function = file_offset_of(&segments, function).unwrap();
+        assert_eq!(points, GnutlsKeylogPoints { keylog_function, client_random_offset });
+
+        // The setter stores its argument at one field of the session.
+        let symbols = Symbols::parse(&bytes, &[SET_KEYLOG, INIT]).unwrap();
+        let set_keylog = symbols.get(SET_KEYLOG).unwrap();
+        assert!(keylog_func_field(function_code(&bytes, set_keylog), set_keylog.address).is_some());
+    }
+
+    /// Where gnutls_init calls the key log setter: the setter itself, or
+    /// the PLT stub that jumps through its GOT slot.
+    fn setter_stub(bytes: &[u8]) -> u64 {
+        let elf = ElfFile64::<Endianness>::parse(bytes).unwrap();
+        let segments = load_segments(&elf).unwrap();
+        let symbols = Symbols::parse(bytes, &[SET_KEYLOG, INIT]).unwrap();
         let slots = got_slots(&elf, SET_KEYLOG);
-        assert_eq!(slots, vec![0x216ec8]);
-        assert_eq!(stub_slot(&bytes, &segments, 0x37160), Some(0x216ec8));
+        let is_set_keylog = |t: &Target| match *t {
+            Target::Direct(to) => stub_slot(bytes, &segments, to).is_some_and(|s| slots.contains(&s)),
+            _ => false,
+        };
         let init = symbols.get(INIT).unwrap();
-        let is_set_keylog = |t: &Target| *t == Target::Direct(0x37160);
-        let found = default_keylog_function(
-            function_code(&bytes, init),
-            init.address,
-            &is_set_keylog,
-            Some(0x660),
-            &|_| true,
-        )
-        .unwrap();
-        assert_eq!(found, (0x77291, 0x53240));
+        let (call_site, _) =
+            default_keylog_function(function_code(bytes, init), init.address, &is_set_keylog, None, &|_| {
+                true
+            })
+            .unwrap();
+        call_target(bytes, &segments, call_site).expect("gnutls_init calls the setter's PLT stub")
+    }
+
+    /// The target of the direct call at `address`.
+    fn call_target(bytes: &[u8], segments: &[(u64, u64, u64)], address: u64) -> Option<u64> {
+        let offset = file_offset_of(segments, address)? as usize;
+        let code = bytes.get(offset..offset + 16)?;
+        let call = Decoder::with_ip(64, code, address, DecoderOptions::NONE).decode();
+        (call.mnemonic() == Mnemonic::Call && call.op0_kind() == OpKind::NearBranch64)
+            .then(|| call.near_branch_target())
     }
 
     #[test]
@@ -678,16 +743,15 @@ mod tests {
         let libc = fs::read("/lib/x86_64-linux-gnu/libc.so.6").unwrap();
         let err = find_in(&libc).unwrap_err();
         assert!(err.to_string().contains(GET_RANDOM), "{err}");
-        if let Some(bytes) = libgnutls() {
-            for cut in [16, 64, 4096, bytes.len() / 2] {
-                let _ = find_in(&bytes[..cut]);
-            }
+        let bytes = libgnutls();
+        for cut in [16, 64, 4096, bytes.len() / 2] {
+            let _ = find_in(&bytes[..cut]);
         }
     }
 
     #[test]
     fn mutated_libgnutls_never_panics() {
-        let Some(mut bytes) = libgnutls() else { return };
+        let mut bytes = libgnutls();
         let symbols = Symbols::parse(&bytes, &[INIT, GET_RANDOM, SET_KEYLOG]).unwrap();
         let mut ranges: Vec<(usize, usize)> = [INIT, GET_RANDOM, SET_KEYLOG]
             .iter()
@@ -696,7 +760,11 @@ mod tests {
                 (f.file_offset as usize, f.size.min(crate::discover::calls::MAX_FUNCTION) as usize)
             })
             .collect();
-        ranges.push((0x37160, 16)); // the PLT stub gnutls_init calls
+        // The PLT stub gnutls_init calls.
+        let stub = setter_stub(&bytes);
+        let elf = ElfFile64::<Endianness>::parse(&*bytes).unwrap();
+        let stub_offset = file_offset_of(&load_segments(&elf).unwrap(), stub).unwrap();
+        ranges.push((stub_offset as usize, 16));
         let mut state = 0x2545_f491_4f6c_dd1du64;
         let mut next = move || {
             state ^= state << 13;
