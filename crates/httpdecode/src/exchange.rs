@@ -73,6 +73,12 @@ impl Exchange {
         }
     }
 
+    /// Whether a header list (request or response headers or trailers) was
+    /// cut at `Limits::max_header_list`: a note says which and how much.
+    pub fn header_list_truncated(&self) -> bool {
+        self.notes.iter().any(|n| n.contains(crate::HEADER_LIST_TRUNCATED))
+    }
+
     /// Latency from the request to the first byte of the response.
     pub fn latency(&self) -> Option<std::time::Duration> {
         self.response_time?.duration_since(self.request_time).ok()

@@ -7,7 +7,7 @@ use crate::detect::{Start, PREFACE};
 use crate::{http1, http2, Connection, Direction, Limits, State};
 
 /// Small limits so that fuzzing reaches the truncation paths.
-const FUZZ_LIMITS: Limits = Limits { max_body: 4096, max_plain_body: 256 };
+const FUZZ_LIMITS: Limits = Limits { max_body: 4096, max_plain_body: 256, max_header_list: 4096 };
 
 /// Decodes `data` as an HTTP/1 connection whose client writes `Send`.
 pub fn fuzz_http1(data: &[u8]) {

@@ -52,6 +52,11 @@ impl Direction {
     pub(crate) const BOTH: [Direction; 2] = [Direction::Send, Direction::Recv];
 }
 
+/// Start of the note (in `Exchange::notes`, after "request: " or
+/// "response: ") saying that a header list was cut at
+/// `Limits::max_header_list`: the fields past it were dropped.
+pub const HEADER_LIST_TRUNCATED: &str = "header list truncated at its budget";
+
 /// Memory limits of one connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
@@ -61,11 +66,16 @@ pub struct Limits {
     /// gRPC), when only its start is of use (a preview): copying whole
     /// bodies is most of a decoder's work on large responses.
     pub max_plain_body: usize,
+    /// Header list size kept of each header block (HTTP/2: and of all the
+    /// trailer blocks of a message), counted as HPACK counts it (RFC 7541
+    /// section 4.1: name + value + 32 bytes per field); the rest is dropped
+    /// with a note starting with [`HEADER_LIST_TRUNCATED`].
+    pub max_header_list: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_body: 1 << 20, max_plain_body: 1 << 20 }
+        Limits { max_body: 1 << 20, max_plain_body: 1 << 20, max_header_list: 64 * 1024 }
     }
 }
 

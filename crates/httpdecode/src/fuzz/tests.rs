@@ -144,12 +144,18 @@ fn check(ex: &crate::Exchange, limits: Limits) {
         assert!(body.decoded.as_ref().is_none_or(|d| d.len() <= limits.max_body));
         assert!(body.raw.len() <= body.raw_len);
     }
+    if ex.protocol == crate::Protocol::Http2 {
+        for list in [&ex.request_headers, &ex.response_headers, &ex.request_trailers, &ex.response_trailers] {
+            let size: usize = list.iter().map(|(n, v)| n.len() + v.len() + 32).sum();
+            assert!(size <= limits.max_header_list, "{size} bytes of headers: {:?}", ex.notes);
+        }
+    }
 }
 
 #[test]
 fn random_inputs_never_panic() {
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-    let limits = Limits { max_body: 64, max_plain_body: 64 };
+    let limits = Limits { max_body: 64, max_plain_body: 64, max_header_list: 256 };
     let mut samples = http1_samples();
     samples.push(http2_sample());
     let started = Instant::now();

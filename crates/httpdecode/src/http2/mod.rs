@@ -15,7 +15,7 @@ use crate::detect::Start;
 use crate::exchange::{body_limit, Exchange, Protocol};
 use crate::{Body, Direction, Limits};
 use frame::FrameHeader;
-use hpack::{DecodedBlock, HpackDecoder};
+use hpack::{field_size, truncated_note, DecodedBlock, HpackDecoder};
 use reader::{FrameReader, Item};
 
 /// Streams tracked at once; the oldest is given up beyond that.
@@ -30,6 +30,8 @@ const MAX_CLOSED: usize = 1024;
 struct Half {
     headers: Option<Vec<(String, String)>>,
     trailers: Vec<(String, String)>,
+    /// HPACK size of `trailers`: all trailer blocks share one budget.
+    trailers_size: usize,
     body: Body,
     ended: bool,
     first_time: Option<SystemTime>,
@@ -83,7 +85,10 @@ impl Http2 {
             client_dir: start.client_dir,
             from_start: start.preface,
             readers: [reader(Direction::Send), reader(Direction::Recv)],
-            hpack: [HpackDecoder::new(start.preface), HpackDecoder::new(start.preface)],
+            hpack: [
+                HpackDecoder::new(start.preface, limits.max_header_list),
+                HpackDecoder::new(start.preface, limits.max_header_list),
+            ],
             blocks: [None, None],
             streams: BTreeMap::new(),
             closed: VecDeque::new(),
@@ -249,12 +254,13 @@ impl Http2 {
         self.learn_roles(dir, &decoded, block.promise);
         // Promised headers are the request of the pushed stream.
         let half_dir = if block.promise { dir.opposite() } else { dir };
+        let max_list = self.limits.max_header_list;
         let Some(s) = self.stream(block.target, true, time) else {
             return;
         };
         let half = &mut s.halves[half_dir.idx()];
         half.notes.extend(decoded.notes);
-        deliver_headers(half, decoded.headers);
+        deliver_headers(half, decoded.headers, max_list);
         if block.promise {
             half.ended = true;
         }
@@ -297,7 +303,7 @@ impl Http2 {
             let value = u32::from_be_bytes([entry[2], entry[3], entry[4], entry[5]]);
             if id == 0x1 {
                 // Limits the table of the decoder for what the peer sends.
-                self.hpack[dir.opposite().idx()].set_allowed(value);
+                self.hpack[dir.opposite().idx()].set_allowed(value as usize);
             }
         }
     }
@@ -383,9 +389,10 @@ impl Http2 {
     }
 }
 
-/// First header block of a half is its headers, a later one its trailers;
-/// informational responses (1xx) are noted and dropped.
-fn deliver_headers(half: &mut Half, headers: Vec<(String, String)>) {
+/// First header block of a half is its headers, later ones its trailers
+/// (within one header list budget for all of them); informational responses
+/// (1xx) are noted and dropped.
+fn deliver_headers(half: &mut Half, headers: Vec<(String, String)>, max_list: usize) {
     let status = headers.iter().find(|(n, _)| n == ":status").map(|(_, v)| v.as_str());
     if let Some(s) = status.filter(|s| s.starts_with('1') && s.len() == 3) {
         half.notes.push(format!("interim response {s}"));
@@ -393,8 +400,20 @@ fn deliver_headers(half: &mut Half, headers: Vec<(String, String)>) {
     }
     if half.headers.is_none() {
         half.headers = Some(headers);
-    } else {
-        half.trailers.extend(headers);
+        return;
+    }
+    let mut dropped = 0;
+    for (name, value) in headers {
+        let size = field_size(&name, &value);
+        if dropped > 0 || half.trailers_size + size > max_list {
+            dropped += 1;
+            continue;
+        }
+        half.trailers_size += size;
+        half.trailers.push((name, value));
+    }
+    if dropped > 0 {
+        half.notes.push(format!("trailers: {}", truncated_note(max_list, dropped)));
     }
 }
 
