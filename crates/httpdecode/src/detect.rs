@@ -59,11 +59,12 @@ pub(crate) struct Detector {
 }
 
 impl Detector {
-    pub(crate) fn push(&mut self, dir: Direction, data: &[u8], time: SystemTime) {
+    /// Buffers what fits within DETECT_LIMIT; returns how many bytes.
+    pub(crate) fn push(&mut self, dir: Direction, data: &[u8], time: SystemTime) -> usize {
         let take = data.len().min(DETECT_LIMIT.saturating_sub(self.total));
         let data = &data[..take];
         if data.is_empty() {
-            return;
+            return 0;
         }
         let d = dir.idx();
         self.boundaries[d].push(self.bufs[d].len());
@@ -71,6 +72,7 @@ impl Detector {
         self.chunks.push(Chunk::Data(dir, data.to_vec(), time));
         self.total += take;
         self.since_last_run += take;
+        take
     }
 
     pub(crate) fn gap(&mut self, dir: Direction) {

@@ -115,8 +115,14 @@ impl Connection {
         }
         match &mut self.state {
             State::Detecting(det) => {
-                det.push(dir, data, time);
-                self.try_detect()
+                let taken = det.push(dir, data, time);
+                let mut out = self.try_detect();
+                // Detection ends at the latest when its buffer is full: the
+                // rest of the chunk goes to the decoder it picked.
+                if taken < data.len() && !matches!(self.state, State::Detecting(_)) {
+                    out.extend(self.feed(dir, &data[taken..], time));
+                }
+                out
             }
             State::Http1(h) => h.feed(dir, data, time),
             State::Http2(h) => h.feed(dir, data, time),

@@ -424,3 +424,23 @@ fn trailer_blocks_share_one_budget() {
     assert!(ex[0].header_list_truncated());
     assert!(ex[0].notes.iter().any(|n| n.starts_with("request: trailers: header list truncated")));
 }
+
+/// The first chunk of a connection larger than what detection buffers
+/// (64 KiB) is decoded whole, not cut where detection stopped.
+#[test]
+fn first_chunk_larger_than_detection_buffer() {
+    let mut c = Connection::new();
+    let mut client = PREFACE.to_vec();
+    client.extend(settings());
+    client.extend(frame(HEADERS, END_HEADERS, 1, &block(&mut Hpack::new(), &request("/big"))));
+    let body = vec![b'b'; 100_000];
+    for (i, part) in body.chunks(16384).enumerate() {
+        let last = (i + 1) * 16384 >= body.len();
+        client.extend(frame(DATA, if last { END_STREAM } else { 0 }, 1, part));
+    }
+    assert!(c.feed(Send, &client, t(0)).is_empty());
+    let ex = c.feed(Recv, &header_frames(1, &[0x88], true), t(1));
+    assert_eq!(ex.len(), 1);
+    assert_eq!(ex[0].request_body.raw_len, 100_000);
+    assert!(ex[0].notes.is_empty(), "{:?}", ex[0].notes);
+}
