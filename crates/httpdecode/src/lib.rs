@@ -5,9 +5,11 @@
 //! of a connection, arrive in arbitrary chunks and contain gaps. The decoder
 //! never panics, never loops forever and keeps memory bounded; when it cannot
 //! be sure of what it decodes it reports that in `Exchange::notes` instead of
-//! producing garbage.
+//! producing garbage. The state all connections keep together is bounded
+//! by a shared [`Budget`].
 
 mod body;
+mod budget;
 mod detect;
 mod exchange;
 mod fuzz;
@@ -20,6 +22,7 @@ mod testutil;
 use std::time::SystemTime;
 
 pub use body::Body;
+pub use budget::{Budget, DEFAULT_BUDGET, OVER_BUDGET};
 pub use exchange::{Exchange, Protocol};
 pub use fuzz::{fuzz_body, fuzz_http1, fuzz_http2};
 pub use grpc::{Grpc, GrpcMessage};
@@ -90,8 +93,17 @@ enum State {
 /// Decoder of one TCP/TLS connection.
 pub struct Connection {
     limits: Limits,
+    budget: Budget,
     state: State,
 }
+
+/// Note of bytes the budget had no room for.
+pub(crate) fn over_budget_note(what: &str) -> String {
+    format!("{what} dropped: {OVER_BUDGET}")
+}
+
+/// Note of a capture gap.
+pub(crate) const GAP_NOTE: &str = "bytes lost (capture gap)";
 
 impl Default for Connection {
     fn default() -> Self {
@@ -104,8 +116,22 @@ impl Connection {
         Self::with_limits(Limits::default())
     }
 
+    /// A connection within `limits`, sharing the process-wide
+    /// [`Budget::shared`] with the other connections made so.
     pub fn with_limits(limits: Limits) -> Self {
-        Connection { limits, state: State::Detecting(detect::Detector::default()) }
+        Self::with_budget(limits, Budget::shared())
+    }
+
+    /// A connection within `limits` whose state is charged to `budget`
+    /// (share one among all connections: clone it).
+    pub fn with_budget(limits: Limits, budget: Budget) -> Self {
+        let state = State::Detecting(detect::Detector::new(&budget));
+        Connection { limits, budget, state }
+    }
+
+    /// The budget this connection's state is charged to.
+    pub fn budget(&self) -> &Budget {
+        &self.budget
     }
 
     /// Feed bytes; returns exchanges completed by them (request + response paired).
@@ -132,10 +158,15 @@ impl Connection {
 
     /// Bytes were lost in `dir`.
     pub fn gap(&mut self, dir: Direction) {
+        self.lose(dir, GAP_NOTE);
+    }
+
+    /// Bytes were lost in `dir`, for the reason `why`.
+    fn lose(&mut self, dir: Direction, why: &str) {
         match &mut self.state {
-            State::Detecting(det) => det.gap(dir),
-            State::Http1(h) => h.gap(dir),
-            State::Http2(h) => h.gap(dir),
+            State::Detecting(det) => det.gap(dir, why),
+            State::Http1(h) => h.gap(dir, why),
+            State::Http2(h) => h.gap(dir, why),
             State::NotHttp => {}
         }
     }
@@ -197,12 +228,19 @@ impl Connection {
                 (d, start)
             }
         };
+        let budget = &self.budget;
         self.state = match outcome {
-            detect::Outcome::Http1(_) => State::Http1(Box::new(http1::Http1::new(self.limits, start))),
-            _ => State::Http2(Box::new(http2::Http2::new(self.limits, start))),
+            detect::Outcome::Http1(_) => {
+                State::Http1(Box::new(http1::Http1::new(self.limits, start, budget)))
+            }
+            _ => State::Http2(Box::new(http2::Http2::new(self.limits, start, budget))),
         };
+        // The chunks are replayed; the rest of the detector's state, and
+        // its charge, go first.
+        let chunks = det.take_chunks();
+        drop(det);
         let mut out = Vec::new();
-        for chunk in det.take_chunks() {
+        for chunk in chunks {
             out.extend(self.feed_after_detect(chunk));
         }
         out
@@ -211,8 +249,8 @@ impl Connection {
     fn feed_after_detect(&mut self, chunk: detect::Chunk) -> Vec<Exchange> {
         match chunk {
             detect::Chunk::Data(dir, data, time) => self.feed(dir, &data, time),
-            detect::Chunk::Gap(dir) => {
-                self.gap(dir);
+            detect::Chunk::Gap(dir, why) => {
+                self.lose(dir, &why);
                 Vec::new()
             }
         }

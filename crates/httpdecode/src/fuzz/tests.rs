@@ -8,7 +8,7 @@ use super::{fuzz_http1, fuzz_http2};
 use crate::detect::PREFACE;
 use crate::http2::frame::{DATA, END_HEADERS, END_STREAM, HEADERS, SETTINGS};
 use crate::testutil::{brotli_compress, frame, grpc_msg, gzip, t, Hpack};
-use crate::{Connection, Direction, Limits};
+use crate::{Budget, Connection, Direction, Limits};
 
 /// Seeded xorshift64*: reproducible without extra dependencies.
 struct Rng(u64);
@@ -115,9 +115,12 @@ fn mutate(rng: &mut Rng, data: &mut Vec<u8>) {
     }
 }
 
-/// Feeds a stream at random chunk boundaries with occasional gaps.
-fn feed_randomly(rng: &mut Rng, stream: &Stream, limits: Limits) {
-    let mut conn = Connection::with_limits(limits);
+/// Feeds a stream at random chunk boundaries with occasional gaps, within
+/// a budget that is sometimes too small; every charge is given back.
+/// Returns how many times the budget refused something.
+fn feed_randomly(rng: &mut Rng, stream: &Stream, limits: Limits) -> u64 {
+    let budget = Budget::new([300, 2000, 1 << 20][rng.below(3)]);
+    let mut conn = Connection::with_budget(limits, budget.clone());
     let mut ms = 0;
     for (dir, data) in stream {
         let mut rest = &data[..];
@@ -136,6 +139,9 @@ fn feed_randomly(rng: &mut Rng, stream: &Stream, limits: Limits) {
     for ex in conn.close(t(ms + 1)) {
         check(&ex, limits);
     }
+    drop(conn);
+    assert_eq!(budget.used(), 0, "charges not given back");
+    budget.refusals()
 }
 
 fn check(ex: &crate::Exchange, limits: Limits) {
@@ -160,16 +166,18 @@ fn random_inputs_never_panic() {
     samples.push(http2_sample());
     let started = Instant::now();
     let mut cases = 0;
+    let mut refusals = 0;
     for round in 0..25_000 {
         // Mutated valid streams, through detection.
         let mut stream = samples[round % samples.len()].clone();
         for (_, data) in &mut stream {
             mutate(&mut rng, data);
         }
-        feed_randomly(&mut rng, &stream, limits);
+        refusals += feed_randomly(&mut rng, &stream, limits);
         // Pure noise, through detection.
         let noise = rng.bytes(512);
-        feed_randomly(&mut rng, &vec![(Direction::Send, noise.clone()), (Direction::Recv, noise)], limits);
+        let noise = vec![(Direction::Send, noise.clone()), (Direction::Recv, noise)];
+        refusals += feed_randomly(&mut rng, &noise, limits);
         // The fuzz entry points, on noise and on mutated valid bytes.
         let raw = rng.bytes(256);
         fuzz_http1(&raw);
@@ -177,6 +185,7 @@ fn random_inputs_never_panic() {
         cases += 4;
     }
     assert!(cases >= 100_000);
+    assert!(refusals > 1000, "the budget refused {refusals} times");
     assert!(started.elapsed() < Duration::from_secs(300));
 }
 

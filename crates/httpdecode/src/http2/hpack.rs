@@ -21,6 +21,8 @@ use std::collections::VecDeque;
 
 use loona_hpack::huffman::HuffmanDecoder;
 
+use crate::budget::{Budget, Charge};
+
 /// Largest dynamic table kept, whatever the peers negotiate (browsers
 /// announce 64 KiB, most servers keep the 4096-byte default).
 pub(crate) const MAX_TABLE: usize = 64 * 1024;
@@ -37,6 +39,9 @@ pub(crate) struct HpackDecoder {
     allowed: usize,
     /// Header list size materialised per block.
     max_list: usize,
+    /// The table allowed beyond DEFAULT_TABLE; it only grows, since the
+    /// table shrinks only when the encoder says so.
+    charge: Charge,
 }
 
 enum Mode {
@@ -96,9 +101,10 @@ pub(crate) fn truncated_note(budget: usize, dropped: usize) -> String {
 impl HpackDecoder {
     /// `synced`: the table is known to be empty (connection start);
     /// `max_list`: header list size materialised per block.
-    pub(crate) fn new(synced: bool, max_list: usize) -> Self {
+    pub(crate) fn new(synced: bool, max_list: usize, budget: &Budget) -> Self {
         let mode = Mode::Partial(PartialTable::new(DEFAULT_TABLE));
-        let mut d = HpackDecoder { mode, announced: DEFAULT_TABLE, allowed: DEFAULT_TABLE, max_list };
+        let (announced, allowed, charge) = (DEFAULT_TABLE, DEFAULT_TABLE, Charge::new(budget));
+        let mut d = HpackDecoder { mode, announced, allowed, max_list, charge };
         if synced {
             d.resync();
         }
@@ -112,10 +118,15 @@ impl HpackDecoder {
     }
 
     /// The decoding side announced SETTINGS_HEADER_TABLE_SIZE: the table
-    /// may grow to it, within MAX_TABLE (see `clamp_size_updates`).
+    /// may grow to it, within MAX_TABLE (see `clamp_size_updates`), and
+    /// within the budget: without room the table keeps its size.
     pub(crate) fn set_allowed(&mut self, size: usize) {
         self.announced = size;
-        self.allowed = size.min(MAX_TABLE);
+        let want = size.min(MAX_TABLE);
+        let extra = want.saturating_sub(DEFAULT_TABLE);
+        if extra <= self.charge.held() || self.charge.set(extra) {
+            self.allowed = want;
+        }
         match &mut self.mode {
             Mode::Synced(d) => d.set_max_allowed_table_size(self.allowed),
             Mode::Partial(t) => t.set_cap(self.allowed),
@@ -491,7 +502,7 @@ mod tests {
             vec![(b":method", b"GET"), (b"x-custom", b"one"), (b"x-new", b"two")];
         let _lost = enc.encode(first.iter().copied());
         let block = enc.encode(second.iter().copied());
-        let mut dec = HpackDecoder::new(false, 1 << 20);
+        let mut dec = HpackDecoder::new(false, 1 << 20, &Budget::default());
         let out = dec.decode(&block);
         assert!(out.headers.contains(&(":method".into(), "GET".into())));
         assert!(out.headers.contains(&("x-new".into(), "two".into())));
@@ -506,7 +517,7 @@ mod tests {
 
     #[test]
     fn size_update_to_zero_resyncs() {
-        let mut dec = HpackDecoder::new(false, 1 << 20);
+        let mut dec = HpackDecoder::new(false, 1 << 20, &Budget::default());
         // size update 0, size update 4096, literal with indexing "a: b", then index 62
         let mut block = vec![0x20, 0x3f, 0xe1, 0x1f, 0x40, 1, b'a', 1, b'b'];
         block.push(0x80 | 62);
