@@ -24,7 +24,7 @@ use std::time::SystemTime;
 pub use body::Body;
 pub use budget::{Budget, DEFAULT_BUDGET, OVER_BUDGET};
 pub use exchange::{Exchange, Protocol};
-pub use fuzz::{fuzz_body, fuzz_http1, fuzz_http2};
+pub use fuzz::{fuzz_body, fuzz_hpack, fuzz_hpack_seeds, fuzz_http1, fuzz_http2, fuzz_http2_seeds};
 pub use grpc::{Grpc, GrpcMessage};
 
 /// Direction of captured bytes, from the point of view of the captured process.

@@ -214,3 +214,19 @@ fn regression_hpack_resync_recursion() {
     ];
     crate::fuzz_http2(&input);
 }
+
+/// The amplification seeds decode within their budgets through both
+/// targets.
+#[test]
+fn fuzz_seeds_decode() {
+    for (name, seed) in crate::fuzz_hpack_seeds() {
+        assert!(seed.len() < 300_000, "{name}: {} bytes", seed.len());
+        crate::fuzz_hpack(&seed);
+    }
+    for (name, seed) in crate::fuzz_http2_seeds() {
+        assert!(seed.len() < 300_000, "{name}: {} bytes", seed.len());
+        fuzz_http2(&seed);
+        // The other budget too.
+        fuzz_http2(&[&seed[..], &[0, 0]].concat());
+    }
+}
