@@ -145,24 +145,24 @@ impl HpackDecoder {
         }
         let mut list = List::new(self.max_list);
         match &mut self.mode {
-            Mode::Synced(d) => match d
-                .decode_with_cb(&clamp_size_updates(block, self.announced, self.allowed), |n, v| {
-                    list.push(&n, &v)
-                }) {
-                Ok(()) => list.finish(Vec::new()),
-                Err(e) => {
-                    // Decode this block partially; no resync for it (a block
-                    // the synced decoder rejected would be rejected again:
-                    // found by fuzzing as an endless recursion).
-                    let mut table = PartialTable::new(self.allowed);
-                    let mut list = List::new(self.max_list);
-                    let notes = table.decode(block, &mut list);
-                    self.mode = Mode::Partial(table);
-                    let mut out = list.finish(notes);
-                    out.notes.insert(0, format!("HPACK decoding error ({e}): header table state lost"));
-                    out
+            Mode::Synced(d) => {
+                let clamped = clamp_size_updates(block, self.announced, self.allowed);
+                match d.decode_with_cb(&clamped, |n, v| list.push(&n, &v)) {
+                    Ok(()) => list.finish(Vec::new()),
+                    Err(e) => {
+                        // Decode this block partially; no resync for it (a
+                        // block the synced decoder rejected would be rejected
+                        // again: found by fuzzing as an endless recursion).
+                        let mut table = PartialTable::new(self.allowed);
+                        let mut list = List::new(self.max_list);
+                        let notes = table.decode(block, &mut list);
+                        self.mode = Mode::Partial(table);
+                        let mut out = list.finish(notes);
+                        out.notes.insert(0, format!("HPACK decoding error ({e}): header table state lost"));
+                        out
+                    }
                 }
-            },
+            }
             Mode::Partial(t) => {
                 let notes = t.decode(block, &mut list);
                 list.finish(notes)
