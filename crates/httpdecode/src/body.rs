@@ -2,6 +2,8 @@
 
 use std::io::Read;
 
+use crate::budget::Charge;
+
 /// A request or response body.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Body {
@@ -25,6 +27,33 @@ impl Body {
             self.truncated = true;
         }
         self.raw.extend_from_slice(&data[..data.len().min(room)]);
+    }
+
+    /// Appends body bytes, keeping at most `limit`, each kept byte charged
+    /// to `charge`. Once `*refused` (the budget had no room), bytes are only
+    /// counted: a body with a hole in it would be worse than a cut one.
+    /// Returns false when this call was refused.
+    pub(crate) fn push_charged(
+        &mut self,
+        data: &[u8],
+        limit: usize,
+        charge: &mut Charge,
+        refused: &mut bool,
+    ) -> bool {
+        let keep = data.len().min(limit.saturating_sub(self.raw.len()));
+        if !*refused && !charge.grow(keep) {
+            *refused = true;
+            self.raw_len = self.raw_len.saturating_add(data.len());
+            self.truncated = true;
+            return false;
+        }
+        if *refused {
+            self.raw_len = self.raw_len.saturating_add(data.len());
+            self.truncated |= !data.is_empty();
+            return true;
+        }
+        self.push(data, limit);
+        true
     }
 
     /// Decodes `raw` according to the Content-Encoding header value.

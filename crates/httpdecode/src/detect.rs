@@ -3,8 +3,9 @@
 
 use std::time::SystemTime;
 
+use crate::budget::{Budget, Charge};
 use crate::http2::frame;
-use crate::Direction;
+use crate::{over_budget_note, Direction};
 
 /// The HTTP/2 client connection preface.
 pub(crate) const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -41,10 +42,10 @@ pub(crate) enum Outcome {
 /// Bytes seen before the protocol was known, replayed into the decoder.
 pub(crate) enum Chunk {
     Data(Direction, Vec<u8>, SystemTime),
-    Gap(Direction),
+    /// Bytes lost, and why.
+    Gap(Direction, String),
 }
 
-#[derive(Default)]
 pub(crate) struct Detector {
     chunks: Vec<Chunk>,
     /// All bytes of each direction, and where chunks (write boundaries) start.
@@ -56,14 +57,36 @@ pub(crate) struct Detector {
     /// was ruled out for good (a "no" stays a "no" whatever follows), so
     /// scans are incremental rather than quadratic.
     scanned: [usize; 2],
+    /// `bufs` and `chunks`.
+    charge: Charge,
 }
 
 impl Detector {
-    pub(crate) fn push(&mut self, dir: Direction, data: &[u8], time: SystemTime) {
+    pub(crate) fn new(budget: &Budget) -> Self {
+        Detector {
+            chunks: Vec::new(),
+            bufs: Default::default(),
+            boundaries: Default::default(),
+            total: 0,
+            since_last_run: 0,
+            scanned: [0; 2],
+            charge: Charge::new(budget),
+        }
+    }
+
+    /// Buffers what fits within DETECT_LIMIT; returns how many bytes.
+    pub(crate) fn push(&mut self, dir: Direction, data: &[u8], time: SystemTime) -> usize {
         let take = data.len().min(DETECT_LIMIT.saturating_sub(self.total));
         let data = &data[..take];
         if data.is_empty() {
-            return;
+            return 0;
+        }
+        // Kept twice (to scan, and to replay), plus the chunk's bookkeeping:
+        // many tiny chunks cost more than their bytes.
+        let overhead = std::mem::size_of::<Chunk>() + std::mem::size_of::<usize>();
+        if !self.charge.grow(2 * take + overhead) {
+            self.gap(dir, &over_budget_note("bytes"));
+            return data.len();
         }
         let d = dir.idx();
         self.boundaries[d].push(self.bufs[d].len());
@@ -71,12 +94,21 @@ impl Detector {
         self.chunks.push(Chunk::Data(dir, data.to_vec(), time));
         self.total += take;
         self.since_last_run += take;
+        take
     }
 
-    pub(crate) fn gap(&mut self, dir: Direction) {
+    pub(crate) fn gap(&mut self, dir: Direction, why: &str) {
+        // Gaps with no data in between are one.
+        let trailing_gaps = self.chunks.iter().rev().map_while(|c| match c {
+            Chunk::Gap(d, _) => Some(*d),
+            Chunk::Data(..) => None,
+        });
+        if trailing_gaps.into_iter().any(|d| d == dir) {
+            return;
+        }
         let d = dir.idx();
         self.boundaries[d].push(self.bufs[d].len());
-        self.chunks.push(Chunk::Gap(dir));
+        self.chunks.push(Chunk::Gap(dir, why.to_owned()));
     }
 
     pub(crate) fn take_chunks(&mut self) -> Vec<Chunk> {

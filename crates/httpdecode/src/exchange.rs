@@ -3,8 +3,27 @@
 use std::fmt;
 use std::time::SystemTime;
 
+use crate::budget::Budget;
 use crate::grpc::Grpc;
 use crate::Body;
+
+/// Notes kept per list (a message half, an exchange): a peer repeating what
+/// causes one (interim responses, broken frames) must not grow them.
+const MAX_NOTES: usize = 32;
+
+/// Adds a note, unless it is already there or the list is full (the last
+/// note then says that more were dropped).
+pub(crate) fn note(notes: &mut Vec<String>, note: impl Into<String>) {
+    let note = note.into();
+    if notes.contains(&note) {
+        return;
+    }
+    match notes.len() {
+        n if n + 1 < MAX_NOTES => notes.push(note),
+        n if n + 1 == MAX_NOTES => notes.push("further notes dropped".into()),
+        _ => {}
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Protocol {
@@ -73,20 +92,40 @@ impl Exchange {
         }
     }
 
+    /// Whether a header list (request or response headers or trailers) was
+    /// cut at `Limits::max_header_list`: a note says which and how much.
+    pub fn header_list_truncated(&self) -> bool {
+        self.notes.iter().any(|n| n.contains(crate::HEADER_LIST_TRUNCATED))
+    }
+
+    /// Whether something was dropped because the decoders' memory budget
+    /// had no room for it: a note says what.
+    pub fn over_budget(&self) -> bool {
+        self.notes.iter().any(|n| n.contains(crate::OVER_BUDGET))
+    }
+
     /// Latency from the request to the first byte of the response.
     pub fn latency(&self) -> Option<std::time::Duration> {
         self.response_time?.duration_since(self.request_time).ok()
     }
 
-    /// Decompresses bodies and splits gRPC messages, once both sides are in.
-    pub(crate) fn finish(&mut self, body_limit: usize) {
+    /// Decompresses bodies and splits gRPC messages, once both sides are
+    /// in: each decompressed body within `body_limit`, and within what
+    /// `budget` has left.
+    pub(crate) fn finish(&mut self, body_limit: usize, budget: &Budget) {
         let req_enc = header(&self.request_headers, "content-encoding").map(str::to_owned);
         let resp_enc = header(&self.response_headers, "content-encoding").map(str::to_owned);
-        if let Some(note) = self.request_body.decode(req_enc.as_deref(), body_limit) {
-            self.notes.push(format!("request: {note}"));
-        }
-        if let Some(note) = self.response_body.decode(resp_enc.as_deref(), body_limit) {
-            self.notes.push(format!("response: {note}"));
+        for (side, enc) in [("request", req_enc), ("response", resp_enc)] {
+            let body = if side == "request" { &mut self.request_body } else { &mut self.response_body };
+            let room = budget.available();
+            let limit = body_limit.min(room);
+            let Some(n) = body.decode(enc.as_deref(), limit) else { continue };
+            self.notes.push(format!("{side}: {n}"));
+            if limit < body_limit && body.decoded.as_ref().is_some_and(|d| d.len() == limit) {
+                budget.refused(body_limit - limit);
+                let why = crate::over_budget_note("rest of decoded body");
+                self.notes.push(format!("{side}: {why}"));
+            }
         }
         if self.is_grpc() {
             self.grpc = Some(Grpc::from_exchange(self));

@@ -5,9 +5,11 @@
 //! of a connection, arrive in arbitrary chunks and contain gaps. The decoder
 //! never panics, never loops forever and keeps memory bounded; when it cannot
 //! be sure of what it decodes it reports that in `Exchange::notes` instead of
-//! producing garbage.
+//! producing garbage. The state all connections keep together is bounded
+//! by a shared [`Budget`].
 
 mod body;
+mod budget;
 mod detect;
 mod exchange;
 mod fuzz;
@@ -20,8 +22,9 @@ mod testutil;
 use std::time::SystemTime;
 
 pub use body::Body;
+pub use budget::{Budget, DEFAULT_BUDGET, OVER_BUDGET};
 pub use exchange::{Exchange, Protocol};
-pub use fuzz::{fuzz_body, fuzz_http1, fuzz_http2};
+pub use fuzz::{fuzz_body, fuzz_hpack, fuzz_hpack_seeds, fuzz_http1, fuzz_http2, fuzz_http2_seeds};
 pub use grpc::{Grpc, GrpcMessage};
 
 /// Direction of captured bytes, from the point of view of the captured process.
@@ -52,6 +55,11 @@ impl Direction {
     pub(crate) const BOTH: [Direction; 2] = [Direction::Send, Direction::Recv];
 }
 
+/// Start of the note (in `Exchange::notes`, after "request: " or
+/// "response: ") saying that a header list was cut at
+/// `Limits::max_header_list`: the fields past it were dropped.
+pub const HEADER_LIST_TRUNCATED: &str = "header list truncated at its budget";
+
 /// Memory limits of one connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
@@ -61,11 +69,16 @@ pub struct Limits {
     /// gRPC), when only its start is of use (a preview): copying whole
     /// bodies is most of a decoder's work on large responses.
     pub max_plain_body: usize,
+    /// Header list size kept of each header block (HTTP/2: and of all the
+    /// trailer blocks of a message), counted as HPACK counts it (RFC 7541
+    /// section 4.1: name + value + 32 bytes per field); the rest is dropped
+    /// with a note starting with [`HEADER_LIST_TRUNCATED`].
+    pub max_header_list: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_body: 1 << 20, max_plain_body: 1 << 20 }
+        Limits { max_body: 1 << 20, max_plain_body: 1 << 20, max_header_list: 64 * 1024 }
     }
 }
 
@@ -80,8 +93,17 @@ enum State {
 /// Decoder of one TCP/TLS connection.
 pub struct Connection {
     limits: Limits,
+    budget: Budget,
     state: State,
 }
+
+/// Note of bytes the budget had no room for.
+pub(crate) fn over_budget_note(what: &str) -> String {
+    format!("{what} dropped: {OVER_BUDGET}")
+}
+
+/// Note of a capture gap.
+pub(crate) const GAP_NOTE: &str = "bytes lost (capture gap)";
 
 impl Default for Connection {
     fn default() -> Self {
@@ -94,8 +116,22 @@ impl Connection {
         Self::with_limits(Limits::default())
     }
 
+    /// A connection within `limits`, sharing the process-wide
+    /// [`Budget::shared`] with the other connections made so.
     pub fn with_limits(limits: Limits) -> Self {
-        Connection { limits, state: State::Detecting(detect::Detector::default()) }
+        Self::with_budget(limits, Budget::shared())
+    }
+
+    /// A connection within `limits` whose state is charged to `budget`
+    /// (share one among all connections: clone it).
+    pub fn with_budget(limits: Limits, budget: Budget) -> Self {
+        let state = State::Detecting(detect::Detector::new(&budget));
+        Connection { limits, budget, state }
+    }
+
+    /// The budget this connection's state is charged to.
+    pub fn budget(&self) -> &Budget {
+        &self.budget
     }
 
     /// Feed bytes; returns exchanges completed by them (request + response paired).
@@ -105,8 +141,14 @@ impl Connection {
         }
         match &mut self.state {
             State::Detecting(det) => {
-                det.push(dir, data, time);
-                self.try_detect()
+                let taken = det.push(dir, data, time);
+                let mut out = self.try_detect();
+                // Detection ends at the latest when its buffer is full: the
+                // rest of the chunk goes to the decoder it picked.
+                if taken < data.len() && !matches!(self.state, State::Detecting(_)) {
+                    out.extend(self.feed(dir, &data[taken..], time));
+                }
+                out
             }
             State::Http1(h) => h.feed(dir, data, time),
             State::Http2(h) => h.feed(dir, data, time),
@@ -116,10 +158,15 @@ impl Connection {
 
     /// Bytes were lost in `dir`.
     pub fn gap(&mut self, dir: Direction) {
+        self.lose(dir, GAP_NOTE);
+    }
+
+    /// Bytes were lost in `dir`, for the reason `why`.
+    fn lose(&mut self, dir: Direction, why: &str) {
         match &mut self.state {
-            State::Detecting(det) => det.gap(dir),
-            State::Http1(h) => h.gap(dir),
-            State::Http2(h) => h.gap(dir),
+            State::Detecting(det) => det.gap(dir, why),
+            State::Http1(h) => h.gap(dir, why),
+            State::Http2(h) => h.gap(dir, why),
             State::NotHttp => {}
         }
     }
@@ -181,12 +228,19 @@ impl Connection {
                 (d, start)
             }
         };
+        let budget = &self.budget;
         self.state = match outcome {
-            detect::Outcome::Http1(_) => State::Http1(Box::new(http1::Http1::new(self.limits, start))),
-            _ => State::Http2(Box::new(http2::Http2::new(self.limits, start))),
+            detect::Outcome::Http1(_) => {
+                State::Http1(Box::new(http1::Http1::new(self.limits, start, budget)))
+            }
+            _ => State::Http2(Box::new(http2::Http2::new(self.limits, start, budget))),
         };
+        // The chunks are replayed; the rest of the detector's state, and
+        // its charge, go first.
+        let chunks = det.take_chunks();
+        drop(det);
         let mut out = Vec::new();
-        for chunk in det.take_chunks() {
+        for chunk in chunks {
             out.extend(self.feed_after_detect(chunk));
         }
         out
@@ -195,8 +249,8 @@ impl Connection {
     fn feed_after_detect(&mut self, chunk: detect::Chunk) -> Vec<Exchange> {
         match chunk {
             detect::Chunk::Data(dir, data, time) => self.feed(dir, &data, time),
-            detect::Chunk::Gap(dir) => {
-                self.gap(dir);
+            detect::Chunk::Gap(dir, why) => {
+                self.lose(dir, &why);
                 Vec::new()
             }
         }

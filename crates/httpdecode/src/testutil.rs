@@ -87,7 +87,7 @@ impl Hpack {
     }
 }
 
-fn int(out: &mut Vec<u8>, first: u8, prefix: u8, mut v: usize) {
+pub(crate) fn int(out: &mut Vec<u8>, first: u8, prefix: u8, mut v: usize) {
     let max = (1usize << prefix) - 1;
     if v < max {
         out.push(first | v as u8);

@@ -8,7 +8,7 @@ use super::{fuzz_http1, fuzz_http2};
 use crate::detect::PREFACE;
 use crate::http2::frame::{DATA, END_HEADERS, END_STREAM, HEADERS, SETTINGS};
 use crate::testutil::{brotli_compress, frame, grpc_msg, gzip, t, Hpack};
-use crate::{Connection, Direction, Limits};
+use crate::{Budget, Connection, Direction, Limits};
 
 /// Seeded xorshift64*: reproducible without extra dependencies.
 struct Rng(u64);
@@ -115,9 +115,12 @@ fn mutate(rng: &mut Rng, data: &mut Vec<u8>) {
     }
 }
 
-/// Feeds a stream at random chunk boundaries with occasional gaps.
-fn feed_randomly(rng: &mut Rng, stream: &Stream, limits: Limits) {
-    let mut conn = Connection::with_limits(limits);
+/// Feeds a stream at random chunk boundaries with occasional gaps, within
+/// a budget that is sometimes too small; every charge is given back.
+/// Returns how many times the budget refused something.
+fn feed_randomly(rng: &mut Rng, stream: &Stream, limits: Limits) -> u64 {
+    let budget = Budget::new([300, 2000, 1 << 20][rng.below(3)]);
+    let mut conn = Connection::with_budget(limits, budget.clone());
     let mut ms = 0;
     for (dir, data) in stream {
         let mut rest = &data[..];
@@ -136,6 +139,9 @@ fn feed_randomly(rng: &mut Rng, stream: &Stream, limits: Limits) {
     for ex in conn.close(t(ms + 1)) {
         check(&ex, limits);
     }
+    drop(conn);
+    assert_eq!(budget.used(), 0, "charges not given back");
+    budget.refusals()
 }
 
 fn check(ex: &crate::Exchange, limits: Limits) {
@@ -144,26 +150,34 @@ fn check(ex: &crate::Exchange, limits: Limits) {
         assert!(body.decoded.as_ref().is_none_or(|d| d.len() <= limits.max_body));
         assert!(body.raw.len() <= body.raw_len);
     }
+    if ex.protocol == crate::Protocol::Http2 {
+        for list in [&ex.request_headers, &ex.response_headers, &ex.request_trailers, &ex.response_trailers] {
+            let size: usize = list.iter().map(|(n, v)| n.len() + v.len() + 32).sum();
+            assert!(size <= limits.max_header_list, "{size} bytes of headers: {:?}", ex.notes);
+        }
+    }
 }
 
 #[test]
 fn random_inputs_never_panic() {
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-    let limits = Limits { max_body: 64, max_plain_body: 64 };
+    let limits = Limits { max_body: 64, max_plain_body: 64, max_header_list: 256 };
     let mut samples = http1_samples();
     samples.push(http2_sample());
     let started = Instant::now();
     let mut cases = 0;
+    let mut refusals = 0;
     for round in 0..25_000 {
         // Mutated valid streams, through detection.
         let mut stream = samples[round % samples.len()].clone();
         for (_, data) in &mut stream {
             mutate(&mut rng, data);
         }
-        feed_randomly(&mut rng, &stream, limits);
+        refusals += feed_randomly(&mut rng, &stream, limits);
         // Pure noise, through detection.
         let noise = rng.bytes(512);
-        feed_randomly(&mut rng, &vec![(Direction::Send, noise.clone()), (Direction::Recv, noise)], limits);
+        let noise = vec![(Direction::Send, noise.clone()), (Direction::Recv, noise)];
+        refusals += feed_randomly(&mut rng, &noise, limits);
         // The fuzz entry points, on noise and on mutated valid bytes.
         let raw = rng.bytes(256);
         fuzz_http1(&raw);
@@ -171,6 +185,7 @@ fn random_inputs_never_panic() {
         cases += 4;
     }
     assert!(cases >= 100_000);
+    assert!(refusals > 1000, "the budget refused {refusals} times");
     assert!(started.elapsed() < Duration::from_secs(300));
 }
 
@@ -198,4 +213,20 @@ fn regression_hpack_resync_recursion() {
         0xf7, 0x51, 0xd1,
     ];
     crate::fuzz_http2(&input);
+}
+
+/// The amplification seeds decode within their budgets through both
+/// targets.
+#[test]
+fn fuzz_seeds_decode() {
+    for (name, seed) in crate::fuzz_hpack_seeds() {
+        assert!(seed.len() < 300_000, "{name}: {} bytes", seed.len());
+        crate::fuzz_hpack(&seed);
+    }
+    for (name, seed) in crate::fuzz_http2_seeds() {
+        assert!(seed.len() < 300_000, "{name}: {} bytes", seed.len());
+        fuzz_http2(&seed);
+        // The other budget too.
+        fuzz_http2(&[&seed[..], &[0, 0]].concat());
+    }
 }

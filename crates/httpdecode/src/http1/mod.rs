@@ -8,9 +8,10 @@ mod tests;
 use std::collections::VecDeque;
 use std::time::SystemTime;
 
+use crate::budget::{Budget, Charge};
 use crate::detect::Start;
-use crate::exchange::{body_limit, header, Exchange, Protocol};
-use crate::{Direction, Limits};
+use crate::exchange::{body_limit, header, note, Exchange, Protocol};
+use crate::{over_budget_note, Direction, Limits, GAP_NOTE};
 use reader::{Framing, Reader};
 
 /// Requests awaiting their response; more is not plausible pipelining.
@@ -30,10 +31,50 @@ struct Slot {
     /// The response has no body whatever its headers say.
     head: bool,
     connect: bool,
+    /// Header fields and body bytes kept.
+    charge: Charge,
+    /// The budget refused body bytes: the rest of that body is not kept.
+    req_refused: bool,
+    resp_refused: bool,
+}
+
+impl Slot {
+    fn new(ex: Exchange, req_seq: u64, budget: &Budget) -> Self {
+        Slot {
+            ex,
+            req_seq,
+            req_done: false,
+            resp_started: false,
+            resp_done: false,
+            head: false,
+            connect: false,
+            charge: Charge::new(budget),
+            req_refused: false,
+            resp_refused: false,
+        }
+    }
+}
+
+/// Charges the fields of a head, or drops them (noted) without room.
+fn charge_head(
+    charge: &mut Charge,
+    headers: Vec<(String, String)>,
+    notes: &mut Vec<String>,
+    side: &str,
+) -> Vec<(String, String)> {
+    let size = headers.iter().map(|(n, v)| n.len() + v.len() + 32).sum();
+    if charge.grow(size) {
+        return headers;
+    }
+    note(notes, format!("{side}: {}", over_budget_note(&format!("{} header fields", headers.len()))));
+    Vec::new()
 }
 
 pub(crate) struct Http1 {
     limits: Limits,
+    budget: Budget,
+    /// What the readers keep between chunks.
+    reader_charges: [Charge; 2],
     request_dir: Direction,
     readers: [Reader; 2],
     slots: VecDeque<Slot>,
@@ -64,9 +105,11 @@ pub(crate) enum Event {
 }
 
 impl Http1 {
-    pub(crate) fn new(limits: Limits, start: Start) -> Self {
+    pub(crate) fn new(limits: Limits, start: Start, budget: &Budget) -> Self {
         Http1 {
             limits,
+            budget: budget.clone(),
+            reader_charges: [Charge::new(budget), Charge::new(budget)],
             request_dir: start.client_dir.unwrap_or(Direction::Send),
             readers: [Reader::new(), Reader::new()],
             slots: VecDeque::new(),
@@ -98,15 +141,30 @@ impl Http1 {
             };
             self.handle(dir, event, time);
         }
+        let d = dir.idx();
+        let mut kept = self.readers[d].settle();
+        if !self.reader_charges[d].has_room_for(kept) {
+            kept = self.readers[d].shrink();
+        }
+        if !self.reader_charges[d].set(kept) {
+            self.lose(dir, &over_budget_note("buffered bytes"));
+            self.readers[d].drop_buffered();
+            self.reader_charges[d].set(0);
+        }
         self.emit();
         std::mem::take(&mut self.ready)
     }
 
-    pub(crate) fn gap(&mut self, dir: Direction) {
+    pub(crate) fn gap(&mut self, dir: Direction, why: &str) {
         if self.stopped {
             return;
         }
-        if let Some(Event::Broken(note)) = self.readers[dir.idx()].gap() {
+        self.lose(dir, why);
+        self.emit();
+    }
+
+    fn lose(&mut self, dir: Direction, why: &str) {
+        if let Some(Event::Broken(note)) = self.readers[dir.idx()].gap(why) {
             self.handle(dir, Event::Broken(note), SystemTime::UNIX_EPOCH);
         }
         if dir != self.request_dir {
@@ -114,10 +172,10 @@ impl Http1 {
             // response with a waiting request could pair the wrong ones.
             for slot in self.slots.iter_mut().filter(|s| !s.resp_started) {
                 slot.resp_done = true;
-                slot.ex.notes.push("response not captured (capture gap)".into());
+                let why = if why == GAP_NOTE { "(capture gap)".into() } else { format!("({why})") };
+                note(&mut slot.ex.notes, format!("response not captured {why}"));
             }
         }
-        self.emit();
     }
 
     pub(crate) fn close(&mut self, time: SystemTime) -> Vec<Exchange> {
@@ -130,7 +188,7 @@ impl Http1 {
             if !slot.resp_started {
                 slot.ex.notes.push("no response captured before close".into());
             }
-            slot.ex.finish(self.limits.max_body);
+            slot.ex.finish(self.limits.max_body, &self.budget);
             self.ready.push(slot.ex);
         }
         std::mem::take(&mut self.ready)
@@ -153,12 +211,20 @@ impl Http1 {
         };
         let limit = body_limit(self.limits, &slot.ex.request_headers, &[]);
         match event {
-            Event::Body(data) => slot.ex.request_body.push(&data, limit),
-            Event::Trailers(t) => slot.ex.request_trailers = t,
+            Event::Body(data) => {
+                let body = &mut slot.ex.request_body;
+                if !body.push_charged(&data, limit, &mut slot.charge, &mut slot.req_refused) {
+                    note(&mut slot.ex.notes, format!("request: {}", over_budget_note("body bytes")));
+                }
+            }
+            Event::Trailers(t) => {
+                slot.ex.request_trailers =
+                    charge_head(&mut slot.charge, t, &mut slot.ex.notes, "request trailers")
+            }
             Event::End => slot.req_done = true,
-            Event::Broken(note) => {
+            Event::Broken(why) => {
                 slot.ex.request_body.truncated = true;
-                slot.ex.notes.push(format!("request: {note}"));
+                note(&mut slot.ex.notes, format!("request: {why}"));
                 slot.req_done = true;
             }
             Event::Head(_) => {}
@@ -169,7 +235,7 @@ impl Http1 {
         if self.slots.len() >= MAX_SLOTS {
             if let Some(mut old) = self.slots.pop_front() {
                 old.ex.notes.push("no response captured (too many pipelined requests)".into());
-                old.ex.finish(self.limits.max_body);
+                old.ex.finish(self.limits.max_body, &self.budget);
                 self.ready.push(old.ex);
             }
         }
@@ -186,15 +252,16 @@ impl Http1 {
         if ex.authority.is_none() {
             ex.authority = header(&head.headers, "host").map(str::to_owned);
         }
-        ex.request_headers = head.headers;
-        let slot = Slot {
-            req_seq: self.seq,
-            req_done: false,
-            resp_started: false,
-            resp_done: false,
-            head: method == "HEAD",
-            connect: method == "CONNECT",
-            ex: Exchange { method: Some(method), ..ex },
+        let mut slot = Slot::new(ex, self.seq, &self.budget);
+        slot.head = method == "HEAD";
+        slot.connect = method == "CONNECT";
+        let target_size = method.len() + slot.ex.path.as_ref().map_or(0, String::len);
+        slot.ex.method = Some(method);
+        slot.ex.request_headers = if slot.charge.grow(target_size) {
+            charge_head(&mut slot.charge, head.headers, &mut slot.ex.notes, "request")
+        } else {
+            note(&mut slot.ex.notes, format!("request: {}", over_budget_note("header fields")));
+            Vec::new()
         };
         self.slots.push_back(slot);
     }
@@ -208,12 +275,20 @@ impl Http1 {
         };
         let limit = body_limit(self.limits, &slot.ex.response_headers, &slot.ex.request_headers);
         match event {
-            Event::Body(data) => slot.ex.response_body.push(&data, limit),
-            Event::Trailers(t) => slot.ex.response_trailers = t,
+            Event::Body(data) => {
+                let body = &mut slot.ex.response_body;
+                if !body.push_charged(&data, limit, &mut slot.charge, &mut slot.resp_refused) {
+                    note(&mut slot.ex.notes, format!("response: {}", over_budget_note("body bytes")));
+                }
+            }
+            Event::Trailers(t) => {
+                slot.ex.response_trailers =
+                    charge_head(&mut slot.charge, t, &mut slot.ex.notes, "response trailers")
+            }
             Event::End => slot.resp_done = true,
-            Event::Broken(note) => {
+            Event::Broken(why) => {
                 slot.ex.response_body.truncated = true;
-                slot.ex.notes.push(format!("response: {note}"));
+                note(&mut slot.ex.notes, format!("response: {why}"));
                 slot.resp_done = true;
             }
             Event::Head(_) => {}
@@ -227,7 +302,7 @@ impl Http1 {
         if (100..200).contains(&status) && status != 101 {
             // Interim response (100 Continue, 103 Early Hints): the final
             // response follows on the same request.
-            slot.ex.notes.push(format!("interim response {status}"));
+            note(&mut slot.ex.notes, format!("interim response {status}"));
             self.readers[self.request_dir.opposite().idx()].expect_head();
             return;
         }
@@ -241,12 +316,13 @@ impl Http1 {
             Framing::from_headers(&head.headers, true)
         };
         if tunnel {
-            slot.ex.notes.push(format!("tunnel after status {status}: rest of connection not decoded"));
+            note(&mut slot.ex.notes, format!("tunnel after status {status}: rest of connection not decoded"));
             slot.req_done = true;
             slot.resp_done = true;
             self.stopped = true;
         }
-        slot.ex.response_headers = head.headers;
+        slot.ex.response_headers =
+            charge_head(&mut slot.charge, head.headers, &mut slot.ex.notes, "response");
         self.readers[self.request_dir.opposite().idx()].set_framing(framing);
     }
 
@@ -260,15 +336,8 @@ impl Http1 {
         }
         let mut ex = Exchange::new(version_protocol(version), time);
         ex.notes.push("request not captured".into());
-        let slot = Slot {
-            ex,
-            req_seq: seq,
-            req_done: true,
-            resp_started: false,
-            resp_done: false,
-            head: false,
-            connect: false,
-        };
+        let mut slot = Slot::new(ex, seq, &self.budget);
+        slot.req_done = true;
         let at = current.unwrap_or(self.slots.len());
         self.slots.insert(at, slot);
         at
@@ -278,7 +347,7 @@ impl Http1 {
     fn emit(&mut self) {
         while self.slots.front().is_some_and(|s| s.req_done && s.resp_done) {
             if let Some(mut slot) = self.slots.pop_front() {
-                slot.ex.finish(self.limits.max_body);
+                slot.ex.finish(self.limits.max_body, &self.budget);
                 self.ready.push(slot.ex);
             }
         }

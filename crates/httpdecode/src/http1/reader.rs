@@ -10,6 +10,8 @@ use crate::exchange::header;
 const MAX_HEAD: usize = 64 * 1024;
 /// Longest chunk-size line.
 const MAX_CHUNK_LINE: usize = 4096;
+/// Buffer capacity kept between chunks when the buffered bytes need less.
+const KEEP_CAPACITY: usize = 64 * 1024;
 
 /// How the body after a head is delimited.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -124,14 +126,39 @@ impl Reader {
         }
     }
 
-    /// Bytes lost: the current message is broken; hunt for the next one.
-    pub(crate) fn gap(&mut self) -> Option<Event> {
+    /// Between chunks: drops the bytes already decoded and memory the rest
+    /// does not need; returns the bytes the buffer holds on to.
+    pub(crate) fn settle(&mut self) -> usize {
+        self.buf.drain(..self.pos);
+        self.pos = 0;
+        if self.buf.capacity() > KEEP_CAPACITY.max(2 * self.buf.len()) {
+            self.buf.shrink_to(KEEP_CAPACITY.max(self.buf.len()));
+        }
+        self.buf.capacity()
+    }
+
+    /// Gives back the memory the buffered bytes do not need; returns the
+    /// bytes the buffer still holds on to.
+    pub(crate) fn shrink(&mut self) -> usize {
+        self.buf.shrink_to_fit();
+        self.buf.capacity()
+    }
+
+    /// Drops the buffered bytes and their memory (after `gap`).
+    pub(crate) fn drop_buffered(&mut self) {
+        self.buf = Vec::new();
+        self.pos = 0;
+    }
+
+    /// Bytes lost (`why`): the current message is broken; hunt for the
+    /// next one.
+    pub(crate) fn gap(&mut self, why: &str) -> Option<Event> {
         let in_message = !matches!(self.phase, Phase::Hunting { .. } | Phase::Head)
             || (self.phase == Phase::Head && self.pos < self.buf.len());
         self.buf.clear();
         self.pos = 0;
         self.phase = Phase::Hunting { at_start: true };
-        in_message.then(|| Event::Broken("bytes lost (capture gap)".into()))
+        in_message.then(|| Event::Broken(why.to_owned()))
     }
 
     /// Connection closed: ends a body delimited by close.

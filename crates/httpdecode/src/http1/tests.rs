@@ -235,7 +235,7 @@ fn body_limit_truncates() {
 
 #[test]
 fn plain_bodies_keep_only_max_plain_body_and_compressed_ones_all() {
-    let limits = crate::Limits { max_body: 1 << 20, max_plain_body: 3 };
+    let limits = crate::Limits { max_body: 1 << 20, max_plain_body: 3, ..Default::default() };
     let mut c = Connection::with_limits(limits);
     let plain = run(&mut c, &[(Send, b"POST /p HTTP/1.1\r\nContent-Length: 6\r\n\r\nabcdef"), (Recv, OK)]);
     assert_eq!(plain[0].request_body.raw, b"abc");

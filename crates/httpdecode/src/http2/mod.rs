@@ -11,11 +11,12 @@ mod tests;
 use std::collections::{BTreeMap, VecDeque};
 use std::time::SystemTime;
 
+use crate::budget::{Budget, Charge};
 use crate::detect::Start;
-use crate::exchange::{body_limit, Exchange, Protocol};
-use crate::{Body, Direction, Limits};
+use crate::exchange::{body_limit, note, Exchange, Protocol};
+use crate::{over_budget_note, Body, Direction, Limits};
 use frame::FrameHeader;
-use hpack::{DecodedBlock, HpackDecoder};
+use hpack::{field_size, truncated_note, DecodedBlock, HpackDecoder};
 use reader::{FrameReader, Item};
 
 /// Streams tracked at once; the oldest is given up beyond that.
@@ -26,14 +27,35 @@ const MAX_BLOCK: usize = 256 * 1024;
 const MAX_CLOSED: usize = 1024;
 
 /// One direction of a stream: a request or a response.
-#[derive(Default)]
 struct Half {
     headers: Option<Vec<(String, String)>>,
     trailers: Vec<(String, String)>,
+    /// HPACK size of `trailers`: all trailer blocks share one budget.
+    trailers_size: usize,
     body: Body,
     ended: bool,
     first_time: Option<SystemTime>,
     notes: Vec<String>,
+    /// Body bytes and header fields kept.
+    charge: Charge,
+    /// The budget refused body bytes: the rest of the body is not kept.
+    body_refused: bool,
+}
+
+impl Half {
+    fn new(budget: &Budget) -> Self {
+        Half {
+            headers: None,
+            trailers: Vec::new(),
+            trailers_size: 0,
+            body: Body::default(),
+            ended: false,
+            first_time: None,
+            notes: Vec::new(),
+            charge: Charge::new(budget),
+            body_refused: false,
+        }
+    }
 }
 
 fn headers_of(half: &Half) -> &[(String, String)] {
@@ -57,10 +79,16 @@ struct Block {
     data: Vec<u8>,
     end_stream: bool,
     overflow: bool,
+    /// The budget had no room for `data`.
+    over_budget: bool,
+    charge: Charge,
 }
 
 pub(crate) struct Http2 {
     limits: Limits,
+    budget: Budget,
+    /// What the frame readers keep between chunks.
+    reader_charges: [Charge; 2],
     client_dir: Option<Direction>,
     /// Seen from the start: DATA on an unknown stream is then a late frame.
     from_start: bool,
@@ -73,17 +101,22 @@ pub(crate) struct Http2 {
 }
 
 impl Http2 {
-    pub(crate) fn new(limits: Limits, start: Start) -> Self {
+    pub(crate) fn new(limits: Limits, start: Start, budget: &Budget) -> Self {
         let reader = |dir: Direction| {
             let preface = start.preface && start.client_dir == Some(dir);
             FrameReader::new(preface, start.preface)
         };
         Http2 {
             limits,
+            budget: budget.clone(),
+            reader_charges: [Charge::new(budget), Charge::new(budget)],
             client_dir: start.client_dir,
             from_start: start.preface,
             readers: [reader(Direction::Send), reader(Direction::Recv)],
-            hpack: [HpackDecoder::new(start.preface), HpackDecoder::new(start.preface)],
+            hpack: [
+                HpackDecoder::new(start.preface, limits.max_header_list, budget),
+                HpackDecoder::new(start.preface, limits.max_header_list, budget),
+            ],
             blocks: [None, None],
             streams: BTreeMap::new(),
             closed: VecDeque::new(),
@@ -100,12 +133,22 @@ impl Http2 {
         while let Some(item) = self.readers[dir.idx()].next() {
             self.handle(dir, item, time);
         }
+        let d = dir.idx();
+        let mut kept = self.readers[d].settle();
+        if !self.reader_charges[d].has_room_for(kept) {
+            kept = self.readers[d].shrink();
+        }
+        if !self.reader_charges[d].set(kept) {
+            self.readers[d].drop_buffered();
+            self.reader_charges[d].set(0);
+            self.lost(dir, &over_budget_note("buffered frame bytes"));
+        }
         std::mem::take(&mut self.ready)
     }
 
-    pub(crate) fn gap(&mut self, dir: Direction) {
+    pub(crate) fn gap(&mut self, dir: Direction, why: &str) {
         self.readers[dir.idx()].gap();
-        self.lost(dir, "bytes lost (capture gap)");
+        self.lost(dir, why);
     }
 
     pub(crate) fn close(&mut self, _time: SystemTime) -> Vec<Exchange> {
@@ -124,7 +167,7 @@ impl Http2 {
             let half = &mut stream.halves[dir.idx()];
             if !half.ended {
                 half.body.truncated = true;
-                half.notes.push(why.to_owned());
+                note(&mut half.notes, why);
             }
         }
     }
@@ -139,7 +182,9 @@ impl Http2 {
                     let (half, other) = if dir.idx() == 0 { (first, &*second) } else { (second, &*first) };
                     let limit = body_limit(limits, headers_of(half), headers_of(other));
                     half.first_time.get_or_insert(time);
-                    half.body.push(&data, limit);
+                    if !half.body.push_charged(&data, limit, &mut half.charge, &mut half.body_refused) {
+                        note(&mut half.notes, over_budget_note("body bytes"));
+                    }
                 }
             }
             Item::DataEnd { stream, end_stream } => {
@@ -189,7 +234,7 @@ impl Http2 {
         };
         let promised = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) & 0x7fff_ffff;
         if let Some(s) = self.stream(promised, true, time) {
-            s.notes.push(format!("server push promised on stream {}", h.stream));
+            note(&mut s.notes, format!("server push promised on stream {}", h.stream));
             s.first_headers.get_or_insert(dir.opposite());
         }
         self.start_block(dir, h, promised, true, rest[4..].to_vec(), time);
@@ -205,13 +250,17 @@ impl Http2 {
         time: SystemTime,
     ) {
         let overflow = data.len() > MAX_BLOCK;
+        let mut charge = Charge::new(&self.budget);
+        let over_budget = !overflow && !charge.grow(data.len());
         let block = Block {
             stream: h.stream,
             target,
             promise,
-            data: if overflow { Vec::new() } else { data },
+            data: if overflow || over_budget { Vec::new() } else { data },
             end_stream: h.kind == frame::HEADERS && h.has(frame::END_STREAM),
             overflow,
+            over_budget,
+            charge,
         };
         if h.has(frame::END_HEADERS) {
             self.complete_block(dir, block, time);
@@ -226,10 +275,17 @@ impl Http2 {
             self.lost(dir, "header block start not captured");
             return;
         };
-        if block.data.len() + payload.len() > MAX_BLOCK {
+        if block.overflow || block.over_budget {
+            // Dropped already.
+        } else if block.data.len() + payload.len() > MAX_BLOCK {
             block.overflow = true;
             block.data = Vec::new();
-        } else if !block.overflow {
+            block.charge.set(0);
+        } else if !block.charge.grow(payload.len()) {
+            block.over_budget = true;
+            block.data = Vec::new();
+            block.charge.set(0);
+        } else {
             block.data.extend_from_slice(payload);
         }
         if h.has(frame::END_HEADERS) {
@@ -243,23 +299,31 @@ impl Http2 {
         let decoded = if block.overflow {
             self.lost(dir, "header block too large, not decoded");
             DecodedBlock { headers: Vec::new(), notes: vec!["header block too large, not decoded".into()] }
+        } else if block.over_budget {
+            let why = over_budget_note("header block");
+            self.lost(dir, &why);
+            DecodedBlock { headers: Vec::new(), notes: vec![why] }
         } else {
             self.hpack[dir.idx()].decode(&block.data)
         };
-        self.learn_roles(dir, &decoded, block.promise);
+        let Block { target, promise, end_stream, .. } = block;
+        self.learn_roles(dir, &decoded, promise);
         // Promised headers are the request of the pushed stream.
-        let half_dir = if block.promise { dir.opposite() } else { dir };
-        let Some(s) = self.stream(block.target, true, time) else {
+        let half_dir = if promise { dir.opposite() } else { dir };
+        let max_list = self.limits.max_header_list;
+        let Some(s) = self.stream(target, true, time) else {
             return;
         };
         let half = &mut s.halves[half_dir.idx()];
-        half.notes.extend(decoded.notes);
-        deliver_headers(half, decoded.headers);
-        if block.promise {
+        for n in decoded.notes {
+            note(&mut half.notes, n);
+        }
+        deliver_headers(half, decoded.headers, max_list);
+        if promise {
             half.ended = true;
         }
-        if block.end_stream {
-            self.end_half(block.target, dir);
+        if end_stream {
+            self.end_half(target, dir);
         }
     }
 
@@ -297,7 +361,7 @@ impl Http2 {
             let value = u32::from_be_bytes([entry[2], entry[3], entry[4], entry[5]]);
             if id == 0x1 {
                 // Limits the table of the decoder for what the peer sends.
-                self.hpack[dir.opposite().idx()].set_allowed(value);
+                self.hpack[dir.opposite().idx()].set_allowed(value as usize);
             }
         }
     }
@@ -317,7 +381,7 @@ impl Http2 {
                 notes.push("stream may have started before the capture".into());
             }
             let stream = Stream {
-                halves: [Half::default(), Half::default()],
+                halves: [Half::new(&self.budget), Half::new(&self.budget)],
                 first_headers: None,
                 notes,
                 start_time: time,
@@ -378,23 +442,48 @@ impl Http2 {
         fill_request(&mut ex, req, &mut notes);
         fill_response(&mut ex, resp, &mut notes);
         ex.notes = notes;
-        ex.finish(self.limits.max_body);
+        ex.finish(self.limits.max_body, &self.budget);
         ex
     }
 }
 
-/// First header block of a half is its headers, a later one its trailers;
-/// informational responses (1xx) are noted and dropped.
-fn deliver_headers(half: &mut Half, headers: Vec<(String, String)>) {
+/// First header block of a half is its headers, later ones its trailers
+/// (within one header list budget for all of them); informational responses
+/// (1xx) are noted and dropped.
+fn deliver_headers(half: &mut Half, headers: Vec<(String, String)>, max_list: usize) {
     let status = headers.iter().find(|(n, _)| n == ":status").map(|(_, v)| v.as_str());
     if let Some(s) = status.filter(|s| s.starts_with('1') && s.len() == 3) {
-        half.notes.push(format!("interim response {s}"));
+        note(&mut half.notes, format!("interim response {s}"));
         return;
     }
     if half.headers.is_none() {
-        half.headers = Some(headers);
-    } else {
-        half.trailers.extend(headers);
+        let size = headers.iter().map(|(n, v)| field_size(n, v)).sum();
+        if half.charge.grow(size) {
+            half.headers = Some(headers);
+        } else {
+            half.headers = Some(Vec::new());
+            note(&mut half.notes, over_budget_note(&format!("{} header fields", headers.len())));
+        }
+        return;
+    }
+    let (mut dropped, mut refused) = (0, false);
+    for (name, value) in headers {
+        let size = field_size(&name, &value);
+        if dropped > 0 || half.trailers_size + size > max_list {
+            dropped += 1;
+            continue;
+        }
+        if !half.charge.grow(size) {
+            (dropped, refused) = (1, true);
+            continue;
+        }
+        half.trailers_size += size;
+        half.trailers.push((name, value));
+    }
+    if refused {
+        note(&mut half.notes, format!("trailers: {}", over_budget_note(&format!("{dropped} fields"))));
+    } else if dropped > 0 {
+        note(&mut half.notes, format!("trailers: {}", truncated_note(max_list, dropped)));
     }
 }
 

@@ -8,6 +8,8 @@ use crate::detect::{h2_sync, Cand, PREFACE};
 const MAX_CONTROL: u32 = 256 * 1024;
 /// Bytes kept while hunting for a frame boundary.
 const MAX_HUNT: usize = 128 * 1024;
+/// Buffer capacity kept between chunks when the buffered bytes need less.
+const KEEP_CAPACITY: usize = 64 * 1024;
 
 pub(crate) enum Item {
     /// A complete non-DATA frame.
@@ -65,6 +67,30 @@ impl FrameReader {
         self.buf.clear();
         self.pos = 0;
         self.phase = Phase::Hunting;
+    }
+
+    /// Between chunks: drops the bytes already decoded and memory the rest
+    /// does not need; returns the bytes the buffer holds on to.
+    pub(crate) fn settle(&mut self) -> usize {
+        self.buf.drain(..self.pos);
+        self.pos = 0;
+        if self.buf.capacity() > KEEP_CAPACITY.max(2 * self.buf.len()) {
+            self.buf.shrink_to(KEEP_CAPACITY.max(self.buf.len()));
+        }
+        self.buf.capacity()
+    }
+
+    /// Gives back the memory the buffered bytes do not need; returns the
+    /// bytes the buffer still holds on to.
+    pub(crate) fn shrink(&mut self) -> usize {
+        self.buf.shrink_to_fit();
+        self.buf.capacity()
+    }
+
+    /// Drops the buffered bytes and their memory (a gap).
+    pub(crate) fn drop_buffered(&mut self) {
+        self.gap();
+        self.buf = Vec::new();
     }
 
     fn rest(&self) -> &[u8] {

@@ -1,6 +1,6 @@
 use super::frame::{CONTINUATION, DATA, END_HEADERS, END_STREAM, HEADERS, PADDED, RST_STREAM, SETTINGS};
 use crate::detect::PREFACE;
-use crate::testutil::{frame, grpc_msg, gzip, t, Hpack};
+use crate::testutil::{frame, grpc_msg, gzip, int, t, Hpack};
 use crate::{Connection, Direction, Exchange, Protocol};
 
 use Direction::{Recv, Send};
@@ -224,4 +224,223 @@ fn server_side_capture() {
     assert_eq!(ex.len(), 1);
     assert_eq!(ex[0].path.as_deref(), Some("/s"));
     assert_eq!(ex[0].response_body.raw, b"ok");
+}
+
+// Header lists past their budget (HPACK amplification): bounded, noted, and
+// the dynamic table still in sync for the next exchange.
+
+/// HEADERS + CONTINUATION frames of at most 16 KiB carrying `block`.
+fn header_frames(stream: u32, block: &[u8], end_stream: bool) -> Vec<u8> {
+    let chunks: Vec<&[u8]> = block.chunks(16384).collect();
+    let mut out = Vec::new();
+    for (i, chunk) in chunks.iter().enumerate() {
+        let last = if i == chunks.len() - 1 { END_HEADERS } else { 0 };
+        let (kind, flags) = if i == 0 {
+            (HEADERS, last | if end_stream { END_STREAM } else { 0 })
+        } else {
+            (CONTINUATION, last)
+        };
+        out.extend(frame(kind, flags, stream, chunk));
+    }
+    out
+}
+
+/// A literal field; `first` 0x40 inserts it in the dynamic table, 0x00 not.
+fn literal(out: &mut Vec<u8>, first: u8, name: &str, value: &[u8]) {
+    out.push(first);
+    int(out, 0, 7, name.len());
+    out.extend_from_slice(name.as_bytes());
+    int(out, 0, 7, value.len());
+    out.extend_from_slice(value);
+}
+
+/// `n` (a multiple of 8) '0' characters, Huffman-coded: 5 zero bits each.
+fn huffman_zeros(out: &mut Vec<u8>, n: usize) {
+    int(out, 0x80, 7, n * 5 / 8);
+    out.extend(std::iter::repeat_n(0, n * 5 / 8));
+}
+
+/// Stream 1's request is `attack`, stream 3's `next`, each answered 200:
+/// feeds them in records of 16 KiB and returns the two exchanges.
+fn attack_then_next(c: &mut Connection, attack: &[u8], next: &[u8]) -> (Exchange, Exchange) {
+    attack_then_next_on(c, 1, attack, next)
+}
+
+/// The same on streams `id` and `id + 2`.
+fn attack_then_next_on(c: &mut Connection, id: u32, attack: &[u8], next: &[u8]) -> (Exchange, Exchange) {
+    let mut client = header_frames(id, attack, true);
+    client.extend(header_frames(id + 2, next, true));
+    let mut out = feed_split(c, Send, &client, 16384, 10);
+    assert!(out.is_empty());
+    let mut server = header_frames(id, &[0x88], true);
+    server.extend(header_frames(id + 2, &[0x88], true));
+    out = feed_split(c, Recv, &server, 16384, 20);
+    assert_eq!(out.len(), 2, "{out:#?}");
+    let second = out.pop().unwrap();
+    (out.pop().unwrap(), second)
+}
+
+fn fields_size(headers: &[(String, String)]) -> usize {
+    headers.iter().map(|(n, v)| n.len() + v.len() + 32).sum()
+}
+
+fn assert_truncated(e: &Exchange) {
+    assert!(e.header_list_truncated(), "{:?}", e.notes);
+    assert!(e
+        .notes
+        .iter()
+        .any(|n| n.starts_with("request: header list truncated at its budget of 65536 bytes")));
+    assert!(fields_size(&e.request_headers) <= 65536);
+}
+
+#[test]
+fn one_byte_references_to_a_large_entry_stop_at_the_budget() {
+    let mut c = Connection::new();
+    open(&mut c);
+    let big = vec![b'a'; 4000];
+    // :method GET, :scheme https, :path /, "x: aaa..." inserted (index 62),
+    // then 200,000 one-byte references to it: 800 MB if materialised.
+    let mut attack = vec![0x82, 0x87, 0x84];
+    literal(&mut attack, 0x40, "x", &big);
+    attack.extend(std::iter::repeat_n(0x80 | 62, 200_000));
+    let (first, next) = attack_then_next(&mut c, &attack, &[0x82, 0x87, 0x85, 0x80 | 62]);
+    assert_truncated(&first);
+    assert_eq!(first.path.as_deref(), Some("/"));
+    assert_eq!(first.status, Some(200));
+    // 124 bytes of pseudo-headers, then 16 of the 4033-byte fields fit.
+    assert_eq!(first.request_headers.len(), 16);
+    assert!(first.request_headers.iter().all(|(n, v)| n == "x" && v.as_bytes() == big));
+    // The next exchange decodes exactly, from the same dynamic table.
+    assert_eq!(next.path.as_deref(), Some("/index.html"));
+    assert_eq!(next.request_headers, vec![("x".to_string(), String::from_utf8(big).unwrap())]);
+    assert!(next.notes.is_empty(), "{:?}", next.notes);
+    assert!(!next.header_list_truncated());
+}
+
+#[test]
+fn many_literal_fields_stop_at_the_budget_and_keep_the_table_in_sync() {
+    let mut c = Connection::new();
+    open(&mut c);
+    let mut attack = vec![0x82, 0x87, 0x84];
+    for i in 0..25_000 {
+        literal(&mut attack, 0x40, "k", format!("{i:05}").as_bytes());
+    }
+    let mut next = vec![0x82, 0x87, 0x85, 0x80 | 62, 0x80 | 63];
+    literal(&mut next, 0x00, "y", b"z");
+    let (first, next) = attack_then_next(&mut c, &attack, &next);
+    assert_truncated(&first);
+    // (65536 - 124) / 38 fields of 38 bytes.
+    assert_eq!(first.request_headers.len(), 1721);
+    assert_eq!(first.request_headers[1720], ("k".into(), "01720".into()));
+    let expected = [("k", "24999"), ("k", "24998"), ("y", "z")];
+    let expected: Vec<(String, String)> = expected.iter().map(|&(n, v)| (n.into(), v.into())).collect();
+    assert_eq!(next.request_headers, expected);
+    assert!(next.notes.is_empty(), "{:?}", next.notes);
+}
+
+#[test]
+fn huge_table_size_update_is_capped() {
+    let mut c = Connection::new();
+    open(&mut c);
+    // The server allows any table size for what the client sends.
+    c.feed(Recv, &frame(SETTINGS, 0, 0, &[0, 1, 0xff, 0xff, 0xff, 0xff]), t(5));
+    // A size update to 2^28 - 1, then 100 entries of 1033 bytes (103 KB,
+    // more than the 64 KiB kept).
+    let mut attack = vec![0x3f];
+    attack.extend([0xe0, 0xff, 0xff, 0x7f]);
+    attack.extend([0x82, 0x87, 0x84]);
+    for i in 0..100u8 {
+        literal(&mut attack, 0x40, "v", &[b'0' + i % 10; 1000]);
+    }
+    let (first, next) = attack_then_next(&mut c, &attack, &[0x82, 0x87, 0x85, 0x80 | 62, 0x80 | 63]);
+    assert_truncated(&first);
+    assert_eq!(first.request_headers.len(), 63, "{:?}", first.notes);
+    assert!(!first.notes.iter().any(|n| n.contains("state lost")), "{:?}", first.notes);
+    // The newest entries are kept: the next exchange decodes exactly.
+    let nine = String::from_utf8(vec![b'9'; 1000]).unwrap();
+    let eight = String::from_utf8(vec![b'8'; 1000]).unwrap();
+    assert_eq!(next.request_headers, vec![("v".to_string(), nine), ("v".to_string(), eight)]);
+    assert!(next.notes.is_empty(), "{:?}", next.notes);
+
+    // An entry the encoder still has but 64 KiB of table no longer holds
+    // is reported, never guessed.
+    let (third, _) =
+        attack_then_next_on(&mut c, 5, &[0x82, 0x87, 0x84, 0x80 | 62, 0x80 | 0x7f, 0x01], &[0x88]);
+    assert!(third.request_headers.is_empty(), "{:?}", third.request_headers);
+    assert!(third.notes.iter().any(|n| n.contains("header table state lost")), "{:?}", third.notes);
+}
+
+#[test]
+fn table_size_update_beyond_the_settings_loses_state_but_not_memory() {
+    let mut c = Connection::new();
+    open(&mut c);
+    // 2^28 - 1 with the default 4096 allowed: a compression error.
+    let mut attack = vec![0x3f, 0xe0, 0xff, 0xff, 0x7f, 0x82, 0x87, 0x84];
+    literal(&mut attack, 0x40, "w", b"1");
+    let mut next = vec![0x82, 0x87, 0x85, 0x80 | 62];
+    literal(&mut next, 0x00, "y", b"z");
+    let (first, next) = attack_then_next(&mut c, &attack, &next);
+    assert!(first.notes.iter().any(|n| n.contains("header table state lost")), "{:?}", first.notes);
+    assert_eq!(first.request_headers, vec![("w".to_string(), "1".to_string())]);
+    // Entries inserted since are known: the next block decodes exactly.
+    let expected = vec![("w".to_string(), "1".to_string()), ("y".to_string(), "z".to_string())];
+    assert_eq!(next.request_headers, expected);
+    assert!(next.notes.is_empty(), "{:?}", next.notes);
+}
+
+#[test]
+fn huffman_coded_values_stop_at_the_budget() {
+    let mut c = Connection::new();
+    open(&mut c);
+    // 320,000 Huffman-coded characters (200 KB on the wire), not indexed,
+    // then a small Huffman-coded value inserted in the table.
+    let mut attack = vec![0x82, 0x87, 0x84, 0x00, 1, b'h'];
+    huffman_zeros(&mut attack, 320_000);
+    attack.extend([0x40, 2, b'h', b'2']);
+    huffman_zeros(&mut attack, 16);
+    let (first, next) = attack_then_next(&mut c, &attack, &[0x82, 0x87, 0x85, 0x80 | 62]);
+    assert_truncated(&first);
+    assert!(first.request_headers.is_empty(), "{:?}", first.request_headers);
+    assert_eq!(next.request_headers, vec![("h2".to_string(), "0".repeat(16))]);
+    assert!(next.notes.is_empty(), "{:?}", next.notes);
+}
+
+#[test]
+fn trailer_blocks_share_one_budget() {
+    let limits = crate::Limits { max_header_list: 200, ..Default::default() };
+    let mut c = Connection::with_limits(limits);
+    open(&mut c);
+    let mut client = header_frames(1, &[0x82, 0x87, 0x84], false);
+    for i in 0..10u8 {
+        let mut trailer = Vec::new();
+        literal(&mut trailer, 0x00, "t", &[b'0' + i; 20]);
+        client.extend(header_frames(1, &trailer, i == 9));
+    }
+    c.feed(Send, &client, t(10));
+    let ex = c.feed(Recv, &header_frames(1, &[0x88], true), t(20));
+    assert_eq!(ex.len(), 1);
+    // 53 bytes each: three fit in 200.
+    assert_eq!(ex[0].request_trailers.len(), 3);
+    assert!(ex[0].header_list_truncated());
+    assert!(ex[0].notes.iter().any(|n| n.starts_with("request: trailers: header list truncated")));
+}
+
+/// The first chunk of a connection larger than what detection buffers
+/// (64 KiB) is decoded whole, not cut where detection stopped.
+#[test]
+fn first_chunk_larger_than_detection_buffer() {
+    let mut c = Connection::new();
+    let mut client = PREFACE.to_vec();
+    client.extend(settings());
+    client.extend(frame(HEADERS, END_HEADERS, 1, &block(&mut Hpack::new(), &request("/big"))));
+    let body = vec![b'b'; 100_000];
+    for (i, part) in body.chunks(16384).enumerate() {
+        let last = (i + 1) * 16384 >= body.len();
+        client.extend(frame(DATA, if last { END_STREAM } else { 0 }, 1, part));
+    }
+    assert!(c.feed(Send, &client, t(0)).is_empty());
+    let ex = c.feed(Recv, &header_frames(1, &[0x88], true), t(1));
+    assert_eq!(ex.len(), 1);
+    assert_eq!(ex[0].request_body.raw_len, 100_000);
+    assert!(ex[0].notes.is_empty(), "{:?}", ex[0].notes);
 }
