@@ -197,3 +197,63 @@ fn a_library_replaced_under_running_processes_is_attached_again() {
     assert_same_bytes(&got.stream("recv", new), &server.sent_to(new_client.local_port), "new mapping");
     assert_eq!(got.stderr.matches("detached from").count(), 1, "{}", got.stderr);
 }
+
+/// An executable swapped for another file after cleartap found it and
+/// before it opened it (the window widened by CLEARTAP_TEST_OPEN_DELAY):
+/// refused with a warning, never parsed or probed. Once opened, a file is
+/// parsed and probed through that one descriptor, so a later swap changes
+/// nothing (see src/discover/pinned.rs).
+#[test]
+fn a_file_swapped_before_it_is_opened_is_refused() {
+    if !require_bpf() {
+        return;
+    }
+    let _guard = exclusive();
+    let dir = tempfile::tempdir().unwrap();
+    let bash = dir.path().join("bash");
+    std::fs::copy("/bin/bash", &bash).unwrap();
+    // What the swap puts there: another program, with symbols of its own.
+    let impostor = dir.path().join("impostor");
+    std::fs::copy("/bin/dash", &impostor).expect("dash (scripts/install-deps --test)");
+
+    let mut cleartap = cleartap()
+        .args(["shell", "--format", "json"])
+        .env("CLEARTAP_TEST_OPEN_DELAY", format!("{}:3000", bash.display()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(cleartap.stderr.take().unwrap()).lines().map_while(Result::ok);
+    let mut before_ready = Vec::new();
+    for line in stderr.by_ref() {
+        if line == "ready" {
+            break;
+        }
+        before_ready.push(line);
+    }
+    // The process cleartap finds (at its exec), then the swap while it
+    // waits to open the file.
+    let mut victim = Command::new(&bash).args(["-c", "sleep 5"]).spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(1000));
+    std::fs::rename(&impostor, &bash).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut refused = None;
+    for line in stderr.by_ref() {
+        if line.contains("was replaced between discovery and opening") {
+            refused = Some(line);
+            break;
+        }
+        assert!(!line.contains(&format!("attached to {}", bash.display())), "{line}");
+        if Instant::now() > deadline {
+            break;
+        }
+    }
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(cleartap.id() as i32, libc::SIGINT) };
+    let rest: Vec<String> = stderr.collect();
+    assert!(cleartap.wait().unwrap().success(), "{rest:?}");
+    let _ = victim.wait();
+    let refused = refused.unwrap_or_else(|| panic!("no refusal; stderr: {before_ready:?} {rest:?}"));
+    assert!(refused.contains(&format!("not capturing {}", bash.display())), "{refused}");
+    assert!(!rest.iter().any(|l| l.contains("attached to")), "{rest:?}");
+}

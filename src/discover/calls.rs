@@ -32,11 +32,13 @@ pub struct DirectCall {
 
 /// The bytes of `f` in `file`, at most [`MAX_FUNCTION`] of them; empty
 /// when outside the file.
-pub fn function_code(file: &[u8], f: Function) -> &[u8] {
+pub fn function_code<'d, R: object::ReadRef<'d>>(file: R, f: Function) -> &'d [u8] {
     let len = if f.size == 0 { MAX_FUNCTION } else { f.size.min(MAX_FUNCTION) };
-    let Ok(start) = usize::try_from(f.file_offset) else { return &[] };
-    let end = start.saturating_add(len as usize).min(file.len());
-    file.get(start..end).unwrap_or(&[])
+    let end = f.file_offset.saturating_add(len).min(file.len().unwrap_or(0));
+    if end <= f.file_offset {
+        return &[];
+    }
+    file.read_bytes_at(f.file_offset, end - f.file_offset).unwrap_or(&[])
 }
 
 /// Every direct call in `code` (the function at `address`), in code order.

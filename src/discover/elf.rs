@@ -2,13 +2,13 @@
 //! file offsets: the unit uprobes attach by.
 
 use std::collections::HashMap;
-use std::fs;
-use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use object::elf::{DT_NEEDED, DT_RPATH, DT_RUNPATH, PT_LOAD};
-use object::read::elf::{Dyn, ElfFile64, ProgramHeader, SectionHeader};
-use object::{Endianness, Object, ObjectSymbol, SymbolKind};
+use object::read::elf::{Dyn as _, ElfFile64, ProgramHeader, SectionHeader};
+use object::{Endianness, Object, ObjectSymbol, ReadRef, SymbolKind};
+
+use super::pinned::PinnedFile;
 
 /// A function found in an ELF file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,18 +30,14 @@ pub struct Symbols {
 }
 
 impl Symbols {
-    pub fn read(path: &Path, wanted: &[&str]) -> Result<Symbols> {
-        // Mapped, not read: executables with a TLS library inside (node)
-        // are tens of MiB and only their symbol tables are touched.
-        let file = fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-        // SAFETY: read-only private mapping of a file we only parse.
-        let bytes =
-            unsafe { memmap2::Mmap::map(&file) }.with_context(|| format!("mapping {}", path.display()))?;
-        Self::parse(&bytes, wanted).with_context(|| format!("reading ELF symbols of {}", path.display()))
+    /// Read by ranges: executables with a TLS library inside (node) are
+    /// tens of MiB and only their symbol tables are touched.
+    pub fn of(file: &PinnedFile, wanted: &[&str]) -> Result<Symbols> {
+        Self::parse(file.data(), wanted).context("reading ELF symbols")
     }
 
-    pub fn parse(bytes: &[u8], wanted: &[&str]) -> Result<Symbols> {
-        let elf = ElfFile64::<Endianness>::parse(bytes).context("not a 64-bit ELF file")?;
+    pub fn parse<'d, R: ReadRef<'d>>(data: R, wanted: &[&str]) -> Result<Symbols> {
+        let elf = ElfFile64::<Endianness, R>::parse(data).context("not a 64-bit ELF file")?;
         let segments = load_segments(&elf)?;
         let mut functions = HashMap::new();
         collect(elf.dynamic_symbols(), &segments, wanted, &mut functions);
@@ -60,15 +56,11 @@ impl Symbols {
     /// Every defined symbol whose raw name contains `needle` and whose
     /// demangled C++ form satisfies `pred` (e.g. `dispatch_command(enum_server_command, THD*, ...)`).
     pub fn find_demangled(
-        path: &Path,
+        file: &PinnedFile,
         needle: &str,
         pred: impl Fn(&str) -> bool,
     ) -> Result<Vec<(String, Function)>> {
-        let file = fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-        // SAFETY: read-only private mapping of a file we only parse.
-        let bytes =
-            unsafe { memmap2::Mmap::map(&file) }.with_context(|| format!("mapping {}", path.display()))?;
-        let elf = ElfFile64::<Endianness>::parse(&*bytes).context("not a 64-bit ELF file")?;
+        let elf = ElfFile64::<Endianness, _>::parse(file.data()).context("not a 64-bit ELF file")?;
         let segments = load_segments(&elf)?;
         let mut found = Vec::new();
         for sym in elf.dynamic_symbols().chain(elf.symbols()) {
@@ -95,22 +87,23 @@ pub struct Dependencies {
 }
 
 impl Dependencies {
-    pub fn read(path: &Path) -> Result<Dependencies> {
-        let bytes = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-        Self::parse(&bytes).with_context(|| format!("reading the dynamic section of {}", path.display()))
+    pub fn of(file: &PinnedFile) -> Result<Dependencies> {
+        Self::parse(file.data()).context("reading the dynamic section")
     }
 
-    pub fn parse(bytes: &[u8]) -> Result<Dependencies> {
-        let elf = ElfFile64::<Endianness>::parse(bytes).context("not a 64-bit ELF file")?;
+    pub fn parse<'d, R: ReadRef<'d>>(data: R) -> Result<Dependencies> {
+        let elf = ElfFile64::<Endianness, R>::parse(data).context("not a 64-bit ELF file")?;
         let endian = elf.endian();
         let sections = elf.elf_section_table();
         let mut deps = Dependencies::default();
         for section in sections.iter() {
-            let Some((entries, link)) = section.dynamic(endian, bytes)? else { continue };
-            let strings = sections.strings(endian, bytes, link)?;
+            let Some((entries, link)) = section.dynamic(endian, data)? else { continue };
+            let strings = sections.strings(endian, data, link)?;
             for entry in entries {
                 let text = |e: &object::elf::Dyn64<Endianness>| -> Result<String> {
-                    let raw = e.string(endian, strings).context("bad string in the dynamic section")?;
+                    let offset =
+                        u32::try_from(e.d_val(endian)).context("bad string in the dynamic section")?;
+                    let raw = strings.get(offset).ok().context("bad string in the dynamic section")?;
                     Ok(String::from_utf8_lossy(raw).into_owned())
                 };
                 match entry.d_tag(endian) as u32 {
@@ -156,7 +149,9 @@ fn collect<'data: 'file, 'file>(
 }
 
 /// (virtual address, size in memory, file offset) of each PT_LOAD segment.
-pub(crate) fn load_segments(elf: &ElfFile64<Endianness>) -> Result<Vec<(u64, u64, u64)>> {
+pub(crate) fn load_segments<'d, R: ReadRef<'d>>(
+    elf: &ElfFile64<'d, Endianness, R>,
+) -> Result<Vec<(u64, u64, u64)>> {
     let endian = elf.endian();
     let mut segments = Vec::new();
     for ph in elf.elf_program_headers() {
@@ -180,11 +175,21 @@ pub(crate) fn file_offset_of(segments: &[(u64, u64, u64)], address: u64) -> Opti
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
+    use std::path::{Path, PathBuf};
+
+    /// The C library this test program itself runs with, wherever the
+    /// distribution puts it.
+    fn libc_path() -> PathBuf {
+        let maps = super::super::procs::mappings(std::process::id());
+        let libc = maps.iter().find(|m| m.path.rsplit('/').next().is_some_and(|n| n.starts_with("libc.so")));
+        PathBuf::from(&libc.expect("this test links the C library dynamically").path)
+    }
 
     #[test]
     fn finds_exported_functions_of_libc() {
-        let libc = Path::new("/lib/x86_64-linux-gnu/libc.so.6");
-        let symbols = Symbols::read(libc, &["write", "read", "no_such_function_here"]).unwrap();
+        let libc = PinnedFile::open(&libc_path()).unwrap();
+        let symbols = Symbols::of(&libc, &["write", "read", "no_such_function_here"]).unwrap();
         assert!(symbols.get("read").is_some());
         let write = symbols.get("write").expect("libc exports write");
         assert!(write.size > 0);
@@ -215,10 +220,10 @@ mod tests {
 
     #[test]
     fn dependencies_of_the_system_bash_and_garbage() {
-        let deps = Dependencies::read(Path::new("/bin/bash")).unwrap();
+        let deps = Dependencies::of(&PinnedFile::open(Path::new("/bin/bash")).unwrap()).unwrap();
         assert!(deps.needed.iter().any(|n| n == "libc.so.6"), "{deps:?}");
         assert!(deps.needed.iter().any(|n| n.starts_with("libtinfo.so")), "{deps:?}");
-        assert!(Dependencies::parse(b"\x7fELF not really").is_err());
+        assert!(Dependencies::parse(&b"\x7fELF not really"[..]).is_err());
         let bash = fs::read("/bin/bash").unwrap();
         for cut in [64, 4096, bash.len() / 2, bash.len() - 1] {
             let _ = Dependencies::parse(&bash[..cut]);
@@ -227,9 +232,9 @@ mod tests {
 
     #[test]
     fn garbage_is_an_error_not_a_panic() {
-        assert!(Symbols::parse(b"", &["x"]).is_err());
-        assert!(Symbols::parse(b"\x7fELF garbage that is not an elf file at all", &["x"]).is_err());
-        let libc = fs::read("/lib/x86_64-linux-gnu/libc.so.6").unwrap();
+        assert!(Symbols::parse(&b""[..], &["x"]).is_err());
+        assert!(Symbols::parse(&b"\x7fELF garbage that is not an elf file at all"[..], &["x"]).is_err());
+        let libc = fs::read(libc_path()).unwrap();
         for cut in [16, 64, 4096, libc.len() / 2] {
             let _ = Symbols::parse(&libc[..cut], &["write"]);
         }

@@ -17,9 +17,6 @@
 //! bounds-checked and decoding is capped at [`super::calls::MAX_FUNCTION`] bytes per
 //! function: these bytes come from any file on the host.
 
-use std::fs;
-use std::path::Path;
-
 use anyhow::{bail, Context, Result};
 use iced_x86::{
     Decoder, DecoderOptions, FlowControl, Instruction, InstructionInfoFactory, Mnemonic, OpAccess, OpKind,
@@ -28,11 +25,13 @@ use iced_x86::{
 use object::elf::{PF_X, PT_LOAD, R_X86_64_GLOB_DAT, R_X86_64_JUMP_SLOT};
 use object::read::elf::{ElfFile64, ProgramHeader};
 use object::{
-    Architecture, Endianness, Object, ObjectSymbol, ObjectSymbolTable, RelocationFlags, RelocationTarget,
+    Architecture, Endianness, Object, ObjectSymbol, ObjectSymbolTable, ReadRef, RelocationFlags,
+    RelocationTarget,
 };
 
 use super::calls::function_code;
 use super::elf::{file_offset_of, load_segments, Symbols};
+use super::pinned::PinnedFile;
 
 /// Where to probe for GnuTLS secrets and how to read the client random.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,16 +54,12 @@ const CLIENT_RANDOM_SIZE: u64 = 32;
 
 const UNAVAILABLE: &str = "GnuTLS key log lines are unavailable for this library";
 
-pub fn find(path: &Path) -> Result<GnutlsKeylogPoints> {
-    let file = fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    // SAFETY: read-only private mapping of a file we only parse.
-    let bytes =
-        unsafe { memmap2::Mmap::map(&file) }.with_context(|| format!("mapping {}", path.display()))?;
-    find_in(&bytes).with_context(|| format!("finding the GnuTLS key log function of {}", path.display()))
+pub fn find(file: &PinnedFile) -> Result<GnutlsKeylogPoints> {
+    find_in(file.data()).context("finding the GnuTLS key log function")
 }
 
-pub fn find_in(bytes: &[u8]) -> Result<GnutlsKeylogPoints> {
-    let elf = ElfFile64::<Endianness>::parse(bytes).context("not a 64-bit ELF file")?;
+pub fn find_in<'d, R: ReadRef<'d>>(bytes: R) -> Result<GnutlsKeylogPoints> {
+    let elf = ElfFile64::<Endianness, R>::parse(bytes).context("not a 64-bit ELF file")?;
     if elf.architecture() != Architecture::X86_64 {
         bail!("not an x86-64 library; {UNAVAILABLE}");
     }
@@ -95,10 +90,11 @@ pub fn find_in(bytes: &[u8]) -> Result<GnutlsKeylogPoints> {
     let in_code = |address: u64| executable.iter().any(|&(start, end)| address >= start && address < end);
     let (_, function) =
         default_keylog_function(function_code(bytes, init), init.address, &is_set_keylog, field, &in_code)?;
-    let keylog_function =
-        file_offset_of(&segments, function).filter(|&offset| offset < bytes.len() as u64).with_context(
-            || format!("the default key log function at {function:#x} is not in the file; {UNAVAILABLE}"),
-        )?;
+    let keylog_function = file_offset_of(&segments, function)
+        .filter(|&offset| offset < bytes.len().unwrap_or(0))
+        .with_context(|| {
+            format!("the default key log function at {function:#x} is not in the file; {UNAVAILABLE}")
+        })?;
     Ok(GnutlsKeylogPoints { keylog_function, client_random_offset })
 }
 
@@ -204,7 +200,7 @@ fn default_keylog_function(
 /// Addresses of the GOT slots the dynamic loader fills with `name`'s
 /// address (`R_X86_64_JUMP_SLOT` for PLT stubs, `R_X86_64_GLOB_DAT` for
 /// `.plt.got` stubs and `call [rip+GOT]`).
-fn got_slots(elf: &ElfFile64<Endianness>, name: &str) -> Vec<u64> {
+fn got_slots<'d, R: ReadRef<'d>>(elf: &ElfFile64<'d, Endianness, R>, name: &str) -> Vec<u64> {
     let (Some(relocations), Some(symbols)) = (elf.dynamic_relocations(), elf.dynamic_symbol_table()) else {
         return Vec::new();
     };
@@ -225,9 +221,10 @@ fn got_slots(elf: &ElfFile64<Endianness>, name: &str) -> Vec<u64> {
 
 /// The GOT slot a PLT stub at `address` jumps through:
 /// `[endbr64] [bnd] jmp [rip+slot]`.
-fn stub_slot(bytes: &[u8], segments: &[(u64, u64, u64)], address: u64) -> Option<u64> {
-    let start = usize::try_from(file_offset_of(segments, address)?).ok()?;
-    let code = bytes.get(start..start.saturating_add(16).min(bytes.len()))?;
+fn stub_slot<'d, R: ReadRef<'d>>(bytes: R, segments: &[(u64, u64, u64)], address: u64) -> Option<u64> {
+    let start = file_offset_of(segments, address)?;
+    let end = start.saturating_add(16).min(bytes.len().ok()?);
+    let code = bytes.read_bytes_at(start, end.checked_sub(start)?).ok()?;
     let mut decoder = Decoder::with_ip(64, code, address, DecoderOptions::NONE);
     for _ in 0..2 {
         let instr = decoder.decode();
@@ -243,7 +240,7 @@ fn stub_slot(bytes: &[u8], segments: &[(u64, u64, u64)], address: u64) -> Option
 }
 
 /// [start, end) of the file-backed part of each executable PT_LOAD segment.
-fn executable_ranges(elf: &ElfFile64<Endianness>) -> Vec<(u64, u64)> {
+fn executable_ranges<'d, R: ReadRef<'d>>(elf: &ElfFile64<'d, Endianness, R>) -> Vec<(u64, u64)> {
     let endian = elf.endian();
     elf.elf_program_headers()
         .iter()
@@ -491,6 +488,8 @@ fn clobber_written(instr: &Instruction, regs: &mut Regs, factory: &mut Instructi
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
+    use std::path::Path;
 
     const LIBGNUTLS: &str = "/usr/lib/x86_64-linux-gnu/libgnutls.so.30";
 
@@ -581,19 +580,20 @@ mod tests {
     #[test]
     fn the_system_libgnutls_agrees_with_itself_at_run_time() {
         let bytes = libgnutls();
-        let points = find(Path::new(LIBGNUTLS)).unwrap();
-        assert_eq!(find_in(&bytes).unwrap(), points);
+        let points = find(&PinnedFile::open(Path::new(LIBGNUTLS)).unwrap()).unwrap();
+        let bytes = &bytes[..];
+        assert_eq!(find_in(bytes).unwrap(), points);
 
         let (function, client_random_offset) = ask_the_library();
-        let elf = ElfFile64::<Endianness>::parse(&*bytes).unwrap();
+        let elf = ElfFile64::<Endianness>::parse(bytes).unwrap();
         let segments = load_segments(&elf).unwrap();
         let keylog_function = file_offset_of(&segments, function).unwrap();
         assert_eq!(points, GnutlsKeylogPoints { keylog_function, client_random_offset });
 
         // The setter stores its argument at one field of the session.
-        let symbols = Symbols::parse(&bytes, &[SET_KEYLOG, INIT]).unwrap();
+        let symbols = Symbols::parse(bytes, &[SET_KEYLOG, INIT]).unwrap();
         let set_keylog = symbols.get(SET_KEYLOG).unwrap();
-        assert!(keylog_func_field(function_code(&bytes, set_keylog), set_keylog.address).is_some());
+        assert!(keylog_func_field(function_code(bytes, set_keylog), set_keylog.address).is_some());
     }
 
     /// Where gnutls_init calls the key log setter: the setter itself, or
@@ -712,19 +712,19 @@ mod tests {
         let segments = [(0x1000, 0x100, 0)];
         // jmp [rip+0x2000]
         let plain = [0xff, 0x25, 0x00, 0x20, 0, 0, 0x68, 0, 0, 0, 0];
-        assert_eq!(stub_slot(&plain, &segments, 0x1000), Some(0x3006));
+        assert_eq!(stub_slot(&plain[..], &segments, 0x1000), Some(0x3006));
         // endbr64; bnd jmp [rip+0x2000]
         let sec = [0xf3, 0x0f, 0x1e, 0xfa, 0xf2, 0xff, 0x25, 0x00, 0x20, 0, 0, 0x0f, 0x1f, 0x44, 0, 0];
-        assert_eq!(stub_slot(&sec, &segments, 0x1000), Some(0x300b));
+        assert_eq!(stub_slot(&sec[..], &segments, 0x1000), Some(0x300b));
         assert_eq!(stub_slot(&sec[..6], &segments, 0x1000), None);
-        assert_eq!(stub_slot(&sec, &segments, 0x5000), None);
-        assert_eq!(stub_slot(&[0x90; 16], &segments, 0x1000), None);
+        assert_eq!(stub_slot(&sec[..], &segments, 0x5000), None);
+        assert_eq!(stub_slot(&[0x90; 16][..], &segments, 0x1000), None);
     }
 
     #[test]
     fn garbage_is_an_error_not_a_panic() {
-        assert!(find_in(b"").is_err());
-        assert!(find_in(b"\x7fELF garbage that is not an elf file at all").is_err());
+        assert!(find_in(&b""[..]).is_err());
+        assert!(find_in(&b"\x7fELF garbage that is not an elf file at all"[..]).is_err());
         let mut state = 0x9e37_79b9_7f4a_7c15u64;
         let mut next = move || {
             state ^= state << 13;
@@ -741,7 +741,7 @@ mod tests {
         }
         // Not GnuTLS: an error naming what is missing.
         let libc = fs::read("/lib/x86_64-linux-gnu/libc.so.6").unwrap();
-        let err = find_in(&libc).unwrap_err();
+        let err = find_in(&libc[..]).unwrap_err();
         assert!(err.to_string().contains(GET_RANDOM), "{err}");
         let bytes = libgnutls();
         for cut in [16, 64, 4096, bytes.len() / 2] {
@@ -752,7 +752,7 @@ mod tests {
     #[test]
     fn mutated_libgnutls_never_panics() {
         let mut bytes = libgnutls();
-        let symbols = Symbols::parse(&bytes, &[INIT, GET_RANDOM, SET_KEYLOG]).unwrap();
+        let symbols = Symbols::parse(&bytes[..], &[INIT, GET_RANDOM, SET_KEYLOG]).unwrap();
         let mut ranges: Vec<(usize, usize)> = [INIT, GET_RANDOM, SET_KEYLOG]
             .iter()
             .map(|name| {
@@ -762,7 +762,7 @@ mod tests {
             .collect();
         // The PLT stub gnutls_init calls.
         let stub = setter_stub(&bytes);
-        let elf = ElfFile64::<Endianness>::parse(&*bytes).unwrap();
+        let elf = ElfFile64::<Endianness>::parse(&bytes[..]).unwrap();
         let stub_offset = file_offset_of(&load_segments(&elf).unwrap(), stub).unwrap();
         ranges.push((stub_offset as usize, 16));
         let mut state = 0x2545_f491_4f6c_dd1du64;
@@ -781,7 +781,7 @@ mod tests {
                 changed.push((at, bytes[at]));
                 bytes[at] = next() as u8;
             }
-            if find_in(&bytes).is_ok() {
+            if find_in(&bytes[..]).is_ok() {
                 found += 1;
             }
             for &(at, old) in changed.iter().rev() {
@@ -791,6 +791,6 @@ mod tests {
         // Most mutations miss the few instructions that matter.
         eprintln!("{found} of 2000 mutated copies still give the key log points");
         assert!(found > 0 && found < 2_000);
-        assert!(find_in(&bytes).is_ok());
+        assert!(find_in(&bytes[..]).is_ok());
     }
 }

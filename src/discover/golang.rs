@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use anyhow::{bail, Context, Result};
 use iced_x86::{Decoder, DecoderOptions, Mnemonic};
 use object::read::elf::ElfFile64;
-use object::{Endianness, Object, ObjectSection};
+use object::{Endianness, Object, ObjectSection, ReadRef};
 
 use super::elf::{file_offset_of, load_segments, Function, Symbols};
 
@@ -23,14 +23,19 @@ const BUILDINFO_MAGIC: &[u8] = b"\xff Go buildinf:";
 
 impl GoBinary {
     /// `Ok(None)`: an ELF file that is not a Go program.
-    pub fn parse(bytes: &[u8], wanted: &[&str]) -> Result<Option<GoBinary>> {
-        let elf = ElfFile64::<Endianness>::parse(bytes).context("not a 64-bit ELF file")?;
+    pub fn parse<'d, R: ReadRef<'d>>(bytes: R, wanted: &[&str]) -> Result<Option<GoBinary>> {
+        let elf = ElfFile64::<Endianness, R>::parse(bytes).context("not a 64-bit ELF file")?;
         let segments = load_segments(&elf)?;
         // Scanning for the build info is for files without section headers
         // only: every exec on the host comes through here.
         let no_sections = elf.sections().next().is_none();
-        let buildinfo =
-            section(&elf, ".go.buildinfo").or_else(|| if no_sections { find_buildinfo(bytes) } else { None });
+        let buildinfo = section(&elf, ".go.buildinfo").or_else(|| {
+            if no_sections {
+                find_buildinfo(whole(bytes)?)
+            } else {
+                None
+            }
+        });
         let has_pclntab = section(&elf, ".gopclntab").is_some();
         if buildinfo.is_none() && !has_pclntab && elf.section_by_name(".note.go.buildid").is_none() {
             return Ok(None);
@@ -43,7 +48,12 @@ impl GoBinary {
             wanted.iter().filter_map(|w| symbols.get(w).map(|f| (w.to_string(), f))).collect();
         if functions.len() < wanted.len() {
             let text = elf.section_by_name(".text").map(|s| s.address());
-            let table = section(&elf, ".gopclntab").or_else(|| find_pclntab(bytes));
+            // PIE builds name it .data.rel.ro.gopclntab, or leave it
+            // somewhere in .data.rel.ro; without sections, anywhere.
+            let table = section(&elf, ".gopclntab")
+                .or_else(|| section(&elf, ".data.rel.ro.gopclntab"))
+                .or_else(|| section(&elf, ".data.rel.ro").and_then(find_pclntab))
+                .or_else(|| if no_sections { find_pclntab(whole(bytes)?) } else { None });
             if let Some(table) = table {
                 for (name, f) in pclntab_functions(table, text, wanted, &segments)? {
                     functions.entry(name).or_insert(f);
@@ -73,7 +83,13 @@ fn go_minor(version: &str) -> Option<u32> {
     digits.parse().ok()
 }
 
-fn section<'d>(elf: &ElfFile64<'d, Endianness>, name: &str) -> Option<&'d [u8]> {
+/// The whole file, for the scans of files without section headers (read
+/// within the file's read budget, see `discover::pinned`).
+fn whole<'d, R: ReadRef<'d>>(bytes: R) -> Option<&'d [u8]> {
+    bytes.read_bytes_at(0, bytes.len().ok()?).ok()
+}
+
+fn section<'d, R: ReadRef<'d>>(elf: &ElfFile64<'d, Endianness, R>, name: &str) -> Option<&'d [u8]> {
     elf.section_by_name(name)?.data().ok().filter(|d| !d.is_empty())
 }
 
@@ -87,7 +103,11 @@ fn find_buildinfo(bytes: &[u8]) -> Option<&[u8]> {
 
 /// The version string of a build info blob: inline since Go 1.18 (flag 2),
 /// else through a pointer to a Go string header (Go 1.13-1.17).
-fn buildinfo_version(info: &[u8], file: &[u8], segments: &[(u64, u64, u64)]) -> Option<String> {
+fn buildinfo_version<'d, R: ReadRef<'d>>(
+    info: &[u8],
+    file: R,
+    segments: &[(u64, u64, u64)],
+) -> Option<String> {
     if !info.starts_with(BUILDINFO_MAGIC) || info.len() < 32 {
         return None;
     }
@@ -109,9 +129,13 @@ fn buildinfo_version(info: &[u8], file: &[u8], segments: &[(u64, u64, u64)]) -> 
     String::from_utf8(text.to_vec()).ok()
 }
 
-fn read_at<'f>(file: &'f [u8], segments: &[(u64, u64, u64)], address: u64, len: usize) -> Option<&'f [u8]> {
-    let at = usize::try_from(file_offset_of(segments, address)?).ok()?;
-    file.get(at..at.checked_add(len)?)
+fn read_at<'d, R: ReadRef<'d>>(
+    file: R,
+    segments: &[(u64, u64, u64)],
+    address: u64,
+    len: usize,
+) -> Option<&'d [u8]> {
+    file.read_bytes_at(file_offset_of(segments, address)?, len as u64).ok()
 }
 
 fn uvarint(bytes: &[u8]) -> Option<(u64, usize)> {
@@ -221,11 +245,13 @@ fn cstr(t: &[u8], at: usize) -> Option<&[u8]> {
 
 /// File offsets of every RET of `f`, by decoding its instructions in
 /// order, so a 0xc3 byte inside another instruction is never taken for one.
-pub fn ret_offsets(bytes: &[u8], f: Function) -> Result<Vec<u64>> {
-    let start = usize::try_from(f.file_offset).context("function offset")?;
-    let end =
-        start.checked_add(usize::try_from(f.size).context("function size")?).context("function size")?;
-    let code = bytes.get(start..end).context("function outside the file")?;
+pub fn ret_offsets<'d, R: ReadRef<'d>>(bytes: R, f: Function) -> Result<Vec<u64>> {
+    /// Go's crypto/tls Read is a few hundred bytes; nothing probed is near.
+    const MAX_GO_FUNCTION: u64 = 1 << 20;
+    if f.size > MAX_GO_FUNCTION {
+        bail!("function of {} bytes, larger than cleartap decodes", f.size);
+    }
+    let code = bytes.read_bytes_at(f.file_offset, f.size).ok().context("function outside the file")?;
     let decoder = Decoder::with_ip(64, code, f.address, DecoderOptions::NONE);
     Ok(decoder
         .into_iter()
@@ -257,9 +283,9 @@ mod tests {
         info.resize(32, 0);
         info.push(8);
         info.extend_from_slice(b"go1.22.3 and more");
-        assert_eq!(buildinfo_version(&info, &[], &[]).as_deref(), Some("go1.22.3"));
+        assert_eq!(buildinfo_version(&info, &b""[..], &[]).as_deref(), Some("go1.22.3"));
         info[32] = 200; // longer than the data
-        assert_eq!(buildinfo_version(&info, &[], &[]), None);
+        assert_eq!(buildinfo_version(&info, &b""[..], &[]), None);
     }
 
     /// A synthetic Go 1.20 pclntab with two functions.
@@ -311,8 +337,8 @@ mod tests {
     #[test]
     fn not_go_and_not_elf() {
         let bash = std::fs::read("/bin/bash").unwrap();
-        assert!(GoBinary::parse(&bash, &["main.main"]).unwrap().is_none());
-        assert!(GoBinary::parse(b"garbage", &["main.main"]).is_err());
+        assert!(GoBinary::parse(&bash[..], &["main.main"]).unwrap().is_none());
+        assert!(GoBinary::parse(&b"garbage"[..], &["main.main"]).is_err());
     }
 
     /// tests/go/tlspeer built by Debian's Go 1.19 (scripts/install-deps
@@ -344,8 +370,8 @@ mod tests {
             let stripped =
                 build_go(dir.path(), &format!("{mode}-stripped"), &[extra, &["-ldflags", "-s -w"]].concat());
             let (plain, stripped) = (
-                GoBinary::parse(&plain, &names).unwrap().unwrap(),
-                GoBinary::parse(&stripped, &names).unwrap().unwrap(),
+                GoBinary::parse(&plain[..], &names).unwrap().unwrap(),
+                GoBinary::parse(&stripped[..], &names).unwrap().unwrap(),
             );
             assert!(plain.version.starts_with("go1.19"), "{}", plain.version);
             assert_eq!(plain.version, stripped.version);
@@ -362,7 +388,7 @@ mod tests {
         // mov eax,0xc3c3c3c3; ret; nop; ret
         let code = [0xb8, 0xc3, 0xc3, 0xc3, 0xc3, 0xc3, 0x90, 0xc3];
         let f = Function { address: 0x1000, size: code.len() as u64, file_offset: 0 };
-        assert_eq!(ret_offsets(&code, f).unwrap(), vec![5, 7]);
-        assert!(ret_offsets(&code, Function { size: 100, ..f }).is_err());
+        assert_eq!(ret_offsets(&code[..], f).unwrap(), vec![5, 7]);
+        assert!(ret_offsets(&code[..], Function { size: 100, ..f }).is_err());
     }
 }

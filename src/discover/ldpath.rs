@@ -6,6 +6,9 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use object::ReadRef;
+
+use super::pinned::PinnedFile;
 use super::procs::{self, FileId};
 
 /// The loader's default directories on Debian-like and other x86-64 systems.
@@ -50,7 +53,7 @@ pub fn locate(
     let dirs = runpath
         .iter()
         .map(|d| d.replace("$ORIGIN", origin).replace("${ORIGIN}", origin))
-        .chain(conf_dirs(&on_host("/etc/ld.so.conf.d")))
+        .chain(conf_dirs(pid, &on_host("/etc/ld.so.conf.d")))
         .chain(DEFAULT_DIRS.iter().map(|d| d.to_string()));
     for dir in dirs {
         let display_path = format!("{}/{name}", dir.trim_end_matches('/'));
@@ -68,18 +71,32 @@ fn mapped(pid: u32, name: &str) -> Option<FoundLibrary> {
 }
 
 /// Directories listed in the process's `/etc/ld.so.conf.d/*.conf` (plain
-/// lines; `include` directives are not followed).
-fn conf_dirs(dir: &Path) -> Vec<String> {
+/// lines; `include` directives are not followed). Each file is opened
+/// inside the process's root, regular files only, and read up to 64 KiB:
+/// a container's `x.conf -> /dev/zero` must not make cleartap read forever.
+fn conf_dirs(pid: Option<u32>, dir: &Path) -> Vec<String> {
+    const MAX_CONF: u64 = 64 << 10;
     let Ok(entries) = fs::read_dir(dir) else {
         return Vec::new();
     };
-    let mut files: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
-    files.sort();
-    files
+    let mut names: Vec<String> = entries.flatten().filter_map(|e| e.file_name().into_string().ok()).collect();
+    names.sort();
+    let open = |name: &str| {
+        let path = format!("/etc/ld.so.conf.d/{name}");
+        match pid {
+            Some(pid) => PinnedFile::open_in_root(pid, &path),
+            None => PinnedFile::open_beneath(Path::new("/"), &path),
+        }
+    };
+    names
         .iter()
-        .filter(|f| f.extension().is_some_and(|e| e == "conf"))
-        .filter_map(|f| fs::read_to_string(f).ok())
-        .flat_map(|text| parse_conf(&text))
+        .filter(|name| name.ends_with(".conf"))
+        .filter_map(|name| open(name).ok())
+        .filter_map(|file| {
+            let bytes = file.data().read_bytes_at(0, file.len().min(MAX_CONF)).ok()?;
+            Some(parse_conf(&String::from_utf8_lossy(bytes)))
+        })
+        .flatten()
         .collect()
 }
 

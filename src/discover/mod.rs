@@ -7,5 +7,6 @@ pub mod elf;
 pub mod gnutls_keylog;
 pub mod golang;
 pub mod ldpath;
+pub mod pinned;
 pub mod procs;
 pub mod version;

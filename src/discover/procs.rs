@@ -92,6 +92,14 @@ pub struct Executable {
     pub pid: Option<u32>,
 }
 
+impl Executable {
+    /// Opens the file once, checking it is still the one found (see
+    /// `discover::pinned`).
+    pub fn open(&self) -> anyhow::Result<super::pinned::PinnedFile> {
+        super::pinned::PinnedFile::open_expecting(&self.path, self.id)
+    }
+}
+
 /// The executable of `pid`; `exec_path` (the name it was exec'd under)
 /// stands in when the process has already exited.
 pub fn executable(pid: u32, exec_path: Option<&str>) -> Option<Executable> {

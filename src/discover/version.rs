@@ -1,41 +1,55 @@
 //! Library versions read from the bytes of the file (the strings a library
 //! prints about itself), never by running it.
 
-use std::fs::File;
-use std::path::Path;
+use super::pinned::{Chunk, PinnedFile};
 
-/// Maps a file read-only. Empty or unreadable files give `None`.
-pub fn map(path: &Path) -> Option<memmap2::Mmap> {
-    let file = File::open(path).ok()?;
-    // SAFETY: a read-only private mapping; a concurrent truncation of the
-    // file could fault, which is why callers only map files they are
-    // about to probe and the kernel does the same when attaching.
-    unsafe { memmap2::Mmap::map(&file) }.ok()
-}
+/// Longer than any prefix and version searched for: a match is never cut
+/// at the edge of a chunk of the file.
+const OVERLAP: usize = 64;
 
 /// The first `X.Y[.Z]` version right after `prefix` (e.g. `OpenSSL `).
-pub fn find_after(path: &Path, prefix: &[u8]) -> Option<String> {
-    let bytes = map(path)?;
-    find_after_in(&bytes, prefix)
+pub fn find_after(file: &PinnedFile, prefix: &[u8]) -> Option<String> {
+    file.scan(OVERLAP, |chunk: Chunk<'_>| {
+        // A match starting in the overlap is whole in the next chunk.
+        let limit = if chunk.last { chunk.bytes.len() } else { chunk.bytes.len() - OVERLAP };
+        find_after_before(chunk.bytes, prefix, limit)
+    })
 }
 
 pub fn find_after_in(bytes: &[u8], prefix: &[u8]) -> Option<String> {
-    let mut rest = bytes;
-    while let Some(at) = find(rest, prefix) {
-        let candidate = &rest[at + prefix.len()..];
-        if let Some(v) = leading_version(candidate) {
+    find_after_before(bytes, prefix, bytes.len())
+}
+
+/// [`find_after_in`] for a `prefix` starting before `limit`.
+fn find_after_before(bytes: &[u8], prefix: &[u8], limit: usize) -> Option<String> {
+    let mut start = 0;
+    while let Some(at) = find(&bytes[start..], prefix).map(|at| start + at) {
+        if at >= limit {
+            return None;
+        }
+        if let Some(v) = leading_version(&bytes[at + prefix.len()..]) {
             return Some(v);
         }
-        rest = &rest[at + 1..];
+        start = at + 1;
     }
     None
 }
 
 /// The first NUL-delimited string that is only a version starting with
 /// `major` (e.g. `3.7.9` in GnuTLS, `4.35` in NSPR).
-pub fn find_bare(path: &Path, major: u8) -> Option<String> {
-    let bytes = map(path)?;
-    find_bare_in(&bytes, major)
+pub fn find_bare(file: &PinnedFile, major: u8) -> Option<String> {
+    file.scan(OVERLAP, |chunk: Chunk<'_>| {
+        let mut bytes = chunk.bytes;
+        // Skip the string cut at the start of a chunk (the previous chunk
+        // held it whole) and the one cut at its end (the next will).
+        if !chunk.first {
+            bytes = &bytes[bytes.iter().position(|&b| b == 0)?..];
+        }
+        if !chunk.last {
+            bytes = &bytes[..bytes.iter().rposition(|&b| b == 0)?];
+        }
+        find_bare_in(bytes, major)
+    })
 }
 
 pub fn find_bare_in(bytes: &[u8], major: u8) -> Option<String> {
@@ -92,5 +106,22 @@ mod tests {
         assert_eq!(find_bare_in(b"x\x003.7.9\0y", b'3').as_deref(), Some("3.7.9"));
         assert_eq!(find_bare_in(b"\x004.35\0", b'4').as_deref(), Some("4.35"));
         assert_eq!(find_bare_in(b"\x003\x003.\x003.x\x0033333333333.1\0", b'3'), None);
+    }
+
+    #[test]
+    fn versions_found_across_the_chunks_a_file_is_read_in() {
+        use std::io::Write;
+        let edge = 1usize << 20;
+        for at in [edge - 70, edge - 64, edge - 12, edge - 3, edge, 2 * edge - 40] {
+            let mut bytes = vec![b'x'; 3 * edge];
+            let text = b"\0OpenSSL 3.0.19 27 Jan 2026\0";
+            bytes[at..at + text.len()].copy_from_slice(text);
+            bytes[at + 200..at + 207].copy_from_slice(b"\x003.7.9\0");
+            let mut tmp = tempfile::NamedTempFile::new().unwrap();
+            tmp.write_all(&bytes).unwrap();
+            let file = PinnedFile::open(tmp.path()).unwrap();
+            assert_eq!(find_after(&file, b"OpenSSL ").as_deref(), Some("3.0.19"), "at {at}");
+            assert_eq!(find_bare(&file, b'3').as_deref(), Some("3.7.9"), "at {at}");
+        }
     }
 }

@@ -5,6 +5,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -13,6 +14,7 @@ use libbpf_rs::Link;
 use super::tls::TlsProbes;
 use super::{gotls, openssl, wanted_symbols, TlsSource, TlsTarget};
 use crate::discover::elf::Symbols;
+use crate::discover::pinned::PinnedFile;
 use crate::discover::procs::{self, Executable, FileId};
 
 pub struct Attacher<'p, 'obj> {
@@ -70,8 +72,9 @@ impl<'p, 'obj> Attacher<'p, 'obj> {
     /// cleartap can probe.
     pub fn attach_go_binary(&mut self, path: &Path) -> Result<TlsTarget> {
         let context = || format!("--go-binary {}", path.display());
-        let id = FileId::of(path).with_context(context)?;
-        let Some(mut target) = gotls::resolve(path, id).with_context(context)? else {
+        let file = Rc::new(PinnedFile::open(path).with_context(context)?);
+        let id = file.id();
+        let Some(mut target) = gotls::resolve(file, path).with_context(context)? else {
             bail!("--go-binary {}: not a Go program using crypto/tls", path.display());
         };
         self.seen.insert(id);
@@ -81,14 +84,14 @@ impl<'p, 'obj> Attacher<'p, 'obj> {
 
     /// `--lib PATH`: must define the functions of one selected source.
     pub fn attach_explicit(&mut self, path: &Path) -> Result<TlsTarget> {
-        let id = FileId::of(path).with_context(|| format!("--lib {}", path.display()))?;
+        let file = Rc::new(PinnedFile::open(path).with_context(|| format!("--lib {}", path.display()))?);
         let symbols =
-            Symbols::read(path, &wanted_symbols()).with_context(|| format!("--lib {}", path.display()))?;
+            Symbols::of(&file, &wanted_symbols()).with_context(|| format!("--lib {}", path.display()))?;
         let mut errors = Vec::new();
         for source in self.sources.clone() {
-            match TlsTarget::from_symbols(path, id, &symbols, source) {
+            match TlsTarget::from_symbols(file.clone(), path, &symbols, source) {
                 Ok(mut target) => {
-                    self.seen.insert(id);
+                    self.seen.insert(file.id());
                     self.attach(&mut target).with_context(|| format!("--lib {}", path.display()))?;
                     return Ok(target);
                 }
@@ -126,16 +129,33 @@ impl<'p, 'obj> Attacher<'p, 'obj> {
     }
 
     /// A file `pid` opened (or maps) under the name `path`, as it sees it.
+    /// It is opened once, inside the process's root (see
+    /// `discover::pinned`), and that open file is what is parsed and
+    /// probed; once the process is gone, the same name on this host.
     pub fn consider_library(&mut self, pid: u32, path: &str) -> Option<TlsTarget> {
         let source = *self.sources.iter().find(|s| s.is_library_path(path))?;
+        let file = match PinnedFile::open_in_root(pid, path) {
+            Ok(file) => file,
+            // The process is gone: its absolute name on this host, most
+            // likely the same file (parsed and probed as opened, whatever it is).
+            Err(_) if path.starts_with('/') && !Path::new(&format!("/proc/{pid}")).exists() => {
+                PinnedFile::open_beneath(Path::new("/"), path).ok()?
+            }
+            Err(e) => {
+                eprintln!("cleartap: warning: skipping {path} (pid {pid}): {e:#}");
+                return None;
+            }
+        };
+        self.unseen(file.id())?;
+        // The name checked later to notice a replacement: one that reaches
+        // the same file after the process is gone, if there is one.
         let (via, plain) = if path.starts_with('/') {
             (procs::host_path(pid, path), Some(path))
         } else {
             (PathBuf::from(format!("/proc/{pid}/cwd/{path}")), None)
         };
-        let (host_path, id) = procs::reachable(via, plain)?;
-        self.unseen(id)?;
-        match TlsTarget::resolve(&host_path, source) {
+        let host_path = procs::reachable(via.clone(), plain).map_or(via, |(p, _)| p);
+        match TlsTarget::resolve(Rc::new(file), &host_path, source) {
             Ok(target) => self.attach_discovered(TlsTarget { display_path: path.to_string(), ..target }),
             Err(e) => {
                 eprintln!("cleartap: warning: skipping {path} (pid {pid}): {e:#}");
@@ -150,23 +170,30 @@ impl<'p, 'obj> Attacher<'p, 'obj> {
     fn consider_executable(&mut self, pid: u32, exec_path: Option<&str>) -> Option<TlsTarget> {
         let exe = procs::executable(pid, exec_path)?;
         self.unseen(exe.id)?;
-        let target = self.linked_openssl(&exe).or_else(|| self.go_program(&exe))?;
+        let file = match exe.open() {
+            Ok(file) => Rc::new(file),
+            Err(e) => {
+                eprintln!("cleartap: warning: not capturing {}: {e:#}", exe.display_path);
+                return None;
+            }
+        };
+        let target = self.linked_openssl(&file, &exe).or_else(|| self.go_program(file, &exe))?;
         self.attach_discovered(TlsTarget { display_path: exe.display_path, ..target })
     }
 
-    fn linked_openssl(&self, exe: &Executable) -> Option<TlsTarget> {
+    fn linked_openssl(&self, file: &Rc<PinnedFile>, exe: &Executable) -> Option<TlsTarget> {
         if !self.sources.iter().any(|s| s.name == openssl::SOURCE.name) {
             return None;
         }
-        let symbols = Symbols::read(&exe.path, &wanted_symbols()).ok()?;
-        TlsTarget::from_symbols(&exe.path, exe.id, &symbols, &openssl::SOURCE).ok()
+        let symbols = Symbols::of(file, &wanted_symbols()).ok()?;
+        TlsTarget::from_symbols(file.clone(), &exe.path, &symbols, &openssl::SOURCE).ok()
     }
 
-    fn go_program(&self, exe: &Executable) -> Option<TlsTarget> {
+    fn go_program(&self, file: Rc<PinnedFile>, exe: &Executable) -> Option<TlsTarget> {
         if !self.go {
             return None;
         }
-        match gotls::resolve(&exe.path, exe.id) {
+        match gotls::resolve(file, &exe.path) {
             Ok(target) => target,
             Err(e) => {
                 eprintln!("cleartap: warning: not capturing Go program {}: {e:#}", exe.display_path);

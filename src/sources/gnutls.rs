@@ -8,6 +8,7 @@
 use std::path::Path;
 
 use super::{Entry, TlsHook, TlsSource};
+use crate::discover::pinned::PinnedFile;
 use crate::discover::version;
 
 pub const SOURCE: TlsSource = TlsSource {
@@ -24,6 +25,6 @@ pub const SOURCE: TlsSource = TlsSource {
 };
 
 /// GnuTLS keeps its version as a bare `3.x.y` string.
-fn gnutls_version(path: &Path) -> Option<String> {
-    version::find_bare(path, b'3')
+fn gnutls_version(file: &PinnedFile, _path: &Path) -> Option<String> {
+    version::find_bare(file, b'3')
 }

@@ -7,16 +7,17 @@
 //! No uretprobe ever goes on Go code (see `bpf/tls.bpf.c`): Read is probed
 //! at each of its RET instructions, found by disassembling it.
 
-use std::fs;
 use std::path::Path;
+use std::rc::Rc;
 
 use anyhow::{bail, Context, Result};
 use iced_x86::{Decoder, DecoderOptions, FlowControl, Mnemonic, Register};
+use object::ReadRef;
 
 use super::{Entry, TlsHook, TlsTarget};
 use crate::discover::elf::Function;
 use crate::discover::golang::{self, GoBinary};
-use crate::discover::procs::FileId;
+use crate::discover::pinned::PinnedFile;
 
 pub const NAME: &str = "go";
 pub const HOOKS: [TlsHook; 2] = [
@@ -36,18 +37,16 @@ pub struct GoProbePoints {
 
 /// `Ok(None)`: not a Go program, or one without crypto/tls. An error says
 /// why a Go program with crypto/tls cannot be probed.
-pub fn resolve(path: &Path, id: FileId) -> Result<Option<TlsTarget>> {
-    let file = fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    // SAFETY: read-only private mapping of a file we only parse.
-    let bytes =
-        unsafe { memmap2::Mmap::map(&file) }.with_context(|| format!("mapping {}", path.display()))?;
+/// `file` is the executable as opened once, found at `path`.
+pub fn resolve(file: Rc<PinnedFile>, path: &Path) -> Result<Option<TlsTarget>> {
+    let bytes = file.data();
     // Scripts are exec'd too (their interpreter is what runs): not ELF,
     // so not a Go program, and nothing to warn about.
-    if !bytes.starts_with(b"\x7fELF") {
+    if bytes.read_bytes_at(0, 4) != Ok(&b"\x7fELF"[..]) {
         return Ok(None);
     }
     let wanted = [HOOKS[0].symbol, HOOKS[1].symbol, KEYLOG];
-    let Some(go) = GoBinary::parse(&bytes, &wanted).with_context(|| format!("reading {}", path.display()))?
+    let Some(go) = GoBinary::parse(bytes, &wanted).with_context(|| format!("reading {}", path.display()))?
     else {
         return Ok(None);
     };
@@ -57,20 +56,21 @@ pub fn resolve(path: &Path, id: FileId) -> Result<Option<TlsTarget>> {
     if !go.register_abi() {
         bail!("built with Go {}: cleartap needs Go >= 1.17 (register ABI)", go.version);
     }
-    let read_returns = golang::ret_offsets(&bytes, read)?;
+    let read_returns = golang::ret_offsets(bytes, read)?;
     if read_returns.is_empty() {
         bail!("no RET instruction found in {}", HOOKS[1].symbol);
     }
     let points = GoProbePoints {
-        write: body_start(&bytes, write)?,
-        read: body_start(&bytes, read)?,
+        write: body_start(bytes, write)?,
+        read: body_start(bytes, read)?,
         read_returns,
-        keylog: go.function(KEYLOG).map(|f| body_start(&bytes, f)).transpose()?,
+        keylog: go.function(KEYLOG).map(|f| body_start(bytes, f)).transpose()?,
     };
     Ok(Some(TlsTarget {
+        id: file.id(),
+        file,
         path: path.to_path_buf(),
         display_path: path.to_string_lossy().into_owned(),
-        id,
         library: NAME,
         version: Some(go.version.clone()),
         hooks: vec![(HOOKS[0], write), (HOOKS[1], read)],
@@ -87,11 +87,12 @@ pub fn resolve(path: &Path, id: FileId) -> Result<Option<TlsTarget>> {
 /// Not finding that prologue means the address is not the Go function we
 /// think (a pclntab whose text base had to be guessed, say): the function
 /// is then refused, since a uprobe at a wrong address corrupts the program.
-pub fn body_start(bytes: &[u8], f: Function) -> Result<u64> {
+pub fn body_start<'d, R: object::ReadRef<'d>>(bytes: R, f: Function) -> Result<u64> {
     const PROLOGUE_MAX: u64 = 48;
-    let start = usize::try_from(f.file_offset).context("function offset")?;
-    let len = f.size.min(PROLOGUE_MAX) as usize;
-    let code = bytes.get(start..start.saturating_add(len)).context("function outside the file")?;
+    let code = bytes
+        .read_bytes_at(f.file_offset, f.size.min(PROLOGUE_MAX))
+        .ok()
+        .context("function outside the file")?;
     let mut decoder = Decoder::with_ip(64, code, f.address, DecoderOptions::NONE);
     let mut compared_guard = false;
     for instruction in decoder.iter().take(6) {
@@ -127,22 +128,22 @@ mod tests {
     fn probe_goes_after_the_stack_check() {
         // cmp rsp,[r14+0x10]; jbe +0x20; push rbp; mov rbp,rsp
         let (bytes, f) = function(&[0x49, 0x3b, 0x66, 0x10, 0x76, 0x20, 0x55, 0x48, 0x89, 0xe5]);
-        assert_eq!(body_start(&bytes, f).unwrap(), 0x106);
+        assert_eq!(body_start(&bytes[..], f).unwrap(), 0x106);
         // lea r12,[rsp-0x80]; cmp r12,[r14+0x10]; jbe (rel32); push rbp
         let (bytes, f) = function(&[
             0x4c, 0x8d, 0x64, 0x24, 0x80, 0x4d, 0x3b, 0x66, 0x10, 0x0f, 0x86, 0x10, 0, 0, 0, 0x55,
         ]);
-        assert_eq!(body_start(&bytes, f).unwrap(), 0x10f);
+        assert_eq!(body_start(&bytes[..], f).unwrap(), 0x10f);
     }
 
     #[test]
     fn code_that_is_not_a_go_prologue_is_refused() {
         let (bytes, f) = function(&[0x48, 0x89, 0xd8, 0xc3]); // mov rax,rbx; ret
-        assert!(body_start(&bytes, f).is_err());
+        assert!(body_start(&bytes[..], f).is_err());
         // A compare and branch, but not against the stack guard.
         let (bytes, f) = function(&[0x48, 0x3b, 0x46, 0x10, 0x76, 0x20, 0x55]); // cmp rax,[rsi+0x10]; jbe
-        assert!(body_start(&bytes, f).is_err());
+        assert!(body_start(&bytes[..], f).is_err());
         let outside = Function { file_offset: 1 << 40, ..f };
-        assert!(body_start(&bytes, outside).is_err());
+        assert!(body_start(&bytes[..], outside).is_err());
     }
 }

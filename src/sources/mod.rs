@@ -18,10 +18,12 @@ pub mod sql;
 pub mod tls;
 
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 use anyhow::{bail, Result};
 
 use crate::discover::elf::{Function, Symbols};
+use crate::discover::pinned::PinnedFile;
 use crate::discover::procs::FileId;
 
 /// Attach each program to its `syscalls:` tracepoint.
@@ -75,8 +77,9 @@ pub struct TlsSource {
     pub file_prefix: &'static str,
     /// Bit of `watch_mask` in `bpf/procwatch.bpf.c` for `file_prefix`.
     pub watch_bit: u32,
-    /// Reads the library's version from the file, when it says.
-    pub version: fn(&Path) -> Option<String>,
+    /// Reads the library's version from the file (found at the path given,
+    /// for a sibling file that holds it), when it says.
+    pub version: fn(&PinnedFile, &Path) -> Option<String>,
 }
 
 impl TlsSource {
@@ -111,8 +114,11 @@ pub fn wanted_symbols() -> Vec<&'static str> {
 /// and the hooks found in it.
 #[derive(Debug, Clone)]
 pub struct TlsTarget {
-    /// Where cleartap opens the file (through /proc/PID/root for files
-    /// in other mount namespaces).
+    /// The file as opened once: parsed from and attached through this
+    /// descriptor (see `discover::pinned`).
+    pub file: Rc<PinnedFile>,
+    /// A name that reaches the file (through /proc/PID/root for files in
+    /// other mount namespaces): checked later to see if it was replaced.
     pub path: PathBuf,
     /// The name to show: the path as the process using it sees it.
     pub display_path: String,
@@ -131,15 +137,20 @@ pub struct TlsTarget {
 }
 
 impl TlsTarget {
-    /// Read the symbols of `path` and keep the hooks `source` defines. A
-    /// file defining none of them is an error naming what was looked for.
-    pub fn resolve(path: &Path, source: &TlsSource) -> Result<TlsTarget> {
-        let id = FileId::of(path)?;
-        let symbols = Symbols::read(path, &wanted_symbols())?;
-        Self::from_symbols(path, id, &symbols, source)
+    /// Read the symbols of `file` (found at `path`) and keep the hooks
+    /// `source` defines. A file defining none of them is an error naming
+    /// what was looked for.
+    pub fn resolve(file: Rc<PinnedFile>, path: &Path, source: &TlsSource) -> Result<TlsTarget> {
+        let symbols = Symbols::of(&file, &wanted_symbols())?;
+        Self::from_symbols(file, path, &symbols, source)
     }
 
-    pub fn from_symbols(path: &Path, id: FileId, symbols: &Symbols, source: &TlsSource) -> Result<TlsTarget> {
+    pub fn from_symbols(
+        file: Rc<PinnedFile>,
+        path: &Path,
+        symbols: &Symbols,
+        source: &TlsSource,
+    ) -> Result<TlsTarget> {
         let found: Vec<_> =
             source.hooks.iter().filter_map(|h| symbols.get(h.symbol).map(|f| (*h, f))).collect();
         if found.is_empty() {
@@ -157,11 +168,12 @@ impl TlsTarget {
             source.name
         };
         let mut target = TlsTarget {
+            id: file.id(),
+            version: (source.version)(&file, path),
+            file,
             path: path.to_path_buf(),
             display_path: path.to_string_lossy().into_owned(),
-            id,
             library,
-            version: (source.version)(path),
             hooks: found,
             go: None,
             library_id: 0,
@@ -174,12 +186,9 @@ impl TlsTarget {
     }
 
     /// Swap exported OpenSSL hooks for the internal functions behind them
-    /// where that saves a trap; the file is read again only for their code.
+    /// where that saves a trap.
     fn use_internal_points(&mut self, symbols: &Symbols) {
-        let Ok(file) = std::fs::File::open(&self.path) else { return };
-        // SAFETY: read-only private mapping of a file we only parse.
-        let Ok(bytes) = (unsafe { memmap2::Mmap::map(&file) }) else { return };
-        for point in openssl::internal_points(&bytes, symbols, self.version.as_deref()) {
+        for point in openssl::internal_points(self.file.data(), symbols, self.version.as_deref()) {
             self.hooks.retain(|(h, _)| !point.replaces.contains(&h.symbol));
             self.hooks.push((point.hook, point.function));
             self.callers.extend(point.callers);

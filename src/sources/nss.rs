@@ -8,6 +8,7 @@
 use std::path::Path;
 
 use super::{Entry, TlsHook, TlsSource};
+use crate::discover::pinned::PinnedFile;
 use crate::discover::version;
 
 pub const SOURCE: TlsSource = TlsSource {
@@ -24,6 +25,6 @@ pub const SOURCE: TlsSource = TlsSource {
 };
 
 /// NSPR keeps its version as a bare `4.x` string.
-fn nspr_version(path: &Path) -> Option<String> {
-    version::find_bare(path, b'4')
+fn nspr_version(file: &PinnedFile, _path: &Path) -> Option<String> {
+    version::find_bare(file, b'4')
 }

@@ -6,6 +6,7 @@ use std::path::Path;
 use super::{Entry, TlsHook, TlsSource};
 use crate::discover::calls;
 use crate::discover::elf::{Function, Symbols};
+use crate::discover::pinned::PinnedFile;
 use crate::discover::version;
 
 pub const SOURCE: TlsSource = TlsSource {
@@ -29,14 +30,18 @@ pub fn is_boringssl(symbols: &Symbols) -> bool {
 }
 
 /// `OpenSSL 3.0.19 27 Jan 2026` lives in libcrypto, next to libssl; an
-/// executable with OpenSSL linked in carries it itself.
-fn openssl_version(path: &Path) -> Option<String> {
+/// executable with OpenSSL linked in carries it itself. The sibling is
+/// opened by name: a wrong one can only give a wrong version, which
+/// selects struct offsets for key log lines, never where probes go.
+fn openssl_version(file: &PinnedFile, path: &Path) -> Option<String> {
     let name = path.file_name()?.to_str()?;
-    let file = match name.strip_prefix("libssl") {
-        Some(rest) => path.with_file_name(format!("libcrypto{rest}")),
-        None => path.to_path_buf(),
-    };
-    version::find_after(&file, b"OpenSSL ")
+    match name.strip_prefix("libssl") {
+        Some(rest) => {
+            let libcrypto = PinnedFile::open(&path.with_file_name(format!("libcrypto{rest}"))).ok()?;
+            version::find_after(&libcrypto, b"OpenSSL ")
+        }
+        None => version::find_after(file, b"OpenSSL "),
+    }
 }
 
 /// OpenSSL's own plaintext functions, probed instead of the exported ones
@@ -82,9 +87,15 @@ pub struct InternalPoint {
 /// the first call of the _ex function, made with its own arguments, and
 /// the plain function calls it too. Anything else (another version,
 /// BoringSSL, a build that inlines them) keeps the exported probes.
-pub fn internal_points(file: &[u8], symbols: &Symbols, version: Option<&str>) -> Vec<InternalPoint> {
+pub fn internal_points<'d, R: object::ReadRef<'d>>(
+    file: R,
+    symbols: &Symbols,
+    version: Option<&str>,
+) -> Vec<InternalPoint> {
     let Some((major, minor)) = version.and_then(major_minor) else { return Vec::new() };
-    let Ok(elf) = object::read::elf::ElfFile64::<object::Endianness>::parse(file) else { return Vec::new() };
+    let Ok(elf) = object::read::elf::ElfFile64::<object::Endianness, R>::parse(file) else {
+        return Vec::new();
+    };
     let Ok(segments) = crate::discover::elf::load_segments(&elf) else { return Vec::new() };
     let (write_wrapper, write_hook) = match (major, minor) {
         (1, 1) | (3, 0..=2) => ("SSL_write_ex", WRITE_INTERNAL),
@@ -141,8 +152,8 @@ mod tests {
 
     fn points_of(path: &str, version: Option<&str>) -> Option<Vec<InternalPoint>> {
         let bytes = std::fs::read(path).ok()?;
-        let symbols = Symbols::parse(&bytes, &super::super::wanted_symbols()).unwrap();
-        Some(internal_points(&bytes, &symbols, version))
+        let symbols = Symbols::parse(&bytes[..], &super::super::wanted_symbols()).unwrap();
+        Some(internal_points(&bytes[..], &symbols, version))
     }
 
     fn names(points: &[InternalPoint]) -> Vec<(&str, Vec<&str>)> {
@@ -152,7 +163,7 @@ mod tests {
     #[test]
     fn debian_libssl3_is_probed_at_its_internal_functions() {
         let path = "/lib/x86_64-linux-gnu/libssl.so.3";
-        let version = openssl_version(Path::new(path));
+        let version = openssl_version(&PinnedFile::open(Path::new(path)).unwrap(), Path::new(path));
         let points = points_of(path, version.as_deref()).expect("Debian 12 has libssl3");
         assert_eq!(
             names(&points),
@@ -164,7 +175,7 @@ mod tests {
         assert_eq!(points[0].hook.entry, Entry::Internal);
         for p in &points {
             let file = std::fs::read(path).unwrap();
-            let code = calls::function_code(&file, p.function);
+            let code = calls::function_code(&file[..], p.function);
             assert!(calls::entry_is_emulated(code, p.function.address));
             // Distinct call sites: each names one function.
             assert_ne!(p.callers[0].delta, p.callers[1].delta);
@@ -189,9 +200,9 @@ mod tests {
             assert_eq!(points_of(path, version).unwrap(), [], "{version:?}");
         }
         let symbols = Symbols::default();
-        assert_eq!(internal_points(b"\x7fELF garbage", &symbols, Some("3.0.2")), []);
+        assert_eq!(internal_points(&b"\x7fELF garbage"[..], &symbols, Some("3.0.2")), []);
         let file = std::fs::read(path).unwrap();
-        let symbols = Symbols::parse(&file, &super::super::wanted_symbols()).unwrap();
+        let symbols = Symbols::parse(&file[..], &super::super::wanted_symbols()).unwrap();
         for cut in [64, 4096, file.len() / 2] {
             let _ = internal_points(&file[..cut], &symbols, Some("3.0.2"));
         }

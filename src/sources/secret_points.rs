@@ -25,7 +25,7 @@ pub fn find(target: &TlsTarget) -> Result<Option<SecretPoints>> {
     match target.library {
         "openssl" => openssl(target).map(Some),
         "gnutls" => {
-            let points = gnutls_keylog::find(&target.path)?;
+            let points = gnutls_keylog::find(&target.file)?;
             Ok(Some(SecretPoints::Gnutls(points)))
         }
         "boringssl" => bail!("BoringSSL's structs are not supported for key log lines"),
@@ -36,7 +36,7 @@ pub fn find(target: &TlsTarget) -> Result<Option<SecretPoints>> {
 fn openssl(target: &TlsTarget) -> Result<SecretPoints> {
     let version = target.version.as_deref().context("its OpenSSL version could not be read from the file")?;
     let layout = layout_for(version)?;
-    let symbols = Symbols::read(&target.path, &["SSL_do_handshake"])?;
+    let symbols = Symbols::of(&target.file, &["SSL_do_handshake"])?;
     Ok(SecretPoints::Openssl { layout, do_handshake: symbols.get("SSL_do_handshake") })
 }
 

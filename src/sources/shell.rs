@@ -6,6 +6,7 @@ use std::cell::RefCell;
 use std::collections::HashSet;
 use std::mem::MaybeUninit;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 use anyhow::{bail, Context, Result};
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
@@ -16,6 +17,7 @@ use crate::bpf::shell::types::{file_key, shell_binary};
 use crate::bpf::shell::{ShellSkel, ShellSkelBuilder};
 use crate::discover::elf::{Dependencies, Function, Symbols};
 use crate::discover::ldpath;
+use crate::discover::pinned::PinnedFile;
 use crate::discover::procs::{Executable, FileId};
 use crate::events::shell as kind;
 use crate::kernel::{self, Filters};
@@ -23,6 +25,8 @@ use crate::kernel::{self, Filters};
 /// A shell executable and where its state lives.
 #[derive(Debug, Clone)]
 pub struct ShellBinary {
+    /// The executable as opened once: parsed from and attached through it.
+    pub file: Rc<PinnedFile>,
     pub path: PathBuf,
     pub display_path: String,
     pub id: FileId,
@@ -40,6 +44,7 @@ pub struct ShellBinary {
 
 #[derive(Debug, Clone)]
 pub struct ReadlineLibrary {
+    pub file: Rc<PinnedFile>,
     pub path: PathBuf,
     pub display_path: String,
     pub id: FileId,
@@ -79,17 +84,21 @@ impl ShellBinary {
             .flat_map(|s| s.entries.iter().copied().chain([s.status]).chain(s.linecount))
             .chain([BASH_ANCHOR])
             .collect();
-        let symbols = Symbols::read(&exe.path, &wanted)?;
+        let file = Rc::new(exe.open()?);
+        let symbols = Symbols::of(&file, &wanted)?;
         for shell in &SHELLS {
             let Some(status) = symbols.get(shell.status) else { continue };
             let inside = shell.entries.iter().find_map(|e| symbols.get(e));
             let (entry, readline_lib) = match (inside, symbols.get(BASH_ANCHOR)) {
                 (Some(entry), _) => (entry, None),
-                (None, Some(anchor)) if shell.kind == kind::BASH => (anchor, Some(readline_library(exe)?)),
+                (None, Some(anchor)) if shell.kind == kind::BASH => {
+                    (anchor, Some(readline_library(exe, &file)?))
+                }
                 (None, _) => continue,
             };
             let delta = |f: Function| f.address as i64 - entry.address as i64;
             return Ok(ShellBinary {
+                file,
                 path: exe.path.clone(),
                 display_path: exe.display_path.clone(),
                 id: exe.id,
@@ -111,18 +120,25 @@ impl ShellBinary {
 }
 
 /// The libreadline.so a bash without its own readline loads.
-fn readline_library(exe: &Executable) -> Result<ReadlineLibrary> {
-    let deps = Dependencies::read(&exe.path)?;
+fn readline_library(exe: &Executable, file: &PinnedFile) -> Result<ReadlineLibrary> {
+    let deps = Dependencies::of(file)?;
     let name =
         deps.needed.iter().find(|n| n.starts_with("libreadline.so")).with_context(|| {
             format!("{}: no readline inside and no libreadline.so needed", exe.display_path)
         })?;
     let lib = ldpath::locate(exe.pid, &exe.display_path, name, &deps.runpath)
         .with_context(|| format!("{}: needs {name}, which was not found", exe.display_path))?;
-    let readline = Symbols::read(&lib.path, &["readline"])?
+    let lib_file = Rc::new(PinnedFile::open_expecting(&lib.path, lib.id)?);
+    let readline = Symbols::of(&lib_file, &["readline"])?
         .get("readline")
         .with_context(|| format!("{}: no readline function", lib.display_path))?;
-    Ok(ReadlineLibrary { path: lib.path, display_path: lib.display_path, id: lib.id, readline })
+    Ok(ReadlineLibrary {
+        file: lib_file,
+        path: lib.path,
+        display_path: lib.display_path,
+        id: lib.id,
+        readline,
+    })
 }
 
 /// Is this executable name a shell we know?
@@ -176,7 +192,8 @@ impl<'obj> ShellProbes<'obj> {
             prog.attach_uprobe_with_opts(-1, path, f.file_offset as usize, opts)
                 .with_context(|| format!("attaching to {} in {display}", bin.name))
         };
-        let (path, display) = (&bin.path, bin.display_path.as_str());
+        let bin_path = bin.file.proc_path();
+        let (path, display) = (&bin_path, bin.display_path.as_str());
         match (bin.kind, &bin.readline_lib) {
             (kind::ZSH, _) => Ok(vec![
                 at(&p.zsh_zleentry_entry, false, path, display, bin.entry)?,
@@ -190,7 +207,8 @@ impl<'obj> ShellProbes<'obj> {
                 let mut links = vec![at(&p.bash_anchor, false, path, display, bin.entry)?];
                 // One pair of probes per library file, whichever bash needs it.
                 if self.readline_libs.borrow_mut().insert(lib.id) {
-                    let (path, display) = (&lib.path, lib.display_path.as_str());
+                    let lib_path = lib.file.proc_path();
+                    let (path, display) = (&lib_path, lib.display_path.as_str());
                     links.push(at(&p.bash_lib_readline_entry, false, path, display, lib.readline)?);
                     links.push(at(&p.bash_readline_return, true, path, display, lib.readline)?);
                 }

@@ -3,7 +3,8 @@
 //! `AbortCurrentTransaction`). See `bpf/sql.bpf.c` for what each hook means.
 
 use std::mem::MaybeUninit;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+use std::rc::Rc;
 
 use anyhow::{bail, Context, Result};
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
@@ -12,6 +13,8 @@ use libbpf_rs::{Link, OpenObject, ProgramMut, UprobeOpts};
 use super::executables::ExecutableAttacher;
 use crate::bpf::sql::{SqlSkel, SqlSkelBuilder};
 use crate::discover::elf::{Function, Symbols};
+use crate::discover::pinned::PinnedFile;
+use crate::discover::procs::Executable;
 use crate::kernel::{self, Filters};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +50,8 @@ type Hook = (Prog, Function, bool);
 /// A server executable and the probes it needs.
 #[derive(Debug, Clone)]
 pub struct SqlBinary {
+    /// The executable as opened once: parsed from and attached through it.
+    pub file: Rc<PinnedFile>,
     pub path: PathBuf,
     pub display_path: String,
     /// `mariadb`, `mysql` or `postgres`.
@@ -55,17 +60,19 @@ pub struct SqlBinary {
 }
 
 impl SqlBinary {
-    pub fn resolve(family: Family, path: &Path, display_path: &str) -> Result<SqlBinary> {
+    pub fn resolve(family: Family, exe: &Executable) -> Result<SqlBinary> {
+        let file = Rc::new(exe.open()?);
+        let display = exe.display_path.as_str();
         let (server, hooks) = match family {
-            Family::Mysql => mysql_hooks(path)?,
-            Family::Postgres => postgres_hooks(path)?,
+            Family::Mysql => mysql_hooks(&file, display)?,
+            Family::Postgres => postgres_hooks(&file, display)?,
         };
-        Ok(SqlBinary { path: path.to_path_buf(), display_path: display_path.to_string(), server, hooks })
+        Ok(SqlBinary { file, path: exe.path.clone(), display_path: display.to_string(), server, hooks })
     }
 }
 
-fn mysql_hooks(path: &Path) -> Result<(&'static str, Vec<Hook>)> {
-    let dispatch = Symbols::find_demangled(path, "dispatch_command", |d| d.starts_with("dispatch_command("))?;
+fn mysql_hooks(file: &PinnedFile, path: &str) -> Result<(&'static str, Vec<Hook>)> {
+    let dispatch = Symbols::find_demangled(file, "dispatch_command", |d| d.starts_with("dispatch_command("))?;
     let mut hooks = Vec::new();
     let mut server = "";
     for (signature, f) in &dispatch {
@@ -85,34 +92,30 @@ fn mysql_hooks(path: &Path) -> Result<(&'static str, Vec<Hook>)> {
         bail!(
             "{}: no dispatch_command(enum_server_command, THD*, char*, ...) (MariaDB, MySQL 5.6) or \
              dispatch_command(THD*, COM_DATA const*, enum_server_command) (MySQL 5.7/8) in its symbols{}",
-            path.display(),
+            path,
             if seen.is_empty() { String::new() } else { format!(" (found: {})", seen.join("; ")) }
         );
     }
-    let errors = Symbols::find_demangled(path, "set_error_status", |d| {
+    let errors = Symbols::find_demangled(file, "set_error_status", |d| {
         d.starts_with("Diagnostics_area::set_error_status(")
     })?;
     if errors.is_empty() {
         eprintln!(
             "cleartap: warning: {}: no Diagnostics_area::set_error_status: failed statements will \
              be reported as successful=null",
-            path.display()
+            path
         );
     }
     hooks.extend(errors.into_iter().map(|(_, f)| (Prog::MysqlError, f, false)));
     Ok((server, hooks))
 }
 
-fn postgres_hooks(path: &Path) -> Result<(&'static str, Vec<Hook>)> {
+fn postgres_hooks(file: &PinnedFile, path: &str) -> Result<(&'static str, Vec<Hook>)> {
     let wanted = ["pgstat_report_activity", "AbortCurrentTransaction"];
-    let symbols = Symbols::read(path, &wanted)?;
+    let symbols = Symbols::of(file, &wanted)?;
     let missing: Vec<_> = wanted.iter().filter(|w| symbols.get(w).is_none()).collect();
     if !missing.is_empty() {
-        bail!(
-            "{}: missing {:?} in its symbols: not a PostgreSQL server cleartap can probe",
-            path.display(),
-            missing
-        );
+        bail!("{}: missing {:?} in its symbols: not a PostgreSQL server cleartap can probe", path, missing);
     }
     Ok((
         "postgres",
@@ -156,12 +159,13 @@ impl<'obj> SqlProbes<'obj> {
     }
 
     pub fn attach(&self, bin: &SqlBinary) -> Result<Vec<Link>> {
+        let path = bin.file.proc_path();
         bin.hooks
             .iter()
             .map(|(prog, f, retprobe)| {
                 let opts = UprobeOpts { retprobe: *retprobe, ..Default::default() };
                 self.program(*prog)
-                    .attach_uprobe_with_opts(-1, &bin.path, f.file_offset as usize, opts)
+                    .attach_uprobe_with_opts(-1, &path, f.file_offset as usize, opts)
                     .with_context(|| format!("attaching {prog:?} in {}", bin.display_path))
             })
             .collect()
@@ -181,7 +185,7 @@ pub fn attacher<'a>(probes: &'a SqlProbes, family: Family) -> ExecutableAttacher
     ExecutableAttacher::new(
         move |path| family.is_server_path(path),
         move |exe| {
-            let bin = SqlBinary::resolve(family, &exe.path, &exe.display_path)?;
+            let bin = SqlBinary::resolve(family, exe)?;
             let links = probes.attach(&bin)?;
             Ok((bin, links))
         },

@@ -112,18 +112,18 @@ impl<'obj> TlsProbes<'obj> {
                 bail!("{} has no entry/return program pair", hook.symbol);
             };
             let offset = function.file_offset as usize;
+            let path = target.file.proc_path();
             for (prog, retprobe) in [(entry, false), (ret, true)] {
                 let opts =
                     UprobeOpts { retprobe, cookie: u64::from(target.library_id), ..Default::default() };
-                let link =
-                    prog.attach_uprobe_with_opts(-1, &target.path, offset, opts).with_context(|| {
-                        format!(
-                            "attaching a {} to {} in {}",
-                            if retprobe { "uretprobe" } else { "uprobe" },
-                            hook.symbol,
-                            target.path.display()
-                        )
-                    })?;
+                let link = prog.attach_uprobe_with_opts(-1, &path, offset, opts).with_context(|| {
+                    format!(
+                        "attaching a {} to {} in {}",
+                        if retprobe { "uretprobe" } else { "uprobe" },
+                        hook.symbol,
+                        target.display_path
+                    )
+                })?;
                 links.push(link);
             }
         }
@@ -180,8 +180,8 @@ impl<'obj> TlsProbes<'obj> {
             .map(|(prog, retprobe)| {
                 let opts =
                     UprobeOpts { retprobe, cookie: u64::from(target.library_id), ..Default::default() };
-                prog.attach_uprobe_with_opts(-1, &target.path, f.file_offset as usize, opts)
-                    .with_context(|| format!("attaching to SSL_do_handshake in {}", target.path.display()))
+                prog.attach_uprobe_with_opts(-1, target.file.proc_path(), f.file_offset as usize, opts)
+                    .with_context(|| format!("attaching to SSL_do_handshake in {}", target.display_path))
             })
             .collect()
     }
@@ -194,13 +194,23 @@ impl<'obj> TlsProbes<'obj> {
             .skel
             .progs
             .gnutls_keylog
-            .attach_uprobe_with_opts(-1, &target.path, points.keylog_function as usize, opts)
-            .with_context(|| format!("attaching to the key log function of {}", target.path.display()))?;
+            .attach_uprobe_with_opts(-1, target.file.proc_path(), points.keylog_function as usize, opts)
+            .with_context(|| format!("attaching to the key log function of {}", target.display_path))?;
         Ok(vec![link])
     }
 
     /// A Go executable: plain uprobes only, at the points `gotls` found.
     fn attach_go(&self, target: &TlsTarget, points: &GoProbePoints) -> Result<Vec<Link>> {
+        // Go's Read has a handful of RETs; a file claiming hundreds is not
+        // the crypto/tls cleartap knows, and each would cost a uprobe.
+        const MAX_READ_RETURNS: usize = 64;
+        if points.read_returns.len() > MAX_READ_RETURNS {
+            bail!(
+                "{} RET instructions in crypto/tls.(*Conn).Read (at most {MAX_READ_RETURNS} are probed)",
+                points.read_returns.len()
+            );
+        }
+        let path = target.file.proc_path();
         let p = &self.skel.progs;
         let mut probes = vec![(&p.go_write, points.write, "Write"), (&p.go_read_entry, points.read, "Read")];
         probes.extend(points.read_returns.iter().map(|&ret| (&p.go_read_return, ret, "Read (a RET)")));
@@ -209,8 +219,8 @@ impl<'obj> TlsProbes<'obj> {
             .into_iter()
             .map(|(prog, offset, what)| {
                 let opts = UprobeOpts { cookie: u64::from(target.library_id), ..Default::default() };
-                prog.attach_uprobe_with_opts(-1, &target.path, offset as usize, opts)
-                    .with_context(|| format!("attaching a uprobe to {what} in {}", target.path.display()))
+                prog.attach_uprobe_with_opts(-1, &path, offset as usize, opts)
+                    .with_context(|| format!("attaching a uprobe to {what} in {}", target.display_path))
             })
             .collect()
     }
