@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::SystemTime;
 
-use httpdecode::{Connection, Direction as HttpDirection, Exchange, Limits};
+use httpdecode::{Budget, Connection, Direction as HttpDirection, Exchange, Limits};
 
 use super::{Direction, TlsRecord};
 
@@ -37,6 +37,9 @@ pub struct HttpStreams {
     streams: HashMap<(u32, u64), Stream>,
     clock: u64,
     limits: Limits,
+    /// One memory budget for every connection's decoder state: any TLS
+    /// peer of any process chooses what the decoders are fed.
+    budget: Budget,
 }
 
 impl HttpStreams {
@@ -44,7 +47,12 @@ impl HttpStreams {
     /// (the preview the outputs show), rather than up to 1 MiB of it.
     pub fn new(shown: usize) -> Self {
         let limits = Limits { max_plain_body: shown, ..Limits::default() };
-        HttpStreams { limits, ..Self::default() }
+        HttpStreams { limits, budget: Budget::new(httpdecode::DEFAULT_BUDGET), ..Self::default() }
+    }
+
+    /// What the decoders refused for want of memory: (refusals, bytes).
+    pub fn refused(&self) -> (u64, u64) {
+        (self.budget.refusals(), self.budget.refused_bytes())
     }
 
     /// Feed one record; returns the exchanges it completes.
@@ -56,7 +64,7 @@ impl HttpStreams {
             done.extend(self.evict_oldest(r.time));
         }
         let stream = self.streams.entry(key).or_insert_with(|| Stream {
-            decoder: Connection::with_limits(self.limits),
+            decoder: Connection::with_budget(self.limits, self.budget.clone()),
             info: info_of(r),
             last_call: r.call_seq.saturating_sub(1),
             expected_offset: 0,

@@ -21,11 +21,41 @@ const REMEMBERED: usize = 4096;
 pub struct KeyLines {
     seen: HashSet<(String, Vec<u8>)>,
     order: VecDeque<(String, Vec<u8>)>,
+    /// Secrets refused for an unknown label or a wrong length.
+    pub invalid: u64,
+}
+
+/// The labels of the NSS key log format that TLS 1.2 and 1.3 libraries
+/// hand over (the label comes from the traced process's memory).
+const TLS13_LABELS: [&str; 7] = [
+    "CLIENT_EARLY_TRAFFIC_SECRET",
+    "CLIENT_HANDSHAKE_TRAFFIC_SECRET",
+    "SERVER_HANDSHAKE_TRAFFIC_SECRET",
+    "CLIENT_TRAFFIC_SECRET_0",
+    "SERVER_TRAFFIC_SECRET_0",
+    "EARLY_EXPORTER_SECRET",
+    "EXPORTER_SECRET",
+];
+
+/// A line a key log reader can trust: a known label, a 32-byte client
+/// random, and a secret of the length that label has (TLS 1.2's master
+/// secret is 48 bytes; TLS 1.3 secrets are the hash's, SHA-256 or SHA-384).
+fn is_valid(label: &str, client_random: &[u8], secret: &[u8]) -> bool {
+    client_random.len() == 32
+        && match label {
+            "CLIENT_RANDOM" => secret.len() == 48,
+            _ => TLS13_LABELS.contains(&label) && matches!(secret.len(), 32 | 48),
+        }
 }
 
 impl KeyLines {
-    /// The line to write, or None when this label and random had one.
+    /// The line to write, or None when this label and random had one or
+    /// the secret is not a valid one (counted in `invalid`).
     pub fn accept(&mut self, label: &str, client_random: &[u8], secret: &[u8]) -> Option<String> {
+        if !is_valid(label, client_random, secret) {
+            self.invalid += 1;
+            return None;
+        }
         let key = (label.to_string(), client_random.to_vec());
         if !self.seen.insert(key.clone()) {
             return None;
@@ -79,12 +109,34 @@ mod tests {
     #[test]
     fn lines_are_nss_format_and_once_per_label_and_random() {
         let mut lines = KeyLines::default();
-        let line = lines.accept("CLIENT_RANDOM", &[0xab; 32], &[0x01, 0xff]).unwrap();
-        assert_eq!(line, format!("CLIENT_RANDOM {} 01ff\n", "ab".repeat(32)));
-        assert_eq!(lines.accept("CLIENT_RANDOM", &[0xab; 32], &[0x01, 0xff]), None);
-        assert_eq!(lines.accept("CLIENT_RANDOM", &[0xab; 32], &[0x02]), None, "a later generation");
-        assert!(lines.accept("EXPORTER_SECRET", &[0xab; 32], &[0x02]).is_some());
-        assert!(lines.accept("CLIENT_RANDOM", &[0xac; 32], &[0x02]).is_some());
+        let line = lines.accept("CLIENT_RANDOM", &[0xab; 32], &[0x01; 48]).unwrap();
+        assert_eq!(line, format!("CLIENT_RANDOM {} {}\n", "ab".repeat(32), "01".repeat(48)));
+        assert_eq!(lines.accept("CLIENT_RANDOM", &[0xab; 32], &[0x01; 48]), None);
+        assert_eq!(lines.accept("CLIENT_RANDOM", &[0xab; 32], &[0x02; 48]), None, "a later generation");
+        assert!(lines.accept("EXPORTER_SECRET", &[0xab; 32], &[0x02; 32]).is_some());
+        assert!(lines.accept("CLIENT_RANDOM", &[0xac; 32], &[0x02; 48]).is_some());
+        assert_eq!(lines.invalid, 0);
+    }
+
+    #[test]
+    fn only_known_labels_and_lengths_become_lines() {
+        let mut lines = KeyLines::default();
+        let bad: [(&str, usize, usize); 7] = [
+            ("CLIENT_RANDOM", 32, 32),
+            ("SERVER_TRAFFIC_SECRET_0", 32, 64),
+            ("SERVER_TRAFFIC_SECRET_0", 16, 32),
+            ("CLIENT_RANDOM\nCLIENT_RANDOM", 32, 48),
+            ("CLIENT RANDOM", 32, 48),
+            ("", 32, 48),
+            ("\x1b]52;c;x\x07", 32, 32),
+        ];
+        for (label, random, secret) in bad {
+            assert_eq!(lines.accept(label, &vec![1; random], &vec![2; secret]), None, "{label:?}");
+        }
+        assert_eq!(lines.invalid, bad.len() as u64);
+        for label in TLS13_LABELS {
+            assert!(lines.accept(label, &[3; 32], &[4; 48]).is_some(), "{label}");
+        }
     }
 
     #[test]

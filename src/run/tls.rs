@@ -206,8 +206,8 @@ impl Secrets {
         if let Some(keylog) = &self.keylog {
             eprintln!(
                 "cleartap: {} TLS secrets written to the key log; {} could not be read whole; {} OpenSSL \
-                 handshakes refused by the sanity check",
-                keylog.written, self.unreadable, refused
+                 handshakes refused by the sanity check; {} refused for an unknown label or length",
+                keylog.written, self.unreadable, refused, self.lines.invalid
             );
         }
         if let Some(c) = &self.capture {
@@ -389,6 +389,13 @@ impl Handler for TlsHandler<'_, '_> {
         self.secrets.summary();
         for (exchange, connection) in self.streams.close_all(std::time::SystemTime::now()) {
             out.http(&HttpRecord { exchange: &exchange, connection: &connection })?;
+        }
+        let (refusals, bytes) = self.streams.refused();
+        if refusals > 0 {
+            eprintln!(
+                "cleartap: HTTP decoding: {refusals} allocations ({bytes} bytes) refused by the decoders' \
+                 memory budget; the exchanges affected carry a note"
+            );
         }
         Ok(())
     }
