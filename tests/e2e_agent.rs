@@ -259,7 +259,8 @@ fn write_config(dir: &Path, body: &str) -> PathBuf {
 }
 
 fn nats_sink(nats: &Nats) -> String {
-    format!("[sinks.nats]\nurl = \"{}\"\n", nats.url())
+    // The test broker listens on loopback without TLS.
+    format!("[sinks.nats]\nurl = \"{}\"\nplaintext = true\n", nats.url())
 }
 
 /// Run `/bin/true MARKER-i` for each i: one exec event each.
@@ -417,8 +418,10 @@ fn a_cluster_losing_its_stream_leader_mid_flow_keeps_every_event_once() {
     let dir = tempfile::tempdir().unwrap();
     let mut cluster = Cluster::start(dir.path());
     let urls = cluster.urls().iter().map(|u| format!("\"{u}\"")).collect::<Vec<_>>().join(", ");
-    let config =
-        write_config(dir.path(), &format!("[sources.exec]\n[sinks.nats]\nurl = [{urls}]\nreplicas = 3\n"));
+    let config = write_config(
+        dir.path(),
+        &format!("[sources.exec]\n[sinks.nats]\nurl = [{urls}]\nreplicas = 3\nplaintext = true\n"),
+    );
     let port = free_port();
     let agent = Agent::start_with(&config, &["--metrics", &format!("127.0.0.1:{port}")]);
     let steady = Steady::start("clustered");

@@ -57,7 +57,7 @@ pub struct Sinks {
     pub file: Option<FileSink>,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NatsSink {
     #[serde(deserialize_with = "one_or_many")]
@@ -78,6 +78,32 @@ pub struct NatsSink {
     pub tls_ca: Option<PathBuf>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    /// Events carry plaintext and secrets: TLS is required unless this is
+    /// set (a warning names a server that is not on loopback).
+    #[serde(default)]
+    pub plaintext: bool,
+}
+
+/// Everything but the password and the token, which are never printed.
+impl fmt::Debug for NatsSink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let redacted = |set: bool| if set { Some("<redacted>") } else { None };
+        f.debug_struct("NatsSink")
+            .field("url", &self.url)
+            .field("stream", &self.stream)
+            .field("subject_prefix", &self.subject_prefix)
+            .field("create_stream", &self.create_stream)
+            .field("replicas", &self.replicas)
+            .field("creds", &self.creds)
+            .field("user", &self.user)
+            .field("password", &redacted(self.password.is_some()))
+            .field("token", &redacted(self.token.is_some()))
+            .field("tls_ca", &self.tls_ca)
+            .field("tls_cert", &self.tls_cert)
+            .field("tls_key", &self.tls_key)
+            .field("plaintext", &self.plaintext)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -174,7 +200,19 @@ pub struct AgentConfig {
 impl AgentConfig {
     pub fn load(path: &Path) -> Result<AgentConfig, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| error(format!("{}: {e}", path.display())))?;
-        Self::parse(&text).map_err(|e| error(format!("{}: {e}", path.display())))
+        let config = Self::parse(&text).map_err(|e| error(format!("{}: {e}", path.display())))?;
+        if let Some(nats) = &config.sinks.nats {
+            if nats.password.is_some() || nats.token.is_some() {
+                private_file(path, "it holds sinks.nats.password or token")?;
+            }
+            for (key, file) in [("creds", &nats.creds), ("tls_key", &nats.tls_key)] {
+                if let Some(file) = file {
+                    private_file(file, &format!("sinks.nats.{key} is a secret"))
+                        .map_err(|e| error(format!("sinks.nats.{key}: {e}")))?;
+                }
+            }
+        }
+        Ok(config)
     }
 
     pub fn parse(text: &str) -> Result<AgentConfig, ConfigError> {
@@ -218,6 +256,23 @@ impl AgentConfig {
     }
 }
 
+/// A file holding secrets must not be readable or writable by other
+/// users: refused (exit 2) with the `chmod` that fixes it.
+fn private_file(path: &Path, why: &str) -> Result<(), ConfigError> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode =
+        std::fs::metadata(path).map_err(|e| error(format!("{}: {e}", path.display())))?.permissions().mode();
+    if mode & 0o077 != 0 {
+        return Err(error(format!(
+            "{}: mode {:o} lets other users read it, and {why}; run `chmod 600 {}`",
+            path.display(),
+            mode & 0o777,
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
 /// What the NATS sink would only find out later, in its own thread:
 /// urls it cannot parse, files it cannot read, half an auth pair.
 fn check_nats(nats: &NatsSink) -> Result<(), ConfigError> {
@@ -226,8 +281,22 @@ fn check_nats(nats: &NatsSink) -> Result<(), ConfigError> {
         return Err(error(format!("sinks.nats.replicas: {} (JetStream takes 1 to 5)", nats.replicas)));
     }
     for url in &nats.url {
-        url.parse::<async_nats::ServerAddr>()
+        let addr = url
+            .parse::<async_nats::ServerAddr>()
             .map_err(|e| error(format!("sinks.nats.url: {url:?} is not a NATS url ({e})")))?;
+        let loopback = addr.host() == "localhost"
+            || addr
+                .host()
+                .trim_matches(['[', ']'])
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        if nats.plaintext && !loopback {
+            eprintln!(
+                "cleartap: warning: sinks.nats.plaintext: events (captured plaintext, TLS secrets) go to {} \
+                 unencrypted",
+                addr.host()
+            );
+        }
     }
     let files = [
         ("creds", &nats.creds),
@@ -365,6 +434,47 @@ url = ["nats://10.0.0.1:4222", "nats://10.0.0.2:4222"]
 path = "/var/log/cleartap/events.jsonl"
 max_bytes = "10MiB"
 "#;
+
+    #[test]
+    fn secrets_never_print_and_tls_is_the_default() {
+        let text = "[sources.exec]\n[sinks.nats]\nurl = \"nats://127.0.0.1:4222\"\nuser = \"u\"\n\
+                    password = \"hunter2-pw\"\ntoken = \"tok-s3cret\"\n";
+        let c = AgentConfig::parse(text).unwrap();
+        let nats = c.sinks.nats.as_ref().unwrap();
+        assert!(!nats.plaintext, "TLS unless plaintext is asked for");
+        for shown in [format!("{nats:?}"), format!("{c:?}")] {
+            assert!(!shown.contains("hunter2-pw") && !shown.contains("tok-s3cret"), "{shown}");
+            assert!(shown.contains("<redacted>"), "{shown}");
+        }
+    }
+
+    #[test]
+    fn a_config_with_secrets_readable_by_others_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        let secret = "[sources.exec]\n[sinks.nats]\nurl = \"nats://127.0.0.1:4222\"\ntoken = \"t\"\n";
+        std::fs::write(&path, secret).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = AgentConfig::load(&path).unwrap_err().to_string();
+        assert!(err.contains("mode 644") && err.contains("chmod 600"), "{err}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        AgentConfig::load(&path).unwrap();
+        // Without secrets, a readable config is fine; a readable creds file is not.
+        let creds = dir.path().join("nats.creds");
+        std::fs::write(&creds, "creds").unwrap();
+        std::fs::set_permissions(&creds, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let text = format!(
+            "[sources.exec]\n[sinks.nats]\nurl = \"nats://127.0.0.1:4222\"\ncreds = \"{}\"\n",
+            creds.display()
+        );
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = AgentConfig::load(&path).unwrap_err().to_string();
+        assert!(err.starts_with("sinks.nats.creds: ") && err.contains("mode 640"), "{err}");
+        std::fs::set_permissions(&creds, std::fs::Permissions::from_mode(0o600)).unwrap();
+        AgentConfig::load(&path).unwrap();
+    }
 
     #[test]
     fn a_full_config_parses_into_subcommand_arguments() {

@@ -15,7 +15,7 @@ pub mod tail;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -24,7 +24,7 @@ use anyhow::{bail, Context, Result};
 
 use self::config::{AgentConfig, Source};
 use self::metrics::Metrics;
-use self::pipeline::{Line, LineSender, Numbering, SourceCounters};
+use self::pipeline::{Line, LineQueue, LineSender, Numbering, SourceCounters};
 use self::sinks::Sink;
 use crate::cli::{AgentArgs, Command};
 use crate::output::{self, Format, Style};
@@ -90,7 +90,7 @@ struct RunningSource {
 }
 
 struct Agent {
-    tx: SyncSender<Line>,
+    tx: LineQueue,
     rx: Receiver<Line>,
     status_tx: Sender<Status>,
     status_rx: Receiver<Status>,
@@ -109,7 +109,7 @@ impl Agent {
         let (tx, rx) = mpsc::sync_channel(pipeline::CHANNEL_CAPACITY);
         let (status_tx, status_rx) = mpsc::channel();
         Agent {
-            tx,
+            tx: LineQueue::new(tx),
             rx,
             status_tx,
             status_rx,
@@ -209,6 +209,7 @@ impl Agent {
     }
 
     fn dispatch(&mut self, line: Line) -> Result<()> {
+        self.tx.received(&line);
         let event = self.numbering.envelope(line);
         for sink in &mut self.sinks {
             sink.send(&event).with_context(|| format!("sink {}", sink.name()))?;
@@ -353,7 +354,7 @@ impl Agent {
 fn capture(
     command: &Command,
     counters: Arc<SourceCounters>,
-    tx: SyncSender<Line>,
+    tx: LineQueue,
     stop: Arc<AtomicBool>,
     status: Sender<Status>,
 ) -> Result<()> {

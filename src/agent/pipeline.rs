@@ -6,12 +6,45 @@
 //! line and counts it (the sources keep draining their ring buffers).
 
 use std::io::{self, Write};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::Arc;
 
 /// Lines waiting between the sources and the agent thread.
 pub const CHANNEL_CAPACITY: usize = 65_536;
+/// The bytes those lines may hold in all: a count alone would let 65,536
+/// lines of a few MiB each (TLS records as base64) take gigabytes.
+pub const QUEUE_BYTES: usize = 64 << 20;
+
+/// The sending side of the channel, with the bytes it holds.
+#[derive(Clone)]
+pub struct LineQueue {
+    tx: SyncSender<Line>,
+    bytes: Arc<AtomicUsize>,
+}
+
+impl LineQueue {
+    pub fn new(tx: SyncSender<Line>) -> Self {
+        LineQueue { tx, bytes: Arc::new(AtomicUsize::new(0)) }
+    }
+
+    /// The agent thread took `line` off the channel.
+    pub fn received(&self, line: &Line) {
+        self.bytes.fetch_sub(line.json.len(), Ordering::Relaxed);
+    }
+
+    /// Queues `line` if the channel has room for one more line and its bytes.
+    fn try_send(&self, line: Line) -> Result<(), TrySendError<Line>> {
+        let len = line.json.len();
+        if self.bytes.fetch_add(len, Ordering::Relaxed) + len > QUEUE_BYTES {
+            self.bytes.fetch_sub(len, Ordering::Relaxed);
+            return Err(TrySendError::Full(line));
+        }
+        self.tx.try_send(line).inspect_err(|_| {
+            self.bytes.fetch_sub(len, Ordering::Relaxed);
+        })
+    }
+}
 
 /// One line a source printed, not yet numbered.
 pub struct Line {
@@ -35,13 +68,13 @@ pub struct SourceCounters {
 /// becomes one `Line`.
 pub struct LineSender {
     source: &'static str,
-    tx: SyncSender<Line>,
+    tx: LineQueue,
     partial: Vec<u8>,
     counters: Arc<SourceCounters>,
 }
 
 impl LineSender {
-    pub fn new(source: &'static str, tx: SyncSender<Line>, counters: Arc<SourceCounters>) -> Self {
+    pub fn new(source: &'static str, tx: LineQueue, counters: Arc<SourceCounters>) -> Self {
         LineSender { source, tx, partial: Vec::new(), counters }
     }
 
@@ -139,7 +172,7 @@ mod tests {
     fn lines_split_across_writes_arrive_whole_and_in_order() {
         let (tx, rx) = std::sync::mpsc::sync_channel(16);
         let counters = Arc::new(SourceCounters::default());
-        let mut w = LineSender::new("tls", tx, Arc::clone(&counters));
+        let mut w = LineSender::new("tls", LineQueue::new(tx), Arc::clone(&counters));
         w.write_all(b"{\"a\":1}\n{\"b\"").unwrap();
         w.write_all(b":2}\n{\"c\":3}\n").unwrap();
         let got: Vec<_> = rx.try_iter().map(|l| String::from_utf8(l.json).unwrap()).collect();
@@ -151,12 +184,33 @@ mod tests {
     fn a_full_channel_counts_instead_of_blocking() {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         let counters = Arc::new(SourceCounters::default());
-        let mut w = LineSender::new("exec", tx, Arc::clone(&counters));
+        let mut w = LineSender::new("exec", LineQueue::new(tx), Arc::clone(&counters));
         w.write_all(b"{}\n{}\n{}\n").unwrap();
         assert_eq!(rx.try_iter().count(), 1);
         assert_eq!(counters.dropped.load(Ordering::Relaxed), 2);
         drop(rx);
         assert!(w.write_all(b"{}\n").is_err());
+    }
+
+    #[test]
+    fn the_queue_is_bounded_in_bytes_too() {
+        let (tx, rx) = std::sync::mpsc::sync_channel(CHANNEL_CAPACITY);
+        let queue = LineQueue::new(tx);
+        let counters = Arc::new(SourceCounters::default());
+        let mut w = LineSender::new("tls", queue.clone(), Arc::clone(&counters));
+        let big = vec![b'x'; 1 << 20];
+        for _ in 0..80 {
+            w.write_all(&big).unwrap();
+            w.write_all(b"\n").unwrap();
+        }
+        let held: Vec<Line> = rx.try_iter().collect();
+        assert_eq!(held.len(), QUEUE_BYTES >> 20, "64 lines of 1 MiB fit, not 80");
+        assert_eq!(counters.dropped.load(Ordering::Relaxed), 80 - held.len() as u64);
+        // Taken off the channel: room again.
+        held.iter().for_each(|l| queue.received(l));
+        w.write_all(&big).unwrap();
+        w.write_all(b"\n").unwrap();
+        assert_eq!(rx.try_iter().count(), 1);
     }
 
     #[test]

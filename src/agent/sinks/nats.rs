@@ -253,8 +253,10 @@ async fn connect(config: &NatsSink, shared: &Shared) -> Result<async_nats::Clien
         options = options.token(token.clone());
     }
     if let Some(ca) = &config.tls_ca {
-        options = options.add_root_certificates(ca.clone()).require_tls(true);
+        options = options.add_root_certificates(ca.clone());
     }
+    // Events carry plaintext and secrets: TLS unless plaintext is asked for.
+    options = options.require_tls(!config.plaintext);
     if let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) {
         options = options.add_client_certificate(cert.clone(), key.clone());
     }
