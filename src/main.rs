@@ -7,7 +7,7 @@ use cleartap::{agent, cli, output, run, sources};
 fn main() {
     // First thing: from here on a signal means a clean stop.
     if let Err(e) = run::stop_on_signals() {
-        eprintln!("cleartap: error: {}", output::escape::for_terminal(&format!("{e:#}")));
+        eprintln!("cleartap: error: {}", output::escape::block(&format!("{e:#}")));
         std::process::exit(1);
     }
     let cli = cli::Cli::parse();
@@ -23,8 +23,8 @@ fn main() {
     };
     if let Err(e) = result {
         // A chain may name a path or quote a server: nothing in it drives
-        // the terminal.
-        eprintln!("cleartap: error: {}", output::escape::for_terminal(&format!("{e:#}")));
+        // the terminal (its lines kept: a TOML error shows the bad line).
+        eprintln!("cleartap: error: {}", output::escape::block(&format!("{e:#}")));
         // A configuration that cannot be used: 2, as for bad arguments.
         let config = e.chain().any(|c| c.is::<agent::config::ConfigError>());
         std::process::exit(if config { 2 } else { 1 });

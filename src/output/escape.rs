@@ -54,7 +54,8 @@ pub fn block(text: &str) -> Cow<'_, str> {
 }
 
 /// For code printing a warning or error on stderr that names something a
-/// process or a peer controls (a path, a process name, a host).
+/// process or a peer controls (a path, a process name, a host). A message
+/// of several lines (an error chain quoting a file) takes `block`.
 pub fn for_terminal(text: &str) -> Cow<'_, str> {
     line(text)
 }
