@@ -2,12 +2,12 @@
 //! The binary is a thin shell over the library (`src/lib.rs`).
 
 use clap::Parser;
-use cleartap::{agent, cli, run, sources};
+use cleartap::{agent, cli, output, run, sources};
 
 fn main() {
     // First thing: from here on a signal means a clean stop.
     if let Err(e) = run::stop_on_signals() {
-        eprintln!("cleartap: error: {e:#}");
+        eprintln!("cleartap: error: {}", output::escape::block(&format!("{e:#}")));
         std::process::exit(1);
     }
     let cli = cli::Cli::parse();
@@ -22,7 +22,9 @@ fn main() {
         cli::Command::Tail(args) => agent::tail::run(args),
     };
     if let Err(e) = result {
-        eprintln!("cleartap: error: {e:#}");
+        // A chain may name a path or quote a server: nothing in it drives
+        // the terminal (its lines kept: a TOML error shows the bad line).
+        eprintln!("cleartap: error: {}", output::escape::block(&format!("{e:#}")));
         // A configuration that cannot be used: 2, as for bad arguments.
         let config = e.chain().any(|c| c.is::<agent::config::ConfigError>());
         std::process::exit(if config { 2 } else { 1 });

@@ -4,11 +4,18 @@
 //! `cleartap tls` or published by an agent and tailed. The first line of
 //! each record starts with the event's host.
 //!
-//! What JSON does not carry cannot be shown: body previews are the JSON's
-//! (lossy UTF-8) previews, so a non-UTF-8 byte there reads as U+FFFD
-//! instead of `\xNN`. An event this module does not know, or one missing a
+//! What JSON does not carry cannot be shown: body previews and exec file
+//! names are the JSON's (lossy UTF-8) strings, so a non-UTF-8 byte there
+//! reads as U+FFFD instead of `\xNN` (commands, statements and argv have
+//! their exact bytes in `*_b64` when they are not UTF-8, and read as they
+//! were printed). An event this module does not know, or one missing a
 //! field its layout needs, prints as one `key=value` line.
+//!
+//! Everything in an event is untrusted (any publisher on the stream, any
+//! process an agent watched): each string shown goes through `escape`, the
+//! host, a line that is not JSON and the `key=value` fallback included.
 
+use std::borrow::Cow;
 use std::io::{self, Write};
 use std::time::{Duration, SystemTime};
 
@@ -16,6 +23,7 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use serde_json::{Map, Value};
 
+use super::escape::{self, Layout};
 use super::text::{
     write_command, write_exec, write_http, write_query, write_tls, BodyView, CommandView, ExecView, HttpView,
     QueryView, TlsView,
@@ -25,16 +33,16 @@ use super::text::{
 /// layout.
 pub fn write_event(out: &mut impl Write, json: &[u8], hex: bool) -> io::Result<()> {
     let Ok(Value::Object(event)) = serde_json::from_slice::<Value>(json) else {
-        out.write_all(String::from_utf8_lossy(json).as_bytes())?;
+        out.write_all(escape::escape(json, Layout::Line).as_bytes())?;
         return out.write_all(b"\n");
     };
     let mut record = Vec::new();
     if render(&mut record, &event, hex).is_none() {
         record.clear();
-        writeln!(record, "{}", generic_line(&event))?;
+        writeln!(record, "{}", escape::line(&generic_line(&event)))?;
     }
     if let Some(host) = event.get("host").and_then(Value::as_str) {
-        write!(out, "{host} ")?;
+        write!(out, "{} ", escape::line(host))?;
     }
     out.write_all(&record)
 }
@@ -51,8 +59,8 @@ fn render(out: &mut Vec<u8>, e: &Map<String, Value>, hex: bool) -> Option<()> {
             out,
             "loss: {} {} events dropped: {}",
             e.get("count")?.as_u64()?,
-            str_of(e, "source")?,
-            str_of(e, "reason")?
+            escape::line(str_of(e, "source")?),
+            escape::line(str_of(e, "reason")?)
         ),
         _ => return None,
     };
@@ -94,12 +102,24 @@ fn command_view(e: &Map<String, Value>) -> Option<CommandView<'_>> {
         tty: str_of(e, "tty")?,
         exit_status: e.get("exit_status").and_then(Value::as_i64),
         truncated: bool_of(e, "truncated"),
-        text: str_of(e, "command")?,
+        text: exact_text(e, "command")?,
     })
 }
 
 fn exec_view(e: &Map<String, Value>) -> Option<ExecView<'_>> {
-    let argv = e.get("argv")?.as_array()?.iter().map(Value::as_str).collect::<Option<Vec<_>>>()?;
+    let argv = match e.get("argv_b64") {
+        Some(b64) => b64
+            .as_array()?
+            .iter()
+            .map(|a| Some(Cow::Owned(STANDARD.decode(a.as_str()?).ok()?)))
+            .collect::<Option<Vec<_>>>()?,
+        None => e
+            .get("argv")?
+            .as_array()?
+            .iter()
+            .map(|a| Some(Cow::Borrowed(a.as_str()?.as_bytes())))
+            .collect::<Option<Vec<_>>>()?,
+    };
     let result = match e.get("success").and_then(Value::as_bool) {
         Some(true) => "ok".to_string(),
         Some(false) => str_of(e, "error")?.to_string(),
@@ -112,7 +132,7 @@ fn exec_view(e: &Map<String, Value>) -> Option<ExecView<'_>> {
         ppid: u64_of(e, "ppid")?,
         uid: u64_of(e, "uid")?,
         user: e.get("user").and_then(Value::as_str),
-        filename: str_of(e, "filename")?,
+        filename: Cow::Borrowed(str_of(e, "filename")?.as_bytes()),
         argv,
         argv_truncated: bool_of(e, "argv_truncated"),
         result,
@@ -132,7 +152,7 @@ fn query_view(e: &Map<String, Value>) -> Option<QueryView<'_>> {
         success: e.get("success").and_then(Value::as_bool),
         duration: micros_of(e, "duration_us"),
         truncated: bool_of(e, "truncated"),
-        text: str_of(e, "text")?,
+        text: exact_text(e, "text")?,
     })
 }
 
@@ -171,6 +191,15 @@ fn http_view(e: &Map<String, Value>) -> Option<HttpView<'_>> {
 
 fn str_of<'a>(e: &'a Map<String, Value>, key: &str) -> Option<&'a str> {
     e.get(key)?.as_str()
+}
+
+/// The exact bytes of a text field: its `<key>_b64` when the text was not
+/// UTF-8, else the text.
+fn exact_text<'a>(e: &'a Map<String, Value>, key: &str) -> Option<Cow<'a, [u8]>> {
+    match e.get(&format!("{key}_b64")) {
+        Some(b64) => Some(Cow::Owned(STANDARD.decode(b64.as_str()?).ok()?)),
+        None => Some(Cow::Borrowed(str_of(e, key)?.as_bytes())),
+    }
 }
 
 fn u64_of(e: &Map<String, Value>, key: &str) -> Option<u64> {
@@ -394,6 +423,83 @@ mod tests {
         assert_same_layout(|out| {
             out.http(&HttpRecord { exchange: &exchange, connection: &connection }).unwrap()
         });
+    }
+
+    #[test]
+    fn hostile_records_read_back_escaped_as_they_were_printed() {
+        let command = commands::Command {
+            time: at(1),
+            pid: 10,
+            ppid: 9,
+            uid: 0,
+            shell: "bash",
+            tty: "pts/1".into(),
+            text: b"echo \x1b]0;x\x07\r\xff".to_vec(),
+            truncated: false,
+            exit_status: Some(0),
+        };
+        assert_same_layout(|out| {
+            out.command(&CommandRecord { command: &command, user: None, shell_path: None }).unwrap()
+        });
+        let exec = execs::Exec {
+            time: at(2),
+            pid: 11,
+            tid: 11,
+            ppid: 10,
+            uid: 0,
+            comm: "\x1b]0;x\x07".into(),
+            filename: b"/tmp/\x1b[2J".to_vec(),
+            argv: vec![b"\x1b[2J".to_vec(), b"\x9b\xff".to_vec()],
+            argv_truncated: false,
+            cwd: None,
+            ret: Some(0),
+        };
+        assert_same_layout(|out| out.exec(&ExecRecord { exec: &exec, user: None }).unwrap());
+        let query = queries::Query::start(
+            at(3),
+            "mysql",
+            12,
+            13,
+            "query",
+            None,
+            b"select '\x1b\xfe'".to_vec(),
+            false,
+        );
+        assert_same_layout(|out| {
+            out.query(&QueryRecord { query: &query, user: None, database: None, client: None }).unwrap()
+        });
+    }
+
+    #[test]
+    fn hostile_host_key_and_lines_are_escaped() {
+        let mut out = Vec::new();
+        let exec = br#"{"host":"h\u001b]0;x\u0007","event":"exec","time":"2026-11-26T10:00:00Z","pid":1,"ppid":0,"uid":0,"comm":"c","filename":"/f\r","argv":["\u009b"]}"#;
+        write_event(&mut out, exec, false).unwrap();
+        write_event(
+            &mut out,
+            br#"{"host":"h\u0007","event":"loss","count":1,"source":"s\u001b","reason":"r\r"}"#,
+            false,
+        )
+        .unwrap();
+        write_event(
+            &mut out,
+            br#"{"host":"h","event":"new\u001b","k\u001b[2J":"v\u0007","comm":"\r"}"#,
+            false,
+        )
+        .unwrap();
+        write_event(&mut out, b"not json \x1b]52;c;aGk=\x07\r\xff", false).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines,
+            [
+                "h\\x1b]0;x\\x07 2026-11-26T10:00:00.000000Z exec c[1] ppid=0 uid=0(?) /f\\r [\"\\u{9b}\"] = ?",
+                "h\\x07 loss: 1 s\\x1b events dropped: r\\r",
+                "h new\\x1b \\r k\\x1b[2J=\"v\\\\u0007\"",
+                "not json \\x1b]52;c;aGk=\\x07\\r\\xff",
+            ]
+        );
+        assert!(!text.bytes().any(|b| b != b'\n' && (b < 0x20 || b == 0x7f)), "{text:?}");
     }
 
     #[test]

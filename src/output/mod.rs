@@ -1,6 +1,7 @@
 //! Output writers. Each takes records and writes them; each flushes on
 //! idle and on shutdown (not per record).
 
+pub mod escape;
 pub mod json;
 pub mod json_to_text;
 pub mod keylog;
@@ -108,8 +109,9 @@ pub(crate) fn addr_or_dash(addr: Option<std::net::SocketAddr>) -> String {
     addr.map_or_else(|| "-".to_string(), |a| a.to_string())
 }
 
-/// Bytes as text for people and JSON: lossy UTF-8 (U+FFFD for invalid
-/// bytes); outputs add the exact bytes separately when they are not UTF-8.
+/// Bytes as text for JSON: lossy UTF-8 (U+FFFD for invalid bytes); JSON
+/// adds the exact bytes separately when they are not UTF-8. (Text for
+/// people goes through `escape`, which shows invalid bytes as `\xNN`.)
 pub(crate) fn lossy(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
     String::from_utf8_lossy(bytes)
 }

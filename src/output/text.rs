@@ -1,15 +1,21 @@
 //! Human-readable output: a header line per record, then the payload with
 //! non-printable bytes escaped (or a hex dump with `--hex`).
 //!
+//! Every string shown, not only payloads, comes from a process or a peer
+//! and goes through `escape` (a process name, a header, a path, a shell
+//! line): nothing printed here can drive the reader's terminal.
+//!
 //! Each kind of record is laid out from a view of plain values (`TlsView`,
 //! `ExecView`, ...): live records fill it here, and `cleartap tail` fills
 //! it from the JSON events an agent published, so both print the same
 //! layout from the same code.
 
+use std::borrow::Cow;
 use std::io::{self, Write};
 use std::time::{Duration, SystemTime};
 
-use super::{addr_or_dash, body_preview, errno_name, lossy, Output, Style};
+use super::escape::{self, Layout};
+use super::{addr_or_dash, body_preview, errno_name, Output, Style};
 use crate::context::{CommandRecord, ExecRecord, HttpRecord, QueryRecord, TlsRecord};
 
 pub struct TextOutput<W: Write> {
@@ -63,17 +69,17 @@ pub fn write_tls(out: &mut impl Write, r: &TlsView, hex: bool) -> io::Result<()>
         out,
         "{} {}[{}/{}] uid={} {} {} {} fd={} {} {} {} len={}{}",
         humantime::format_rfc3339_micros(r.time),
-        r.comm,
+        escape::line(r.comm),
         r.pid,
         r.tid,
         r.uid,
-        r.library,
-        r.function,
-        r.direction,
+        escape::line(r.library),
+        escape::line(r.function),
+        escape::line(r.direction),
         r.fd.map_or_else(|| "?".to_string(), |fd| fd.to_string()),
-        r.local,
+        escape::line(r.local),
         arrow,
-        r.remote,
+        escape::line(r.remote),
         r.data.len(),
         chunk,
     )?;
@@ -95,7 +101,8 @@ pub struct CommandView<'a> {
     pub tty: &'a str,
     pub exit_status: Option<i64>,
     pub truncated: bool,
-    pub text: &'a str,
+    /// As typed: not necessarily UTF-8.
+    pub text: Cow<'a, [u8]>,
 }
 
 pub fn write_command(out: &mut impl Write, c: &CommandView) -> io::Result<()> {
@@ -103,16 +110,16 @@ pub fn write_command(out: &mut impl Write, c: &CommandView) -> io::Result<()> {
         out,
         "{} {}[{}] ppid={} uid={}({}) tty={} status={}{}",
         humantime::format_rfc3339_micros(c.time),
-        c.shell,
+        escape::line(c.shell),
         c.pid,
         c.ppid,
         c.uid,
-        c.user.unwrap_or("?"),
-        if c.tty.is_empty() { "-" } else { c.tty },
+        escape::line(c.user.unwrap_or("?")),
+        escape::line(if c.tty.is_empty() { "-" } else { c.tty }),
         c.exit_status.map_or_else(|| "?".to_string(), |s| s.to_string()),
         if c.truncated { " (truncated)" } else { "" },
     )?;
-    write_indented(out, c.text)
+    write_indented(out, &c.text)
 }
 
 /// One program start as text shows it.
@@ -123,28 +130,29 @@ pub struct ExecView<'a> {
     pub ppid: u64,
     pub uid: u64,
     pub user: Option<&'a str>,
-    pub filename: &'a str,
-    pub argv: Vec<&'a str>,
+    /// Not necessarily UTF-8, as each of `argv`.
+    pub filename: Cow<'a, [u8]>,
+    pub argv: Vec<Cow<'a, [u8]>>,
     pub argv_truncated: bool,
     /// `ok`, the error's name, or `?` when the result was not seen.
     pub result: String,
 }
 
 pub fn write_exec(out: &mut impl Write, e: &ExecView) -> io::Result<()> {
-    let argv: Vec<String> = e.argv.iter().map(|a| format!("{a:?}")).collect();
+    let argv: Vec<String> = e.argv.iter().map(|a| escape::quoted(a)).collect();
     writeln!(
         out,
         "{} exec {}[{}] ppid={} uid={}({}) {} [{}{}] = {}",
         humantime::format_rfc3339_micros(e.time),
-        e.comm,
+        escape::line(e.comm),
         e.pid,
         e.ppid,
         e.uid,
-        e.user.unwrap_or("?"),
-        e.filename,
+        escape::line(e.user.unwrap_or("?")),
+        escape::escape(&e.filename, Layout::Line),
         argv.join(", "),
         if e.argv_truncated { ", ..." } else { "" },
-        e.result,
+        escape::line(&e.result),
     )
 }
 
@@ -161,7 +169,8 @@ pub struct QueryView<'a> {
     pub success: Option<bool>,
     pub duration: Option<Duration>,
     pub truncated: bool,
-    pub text: &'a str,
+    /// As sent: not necessarily UTF-8.
+    pub text: Cow<'a, [u8]>,
 }
 
 pub fn write_query(out: &mut impl Write, q: &QueryView) -> io::Result<()> {
@@ -174,18 +183,18 @@ pub fn write_query(out: &mut impl Write, q: &QueryView) -> io::Result<()> {
         out,
         "{} {}[{}/{}] user={} db={} {}{} {} {}{}",
         humantime::format_rfc3339_micros(q.time),
-        q.server,
+        escape::line(q.server),
         q.pid,
         q.tid,
-        q.user.unwrap_or("?"),
-        q.database.unwrap_or("?"),
-        q.command,
+        escape::line(q.user.unwrap_or("?")),
+        escape::line(q.database.unwrap_or("?")),
+        escape::line(q.command),
         q.statement_id.map_or(String::new(), |id| format!(" #{id}")),
         outcome,
         q.duration.map_or_else(|| "?".to_string(), |d| format!("{:.3}ms", d.as_secs_f64() * 1e3)),
         if q.truncated { " (truncated)" } else { "" },
     )?;
-    write_indented(out, q.text)
+    write_indented(out, &q.text)
 }
 
 /// One HTTP exchange as text shows it.
@@ -217,32 +226,36 @@ pub struct BodyView<'a> {
 }
 
 pub fn write_http(out: &mut impl Write, e: &HttpView) -> io::Result<()> {
-    let url =
-        format!("{}://{}{}", e.scheme.unwrap_or("https"), e.authority.unwrap_or("?"), e.path.unwrap_or(""));
+    let url = format!(
+        "{}://{}{}",
+        escape::line(e.scheme.unwrap_or("https")),
+        escape::line(e.authority.unwrap_or("?")),
+        escape::line(e.path.unwrap_or(""))
+    );
     let latency = e.latency.map_or_else(|| "?".to_string(), |d| format!("{:.3} ms", d.as_secs_f64() * 1e3));
     writeln!(
         out,
         "{} {} {}[{}] {} -> {}",
         humantime::format_rfc3339_micros(e.time),
-        e.protocol,
-        e.comm,
+        escape::line(e.protocol),
+        escape::line(e.comm),
         e.pid,
-        e.local,
-        e.remote
+        escape::line(e.local),
+        escape::line(e.remote)
     )?;
     let status = e.status.map_or_else(|| "?".to_string(), |s| s.to_string());
-    writeln!(out, "  {} {} -> {} ({})", e.method.unwrap_or("?"), url, status, latency)?;
+    writeln!(out, "  {} {} -> {} ({})", escape::line(e.method.unwrap_or("?")), url, status, latency)?;
     for (name, value) in &e.request_headers {
-        writeln!(out, "  > {name}: {value}")?;
+        writeln!(out, "  > {}: {}", escape::line(name), escape::line(value))?;
     }
     for (name, value) in &e.response_headers {
-        writeln!(out, "  < {name}: {value}")?;
+        writeln!(out, "  < {}: {}", escape::line(name), escape::line(value))?;
     }
     for (label, body) in [("request", &e.request_body), ("response", &e.response_body)] {
         write_body(out, label, body)?;
     }
     for note in &e.notes {
-        writeln!(out, "  note: {note}")?;
+        writeln!(out, "  note: {}", escape::line(note))?;
     }
     Ok(())
 }
@@ -254,18 +267,16 @@ fn write_body(out: &mut impl Write, label: &str, body: &BodyView) -> io::Result<
     let decoded = body.decoded_size.map_or(String::new(), |d| format!(", {d} decoded"));
     writeln!(out, "  {label} body: {} bytes{decoded}", body.size)?;
     if !body.preview.is_empty() {
-        let mut shown = Vec::new();
-        write_escaped(&mut shown, body.preview)?;
-        for line in String::from_utf8_lossy(&shown).lines() {
+        for line in escape::escape(body.preview, Layout::Block).lines() {
             writeln!(out, "  | {line}")?;
         }
     }
     Ok(())
 }
 
-/// A command's or statement's text, each line indented.
-fn write_indented(out: &mut impl Write, text: &str) -> io::Result<()> {
-    for line in text.lines() {
+/// A command's or statement's text, escaped, each line indented.
+fn write_indented(out: &mut impl Write, text: &[u8]) -> io::Result<()> {
+    for line in escape::escape(text, Layout::Block).lines() {
         writeln!(out, "    {line}")?;
     }
     Ok(())
@@ -306,14 +317,13 @@ impl<W: Write> Output for TextOutput<W> {
             tty: &c.tty,
             exit_status: c.exit_status.map(i64::from),
             truncated: c.truncated,
-            text: &lossy(&c.text),
+            text: Cow::Borrowed(&c.text),
         };
         write_command(&mut self.out, &view)
     }
 
     fn exec(&mut self, r: &ExecRecord) -> io::Result<()> {
         let e = r.exec;
-        let argv: Vec<_> = e.argv.iter().map(|a| lossy(a)).collect();
         let view = ExecView {
             time: e.time,
             comm: &e.comm,
@@ -321,8 +331,8 @@ impl<W: Write> Output for TextOutput<W> {
             ppid: e.ppid.into(),
             uid: e.uid.into(),
             user: r.user,
-            filename: &lossy(&e.filename),
-            argv: argv.iter().map(|a| a.as_ref()).collect(),
+            filename: Cow::Borrowed(&e.filename),
+            argv: e.argv.iter().map(|a| Cow::Borrowed(a.as_slice())).collect(),
             argv_truncated: e.argv_truncated,
             result: e.ret.map_or_else(|| "?".to_string(), errno_name),
         };
@@ -343,7 +353,7 @@ impl<W: Write> Output for TextOutput<W> {
             success: q.success,
             duration: q.duration,
             truncated: q.truncated,
-            text: &lossy(&q.text),
+            text: Cow::Borrowed(&q.text),
         };
         write_query(&mut self.out, &view)
     }
@@ -392,24 +402,11 @@ fn body_view(body: &httpdecode::Body, limit: usize) -> BodyView<'_> {
     }
 }
 
-/// Printable ASCII, newlines and tabs as they are; everything else as
-/// `\xNN` (and `\r` as `\r`), ending with a newline.
+/// A payload as `escape` shows a block of text (printable text, newlines
+/// and tabs as they are, controls and invalid UTF-8 escaped), ending with a
+/// newline.
 pub fn write_escaped(out: &mut impl Write, data: &[u8]) -> io::Result<()> {
-    let mut start = 0;
-    for (i, &b) in data.iter().enumerate() {
-        let plain = b == b'\n' || b == b'\t' || (0x20..0x7f).contains(&b);
-        if plain {
-            continue;
-        }
-        out.write_all(&data[start..i])?;
-        if b == b'\r' {
-            out.write_all(b"\\r")?;
-        } else {
-            write!(out, "\\x{b:02x}")?;
-        }
-        start = i + 1;
-    }
-    out.write_all(&data[start..])?;
+    escape::write(out, data, Layout::Block)?;
     if data.last() != Some(&b'\n') {
         out.write_all(b"\n")?;
     }
@@ -449,6 +446,7 @@ mod tests {
     fn escapes_control_and_high_bytes() {
         assert_eq!(escaped(b"GET / HTTP/1.1\r\n"), "GET / HTTP/1.1\\r\n");
         assert_eq!(escaped(b"a\x00b\xff"), "a\\x00b\\xff\n");
+        assert_eq!(escaped(b"\x7f\x80\xc3\xa9"), "\\x7f\\x80\u{e9}\n");
         assert_eq!(escaped(b""), "\n");
     }
 
@@ -479,6 +477,218 @@ mod tests {
              2025-11-26T06:53:20.123456Z curl[7/8] uid=0 openssl SSL_read_ex recv fd=? 127.0.0.1:5000 <- - \
              len=5 (bytes 4..9 of 10)\nabc\\r\n"
         );
+    }
+
+    fn at() -> SystemTime {
+        std::time::UNIX_EPOCH + Duration::from_micros(1_764_140_000_123_456)
+    }
+
+    fn tls_view(comm: &str) -> TlsView<'_> {
+        TlsView {
+            time: at(),
+            comm,
+            pid: 7,
+            tid: 7,
+            uid: 0,
+            library: "openssl",
+            function: "SSL_write",
+            direction: "send",
+            fd: Some(3),
+            local: "-",
+            remote: "-",
+            call_len: 0,
+            offset: 0,
+            gap: None,
+            data: b"",
+        }
+    }
+
+    /// No byte a terminal acts on reaches the output.
+    #[track_caller]
+    fn assert_inert(text: &str) {
+        for c in text.chars() {
+            assert!(c == '\n' || c == '\t' || !c.is_control(), "{c:?} in {text:?}");
+        }
+    }
+
+    #[test]
+    fn hostile_comm() {
+        let mut out = Vec::new();
+        write_tls(&mut out, &tls_view("\x1b]0;x\x07\u{9b}2J\r"), false).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(
+            text.lines().next().unwrap(),
+            "2025-11-26T06:53:20.123456Z \\x1b]0;x\\x07\\u{9b}2J\\r[7/7] uid=0 openssl SSL_write send fd=3 - -> - len=0"
+        );
+        assert_inert(&text);
+    }
+
+    #[test]
+    fn payloads_keep_text_and_escape_the_rest() {
+        // Valid UTF-8 reads as text, a backslash doubled (both changed from
+        // the byte-wise escaping before the one escaper).
+        assert_eq!(escaped("héllo \\x1b\x1b[31m\u{9b}\t\n".as_bytes()), "héllo \\\\x1b\\x1b[31m\\u{9b}\t\n");
+        let mut out = Vec::new();
+        write_tls(&mut out, &TlsView { data: b"\x1b]52;c;aGk=\x07\r\xff", ..tls_view("curl") }, false)
+            .unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.ends_with("\n\\x1b]52;c;aGk=\\x07\\r\\xff\n"), "{text:?}");
+        assert_inert(&text);
+    }
+
+    fn http_view<'a>(
+        method: &'a str,
+        path: &'a str,
+        request_headers: Vec<(&'a str, &'a str)>,
+        response_headers: Vec<(&'a str, &'a str)>,
+    ) -> HttpView<'a> {
+        let none = || BodyView { size: 0, decoded_size: None, preview: b"" };
+        HttpView {
+            time: at(),
+            protocol: "HTTP/1.1",
+            comm: "curl",
+            pid: 7,
+            local: "127.0.0.1:1",
+            remote: "127.0.0.1:2",
+            method: Some(method),
+            scheme: Some("https"),
+            authority: Some("example.com"),
+            path: Some(path),
+            status: Some(200),
+            latency: None,
+            request_headers,
+            response_headers,
+            request_body: none(),
+            response_body: none(),
+            notes: Vec::new(),
+        }
+    }
+
+    fn http_text(view: &HttpView) -> String {
+        let mut out = Vec::new();
+        write_http(&mut out, view).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert_inert(&text);
+        text
+    }
+
+    #[test]
+    fn hostile_method_and_path() {
+        let text = http_text(&http_view("G\x1b[2JET", "/a\x1b]0;pwned\x07?b=\r\n", vec![], vec![]));
+        assert_eq!(
+            text.lines().nth(1).unwrap(),
+            "  G\\x1b[2JET https://example.com/a\\x1b]0;pwned\\x07?b=\\r\\n -> 200 (?)"
+        );
+    }
+
+    #[test]
+    fn hostile_header_names_and_values() {
+        let text = http_text(&http_view(
+            "GET",
+            "/",
+            vec![("x-\x1b[1mname", "\x1b]52;c;cm0gLXJmIH4K\x07")],
+            vec![("server", "nginx\roverwritten\u{85}"), ("x-\u{202e}", "a\tb")],
+        ));
+        let lines: Vec<&str> = text.lines().skip(2).collect();
+        assert_eq!(
+            lines,
+            [
+                "  > x-\\x1b[1mname: \\x1b]52;c;cm0gLXJmIH4K\\x07",
+                "  < server: nginx\\roverwritten\\u{85}",
+                "  < x-\\u{202e}: a\\tb",
+            ]
+        );
+    }
+
+    #[test]
+    fn hostile_authority_notes_and_body_preview() {
+        let mut view = http_view("GET", "/", vec![], vec![]);
+        view.authority = Some("evil\x1b[8m.example");
+        view.notes = vec!["unknown content-encoding \x1b[5m"];
+        view.response_body = BodyView { size: 9, decoded_size: None, preview: b"a\x1bb\r\nc\x9b" };
+        let text = http_text(&view);
+        assert!(text.contains("https://evil\\x1b[8m.example/ -> 200"), "{text}");
+        assert!(text.contains("\n  | a\\x1bb\\r\n  | c\\x9b\n"), "{text}");
+        assert!(text.ends_with("  note: unknown content-encoding \\x1b[5m\n"), "{text}");
+    }
+
+    #[test]
+    fn hostile_shell_line() {
+        let view = CommandView {
+            time: at(),
+            shell: "bash",
+            pid: 1,
+            ppid: 0,
+            uid: 0,
+            user: Some("ro\x1bot"),
+            tty: "pts/\x07",
+            exit_status: Some(0),
+            truncated: false,
+            text: Cow::Borrowed(b"echo \x1b]0;x\x07\r\n\techo \xff\\n"),
+        };
+        let mut out = Vec::new();
+        write_command(&mut out, &view).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(
+            text,
+            "2025-11-26T06:53:20.123456Z bash[1] ppid=0 uid=0(ro\\x1bot) tty=pts/\\x07 status=0\n\
+             \x20   echo \\x1b]0;x\\x07\\r\n\
+             \x20   \techo \\xff\\\\n\n"
+        );
+        assert_inert(&text);
+    }
+
+    #[test]
+    fn hostile_sql() {
+        let view = QueryView {
+            time: at(),
+            server: "postgres",
+            pid: 1,
+            tid: 1,
+            user: Some("app"),
+            database: Some("d\x1b[8mb"),
+            command: "query",
+            statement_id: None,
+            success: Some(false),
+            duration: None,
+            truncated: false,
+            text: Cow::Borrowed(b"select '\x1b]0;x\x07'\r\n -- \xc2\x9b\xfe"),
+        };
+        let mut out = Vec::new();
+        write_query(&mut out, &view).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(
+            text,
+            "2025-11-26T06:53:20.123456Z postgres[1/1] user=app db=d\\x1b[8mb query FAILED ?\n\
+             \x20   select '\\x1b]0;x\\x07'\\r\n\
+             \x20    -- \\u{9b}\\xfe\n"
+        );
+        assert_inert(&text);
+    }
+
+    #[test]
+    fn hostile_exec_filename_and_argv() {
+        let view = ExecView {
+            time: at(),
+            comm: "sh\x1b",
+            pid: 2,
+            ppid: 1,
+            uid: 0,
+            user: None,
+            filename: Cow::Borrowed(b"/tmp/\x1b]0;x\x07\xff"),
+            argv: vec![Cow::Borrowed(b"a\"b"), Cow::Borrowed(b"\r\n\t\\"), Cow::Borrowed(b"\xc2\x85")],
+            argv_truncated: false,
+            result: "ok".into(),
+        };
+        let mut out = Vec::new();
+        write_exec(&mut out, &view).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(
+            text,
+            "2025-11-26T06:53:20.123456Z exec sh\\x1b[2] ppid=1 uid=0(?) /tmp/\\x1b]0;x\\x07\\xff \
+             [\"a\\\"b\", \"\\r\\n\\t\\\\\", \"\\u{85}\"] = ok\n"
+        );
+        assert_inert(&text);
     }
 
     #[test]

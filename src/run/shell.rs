@@ -63,10 +63,16 @@ fn registered_shells() -> Vec<String> {
 
 fn announce(bin: &ShellBinary) {
     match &bin.readline_lib {
-        None => eprintln!("cleartap: attached to {} ({})", bin.display_path, bin.name),
+        None => eprintln!(
+            "cleartap: attached to {} ({})",
+            crate::output::escape::for_terminal(&bin.display_path),
+            bin.name
+        ),
         Some(lib) => eprintln!(
             "cleartap: attached to {} ({}, reading lines from {})",
-            bin.display_path, bin.name, lib.display_path
+            crate::output::escape::for_terminal(&bin.display_path),
+            bin.name,
+            crate::output::escape::for_terminal(&lib.display_path)
         ),
     }
 }

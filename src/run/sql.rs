@@ -45,7 +45,11 @@ pub fn capture(args: &SourceArgs, family: Family, dest: Destination) -> Result<(
 }
 
 fn announce(bin: &SqlBinary) {
-    eprintln!("cleartap: attached to {} ({})", bin.display_path, bin.server);
+    eprintln!(
+        "cleartap: attached to {} ({})",
+        crate::output::escape::for_terminal(&bin.display_path),
+        bin.server
+    );
 }
 
 /// What a PostgreSQL backend's process title says about its session.

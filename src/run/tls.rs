@@ -234,7 +234,11 @@ struct TlsHandler<'p, 'obj> {
 impl TlsHandler<'_, '_> {
     fn attached(&mut self, t: TlsTarget) {
         let version = t.version.as_deref().map_or(String::new(), |v| format!(" {v}"));
-        eprintln!("cleartap: attached to {} ({}{}: {})", t.display_path, t.library, version, t.hook_names());
+        let (path, version) = (
+            crate::output::escape::for_terminal(&t.display_path),
+            crate::output::escape::for_terminal(&version),
+        );
+        eprintln!("cleartap: attached to {path} ({}{version}: {})", t.library, t.hook_names());
         self.enricher.add_library(KnownLibrary {
             id: t.library_id,
             inode: t.id.ino,
@@ -285,6 +289,7 @@ impl TlsHandler<'_, '_> {
                 *count += 1;
                 if *count == 1 {
                     let library = self.enricher.library_name(id);
+                    let library = crate::output::escape::for_terminal(&library);
                     eprintln!(
                         "cleartap: warning: the secrets read from {library} (pid {}) fail a sanity check \
                          ({why}): its struct offsets do not match; no key log lines from it",
@@ -363,6 +368,7 @@ impl Handler for TlsHandler<'_, '_> {
 
     fn idle(&mut self) -> io::Result<()> {
         for name in self.attacher.detach_unused() {
+            let name = crate::output::escape::for_terminal(&name);
             eprintln!(
                 "cleartap: detached from {name}: the file was replaced or removed and no process maps it"
             );
