@@ -86,9 +86,9 @@ static __always_inline void fill_task(struct ct_task *t)
 #define AF_INET 2
 #define AF_INET6 10
 
-/* The socket behind the current task's fd, or NULL when the fd is not a
- * socket. Reads kernel structs through CO-RE only: no offsets of ours. */
-static __always_inline struct sock *fd_to_sock(int fd)
+/* The file behind the current task's fd, or NULL. Reads kernel structs
+ * through CO-RE only: no offsets of ours. */
+static __always_inline struct file *fd_to_file(int fd)
 {
 	if (fd < 0)
 		return NULL;
@@ -99,6 +99,14 @@ static __always_inline struct sock *fd_to_sock(int fd)
 	struct file **fds = BPF_CORE_READ(fdt, fd);
 	struct file *file = NULL;
 	bpf_core_read(&file, sizeof(file), &fds[fd]);
+	return file;
+}
+
+/* The socket behind the current task's fd, or NULL when the fd is not a
+ * socket. */
+static __always_inline struct sock *fd_to_sock(int fd)
+{
+	struct file *file = fd_to_file(fd);
 	if (!file)
 		return NULL;
 	umode_t mode = BPF_CORE_READ(file, f_inode, i_mode);

@@ -61,6 +61,34 @@ struct {
 	__type(value, struct name_buf);
 } scratch SEC(".maps");
 
+/* The name a thread is opening, kept from the syscall's entry (a copy:
+ * the process could change its own memory before the exit) until its
+ * result says whether the open succeeded. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, struct name_buf);
+} pending_opens SEC(".maps");
+
+/* Library files already reported, per process and inode: a process
+ * opening the same file again and again makes one event. The process is
+ * part of the key so that no process can hide a file from the capture by
+ * opening it first (under a name user space cannot resolve, say): every
+ * other process opening it is still reported. */
+struct lib_file {
+	__u64 ino;
+	__u32 dev;
+	__u32 tgid;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 8192);
+	__type(key, struct lib_file);
+	__type(value, __u8);
+} reported_libs SEC(".maps");
+
 SEC("tracepoint/syscalls/sys_enter_openat")
 int sys_enter_openat(struct trace_event_raw_sys_enter *ctx)
 {
@@ -87,12 +115,41 @@ int sys_enter_openat(struct trace_event_raw_sys_enter *ctx)
 		const char *name = &buf->path[(i + 1) & (CT_PATH_LEN - 1)];
 		for (int p = 0; p < PREFIXES; p++) {
 			if ((watch_mask & (1 << p)) && has_prefix(name, prefixes[p])) {
-				if (current_task_wanted())
-					emit_file_event(CT_EV_LIB_OPEN, user_path, true);
+				if (current_task_wanted()) {
+					__u32 tid = (__u32)bpf_get_current_pid_tgid();
+					bpf_map_update_elem(&pending_opens, &tid, buf, BPF_ANY);
+				}
 				return 0;
 			}
 		}
 		return 0;
 	}
+	return 0;
+}
+
+/* A library open that succeeded, on a file not reported before: an event.
+ * Failed opens (the loader trying each directory of its search path, or a
+ * process flooding names that exist nowhere) make none. */
+SEC("tracepoint/syscalls/sys_exit_openat")
+int sys_exit_openat(struct trace_event_raw_sys_exit *ctx)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	struct name_buf *buf = bpf_map_lookup_elem(&pending_opens, &tid);
+	if (!buf)
+		return 0;
+	long ret = 0;
+	bpf_probe_read_kernel(&ret, sizeof(ret), &ctx->ret);
+	struct file *file = fd_to_file(ret);
+	if (file) {
+		struct lib_file key = {
+			.ino = BPF_CORE_READ(file, f_inode, i_ino),
+			.dev = BPF_CORE_READ(file, f_inode, i_sb, s_dev),
+			.tgid = bpf_get_current_pid_tgid() >> 32,
+		};
+		__u8 one = 1;
+		if (bpf_map_update_elem(&reported_libs, &key, &one, BPF_NOEXIST) == 0)
+			emit_file_event(CT_EV_LIB_OPEN, buf->path, false);
+	}
+	bpf_map_delete_elem(&pending_opens, &tid);
 	return 0;
 }

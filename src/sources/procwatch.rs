@@ -56,10 +56,11 @@ impl<'obj> ProcWatch<'obj> {
             .sched_process_exec
             .attach_tracepoint(TracepointCategory::Sched, "sched_process_exec")
             .context("attaching tracepoint sched:sched_process_exec")?;
-        let open = p
-            .sys_enter_openat
-            .attach_tracepoint(TracepointCategory::Syscalls, "sys_enter_openat")
-            .context("attaching tracepoint syscalls:sys_enter_openat")?;
-        Ok(vec![exec, open])
+        let mut links = vec![exec];
+        links.extend(super::attach_syscall_tracepoints(&[
+            (&p.sys_enter_openat, "sys_enter_openat"),
+            (&p.sys_exit_openat, "sys_exit_openat"),
+        ])?);
+        Ok(links)
     }
 }
