@@ -199,10 +199,12 @@ fn a_library_replaced_under_running_processes_is_attached_again() {
 }
 
 /// An executable swapped for another file after cleartap found it and
-/// before it opened it (the window widened by CLEARTAP_TEST_OPEN_DELAY):
-/// refused with a warning, never parsed or probed. Once opened, a file is
-/// parsed and probed through that one descriptor, so a later swap changes
-/// nothing (see src/discover/pinned.rs).
+/// before it opened it (the window widened by CLEARTAP_TEST_OPEN_DELAY).
+/// While its process runs, cleartap opens the file through /proc/PID/exe
+/// and so probes what the process really executes; once the process is
+/// gone, the file is opened by name and refused with a warning, never
+/// parsed or probed. Once opened, a file is parsed and probed through that
+/// one descriptor, so a later swap changes nothing (src/discover/pinned.rs).
 #[test]
 fn a_file_swapped_before_it_is_opened_is_refused() {
     if !require_bpf() {
@@ -210,50 +212,87 @@ fn a_file_swapped_before_it_is_opened_is_refused() {
     }
     let _guard = exclusive();
     let dir = tempfile::tempdir().unwrap();
-    let bash = dir.path().join("bash");
-    std::fs::copy("/bin/bash", &bash).unwrap();
-    // What the swap puts there: another program, with symbols of its own.
-    let impostor = dir.path().join("impostor");
-    std::fs::copy("/bin/dash", &impostor).expect("dash (scripts/install-deps --test)");
+    let copies: Vec<_> = ["running", "gone"]
+        .iter()
+        .map(|name| {
+            let sub = dir.path().join(name);
+            std::fs::create_dir(&sub).unwrap();
+            std::fs::copy("/bin/bash", sub.join("bash")).unwrap();
+            // What the swap puts there: another program (dash has no readline).
+            std::fs::copy("/bin/dash", sub.join("impostor")).expect("dash (scripts/install-deps --test)");
+            sub
+        })
+        .collect();
 
-    let mut cleartap = cleartap()
-        .args(["shell", "--format", "json"])
-        .env("CLEARTAP_TEST_OPEN_DELAY", format!("{}:3000", bash.display()))
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(cleartap.stderr.take().unwrap()).lines().map_while(Result::ok);
-    let mut before_ready = Vec::new();
-    for line in stderr.by_ref() {
-        if line == "ready" {
-            break;
+    let mut cleartap = StopOnDrop(
+        cleartap()
+            .args(["shell", "--format", "json"])
+            .env("CLEARTAP_TEST_OPEN_DELAY", format!("{}:2000", dir.path().display()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let (tx, lines) = std::sync::mpsc::channel();
+    let stderr = cleartap.0.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
         }
-        before_ready.push(line);
-    }
-    // The process cleartap finds (at its exec), then the swap while it
-    // waits to open the file.
-    let mut victim = Command::new(&bash).args(["-c", "sleep 5"]).spawn().unwrap();
-    std::thread::sleep(Duration::from_millis(1000));
-    std::fs::rename(&impostor, &bash).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut refused = None;
-    for line in stderr.by_ref() {
-        if line.contains("was replaced between discovery and opening") {
-            refused = Some(line);
-            break;
+    });
+    let mut seen = Vec::new();
+    let mut wait_for = |needle: &str| {
+        while let Ok(line) = lines.recv_timeout(Duration::from_secs(60)) {
+            seen.push(line.clone());
+            if line.contains(needle) {
+                return true;
+            }
         }
-        assert!(!line.contains(&format!("attached to {}", bash.display())), "{line}");
-        if Instant::now() > deadline {
-            break;
-        }
-    }
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(cleartap.id() as i32, libc::SIGINT) };
-    let rest: Vec<String> = stderr.collect();
-    assert!(cleartap.wait().unwrap().success(), "{rest:?}");
+        false
+    };
+    assert!(wait_for("ready"), "cleartap did not start");
+    // Running: the process's own file is probed, not the impostor.
+    let running = copies[0].join("bash");
+    // Not one simple command, which bash would exec in place of itself.
+    let mut victim = Command::new(&running).args(["-c", "sleep 4; true"]).spawn().unwrap();
+    assert!(wait_for(&format!("test: waiting 2000 ms before opening {}", running.display())));
+    std::fs::rename(copies[0].join("impostor"), &running).unwrap();
+    assert!(wait_for(&format!("attached to {} (bash)", running.display())), "{seen:#?}");
     let _ = victim.wait();
-    let refused = refused.unwrap_or_else(|| panic!("no refusal; stderr: {before_ready:?} {rest:?}"));
-    assert!(refused.contains(&format!("not capturing {}", bash.display())), "{refused}");
-    assert!(!rest.iter().any(|l| l.contains("attached to")), "{rest:?}");
+    // Gone: opened by name, and the name now leads to another file.
+    let gone = copies[1].join("bash");
+    let mut victim = Command::new(&gone).args(["-c", "true"]).spawn().unwrap();
+    let _ = victim.wait();
+    assert!(wait_for(&format!("test: waiting 2000 ms before opening {}", gone.display())));
+    std::fs::rename(copies[1].join("impostor"), &gone).unwrap();
+    let refused = wait_for("was replaced between discovery and opening");
+    let status = cleartap.stop();
+    reader.join().unwrap();
+    seen.extend(lines.try_iter());
+    assert!(status.success(), "{seen:#?}");
+    assert!(refused, "no refusal: {seen:#?}");
+    let refusal = seen.iter().find(|l| l.contains("was replaced")).unwrap();
+    assert!(refusal.contains(&format!("not capturing {}", gone.display())), "{refusal}");
+    assert!(!seen.iter().any(|l| l.contains(&format!("attached to {}", gone.display()))), "{seen:#?}");
+}
+
+/// A cleartap the test started: stopped with SIGINT when the test ends,
+/// even by a failed assertion (a leftover capture would disturb the next
+/// test and hold its lock).
+struct StopOnDrop(std::process::Child);
+
+impl StopOnDrop {
+    fn stop(&mut self) -> std::process::ExitStatus {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGINT) };
+        self.0.wait().unwrap()
+    }
+}
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            self.stop();
+        }
+    }
 }

@@ -63,7 +63,6 @@ impl PinnedFile {
     /// Opens `path` and checks it is the file that was found there before
     /// (`id`): a file swapped in since is refused, never parsed.
     pub fn open_expecting(path: &Path, id: FileId) -> Result<PinnedFile> {
-        test_delay(path);
         let file = Self::open(path)?;
         if file.id != id {
             bail!(
@@ -183,7 +182,7 @@ pub struct Chunk<'a> {
 /// waits MS milliseconds before opening a found file whose path contains
 /// TEXT, widening the window in which a test swaps the file. The
 /// environment is the operator's, so this gives nobody else a lever.
-fn test_delay(path: &Path) {
+pub(crate) fn test_delay(path: &Path) {
     static DELAY: std::sync::OnceLock<Option<(String, u64)>> = std::sync::OnceLock::new();
     let delay = DELAY.get_or_init(|| {
         let value = std::env::var("CLEARTAP_TEST_OPEN_DELAY").ok()?;
@@ -192,6 +191,8 @@ fn test_delay(path: &Path) {
     });
     if let Some((text, ms)) = delay {
         if path.to_string_lossy().contains(text.as_str()) {
+            // The test's cue to swap the file.
+            eprintln!("test: waiting {ms} ms before opening {}", path.display());
             std::thread::sleep(std::time::Duration::from_millis(*ms));
         }
     }

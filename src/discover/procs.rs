@@ -93,10 +93,20 @@ pub struct Executable {
 }
 
 impl Executable {
-    /// Opens the file once, checking it is still the one found (see
-    /// `discover::pinned`).
+    /// Opens the file once (see `discover::pinned`): through the process's
+    /// `/proc/PID/exe` while it runs (the very file it executes, whatever
+    /// its name now leads to), else by its path, checking it is still the
+    /// file that was found there.
     pub fn open(&self) -> anyhow::Result<super::pinned::PinnedFile> {
-        super::pinned::PinnedFile::open_expecting(&self.path, self.id)
+        use super::pinned::{test_delay, PinnedFile};
+        test_delay(&self.path);
+        if let Some(pid) = self.pid {
+            let running = PinnedFile::open(Path::new(&format!("/proc/{pid}/exe")));
+            if let Some(file) = running.ok().filter(|f| f.id() == self.id) {
+                return Ok(file);
+            }
+        }
+        PinnedFile::open_expecting(&self.path, self.id)
     }
 }
 
