@@ -10,6 +10,7 @@ fn main() {
         eprintln!("cleartap: error: {}", output::escape::block(&format!("{e:#}")));
         std::process::exit(1);
     }
+    run::raise_fd_limit();
     let cli = cli::Cli::parse();
     let result = match &cli.command {
         cli::Command::Tls(args) => run::tls::run(args),

@@ -55,7 +55,7 @@ pub fn run(args: &AgentArgs) -> Result<()> {
     agent.stop_all();
     let closed = agent.close();
     if let (Err(_), Err(e)) = (&outcome, &closed) {
-        eprintln!("cleartap: error: {e:#}");
+        crate::eprintln_escaped!("cleartap: error: {e:#}");
     }
     outcome.and(closed)
 }
@@ -196,7 +196,7 @@ impl Agent {
         self.report_drops()?;
         for i in 0..self.sinks.len() {
             for (source, count, reason) in self.sinks[i].lost() {
-                eprintln!("cleartap: warning: {count} {source} events dropped: {reason}");
+                crate::eprintln_escaped!("cleartap: warning: {count} {source} events dropped: {reason}");
                 let event = self.numbering.loss(source, count, reason);
                 self.sinks[i].send(&event)?;
             }
@@ -229,7 +229,9 @@ impl Agent {
             }
         }
         for (name, count) in losses {
-            eprintln!("cleartap: warning: {count} {name} events dropped: the agent's queue was full");
+            crate::eprintln_escaped!(
+                "cleartap: warning: {count} {name} events dropped: the agent's queue was full"
+            );
             let event = self.numbering.loss(name, count, "the agent's queue was full");
             for sink in &mut self.sinks {
                 sink.send(&event)?;
@@ -249,9 +251,9 @@ impl Agent {
                 Status::Ended(name, error) => {
                     let expected = self.running.get(name).is_some_and(|r| r.stop.load(Ordering::Relaxed));
                     if let Some(e) = &error {
-                        eprintln!("cleartap: error: source {name}: {e}");
+                        crate::eprintln_escaped!("cleartap: error: source {name}: {e}");
                     } else if !expected {
-                        eprintln!("cleartap: warning: source {name} ended by itself");
+                        crate::eprintln_escaped!("cleartap: warning: source {name} ended by itself");
                     }
                     if let Some(mut r) = self.running.remove(name) {
                         if let Some(t) = r.thread.take() {
@@ -272,7 +274,7 @@ impl Agent {
         }
         while names.iter().any(|n| self.running.contains_key(n)) {
             if let Err(e) = self.step() {
-                eprintln!("cleartap: error: {e:#}");
+                crate::eprintln_escaped!("cleartap: error: {e:#}");
                 break;
             }
         }
@@ -284,7 +286,7 @@ impl Agent {
         // Everything the sources wrote before they ended.
         while let Ok(line) = self.rx.try_recv() {
             if let Err(e) = self.dispatch(line) {
-                eprintln!("cleartap: error: {e:#}");
+                crate::eprintln_escaped!("cleartap: error: {e:#}");
                 break;
             }
         }
@@ -294,7 +296,7 @@ impl Agent {
         let deadline = Instant::now() + LOSS_REPORT_WAIT;
         while self.sinks.iter().any(|s| s.has_unreported_losses()) && Instant::now() < deadline {
             if let Err(e) = self.step() {
-                eprintln!("cleartap: error: {e:#}");
+                crate::eprintln_escaped!("cleartap: error: {e:#}");
                 break;
             }
         }
@@ -305,12 +307,14 @@ impl Agent {
         let config = match AgentConfig::load(path) {
             Ok(c) => c,
             Err(e) => {
-                eprintln!("cleartap: warning: reload failed, the running configuration stays: {e}");
+                crate::eprintln_escaped!(
+                    "cleartap: warning: reload failed, the running configuration stays: {e}"
+                );
                 return;
             }
         };
         if config.sinks != self.sinks_config {
-            eprintln!("cleartap: warning: sink changes take effect at the next start");
+            crate::eprintln_escaped!("cleartap: warning: sink changes take effect at the next start");
         }
         let wanted: BTreeMap<_, _> = config.sources.into_iter().map(|s| (s.name, s)).collect();
         let running: Vec<&'static str> = self.running.keys().copied().collect();
@@ -325,9 +329,11 @@ impl Agent {
         let added: Vec<_> = new.iter().map(|s| s.name).filter(|n| !changed.contains(n)).collect();
         match self.start(new) {
             Ok(()) => {
-                eprintln!("cleartap: reloaded: stopped {removed:?}, restarted {changed:?}, started {added:?}")
+                crate::eprintln_escaped!(
+                    "cleartap: reloaded: stopped {removed:?}, restarted {changed:?}, started {added:?}"
+                )
             }
-            Err(e) => eprintln!("cleartap: error: reload: {e:#}"),
+            Err(e) => crate::eprintln_escaped!("cleartap: error: reload: {e:#}"),
         }
     }
 
@@ -341,10 +347,14 @@ impl Agent {
                 )
             })
             .collect();
-        eprintln!("cleartap: agent: {} events: {}", self.numbering.last_seq(), per_source.join(", "));
+        crate::eprintln_escaped!(
+            "cleartap: agent: {} events: {}",
+            self.numbering.last_seq(),
+            per_source.join(", ")
+        );
         for sink in &mut self.sinks {
             let summary = sink.close().with_context(|| format!("closing sink {}", sink.name()))?;
-            eprintln!("cleartap: {summary}");
+            crate::eprintln_escaped!("cleartap: {summary}");
         }
         Ok(())
     }

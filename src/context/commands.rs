@@ -36,6 +36,11 @@ pub struct Command {
     pub exit_status: Option<i32>,
 }
 
+/// One joined command is kept up to this size; past it the lines are
+/// dropped and the command marked truncated (a pasted heredoc of
+/// gigabytes must not grow cleartap's memory without end).
+pub const MAX_COMMAND: usize = 1 << 20;
+
 #[derive(Default)]
 pub struct Commands {
     pending: HashMap<u32, Command>,
@@ -46,6 +51,10 @@ impl Commands {
     pub fn line(&mut self, line: Line) -> Option<Command> {
         if line.continuation {
             if let Some(cmd) = self.pending.get_mut(&line.pid) {
+                if cmd.text.len() + 1 + line.text.len() > MAX_COMMAND {
+                    cmd.truncated = true;
+                    return None;
+                }
                 cmd.text.push(b'\n');
                 cmd.text.extend_from_slice(&line.text);
                 cmd.truncated |= line.truncated;
@@ -120,6 +129,21 @@ mod tests {
             continuation,
             prev_status,
         }
+    }
+
+    #[test]
+    fn a_command_growing_without_end_is_capped_and_marked() {
+        let mut c = Commands::default();
+        c.line(line(9, "cat <<EOF", false, None));
+        let chunk = "x".repeat(64 << 10);
+        for _ in 0..100 {
+            assert!(c.line(line(9, &chunk, true, None)).is_none());
+        }
+        let done = c.line(line(9, "ls", false, Some(0))).unwrap();
+        assert!(done.text.len() <= MAX_COMMAND, "{}", done.text.len());
+        assert!(done.text.len() > MAX_COMMAND - (64 << 10) - 1);
+        assert!(done.truncated);
+        assert!(done.text.starts_with(b"cat <<EOF\nxxx"));
     }
 
     #[test]

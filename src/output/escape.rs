@@ -60,6 +60,15 @@ pub fn for_terminal(text: &str) -> Cow<'_, str> {
     line(text)
 }
 
+/// `eprintln!` for a message that quotes host-controlled text (a path, a
+/// name, an error from a library or a server): the whole line is escaped.
+#[macro_export]
+macro_rules! eprintln_escaped {
+    ($($arg:tt)*) => {
+        eprintln!("{}", $crate::output::escape::for_terminal(&format!($($arg)*)))
+    };
+}
+
 /// `bytes` (not necessarily UTF-8) as text, escaped for `layout`. Borrows
 /// when nothing needs escaping.
 pub fn escape(bytes: &[u8], layout: Layout) -> Cow<'_, str> {

@@ -152,6 +152,21 @@ struct Signals {
 
 static SIGNALS: OnceLock<Signals> = OnceLock::new();
 
+/// Soft limit on open files raised to the hard limit: a host with many
+/// libraries and programs to probe needs a descriptor per file while it is
+/// parsed and attached, and running out would blind the capture. A failure
+/// leaves the limit as it was (each open then fails with a warning).
+pub fn raise_fd_limit() {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit with a valid struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
 /// SIGINT, SIGTERM and SIGHUP set a flag instead of killing the process:
 /// installed first thing in main, so that a signal while attaching, too,
 /// ends with a clean stop (files whole, everything detached) once `pump`

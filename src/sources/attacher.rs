@@ -142,7 +142,7 @@ impl<'p, 'obj> Attacher<'p, 'obj> {
                 PinnedFile::open_beneath(Path::new("/"), path).ok()?
             }
             Err(e) => {
-                eprintln!("cleartap: warning: skipping {path} (pid {pid}): {e:#}");
+                crate::eprintln_escaped!("cleartap: warning: skipping {path} (pid {pid}): {e:#}");
                 return None;
             }
         };
@@ -158,7 +158,7 @@ impl<'p, 'obj> Attacher<'p, 'obj> {
         match TlsTarget::resolve(Rc::new(file), &host_path, source) {
             Ok(target) => self.attach_discovered(TlsTarget { display_path: path.to_string(), ..target }),
             Err(e) => {
-                eprintln!("cleartap: warning: skipping {path} (pid {pid}): {e:#}");
+                crate::eprintln_escaped!("cleartap: warning: skipping {path} (pid {pid}): {e:#}");
                 None
             }
         }
@@ -173,7 +173,7 @@ impl<'p, 'obj> Attacher<'p, 'obj> {
         let file = match exe.open() {
             Ok(file) => Rc::new(file),
             Err(e) => {
-                eprintln!("cleartap: warning: not capturing {}: {e:#}", exe.display_path);
+                crate::eprintln_escaped!("cleartap: warning: not capturing {}: {e:#}", exe.display_path);
                 return None;
             }
         };
@@ -196,7 +196,10 @@ impl<'p, 'obj> Attacher<'p, 'obj> {
         match gotls::resolve(file, &exe.path) {
             Ok(target) => target,
             Err(e) => {
-                eprintln!("cleartap: warning: not capturing Go program {}: {e:#}", exe.display_path);
+                crate::eprintln_escaped!(
+                    "cleartap: warning: not capturing Go program {}: {e:#}",
+                    exe.display_path
+                );
                 None
             }
         }
@@ -212,7 +215,7 @@ impl<'p, 'obj> Attacher<'p, 'obj> {
         match self.attach(&mut target) {
             Ok(()) => Some(target),
             Err(e) => {
-                eprintln!("cleartap: warning: not capturing {}: {e:#}", target.display_path);
+                crate::eprintln_escaped!("cleartap: warning: not capturing {}: {e:#}", target.display_path);
                 None
             }
         }

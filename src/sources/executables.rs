@@ -62,7 +62,7 @@ impl<'a, T> ExecutableAttacher<'a, T> {
                 Some(found)
             }
             Err(e) => {
-                eprintln!("cleartap: warning: not capturing {}: {e:#}", exe.display_path);
+                crate::eprintln_escaped!("cleartap: warning: not capturing {}: {e:#}", exe.display_path);
                 None
             }
         }

@@ -55,7 +55,9 @@ pub fn interfaces(names: &[String]) -> Result<Vec<CaptureInterface>> {
         for name in all {
             match interface(&name) {
                 Ok(iface) => add(iface),
-                Err(e) => eprintln!("cleartap: warning: not capturing packets on {name}: {e:#}"),
+                Err(e) => {
+                    crate::eprintln_escaped!("cleartap: warning: not capturing packets on {name}: {e:#}")
+                }
             }
         }
     }

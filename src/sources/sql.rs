@@ -100,7 +100,7 @@ fn mysql_hooks(file: &PinnedFile, path: &str) -> Result<(&'static str, Vec<Hook>
         d.starts_with("Diagnostics_area::set_error_status(")
     })?;
     if errors.is_empty() {
-        eprintln!(
+        crate::eprintln_escaped!(
             "cleartap: warning: {}: no Diagnostics_area::set_error_status: failed statements will \
              be reported as successful=null",
             path

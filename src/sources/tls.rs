@@ -142,7 +142,7 @@ impl<'obj> TlsProbes<'obj> {
             Err(e) => Err(e),
         };
         attached.unwrap_or_else(|e| {
-            eprintln!("cleartap: warning: no TLS secrets from {}: {e:#}", target.display_path);
+            crate::eprintln_escaped!("cleartap: warning: no TLS secrets from {}: {e:#}", target.display_path);
             Vec::new()
         })
     }

@@ -78,14 +78,14 @@ impl NatsPublisher {
         let (spool, recovered) =
             Spool::open(spool_dir, max_bytes).with_context(|| format!("spool {}", spool_dir.display()))?;
         for file in &recovered.torn_files {
-            eprintln!(
+            crate::eprintln_escaped!(
                 "cleartap: warning: spool file {} ended in a torn record (the agent was killed?): cut {} bytes",
                 file.display(),
                 recovered.torn_bytes
             );
         }
         if recovered.records > 0 {
-            eprintln!(
+            crate::eprintln_escaped!(
                 "cleartap: {} events left in the spool by the last run are sent first",
                 recovered.records
             );
@@ -164,7 +164,7 @@ impl Sink for NatsPublisher {
             Err(e) => {
                 if let PushError::Io(io) = &e {
                     if !std::mem::replace(&mut self.spool_error_shown, true) {
-                        eprintln!("cleartap: warning: writing the spool failed: {io}; events are dropped and counted");
+                        crate::eprintln_escaped!("cleartap: warning: writing the spool failed: {io}; events are dropped and counted");
                     }
                 }
                 self.shared.counters.spool_drops.fetch_add(1, Ordering::Relaxed);
@@ -229,10 +229,10 @@ fn publisher_thread(config: &NatsSink, shared: &Shared) {
     match runtime {
         Ok(rt) => rt.block_on(async {
             if let Err(e) = publish(config, shared).await {
-                eprintln!("cleartap: error: NATS sink: {e:#}; events stay in the spool");
+                crate::eprintln_escaped!("cleartap: error: NATS sink: {e:#}; events stay in the spool");
             }
         }),
-        Err(e) => eprintln!("cleartap: error: NATS sink: no async runtime: {e}"),
+        Err(e) => crate::eprintln_escaped!("cleartap: error: NATS sink: no async runtime: {e}"),
     }
 }
 
@@ -268,7 +268,9 @@ async fn connect(config: &NatsSink, shared: &Shared) -> Result<async_nats::Clien
                 async_nats::Event::Connected => counters.connected.store(true, Ordering::Relaxed),
                 async_nats::Event::Disconnected => {
                     counters.connected.store(false, Ordering::Relaxed);
-                    eprintln!("cleartap: warning: NATS disconnected; events are kept in the spool");
+                    crate::eprintln_escaped!(
+                        "cleartap: warning: NATS disconnected; events are kept in the spool"
+                    );
                 }
                 _ => {}
             }
@@ -301,7 +303,7 @@ async fn ensure_stream(config: &NatsSink, js: &jetstream::Context, shared: &Shar
             Ok(()) => return true,
             Err(e) if !warned => {
                 warned = true;
-                eprintln!(
+                crate::eprintln_escaped!(
                     "cleartap: warning: NATS stream {}: {e}; retrying, events are spooled",
                     config.stream
                 );
@@ -374,7 +376,7 @@ impl Window {
                 }
                 Err(e) if e.kind() == PublishErrorKind::MaxPayloadExceeded => {
                     shared.counters.too_large.fetch_add(1, Ordering::Relaxed);
-                    eprintln!(
+                    crate::eprintln_escaped!(
                         "cleartap: warning: an event of {} bytes is larger than the NATS server takes: {e}",
                         payload.len()
                     );
@@ -406,7 +408,7 @@ impl Window {
         }
         self.backoff = Duration::from_millis(100);
         if self.warned.take().is_some() {
-            eprintln!("cleartap: NATS publishing again; draining the spool");
+            crate::eprintln_escaped!("cleartap: NATS publishing again; draining the spool");
         }
         self.commit(shared, settled);
     }
@@ -414,13 +416,15 @@ impl Window {
     fn commit(&self, shared: &Shared, upto: Option<Position>) {
         let Some(position) = upto else { return };
         if let Err(e) = shared.spool.lock().expect("spool lock").commit(position) {
-            eprintln!("cleartap: warning: committing the spool: {e}");
+            crate::eprintln_escaped!("cleartap: warning: committing the spool: {e}");
         }
     }
 
     async fn failed(&mut self, shared: &Shared, why: &str) {
         if self.warned.as_deref() != Some(why) {
-            eprintln!("cleartap: warning: NATS publish failed: {why}; retrying, events are spooled");
+            crate::eprintln_escaped!(
+                "cleartap: warning: NATS publish failed: {why}; retrying, events are spooled"
+            );
             self.warned = Some(why.to_string());
         }
         shared.counters.retried.fetch_add(self.inflight.len() as u64, Ordering::Relaxed);
