@@ -22,20 +22,50 @@ pub struct Cli {
 #[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Capture TLS plaintext (OpenSSL/BoringSSL, GnuTLS, NSS) from every process, including later ones.
+    #[command(after_help = "Examples:
+  sudo cleartap tls                              every TLS process on the host, now and later
+  sudo cleartap tls --pid 1234 --format json     one process, one JSON object per record
+  sudo cleartap tls --comm curl --decode http    curl's HTTP exchanges only
+  sudo cleartap tls --library gnutls,nss         only these libraries
+  sudo cleartap tls --lib /opt/app/bin/server    also an executable with OpenSSL linked in
+  sudo cleartap tls --keylog keys.log            TLS secrets in SSLKEYLOGFILE format too
+  sudo cleartap tls -w cap.pcapng -i eth0 tcp port 443   packets with the secrets embedded")]
     Tls(TlsArgs),
     /// Every interactive command typed in bash or zsh, with user, tty and exit status.
+    #[command(after_help = "Examples:
+  sudo cleartap shell                            every command typed in bash or zsh
+  sudo cleartap shell --uid 1000 --format json   one user's commands as JSON lines")]
     Shell(SourceArgs),
     /// Every program started (execve/execveat), with its arguments and result.
+    #[command(after_help = "Examples:
+  sudo cleartap exec                             every program started, with its arguments
+  sudo cleartap exec --cgroup system.slice/nginx.service   only inside one service")]
     Exec(SourceArgs),
     /// Every statement MySQL/MariaDB servers on this host execute.
+    #[command(after_help = "Examples:
+  sudo cleartap mysql                            every statement, with latency and result
+  sudo cleartap mysql --format json > audit.jsonl   a query audit trail")]
     Mysql(SourceArgs),
     /// Every statement PostgreSQL backends on this host execute.
+    #[command(after_help = "Examples:
+  sudo cleartap postgres                         every statement, with latency and result
+  sudo cleartap postgres --uid 105 --format json   the backends of one server user")]
     Postgres(SourceArgs),
     /// Load every kernel program without attaching anything: does this kernel take them?
+    #[command(after_help = "Examples:
+  sudo cleartap check                            each program with the instructions the verifier took")]
     Check,
     /// Run every configured source as a daemon, streaming events to the configured sinks.
+    #[command(after_help = "Examples:
+  sudo cleartap agent --config /etc/cleartap/agent.toml
+  sudo cleartap agent --config agent.toml --metrics 127.0.0.1:9464   with Prometheus metrics
+  (packaging/agent.toml is a commented configuration to start from)")]
     Agent(AgentArgs),
     /// Read the fleet's events back from NATS JetStream, live or from the start.
+    #[command(after_help = "Examples:
+  cleartap tail --from tls://nats.example:4222                 new events of every host, as JSON
+  cleartap tail --from tls://nats.example:4222 --host web-1 --source shell --format text
+  cleartap tail --from nats://127.0.0.1:4222 --since 10m --no-follow   the last ten minutes, then stop")]
     Tail(TailArgs),
 }
 
@@ -238,5 +268,29 @@ mod tests {
         assert!(parse_size("12X").is_err());
         assert!(parse_size("").is_err());
         assert!(parse_size("99999999999999999999G").is_err());
+    }
+
+    #[test]
+    fn every_subcommand_has_examples_that_parse() {
+        use clap::CommandFactory;
+        let command = Cli::command();
+        for sub in command.get_subcommands() {
+            let help = sub.get_after_help().map(|h| h.to_string()).unwrap_or_default();
+            assert!(help.starts_with("Examples:\n"), "{}: no Examples section", sub.get_name());
+            let examples: Vec<&str> = help
+                .lines()
+                .filter_map(|l| l.trim_start().strip_prefix("sudo ").or(Some(l.trim_start())))
+                .filter(|l| l.starts_with("cleartap "))
+                .collect();
+            assert!(!examples.is_empty(), "{}", sub.get_name());
+            for example in examples {
+                // The command (before a shell redirection), then two spaces
+                // before what it does.
+                let line = example.split("  ").next().unwrap().split(" > ").next().unwrap();
+                let args: Vec<&str> = line.split_whitespace().collect();
+                assert_eq!(args.get(1), Some(&sub.get_name()), "{example}");
+                Cli::try_parse_from(&args).unwrap_or_else(|e| panic!("{example}: {e}"));
+            }
+        }
     }
 }
