@@ -171,13 +171,42 @@ fn non_http_traffic_stays_raw() {
         return;
     }
     let _one = exclusive();
-    let server = TlsServer::start();
-    let mut client = TlsClient::connect(&server);
-    let pid = client.pid().to_string();
-    let capture = Capture::start(&["tls", "--pid", &pid]);
-    client.exchange(100, 100); // HTTP: decoded
+    let dir = tempfile::tempdir().unwrap();
+    // Bytes that are not HTTP: noise, and a protocol that starts like an
+    // HTTP request line and is not one.
+    let noise = payload(20_000, 9);
+    let mut lookalike = b"GET TING\x00 STARTED \xff\xfe".to_vec();
+    lookalike.extend(payload(3000, 4));
+    let files: Vec<_> = [&noise, &lookalike]
+        .iter()
+        .enumerate()
+        .map(|(i, bytes)| {
+            let path = dir.path().join(format!("payload{i}"));
+            std::fs::write(&path, bytes).unwrap();
+            path
+        })
+        .collect();
+    let cert = Certificate::new();
+    let capture = Capture::start(&["tls", "--comm", "python3"]);
+    let out = Command::new("python3")
+        .arg(support_dir().join("echo_pair.py"))
+        .arg(cert.cert())
+        .arg(cert.key())
+        .args(&files)
+        .output()
+        .expect("python3");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let ports: Vec<u16> =
+        String::from_utf8(out.stdout).unwrap().lines().map(|l| l.parse().unwrap()).collect();
     let got = capture.stop();
     got.assert_clean_exit();
-    assert_eq!(got.records.iter().filter(|r| r["event"] == "http").count(), 1);
-    assert!(got.records.iter().filter(|r| r["event"] == "tls").count() >= 2);
+    assert_eq!(got.records.iter().filter(|r| r["event"] == "http").count(), 0, "nothing here is HTTP");
+    for (port, sent) in ports.iter().zip([&noise, &lookalike]) {
+        let client = |r: &Value| port_of(&r["local"]) == Some(*port);
+        let server = |r: &Value| port_of(&r["remote"]) == Some(*port);
+        assert_same_bytes(&got.stream("send", client), sent, "client send");
+        assert_same_bytes(&got.stream("recv", client), sent, "client recv");
+        assert_same_bytes(&got.stream("recv", server), sent, "server recv");
+        assert_same_bytes(&got.stream("send", server), sent, "server send");
+    }
 }
