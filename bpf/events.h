@@ -258,6 +258,13 @@ struct ct_exec_result {
 	__u32 kind;
 	__s32 ret;           /* 0 on success, -errno on failure */
 	struct ct_task task;
+	/* On success: the arguments as the new program sees them (its
+	 * mm->arg_start..arg_end, NUL-separated), which a thread of the caller
+	 * cannot change after the entry copy was read. */
+	__u32 args_len;      /* bytes used in args[] */
+	__u8 truncated;      /* the arguments are longer than args[] */
+	__u8 _pad[3];
+	char args[CT_ARGS_MAX];
 };
 
 enum ct_sql_server {

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0 OR MIT
 /* Every execve/execveat on the host: the file name and argv at entry
- * (user memory is still the caller's), the result at exit. User space
- * joins the two by thread id. */
+ * (user memory is still the caller's), the result at exit, with argv as
+ * the new program sees it on success. User space joins the two by pid. */
 #include "common.h"
 
 static __always_inline void copy_argv(struct ct_exec_start *e, const char *const *argv)
@@ -80,6 +80,24 @@ int sys_enter_execveat(struct trace_event_raw_sys_enter *ctx)
 	return on_exec_start((const char *)arg(ctx, 1), (const char *const *)arg(ctx, 2));
 }
 
+/* The argument strings the kernel copied into the new program's stack at
+ * exec: at the exit of a successful execve, current->mm is the new one. */
+static __always_inline void copy_new_args(struct ct_exec_result *e)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	unsigned long start = BPF_CORE_READ(task, mm, arg_start);
+	unsigned long end = BPF_CORE_READ(task, mm, arg_end);
+	if (!start || end <= start)
+		return;
+	unsigned long len = end - start;
+	if (len > CT_ARGS_MAX - 1) {
+		len = CT_ARGS_MAX - 1;
+		e->truncated = 1;
+	}
+	if (bpf_probe_read_user(e->args, len & (CT_ARGS_MAX - 1), (const void *)start) == 0)
+		e->args_len = len;
+}
+
 static __always_inline int on_exec_result(struct trace_event_raw_sys_exit *ctx)
 {
 	/* The filters ran at entry against the caller; after a successful
@@ -94,7 +112,11 @@ static __always_inline int on_exec_result(struct trace_event_raw_sys_exit *ctx)
 	bpf_probe_read_kernel(&ret, sizeof(ret), &ctx->ret);
 	e->kind = CT_EV_EXEC_RESULT;
 	e->ret = (__s32)ret;
+	e->args_len = 0;
+	e->truncated = 0;
 	fill_task(&e->task);
+	if (ret == 0)
+		copy_new_args(e);
 	bpf_ringbuf_submit(e, 0);
 	return 0;
 }

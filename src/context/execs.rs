@@ -18,6 +18,10 @@ pub struct Exec {
     pub filename: Vec<u8>,
     pub argv: Vec<Vec<u8>>,
     pub argv_truncated: bool,
+    /// The arguments the new program got differ from those read at the
+    /// syscall's entry (another thread of the caller rewrote them in
+    /// between): `argv` is what the program got.
+    pub argv_changed: bool,
     pub cwd: Option<String>,
     /// 0 on success, -errno on failure; None when the result was not seen.
     pub ret: Option<i32>,
@@ -47,9 +51,27 @@ impl Execs {
         evicted
     }
 
-    /// The result for `pid`; None if its start was not seen (filtered out).
-    pub fn result(&mut self, pid: u32, ret: i32) -> Option<Exec> {
-        self.pending.remove(&pid).map(|e| Exec { ret: Some(ret), ..e })
+    /// The result for `pid`, with the arguments the new program got when
+    /// it succeeded (NUL-separated, and whether they were cut); None if
+    /// its start was not seen (filtered out).
+    pub fn result(&mut self, pid: u32, ret: i32, new_args: Option<(&[u8], bool)>) -> Option<Exec> {
+        let mut exec = self.pending.remove(&pid)?;
+        exec.ret = Some(ret);
+        if let Some((args, truncated)) = new_args.filter(|(args, _)| !args.is_empty()) {
+            // Each argument ends with its NUL; a cut one may not.
+            let args = args.strip_suffix(&[0]).unwrap_or(args);
+            let argv: Vec<Vec<u8>> = args.split(|&b| b == 0).map(<[u8]>::to_vec).collect();
+            let same = if exec.argv_truncated || truncated {
+                let n = exec.argv.len().min(argv.len());
+                exec.argv[..n.saturating_sub(1)] == argv[..n.saturating_sub(1)]
+            } else {
+                exec.argv == argv
+            };
+            exec.argv_changed = !same;
+            exec.argv = argv;
+            exec.argv_truncated = truncated;
+        }
+        Some(exec)
     }
 
     pub fn drain(&mut self) -> Vec<Exec> {
@@ -78,6 +100,7 @@ mod tests {
             comm: "sh".into(),
             filename: b"/bin/true".to_vec(),
             argv: vec![],
+            argv_changed: false,
             argv_truncated: false,
             cwd: None,
             ret: None,
@@ -88,9 +111,30 @@ mod tests {
     fn start_and_result_join_by_pid() {
         let mut e = Execs::default();
         assert!(e.start(exec(5)).is_none());
-        assert_eq!(e.result(6, 0), None);
-        assert_eq!(e.result(5, -2).unwrap().ret, Some(-2));
+        assert_eq!(e.result(6, 0, None), None);
+        assert_eq!(e.result(5, -2, None).unwrap().ret, Some(-2));
         assert!(e.drain().is_empty());
+    }
+
+    #[test]
+    fn the_new_programs_arguments_win_and_a_change_is_flagged() {
+        let mut e = Execs::default();
+        let start =
+            |argv: &[&str]| Exec { argv: argv.iter().map(|a| a.as_bytes().to_vec()).collect(), ..exec(7) };
+        e.start(start(&["ls", "-l"]));
+        let same = e.result(7, 0, Some((b"ls\0-l\0", false))).unwrap();
+        assert_eq!((same.argv.len(), same.argv_changed), (2, false));
+        // Rewritten by another thread between entry and the copy.
+        e.start(start(&["ls", "-l"]));
+        let changed = e.result(7, 0, Some((b"rm\0-rf\0/tmp/x\0", false))).unwrap();
+        assert_eq!(changed.argv, [b"rm".to_vec(), b"-rf".to_vec(), b"/tmp/x".to_vec()]);
+        assert!(changed.argv_changed);
+        // An empty argument survives; cut arguments compare on what both have.
+        e.start(start(&["echo", "", "x"]));
+        assert!(!e.result(7, 0, Some((b"echo\0\0x\0", false))).unwrap().argv_changed);
+        e.start(Exec { argv_truncated: true, ..start(&["a", "b", "c"]) });
+        let cut = e.result(7, 0, Some((b"a\0b\0c\0d\0e", true))).unwrap();
+        assert!(!cut.argv_changed && cut.argv_truncated && cut.argv.len() == 5);
     }
 
     #[test]

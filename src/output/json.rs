@@ -141,6 +141,7 @@ impl<W: Write> Output for JsonOutput<W> {
             argv,
             argv_b64: any_binary.then(|| e.argv.iter().map(|a| STANDARD.encode(a)).collect()),
             argv_truncated: e.argv_truncated,
+            argv_changed: e.argv_changed,
             cwd: e.cwd.as_deref(),
             success: e.ret.map(|r| r == 0),
             error: e.ret.filter(|r| *r != 0).map(super::errno_name),
@@ -333,6 +334,9 @@ struct ExecJson<'a> {
     argv_b64: Option<Vec<String>>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     argv_truncated: bool,
+    /// The arguments differ from those read at the syscall's entry.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    argv_changed: bool,
     cwd: Option<&'a str>,
     success: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -361,6 +361,7 @@ mod tests {
                 filename: b"/usr/bin/ls".to_vec(),
                 argv: vec![b"ls".to_vec(), b"-l \"x\"".to_vec()],
                 argv_truncated: ret.is_none(),
+                argv_changed: false,
                 cwd: Some("/tmp".into()),
                 ret,
             };
@@ -451,6 +452,7 @@ mod tests {
             filename: b"/tmp/\x1b[2J".to_vec(),
             argv: vec![b"\x1b[2J".to_vec(), b"\x9b\xff".to_vec()],
             argv_truncated: false,
+            argv_changed: false,
             cwd: None,
             ret: Some(0),
         };

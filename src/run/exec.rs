@@ -59,6 +59,7 @@ impl Handler for ExecHandler {
                     filename: c_bytes(&e.filename).to_vec(),
                     argv: split_args(args, e.argc as usize),
                     argv_truncated: e.truncated != 0,
+                    argv_changed: false,
                     // Read now, while the process is (most likely) alive.
                     cwd: std::fs::read_link(format!("/proc/{}/cwd", e.task.pid))
                         .ok()
@@ -70,7 +71,9 @@ impl Handler for ExecHandler {
                 }
             }
             Event::ExecResult(r) => {
-                if let Some(done) = self.execs.result(r.task.pid, r.ret) {
+                let new_args = c_bytes_len(&r.args, r.args_len as usize);
+                let new_args = (r.ret == 0).then_some((&new_args[..], r.truncated != 0));
+                if let Some(done) = self.execs.result(r.task.pid, r.ret, new_args) {
                     self.write(done, out)?;
                 }
             }
