@@ -123,8 +123,16 @@ static __always_inline int on_line(struct pt_regs *ctx)
 	__u32 tid = (__u32)bpf_get_current_pid_tgid();
 	struct prompt *p = bpf_map_lookup_elem(&prompts, &tid);
 	const char *line = (const char *)PT_REGS_RC(ctx);
-	if (!p)
+	if (!p) {
+		/* A shell's line read with no prompt on record: its entry was
+		 * evicted from the LRU (over 4096 shells at a prompt at once),
+		 * or came before the probes. The line is lost: counted, not
+		 * silent. (Other programs calling a probed libreadline, bc say,
+		 * have no prompt either, and are no shell.) */
+		if (line && current_task_wanted() && current_binary())
+			stat_add(CT_STAT_LOST_RECORDS, 1);
 		return 0;
+	}
 	struct prompt seen = *p;
 	bpf_map_delete_elem(&prompts, &tid);
 	if (!line) /* end of input */
