@@ -119,6 +119,46 @@ pub const CAP_NET_ADMIN: Capability =
 /// What every subcommand needs.
 pub const BASE_CAPABILITIES: [Capability; 3] = [CAP_SYS_ADMIN, CAP_SYS_PTRACE, CAP_DAC_READ_SEARCH];
 
+/// Drops, for the whole process, every capability cleartap never uses, so
+/// that a flaw in its parsing of hostile input cannot be turned into
+/// loading modules, changing users, raw I/O or killing processes. Called
+/// first thing in main, before any thread exists: capabilities are per
+/// thread, and threads started later inherit the reduced sets. Kept: what
+/// the README lists (`CAP_NET_ADMIN` only when `net_admin`), the narrower
+/// `CAP_BPF`/`CAP_PERFMON`, `CAP_SYS_RESOURCE` (locked memory on kernels
+/// before 5.11), `CAP_DAC_OVERRIDE` (output files in directories root does
+/// not own) and `CAP_NET_BIND_SERVICE` (a metrics port below 1024). Best
+/// effort: a process without CAP_SETPCAP keeps its bounding set.
+pub fn drop_unneeded_capabilities(net_admin: bool) {
+    use caps::{CapSet, Capability as C, CapsHashSet};
+    let mut keep: CapsHashSet = [
+        C::CAP_SYS_ADMIN,
+        C::CAP_SYS_PTRACE,
+        C::CAP_DAC_READ_SEARCH,
+        C::CAP_BPF,
+        C::CAP_PERFMON,
+        C::CAP_SYS_RESOURCE,
+        C::CAP_DAC_OVERRIDE,
+        C::CAP_NET_BIND_SERVICE,
+    ]
+    .into_iter()
+    .collect();
+    if net_admin {
+        keep.insert(C::CAP_NET_ADMIN);
+    }
+    // The bounding set first, CAP_SETPCAP last: it is what allows this.
+    for cap in caps::all().into_iter().filter(|c| !keep.contains(c) && *c != C::CAP_SETPCAP) {
+        let _ = caps::drop(None, CapSet::Bounding, cap);
+    }
+    let _ = caps::drop(None, CapSet::Bounding, C::CAP_SETPCAP);
+    let _ = caps::clear(None, CapSet::Ambient);
+    for set in [CapSet::Inheritable, CapSet::Effective, CapSet::Permitted] {
+        if let Ok(held) = caps::read(None, set) {
+            let _ = caps::set(None, set, &held.intersection(&keep).copied().collect());
+        }
+    }
+}
+
 /// Refuse early, with a message that says what to do, when the kernel or
 /// our privileges cannot run BPF programs.
 pub fn preflight() -> Result<()> {

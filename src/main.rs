@@ -12,6 +12,14 @@ fn main() {
     }
     run::raise_fd_limit();
     let cli = cli::Cli::parse();
+    // Before any thread starts (capabilities are per thread): only -w and
+    // `check` (which loads the classifier) need CAP_NET_ADMIN.
+    let net_admin = match &cli.command {
+        cli::Command::Tls(args) => args.write.is_some(),
+        cli::Command::Check => true,
+        _ => false,
+    };
+    cleartap::kernel::drop_unneeded_capabilities(net_admin);
     let result = match &cli.command {
         cli::Command::Tls(args) => run::tls::run(args),
         cli::Command::Shell(args) => run::shell::run(args),

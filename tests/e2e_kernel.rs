@@ -247,3 +247,51 @@ fn hostile_library_files_are_skipped_with_a_warning_and_the_rest_captured() {
     assert!(sent.ends_with(&response), "the server's bytes end with the body curl printed");
     assert_eq!(response.len(), 3000);
 }
+
+/// Once running, cleartap holds only the capabilities it uses, in every
+/// thread, and cannot regain the others (bounding set): a flaw in parsing
+/// hostile input cannot be turned into loading a module or becoming
+/// another user.
+#[test]
+fn every_thread_keeps_only_the_capabilities_it_uses() {
+    if !require_bpf() {
+        return;
+    }
+    let _one = exclusive();
+    let hex = |status: &str, key: &str| -> u64 {
+        let line = status.lines().find(|l| l.starts_with(key)).unwrap_or_else(|| panic!("{key}"));
+        u64::from_str_radix(line.split_whitespace().nth(1).unwrap(), 16).unwrap()
+    };
+    let bit = |n: u32| 1u64 << n;
+    // linux/capability.h
+    let (dac_override, dac_read_search, kill, setuid, setpcap, net_bind, net_admin, net_raw) =
+        (1, 2, 5, 7, 8, 10, 12, 13);
+    let (sys_module, sys_rawio, sys_ptrace, sys_admin, sys_resource) = (16, 17, 19, 21, 24);
+    for (args, with_net_admin) in [(&["shell"][..], false), (&["exec"][..], false)] {
+        let capture = Capture::start(args);
+        let threads = std::fs::read_dir(format!("/proc/{}/task", capture.pid())).unwrap();
+        let mut checked = 0;
+        for thread in threads {
+            let status = std::fs::read_to_string(thread.unwrap().path().join("status")).unwrap();
+            for key in ["CapEff:", "CapPrm:", "CapBnd:"] {
+                let caps = hex(&status, key);
+                for needed in [sys_admin, sys_ptrace, dac_read_search] {
+                    assert!(caps & bit(needed) != 0, "{args:?} {key} lacks bit {needed}: {caps:x}");
+                }
+                for never in [kill, setuid, setpcap, sys_module, sys_rawio, net_raw] {
+                    assert!(caps & bit(never) == 0, "{args:?} {key} still has bit {never}: {caps:x}");
+                }
+                assert_eq!(caps & bit(net_admin) != 0, with_net_admin, "{args:?} {key}: {caps:x}");
+                let allowed = [dac_override, dac_read_search, net_bind, net_admin, sys_ptrace, sys_admin]
+                    .iter()
+                    .chain(&[sys_resource, 38, 39]) // CAP_PERFMON, CAP_BPF
+                    .fold(0u64, |m, &b| m | bit(b));
+                assert_eq!(caps & !allowed, 0, "{args:?} {key}: {caps:x}");
+            }
+            assert_eq!(hex(&status, "CapAmb:"), 0);
+            checked += 1;
+        }
+        assert!(checked >= 1);
+        capture.stop().assert_clean_exit();
+    }
+}

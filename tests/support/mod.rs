@@ -102,6 +102,11 @@ impl Capture {
         }
     }
 
+    /// The cleartap process.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// What cleartap printed on stderr so far (before `ready`, and the
     /// lines `wait_for_stderr` read).
     pub fn stderr_so_far(&self) -> &str {
