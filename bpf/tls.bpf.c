@@ -173,15 +173,50 @@ static __always_inline void conn_tuple(struct conn_state *cs, struct active_call
 	*out = cs->tuple;
 }
 
+/* The number of a connection's next call: user space reads a jump in it
+ * as calls lost (src/context/gaps.rs, streams.rs).
+ *
+ * With `fetch` an atomic fetch-and-add (BPF_ATOMIC | BPF_FETCH, Linux
+ * 5.12) numbers calls exactly even when two CPUs enter the same
+ * connection at once. Kernels before 5.12 refuse that instruction anywhere
+ * in a program, even in a branch the verifier would prune (a pass over
+ * every instruction rejects it first: "BPF_STX uses reserved fields"), so
+ * a `.rodata` flag cannot gate it: every program that numbers calls is
+ * built twice, NAME (fetch) and NAME_nofetch (the fallback below), and
+ * user space loads one of each pair from a probe of the kernel
+ * (kernel::has_atomic_fetch). Why not a second object: both variants
+ * share the maps and the rest of the code, and a pair picked by autoload
+ * is how the bpf_loop continuation is picked already.
+ *
+ * The fallback is a plain read and write, not an atomic add followed by a
+ * read: 5.8-5.11 have no atomic that returns a value, and the two differ
+ * only when two threads number calls of one connection at the same
+ * instant. Then the plain increment gives both calls the same number (one
+ * increment is lost, no number is skipped), while add-then-read would
+ * skip a number, i.e. report a call lost that was not. A repeated number
+ * is at worst a gap reported on that connection's decoded stream where
+ * nothing was lost. Only a library whose connection is used by two
+ * threads at once can meet it: Go's concurrent Read and Write on one
+ * tls.Conn (an OpenSSL, GnuTLS or NSS session is not used that way), and
+ * there even exact numbers can reach the ring buffer out of order. */
+static __always_inline __u64 next_call_seq(struct conn_state *cs, bool fetch)
+{
+	if (fetch)
+		return __sync_fetch_and_add(&cs->calls, 1) + 1;
+	__u64 seq = cs->calls + 1;
+	cs->calls = seq;
+	return seq;
+}
+
 static __always_inline void fill_header(struct ct_tls_data *h, struct active_call *c,
-					struct conn_state *cs, __u64 n, __u8 fn, __u8 dir)
+					struct conn_state *cs, __u64 n, __u8 fn, __u8 dir, bool fetch)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	h->kind = CT_EV_TLS_DATA;
 	h->flags = 0;
 	h->ts_ns = bpf_ktime_get_ns();
 	h->conn = c->handle;
-	h->call_seq = __sync_fetch_and_add(&cs->calls, 1) + 1;
+	h->call_seq = next_call_seq(cs, fetch);
 	h->func_ip = c->ip;
 	h->caller = c->caller;
 	h->pid = id >> 32;
@@ -205,7 +240,8 @@ static __always_inline void fill_header(struct ct_tls_data *h, struct active_cal
 }
 
 /* The n bytes of a finished call, as records. */
-static __always_inline int emit_call(void *ctx, struct active_call *c, __u64 n, __u8 fn, __u8 dir)
+static __always_inline int emit_call(void *ctx, struct active_call *c, __u64 n, __u8 fn, __u8 dir,
+				     bool fetch)
 {
 	struct conn_key k = { .handle = c->handle, .tgid = bpf_get_current_pid_tgid() >> 32 };
 	struct conn_state *cs = conn_for(&k, c->fd);
@@ -217,7 +253,7 @@ static __always_inline int emit_call(void *ctx, struct active_call *c, __u64 n, 
 		stat_add(CT_STAT_LOST_BYTES, n);
 		return 0;
 	}
-	fill_header(&st->hdr, c, cs, n, fn, dir);
+	fill_header(&st->hdr, c, cs, n, fn, dir, fetch);
 	st->buf = c->buf;
 	if (emit_some_chunks(st))
 		bpf_tail_call(ctx, &emit_continue, 0);
@@ -355,7 +391,7 @@ int BPF_KRETPROBE(ssl_handshake_return)
 	return 0;
 }
 
-static __always_inline int on_return(struct pt_regs *ctx, __u8 fn, __u8 dir)
+static __always_inline int on_return(struct pt_regs *ctx, __u8 fn, __u8 dir, bool fetch)
 {
 	struct active_call c;
 	if (!end_call(&c))
@@ -366,7 +402,7 @@ static __always_inline int on_return(struct pt_regs *ctx, __u8 fn, __u8 dir)
 	__u64 n = bytes_done(ctx, &c);
 	if (n == 0)
 		return 0;
-	return emit_call(ctx, &c, n, fn, dir);
+	return emit_call(ctx, &c, n, fn, dir, fetch);
 }
 
 /* Continuation of a large call: same per-CPU state, every next chunk.
@@ -421,8 +457,10 @@ int BPF_KPROBE(nspr_entry, void *fd)
 	return on_entry(ctx, 0, false);
 }
 
-#define RETURN_PROBE(name, fn, dir) \
-	SEC("uretprobe") int BPF_KRETPROBE(name) { return on_return(ctx, fn, dir); }
+/* Each in two variants: see next_call_seq. */
+#define RETURN_PROBE(name, fn, dir)                                                        \
+	SEC("uretprobe") int BPF_KRETPROBE(name) { return on_return(ctx, fn, dir, true); } \
+	SEC("uretprobe") int BPF_KRETPROBE(name##_nofetch) { return on_return(ctx, fn, dir, false); }
 
 RETURN_PROBE(ssl_write_return, CT_FN_SSL_WRITE, CT_DIR_SEND)
 RETURN_PROBE(ssl_read_return, CT_FN_SSL_READ, CT_DIR_RECV)
@@ -534,8 +572,7 @@ static __always_inline struct active_call go_call(struct pt_regs *ctx)
 
 /* (*Conn).Write(b []byte) (int, error): all of b is written or the
  * connection is broken for good, so the data is taken here. */
-SEC("uprobe")
-int go_write(struct pt_regs *ctx)
+static __always_inline int on_go_write(struct pt_regs *ctx, bool fetch)
 {
 	if (!current_task_wanted())
 		return 0;
@@ -543,8 +580,14 @@ int go_write(struct pt_regs *ctx)
 	if (n == 0)
 		return 0;
 	struct active_call c = go_call(ctx);
-	return emit_call(ctx, &c, n, CT_FN_GO_WRITE, CT_DIR_SEND);
+	return emit_call(ctx, &c, n, CT_FN_GO_WRITE, CT_DIR_SEND, fetch);
 }
+
+/* In two variants: see next_call_seq. */
+SEC("uprobe")
+int go_write(struct pt_regs *ctx) { return on_go_write(ctx, true); }
+SEC("uprobe")
+int go_write_nofetch(struct pt_regs *ctx) { return on_go_write(ctx, false); }
 
 SEC("uprobe")
 int go_read_entry(struct pt_regs *ctx)
@@ -558,8 +601,7 @@ int go_read_entry(struct pt_regs *ctx)
 }
 
 /* At a RET of (*Conn).Read: rax is n. */
-SEC("uprobe")
-int go_read_return(struct pt_regs *ctx)
+static __always_inline int on_go_read_return(struct pt_regs *ctx, bool fetch)
 {
 	struct go_key k = { .g = ctx->r14, .tgid = bpf_get_current_pid_tgid() >> 32 };
 	struct active_call *found = bpf_map_lookup_elem(&go_reads, &k);
@@ -570,8 +612,13 @@ int go_read_return(struct pt_regs *ctx)
 	__s64 n = (__s64)ctx->ax;
 	if (n <= 0)
 		return 0;
-	return emit_call(ctx, &c, n, CT_FN_GO_READ, CT_DIR_RECV);
+	return emit_call(ctx, &c, n, CT_FN_GO_READ, CT_DIR_RECV, fetch);
 }
+
+SEC("uprobe")
+int go_read_return(struct pt_regs *ctx) { return on_go_read_return(ctx, true); }
+SEC("uprobe")
+int go_read_return_nofetch(struct pt_regs *ctx) { return on_go_read_return(ctx, false); }
 
 /* Copy a user buffer of `len` bytes into dst[max]; false if it does not
  * fit or cannot be read. */

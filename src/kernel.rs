@@ -166,7 +166,7 @@ pub fn preflight() -> Result<()> {
     if !Path::new("/sys/kernel/btf/vmlinux").exists() {
         bail!(
             "this kernel has no BTF (/sys/kernel/btf/vmlinux is missing): cleartap needs \
-             Linux >= 5.8 built with CONFIG_DEBUG_INFO_BTF=y"
+             a kernel built with CONFIG_DEBUG_INFO_BTF=y (tested on Linux 5.10 and newer)"
         );
     }
     ensure_tracefs()?;
@@ -200,9 +200,60 @@ pub fn has_bpf_loop() -> bool {
     has_uprobe_helper(libbpf_sys::BPF_FUNC_loop)
 }
 
+/// Can uprobes read the current task's ancestor cgroup
+/// (bpf_get_current_ancestor_cgroup_id), which `--cgroup` filters on?
+pub fn has_ancestor_cgroup_id() -> bool {
+    has_uprobe_helper(libbpf_sys::BPF_FUNC_get_current_ancestor_cgroup_id)
+}
+
 /// Does this kernel give uprobes a cookie (bpf_get_attach_cookie, 5.15)?
 pub fn has_attach_cookie() -> bool {
     has_uprobe_helper(libbpf_sys::BPF_FUNC_get_attach_cookie)
+}
+
+/// Does this kernel have atomic operations that return the old value
+/// (`BPF_ATOMIC | BPF_FETCH`, 5.12)? Kernels before refuse such an
+/// instruction anywhere in a program, so the TLS programs that number calls
+/// come in two variants (see `next_call_seq` in bpf/tls.bpf.c). Probed by
+/// loading a six-instruction program that uses one.
+pub fn has_atomic_fetch() -> bool {
+    use libbpf_sys::{
+        BPF_ADD, BPF_ALU64, BPF_ATOMIC, BPF_DW, BPF_EXIT, BPF_FETCH, BPF_JMP, BPF_K, BPF_MEM, BPF_MOV,
+        BPF_STX,
+    };
+    fn insn(code: u32, dst: u8, src: u8, off: i16, imm: i32) -> libbpf_sys::bpf_insn {
+        let mut i = libbpf_sys::bpf_insn { code: code as u8, off, imm, ..Default::default() };
+        i.set_dst_reg(dst);
+        i.set_src_reg(src);
+        i
+    }
+    let insns = [
+        insn(BPF_ALU64 | BPF_MOV | BPF_K, 1, 0, 0, 0),  // r1 = 0
+        insn(BPF_STX | BPF_DW | BPF_MEM, 10, 1, -8, 0), // *(u64 *)(r10 - 8) = r1
+        insn(BPF_ALU64 | BPF_MOV | BPF_K, 1, 0, 0, 1),  // r1 = 1
+        // r1 = atomic_fetch_add((u64 *)(r10 - 8), r1)
+        insn(BPF_STX | BPF_DW | BPF_ATOMIC, 10, 1, -8, (BPF_ADD | BPF_FETCH) as i32),
+        insn(BPF_ALU64 | BPF_MOV | BPF_K, 0, 0, 0, 0), // r0 = 0
+        insn(BPF_JMP | BPF_EXIT, 0, 0, 0, 0),
+    ];
+    // SAFETY: the instructions outlive the call; the fd it returns is ours
+    // and closed here.
+    let fd = unsafe {
+        libbpf_sys::bpf_prog_load(
+            libbpf_sys::BPF_PROG_TYPE_KPROBE,
+            std::ptr::null(),
+            c"GPL".as_ptr(),
+            insns.as_ptr(),
+            insns.len() as libbpf_sys::size_t,
+            std::ptr::null_mut(),
+        )
+    };
+    if fd < 0 {
+        return false;
+    }
+    // SAFETY: fd is a descriptor we own.
+    unsafe { libc::close(fd) };
+    true
 }
 
 fn has_uprobe_helper(helper: libbpf_sys::bpf_func_id) -> bool {
@@ -226,8 +277,8 @@ pub fn load_failed(what: &'static str) -> impl FnOnce(libbpf_rs::Error) -> anyho
             ))
         } else {
             anyhow::Error::new(e).context(format!(
-                "loading {what} into the kernel failed (cleartap needs Linux >= 5.8 with BTF, uprobes, \
-                 tracepoints, ring buffers and TC BPF; `cleartap check` shows which program)"
+                "loading {what} into the kernel failed (cleartap is tested on Linux 5.10 and newer, with BTF, \
+                 uprobes, tracepoints, ring buffers and TC BPF; `cleartap check` shows which program)"
             ))
         }
     }

@@ -81,11 +81,35 @@ impl LibraryResolver {
     }
 
     /// The API function that made a call caught at an internal probe
-    /// point, from its return address minus the probed function's address.
-    /// None: not one of the known call sites (the SSL BIO calls them too).
-    pub fn caller(&self, id: u16, function_id: u8, delta: i64) -> Option<&'static str> {
-        let known = self.known.iter().find(|k| k.id == id && id != 0)?;
-        known.callers.iter().find(|c| c.function_id == function_id && c.delta == delta).map(|c| c.name)
+    /// point (at `address` in process `pid`), from its return address minus
+    /// the probed function's address. None: not one of the known call sites
+    /// (the SSL BIO calls them too). The library is the one the probe's id
+    /// names, else (kernels without uprobe cookies) the one mapped at
+    /// `address`, else (the process is gone) any known library whose call
+    /// sites give this delta one name.
+    pub fn caller(
+        &mut self,
+        pid: u32,
+        address: u64,
+        id: u16,
+        function_id: u8,
+        delta: i64,
+    ) -> Option<&'static str> {
+        let site = |k: &KnownLibrary| {
+            k.callers.iter().find(|c| c.function_id == function_id && c.delta == delta).map(|c| c.name)
+        };
+        if id != 0 {
+            return self.known.iter().find(|k| k.id == id).and_then(site);
+        }
+        if self.lookup(pid, address).is_none() {
+            self.refresh(pid);
+        }
+        if let Some((Some(k), _)) = self.lookup(pid, address) {
+            return site(&self.known[k]);
+        }
+        let mut names = self.known.iter().filter_map(site);
+        let first = names.next()?;
+        names.all(|n| n == first).then_some(first)
     }
 
     pub fn describe(&self, id: u16) -> String {
@@ -131,6 +155,32 @@ mod tests {
         let found = r.resolve(std::process::id(), libc.start + 1, "openssl", 0);
         assert_eq!(found.library, "libc");
         assert_eq!(found.path, libc.path);
+    }
+
+    #[test]
+    fn internal_call_sites_are_named_without_a_probe_id() {
+        let maps = procs::mappings(std::process::id());
+        let libc = maps.iter().find(|m| m.path.contains("libc.so")).unwrap().clone();
+        let site = |delta, name| Caller { function_id: 15, delta, name };
+        let lib = |id, inode, callers| KnownLibrary {
+            id,
+            inode,
+            library: "openssl",
+            version: None,
+            path: "x".into(),
+            callers,
+        };
+        let mut r = LibraryResolver::new(vec![
+            lib(3, libc.inode, vec![site(0x40, "SSL_write"), site(0x80, "SSL_write_ex")]),
+            lib(4, u64::MAX, vec![site(0x40, "SSL_write_ex")]),
+        ]);
+        // By the probe's id, then (no cookies: id 0) by the mapping.
+        assert_eq!(r.caller(std::process::id(), libc.start, 4, 15, 0x40), Some("SSL_write_ex"));
+        assert_eq!(r.caller(std::process::id(), libc.start, 0, 15, 0x40), Some("SSL_write"));
+        assert_eq!(r.caller(std::process::id(), libc.start, 0, 16, 0x40), None);
+        // A vanished process: only a delta every library names alike.
+        assert_eq!(r.caller(u32::MAX, 0x1000, 0, 15, 0x80), Some("SSL_write_ex"));
+        assert_eq!(r.caller(u32::MAX, 0x1000, 0, 15, 0x40), None);
     }
 
     #[test]

@@ -120,7 +120,8 @@ impl Enricher {
         let (mut function, family) = sources::function_of(h.function);
         if h.caller != 0 {
             let delta = h.caller.wrapping_sub(h.func_ip) as i64;
-            function = self.libraries.caller(h.library_id, h.function, delta).unwrap_or(function);
+            function =
+                self.libraries.caller(h.pid, h.func_ip, h.library_id, h.function, delta).unwrap_or(function);
         }
         let (local, remote) = tuple_addrs(&h.tuple);
         let gap = self.gaps.record(

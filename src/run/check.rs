@@ -12,53 +12,104 @@ use libbpf_rs::Object;
 
 use crate::bpf::{exec, packets, procwatch, shell, sql, tls};
 use crate::kernel;
+use crate::sources::tls::Features;
 
 pub fn run() -> Result<()> {
     kernel::preflight()?;
     println!("kernel {}", kernel_release());
-    let has_loop = kernel::has_bpf_loop();
-    println!("bpf_loop (5.17): {}", yes_no(has_loop));
-    println!("uprobe cookies (5.15): {}", yes_no(kernel::has_attach_cookie()));
-    println!("{:<28} {:>12}", "program", "verified insns");
+    // What the TLS programs adapt to, and how (sources::tls::Features).
+    let features = Features::probe();
+    println!("bpf_loop (5.17): {}", yes_no(features.has_loop, "large calls continue through tail calls"));
+    println!(
+        "uprobe cookies (5.15): {}",
+        yes_no(features.has_cookie, "libraries named from the process's maps")
+    );
+    println!(
+        "atomic fetch-and-add (5.12): {}",
+        yes_no(features.has_fetch, "the *_nofetch programs, plain per-connection call numbering")
+    );
+    println!(
+        "TCX links (6.6): {}",
+        yes_no(has_tcx(), "-w attaches a netlink clsact qdisc and cls_bpf filter")
+    );
+    println!(
+        "ancestor cgroup id in uprobes: {}",
+        yes_no(kernel::has_ancestor_cgroup_id(), "--cgroup refused")
+    );
+    println!("{:<38} {:>12}", "program", "verified insns");
+    let mut counted = false;
     macro_rules! load {
         ($builder:expr, $what:expr, $prepare:expr) => {{
             let mut storage = MaybeUninit::uninit();
             let mut open =
                 $builder.open(&mut storage).with_context(|| format!("opening the {} object", $what))?;
-            $prepare(&mut open);
+            $prepare(&mut open)?;
             let skel = open.load().with_context(|| {
                 format!("the kernel refused the {} programs (CLEARTAP_DEBUG=1 shows why)", $what)
             })?;
-            report(skel.object());
+            counted |= report(skel.object());
         }};
     }
     load!(tls::TlsSkelBuilder::default(), "TLS", |o: &mut tls::OpenTlsSkel| {
-        o.progs.emit_more_loop.set_autoload(has_loop);
-        o.progs.emit_more.set_autoload(!has_loop);
+        // The secrets path too (--keylog, -w): the largest programs.
+        if let Some(rodata) = o.maps.rodata_data.as_deref_mut() {
+            rodata.capture_secrets = true;
+        }
+        features.prepare(o)
     });
     load!(
         procwatch::ProcwatchSkelBuilder::default(),
         "process watch",
-        |_: &mut procwatch::OpenProcwatchSkel| {}
+        |_: &mut procwatch::OpenProcwatchSkel| anyhow::Ok(())
     );
-    load!(shell::ShellSkelBuilder::default(), "shell", |_: &mut shell::OpenShellSkel| {});
-    load!(exec::ExecSkelBuilder::default(), "exec", |_: &mut exec::OpenExecSkel| {});
-    load!(sql::SqlSkelBuilder::default(), "SQL", |_: &mut sql::OpenSqlSkel| {});
-    load!(packets::PacketsSkelBuilder::default(), "packet", |_: &mut packets::OpenPacketsSkel| {});
+    load!(shell::ShellSkelBuilder::default(), "shell", |_: &mut shell::OpenShellSkel| anyhow::Ok(()));
+    load!(exec::ExecSkelBuilder::default(), "exec", |_: &mut exec::OpenExecSkel| anyhow::Ok(()));
+    load!(sql::SqlSkelBuilder::default(), "SQL", |_: &mut sql::OpenSqlSkel| anyhow::Ok(()));
+    load!(
+        packets::PacketsSkelBuilder::default(),
+        "packet",
+        |_: &mut packets::OpenPacketsSkel| anyhow::Ok(())
+    );
+    if !counted {
+        println!("verified instruction counts (5.16): no (this kernel does not report them: -)");
+    }
     println!("every program loaded");
     Ok(())
 }
 
 /// One line per program: its name and the instructions the verifier
-/// processed (bpf_prog_info.verified_insns, 5.16+; "-" before).
-fn report(object: &Object) {
+/// processed (bpf_prog_info.verified_insns, 5.16+; "-" before). True when
+/// the kernel gave any count.
+fn report(object: &Object) -> bool {
+    let mut counted = false;
     for prog in object.progs() {
         if !prog.autoload() {
             continue;
         }
         let name = prog.name().to_string_lossy().into_owned();
-        let insns = verified_insns(prog.as_fd().as_raw_fd()).map_or("-".to_string(), |n| n.to_string());
-        println!("{name:<28} {insns:>12}");
+        let insns = verified_insns(prog.as_fd().as_raw_fd());
+        counted |= insns.is_some();
+        let insns = insns.map_or("-".to_string(), |n| n.to_string());
+        println!("{name:<38} {insns:>12}");
+    }
+    counted
+}
+
+/// Does the kernel know TCX links (6.6)? Its BTF has `struct tcx_entry`
+/// then. Nothing is attached here: `-w` itself tries TCX first and falls
+/// back to netlink when the kernel refuses it.
+fn has_tcx() -> bool {
+    // SAFETY: libbpf parses the kernel's BTF into an object we free here;
+    // the name is a NUL-terminated literal.
+    unsafe {
+        let btf = libbpf_sys::btf__load_vmlinux_btf();
+        if btf.is_null() {
+            return false;
+        }
+        let found =
+            libbpf_sys::btf__find_by_name_kind(btf, c"tcx_entry".as_ptr(), libbpf_sys::BTF_KIND_STRUCT) > 0;
+        libbpf_sys::btf__free(btf);
+        found
     }
 }
 
@@ -75,10 +126,10 @@ fn kernel_release() -> String {
         .map_or_else(|_| "?".into(), |s| s.trim().to_string())
 }
 
-fn yes_no(b: bool) -> &'static str {
+fn yes_no(b: bool, fallback: &str) -> String {
     if b {
-        "yes"
+        "yes".to_string()
     } else {
-        "no (fallback used)"
+        format!("no (fallback used: {fallback})")
     }
 }

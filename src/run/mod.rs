@@ -137,6 +137,12 @@ fn ring_map_failed(e: libbpf_rs::Error) -> anyhow::Error {
 
 pub fn filters(args: &crate::cli::FilterArgs) -> Result<Filters> {
     let cgroup = args.cgroup.as_deref().map(crate::kernel::Cgroup::from_path).transpose()?;
+    if cgroup.is_some() && !crate::kernel::has_ancestor_cgroup_id() {
+        anyhow::bail!(
+            "--cgroup: this kernel's uprobes cannot read a task's ancestor cgroup \
+             (bpf_get_current_ancestor_cgroup_id); filter with --pid, --uid or --comm instead"
+        );
+    }
     Ok(Filters { pid: args.pid, uid: args.uid, comm: args.comm.clone(), cgroup })
 }
 

@@ -13,10 +13,60 @@ use super::gotls::GoProbePoints;
 use super::openssl_layout::SslLayout;
 use super::secret_points::{self, SecretPoints};
 use super::{Entry, TlsTarget};
-use crate::bpf::tls::{TlsSkel, TlsSkelBuilder};
+use crate::bpf::tls::{OpenTlsSkel, TlsSkel, TlsSkelBuilder};
 use crate::bpf::types::ct_ssl_layout;
 use crate::discover::gnutls_keylog::GnutlsKeylogPoints;
 use crate::kernel::{self, Filters};
+
+/// What the kernel has that the TLS programs adapt to, probed (never
+/// guessed from the version: distributions backport), and how they adapt.
+/// `cleartap check` loads the programs the same way.
+#[derive(Debug, Clone, Copy)]
+pub struct Features {
+    /// bpf_loop (5.17): large calls continue in `emit_more_loop`, else in
+    /// `emit_more` through at most 33 tail calls.
+    pub has_loop: bool,
+    /// bpf_get_attach_cookie in uprobes (5.15): records name their library
+    /// by the probe's cookie, else from the process's maps.
+    pub has_cookie: bool,
+    /// Atomic fetch-and-add (5.12): the programs that number calls are
+    /// loaded as NAME, else as NAME_nofetch (see bpf/tls.bpf.c).
+    pub has_fetch: bool,
+}
+
+/// Suffix of the programs loaded where the kernel has no atomic fetch.
+const NOFETCH: &str = "_nofetch";
+
+impl Features {
+    pub fn probe() -> Self {
+        Features {
+            has_loop: kernel::has_bpf_loop(),
+            has_cookie: kernel::has_attach_cookie(),
+            has_fetch: kernel::has_atomic_fetch(),
+        }
+    }
+
+    /// Set the flags in `.rodata` and pick which programs load: one of
+    /// each NAME / NAME_nofetch pair, and one continuation.
+    pub fn prepare(&self, open: &mut OpenTlsSkel) -> Result<()> {
+        let rodata = open.maps.rodata_data.as_deref_mut().context("no .rodata in the BPF object")?;
+        rodata.has_bpf_loop = self.has_loop;
+        rodata.has_attach_cookie = self.has_cookie;
+        open.progs.emit_more_loop.set_autoload(self.has_loop);
+        open.progs.emit_more.set_autoload(!self.has_loop);
+        let object = open.open_object_mut();
+        let names: Vec<String> = object.progs().map(|p| p.name().to_string_lossy().into_owned()).collect();
+        for mut prog in object.progs_mut() {
+            let name = prog.name().to_string_lossy().into_owned();
+            if name.ends_with(NOFETCH) {
+                prog.set_autoload(!self.has_fetch);
+            } else if names.contains(&format!("{name}{NOFETCH}")) {
+                prog.set_autoload(self.has_fetch);
+            }
+        }
+        Ok(())
+    }
+}
 
 /// The loaded TLS programs. Attaching returns links; dropping a link
 /// detaches it (links close with their file descriptors).
@@ -24,6 +74,9 @@ pub struct TlsProbes<'obj> {
     skel: TlsSkel<'obj>,
     has_loop: bool,
     has_cookie: bool,
+    /// Which variant of the programs that number calls is loaded: NAME
+    /// (atomic fetch-and-add, 5.12) or NAME_nofetch.
+    has_fetch: bool,
     /// Read TLS secrets too (`--keylog`, `-w`).
     secrets: bool,
 }
@@ -47,20 +100,33 @@ impl<'obj> TlsProbes<'obj> {
         open.maps.active_calls.set_max_entries(in_flight).context("sizing the call map")?;
         open.maps.go_reads.set_max_entries(in_flight).context("sizing the Go read map")?;
         open.maps.ssl_keys_sent.set_max_entries(max_connections).context("sizing the secrets map")?;
-        let has_loop = kernel::has_bpf_loop();
-        let has_cookie = kernel::has_attach_cookie();
-        rodata.has_bpf_loop = has_loop;
-        rodata.has_attach_cookie = has_cookie;
+        let features = Features::probe();
         rodata.capture_secrets = secrets;
         // Wake-ups in batches of 1/32 of the ring; the consumer also polls
         // every few ms (see run::POLL_INTERVAL), which bounds the delay.
         rodata.wakeup_batch_bytes = u64::from(ringbuf_bytes / 32);
-        open.progs.emit_more_loop.set_autoload(has_loop);
-        open.progs.emit_more.set_autoload(!has_loop);
+        features.prepare(&mut open)?;
         let skel = open.load().map_err(kernel::load_failed("the TLS BPF programs"))?;
-        let probes = TlsProbes { skel, has_loop, has_cookie, secrets };
+        let probes = TlsProbes {
+            skel,
+            has_loop: features.has_loop,
+            has_cookie: features.has_cookie,
+            has_fetch: features.has_fetch,
+            secrets,
+        };
         probes.install_continuation()?;
         Ok(probes)
+    }
+
+    /// The uprobe cookie that names `target`'s file in its records. 0 on
+    /// kernels without cookies (< 5.15), which refuse to attach a uprobe
+    /// with any other value (EOPNOTSUPP).
+    fn cookie(&self, target: &TlsTarget) -> u64 {
+        if self.has_cookie {
+            u64::from(target.library_id)
+        } else {
+            0
+        }
     }
 
     /// Large payloads continue in a tail call to `emit_more_loop` (or
@@ -114,8 +180,7 @@ impl<'obj> TlsProbes<'obj> {
             let offset = function.file_offset as usize;
             let path = target.file.proc_path();
             for (prog, retprobe) in [(entry, false), (ret, true)] {
-                let opts =
-                    UprobeOpts { retprobe, cookie: u64::from(target.library_id), ..Default::default() };
+                let opts = UprobeOpts { retprobe, cookie: self.cookie(target), ..Default::default() };
                 let link = prog.attach_uprobe_with_opts(-1, &path, offset, opts).with_context(|| {
                     format!(
                         "attaching a {} to {} in {}",
@@ -178,8 +243,7 @@ impl<'obj> TlsProbes<'obj> {
         [(&p.plain_entry, false), (&p.ssl_handshake_return, true)]
             .into_iter()
             .map(|(prog, retprobe)| {
-                let opts =
-                    UprobeOpts { retprobe, cookie: u64::from(target.library_id), ..Default::default() };
+                let opts = UprobeOpts { retprobe, cookie: self.cookie(target), ..Default::default() };
                 prog.attach_uprobe_with_opts(-1, target.file.proc_path(), f.file_offset as usize, opts)
                     .with_context(|| format!("attaching to SSL_do_handshake in {}", target.display_path))
             })
@@ -189,7 +253,7 @@ impl<'obj> TlsProbes<'obj> {
     fn attach_gnutls_secrets(&self, target: &TlsTarget, points: &GnutlsKeylogPoints) -> Result<Vec<Link>> {
         let offset = points.client_random_offset.to_ne_bytes();
         self.skel.maps.gnutls_random_offsets.update(&self.settings_key(target), &offset, MapFlags::ANY)?;
-        let opts = UprobeOpts { cookie: u64::from(target.library_id), ..Default::default() };
+        let opts = UprobeOpts { cookie: self.cookie(target), ..Default::default() };
         let link = self
             .skel
             .progs
@@ -212,13 +276,18 @@ impl<'obj> TlsProbes<'obj> {
         }
         let path = target.file.proc_path();
         let p = &self.skel.progs;
-        let mut probes = vec![(&p.go_write, points.write, "Write"), (&p.go_read_entry, points.read, "Read")];
-        probes.extend(points.read_returns.iter().map(|&ret| (&p.go_read_return, ret, "Read (a RET)")));
+        let (write, read_return) = if self.has_fetch {
+            (&p.go_write, &p.go_read_return)
+        } else {
+            (&p.go_write_nofetch, &p.go_read_return_nofetch)
+        };
+        let mut probes = vec![(write, points.write, "Write"), (&p.go_read_entry, points.read, "Read")];
+        probes.extend(points.read_returns.iter().map(|&ret| (read_return, ret, "Read (a RET)")));
         probes.extend(points.keylog.map(|at| (&p.go_keylog, at, "writeKeyLog")));
         probes
             .into_iter()
             .map(|(prog, offset, what)| {
-                let opts = UprobeOpts { cookie: u64::from(target.library_id), ..Default::default() };
+                let opts = UprobeOpts { cookie: self.cookie(target), ..Default::default() };
                 prog.attach_uprobe_with_opts(-1, &path, offset as usize, opts)
                     .with_context(|| format!("attaching a uprobe to {what} in {}", target.display_path))
             })
@@ -237,21 +306,31 @@ impl<'obj> TlsProbes<'obj> {
             Entry::Internal5 => &p.internal5_entry,
             Entry::Go => return None, // attach_go
         };
+        // Each return program in its two variants (see `Features`).
+        macro_rules! variant {
+            ($fetch:ident, $nofetch:ident) => {
+                if self.has_fetch {
+                    &p.$fetch
+                } else {
+                    &p.$nofetch
+                }
+            };
+        }
         let ret = match function_id {
-            1 => &p.ssl_write_return,
-            2 => &p.ssl_read_return,
-            3 => &p.ssl_write_ex_return,
-            4 => &p.ssl_read_ex_return,
-            5 => &p.gnutls_record_send_return,
-            6 => &p.gnutls_record_recv_return,
-            7 => &p.gnutls_record_send2_return,
-            8 => &p.gnutls_record_recv_seq_return,
-            9 => &p.pr_write_return,
-            10 => &p.pr_read_return,
-            11 => &p.pr_send_return,
-            12 => &p.pr_recv_return,
-            15 => &p.ssl_write_internal_return,
-            16 => &p.ssl_read_internal_return,
+            1 => variant!(ssl_write_return, ssl_write_return_nofetch),
+            2 => variant!(ssl_read_return, ssl_read_return_nofetch),
+            3 => variant!(ssl_write_ex_return, ssl_write_ex_return_nofetch),
+            4 => variant!(ssl_read_ex_return, ssl_read_ex_return_nofetch),
+            5 => variant!(gnutls_record_send_return, gnutls_record_send_return_nofetch),
+            6 => variant!(gnutls_record_recv_return, gnutls_record_recv_return_nofetch),
+            7 => variant!(gnutls_record_send2_return, gnutls_record_send2_return_nofetch),
+            8 => variant!(gnutls_record_recv_seq_return, gnutls_record_recv_seq_return_nofetch),
+            9 => variant!(pr_write_return, pr_write_return_nofetch),
+            10 => variant!(pr_read_return, pr_read_return_nofetch),
+            11 => variant!(pr_send_return, pr_send_return_nofetch),
+            12 => variant!(pr_recv_return, pr_recv_return_nofetch),
+            15 => variant!(ssl_write_internal_return, ssl_write_internal_return_nofetch),
+            16 => variant!(ssl_read_internal_return, ssl_read_internal_return_nofetch),
             _ => return None,
         };
         Some((entry, ret))
