@@ -30,6 +30,69 @@ pub struct Attacher<'p, 'obj> {
     last_sweep: Instant,
     /// The last library id given (0: none).
     next_id: u16,
+    quota: FileQuota,
+}
+
+/// Files checked per user and per mount namespace: an unprivileged user
+/// (or a container) making thousands of files named like TLS libraries, or
+/// fresh executables, would otherwise make cleartap parse and probe each.
+/// Root's processes and cleartap's own mount namespace have no limit of
+/// their own (only the 65535 library ids of the whole capture).
+#[derive(Default)]
+struct FileQuota {
+    per_uid: HashMap<u32, usize>,
+    per_mount_ns: HashMap<u64, usize>,
+    host_mount_ns: Option<u64>,
+}
+
+const MAX_FILES_PER_UID: usize = 256;
+const MAX_FILES_PER_MOUNT_NS: usize = 256;
+
+impl FileQuota {
+    /// Counts one more file checked for `pid`'s user and mount namespace;
+    /// false (with a warning, once per user or namespace) past a limit.
+    fn admit(&mut self, pid: u32) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let uid = std::fs::metadata(format!("/proc/{pid}")).map(|m| m.uid()).ok();
+        // The host, as far as cleartap is concerned: its own namespace.
+        let host = *self.host_mount_ns.get_or_insert_with(|| mount_ns(std::process::id()).unwrap_or(0));
+        let ns = mount_ns(pid).filter(|ns| *ns != host);
+        if let Some(uid) = uid.filter(|uid| *uid != 0) {
+            if !Self::count(&mut self.per_uid, uid, MAX_FILES_PER_UID, || format!("user {uid}")) {
+                return false;
+            }
+        }
+        match ns {
+            Some(ns) => Self::count(&mut self.per_mount_ns, ns, MAX_FILES_PER_MOUNT_NS, || {
+                format!("mount namespace {ns}")
+            }),
+            None => true,
+        }
+    }
+
+    fn count<K: std::hash::Hash + Eq>(
+        counts: &mut HashMap<K, usize>,
+        key: K,
+        max: usize,
+        who: impl Fn() -> String,
+    ) -> bool {
+        let n = counts.entry(key).or_default();
+        *n += 1;
+        if *n == max + 1 {
+            eprintln!(
+                "cleartap: warning: {} made cleartap check {max} files named like TLS libraries or \
+                 new executables; its further files are not checked or probed",
+                who()
+            );
+        }
+        *n <= max
+    }
+}
+
+/// The inode of `pid`'s mount namespace (`/proc/PID/ns/mnt`).
+fn mount_ns(pid: u32) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(format!("/proc/{pid}/ns/mnt")).ok().map(|m| m.ino())
 }
 
 /// One probed file and its uprobe links.
@@ -65,6 +128,7 @@ impl<'p, 'obj> Attacher<'p, 'obj> {
             attached: HashMap::new(),
             last_sweep: Instant::now(),
             next_id: 0,
+            quota: FileQuota::default(),
         }
     }
 
@@ -147,6 +211,9 @@ impl<'p, 'obj> Attacher<'p, 'obj> {
             }
         };
         self.unseen(file.id())?;
+        if !self.quota.admit(pid) {
+            return None;
+        }
         // The name checked later to notice a replacement: one that reaches
         // the same file after the process is gone, if there is one.
         let (via, plain) = if path.starts_with('/') {
@@ -170,6 +237,9 @@ impl<'p, 'obj> Attacher<'p, 'obj> {
     fn consider_executable(&mut self, pid: u32, exec_path: Option<&str>) -> Option<TlsTarget> {
         let exe = procs::executable(pid, exec_path)?;
         self.unseen(exe.id)?;
+        if !self.quota.admit(pid) {
+            return None;
+        }
         let file = match exe.open() {
             Ok(file) => Rc::new(file),
             Err(e) => {
@@ -281,5 +351,23 @@ impl<'p, 'obj> Attacher<'p, 'obj> {
     /// Detach every uprobe (links close with their fds).
     pub fn detach_all(&mut self) {
         self.attached.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn files_per_user_and_namespace_are_capped_with_one_warning() {
+        let mut counts = HashMap::new();
+        let admitted =
+            (0..300).filter(|_| FileQuota::count(&mut counts, 7u32, 256, || "user 7".into())).count();
+        assert_eq!(admitted, 256);
+        assert!(FileQuota::count(&mut counts, 8u32, 256, || "user 8".into()), "another user has its own");
+        // This process (root, the host's namespace in the tests): no limit.
+        let mut quota = FileQuota::default();
+        assert!((0..1000).all(|_| quota.admit(std::process::id())));
+        assert!(mount_ns(std::process::id()).is_some());
     }
 }
