@@ -10,6 +10,7 @@
 
 mod body;
 mod budget;
+mod buffer;
 mod detect;
 mod exchange;
 mod fuzz;
