@@ -8,7 +8,7 @@
 mod support;
 
 use std::ffi::OsStr;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -16,7 +16,9 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
 
-use support::{exclusive, require_bpf, Certificate};
+use support::{
+    exclusive, read_in_background, require_bpf, spawn_cleartap, type_into_script, Certificate, Mariadb,
+};
 
 /// A running `cleartap <subcommand> --format text`.
 struct TextCapture {
@@ -33,20 +35,8 @@ struct TextCaptured {
 
 impl TextCapture {
     fn start(args: &[&str]) -> TextCapture {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_cleartap"))
-            .args(&args[..1])
-            .args(["--format", "text"])
-            .args(&args[1..])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting cleartap");
-        let mut out = child.stdout.take().unwrap();
-        let stdout = thread::spawn(move || {
-            let mut v = Vec::new();
-            out.read_to_end(&mut v).unwrap();
-            v
-        });
+        let mut child = spawn_cleartap(args, "text");
+        let stdout = read_in_background(child.stdout.take().unwrap());
         let (tx, rx) = mpsc::channel();
         let mut err = BufReader::new(child.stderr.take().unwrap());
         let stderr_reader = thread::spawn(move || loop {
@@ -331,32 +321,6 @@ fn exec_hostile_comm_path_and_argv() {
     );
 }
 
-/// Type `lines` into an interactive bash on a pseudo-terminal (under
-/// `script`), pausing so it prompts between them; returns `script`'s pid,
-/// the shell's parent (see tests/e2e_shell.rs).
-fn type_into_bash(lines: &[&[u8]]) -> u32 {
-    let mut script = Command::new("script")
-        .args(["-qfc", "exec bash --norc -i", "/dev/null"])
-        .env("TERM", "xterm")
-        .env("LC_ALL", "C.UTF-8")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("running script(1)");
-    let pid = script.id();
-    let mut stdin = script.stdin.take().unwrap();
-    thread::sleep(Duration::from_millis(700));
-    for line in lines {
-        stdin.write_all(line).unwrap();
-        stdin.write_all(b"\r").unwrap();
-        thread::sleep(Duration::from_millis(250));
-    }
-    drop(stdin);
-    let status = script.wait().unwrap();
-    assert!(status.success(), "bash under script failed: {status}");
-    pid
-}
-
 #[test]
 fn shell_hostile_command_line() {
     if !require_bpf() {
@@ -368,11 +332,9 @@ fn shell_hostile_command_line() {
     let _running = support::Holder::running(Command::new("bash").args(["-c", "sleep 30; true"]));
     let capture = TextCapture::start(&["shell"]);
     // Ctrl-V (quoted-insert) makes readline take ESC, BEL and CR as text.
-    let parent = type_into_bash(&[
-        b": 'a\x16\x1b]0;x\x16\x07b\x16\rc'",
-        ": '\u{9b}2J\u{202e}' \\\\".as_bytes(),
-        b"exit",
-    ]);
+    let lines: [&[u8]; 3] =
+        [b": 'a\x16\x1b]0;x\x16\x07b\x16\rc'", ": '\u{9b}2J\u{202e}' \\\\".as_bytes(), b"exit"];
+    let parent = type_into_script("bash --norc -i", &[("LC_ALL", "C.UTF-8")], &lines, b"\r");
     let got = capture.stop();
     let text = got.text();
     let mine: Vec<String> = text
@@ -387,62 +349,6 @@ fn shell_hostile_command_line() {
         ["    : 'a\\x1b]0;x\\x07b\\rc'", "    : '\\u{9b}2J\\u{202e}' \\\\\\\\", "    exit"],
         "{text}"
     );
-}
-
-/// MariaDB in a temporary directory (as tests/e2e_sql.rs starts it).
-struct Mariadb {
-    child: Child,
-    dir: tempfile::TempDir,
-}
-
-impl Mariadb {
-    fn start() -> Mariadb {
-        let dir = tempfile::tempdir().unwrap();
-        let data = dir.path().join("data");
-        let status = Command::new("mariadb-install-db")
-            .args(["--no-defaults", "--user=root", "--auth-root-authentication-method=normal"])
-            .arg(format!("--datadir={}", data.display()))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .expect("mariadb-install-db");
-        assert!(status.success());
-        let child = Command::new("mariadbd")
-            .args(["--no-defaults", "--user=root", "--skip-networking"])
-            .arg(format!("--datadir={}", data.display()))
-            .arg(format!("--socket={}", dir.path().join("sock").display()))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting mariadbd");
-        let server = Mariadb { child, dir };
-        for _ in 0..300 {
-            if server.query(b"select 1") {
-                return server;
-            }
-            thread::sleep(Duration::from_millis(100));
-        }
-        panic!("mariadbd did not come up");
-    }
-
-    fn query(&self, sql: &[u8]) -> bool {
-        Command::new("mariadb")
-            .args(["--no-defaults", "-u", "root", "-S"])
-            .arg(self.dir.path().join("sock"))
-            .arg("-e")
-            .arg(OsStr::from_bytes(sql))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    }
-}
-
-impl Drop for Mariadb {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 #[test]

@@ -2,7 +2,9 @@
 //! real TLS peers, and reassembly of captured streams.
 #![allow(dead_code)]
 
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::mpsc;
@@ -464,4 +466,113 @@ pub fn assert_same_bytes(got: &[u8], want: &[u8], what: &str) {
         around(got),
         around(want)
     );
+}
+
+/// `cleartap <args[0]> --format <format> <args[1..]>`, its stdout and
+/// stderr piped: the options go right after the subcommand, since a
+/// trailing filter expression takes every argument after it.
+pub fn spawn_cleartap(args: &[&str], format: &str) -> Child {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cleartap"));
+    cmd.args(&args[..1]).args(["--format", format]).args(&args[1..]);
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("starting cleartap")
+}
+
+/// Reads `from` to its end on a thread of its own, whose join gives the
+/// bytes.
+pub fn read_in_background(mut from: impl Read + Send + 'static) -> thread::JoinHandle<Vec<u8>> {
+    thread::spawn(move || {
+        let mut bytes = Vec::new();
+        from.read_to_end(&mut bytes).unwrap();
+        bytes
+    })
+}
+
+/// Types `lines`, each followed by `enter`, into the interactive shell
+/// command `shell` on a pseudo-terminal (under `script`, with `env` added
+/// to its environment), pausing so the shell prompts between them. Returns
+/// the pid of `script`, the shell's parent: `script` runs its command
+/// through `$SHELL -c`, which may or may not exec it (dash does not), so
+/// the command starts with `exec` to make the shell script's own child.
+pub fn type_into_script(shell: &str, env: &[(&str, &str)], lines: &[&[u8]], enter: &[u8]) -> u32 {
+    let mut script = Command::new("script")
+        .args(["-qfc", &format!("exec {shell}"), "/dev/null"])
+        .env("TERM", "xterm")
+        .envs(env.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("running script(1)");
+    let pid = script.id();
+    let mut stdin = script.stdin.take().unwrap();
+    thread::sleep(Duration::from_millis(700));
+    for line in lines {
+        stdin.write_all(line).unwrap();
+        stdin.write_all(enter).unwrap();
+        thread::sleep(Duration::from_millis(250));
+    }
+    drop(stdin);
+    let status = script.wait().unwrap();
+    assert!(status.success(), "{shell} under script failed: {status}");
+    pid
+}
+
+/// MariaDB (Debian mariadb-server) in a temporary directory, on a Unix
+/// socket only, its root user without a password.
+pub struct Mariadb {
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+impl Mariadb {
+    /// Makes a data directory, starts mariadbd on it and waits until it
+    /// answers (about 30 s at the most).
+    pub fn start() -> Mariadb {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let status = Command::new("mariadb-install-db")
+            .args(["--no-defaults", "--user=root", "--auth-root-authentication-method=normal"])
+            .arg(format!("--datadir={}", data.display()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("mariadb-install-db (Debian mariadb-server)");
+        assert!(status.success());
+        let child = Command::new("mariadbd")
+            .args(["--no-defaults", "--user=root", "--skip-networking"])
+            .arg(format!("--datadir={}", data.display()))
+            .arg(format!("--socket={}", dir.path().join("sock").display()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting mariadbd");
+        let server = Mariadb { child, dir };
+        for _ in 0..300 {
+            if server.query(b"select 1") {
+                return server;
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+        panic!("mariadbd did not come up");
+    }
+
+    /// The `mariadb` client, connected as root.
+    pub fn client(&self) -> Command {
+        let mut cmd = Command::new("mariadb");
+        cmd.args(["--no-defaults", "-u", "root", "-S"]).arg(self.dir.path().join("sock"));
+        cmd
+    }
+
+    /// Whether the client ran `sql` (any bytes) without an error.
+    pub fn query(&self, sql: &[u8]) -> bool {
+        let mut client = self.client();
+        client.arg("-e").arg(OsStr::from_bytes(sql)).stdout(Stdio::null()).stderr(Stdio::null());
+        client.status().is_ok_and(|s| s.success())
+    }
+}
+
+impl Drop for Mariadb {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

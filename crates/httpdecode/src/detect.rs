@@ -8,7 +8,7 @@ use crate::http2::frame;
 use crate::{over_budget_note, Direction};
 
 /// The HTTP/2 client connection preface.
-pub(crate) const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Bytes buffered (both directions) before giving up on finding HTTP.
 const DETECT_LIMIT: usize = 64 * 1024;

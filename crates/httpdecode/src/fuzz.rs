@@ -4,6 +4,7 @@ use std::time::SystemTime;
 
 use crate::body::Body;
 use crate::detect::{Start, PREFACE};
+use crate::wire::{frame, header_frames, int, literal};
 use crate::{http1, http2, Budget, Connection, Direction, Limits, State};
 
 /// Small limits so that fuzzing reaches the truncation paths.
@@ -53,11 +54,11 @@ pub fn fuzz_hpack(data: &[u8]) {
     let mut conn = Connection::with_budget(limits, budget.clone());
     let time = SystemTime::UNIX_EPOCH;
     let mut client = PREFACE.to_vec();
-    client.extend(fuzz_frame(0x4, 0, 0, &[]));
+    client.extend(frame(0x4, 0, 0, &[]));
     let mut out = conn.feed(Direction::Send, &client, time);
     let mut settings = vec![0, 1];
     settings.extend(table.to_be_bytes());
-    out.extend(conn.feed(Direction::Recv, &fuzz_frame(0x4, 0, 0, &settings), time));
+    out.extend(conn.feed(Direction::Recv, &frame(0x4, 0, 0, &settings), time));
     if selector & 8 != 0 {
         conn.gap(Direction::Send);
     }
@@ -66,10 +67,10 @@ pub fn fuzz_hpack(data: &[u8]) {
         let len = usize::from_be_bytes([0, 0, 0, 0, 0, *a, *b, *c]).min(tail.len());
         let (block, next) = tail.split_at(len);
         rest = next;
-        for record in fuzz_header_frames(stream, block).chunks(16384) {
+        for record in header_frames(stream, block, true).chunks(16384) {
             out.extend(conn.feed(Direction::Send, record, time));
         }
-        out.extend(conn.feed(Direction::Recv, &fuzz_header_frames(stream, &[0x88]), time));
+        out.extend(conn.feed(Direction::Recv, &header_frames(stream, &[0x88], true), time));
         stream += 2;
     }
     out.extend(conn.close(time));
@@ -83,57 +84,11 @@ pub fn fuzz_hpack(data: &[u8]) {
     assert_eq!(budget.used(), 0, "charges not given back");
 }
 
-fn fuzz_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
-    f.extend([kind, flags]);
-    f.extend(stream.to_be_bytes());
-    f.extend_from_slice(payload);
-    f
-}
-
-/// HEADERS (END_STREAM) + CONTINUATION frames of at most 16 KiB.
-fn fuzz_header_frames(stream: u32, block: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut chunks = block.chunks(16384).peekable();
-    let mut first = true;
-    if block.is_empty() {
-        return fuzz_frame(0x1, 0x5, stream, &[]);
-    }
-    while let Some(chunk) = chunks.next() {
-        let end_headers = if chunks.peek().is_none() { 0x4 } else { 0 };
-        let (kind, flags) = if first { (0x1, 0x1 | end_headers) } else { (0x9, end_headers) };
-        out.extend(fuzz_frame(kind, flags, stream, chunk));
-        first = false;
-    }
-    out
-}
-
 /// Seed inputs of `fuzz_hpack` (name, bytes): the HPACK amplification
 /// shapes, header blocks of up to 256 KiB that would decode to hundreds of
 /// MB without the header list budget. Fuzz with `-max_len=300000` to keep
 /// them whole (they are 205-266 KB).
 pub fn fuzz_hpack_seeds() -> Vec<(&'static str, Vec<u8>)> {
-    fn int(out: &mut Vec<u8>, first: u8, prefix: u8, mut v: usize) {
-        let max = (1usize << prefix) - 1;
-        if v < max {
-            out.push(first | v as u8);
-            return;
-        }
-        out.push(first | max as u8);
-        v -= max;
-        while v >= 128 {
-            out.push((v % 128) as u8 | 0x80);
-            v /= 128;
-        }
-        out.push(v as u8);
-    }
-    fn literal(out: &mut Vec<u8>, first: u8, name: &str, value: &[u8]) {
-        out.push(first);
-        int(out, 0, 7, name.len());
-        out.extend_from_slice(name.as_bytes());
-        int(out, 0, 7, value.len());
-        out.extend_from_slice(value);
-    }
     fn seed(selector: u8, blocks: &[Vec<u8>]) -> Vec<u8> {
         let mut out = vec![selector];
         for b in blocks {
@@ -196,14 +151,14 @@ pub fn fuzz_http2_seeds() -> Vec<(&'static str, Vec<u8>)> {
         let table: u32 = [4096, 0, 65536, u32::MAX][usize::from(seed[0] & 3)];
         let mut settings = vec![0, 1];
         settings.extend(table.to_be_bytes());
-        let mut client = fuzz_frame(0x4, 0, 0, &[]);
-        let server = fuzz_frame(0x4, 0, 0, &settings);
+        let mut client = frame(0x4, 0, 0, &[]);
+        let server = frame(0x4, 0, 0, &settings);
         let mut server_rest = Vec::new();
         let (mut rest, mut stream) = (&seed[1..], 1u32);
         while let [a, b, c, tail @ ..] = rest {
             let len = usize::from_be_bytes([0, 0, 0, 0, 0, *a, *b, *c]).min(tail.len());
-            client.extend(fuzz_header_frames(stream, &tail[..len]));
-            server_rest.extend(fuzz_header_frames(stream, &[0x88]));
+            client.extend(header_frames(stream, &tail[..len], true));
+            server_rest.extend(header_frames(stream, &[0x88], true));
             rest = &tail[len..];
             stream += 2;
         }

@@ -10,6 +10,7 @@
 
 mod body;
 mod budget;
+mod buffer;
 mod detect;
 mod exchange;
 mod fuzz;
@@ -18,6 +19,8 @@ mod http1;
 mod http2;
 #[cfg(test)]
 mod testutil;
+#[doc(hidden)]
+pub mod wire;
 
 use std::time::SystemTime;
 

@@ -3,6 +3,7 @@
 use std::io::Write;
 use std::time::{Duration, SystemTime};
 
+pub(crate) use crate::wire::{frame, int};
 use crate::{Connection, Direction, Exchange};
 
 pub(crate) fn t(ms: u64) -> SystemTime {
@@ -45,16 +46,6 @@ pub(crate) fn run(conn: &mut Connection, parts: &[(Direction, &[u8])]) -> Vec<Ex
     out
 }
 
-pub(crate) fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let len = payload.len() as u32;
-    let mut f = len.to_be_bytes()[1..].to_vec();
-    f.push(kind);
-    f.push(flags);
-    f.extend_from_slice(&stream.to_be_bytes());
-    f.extend_from_slice(payload);
-    f
-}
-
 /// HPACK encoder of one direction: every new field is a literal with
 /// incremental indexing, repeated fields are indexed, so that later blocks
 /// depend on the dynamic table.
@@ -85,21 +76,6 @@ impl Hpack {
         }
         out
     }
-}
-
-pub(crate) fn int(out: &mut Vec<u8>, first: u8, prefix: u8, mut v: usize) {
-    let max = (1usize << prefix) - 1;
-    if v < max {
-        out.push(first | v as u8);
-        return;
-    }
-    out.push(first | max as u8);
-    v -= max;
-    while v >= 128 {
-        out.push((v % 128) as u8 | 0x80);
-        v /= 128;
-    }
-    out.push(v as u8);
 }
 
 /// gRPC length-prefixed message.

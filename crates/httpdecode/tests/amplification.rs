@@ -10,6 +10,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::SystemTime;
 
+use httpdecode::wire::{frame, header_frames, int, literal, PREFACE};
 use httpdecode::{Budget, Connection, Direction, Exchange, Limits};
 
 struct Counting;
@@ -65,52 +66,6 @@ fn peak_during<T>(f: impl FnOnce() -> T) -> (T, usize) {
     PEAK.store(base, Ordering::Relaxed);
     let out = f();
     (out, PEAK.load(Ordering::Relaxed).saturating_sub(base))
-}
-
-const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
-fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
-    f.extend([kind, flags]);
-    f.extend(stream.to_be_bytes());
-    f.extend_from_slice(payload);
-    f
-}
-
-/// HEADERS (END_STREAM) + CONTINUATION frames of at most 16 KiB.
-fn header_frames(stream: u32, block: &[u8]) -> Vec<u8> {
-    let chunks: Vec<&[u8]> = block.chunks(16384).collect();
-    let mut out = Vec::new();
-    for (i, chunk) in chunks.iter().enumerate() {
-        let end_headers = if i == chunks.len() - 1 { 0x4 } else { 0 };
-        let (kind, flags) = if i == 0 { (0x1, 0x1 | end_headers) } else { (0x9, end_headers) };
-        out.extend(frame(kind, flags, stream, chunk));
-    }
-    out
-}
-
-fn int(out: &mut Vec<u8>, first: u8, prefix: u8, mut v: usize) {
-    let max = (1usize << prefix) - 1;
-    if v < max {
-        out.push(first | v as u8);
-        return;
-    }
-    out.push(first | max as u8);
-    v -= max;
-    while v >= 128 {
-        out.push((v % 128) as u8 | 0x80);
-        v /= 128;
-    }
-    out.push(v as u8);
-}
-
-/// A literal field; `first` 0x40 inserts it in the dynamic table, 0x00 not.
-fn literal(out: &mut Vec<u8>, first: u8, name: &str, value: &[u8]) {
-    out.push(first);
-    int(out, 0, 7, name.len());
-    out.extend_from_slice(name.as_bytes());
-    int(out, 0, 7, value.len());
-    out.extend_from_slice(value);
 }
 
 /// One amplification case: what the client sends before the attack block
@@ -225,21 +180,21 @@ fn run(case: &Case, budget: &Budget) -> (Exchange, Exchange, usize) {
     assert!(feed(&mut c, Direction::Recv, &frame(0x4, 0, 0, &case.server_settings)).is_empty());
     let mut id = 1;
     for block in &case.before {
-        assert!(feed(&mut c, Direction::Send, &header_frames(id, block)).is_empty());
-        let ex = feed(&mut c, Direction::Recv, &header_frames(id, &[0x88]));
+        assert!(feed(&mut c, Direction::Send, &header_frames(id, block, true)).is_empty());
+        let ex = feed(&mut c, Direction::Recv, &header_frames(id, &[0x88], true));
         assert_eq!(ex.len(), 1);
         assert!(ex[0].notes.is_empty(), "{}: {:?}", case.name, ex[0].notes);
         id += 2;
     }
-    let attack = header_frames(id, &case.attack);
-    let response = header_frames(id, &[0x88]);
+    let attack = header_frames(id, &case.attack, true);
+    let response = header_frames(id, &[0x88], true);
     let (mut first, peak) = peak_during(|| {
         let mut out = feed(&mut c, Direction::Send, &attack);
         out.extend(feed(&mut c, Direction::Recv, &response));
         out
     });
-    let mut next = feed(&mut c, Direction::Send, &header_frames(id + 2, &case.next));
-    next.extend(feed(&mut c, Direction::Recv, &header_frames(id + 2, &[0x88])));
+    let mut next = feed(&mut c, Direction::Send, &header_frames(id + 2, &case.next, true));
+    next.extend(feed(&mut c, Direction::Recv, &header_frames(id + 2, &[0x88], true)));
     assert_eq!((first.len(), next.len()), (1, 1), "{}", case.name);
     (first.remove(0), next.remove(0), peak)
 }

@@ -3,6 +3,7 @@
 //! a response's framing depends on its request.
 
 use super::{Event, Head, MAX_HEADERS};
+use crate::buffer;
 use crate::detect::{h1_message_start, Cand};
 use crate::exchange::header;
 
@@ -10,8 +11,6 @@ use crate::exchange::header;
 const MAX_HEAD: usize = 64 * 1024;
 /// Longest chunk-size line.
 const MAX_CHUNK_LINE: usize = 4096;
-/// Buffer capacity kept between chunks when the buffered bytes need less.
-const KEEP_CAPACITY: usize = 64 * 1024;
 
 /// How the body after a head is delimited.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -129,19 +128,13 @@ impl Reader {
     /// Between chunks: drops the bytes already decoded and memory the rest
     /// does not need; returns the bytes the buffer holds on to.
     pub(crate) fn settle(&mut self) -> usize {
-        self.buf.drain(..self.pos);
-        self.pos = 0;
-        if self.buf.capacity() > KEEP_CAPACITY.max(2 * self.buf.len()) {
-            self.buf.shrink_to(KEEP_CAPACITY.max(self.buf.len()));
-        }
-        self.buf.capacity()
+        buffer::settle(&mut self.buf, &mut self.pos)
     }
 
     /// Gives back the memory the buffered bytes do not need; returns the
     /// bytes the buffer still holds on to.
     pub(crate) fn shrink(&mut self) -> usize {
-        self.buf.shrink_to_fit();
-        self.buf.capacity()
+        buffer::shrink(&mut self.buf)
     }
 
     /// Drops the buffered bytes and their memory (after `gap`).

@@ -199,7 +199,7 @@ fn clamp_size_updates(block: &[u8], announced: usize, cap: usize) -> Cow<'_, [u8
 }
 
 /// HPACK integer (RFC 7541 section 5.1) after the bits of `first`.
-fn encode_int(out: &mut Vec<u8>, first: u8, prefix: u8, mut v: usize) {
+pub fn encode_int(out: &mut Vec<u8>, first: u8, prefix: u8, mut v: usize) {
     let max = (1usize << prefix) - 1;
     if v < max {
         out.push(first | v as u8);

@@ -2,6 +2,7 @@
 
 pub(crate) mod frame;
 mod hpack;
+pub use hpack::encode_int;
 #[cfg(test)]
 pub(crate) use hpack::STATIC_TABLE;
 mod reader;

@@ -2,14 +2,13 @@
 //! are passed on as they arrive so that large frames are never buffered.
 
 use super::frame::{self, FrameHeader, DATA, END_STREAM, PADDED};
+use crate::buffer;
 use crate::detect::{h2_sync, Cand, PREFACE};
 
 /// Largest non-DATA payload buffered; bigger ones are skipped.
 const MAX_CONTROL: u32 = 256 * 1024;
 /// Bytes kept while hunting for a frame boundary.
 const MAX_HUNT: usize = 128 * 1024;
-/// Buffer capacity kept between chunks when the buffered bytes need less.
-const KEEP_CAPACITY: usize = 64 * 1024;
 
 pub(crate) enum Item {
     /// A complete non-DATA frame.
@@ -72,19 +71,13 @@ impl FrameReader {
     /// Between chunks: drops the bytes already decoded and memory the rest
     /// does not need; returns the bytes the buffer holds on to.
     pub(crate) fn settle(&mut self) -> usize {
-        self.buf.drain(..self.pos);
-        self.pos = 0;
-        if self.buf.capacity() > KEEP_CAPACITY.max(2 * self.buf.len()) {
-            self.buf.shrink_to(KEEP_CAPACITY.max(self.buf.len()));
-        }
-        self.buf.capacity()
+        buffer::settle(&mut self.buf, &mut self.pos)
     }
 
     /// Gives back the memory the buffered bytes do not need; returns the
     /// bytes the buffer still holds on to.
     pub(crate) fn shrink(&mut self) -> usize {
-        self.buf.shrink_to_fit();
-        self.buf.capacity()
+        buffer::shrink(&mut self.buf)
     }
 
     /// Drops the buffered bytes and their memory (a gap).

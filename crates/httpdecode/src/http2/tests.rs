@@ -1,6 +1,7 @@
 use super::frame::{CONTINUATION, DATA, END_HEADERS, END_STREAM, HEADERS, PADDED, RST_STREAM, SETTINGS};
 use crate::detect::PREFACE;
 use crate::testutil::{frame, grpc_msg, gzip, int, t, Hpack};
+use crate::wire::{header_frames, literal};
 use crate::{Connection, Direction, Exchange, Protocol};
 
 use Direction::{Recv, Send};
@@ -228,31 +229,6 @@ fn server_side_capture() {
 
 // Header lists past their budget (HPACK amplification): bounded, noted, and
 // the dynamic table still in sync for the next exchange.
-
-/// HEADERS + CONTINUATION frames of at most 16 KiB carrying `block`.
-fn header_frames(stream: u32, block: &[u8], end_stream: bool) -> Vec<u8> {
-    let chunks: Vec<&[u8]> = block.chunks(16384).collect();
-    let mut out = Vec::new();
-    for (i, chunk) in chunks.iter().enumerate() {
-        let last = if i == chunks.len() - 1 { END_HEADERS } else { 0 };
-        let (kind, flags) = if i == 0 {
-            (HEADERS, last | if end_stream { END_STREAM } else { 0 })
-        } else {
-            (CONTINUATION, last)
-        };
-        out.extend(frame(kind, flags, stream, chunk));
-    }
-    out
-}
-
-/// A literal field; `first` 0x40 inserts it in the dynamic table, 0x00 not.
-fn literal(out: &mut Vec<u8>, first: u8, name: &str, value: &[u8]) {
-    out.push(first);
-    int(out, 0, 7, name.len());
-    out.extend_from_slice(name.as_bytes());
-    int(out, 0, 7, value.len());
-    out.extend_from_slice(value);
-}
 
 /// `n` (a multiple of 8) '0' characters, Huffman-coded: 5 zero bits each.
 fn huffman_zeros(out: &mut Vec<u8>, n: usize) {
