@@ -170,6 +170,9 @@ impl Stopped {
 enum Link {
     /// `gcc -static`: libssl.a and libcrypto.a inside the executable.
     Static,
+    /// As `Static`, with -DCLAIMS_KEYLOG: OpenSSL's version string linked
+    /// in, and its own key log.
+    StaticKeylog,
     /// Against the system's libssl.so.3.
     Dynamic,
 }
@@ -181,15 +184,18 @@ fn claims_client(link: Link) -> PathBuf {
     let source = support_dir().join("claims_client.c");
     let text = fs::read(&source).unwrap();
     let mut args: Vec<&str> = vec!["-O1", "-Wall", "-Wextra", "-Werror"];
-    if link == Link::Static {
+    if link != Link::Dynamic {
         for archive in ["libssl.a", "libcrypto.a"] {
             let path = Path::new("/usr/lib/x86_64-linux-gnu").join(archive);
             assert!(path.exists(), "{} is missing (libssl-dev): {HINT}", path.display());
         }
         args.push("-static");
     }
+    if link == Link::StaticKeylog {
+        args.push("-DCLAIMS_KEYLOG");
+    }
     let libs: &[&str] = match link {
-        Link::Static => &["-lssl", "-lcrypto", "-ldl", "-lpthread"],
+        Link::Static | Link::StaticKeylog => &["-lssl", "-lcrypto", "-ldl", "-lpthread"],
         Link::Dynamic => &["-lssl", "-lcrypto"],
     };
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
@@ -269,7 +275,7 @@ impl Client {
         let status = self.child.wait().unwrap();
         let stderr = stderr.join().unwrap();
         assert!(status.success(), "claims_client exited with {status}: {stderr}");
-        let fd = stderr.strip_prefix("fd ").and_then(|s| s.strip_suffix('\n')).and_then(|s| s.parse().ok());
+        let fd = stderr.lines().find_map(|l| l.strip_prefix("fd ")).and_then(|s| s.parse().ok());
         Done { response, fd: fd.unwrap_or_else(|| panic!("claims_client's stderr: {stderr:?}")) }
     }
 }
@@ -398,6 +404,61 @@ fn openssl_in_a_static_executable_started_later_is_captured_byte_exact() {
     }
     let _one = exclusive();
     check_static_executable(false);
+}
+
+/// A static executable that links OpenSSL's version string in (by showing
+/// it) gets its secrets read too: they equal its own key log, and the
+/// pcapng decrypts with nothing but the file.
+#[test]
+fn openssl_in_a_static_executable_gives_its_secrets_to_the_key_log_and_pcapng() {
+    if !require_bpf() {
+        return;
+    }
+    let _one = exclusive();
+    let _tshark = tool("tshark");
+    let binary = claims_client(Link::StaticKeylog);
+    let path = binary.to_str().unwrap();
+    let server = TlsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let request = request(&payload(5000, 51), 3000);
+    let request_file = write_request(dir.path(), &request);
+    let own = dir.path().join("own-keys.log");
+    let client = Client::start(
+        Command::new(&binary)
+            .args(["127.0.0.1", &server.port.to_string()])
+            .arg(&request_file)
+            .env("SSLKEYLOGFILE", &own),
+    );
+    let pid = client.pid();
+    let (keys, pcap) = (dir.path().join("keys.log"), dir.path().join("capture.pcapng"));
+    let filter = format!("tcp port {}", server.port);
+    let mut args = vec!["tls", "--format", "json", "--comm", "claims_client"];
+    args.extend(["--keylog", keys.to_str().unwrap(), "-w", pcap.to_str().unwrap(), "-i", "lo"]);
+    args.extend(filter.split(' '));
+    let mut capture = Cleartap::start(&args);
+    capture.wait_attached(path);
+    let Done { response, .. } = client.go();
+    let got = capture.stop_json();
+    got.assert_clean_exit();
+    let version = run(Command::new("openssl").arg("version"), b"");
+    let version = String::from_utf8(version.stdout).unwrap();
+    let version = version.split(' ').nth(1).unwrap(); // libssl-dev's, as libssl.a
+    assert!(
+        got.stderr.contains(&format!("cleartap: attached to {path} (openssl {version}:")),
+        "{}",
+        got.stderr
+    );
+    assert_exchange(&got, &server, |r| r["pid"] == pid, &request, &response);
+
+    let own: BTreeSet<String> = fs::read_to_string(&own).unwrap().lines().map(String::from).collect();
+    assert!(!own.is_empty(), "the client wrote no key log");
+    let captured = fs::read_to_string(&keys).unwrap();
+    let lines: Vec<&str> = captured.lines().collect();
+    assert_eq!(lines.iter().map(|l| l.to_string()).collect::<BTreeSet<_>>(), own);
+    assert_eq!(lines.len(), own.len(), "a secret written twice");
+    let fields = ["http.request.uri", "http.content_length"];
+    assert_eq!(tshark(&pcap, &[], "http", &fields), "/3000\t5000\n\t3000\n");
+    assert_eq!(tshark(&without_secrets(&pcap), &[], "http", &fields), "", "decrypts without its secrets");
 }
 
 // ---------------------------------------------------------------------------

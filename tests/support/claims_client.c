@@ -10,6 +10,10 @@
  * copying the response to stdout. It prints "fd N" on stderr, N being the
  * socket's descriptor. Exits 0 on success; on any error prints a
  * message on stderr and exits 1 (2 for bad arguments).
+ *
+ * Built with -DCLAIMS_KEYLOG, it also prints OpenSSL's version on stderr
+ * first (which links the "OpenSSL x.y.z" string in, as any program showing
+ * its version does) and appends its own key log lines to $SSLKEYLOGFILE.
  */
 #define _POSIX_C_SOURCE 200112L
 #include <netdb.h>
@@ -29,6 +33,19 @@ static void fail(const char *what)
     ERR_print_errors_fp(stderr);
     exit(1);
 }
+
+#ifdef CLAIMS_KEYLOG
+static const char *keylog_path;
+
+static void keylog(const SSL *ssl, const char *line)
+{
+    FILE *f = fopen(keylog_path, "a");
+
+    (void)ssl;
+    if (f == NULL || fprintf(f, "%s\n", line) < 0 || fclose(f) != 0)
+        fail("writing the key log");
+}
+#endif
 
 static int connect_tcp(const char *host, const char *port)
 {
@@ -111,6 +128,12 @@ int main(int argc, char **argv)
     if (ctx == NULL)
         fail("SSL_CTX_new");
     SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
+#ifdef CLAIMS_KEYLOG
+    fprintf(stderr, "%s\n", OpenSSL_version(OPENSSL_VERSION));
+    keylog_path = getenv("SSLKEYLOGFILE");
+    if (keylog_path != NULL)
+        SSL_CTX_set_keylog_callback(ctx, keylog);
+#endif
 #ifdef SSL_OP_IGNORE_UNEXPECTED_EOF
     /* The test server closes without a close_notify. */
     SSL_CTX_set_options(ctx, SSL_OP_IGNORE_UNEXPECTED_EOF);
