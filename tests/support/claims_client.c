@@ -1,0 +1,165 @@
+/*
+ * claims_client HOST PORT REQUEST_FILE
+ *
+ * A TLS client whose every byte the test owns, built by tests/e2e_claims.rs
+ * statically (OpenSSL linked into the executable), dynamically, and inside a
+ * container root. It reads REQUEST_FILE, prints "waiting" on stdout and
+ * waits for a line on stdin (so the test can make sure cleartap is attached
+ * first), then connects to HOST:PORT (certificate verification off), sends
+ * the whole request in one SSL_write, and SSL_reads until the server closes,
+ * copying the response to stdout. It prints "fd N" on stderr, N being the
+ * socket's descriptor. Exits 0 on success; on any error prints a
+ * message on stderr and exits 1 (2 for bad arguments).
+ *
+ * Built with -DCLAIMS_KEYLOG, it also prints OpenSSL's version on stderr
+ * first (which links the "OpenSSL x.y.z" string in, as any program showing
+ * its version does) and appends its own key log lines to $SSLKEYLOGFILE.
+ */
+#define _POSIX_C_SOURCE 200112L
+#include <netdb.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+
+static void fail(const char *what)
+{
+    fprintf(stderr, "claims_client: %s failed\n", what);
+    ERR_print_errors_fp(stderr);
+    exit(1);
+}
+
+#ifdef CLAIMS_KEYLOG
+static const char *keylog_path;
+
+static void keylog(const SSL *ssl, const char *line)
+{
+    FILE *f = fopen(keylog_path, "a");
+
+    (void)ssl;
+    if (f == NULL || fprintf(f, "%s\n", line) < 0 || fclose(f) != 0)
+        fail("writing the key log");
+}
+#endif
+
+static int connect_tcp(const char *host, const char *port)
+{
+    struct addrinfo hints, *res, *ai;
+    int fd = -1, rc;
+
+    memset(&hints, 0, sizeof(hints));
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_NUMERICHOST | AI_NUMERICSERV;
+    rc = getaddrinfo(host, port, &hints, &res);
+    if (rc != 0) {
+        fprintf(stderr, "claims_client: %s:%s: %s\n", host, port, gai_strerror(rc));
+        exit(1);
+    }
+    for (ai = res; ai != NULL; ai = ai->ai_next) {
+        fd = socket(ai->ai_family, ai->ai_socktype, ai->ai_protocol);
+        if (fd >= 0 && connect(fd, ai->ai_addr, ai->ai_addrlen) == 0)
+            break;
+        if (fd >= 0)
+            close(fd);
+        fd = -1;
+    }
+    freeaddrinfo(res);
+    if (fd < 0)
+        fail("connect");
+    return fd;
+}
+
+static char *read_file(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    char *buf = NULL;
+    size_t cap = 0, n;
+
+    if (f == NULL)
+        fail("opening the request file");
+    *len = 0;
+    for (;;) {
+        if (*len == cap) {
+            cap = cap ? cap * 2 : 65536;
+            buf = realloc(buf, cap);
+            if (buf == NULL)
+                fail("realloc");
+        }
+        n = fread(buf + *len, 1, cap - *len, f);
+        if (n == 0)
+            break;
+        *len += n;
+    }
+    if (ferror(f))
+        fail("reading the request file");
+    fclose(f);
+    return buf;
+}
+
+int main(int argc, char **argv)
+{
+    SSL_CTX *ctx;
+    SSL *ssl;
+    char *request, buf[65536], line[16];
+    size_t request_len;
+    int fd, n;
+
+    if (argc != 4) {
+        fprintf(stderr, "usage: claims_client HOST PORT REQUEST_FILE\n");
+        return 2;
+    }
+    signal(SIGPIPE, SIG_IGN);
+    request = read_file(argv[3], &request_len);
+    if (request_len == 0 || request_len > 0x7fffffff)
+        fail("the request's size");
+
+    printf("waiting\n");
+    fflush(stdout);
+    if (fgets(line, sizeof(line), stdin) == NULL)
+        fail("reading the go-ahead on stdin");
+
+    ctx = SSL_CTX_new(TLS_client_method());
+    if (ctx == NULL)
+        fail("SSL_CTX_new");
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
+#ifdef CLAIMS_KEYLOG
+    fprintf(stderr, "%s\n", OpenSSL_version(OPENSSL_VERSION));
+    keylog_path = getenv("SSLKEYLOGFILE");
+    if (keylog_path != NULL)
+        SSL_CTX_set_keylog_callback(ctx, keylog);
+#endif
+#ifdef SSL_OP_IGNORE_UNEXPECTED_EOF
+    /* The test server closes without a close_notify. */
+    SSL_CTX_set_options(ctx, SSL_OP_IGNORE_UNEXPECTED_EOF);
+#endif
+    fd = connect_tcp(argv[1], argv[2]);
+    /* The descriptor cleartap must name, for the test to compare. */
+    fprintf(stderr, "fd %d\n", fd);
+    ssl = SSL_new(ctx);
+    if (ssl == NULL || SSL_set_fd(ssl, fd) != 1)
+        fail("SSL_new");
+    if (SSL_connect(ssl) != 1)
+        fail("SSL_connect");
+    /* Not SSL_MODE_ENABLE_PARTIAL_WRITE: one call writes everything. */
+    if (SSL_write(ssl, request, (int)request_len) != (int)request_len)
+        fail("SSL_write");
+    while ((n = SSL_read(ssl, buf, sizeof(buf))) > 0) {
+        if (fwrite(buf, 1, (size_t)n, stdout) != (size_t)n)
+            fail("writing the response");
+    }
+    if (SSL_get_error(ssl, n) != SSL_ERROR_ZERO_RETURN && SSL_get_error(ssl, n) != SSL_ERROR_SYSCALL)
+        fail("SSL_read");
+    if (fflush(stdout) != 0)
+        fail("writing the response");
+    SSL_free(ssl);
+    SSL_CTX_free(ctx);
+    close(fd);
+    free(request);
+    return 0;
+}
