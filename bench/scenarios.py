@@ -478,6 +478,7 @@ lib = "{lib}"
 [sinks.nats]
 url = "{url}"
 stream = "CLEARTAP_AGENT_BENCH"
+plaintext = true
 """
 
 METRIC = re.compile(r"^(cleartap_[a-z_]+)(?:\{[^}]*\})? (\d+)$", re.M)
