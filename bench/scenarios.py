@@ -1,7 +1,10 @@
 """The whole-system scenarios of bench/run, beside its per-call table:
 stream, nginx, burst, scale and soak. Each returns a dict that goes into
-the results JSON and prints its own lines. Nothing here asserts: it
-measures and reports, including when a target is missed.
+the results JSON and prints its own lines. No speed is asserted: a missed
+target is measured and reported. What must hold whatever the speed (the
+captured stream is the sent one, captured + lost = moved, every record
+attributed right) goes into the dict's "checks", which bench/run turns
+into its exit status.
 """
 import base64
 import hashlib
@@ -19,7 +22,23 @@ import time
 from empty_probes import EmptyProbes
 
 CONN_TABLE = re.compile(r"connection table: (\d+) entries created, (\d+) evicted")
-SUMMARY = re.compile(r"(\d+) records, (\d+) bytes captured; lost in the kernel: (\d+) records \((\d+) bytes\)")
+SUMMARY = re.compile(r"(\d+) records, (\d+) bytes captured; lost in the kernel: (\d+) records \((\d+) bytes\)"
+                     r"(?:; (\d+) bytes beyond the per-call limit)?")
+
+
+def summary_counts(line):
+    """records, bytes, lost_records, lost_bytes, truncated_bytes from
+    cleartap's summary line; {} when the line is not one."""
+    m = SUMMARY.search(line or "")
+    if not m:
+        return {}
+    names = ["records", "bytes", "lost_records", "lost_bytes", "truncated_bytes"]
+    return {k: int(v or 0) for k, v in zip(names, m.groups())}
+
+
+def check(name, ok, detail):
+    """One correctness check: what must hold whatever the speed."""
+    return {"check": name, "ok": bool(ok), "detail": detail}
 
 
 class Cleartap:
@@ -35,6 +54,7 @@ class Cleartap:
             self.stderr.append(text)
             if text == "ready":
                 self.ready_s = time.monotonic() - self.start_time
+                self.ready_cpu_s = process_cpu_s(self.proc.pid)
                 # Keep reading: a full pipe would block cleartap's warnings.
                 self.reader = threading.Thread(target=self._drain_stderr, daemon=True)
                 self.reader.start()
@@ -78,14 +98,22 @@ class Cleartap:
         self.proc.returncode = 0
         self.reader.join(timeout=10)
         self.out.close()
-        found = [SUMMARY.search(l) for l in self.stderr]
-        found = [m for m in found if m]
-        counts = dict(zip(["records", "bytes", "lost_records", "lost_bytes"],
-                          map(int, found[-1].groups()))) if found else {}
+        found = [summary_counts(l) for l in self.stderr]
+        found = [c for c in found if c]
+        counts = found[-1] if found else {}
         table = [m for m in map(CONN_TABLE.search, self.stderr) if m]
         if table:
             counts["conn_entries"], counts["conn_evicted"] = map(int, table[-1].groups())
-        return {"cpu_s": usage.ru_utime + usage.ru_stime, "rss_kib": usage.ru_maxrss, **counts}
+        cpu = usage.ru_utime + usage.ru_stime
+        # After ready: the consumer's work, without loading and attaching.
+        return {"cpu_s": cpu, "cpu_after_ready_s": cpu - self.ready_cpu_s, "rss_kib": usage.ru_maxrss, **counts}
+
+
+def process_cpu_s(pid):
+    """User + system CPU of a live process, all its threads (clock ticks)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class Floor:
@@ -130,10 +158,16 @@ def under(mode, env, fn, cleartap_args=(), out_name="cleartap.out"):
         return result, None
     elif mode == "cleartap":
         out = os.path.join(env["scratch"], out_name)
-        tracer = Cleartap(env["cleartap"], ["--lib", env["lib"], "--format", "json", *cleartap_args], out)
+        tracer = Cleartap(env["cleartap"], ["--lib", env["lib"], "--format", "json",
+                                            *ring_args(env, cleartap_args), *cleartap_args], out)
     result = fn()
     stats = tracer.stop() if tracer else None
     return result, stats
+
+
+def ring_args(env, args=()):
+    """bench/run's --ringbuf-size, unless the scenario sets its own."""
+    return [] if "--ringbuf-size" in args else env.get("ringbuf_args", [])
 
 
 def ratio(a, b):
@@ -144,39 +178,124 @@ def ratio(a, b):
 
 def stream(env, total):
     """One connection, `total` bytes in 256 KiB SSL_writes: MiB/s under each
-    mode, and the SHA-256 of what cleartap captured against what was sent."""
+    mode; then the checks: the client's captured stream, every hole filled
+    from the sent stream, hashes to the SHA-256 the workload sent (so every
+    captured byte is right and in its place), every hole that a later
+    record of the connection can mark is marked by a gap of exactly its
+    size, and captured + lost = moved (both ends)."""
+    chunk = 256 << 10
     rows = {}
     for mode in ("baseline", "floor", "cleartap"):
         run = lambda: json.loads(subprocess.run(
-            [env["stream"], env["cert"], env["key"], str(total), str(256 << 10)],
+            [env["stream"], env["cert"], env["key"], str(total), str(chunk)],
             check=True, capture_output=True, text=True).stdout)
         # The capture holds a whole 256 KiB call at once many times over.
         result, stats = under(mode, env, run, ["--comm", "tls_stream", "--decode", "raw"], "stream.out")
         rows[mode] = {"mib_s": result["mib_s"], "sha256": result["sha256"], "cleartap": stats}
-    captured = captured_sha256(os.path.join(env["scratch"], "stream.out"), "SSL_write")
-    os.unlink(os.path.join(env["scratch"], "stream.out"))
     c = rows["cleartap"]
-    c["captured_sha256_equal"] = captured == c["sha256"]
+    c["capture"] = rebuild_stream(os.path.join(env["scratch"], "stream.out"), total, chunk)
+    os.unlink(os.path.join(env["scratch"], "stream.out"))
+    got, s = c["capture"], c["cleartap"]
+    c["captured_sha256_equal"] = got["sha256"] == c["sha256"]
+    # Both ends: the client's writes and the server's reads, then the
+    # server's 64-byte digest written and read back.
+    moved = 2 * total + 2 * 64
+    accounted = s.get("bytes", 0) + s.get("lost_bytes", 0) + s.get("truncated_bytes", 0)
+    c["checks"] = [
+        check("stream: captured stream (holes filled from the sent one) has the sent SHA-256",
+              c["captured_sha256_equal"] and got["wrong_records"] == 0,
+              f"{got['sha256']} vs sent {c['sha256']}; {got['records']} records, {got['wrong_records']} "
+              f"with other bytes than sent there, {got['overlaps']} overlapping; {got['hole_bytes']} bytes in "
+              f"{got['holes']} holes"),
+        check("stream: every hole marked by a gap of its size", got["unmarked_holes"] == 0,
+              f"{got['unmarked_holes']} of {got['holes']} holes not marked exactly"
+              + "".join(f"; a {w} hole, which no record can mark, not counted" for w in got["unmarkable_holes"])),
+        check("stream: captured + lost = moved", accounted == moved,
+              f"{s.get('bytes')} captured + {s.get('lost_bytes')} lost + {s.get('truncated_bytes', 0)} "
+              f"truncated = {accounted} vs {moved} moved"),
+    ]
     print(f"\nstream: {total >> 20} MiB over one connection (256 KiB SSL_write calls)")
     print(f"  MiB/s: baseline {rows['baseline']['mib_s']:.0f}, floor {rows['floor']['mib_s']:.0f}, "
           f"cleartap {c['mib_s']:.0f} ({ratio(c['mib_s'], rows['floor']['mib_s'])} of the floor, "
           f"{ratio(c['mib_s'], rows['baseline']['mib_s'])} of the baseline)")
-    s = c["cleartap"]
     print(f"  captured stream SHA-256 {'equals' if c['captured_sha256_equal'] else 'DIFFERS FROM'} the "
-          f"sent one; lost {s.get('lost_records')} records ({s.get('lost_bytes')} bytes); "
+          f"sent one (holes filled: {got['hole_bytes']} bytes in {got['holes']}); lost {s.get('lost_records')} "
+          f"records ({s.get('lost_bytes')} bytes); "
           f"cleartap cpu {s['cpu_s']:.1f} s ({s['cpu_s'] * 1000 / (s.get('bytes', 0) / 2**20 or 1):.1f} ms per "
           f"captured MiB), peak RSS {s['rss_kib'] / 1024:.0f} MiB")
     return rows
 
 
-def captured_sha256(path, function):
+def sent_bytes(call, length):
+    """What tls_stream's write number `call` (from 0) sent: zeros, and
+    every 64th byte (call + its index) mod 256."""
+    data = bytearray(length)
+    marks = (length + 63) // 64
+    start = call & 0xFF
+    data[0::64] = (bytes(range(256)) * (marks // 256 + 2))[start:start + marks]
+    return bytes(data)
+
+
+def rebuild_stream(path, total, chunk):
+    """The client's stream as captured: its SSL_write records placed by
+    call_seq (from 1) and offset, holes filled from the sent bytes.
+    Returns the SHA-256, how many records carry other bytes than were sent
+    at their place, the holes, and how many holes a gap does not mark
+    with exactly their size."""
     digest = hashlib.sha256()
+    pos = holes = hole_bytes = wrong = overlaps = unmarked = records = 0
+    conn = None
+    trailing_gap = None
+    unmarkable = []
+
+    def fill(upto):
+        nonlocal pos
+        while pos < upto:
+            call, offset = divmod(pos, chunk)
+            n = min(upto - pos, chunk - offset)
+            digest.update(sent_bytes(call, offset + n)[offset:])
+            pos += n
+
     with open(path, "rb") as f:
         for line in f:
             r = json.loads(line)
-            if r.get("event") == "tls" and r["function"] == function:
-                digest.update(base64.b64decode(r["data_b64"]))
-    return digest.hexdigest()
+            if r.get("event") != "tls":
+                continue
+            if r["function"] != "SSL_write":
+                if conn == (r["pid"], r["conn"]) and r.get("gap"):
+                    trailing_gap = r["gap"]  # the client's digest read, after the last write
+                continue
+            conn = (r["pid"], r["conn"])
+            records += 1
+            data = base64.b64decode(r["data_b64"])
+            at = (r["call_seq"] - 1) * chunk + r["offset"]
+            if at < pos:
+                overlaps += 1
+                continue
+            if at > pos:
+                gap = r.get("gap") or {}
+                marked = gap.get("calls_lost", 0) * chunk + gap.get("bytes_lost", 0)
+                holes, hole_bytes = holes + 1, hole_bytes + at - pos
+                if records == 1 and not gap:
+                    unmarkable.append("leading")  # no earlier record of the connection to compare with
+                else:
+                    unmarked += marked != at - pos
+                fill(at)
+            call, offset = divmod(at, chunk)
+            wrong += data != sent_bytes(call, offset + len(data))[offset:]
+            digest.update(data)
+            pos += len(data)
+    if pos < total:
+        marked = (trailing_gap or {}).get("calls_lost", 0) * chunk + (trailing_gap or {}).get("bytes_lost", 0)
+        holes, hole_bytes = holes + 1, hole_bytes + total - pos
+        if trailing_gap is None:
+            unmarkable.append("trailing")  # nothing after it on the connection to carry a gap
+        else:
+            unmarked += marked != total - pos
+        fill(total)
+    return {"sha256": digest.hexdigest(), "records": records, "wrong_records": wrong, "overlaps": overlaps,
+            "holes": holes, "hole_bytes": hole_bytes, "unmarked_holes": unmarked,
+            "unmarkable_holes": unmarkable}
 
 
 # --- nginx ---------------------------------------------------------------
@@ -281,17 +400,26 @@ def burst(env, iterations):
         (outs, seconds), stats = under("cleartap", env, run, ["--comm", "tls_pair", *args], "burst.out")
         moved = sum(o["plaintext_bytes"] for o in outs)
         gaps = count_gaps(os.path.join(env["scratch"], "burst.out"))
-        results[name] = {"seconds": seconds, "plaintext_bytes": moved, "gap_records": gaps, "cleartap": stats}
+        results[name] = {"seconds": seconds, "plaintext_bytes": moved, "gap_records": gaps, "cleartap": stats,
+                         "ringbuf_size": args[1] if args else (ring_args(env)[1:] or ["default"])[0]}
     os.unlink(os.path.join(env["scratch"], "burst.out"))
     print("\nburst: 4 x tls_pair at once, all captured")
+    checks = []
     for name, r in results.items():
         s = r["cleartap"]
-        exact = s.get("bytes", 0) + s.get("lost_bytes", 0) == r["plaintext_bytes"]
+        accounted = s.get("bytes", 0) + s.get("lost_bytes", 0) + s.get("truncated_bytes", 0)
+        exact = accounted == r["plaintext_bytes"]
+        checks.append(check(f"burst, {name}: captured + lost = moved", exact,
+                            f"{s.get('bytes')} captured + {s.get('lost_bytes')} lost + "
+                            f"{s.get('truncated_bytes', 0)} truncated = {accounted} vs {r['plaintext_bytes']} moved"))
+        checks.append(check(f"burst, {name}: losses are marked", not s.get("lost_records") or r["gap_records"] > 0,
+                            f"{s.get('lost_records')} records lost, {r['gap_records']} records carry a gap"))
         print(f"  {name}: {s.get('records', 0) / r['seconds']:,.0f} records/s; lost {s.get('lost_records')} "
               f"records ({s.get('lost_bytes')} bytes); captured + lost = moved: "
               f"{'exact' if exact else 'NOT EXACT'} ({s.get('bytes')} + {s.get('lost_bytes')} vs "
               f"{r['plaintext_bytes']}); records marking a gap: {r['gap_records']}; cleartap cpu "
               f"{s['cpu_s'] * 1e6 / max(s.get('records', 0), 1):.1f} us per record")
+    results["checks"] = checks
     return results
 
 
@@ -312,10 +440,13 @@ conns = [ctx.wrap_socket(socket.create_connection(("127.0.0.1", port))) for _ in
 print("open", flush=True)
 sys.stdin.readline()
 end = time.monotonic() + seconds
+sent = 0
 while time.monotonic() < end:
     for c in conns:
         c.sendall(b"who: pid=%d port=%d\n" % (os.getpid(), c.getsockname()[1]))
+        sent += 1
     time.sleep(0.2)
+print(sent, flush=True)
 """
 
 SCALE_SERVER = r"""
@@ -361,25 +492,35 @@ def scale(env, processes=20, per_process=50, seconds=5):
     for c in clients:
         c.stdout.readline()
     out = os.path.join(env["scratch"], "scale.out")
-    args = ["--comm", "python3", "--format", "json", "--decode", "raw", "--max-connections", "1024"]
+    args = ["--comm", "python3", "--format", "json", "--decode", "raw", "--max-connections", "1024",
+            *ring_args(env)]
     tracer = Cleartap(env["cleartap"], args, out)
     map_kib = cleartap_map_memory(tracer.proc.pid)
     for c in clients:
         c.stdin.write("go\n")
         c.stdin.flush()
-    for c in clients:
-        c.wait()
+    sent = sum(int(c.communicate()[0]) for c in clients)
     stats = tracer.stop()
     server.kill()
     server.wait()
     right, wrong = attribution(out)
     os.unlink(out)
+    lost = stats.get("lost_records", 0)
+    checks = [
+        check("scale: no record attributed to another pid or port", wrong == 0,
+              f"{wrong} wrong, {right} right"),
+        # Each message is one SSL_write, so one record; with nothing lost,
+        # every one must be there.
+        check("scale: every message sent is captured and attributed right", right == sent if not lost else right > 0,
+              f"{right} right of {sent} sent" + (f" ({lost} records lost in the kernel)" if lost else "")),
+    ]
     print(f"\nscale: {processes} processes x {per_process} TLS connections open before start")
     print(f"  start to ready: {tracer.ready_s:.2f} s; records attributed right: {right}, wrong: {wrong}; "
           f"kernel memory of cleartap's maps: {map_kib / 1024:.1f} MiB; connection map (1,024 entries): "
           f"{stats.get('conn_entries')} created, {stats.get('conn_evicted')} evicted; lost "
           f"{stats.get('lost_records')} records; peak RSS {stats['rss_kib'] / 1024:.0f} MiB")
-    return {"ready_s": tracer.ready_s, "right": right, "wrong": wrong, "map_kib": map_kib, "cleartap": stats}
+    return {"ready_s": tracer.ready_s, "right": right, "wrong": wrong, "sent": sent, "map_kib": map_kib,
+            "cleartap": stats, "checks": checks}
 
 
 def attribution(path):
@@ -418,7 +559,7 @@ def soak(env, seconds):
     """The nginx 1 KiB scenario under full capture for `seconds`: RSS and
     open fds at start and end, losses."""
     proc, port = start_nginx(env)
-    tracer = Cleartap(env["cleartap"], ["--lib", env["lib"], "--format", "json"], "/dev/null")
+    tracer = Cleartap(env["cleartap"], ["--lib", env["lib"], "--format", "json", *ring_args(env)], "/dev/null")
     try:
         wrk(port, 1024, 10)
         start = {"rss_kib": tracer.rss_kib(), "fds": tracer.open_fds(), "fd_kinds": tracer.fd_kinds(),
@@ -462,9 +603,7 @@ class NatsServer:
         sys.exit("bench: nats-server did not listen (scripts/install-deps --test installs it)")
 
     def cpu_s(self):
-        with open(f"/proc/{self.proc.pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return process_cpu_s(self.proc.pid)
 
     def stop(self):
         self.proc.terminate()

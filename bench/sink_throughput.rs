@@ -29,7 +29,6 @@ fn main() -> Result<()> {
     };
     let (count, size): (u64, usize) = (count.parse()?, size.parse()?);
     let config: NatsSink = toml::from_str(&format!(
-        // The bench's broker is local and plaintext (TLS is the default).
         "url = {url:?}\nstream = \"CLEARTAP_BENCH\"\nsubject_prefix = \"cleartap-bench\"\nplaintext = true"
     ))?;
     let mut sink = NatsPublisher::start(&config, "bench", Path::new(spool), 16 << 30)?;
