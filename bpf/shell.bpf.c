@@ -39,7 +39,7 @@ struct prompt {
 	__u8 status_valid;
 	__u8 continuation;
 	__u8 shell;
-	__u8 _pad;
+	__u8 done; /* its line was reported (the slot stays, marked) */
 };
 
 struct {
@@ -133,8 +133,12 @@ static __always_inline int on_line(struct pt_regs *ctx)
 			stat_add(CT_STAT_LOST_RECORDS, 1);
 		return 0;
 	}
+	/* A second return for one prompt (the same file probed twice under two
+	 * identities, as a 9p root can present it) is not a lost line. */
+	if (p->done)
+		return 0;
 	struct prompt seen = *p;
-	bpf_map_delete_elem(&prompts, &tid);
+	p->done = 1;
 	if (!line) /* end of input */
 		return 0;
 	struct ct_shell_line *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
