@@ -2,10 +2,7 @@
 
 mod support;
 
-use std::io::Write;
 use std::process::{Command, Stdio};
-use std::thread;
-use std::time::Duration;
 
 use base64::Engine;
 use serde_json::Value;
@@ -17,24 +14,8 @@ use support::*;
 /// `$SHELL -c`, which may or may not exec it (dash does not), so the
 /// command starts with `exec` to make the shell script's own child.
 fn type_into(shell: &[&str], lines: &[&str]) -> u32 {
-    let mut script = Command::new("script")
-        .args(["-qfc", &format!("exec {}", shell.join(" ")), "/dev/null"])
-        .env("TERM", "xterm")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("running script(1)");
-    let pid = script.id();
-    let mut stdin = script.stdin.take().unwrap();
-    thread::sleep(Duration::from_millis(700));
-    for line in lines {
-        writeln!(stdin, "{line}").unwrap();
-        thread::sleep(Duration::from_millis(250));
-    }
-    drop(stdin);
-    let status = script.wait().unwrap();
-    assert!(status.success(), "{shell:?} under script failed: {status}");
-    pid
+    let lines: Vec<&[u8]> = lines.iter().map(|l| l.as_bytes()).collect();
+    type_into_script(&shell.join(" "), &[], &lines, b"\n")
 }
 
 fn commands_of(got: &Captured, parent: u32) -> Vec<(String, Value)> {

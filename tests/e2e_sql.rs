@@ -4,7 +4,7 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::thread;
 use std::time::Duration;
 
@@ -20,63 +20,6 @@ fn wait_until(what: &str, ready: impl Fn() -> bool) {
         thread::sleep(Duration::from_millis(100));
     }
     panic!("{what} did not come up");
-}
-
-struct Mariadb {
-    child: Child,
-    dir: tempfile::TempDir,
-}
-
-impl Mariadb {
-    fn start() -> Mariadb {
-        let dir = tempfile::tempdir().unwrap();
-        let data = dir.path().join("data");
-        let status = Command::new("mariadb-install-db")
-            .args(["--no-defaults", "--user=root", "--auth-root-authentication-method=normal"])
-            .arg(format!("--datadir={}", data.display()))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .expect("mariadb-install-db (Debian mariadb-server)");
-        assert!(status.success());
-        let child = Command::new("mariadbd")
-            .args(["--no-defaults", "--user=root", "--skip-networking"])
-            .arg(format!("--datadir={}", data.display()))
-            .arg(format!("--socket={}", dir.path().join("sock").display()))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting mariadbd");
-        let server = Mariadb { child, dir };
-        wait_until("mariadbd", || {
-            server.client().arg("-e").arg("select 1").output().is_ok_and(|o| o.status.success())
-        });
-        server
-    }
-
-    fn client(&self) -> Command {
-        let mut cmd = Command::new("mariadb");
-        cmd.args(["--no-defaults", "-u", "root", "-S"]).arg(self.dir.path().join("sock"));
-        cmd
-    }
-
-    fn query(&self, sql: &str) -> bool {
-        self.client()
-            .arg("-e")
-            .arg(sql)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .unwrap()
-            .success()
-    }
-}
-
-impl Drop for Mariadb {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn queries(got: &Captured) -> Vec<&Value> {
@@ -95,10 +38,10 @@ fn mariadb_queries_with_status_duration_and_long_text() {
     let _one = exclusive();
     let server = Mariadb::start();
     let capture = Capture::start(&["mysql"]);
-    assert!(server.query("select 'marker one'"));
-    assert!(!server.query("select * from no_such_table_here"));
+    assert!(server.query(b"select 'marker one'"));
+    assert!(!server.query(b"select * from no_such_table_here"));
     let long = format!("select '{}' as long_one", "y".repeat(5000));
-    assert!(server.query(&long));
+    assert!(server.query(long.as_bytes()));
     let got = capture.stop();
     got.assert_clean_exit();
     for (text, success) in
@@ -131,7 +74,7 @@ fn mariadb_concurrent_sessions_never_mix() {
         .unwrap();
     thread::sleep(Duration::from_millis(300));
     for i in 0..5 {
-        assert!(server.query(&format!("select {i}, 'quick session'")));
+        assert!(server.query(format!("select {i}, 'quick session'").as_bytes()));
     }
     assert!(slow.wait().unwrap().success());
     let got = capture.stop();

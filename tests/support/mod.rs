@@ -65,9 +65,17 @@ impl Capture {
     pub fn start(args: &[&str]) -> Capture {
         // Right after the subcommand: a trailing filter expression takes
         // every argument after it.
+        // tests/vm/guest.sh: a larger ring under software emulation.
+        let ring: Vec<String> = match std::env::var("CLEARTAP_TEST_RINGBUF_SIZE") {
+            Ok(size) if !args.contains(&"--ringbuf-size") && !["tail", "agent"].contains(&args[0]) => {
+                vec!["--ringbuf-size".into(), size]
+            }
+            _ => Vec::new(),
+        };
         let mut child = Command::new(env!("CARGO_BIN_EXE_cleartap"))
             .args(&args[..1])
             .args(["--format", "json"])
+            .args(&ring)
             .args(&args[1..])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
