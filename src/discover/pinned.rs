@@ -307,9 +307,13 @@ impl<'a> ReadRef<'a> for Data<'a> {
     }
 
     fn read_bytes_at_until(self, range: Range<u64>, delimiter: u8) -> Result<&'a [u8], ()> {
-        // The cache reads at most 4 KiB looking for the delimiter.
-        self.charge(4096)?;
-        self.cache.read_bytes_at_until(range, delimiter)
+        // A string (a symbol's name): the cache reads at most 4 KiB looking
+        // for the delimiter and keeps what it found, charged here. Charging
+        // 4 KiB each would exhaust the budget on a symbol table of 100,000
+        // short names.
+        let found = self.cache.read_bytes_at_until(range, delimiter)?;
+        self.charge(found.len() as u64 + 64)?;
+        Ok(found)
     }
 }
 
