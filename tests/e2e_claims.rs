@@ -61,12 +61,7 @@ impl Cleartap {
             .stderr(Stdio::piped())
             .spawn()
             .expect("starting cleartap");
-        let mut out = child.stdout.take().unwrap();
-        let stdout = thread::spawn(move || {
-            let mut v = Vec::new();
-            out.read_to_end(&mut v).unwrap();
-            v
-        });
+        let stdout = read_in_background(child.stdout.take().unwrap());
         let (tx, rx) = mpsc::channel();
         let err = child.stderr.take().unwrap();
         let stderr_reader = thread::spawn(move || {
