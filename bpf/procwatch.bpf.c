@@ -96,6 +96,14 @@ int sys_enter_openat(struct trace_event_raw_sys_enter *ctx)
 	struct name_buf *buf = bpf_map_lookup_elem(&scratch, &zero);
 	if (!buf || !watch_mask)
 		return 0;
+	/* Opened for writing (O_WRONLY or O_RDWR): a file being copied or
+	 * installed, not a library being loaded. Parsed now it could be half
+	 * written, and then its inode would count as seen; the loader's own
+	 * open (read-only) reports it once it is whole. */
+	__u64 flags = 0;
+	bpf_probe_read_kernel(&flags, sizeof(flags), &ctx->args[2]);
+	if (flags & 3)
+		return 0;
 	const char *user_path = NULL;
 	bpf_probe_read_kernel(&user_path, sizeof(user_path), &ctx->args[1]);
 	long len = bpf_probe_read_user_str(buf->path, sizeof(buf->path), user_path);

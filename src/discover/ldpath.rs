@@ -64,6 +64,16 @@ pub fn locate(
     None
 }
 
+/// The directories this host's loader searches, in its order: those of
+/// `/etc/ld.so.conf.d`, then the defaults.
+pub fn host_dirs() -> Vec<String> {
+    let mut dirs = conf_dirs(None, Path::new("/etc/ld.so.conf.d"));
+    dirs.extend(DEFAULT_DIRS.iter().map(|d| d.to_string()));
+    let mut seen = std::collections::HashSet::new();
+    dirs.retain(|d| seen.insert(d.clone()));
+    dirs
+}
+
 fn mapped(pid: u32, name: &str) -> Option<FoundLibrary> {
     let mapping = procs::mappings(pid).into_iter().find(|m| m.path.rsplit('/').next() == Some(name))?;
     let (path, id) = procs::reachable(procs::host_path(pid, &mapping.path), Some(&mapping.path))?;

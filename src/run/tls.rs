@@ -83,8 +83,9 @@ pub fn capture(args: &TlsArgs, dest: Destination) -> Result<()> {
         targets.push(attacher.attach_go_binary(path)?);
     }
     targets.extend(attacher.scan_host());
+    targets.extend(attacher.scan_library_dirs());
     if targets.is_empty() {
-        eprintln!("cleartap: no TLS library in use yet; watching for processes that start");
+        eprintln!("cleartap: no TLS library found yet; watching for processes that start");
     }
     let mut handler = TlsHandler {
         enricher: Enricher::new(LibraryResolver::new(Vec::new())),

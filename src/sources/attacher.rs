@@ -14,6 +14,7 @@ use libbpf_rs::Link;
 use super::tls::TlsProbes;
 use super::{gotls, openssl, wanted_symbols, TlsSource, TlsTarget};
 use crate::discover::elf::Symbols;
+use crate::discover::ldpath;
 use crate::discover::pinned::PinnedFile;
 use crate::discover::procs::{self, Executable, FileId};
 
@@ -173,6 +174,57 @@ impl<'p, 'obj> Attacher<'p, 'obj> {
             .filter(|&pid| pid != std::process::id())
             .flat_map(|pid| self.scan_process(pid))
             .collect()
+    }
+
+    /// The TLS libraries in this host's library directories, probed before
+    /// any process maps them. A uprobe on a file covers every later mapping
+    /// of it, so the first TLS call of a program that loads one is seen;
+    /// attaching when the open is reported races with that call (a program
+    /// can finish a handshake in the few ms the attach takes). Libraries in
+    /// other mount namespaces and outside these directories are still found
+    /// when a process opens them, with that race.
+    pub fn scan_library_dirs(&mut self) -> Vec<TlsTarget> {
+        let mut found = Vec::new();
+        for dir in ldpath::host_dirs() {
+            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+            // Regular files before symbolic links, so that a library is
+            // known by its own name (as processes' maps name it), not by
+            // the development link `libssl.so`.
+            let mut names: Vec<(bool, String)> = entries
+                .flatten()
+                .filter_map(|e| {
+                    let name = e.file_name().into_string().ok()?;
+                    let is_link = e.file_type().ok()?.is_symlink();
+                    Some((is_link, name))
+                })
+                .filter(|(_, name)| self.sources.iter().any(|s| s.is_library_path(name)))
+                .collect();
+            names.sort();
+            for (_, name) in names {
+                found.extend(self.consider_host_library(&format!("{}/{name}", dir.trim_end_matches('/'))));
+            }
+        }
+        found
+    }
+
+    /// A library file on this host found by its directory, not by a process.
+    fn consider_host_library(&mut self, path: &str) -> Option<TlsTarget> {
+        let source = *self.sources.iter().find(|s| s.is_library_path(path))?;
+        let file = PinnedFile::open_beneath(Path::new("/"), path).ok()?;
+        self.unseen(file.id())?;
+        // Named as the kernel names the open file (symbolic links in the
+        // directories resolved), which is how processes' maps name it.
+        let display_path = std::fs::read_link(file.proc_path())
+            .ok()
+            .and_then(|p| p.into_os_string().into_string().ok())
+            .unwrap_or_else(|| path.to_string());
+        match TlsTarget::resolve(Rc::new(file), Path::new(&display_path), source) {
+            Ok(target) => self.attach_discovered(TlsTarget { display_path, ..target }),
+            Err(e) => {
+                crate::eprintln_escaped!("cleartap: warning: skipping {path}: {e:#}");
+                None
+            }
+        }
     }
 
     /// A process that just exec'd `exe_path`: its executable (its libraries
