@@ -96,7 +96,7 @@ impl<W: Write> Output for JsonOutput<W> {
         // base64 character for escaping (a third of the consumer's CPU on a
         // stream); the base64 alphabet never needs any, so it goes in as is.
         self.head.clear();
-        serde_json::to_writer(&mut self.head, &json)?;
+        to_writer(&mut self.head, &json)?;
         self.head.pop(); // the closing brace
         self.out.write_all(&self.head)?;
         self.out.write_all(b",\"data_b64\":\"")?;
@@ -291,8 +291,39 @@ impl<W: Write> JsonOutput<W> {
 }
 
 fn write_line(out: &mut impl Write, value: &impl Serialize) -> io::Result<()> {
-    serde_json::to_writer(&mut *out, value)?;
+    to_writer(&mut *out, value)?;
     out.write_all(b"\n")
+}
+
+/// Compact JSON, with DEL and the C1 controls escaped too.
+fn to_writer(out: &mut impl Write, value: &impl Serialize) -> serde_json::Result<()> {
+    value.serialize(&mut serde_json::Serializer::with_formatter(out, TerminalSafe))
+}
+
+/// serde_json's compact format, except that DEL and the C1 controls
+/// (U+007F-U+009F) are written as `\u` escapes. JSON allows them raw, but
+/// the lines are also read by people (`tail -f`, `less`), and a terminal
+/// acts on them (U+009B is CSI): they come from `comm`, paths, headers and
+/// SQL, which any process on the host chooses. C0 controls, quotes and
+/// backslashes serde_json escapes already.
+struct TerminalSafe;
+
+impl serde_json::ser::Formatter for TerminalSafe {
+    fn write_string_fragment<W: ?Sized + Write>(&mut self, out: &mut W, fragment: &str) -> io::Result<()> {
+        // DEL is the byte 0x7f; C1 characters are 0xc2 0x80..=0x9f in UTF-8.
+        if !fragment.bytes().any(|b| b == 0x7f || b == 0xc2) {
+            return out.write_all(fragment.as_bytes());
+        }
+        let mut start = 0;
+        for (i, c) in fragment.char_indices() {
+            if ('\u{7f}'..='\u{9f}').contains(&c) {
+                out.write_all(&fragment.as_bytes()[start..i])?;
+                write!(out, "\\u{:04x}", c as u32)?;
+                start = i + c.len_utf8();
+            }
+        }
+        out.write_all(&fragment.as_bytes()[start..])
+    }
 }
 
 fn exact_if_not_utf8(bytes: &[u8]) -> Option<String> {
@@ -394,5 +425,19 @@ mod tests {
             assert_eq!(v["comm"], "a \"quoted\"\ncomm");
         }
         assert!(tls_line(b"y", None).get("gap").is_none());
+    }
+
+    /// What a terminal would act on never reaches the line raw, and the
+    /// value reads back the same.
+    #[test]
+    fn del_and_c1_controls_are_escaped() {
+        let hostile = "a\u{7f}b\u{9b}31mc\u{85}\u{a0}\u{e9}\x1b]0;x\x07";
+        let mut out = Vec::new();
+        write_line(&mut out, &serde_json::json!({ "comm": hostile })).unwrap();
+        let line = String::from_utf8(out).unwrap();
+        assert_eq!(line, "{\"comm\":\"a\\u007fb\\u009b31mc\\u0085\u{a0}\u{e9}\\u001b]0;x\\u0007\"}\n");
+        assert!(!line.chars().any(|c| c.is_control() && c != '\n'), "{line:?}");
+        let back: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(back["comm"], hostile);
     }
 }
