@@ -100,12 +100,22 @@ static __always_inline int on_entry(struct pt_regs *ctx, __u64 len_ptr, bool wit
 }
 
 /* The call in progress on this thread, now ended: its slot is marked done
- * so that a return whose entry was filtered out finds nothing. */
+ * so that a return whose entry was filtered out finds nothing. A wanted
+ * thread with no slot at all lost it to the LRU (more threads with calls
+ * than the table holds): that call is not captured, and is counted so the
+ * loss is said. (A call already running when its file is attached makes
+ * no return event at all: a uretprobe takes hold at the entry, and the
+ * entry probe is attached first.) */
 static __always_inline bool end_call(struct active_call *out)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	struct active_call *found = bpf_map_lookup_elem(&active_calls, &id);
-	if (!found || !found->handle)
+	if (!found) {
+		if (current_task_wanted())
+			stat_add(CT_STAT_UNSEEN_STARTS, 1);
+		return false;
+	}
+	if (!found->handle)
 		return false;
 	*out = *found;
 	found->handle = 0;
@@ -452,8 +462,16 @@ SEC("uprobe")
 int BPF_KPROBE(nspr_entry, void *fd)
 {
 	void *lower = NULL;
-	if (bpf_probe_read_user(&lower, sizeof(lower), (char *)fd + 2 * sizeof(void *)) || !lower)
+	if (bpf_probe_read_user(&lower, sizeof(lower), (char *)fd + 2 * sizeof(void *)) || !lower) {
+		/* Not TLS: its return must find a done slot, not none, or
+		 * end_call would count a call never started as lost. */
+		__u64 id = bpf_get_current_pid_tgid();
+		if (!bpf_map_lookup_elem(&active_calls, &id)) {
+			struct active_call done = {.fd = -1};
+			bpf_map_update_elem(&active_calls, &id, &done, BPF_NOEXIST);
+		}
 		return 0;
+	}
 	return on_entry(ctx, 0, false);
 }
 

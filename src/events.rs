@@ -45,6 +45,7 @@ pub mod stat {
     pub const CONN_ENTRIES: u32 = 4;
     pub const LOST_PACKETS: u32 = 5;
     pub const CUT_PACKETS: u32 = 6;
+    pub const UNSEEN_STARTS: u32 = 7;
 }
 pub mod flag {
     pub const FAULT: u32 = 1;
@@ -280,6 +281,8 @@ mod tests {
         assert_eq!(header_enum_value("CT_SHELL_BASH"), shell::BASH as u64);
         assert_eq!(header_enum_value("CT_SHELL_ZSH"), shell::ZSH as u64);
         assert_eq!(header_enum_value("CT_STAT_RECORDS"), stat::RECORDS as u64);
+        assert_eq!(header_enum_value("CT_STAT_CUT_PACKETS"), stat::CUT_PACKETS as u64);
+        assert_eq!(header_enum_value("CT_STAT_UNSEEN_STARTS"), stat::UNSEEN_STARTS as u64);
         assert_eq!(header_enum_value("CT_FLAG_FAULT"), flag::FAULT as u64);
         assert_eq!(header_enum_value("CT_FLAG_TRUNCATED"), flag::TRUNCATED as u64);
         assert_eq!(header_enum_value("CT_DIR_SEND"), direction::SEND as u64);

@@ -322,6 +322,9 @@ pub struct KernelStats {
     /// they were larger than the largest record.
     pub lost_packets: u64,
     pub cut_packets: u64,
+    /// TLS calls whose return found no entry (evicted from the per-thread
+    /// table): not captured.
+    pub unseen_starts: u64,
 }
 
 impl KernelStats {
@@ -342,6 +345,7 @@ impl KernelStats {
             conn_entries: get(stat::CONN_ENTRIES),
             lost_packets: get(stat::LOST_PACKETS),
             cut_packets: get(stat::CUT_PACKETS),
+            unseen_starts: get(stat::UNSEEN_STARTS),
         }
     }
 }

@@ -54,7 +54,7 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut out = String::new();
         let sources = self.sources.lock().expect("metrics lock");
-        let per_source: [(&str, &str, CounterOf); 5] = [
+        let per_source: [(&str, &str, CounterOf); 6] = [
             ("cleartap_events_total", "Events captured", |c| c.events.load(Ordering::Relaxed)),
             ("cleartap_event_bytes_total", "Bytes of JSON events captured", |c| {
                 c.bytes.load(Ordering::Relaxed)
@@ -70,6 +70,11 @@ impl Metrics {
             ("cleartap_kernel_lost_bytes_total", "Bytes of those records", |c| {
                 c.kernel_lost_bytes.load(Ordering::Relaxed)
             }),
+            (
+                "cleartap_kernel_unseen_calls_total",
+                "TLS calls not captured: the kernel's per-thread table lost their start",
+                |c| c.kernel_unseen_starts.load(Ordering::Relaxed),
+            ),
         ];
         for (name, help, read) in per_source {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");

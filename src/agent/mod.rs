@@ -384,6 +384,7 @@ fn capture(
     let on_stats = Box::new(move |k: &crate::kernel::KernelStats| {
         counters.kernel_lost_records.store(k.lost_records, Ordering::Relaxed);
         counters.kernel_lost_bytes.store(k.lost_bytes, Ordering::Relaxed);
+        counters.kernel_unseen_starts.store(k.unseen_starts, Ordering::Relaxed);
     });
     let dest = Destination { out, stop, on_ready, on_stats };
     match command {

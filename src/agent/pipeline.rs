@@ -62,6 +62,8 @@ pub struct SourceCounters {
     /// What the source's kernel programs could not hand over (ring full).
     pub kernel_lost_records: AtomicU64,
     pub kernel_lost_bytes: AtomicU64,
+    /// TLS calls whose start the kernel's per-thread table lost.
+    pub kernel_unseen_starts: AtomicU64,
 }
 
 /// The `io::Write` a source's JSON output writes into: every complete line

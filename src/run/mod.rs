@@ -333,6 +333,13 @@ impl<'h> Sink<'h> {
                 k.lost_packets, k.cut_packets
             );
         }
+        if k.unseen_starts > 0 {
+            s += &format!(
+                "; TLS calls not captured: {} (their start was lost: more threads made calls \
+                 at once than the kernel's per-thread table holds, 16384)",
+                k.unseen_starts
+            );
+        }
         if self.undecodable > 0 {
             s += &format!("; {} undecodable records", self.undecodable);
         }
