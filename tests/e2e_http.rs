@@ -141,28 +141,33 @@ fn http2_multiplexed_streams_and_decode_http_only() {
     }
     let _one = exclusive();
     let nginx = Nginx::start();
-    let capture = Capture::start(&["tls", "--decode", "http", "--body", "100000", "--comm", "curl"]);
+    let capture = Capture::start(&["tls", "--decode", "http", "--body", "100000"]);
     let urls = [nginx.url("big.txt"), nginx.url("small.txt"), nginx.url("data.bin")];
     curl_urls(&["--http2", "--parallel", "--parallel-max", "3"], &urls);
     let got = capture.stop();
     got.assert_clean_exit();
     assert!(got.records.iter().all(|r| r["event"] == "http"), "--decode http: no raw records");
-    let mut ex = exchanges(&got, "curl");
-    ex.sort_by_key(|r| r["path"].as_str().unwrap().to_string());
-    let paths: Vec<_> = ex.iter().map(|r| r["path"].as_str().unwrap()).collect();
-    assert_eq!(paths, ["/big.txt", "/data.bin", "/small.txt"], "{ex:#?}");
-    for r in &ex {
-        assert_eq!(r["protocol"], "HTTP/2");
-        assert_eq!(r["status"], 200);
-        assert_eq!(r["authority"], format!("127.0.0.1:{}", nginx.port));
-        assert!(r["stream_id"].as_u64().unwrap() % 2 == 1, "client streams are odd: {r}");
-        assert!(r.get("notes").is_none(), "{r}");
+    // Both ends of the connection. nginx writes its SETTINGS before it
+    // reads curl's preface: its exchanges must not claim to have started
+    // before the capture.
+    for comm in ["curl", "nginx"] {
+        let mut ex = exchanges(&got, comm);
+        ex.sort_by_key(|r| r["path"].as_str().unwrap().to_string());
+        let paths: Vec<_> = ex.iter().map(|r| r["path"].as_str().unwrap()).collect();
+        assert_eq!(paths, ["/big.txt", "/data.bin", "/small.txt"], "{comm}: {ex:#?}");
+        for r in &ex {
+            assert_eq!(r["protocol"], "HTTP/2");
+            assert_eq!(r["status"], 200);
+            assert_eq!(r["authority"], format!("127.0.0.1:{}", nginx.port));
+            assert!(r["stream_id"].as_u64().unwrap() % 2 == 1, "client streams are odd: {r}");
+            assert!(r.get("notes").is_none(), "{comm}: {r}");
+        }
+        assert_eq!(ex[0]["response_body_preview"], BIG_LINE.repeat(300), "{comm}");
+        assert_eq!(ex[2]["response_body_preview"], "small body\n", "{comm}");
+        assert_eq!(ex[1]["response_body_size"], 5000, "{comm}");
+        let ids: std::collections::HashSet<_> = ex.iter().map(|r| r["stream_id"].as_u64().unwrap()).collect();
+        assert_eq!(ids.len(), 3, "{comm}: three streams on one connection");
     }
-    assert_eq!(ex[0]["response_body_preview"], BIG_LINE.repeat(300));
-    assert_eq!(ex[2]["response_body_preview"], "small body\n");
-    assert_eq!(ex[1]["response_body_size"], 5000);
-    let ids: std::collections::HashSet<_> = ex.iter().map(|r| r["stream_id"].as_u64().unwrap()).collect();
-    assert_eq!(ids.len(), 3, "three streams on one connection");
 }
 
 #[test]

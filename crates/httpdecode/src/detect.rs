@@ -122,6 +122,12 @@ impl Detector {
             return Outcome::Undecided;
         }
         self.since_last_run = 0;
+        if let Some(dir) = Direction::BOTH.into_iter().find(|d| self.bufs[d.idx()].starts_with(PREFACE)) {
+            return Outcome::Http2(Start { client_dir: Some(dir), preface: true });
+        }
+        if !full && self.server_preface_alone() {
+            return Outcome::Undecided;
+        }
         for dir in Direction::BOTH {
             if let Some(outcome) = self.detect_dir(dir, full) {
                 return outcome;
@@ -132,6 +138,20 @@ impl Detector {
         } else {
             Outcome::Undecided
         }
+    }
+
+    /// One direction opens with a SETTINGS frame, as a server's connection
+    /// preface does, and the other has sent nothing yet, or only part of
+    /// the client preface. A server writes its SETTINGS before it reads
+    /// the client's preface: deciding on that frame alone would take a
+    /// connection seen from its start for one joined midway. Wait for the
+    /// other side (a late start shows no preface there, and is decoded as
+    /// such).
+    fn server_preface_alone(&self) -> bool {
+        Direction::BOTH.into_iter().any(|dir| {
+            let (ours, theirs) = (&self.bufs[dir.idx()], &self.bufs[dir.opposite().idx()]);
+            is_settings_frame(ours) && PREFACE.starts_with(theirs)
+        })
     }
 
     /// Looks for the earliest HTTP/1 message start or HTTP/2 frame boundary.
@@ -179,6 +199,15 @@ impl Detector {
         self.scanned[d] = buf.len();
         None
     }
+}
+
+/// `buf` starts with a SETTINGS frame header that is not an ACK, on stream 0.
+fn is_settings_frame(buf: &[u8]) -> bool {
+    buf.len() >= frame::HEADER_LEN
+        && buf[3] == frame::SETTINGS
+        && buf[4] & frame::ACK == 0
+        && buf[5..9] == [0; 4]
+        && u32::from_be_bytes([0, buf[0], buf[1], buf[2]]) % 6 == 0
 }
 
 /// Checks whether `buf` starts with a request line (`Some(true)`) or a

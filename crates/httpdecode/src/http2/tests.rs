@@ -227,6 +227,45 @@ fn server_side_capture() {
     assert_eq!(ex[0].response_body.raw, b"ok");
 }
 
+/// A server writes its SETTINGS before it reads the client's preface: a
+/// capture on the server that saw the connection from its start says
+/// nothing about streams started before it, and decodes from the start.
+#[test]
+fn server_settings_before_the_client_preface() {
+    let mut c = Connection::new();
+    let (mut cenc, mut senc) = (Hpack::new(), Hpack::new());
+    assert!(c.feed(Send, &settings(), t(0)).is_empty());
+    let mut client = PREFACE.to_vec();
+    client.extend(settings());
+    client.extend(frame(HEADERS, END_HEADERS | END_STREAM, 1, &block(&mut cenc, &request("/s"))));
+    assert!(c.feed(Recv, &client, t(1)).is_empty());
+    let mut server = frame(SETTINGS, 1, 0, &[]);
+    server.extend(frame(HEADERS, END_HEADERS, 1, &block(&mut senc, &[(":status", "200".into())])));
+    server.extend(frame(DATA, END_STREAM, 1, b"ok"));
+    let ex = c.feed(Send, &server, t(5));
+    assert_eq!(ex.len(), 1, "{ex:#?}");
+    assert_eq!(ex[0].path.as_deref(), Some("/s"));
+    assert_eq!(ex[0].response_body.raw, b"ok");
+    assert!(ex[0].notes.is_empty(), "{:?}", ex[0].notes);
+}
+
+/// The same SETTINGS frame in the middle of a connection (the capture
+/// started late) is still decoded once the other side speaks.
+#[test]
+fn settings_first_then_no_preface_is_a_late_start() {
+    let mut c = Connection::new();
+    let (mut cenc, mut senc) = (Hpack::new(), Hpack::new());
+    assert!(c.feed(Send, &settings(), t(0)).is_empty());
+    let client = frame(HEADERS, END_HEADERS | END_STREAM, 5, &block(&mut cenc, &request("/late")));
+    assert!(c.feed(Recv, &client, t(1)).is_empty());
+    let mut server = frame(HEADERS, END_HEADERS, 5, &block(&mut senc, &[(":status", "200".into())]));
+    server.extend(frame(DATA, END_STREAM, 5, b"ok"));
+    let ex = c.feed(Send, &server, t(5));
+    assert_eq!(ex.len(), 1, "{ex:#?}");
+    assert_eq!(ex[0].path.as_deref(), Some("/late"));
+    assert!(ex[0].notes.iter().any(|n| n.contains("started before the capture")), "{:?}", ex[0].notes);
+}
+
 // Header lists past their budget (HPACK amplification): bounded, noted, and
 // the dynamic table still in sync for the next exchange.
 
