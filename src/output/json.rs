@@ -166,7 +166,7 @@ impl<W: Write> Output for JsonOutput<W> {
             text: &lossy(&q.text),
             text_b64: exact_if_not_utf8(&q.text),
             truncated: q.truncated,
-            duration_us: q.duration.map(|d| d.as_secs_f64() * 1e6),
+            duration_us: q.duration.map(micros),
             success: q.success,
         };
         self.line(&json)
@@ -195,7 +195,7 @@ impl<W: Write> Output for JsonOutput<W> {
                 .then(|| lossy(body_preview(&e.request_body, limit)).into_owned()),
             response_body_preview: (limit > 0)
                 .then(|| lossy(body_preview(&e.response_body, limit)).into_owned()),
-            latency_us: e.latency().map(|d| d.as_secs_f64() * 1e6),
+            latency_us: e.latency().map(micros),
             stream_id: e.stream_id,
             grpc: e.grpc.as_ref().map(|g| GrpcJson {
                 status: g.status,
@@ -326,6 +326,13 @@ impl serde_json::ser::Formatter for TerminalSafe {
     }
 }
 
+/// Microseconds with nanosecond resolution, as the JSON number of the
+/// shortest decimal: nanoseconds / 1000 is rounded once (`110.682`), where
+/// `as_secs_f64() * 1e6` rounds twice (`110.68199999999999`).
+fn micros(d: std::time::Duration) -> f64 {
+    d.as_nanos() as f64 / 1e3
+}
+
 fn exact_if_not_utf8(bytes: &[u8]) -> Option<String> {
     std::str::from_utf8(bytes).is_err().then(|| STANDARD.encode(bytes))
 }
@@ -425,6 +432,17 @@ mod tests {
             assert_eq!(v["comm"], "a \"quoted\"\ncomm");
         }
         assert!(tls_line(b"y", None).get("gap").is_none());
+    }
+
+    #[test]
+    fn micros_print_at_most_three_decimals() {
+        for nanos in [110_682_000u64, 110_682, 1, 999, 1_000, 123_456_789_012, 3_000_000_007] {
+            let d = std::time::Duration::from_nanos(nanos);
+            let printed = serde_json::to_string(&micros(d)).unwrap();
+            let decimals = printed.split_once('.').map_or(0, |(_, f)| f.len());
+            assert!(decimals <= 3, "{nanos} ns printed as {printed}");
+            assert_eq!((printed.parse::<f64>().unwrap() * 1e3).round() as u64, nanos, "{printed}");
+        }
     }
 
     /// What a terminal would act on never reaches the line raw, and the
