@@ -3,6 +3,7 @@
 //! program; discovery and attaching are shared (`attacher`).
 
 pub mod attacher;
+pub mod discovery;
 pub mod exec;
 pub mod executables;
 pub mod gnutls;
