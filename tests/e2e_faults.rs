@@ -198,6 +198,39 @@ fn a_library_replaced_under_running_processes_is_attached_again() {
     assert_eq!(got.stderr.matches("detached from").count(), 1, "{}", got.stderr);
 }
 
+/// A library that takes long to open and parse (held 60 s here by
+/// CLEARTAP_TEST_OPEN_DELAY, as a huge hostile file would) holds the
+/// discovery thread only: the ring buffer is still drained, so an exchange
+/// through a library already probed is captured whole meanwhile, and a stop
+/// does not wait for the parse.
+#[test]
+fn a_library_slow_to_parse_does_not_stall_the_capture_or_its_stop() {
+    if !require_bpf() {
+        return;
+    }
+    let _one = exclusive();
+    let server = TlsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let library = dir.path().join("libssl.so.3");
+    std::fs::copy("/usr/lib/x86_64-linux-gnu/libssl.so.3", &library).unwrap();
+    let delay = format!("{}:60000", dir.path().display());
+    let mut capture =
+        Capture::start_with_env(&["tls", "--decode", "raw"], &[("CLEARTAP_TEST_OPEN_DELAY", &delay)]);
+    let _loader = Holder::mapping(library.to_str().unwrap());
+    let waiting = format!("test: waiting 60000 ms before opening {}", library.display());
+    assert!(capture.wait_for_stderr(&waiting, Duration::from_secs(30)), "{}", capture.stderr_so_far());
+    // curl with the host's libssl, probed at start.
+    curl(&server, b"while a parse is held", 100_000);
+    let got = capture.stop();
+    got.assert_clean_exit();
+    // Stopped before the held parse ended: the stop did not wait for it.
+    assert!(!got.stderr.contains(&format!("attached to {}", library.display())), "{}", got.stderr);
+    let port = single_peer(&server);
+    let curl = |r: &serde_json::Value| r["comm"] == "curl";
+    assert_same_bytes(&got.stream("send", curl), &server.received_from(port), "curl send stream");
+    assert_same_bytes(&got.stream("recv", curl), &server.sent_to(port), "curl recv stream");
+}
+
 /// An executable swapped for another file after cleartap found it and
 /// before it opened it (the window widened by CLEARTAP_TEST_OPEN_DELAY).
 /// While its process runs, cleartap opens the file through /proc/PID/exe

@@ -22,6 +22,7 @@ use crate::output::keylog::{KeyLines, KeyLog};
 use crate::output::{self, Existing, Output};
 use crate::packets::capture::{Owner, PacketCapture};
 use crate::sources::attacher::Attacher;
+use crate::sources::discovery::Discovery;
 use crate::sources::packets::{self, PacketProbes};
 use crate::sources::procwatch::{ProcWatch, SharedMaps};
 use crate::sources::tls::TlsProbes;
@@ -74,7 +75,8 @@ pub fn capture(args: &TlsArgs, dest: Destination) -> Result<()> {
     }
 
     let go = args.libraries.contains(&Library::Go);
-    let mut attacher = Attacher::new(&probes, sources, go, &args.exclude_libs);
+    let discovery = Discovery::new(sources, go, secrets, &args.exclude_libs);
+    let mut attacher = Attacher::new(&probes, discovery);
     let mut targets = Vec::new();
     for path in &args.libs {
         targets.push(attacher.attach_explicit(path)?);
@@ -87,6 +89,9 @@ pub fn capture(args: &TlsArgs, dest: Destination) -> Result<()> {
     if targets.is_empty() {
         eprintln!("cleartap: no TLS library found yet; watching for processes that start");
     }
+    // Files found from now on are opened and parsed on a thread of their
+    // own, never on the one that drains the ring buffer (see `discovery`).
+    attacher.start_thread()?;
     let mut handler = TlsHandler {
         enricher: Enricher::new(LibraryResolver::new(Vec::new())),
         attacher,
@@ -222,7 +227,8 @@ impl Secrets {
     }
 }
 
-/// TLS data -> records; exec and library-open events -> new attachments;
+/// TLS data -> records; exec and library-open events -> requests to the
+/// discovery thread, whose finds are attached after each poll;
 /// secrets -> key log and capture; packets -> capture.
 struct TlsHandler<'p, 'obj> {
     enricher: Enricher,
@@ -352,15 +358,12 @@ impl Handler for TlsHandler<'_, '_> {
                     capture.owner(o);
                 }
             }
+            // Queued for the discovery thread; attached in `idle` once parsed.
             Event::Exec { pid, path } => {
-                for t in self.attacher.scan_new_process(pid, &String::from_utf8_lossy(path)) {
-                    self.attached(t);
-                }
+                self.attacher.new_process(pid, String::from_utf8_lossy(path).into_owned());
             }
             Event::LibOpen { pid, path } => {
-                if let Some(t) = self.attacher.consider_library(pid, &String::from_utf8_lossy(path)) {
-                    self.attached(t);
-                }
+                self.attacher.library_opened(pid, String::from_utf8_lossy(path).into_owned());
             }
             _ => {}
         }
@@ -368,6 +371,9 @@ impl Handler for TlsHandler<'_, '_> {
     }
 
     fn idle(&mut self) -> io::Result<()> {
+        for t in self.attacher.attach_found() {
+            self.attached(t);
+        }
         for name in self.attacher.detach_unused() {
             let name = crate::output::escape::for_terminal(&name);
             eprintln!(

@@ -77,6 +77,7 @@ pub fn resolve(file: Rc<PinnedFile>, path: &Path) -> Result<Option<TlsTarget>> {
         go: Some(points),
         library_id: 0,
         callers: Vec::new(),
+        secret_points: None,
     }))
 }
 

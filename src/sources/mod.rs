@@ -3,6 +3,7 @@
 //! program; discovery and attaching are shared (`attacher`).
 
 pub mod attacher;
+pub mod discovery;
 pub mod exec;
 pub mod executables;
 pub mod gnutls;
@@ -25,6 +26,7 @@ use anyhow::{bail, Result};
 use crate::discover::elf::{Function, Symbols};
 use crate::discover::pinned::PinnedFile;
 use crate::discover::procs::FileId;
+use secret_points::SecretPoints;
 
 /// Attach each program to its `syscalls:` tracepoint.
 pub fn attach_syscall_tracepoints(
@@ -111,12 +113,14 @@ pub fn wanted_symbols() -> Vec<&'static str> {
 }
 
 /// A file to probe (a library, or an executable with a library linked in)
-/// and the hooks found in it.
+/// and the hooks found in it. `F` is how it holds the file: shared while it
+/// is parsed; owned on its way from the discovery thread (an `Rc` is not
+/// `Send`, and `PinnedFile` is not `Sync`, so an `Arc` would not be either).
 #[derive(Debug, Clone)]
-pub struct TlsTarget {
+pub struct TlsTarget<F = Rc<PinnedFile>> {
     /// The file as opened once: parsed from and attached through this
     /// descriptor (see `discover::pinned`).
-    pub file: Rc<PinnedFile>,
+    pub file: F,
     /// A name that reaches the file (through /proc/PID/root for files in
     /// other mount namespaces): checked later to see if it was replaced.
     pub path: PathBuf,
@@ -134,9 +138,66 @@ pub struct TlsTarget {
     /// Call sites of the internal functions hooked instead of exported
     /// ones (OpenSSL, see `openssl::internal_points`).
     pub callers: Vec<openssl::Caller>,
+    /// Where its TLS secrets are read (`--keylog`, `-w`), found with the
+    /// rest of the parse when discovered on the discovery thread (None:
+    /// not looked for yet, the attach does it). An error says why none.
+    pub secret_points: Option<std::result::Result<Option<SecretPoints>, String>>,
+}
+
+impl<F> TlsTarget<F> {
+    /// The same target holding `file` instead; and the file it held.
+    fn swap_file<G>(self, file: G) -> (TlsTarget<G>, F) {
+        let TlsTarget {
+            file: old,
+            path,
+            display_path,
+            id,
+            library,
+            version,
+            hooks,
+            go,
+            library_id,
+            callers,
+            secret_points,
+        } = self;
+        let target = TlsTarget {
+            file,
+            path,
+            display_path,
+            id,
+            library,
+            version,
+            hooks,
+            go,
+            library_id,
+            callers,
+            secret_points,
+        };
+        (target, old)
+    }
+}
+
+impl TlsTarget<PinnedFile> {
+    /// Back on the thread that attaches it.
+    pub fn into_local(self) -> TlsTarget {
+        let (target, file) = self.swap_file(());
+        target.swap_file(Rc::new(file)).0
+    }
 }
 
 impl TlsTarget {
+    /// For the trip to the thread that attaches it: the file out of its
+    /// `Rc`, which a parsed target is the only holder of (None otherwise).
+    pub fn into_sendable(self) -> Option<TlsTarget<PinnedFile>> {
+        let (target, file) = self.swap_file(());
+        Some(target.swap_file(Rc::into_inner(file)?).0)
+    }
+
+    /// Looks for where its secrets are read now, on the thread that parses.
+    pub fn find_secret_points(&mut self) {
+        self.secret_points = Some(secret_points::find(self).map_err(|e| format!("{e:#}")));
+    }
+
     /// Read the symbols of `file` (found at `path`) and keep the hooks
     /// `source` defines. A file defining none of them is an error naming
     /// what was looked for.
@@ -178,6 +239,7 @@ impl TlsTarget {
             go: None,
             library_id: 0,
             callers: Vec::new(),
+            secret_points: None,
         };
         if library == openssl::SOURCE.name {
             target.use_internal_points(symbols);

@@ -198,7 +198,13 @@ impl<'obj> TlsProbes<'obj> {
     /// Secrets are optional: a library without them is still captured in
     /// plaintext, with a warning that says why it gives no key log lines.
     fn attach_secrets(&self, target: &TlsTarget) -> Vec<Link> {
-        let attached = match secret_points::find(target) {
+        // Found on the discovery thread for files discovered while
+        // running (parsing has no place on this thread); else here.
+        let found = match &target.secret_points {
+            Some(found) => found.clone().map_err(anyhow::Error::msg),
+            None => secret_points::find(target),
+        };
+        let attached = match found {
             Ok(Some(SecretPoints::Openssl { layout, do_handshake })) => {
                 self.attach_openssl_secrets(target, &layout, do_handshake)
             }

@@ -63,6 +63,12 @@ pub struct Captured {
 impl Capture {
     /// Start `cleartap <args> --format json` and wait for `ready`.
     pub fn start(args: &[&str]) -> Capture {
+        Self::start_with_env(args, &[])
+    }
+
+    /// `start` with extra environment variables for cleartap (the
+    /// `CLEARTAP_TEST_*` hooks).
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Capture {
         // Right after the subcommand: a trailing filter expression takes
         // every argument after it.
         // tests/vm/guest.sh: a larger ring under software emulation.
@@ -77,6 +83,7 @@ impl Capture {
             .args(["--format", "json"])
             .args(&ring)
             .args(&args[1..])
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
