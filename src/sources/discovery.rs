@@ -98,6 +98,12 @@ impl FileQuota {
     }
 }
 
+/// The open file belongs to root (fstat through its descriptor).
+fn owned_by_root(file: &PinnedFile) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(file.proc_path()).is_ok_and(|m| m.uid() == 0)
+}
+
 /// The inode of `pid`'s mount namespace (`/proc/PID/ns/mnt`).
 fn mount_ns(pid: u32) -> Option<u64> {
     use std::os::unix::fs::MetadataExt;
@@ -184,6 +190,14 @@ impl Discovery {
     fn consider_host_library(&mut self, path: &str) -> Option<TlsTarget> {
         let source = *self.sources.iter().find(|s| s.is_library_path(path))?;
         let file = PinnedFile::open_beneath(Path::new("/"), path).ok()?;
+        // Root's files only: these directories are root's, but some are
+        // shared with a group (/usr/local/lib is writable by `staff` on
+        // Debian), and a user's files must not be parsed and probed ahead
+        // of use without the per-user quota. Found when a process opens
+        // them, they are.
+        if !owned_by_root(&file) {
+            return None;
+        }
         self.unseen(file.id())?;
         // Named as the kernel names the open file (symbolic links in the
         // directories resolved), which is how processes' maps name it.
