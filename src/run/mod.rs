@@ -25,6 +25,8 @@ use crate::output::Output;
 /// The longest a record waits in the ring buffer: TLS programs wake the
 /// consumer only for batches (see `bpf/payload.h`).
 pub const POLL_INTERVAL: Duration = Duration::from_millis(10);
+/// While the handler expects work (see `Handler::expecting`).
+const QUICK_POLL_INTERVAL: Duration = Duration::from_millis(1);
 /// The longest a record waits in the output buffer while records keep coming.
 const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
 const STATS_INTERVAL: Duration = Duration::from_secs(2);
@@ -37,6 +39,11 @@ pub trait Handler {
     /// After each poll of the ring buffers (every few ms): time-based work.
     fn idle(&mut self) -> io::Result<()> {
         Ok(())
+    }
+    /// Work that `idle` will pick up is expected any moment (a file being
+    /// parsed, to attach): poll with a short timeout until it is done.
+    fn expecting(&self) -> bool {
+        false
     }
     /// Shutdown: write what is still pending.
     fn finish(&mut self, _out: &mut dyn Output) -> io::Result<()> {
@@ -101,7 +108,10 @@ pub fn pump(
         // the next one, and while one waits unread, the kernel wakes
         // nobody for any later record either (it only wakes a consumer
         // that had caught up).
-        if ring.poll_raw(POLL_INTERVAL) == 0 {
+        // A file parsed on the discovery thread is attached by `idle`: every
+        // ms it waits for the poll is a ms of a new program's TLS missed.
+        let timeout = if sink.borrow().handler.expecting() { QUICK_POLL_INTERVAL } else { POLL_INTERVAL };
+        if ring.poll_raw(timeout) == 0 {
             let _ = ring.consume_raw();
         }
         sink.borrow_mut().after_poll();

@@ -370,6 +370,10 @@ impl Handler for TlsHandler<'_, '_> {
         Ok(())
     }
 
+    fn expecting(&self) -> bool {
+        self.attacher.discovering()
+    }
+
     fn idle(&mut self) -> io::Result<()> {
         for t in self.attacher.attach_found() {
             self.attached(t);

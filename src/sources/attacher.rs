@@ -140,6 +140,11 @@ impl<'p, 'obj> Attacher<'p, 'obj> {
         }
     }
 
+    /// The discovery thread has requests in hand: files may be ready soon.
+    pub fn discovering(&self) -> bool {
+        matches!(&self.discovery, Discoverer::Thread(worker) if worker.busy())
+    }
+
     /// Attaches the files the discovery thread parsed since the last call.
     pub fn attach_found(&mut self) -> Vec<TlsTarget> {
         let found = match &self.discovery {

@@ -18,7 +18,7 @@
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender, TrySendError};
 use std::sync::Arc;
 
@@ -361,6 +361,9 @@ pub struct Worker {
     forget: Sender<FileId>,
     found: Receiver<TlsTarget<PinnedFile>>,
     stop: Arc<AtomicBool>,
+    /// Requests queued, and those the thread has finished (found or not).
+    sent: u64,
+    done: Arc<AtomicU64>,
     /// Requests not queued (queue full, or the thread gone).
     dropped: u64,
 }
@@ -372,18 +375,22 @@ impl Worker {
         let (forget, forgotten) = mpsc::channel();
         let (found_tx, found) = mpsc::sync_channel(MAX_FOUND);
         let stop = Arc::new(AtomicBool::new(false));
-        let stopped = Arc::clone(&stop);
+        let done = Arc::new(AtomicU64::new(0));
+        let progress = Progress { stop: Arc::clone(&stop), done: Arc::clone(&done) };
         std::thread::Builder::new()
             .name("discovery".into())
-            .spawn(move || serve(discovery, queued, forgotten, found_tx, stopped))
+            .spawn(move || serve(discovery, queued, forgotten, found_tx, progress))
             .context("starting the discovery thread")?;
-        Ok(Worker { requests, forget, found, stop, dropped: 0 })
+        Ok(Worker { requests, forget, found, stop, sent: 0, done, dropped: 0 })
     }
 
     /// Queues `request`; never blocks.
     pub fn request(&mut self, request: Request) {
         let why = match self.requests.try_send(request) {
-            Ok(()) => return,
+            Ok(()) => {
+                self.sent += 1;
+                return;
+            }
             Err(TrySendError::Full(_)) => {
                 "the discovery queue is full (a file slow to open or parse holds it)"
             }
@@ -396,6 +403,12 @@ impl Worker {
                  such misses are counted at the end"
             );
         }
+    }
+
+    /// Requests are queued or being looked at: their files may be ready
+    /// to attach any moment.
+    pub fn busy(&self) -> bool {
+        self.sent > self.done.load(Ordering::Acquire)
     }
 
     pub fn forget(&self, id: FileId) {
@@ -421,6 +434,14 @@ impl Drop for Worker {
     }
 }
 
+/// What the discovery thread shares with its `Worker`.
+struct Progress {
+    /// Set when the Worker is dropped.
+    stop: Arc<AtomicBool>,
+    /// Requests finished, found or not.
+    done: Arc<AtomicU64>,
+}
+
 /// The discovery thread: each request in turn, until the `Worker` is
 /// dropped (checked between files: one being parsed is finished first).
 fn serve(
@@ -428,10 +449,10 @@ fn serve(
     queued: Receiver<Request>,
     forgotten: Receiver<FileId>,
     found: SyncSender<TlsTarget<PinnedFile>>,
-    stop: Arc<AtomicBool>,
+    progress: Progress,
 ) {
     for request in queued {
-        if stop.load(Ordering::Relaxed) {
+        if progress.stop.load(Ordering::Relaxed) {
             return;
         }
         // Forgotten before the request was sent: seen by now.
@@ -441,11 +462,15 @@ fn serve(
             Request::Library { pid, path } => discovery.library(pid, &path),
         };
         // A parsed target is its file's only holder: into_sendable gives it.
-        let Some(target) = target.and_then(TlsTarget::into_sendable) else { continue };
-        // Fails once the Worker is dropped: nobody attaches any more.
-        if found.send(target).is_err() {
-            return;
+        // Sent before it counts as done, so `busy` holds until it can be
+        // taken. The send fails once the Worker is dropped: nobody attaches
+        // any more.
+        if let Some(target) = target.and_then(TlsTarget::into_sendable) {
+            if found.send(target).is_err() {
+                return;
+            }
         }
+        progress.done.fetch_add(1, Ordering::Release);
     }
 }
 
