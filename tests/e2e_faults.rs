@@ -151,10 +151,8 @@ fn a_library_replaced_under_running_processes_is_attached_again() {
     }
     let _one = exclusive();
     let server = TlsServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let library = dir.path().join("libssl.so.3");
-    std::fs::copy("/usr/lib/x86_64-linux-gnu/libssl.so.3", &library).unwrap();
-    let env = [("LD_LIBRARY_PATH", dir.path().to_str().unwrap())];
+    let private = PrivateLibssl::new();
+    let (dir, library, env) = (&private.dir, &private.path, private.env());
 
     let mut capture = Capture::start(&["tls", "--decode", "raw"]);
     // A process that keeps the old file mapped across the upgrade.
@@ -210,9 +208,8 @@ fn a_library_slow_to_parse_does_not_stall_the_capture_or_its_stop() {
     }
     let _one = exclusive();
     let server = TlsServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let library = dir.path().join("libssl.so.3");
-    std::fs::copy("/usr/lib/x86_64-linux-gnu/libssl.so.3", &library).unwrap();
+    let private = PrivateLibssl::new();
+    let (dir, library) = (&private.dir, &private.path);
     let delay = format!("{}:60000", dir.path().display());
     let mut capture =
         Capture::start_with_env(&["tls", "--decode", "raw"], &[("CLEARTAP_TEST_OPEN_DELAY", &delay)]);

@@ -223,19 +223,6 @@ fn the_ssl_bio_of_openssl_s_server_is_captured_at_the_internal_functions() {
     assert_eq!(names(&curl_side), ["SSL_read", "SSL_write"]);
 }
 
-/// The loader's own answer for `soname`, from `ldconfig -p`, with symbolic
-/// links resolved (as processes' maps name a file).
-fn loader_path(soname: &str) -> std::path::PathBuf {
-    let out = Command::new("ldconfig").arg("-p").output().expect("ldconfig (libc-bin)");
-    let listing = String::from_utf8_lossy(&out.stdout).into_owned();
-    let path = listing
-        .lines()
-        .filter(|l| l.trim_start().starts_with(&format!("{soname} ")) && l.contains("x86-64"))
-        .find_map(|l| l.rsplit_once("=> ").map(|(_, p)| p.trim().to_string()))
-        .unwrap_or_else(|| panic!("ldconfig -p lists no x86-64 {soname}:\n{listing}"));
-    std::fs::canonicalize(&path).unwrap()
-}
-
 /// A library in the loader's directories is probed before `ready`, whether
 /// or not a process maps it: a program that loads it later is captured
 /// from its first call (attaching when it opens the file races with that
@@ -252,7 +239,7 @@ fn system_libraries_are_probed_at_start() {
     for (soname, library) in
         [("libssl.so.3", "openssl"), ("libgnutls.so.30", "gnutls"), ("libnspr4.so", "nss")]
     {
-        let line = format!("attached to {} ({library}", loader_path(soname).display());
+        let line = format!("attached to {} ({library}", system_library(soname).display());
         assert!(before_ready.contains(&line), "expected {line:?} before ready in:\n{before_ready}");
     }
 }

@@ -595,3 +595,37 @@ impl Drop for Mariadb {
         let _ = self.child.wait();
     }
 }
+
+/// Where this host's loader finds `soname` (`ldconfig -p`), with symbolic
+/// links resolved (as processes' maps name a file).
+pub fn system_library(soname: &str) -> PathBuf {
+    let out = Command::new("ldconfig").arg("-p").output().expect("ldconfig (libc-bin)");
+    let listing = String::from_utf8_lossy(&out.stdout).into_owned();
+    let path = listing
+        .lines()
+        .filter(|l| l.trim_start().starts_with(&format!("{soname} ")) && l.contains("x86-64"))
+        .find_map(|l| l.rsplit_once("=> ").map(|(_, p)| p.trim().to_string()))
+        .unwrap_or_else(|| panic!("ldconfig -p lists no x86-64 {soname}:\n{listing}"));
+    std::fs::canonicalize(&path).unwrap()
+}
+
+/// A copy of the system's libssl.so.3 in a directory of its own, loaded
+/// through `LD_LIBRARY_PATH`: another file than the one probed at start.
+pub struct PrivateLibssl {
+    pub dir: tempfile::TempDir,
+    pub path: PathBuf,
+}
+
+impl PrivateLibssl {
+    pub fn new() -> PrivateLibssl {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("libssl.so.3");
+        std::fs::copy(system_library("libssl.so.3"), &path).unwrap();
+        PrivateLibssl { dir, path }
+    }
+
+    /// The environment that makes a program load this copy.
+    pub fn env(&self) -> [(&'static str, &str); 1] {
+        [("LD_LIBRARY_PATH", self.dir.path().to_str().unwrap())]
+    }
+}
