@@ -207,7 +207,7 @@ fn is_settings_frame(buf: &[u8]) -> bool {
         && buf[3] == frame::SETTINGS
         && buf[4] & frame::ACK == 0
         && buf[5..9] == [0; 4]
-        && u32::from_be_bytes([0, buf[0], buf[1], buf[2]]) % 6 == 0
+        && u32::from_be_bytes([0, buf[0], buf[1], buf[2]]).is_multiple_of(6)
 }
 
 /// Checks whether `buf` starts with a request line (`Some(true)`) or a
