@@ -67,6 +67,7 @@ enum ct_tls_function {
 	CT_FN_GO_READ,  /* crypto/tls.(*Conn).Read */
 	CT_FN_SSL_WRITE_INTERNAL, /* OpenSSL's ssl_write_internal: see src/sources/openssl.rs */
 	CT_FN_SSL_READ_INTERNAL,
+	CT_FN_SSL_WRITE_EX2, /* OpenSSL 3.3+ */
 };
 
 struct ct_tuple {

@@ -453,6 +453,12 @@ SEC("uprobe")
 int BPF_KPROBE(internal_entry) { return on_entry(ctx, PT_REGS_PARM4(ctx), true); }
 SEC("uprobe")
 int BPF_KPROBE(internal5_entry) { return on_entry(ctx, PT_REGS_PARM5(ctx), true); }
+/* SSL_write_ex2(ssl, buf, num, flags, written), OpenSSL 3.3+. SSL_write_ex
+ * calls it: when both are probed, the inner entry takes the thread's slot
+ * and its return ends the call, so the outer return finds it done and the
+ * bytes are reported once. */
+SEC("uprobe")
+int BPF_KPROBE(ex5_entry) { return on_entry(ctx, PT_REGS_PARM5(ctx), false); }
 
 /* NSPR carries files and plain sockets too. A TLS descriptor is layered:
  * the SSL layer sits on the socket, so PRFileDesc.lower is set. Plain
@@ -494,6 +500,7 @@ RETURN_PROBE(pr_send_return, CT_FN_PR_SEND, CT_DIR_SEND)
 RETURN_PROBE(pr_recv_return, CT_FN_PR_RECV, CT_DIR_RECV)
 RETURN_PROBE(ssl_write_internal_return, CT_FN_SSL_WRITE_INTERNAL, CT_DIR_SEND)
 RETURN_PROBE(ssl_read_internal_return, CT_FN_SSL_READ_INTERNAL, CT_DIR_RECV)
+RETURN_PROBE(ssl_write_ex2_return, CT_FN_SSL_WRITE_EX2, CT_DIR_SEND)
 
 /* The first I/O system call on a socket that a thread makes inside an
  * active call carries the connection's fd. Every other thread exits after

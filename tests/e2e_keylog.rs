@@ -106,14 +106,19 @@ fn without_secrets(pcap: &Path) -> PathBuf {
     stripped
 }
 
-fn curl_with_keylog(server: &TlsServer, tls_max: &str, response_size: usize, keylog: &Path) {
-    let out = Command::new("curl")
+/// curl GETting `response_size` bytes; returns its pid.
+fn curl_with_keylog(server: &TlsServer, tls_max: &str, response_size: usize, keylog: &Path) -> u32 {
+    let child = Command::new("curl")
         .args(["-sS", "-k", "--http1.1", "--tls-max", tls_max, "-o", "/dev/null"])
         .arg(server.url(response_size))
         .env("SSLKEYLOGFILE", keylog)
-        .output()
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "curl: {}", String::from_utf8_lossy(&out.stderr));
+    pid
 }
 
 #[test]
@@ -125,8 +130,7 @@ fn openssl_tls12_and_tls13_secrets_equal_curls_own_and_the_capture_decrypts() {
     let server = TlsServer::start();
     let recording = Recording::start(server.port, &[]);
     let own = recording.dir.path().join("curl-keys.log");
-    curl_with_keylog(&server, "1.3", 1234, &own);
-    curl_with_keylog(&server, "1.2", 5678, &own);
+    let curls = [curl_with_keylog(&server, "1.3", 1234, &own), curl_with_keylog(&server, "1.2", 5678, &own)];
     let done = recording.stop();
     let lines = done.key_lines();
     assert_same_key_lines(&lines, &own);
@@ -149,14 +153,43 @@ fn openssl_tls12_and_tls13_secrets_equal_curls_own_and_the_capture_decrypts() {
     // The plaintext is captured as without -w.
     let sent = done.got.stream("send", |r| r["comm"] == "curl");
     assert!(String::from_utf8_lossy(&sent).contains("GET /1234 HTTP/1.1\r\n"));
-    // Packets name their processes.
-    let comments = tshark_fields(&done.pcap(), "frame.comment");
-    assert!(comments.contains("comm=curl uid=0"), "{comments}");
+    // Packets name their processes: each curl on its side, the server on
+    // its side, as the test started them.
+    // SAFETY: getuid has no preconditions.
+    let uid = unsafe { libc::getuid() };
+    let mut owner_of_port = std::collections::BTreeMap::new();
+    owner_of_port.insert(server.port, format!("pid={} comm=python3 uid={uid}", server.pid()));
+    for port in server.peer_ports() {
+        let request = server.received_from(port);
+        let i = [&b"GET /1234 "[..], b"GET /5678 "].iter().position(|r| request.starts_with(r));
+        let i =
+            i.unwrap_or_else(|| panic!("not a curl of this test: {:?}", String::from_utf8_lossy(&request)));
+        owner_of_port.insert(port, format!("pid={} comm=curl uid={uid}", curls[i]));
+    }
+    assert_eq!(owner_of_port.len(), 3, "{owner_of_port:?}");
+    let packets = tshark_fields(&done.pcap(), &["tcp.srcport", "frame.comment"]);
+    let mut commented = BTreeSet::new();
+    for line in packets.lines() {
+        let (port, comment) = line.split_once('\t').unwrap_or((line, ""));
+        let port: u16 = port.parse().unwrap_or_else(|_| panic!("{line:?}"));
+        let want = owner_of_port.get(&port).unwrap_or_else(|| panic!("a packet from port {port}: {line:?}"));
+        // Packets before the socket's owner is known have no comment.
+        if !comment.is_empty() {
+            assert_eq!(comment, want, "packet from port {port}");
+            commented.insert(port);
+        }
+    }
+    assert_eq!(commented.len(), 3, "commented packets from both ends of both connections: {packets}");
 }
 
-fn tshark_fields(pcap: &Path, field: &str) -> String {
-    let out =
-        Command::new("tshark").arg("-r").arg(pcap).args(["-T", "fields", "-e", field]).output().unwrap();
+/// `tshark -T fields -e FIELD...`: one line per packet, tab-separated.
+fn tshark_fields(pcap: &Path, fields: &[&str]) -> String {
+    let mut cmd = Command::new("tshark");
+    cmd.arg("-r").arg(pcap).args(["-T", "fields"]);
+    for field in fields {
+        cmd.args(["-e", field]);
+    }
+    let out = cmd.output().unwrap();
     assert!(out.status.success(), "tshark: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap()
 }
@@ -267,7 +300,7 @@ fn the_filter_expression_keeps_only_what_it_matches() {
     curl_with_keylog(&kept, "1.3", 100, &own);
     curl_with_keylog(&other, "1.3", 200, &own);
     let done = recording.stop();
-    let ports = tshark_fields(&done.pcap(), "tcp.port");
+    let ports = tshark_fields(&done.pcap(), &["tcp.port"]);
     let ports: BTreeSet<&str> = ports.split(['\n', ',']).filter(|p| !p.is_empty()).collect();
     assert!(ports.contains(kept.port.to_string().as_str()), "{ports:?}");
     assert!(!ports.contains(other.port.to_string().as_str()), "{ports:?}");

@@ -104,11 +104,16 @@ fn comm_filter_keeps_only_that_command() {
     got.assert_clean_exit();
     assert!(got.tls().next().is_some(), "no TLS records");
     assert!(got.tls().all(|r| r["comm"] == "curl"));
+    // curl's port as the server saw it: its one peer besides the client.
+    let mut ports = server.peer_ports();
+    ports.sort_unstable();
+    assert_eq!(ports.len(), 2, "{ports:?}");
+    let port = *ports.iter().find(|p| **p != client.local_port).unwrap();
+    assert!(got.tls().all(|r| port_of(&r["local"]) == Some(port)), "records not on curl's connection");
     // curl's side, byte for byte, as the server saw it.
-    let port = got.tls().find_map(|r| port_of(&r["local"])).expect("curl's records carry its port");
     assert_same_bytes(&got.stream("send", |_| true), &server.received_from(port), "curl send");
     assert_same_bytes(&got.stream("recv", |_| true), &server.sent_to(port), "curl recv");
-    assert!(server.received_from(port).ends_with(b"hello from curl"));
+    assert_eq!(http_body(&server.received_from(port)), b"hello from curl");
 }
 
 #[test]
@@ -178,21 +183,22 @@ fn the_ssl_bio_of_openssl_s_server_is_captured_at_the_internal_functions() {
     }
     let _one = exclusive();
     let cert = Certificate::new();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    // Port 0: s_server binds a free port itself and prints it once it
+    // listens ("ACCEPT 127.0.0.1:PORT").
     let mut server = Command::new("openssl")
-        .args(["s_server", "-www", "-quiet", "-accept", &port.to_string(), "-cert"])
+        .args(["s_server", "-www", "-accept", "127.0.0.1:0", "-cert"])
         .arg(cert.cert())
         .arg("-key")
         .arg(cert.key())
-        .stdout(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("starting openssl s_server");
-    let listening = (0..100).any(|_| {
-        std::thread::sleep(std::time::Duration::from_millis(50));
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
-    assert!(listening, "s_server did not listen");
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(server.stdout.take().unwrap()));
+    let accept = lines.by_ref().map_while(Result::ok).find(|l| l.starts_with("ACCEPT "));
+    let accept = accept.expect("s_server did not print ACCEPT");
+    let port: u16 = accept.rsplit(':').next().and_then(|p| p.parse().ok()).expect(&accept);
+    let _drain = std::thread::spawn(move || lines.for_each(drop));
     let capture = Capture::start(&["tls"]);
     let page = Command::new("curl")
         .args(["-sk", "--http1.1", &format!("https://127.0.0.1:{port}/bio-marker")])

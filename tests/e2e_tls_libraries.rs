@@ -125,21 +125,28 @@ fn fifty_short_lived_curls_each_captured_with_its_pid() {
     let _one = exclusive();
     let server = TlsServer::start();
     let capture = Capture::start(&["tls", "--comm", "curl"]);
-    for i in 0..50 {
-        curl(&server, format!("curl number {i:02}").as_bytes(), 7);
-    }
+    let curls: Vec<u32> =
+        (0..50).map(|i| curl_with_pid(&server, format!("curl number {i:02}").as_bytes(), 7, &[]).0).collect();
     let got = capture.stop();
     got.assert_clean_exit();
     let mut pids: Vec<u64> = got.tls().map(|r| r["pid"].as_u64().unwrap()).collect();
     pids.dedup();
-    assert_eq!(pids.len(), 50, "one pid per curl, in order");
-    for (i, pid) in pids.iter().enumerate() {
-        let sent = got.stream("send", |r| r["pid"] == *pid);
-        assert!(sent.ends_with(format!("curl number {i:02}").as_bytes()), "curl {i}");
-        assert_eq!(
-            got.stream("recv", |r| r["pid"] == *pid).len(),
-            "HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\n".len() + 7
-        );
+    let want: Vec<u64> = curls.iter().map(|&p| p.into()).collect();
+    assert_eq!(pids, want, "one pid per curl, in order");
+    // Each curl's port, from what the server received: its body names it.
+    let mut port_of_curl = [None; 50];
+    for port in server.peer_ports() {
+        let body = String::from_utf8(http_body(&server.received_from(port)).to_vec()).unwrap();
+        let i: Option<usize> = body.strip_prefix("curl number ").and_then(|n| n.parse().ok());
+        let i = i.unwrap_or_else(|| panic!("not a curl of this test: {body:?}"));
+        assert_eq!(port_of_curl[i].replace(port), None, "two connections of curl {i}");
+    }
+    for (i, pid) in curls.iter().enumerate() {
+        let port = port_of_curl[i].unwrap_or_else(|| panic!("the server saw no curl {i}"));
+        let mine = |r: &serde_json::Value| r["pid"] == *pid;
+        assert!(got.tls().filter(|r| mine(r)).all(|r| port_of(&r["local"]) == Some(port)), "curl {i}");
+        assert_same_bytes(&got.stream("send", mine), &server.received_from(port), &format!("curl {i} send"));
+        assert_same_bytes(&got.stream("recv", mine), &server.sent_to(port), &format!("curl {i} recv"));
     }
 }
 
@@ -152,17 +159,23 @@ fn private_copy_of_libssl_loaded_later_is_captured() {
     let server = TlsServer::start();
     let private = tempfile::tempdir().unwrap();
     std::fs::copy("/usr/lib/x86_64-linux-gnu/libssl.so.3", private.path().join("libssl.so.3")).unwrap();
-    let capture = Capture::start(&["tls", "--comm", "python3"]);
+    let mut capture = Capture::start(&["tls", "--comm", "python3"]);
     let mut client =
         TlsClient::connect_with_env(&server, &[("LD_LIBRARY_PATH", private.path().to_str().unwrap())]);
-    std::thread::sleep(std::time::Duration::from_millis(200));
+    // The copy is attached once cleartap sees it mapped: wait until it says so.
+    let private_path = private.path().join("libssl.so.3");
+    let attached = format!("attached to {} (openssl", private_path.display());
+    assert!(
+        capture.wait_for_stderr(&attached, std::time::Duration::from_secs(30)),
+        "{attached:?} not printed: {}",
+        capture.stderr_so_far()
+    );
     client.exchange(2000, 3000);
     let got = capture.stop();
     got.assert_clean_exit();
     let mine = |r: &serde_json::Value| r["pid"] == client.pid();
     assert_same_bytes(&got.stream("send", mine), &server.received_from(client.local_port), "send stream");
     assert_same_bytes(&got.stream("recv", mine), &server.sent_to(client.local_port), "recv stream");
-    let private_path = private.path().join("libssl.so.3");
     assert!(got.tls().filter(|r| mine(r)).all(|r| r["library_path"] == private_path.to_str().unwrap()));
 }
 
@@ -193,12 +206,15 @@ fn exclude_lib_skips_that_file() {
     let got = capture.stop();
     got.assert_clean_exit();
     assert!(got.tls().all(|r| r["comm"] != "curl"), "excluded library was probed");
-    let wget_sent = got.stream("send", |r| r["comm"] == "wget");
-    assert!(
-        wget_sent.ends_with(b"wget body"),
-        "wget's request was not captured: {:?}",
-        String::from_utf8_lossy(&wget_sent)
-    );
+    // wget's connection, as the server saw it, captured whole.
+    let port = server
+        .peer_ports()
+        .into_iter()
+        .find(|p| http_body(&server.received_from(*p)) == b"wget body")
+        .expect("the server saw wget");
+    let wget = |r: &serde_json::Value| r["comm"] == "wget";
+    assert_same_bytes(&got.stream("send", wget), &server.received_from(port), "wget send");
+    assert_same_bytes(&got.stream("recv", wget), &server.sent_to(port), "wget recv");
 }
 
 #[test]
@@ -214,22 +230,31 @@ fn cgroup_filter_keeps_only_that_subtree() {
     std::fs::create_dir(&child).unwrap();
     let server = TlsServer::start();
     let capture = Capture::start(&["tls", "--cgroup", group.to_str().unwrap()]);
-    // A curl in a descendant of the group, and one outside it.
+    // A curl in a descendant of the group (the shell's pid: it execs
+    // curl), and one outside it.
     let inside = format!(
         "echo $$ > {}/cgroup.procs && exec curl -sk --data-binary inside-the-group {}",
         child.display(),
         server.url(3)
     );
-    run(Command::new("sh").args(["-c", &inside]), b"");
+    let shell = Command::new("sh").args(["-c", &inside]).stdout(std::process::Stdio::null()).spawn().unwrap();
+    let inside_pid = shell.id();
+    assert!(shell.wait_with_output().unwrap().status.success(), "curl in the group failed");
     curl(&server, b"outside-the-group", 3);
     let got = capture.stop();
     let _ = std::fs::remove_dir(&child);
     let _ = std::fs::remove_dir(&group);
     got.assert_clean_exit();
     assert!(got.tls().next().is_some(), "no TLS records");
-    let sent = got.stream("send", |_| true);
-    assert!(sent.ends_with(b"inside-the-group"), "{}", String::from_utf8_lossy(&sent));
-    assert!(!String::from_utf8_lossy(&sent).contains("outside"));
+    assert!(got.tls().all(|r| r["pid"] == inside_pid && r["comm"] == "curl"), "a process outside the group");
+    // The inside curl's connection, as the server saw it.
+    let port = server
+        .peer_ports()
+        .into_iter()
+        .find(|p| http_body(&server.received_from(*p)) == b"inside-the-group")
+        .expect("the server saw the curl in the group");
+    assert_same_bytes(&got.stream("send", |_| true), &server.received_from(port), "send stream");
+    assert_same_bytes(&got.stream("recv", |_| true), &server.sent_to(port), "recv stream");
 }
 
 fn cgroup2_root() -> Option<std::path::PathBuf> {

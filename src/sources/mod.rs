@@ -58,6 +58,9 @@ pub enum Entry {
     Internal,
     /// The same with the count pointer in the 5th argument (`flags` before it).
     Internal5,
+    /// The _ex shape with the count pointer in the 5th argument:
+    /// `SSL_write_ex2(ssl, buf, num, flags, written)`.
+    Ex5,
 }
 
 /// One plaintext function of a TLS library.
@@ -108,7 +111,6 @@ pub fn function_of(function_id: u8) -> (&'static str, &'static str) {
 pub fn wanted_symbols() -> Vec<&'static str> {
     let mut names: Vec<_> = TLS_SOURCES.iter().flat_map(|s| s.hooks.iter().map(|h| h.symbol)).collect();
     names.push(openssl::BORINGSSL_MARKER);
-    names.push(openssl::WRITE_EX2);
     names
 }
 

@@ -16,6 +16,10 @@ pub const SOURCE: TlsSource = TlsSource {
         TlsHook { symbol: "SSL_read", entry: Entry::Plain, function_id: 2 },
         TlsHook { symbol: "SSL_write_ex", entry: Entry::Ex, function_id: 3 },
         TlsHook { symbol: "SSL_read_ex", entry: Entry::Ex, function_id: 4 },
+        // OpenSSL 3.3+. Without it, a program calling SSL_write_ex2 itself
+        // went unseen wherever the internal functions are not probed
+        // (versions not known here, builds where that saves nothing).
+        TlsHook { symbol: WRITE_EX2, entry: Entry::Ex5, function_id: 17 },
     ],
     file_prefix: "libssl.so",
     watch_bit: 0,
@@ -51,7 +55,7 @@ pub const WRITE_INTERNAL: TlsHook =
 pub const READ_INTERNAL: TlsHook =
     TlsHook { symbol: "ssl_read_internal", entry: Entry::Internal, function_id: 16 };
 
-/// `SSL_write_ex2`: since 3.3, `SSL_write_ex` calls it, and it calls
+/// `SSL_write_ex2` (3.3+): `SSL_write_ex` calls it, and it calls
 /// `ssl_write_internal` with a `flags` argument before `written`.
 pub const WRITE_EX2: &str = "SSL_write_ex2";
 
@@ -72,7 +76,8 @@ pub struct Caller {
 pub struct InternalPoint {
     pub hook: TlsHook,
     pub function: Function,
-    pub replaces: [&'static str; 2],
+    /// The plain function, the _ex one, and from 3.3 `SSL_write_ex2`.
+    pub replaces: &'static [&'static str],
     pub callers: Vec<Caller>,
 }
 
@@ -97,21 +102,25 @@ pub fn internal_points<'d, R: object::ReadRef<'d>>(
         return Vec::new();
     };
     let Ok(segments) = crate::discover::elf::load_segments(&elf) else { return Vec::new() };
-    let (write_wrapper, write_hook) = match (major, minor) {
-        (1, 1) | (3, 0..=2) => ("SSL_write_ex", WRITE_INTERNAL),
-        (3, 3..=6) => (WRITE_EX2, TlsHook { entry: Entry::Internal5, ..WRITE_INTERNAL }),
+    let (write_replaces, write_wrapper, write_hook): (&[&str], _, _) = match (major, minor) {
+        (1, 1) | (3, 0..=2) => (&["SSL_write", "SSL_write_ex"], "SSL_write_ex", WRITE_INTERNAL),
+        (3, 3..=6) => (
+            &["SSL_write", "SSL_write_ex", WRITE_EX2],
+            WRITE_EX2,
+            TlsHook { entry: Entry::Internal5, ..WRITE_INTERNAL },
+        ),
         _ => return Vec::new(),
     };
     let sides = [
-        (["SSL_write", "SSL_write_ex"], write_wrapper, write_hook),
-        (["SSL_read", "SSL_read_ex"], "SSL_read_ex", READ_INTERNAL),
+        (write_replaces, write_wrapper, write_hook),
+        (&["SSL_read", "SSL_read_ex"][..], "SSL_read_ex", READ_INTERNAL),
     ];
     sides
         .into_iter()
-        .filter_map(|(replaces, wrapper, hook)| {
+        .filter_map(|(replaces, wrapper_name, hook)| {
             let code = |f: Function| (calls::function_code(file, f), f.address);
             let plain = symbols.get(replaces[0])?;
-            let wrapper = symbols.get(wrapper)?;
+            let wrapper = symbols.get(wrapper_name)?;
             let (wrapper_code, plain_code) = (code(wrapper), code(plain));
             let through = *calls::direct_calls(wrapper_code.0, wrapper_code.1).first()?;
             let plain_call = calls::direct_calls(plain_code.0, plain_code.1)
@@ -130,7 +139,10 @@ pub fn internal_points<'d, R: object::ReadRef<'d>>(
                 delta: call.return_address.wrapping_sub(internal.address) as i64,
                 name,
             };
-            let callers = vec![caller(plain_call, replaces[0]), caller(through, replaces[1])];
+            // The call in the wrapper names the wrapper: from 3.3 that is
+            // SSL_write_ex2, which SSL_write_ex calls and which programs
+            // call directly too (one call site serves both).
+            let callers = vec![caller(plain_call, replaces[0]), caller(through, wrapper_name)];
             Some(InternalPoint { hook, function: internal, replaces, callers })
         })
         .collect()
@@ -191,6 +203,31 @@ mod tests {
             return; // scripts/build-openssl111 not run here
         };
         assert_eq!(points.len(), 2);
+    }
+
+    /// OpenSSL 3.3+ (scripts/build-openssl3): SSL_write_ex2 is probed,
+    /// at itself (its `written` in the 5th argument) or, where the internal
+    /// function is probed instead, through its call site. OpenSSL's own
+    /// -O3 build tests its argument before the first push, so that no
+    /// trap is saved and the exported functions stay probed.
+    #[test]
+    fn openssl_3x_built_for_the_tests_has_ssl_write_ex2_probed() {
+        let path = "/opt/cleartap-test/openssl-3.x/lib/libssl.so.3";
+        assert!(Path::new(path).exists(), "{path} is missing: run scripts/install-deps --test");
+        let version = openssl_version(&PinnedFile::open(Path::new(path)).unwrap(), Path::new(path));
+        let (major, minor) = major_minor(version.as_deref().expect("the version of libcrypto.so.3")).unwrap();
+        assert!(major == 3 && minor >= 3, "{version:?}");
+        let bytes = std::fs::read(path).unwrap();
+        let symbols = Symbols::parse(&bytes[..], &super::super::wanted_symbols()).unwrap();
+        assert!(symbols.get(WRITE_EX2).is_some(), "{path} defines no {WRITE_EX2}");
+        let hook = SOURCE.hooks.iter().find(|h| h.symbol == WRITE_EX2).unwrap();
+        assert_eq!(hook.entry, Entry::Ex5);
+        let points = internal_points(&bytes[..], &symbols, version.as_deref());
+        if let Some(write) = points.iter().find(|p| p.hook.symbol == WRITE_INTERNAL.symbol) {
+            assert_eq!(write.hook.entry, Entry::Internal5);
+            assert!(write.replaces.contains(&WRITE_EX2));
+            assert_eq!(write.callers.iter().map(|c| c.name).collect::<Vec<_>>(), ["SSL_write", WRITE_EX2]);
+        }
     }
 
     #[test]

@@ -310,6 +310,7 @@ impl<'obj> TlsProbes<'obj> {
             Entry::Nspr => &p.nspr_entry,
             Entry::Internal => &p.internal_entry,
             Entry::Internal5 => &p.internal5_entry,
+            Entry::Ex5 => &p.ex5_entry,
             Entry::Go => return None, // attach_go
         };
         // Each return program in its two variants (see `Features`).
@@ -337,6 +338,7 @@ impl<'obj> TlsProbes<'obj> {
             12 => variant!(pr_recv_return, pr_recv_return_nofetch),
             15 => variant!(ssl_write_internal_return, ssl_write_internal_return_nofetch),
             16 => variant!(ssl_read_internal_return, ssl_read_internal_return_nofetch),
+            17 => variant!(ssl_write_ex2_return, ssl_write_ex2_return_nofetch),
             _ => return None,
         };
         Some((entry, ret))

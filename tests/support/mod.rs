@@ -322,19 +322,33 @@ pub fn curl(server: &TlsServer, body: &[u8], response_size: usize) -> Vec<u8> {
 
 /// `curl` with extra environment variables (e.g. `LD_LIBRARY_PATH`).
 pub fn curl_with_env(server: &TlsServer, body: &[u8], response_size: usize, env: &[(&str, &str)]) -> Vec<u8> {
+    curl_with_pid(server, body, response_size, env).1
+}
+
+/// `curl_with_env`, and the pid curl ran as.
+pub fn curl_with_pid(
+    server: &TlsServer,
+    body: &[u8],
+    response_size: usize,
+    env: &[(&str, &str)],
+) -> (u32, Vec<u8>) {
     let dir = tempfile::tempdir().unwrap();
     let body_file = dir.path().join("body");
     std::fs::write(&body_file, body).unwrap();
-    let out = Command::new("curl")
+    let child = Command::new("curl")
         .envs(env.iter().copied())
         .args(["-sS", "-k", "--http1.1", "--data-binary"])
         .arg(format!("@{}", body_file.display()))
         .args(["-H", "Content-Type: application/octet-stream", "-H", "Expect:"])
         .arg(server.url(response_size))
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .expect("running curl");
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "curl failed: {}", String::from_utf8_lossy(&out.stderr));
-    out.stdout
+    (pid, out.stdout)
 }
 
 /// `tls_client.py`: one connection, talking when told.
@@ -384,6 +398,12 @@ impl Drop for TlsClient {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// What follows the header of one HTTP message.
+pub fn http_body(message: &[u8]) -> &[u8] {
+    let end = message.windows(4).position(|w| w == b"\r\n\r\n").expect("an HTTP header");
+    &message[end + 4..]
 }
 
 /// Deterministic, non-UTF-8 test payload.

@@ -65,8 +65,9 @@ def serve(raw, peer):
             size = int(request_line.split(b" ")[1].lstrip(b"/") or b"0")
             body = rng.randbytes(size)
             response = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size + body
-            conn.sendall(response)
+            # Written down first: a client that has the response may look.
             record(port, "sent", response)
+            conn.sendall(response)
             if b"connection: close" in head.lower():
                 break
     except (ssl.SSLError, OSError):
