@@ -160,8 +160,8 @@ fn a_library_replaced_under_running_processes_is_attached_again() {
     curl_with_env(&server, b"before the upgrade", 100, &env);
     // What a package upgrade does: a new file renamed over the old name.
     let staged = dir.path().join("libssl.so.3.dpkg-new");
-    std::fs::copy(&library, &staged).unwrap();
-    std::fs::rename(&staged, &library).unwrap();
+    std::fs::copy(library, &staged).unwrap();
+    std::fs::rename(&staged, library).unwrap();
     // The first process to open the new file gets it attached; a process
     // that finished its exchange within the few ms that takes would be
     // missed (see the README), so this one waits for the attachment.

@@ -157,13 +157,11 @@ fn private_copy_of_libssl_loaded_later_is_captured() {
     }
     let _one = exclusive();
     let server = TlsServer::start();
-    let private = tempfile::tempdir().unwrap();
-    std::fs::copy("/usr/lib/x86_64-linux-gnu/libssl.so.3", private.path().join("libssl.so.3")).unwrap();
+    let private = PrivateLibssl::new();
     let mut capture = Capture::start(&["tls", "--comm", "python3"]);
-    let mut client =
-        TlsClient::connect_with_env(&server, &[("LD_LIBRARY_PATH", private.path().to_str().unwrap())]);
+    let mut client = TlsClient::connect_with_env(&server, &private.env());
     // The copy is attached once cleartap sees it mapped: wait until it says so.
-    let private_path = private.path().join("libssl.so.3");
+    let private_path = &private.path;
     let attached = format!("attached to {} (openssl", private_path.display());
     assert!(
         capture.wait_for_stderr(&attached, std::time::Duration::from_secs(30)),
