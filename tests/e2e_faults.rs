@@ -326,3 +326,35 @@ impl Drop for StopOnDrop {
         }
     }
 }
+
+/// A call whose per-thread slot the kernel's LRU table evicted before it
+/// returned is not captured: it is counted and said, never dropped
+/// silently. The table is shrunk to one slot (CLEARTAP_TEST_ACTIVE_CALLS),
+/// so that the server thread waiting in SSL_read_ex for a second request
+/// loses its slot to the calls of another connection.
+#[test]
+fn a_call_evicted_from_the_per_thread_table_is_counted() {
+    if !require_bpf() {
+        return;
+    }
+    let _one = exclusive();
+    let server = TlsServer::start();
+    let capture =
+        Capture::start_with_env(&["tls", "--decode", "raw"], &[("CLEARTAP_TEST_ACTIVE_CALLS", "1")]);
+    let mut waiting = TlsClient::connect(&server);
+    // Its server thread now waits in SSL_read_ex for the next request.
+    waiting.exchange(10, 10);
+    let mut other = TlsClient::connect(&server);
+    other.exchange(100, 100);
+    waiting.exchange(10, 10);
+    let got = capture.stop();
+    assert!(got.status.success(), "{}", got.stderr);
+    let unseen: u64 = got
+        .stderr
+        .split("TLS calls not captured: ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count of calls not captured: {}", got.stderr));
+    assert!(unseen >= 1, "{}", got.stderr);
+}

@@ -345,8 +345,8 @@ impl<'h> Sink<'h> {
         }
         if k.unseen_starts > 0 {
             s += &format!(
-                "; TLS calls not captured: {} (their start was lost: more threads made calls \
-                 at once than the kernel's per-thread table holds, 16384)",
+                "; TLS calls not captured: {} (their start was lost: more threads were in calls \
+                 at once than the kernel's per-thread table holds, --max-connections / 4)",
                 k.unseen_starts
             );
         }
