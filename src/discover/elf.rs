@@ -4,9 +4,12 @@
 use std::collections::HashMap;
 
 use anyhow::{bail, Context, Result};
-use object::elf::{DT_NEEDED, DT_RPATH, DT_RUNPATH, PT_LOAD};
-use object::read::elf::{Dyn as _, ElfFile64, ProgramHeader, SectionHeader};
-use object::{Endianness, Object, ObjectSymbol, ReadRef, SymbolKind};
+use object::elf::{
+    Sym64, DT_NEEDED, DT_RPATH, DT_RUNPATH, PT_LOAD, SHN_UNDEF, SHT_DYNSYM, SHT_SYMTAB, STT_COMMON, STT_FUNC,
+    STT_GNU_IFUNC, STT_OBJECT,
+};
+use object::read::elf::{Dyn as _, ElfFile64, ProgramHeader, SectionHeader, Sym as _};
+use object::{Endianness, Object, ObjectSymbol, ReadRef, SectionIndex, SymbolKind};
 
 use super::pinned::PinnedFile;
 
@@ -40,11 +43,11 @@ impl Symbols {
         let elf = ElfFile64::<Endianness, R>::parse(data).context("not a 64-bit ELF file")?;
         let segments = load_segments(&elf)?;
         let mut functions = HashMap::new();
-        collect(elf.dynamic_symbols(), &segments, wanted, &mut functions);
+        collect_table(&elf, data, SHT_DYNSYM, &segments, wanted, &mut functions)?;
         // Exported names are the common case and .dynsym is small; the full
         // .symtab (when not stripped) only for binaries that export none.
         if functions.is_empty() {
-            collect(elf.symbols(), &segments, wanted, &mut functions);
+            collect_table(&elf, data, SHT_SYMTAB, &segments, wanted, &mut functions)?;
         }
         Ok(Symbols { functions })
     }
@@ -124,28 +127,51 @@ pub fn demangle(name: &str) -> Option<String> {
     sym.demangle(&options).ok()
 }
 
-fn collect<'data: 'file, 'file>(
-    symbols: impl Iterator<Item = impl ObjectSymbol<'data>>,
+/// The wanted symbols of the table of type `kind` (`SHT_DYNSYM` or
+/// `SHT_SYMTAB`). The table and its strings are each read in one piece:
+/// read name by name through a `ReadRef` over a file, 50,000 names would be
+/// 50,000 `pread`s (most of the time from exec to probes live of a Go
+/// program).
+fn collect_table<'d, R: ReadRef<'d>>(
+    elf: &ElfFile64<'d, Endianness, R>,
+    data: R,
+    kind: u32,
     segments: &[(u64, u64, u64)],
     wanted: &[&str],
     functions: &mut HashMap<String, Function>,
-) {
+) -> Result<()> {
+    let endian = elf.endian();
+    let sections = elf.elf_section_table();
+    let Some(table) = sections.iter().find(|s| s.sh_type(endian) == kind) else {
+        return Ok(());
+    };
+    let symbols: &[Sym64<Endianness>] =
+        table.data_as_array(endian, data).context("reading a symbol table")?;
+    let strings = sections
+        .section(SectionIndex(table.sh_link(endian) as usize))
+        .and_then(|s| s.data(endian, data))
+        .context("reading a symbol table's strings")?;
     for sym in symbols {
         // Functions to probe, and data (a shell's $? variable) to read.
-        let wanted_kind = matches!(sym.kind(), SymbolKind::Text | SymbolKind::Data);
-        if !wanted_kind || sym.is_undefined() || sym.address() == 0 {
+        let wanted_kind = matches!(sym.st_type(), STT_FUNC | STT_GNU_IFUNC | STT_OBJECT | STT_COMMON);
+        let address = sym.st_value(endian);
+        if !wanted_kind || sym.st_shndx(endian) == SHN_UNDEF || address == 0 {
             continue;
         }
-        let Ok(name) = sym.name_bytes() else { continue };
-        let name = name.split(|&b| b == b'@').next().unwrap_or(name);
-        let Some(name) = wanted.iter().find(|w| w.as_bytes() == name) else { continue };
-        let Some(file_offset) = file_offset_of(segments, sym.address()) else { continue };
+        let Some(raw) = strings.get(sym.st_name(endian) as usize..) else { continue };
+        // A wanted name, then its end or a symbol version (`@...`): compared
+        // over the wanted name's length only, not scanned to the end of
+        // every name (Go's are long, and there are tens of thousands).
+        let is = |w: &&&str| raw.starts_with(w.as_bytes()) && matches!(raw.get(w.len()), Some(0 | b'@'));
+        let Some(name) = wanted.iter().find(is) else { continue };
+        let Some(file_offset) = file_offset_of(segments, address) else { continue };
         functions.entry(name.to_string()).or_insert(Function {
-            address: sym.address(),
-            size: sym.size(),
+            address,
+            size: sym.st_size(endian),
             file_offset,
         });
     }
+    Ok(())
 }
 
 /// (virtual address, size in memory, file offset) of each PT_LOAD segment.
