@@ -32,8 +32,8 @@ enum ct_stat {
 	CT_STAT_CONN_ENTRIES,	/* entries created in the connection map (none is deleted:
 				 * created - present = evicted by the LRU) */
 	CT_STAT_LOST_PACKETS,	/* packets that found the packet ring buffer full */
-	CT_STAT_CUT_PACKETS = 6,	/* packets longer than the largest record: cut */
-	CT_STAT_UNSEEN_STARTS = 7,	/* TLS calls that returned with no entry seen (the
+	CT_STAT_CUT_PACKETS,	/* packets longer than the largest record: cut */
+	CT_STAT_UNSEEN_STARTS,	/* TLS calls that returned with no entry seen (the
 				 * thread's slot evicted): not captured */
 	CT_STAT_MAX,
 };

@@ -21,3 +21,13 @@ struct ct_ssl_keys ct_ssl_keys_type;
 struct ct_ssl_layout ct_ssl_layout_type;
 struct ct_packet ct_packet_type;
 struct ct_sock_owner ct_sock_owner_type;
+
+/* The enums too: their values reach Rust as constants (`crate::events`). */
+enum ct_event_kind ct_event_kind_type;
+enum ct_stat ct_stat_type;
+enum ct_flags ct_flags_type;
+enum ct_direction ct_direction_type;
+enum ct_tls_function ct_tls_function_type;
+enum ct_shell_kind ct_shell_kind_type;
+enum ct_sql_server ct_sql_server_type;
+enum ct_sql_command ct_sql_command_type;

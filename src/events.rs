@@ -9,52 +9,81 @@ use crate::bpf::types::{
     ct_ssl_keys, ct_task, ct_task_event, ct_tls_data, ct_tls_secret,
 };
 
-/// Mirrors of the enums in `bpf/events.h` (libbpf-cargo generates the
-/// structs but not the enums); a test checks them against the header.
+/// The enums of `bpf/events.h` under short names. Their values come from
+/// the header itself (libbpf-cargo generates them through
+/// `bpf/types.bpf.c`): a name missing there does not compile, and no value
+/// is written twice.
 pub mod kind {
-    pub const TLS_DATA: u32 = 1;
-    pub const EXEC: u32 = 2;
-    pub const LIB_OPEN: u32 = 3;
-    pub const SHELL_LINE: u32 = 4;
-    pub const SHELL_EXIT: u32 = 5;
-    pub const EXEC_START: u32 = 6;
-    pub const EXEC_RESULT: u32 = 7;
-    pub const QUERY_START: u32 = 8;
-    pub const QUERY_END: u32 = 9;
-    pub const QUERY_FAIL: u32 = 10;
-    pub const TLS_SECRET: u32 = 11;
-    pub const SSL_KEYS: u32 = 12;
-    pub const PACKET: u32 = 13;
-    pub const SOCK_OWNER: u32 = 14;
+    use crate::bpf::types::ct_event_kind as K;
+    pub const TLS_DATA: u32 = K::CT_EV_TLS_DATA.0;
+    pub const EXEC: u32 = K::CT_EV_EXEC.0;
+    pub const LIB_OPEN: u32 = K::CT_EV_LIB_OPEN.0;
+    pub const SHELL_LINE: u32 = K::CT_EV_SHELL_LINE.0;
+    pub const SHELL_EXIT: u32 = K::CT_EV_SHELL_EXIT.0;
+    pub const EXEC_START: u32 = K::CT_EV_EXEC_START.0;
+    pub const EXEC_RESULT: u32 = K::CT_EV_EXEC_RESULT.0;
+    pub const QUERY_START: u32 = K::CT_EV_QUERY_START.0;
+    pub const QUERY_END: u32 = K::CT_EV_QUERY_END.0;
+    pub const QUERY_FAIL: u32 = K::CT_EV_QUERY_FAIL.0;
+    pub const TLS_SECRET: u32 = K::CT_EV_TLS_SECRET.0;
+    pub const SSL_KEYS: u32 = K::CT_EV_SSL_KEYS.0;
+    pub const PACKET: u32 = K::CT_EV_PACKET.0;
+    pub const SOCK_OWNER: u32 = K::CT_EV_SOCK_OWNER.0;
 }
 pub mod sql {
-    pub const MARIADB: u8 = 1;
-    pub const MYSQL: u8 = 2;
-    pub const COM_STMT_PREPARE: u8 = 22;
-    pub const COM_STMT_EXECUTE: u8 = 23;
+    use crate::bpf::types::{ct_sql_command as C, ct_sql_server as S};
+    pub const MARIADB: u8 = S::CT_SQL_MARIADB.0 as u8;
+    pub const MYSQL: u8 = S::CT_SQL_MYSQL.0 as u8;
+    pub const COM_STMT_PREPARE: u8 = C::CT_COM_STMT_PREPARE.0 as u8;
+    pub const COM_STMT_EXECUTE: u8 = C::CT_COM_STMT_EXECUTE.0 as u8;
 }
 pub mod shell {
-    pub const BASH: u8 = 1;
-    pub const ZSH: u8 = 2;
+    use crate::bpf::types::ct_shell_kind as K;
+    pub const BASH: u8 = K::CT_SHELL_BASH.0 as u8;
+    pub const ZSH: u8 = K::CT_SHELL_ZSH.0 as u8;
 }
 pub mod stat {
-    pub const RECORDS: u32 = 0;
-    pub const LOST_RECORDS: u32 = 1;
-    pub const LOST_BYTES: u32 = 2;
-    pub const TRUNCATED_BYTES: u32 = 3;
-    pub const CONN_ENTRIES: u32 = 4;
-    pub const LOST_PACKETS: u32 = 5;
-    pub const CUT_PACKETS: u32 = 6;
-    pub const UNSEEN_STARTS: u32 = 7;
+    use crate::bpf::types::ct_stat as S;
+    pub const RECORDS: u32 = S::CT_STAT_RECORDS.0;
+    pub const LOST_RECORDS: u32 = S::CT_STAT_LOST_RECORDS.0;
+    pub const LOST_BYTES: u32 = S::CT_STAT_LOST_BYTES.0;
+    pub const TRUNCATED_BYTES: u32 = S::CT_STAT_TRUNCATED_BYTES.0;
+    pub const CONN_ENTRIES: u32 = S::CT_STAT_CONN_ENTRIES.0;
+    pub const LOST_PACKETS: u32 = S::CT_STAT_LOST_PACKETS.0;
+    pub const CUT_PACKETS: u32 = S::CT_STAT_CUT_PACKETS.0;
+    pub const UNSEEN_STARTS: u32 = S::CT_STAT_UNSEEN_STARTS.0;
 }
 pub mod flag {
-    pub const FAULT: u32 = 1;
-    pub const TRUNCATED: u32 = 2;
+    use crate::bpf::types::ct_flags as F;
+    pub const FAULT: u32 = F::CT_FLAG_FAULT.0;
+    pub const TRUNCATED: u32 = F::CT_FLAG_TRUNCATED.0;
 }
 pub mod direction {
-    pub const SEND: u8 = 1;
+    use crate::bpf::types::ct_direction as D;
+    pub const SEND: u8 = D::CT_DIR_SEND.0 as u8;
     #[cfg(test)]
-    pub const RECV: u8 = 2;
+    pub const RECV: u8 = D::CT_DIR_RECV.0 as u8;
+}
+/// `enum ct_tls_function`: the function a TLS record came from.
+pub mod tls_function {
+    use crate::bpf::types::ct_tls_function as F;
+    pub const SSL_WRITE: u8 = F::CT_FN_SSL_WRITE.0 as u8;
+    pub const SSL_READ: u8 = F::CT_FN_SSL_READ.0 as u8;
+    pub const SSL_WRITE_EX: u8 = F::CT_FN_SSL_WRITE_EX.0 as u8;
+    pub const SSL_READ_EX: u8 = F::CT_FN_SSL_READ_EX.0 as u8;
+    pub const GNUTLS_RECORD_SEND: u8 = F::CT_FN_GNUTLS_RECORD_SEND.0 as u8;
+    pub const GNUTLS_RECORD_RECV: u8 = F::CT_FN_GNUTLS_RECORD_RECV.0 as u8;
+    pub const GNUTLS_RECORD_SEND2: u8 = F::CT_FN_GNUTLS_RECORD_SEND2.0 as u8;
+    pub const GNUTLS_RECORD_RECV_SEQ: u8 = F::CT_FN_GNUTLS_RECORD_RECV_SEQ.0 as u8;
+    pub const PR_WRITE: u8 = F::CT_FN_PR_WRITE.0 as u8;
+    pub const PR_READ: u8 = F::CT_FN_PR_READ.0 as u8;
+    pub const PR_SEND: u8 = F::CT_FN_PR_SEND.0 as u8;
+    pub const PR_RECV: u8 = F::CT_FN_PR_RECV.0 as u8;
+    pub const GO_WRITE: u8 = F::CT_FN_GO_WRITE.0 as u8;
+    pub const GO_READ: u8 = F::CT_FN_GO_READ.0 as u8;
+    pub const SSL_WRITE_INTERNAL: u8 = F::CT_FN_SSL_WRITE_INTERNAL.0 as u8;
+    pub const SSL_READ_INTERNAL: u8 = F::CT_FN_SSL_READ_INTERNAL.0 as u8;
+    pub const SSL_WRITE_EX2: u8 = F::CT_FN_SSL_WRITE_EX2.0 as u8;
 }
 
 pub type TlsHeader = ct_tls_data;
@@ -252,43 +281,6 @@ unsafe impl plain::Plain for crate::bpf::types::ct_ssl_layout {}
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn header_enum_value(name: &str) -> u64 {
-        let header = include_str!("../bpf/events.h");
-        let line = header
-            .lines()
-            .find(|l| l.trim_start().starts_with(name))
-            .unwrap_or_else(|| panic!("{name} not in bpf/events.h"));
-        let value = line.split('=').nth(1).unwrap().trim();
-        let value = value.split([',', ' ', '/']).next().unwrap();
-        value.parse().unwrap()
-    }
-
-    #[test]
-    fn constants_match_the_c_header() {
-        assert_eq!(header_enum_value("CT_EV_TLS_DATA"), kind::TLS_DATA as u64);
-        assert_eq!(header_enum_value("CT_EV_EXEC"), kind::EXEC as u64);
-        assert_eq!(header_enum_value("CT_EV_LIB_OPEN"), kind::LIB_OPEN as u64);
-        assert_eq!(header_enum_value("CT_EV_SHELL_LINE"), kind::SHELL_LINE as u64);
-        assert_eq!(header_enum_value("CT_EV_SHELL_EXIT"), kind::SHELL_EXIT as u64);
-        assert_eq!(header_enum_value("CT_EV_EXEC_START"), kind::EXEC_START as u64);
-        assert_eq!(header_enum_value("CT_EV_EXEC_RESULT"), kind::EXEC_RESULT as u64);
-        assert_eq!(header_enum_value("CT_EV_QUERY_FAIL"), kind::QUERY_FAIL as u64);
-        assert_eq!(header_enum_value("CT_EV_TLS_SECRET"), kind::TLS_SECRET as u64);
-        assert_eq!(header_enum_value("CT_EV_SSL_KEYS"), kind::SSL_KEYS as u64);
-        assert_eq!(header_enum_value("CT_EV_PACKET"), kind::PACKET as u64);
-        assert_eq!(header_enum_value("CT_EV_SOCK_OWNER"), kind::SOCK_OWNER as u64);
-        assert_eq!(header_enum_value("CT_SHELL_BASH"), shell::BASH as u64);
-        assert_eq!(header_enum_value("CT_SHELL_ZSH"), shell::ZSH as u64);
-        assert_eq!(header_enum_value("CT_STAT_RECORDS"), stat::RECORDS as u64);
-        assert_eq!(header_enum_value("CT_STAT_CUT_PACKETS"), stat::CUT_PACKETS as u64);
-        assert_eq!(header_enum_value("CT_STAT_UNSEEN_STARTS"), stat::UNSEEN_STARTS as u64);
-        assert_eq!(header_enum_value("CT_FLAG_FAULT"), flag::FAULT as u64);
-        assert_eq!(header_enum_value("CT_FLAG_TRUNCATED"), flag::TRUNCATED as u64);
-        assert_eq!(header_enum_value("CT_DIR_SEND"), direction::SEND as u64);
-        assert_eq!(header_enum_value("CT_DIR_RECV"), direction::RECV as u64);
-        assert_eq!(header_enum_value("CT_FN_SSL_WRITE"), 1);
-    }
 
     fn record(len_field: u32, payload: &[u8]) -> Vec<u8> {
         let header = TlsHeader { kind: kind::TLS_DATA, len: len_field, ..Default::default() };

@@ -161,7 +161,11 @@ mod tests {
     fn internal_call_sites_are_named_without_a_probe_id() {
         let maps = procs::mappings(std::process::id());
         let libc = maps.iter().find(|m| m.path.contains("libc.so")).unwrap().clone();
-        let site = |delta, name| Caller { function_id: 15, delta, name };
+        let site = |delta, name| Caller {
+            function_id: crate::events::tls_function::SSL_WRITE_INTERNAL,
+            delta,
+            name,
+        };
         let lib = |id, inode, callers| KnownLibrary {
             id,
             inode,

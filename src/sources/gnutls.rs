@@ -10,14 +10,31 @@ use std::path::Path;
 use super::{Entry, TlsHook, TlsSource};
 use crate::discover::pinned::PinnedFile;
 use crate::discover::version;
+use crate::events::tls_function;
 
 pub const SOURCE: TlsSource = TlsSource {
     name: "gnutls",
     hooks: &[
-        TlsHook { symbol: "gnutls_record_send", entry: Entry::Plain, function_id: 5 },
-        TlsHook { symbol: "gnutls_record_recv", entry: Entry::Plain, function_id: 6 },
-        TlsHook { symbol: "gnutls_record_send2", entry: Entry::Plain, function_id: 7 },
-        TlsHook { symbol: "gnutls_record_recv_seq", entry: Entry::Plain, function_id: 8 },
+        TlsHook {
+            symbol: "gnutls_record_send",
+            entry: Entry::Plain,
+            function_id: tls_function::GNUTLS_RECORD_SEND,
+        },
+        TlsHook {
+            symbol: "gnutls_record_recv",
+            entry: Entry::Plain,
+            function_id: tls_function::GNUTLS_RECORD_RECV,
+        },
+        TlsHook {
+            symbol: "gnutls_record_send2",
+            entry: Entry::Plain,
+            function_id: tls_function::GNUTLS_RECORD_SEND2,
+        },
+        TlsHook {
+            symbol: "gnutls_record_recv_seq",
+            entry: Entry::Plain,
+            function_id: tls_function::GNUTLS_RECORD_RECV_SEQ,
+        },
     ],
     file_prefix: "libgnutls.so",
     watch_bit: 1,

@@ -18,11 +18,12 @@ use super::{Entry, TlsHook, TlsTarget};
 use crate::discover::elf::Function;
 use crate::discover::golang::{self, GoBinary};
 use crate::discover::pinned::PinnedFile;
+use crate::events::tls_function;
 
 pub const NAME: &str = "go";
 pub const HOOKS: [TlsHook; 2] = [
-    TlsHook { symbol: "crypto/tls.(*Conn).Write", entry: Entry::Go, function_id: 13 },
-    TlsHook { symbol: "crypto/tls.(*Conn).Read", entry: Entry::Go, function_id: 14 },
+    TlsHook { symbol: "crypto/tls.(*Conn).Write", entry: Entry::Go, function_id: tls_function::GO_WRITE },
+    TlsHook { symbol: "crypto/tls.(*Conn).Read", entry: Entry::Go, function_id: tls_function::GO_READ },
 ];
 const KEYLOG: &str = "crypto/tls.(*Config).writeKeyLog";
 

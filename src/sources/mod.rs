@@ -279,6 +279,8 @@ impl TlsTarget {
 mod tests {
     use super::*;
 
+    use crate::events::tls_function;
+
     #[test]
     fn function_ids_are_unique_and_named() {
         let mut ids: Vec<u8> =
@@ -287,10 +289,10 @@ mod tests {
         ids.sort();
         ids.dedup();
         assert_eq!(ids.len(), n);
-        assert_eq!(function_of(1), ("SSL_write", "openssl"));
-        assert_eq!(function_of(9), ("PR_Write", "nss"));
-        assert_eq!(function_of(13), ("crypto/tls.(*Conn).Write", "go"));
-        assert_eq!(function_of(14), ("crypto/tls.(*Conn).Read", "go"));
+        assert_eq!(function_of(tls_function::SSL_WRITE), ("SSL_write", "openssl"));
+        assert_eq!(function_of(tls_function::PR_WRITE), ("PR_Write", "nss"));
+        assert_eq!(function_of(tls_function::GO_WRITE), ("crypto/tls.(*Conn).Write", "go"));
+        assert_eq!(function_of(tls_function::GO_READ), ("crypto/tls.(*Conn).Read", "go"));
         assert_eq!(function_of(0), ("?", "unknown"));
     }
 

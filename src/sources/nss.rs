@@ -10,14 +10,15 @@ use std::path::Path;
 use super::{Entry, TlsHook, TlsSource};
 use crate::discover::pinned::PinnedFile;
 use crate::discover::version;
+use crate::events::tls_function;
 
 pub const SOURCE: TlsSource = TlsSource {
     name: "nss",
     hooks: &[
-        TlsHook { symbol: "PR_Write", entry: Entry::Nspr, function_id: 9 },
-        TlsHook { symbol: "PR_Read", entry: Entry::Nspr, function_id: 10 },
-        TlsHook { symbol: "PR_Send", entry: Entry::Nspr, function_id: 11 },
-        TlsHook { symbol: "PR_Recv", entry: Entry::Nspr, function_id: 12 },
+        TlsHook { symbol: "PR_Write", entry: Entry::Nspr, function_id: tls_function::PR_WRITE },
+        TlsHook { symbol: "PR_Read", entry: Entry::Nspr, function_id: tls_function::PR_READ },
+        TlsHook { symbol: "PR_Send", entry: Entry::Nspr, function_id: tls_function::PR_SEND },
+        TlsHook { symbol: "PR_Recv", entry: Entry::Nspr, function_id: tls_function::PR_RECV },
     ],
     file_prefix: "libnspr4.so",
     watch_bit: 2,

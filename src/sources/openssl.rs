@@ -8,18 +8,19 @@ use crate::discover::calls;
 use crate::discover::elf::{Function, Symbols};
 use crate::discover::pinned::PinnedFile;
 use crate::discover::version;
+use crate::events::tls_function;
 
 pub const SOURCE: TlsSource = TlsSource {
     name: "openssl",
     hooks: &[
-        TlsHook { symbol: "SSL_write", entry: Entry::Plain, function_id: 1 },
-        TlsHook { symbol: "SSL_read", entry: Entry::Plain, function_id: 2 },
-        TlsHook { symbol: "SSL_write_ex", entry: Entry::Ex, function_id: 3 },
-        TlsHook { symbol: "SSL_read_ex", entry: Entry::Ex, function_id: 4 },
+        TlsHook { symbol: "SSL_write", entry: Entry::Plain, function_id: tls_function::SSL_WRITE },
+        TlsHook { symbol: "SSL_read", entry: Entry::Plain, function_id: tls_function::SSL_READ },
+        TlsHook { symbol: "SSL_write_ex", entry: Entry::Ex, function_id: tls_function::SSL_WRITE_EX },
+        TlsHook { symbol: "SSL_read_ex", entry: Entry::Ex, function_id: tls_function::SSL_READ_EX },
         // OpenSSL 3.3+. Without it, a program calling SSL_write_ex2 itself
         // went unseen wherever the internal functions are not probed
         // (versions not known here, builds where that saves nothing).
-        TlsHook { symbol: WRITE_EX2, entry: Entry::Ex5, function_id: 17 },
+        TlsHook { symbol: WRITE_EX2, entry: Entry::Ex5, function_id: tls_function::SSL_WRITE_EX2 },
     ],
     file_prefix: "libssl.so",
     watch_bit: 0,
@@ -50,10 +51,16 @@ fn openssl_version(file: &PinnedFile, path: &Path) -> Option<String> {
 
 /// OpenSSL's own plaintext functions, probed instead of the exported ones
 /// when that is cheaper (see [`internal_points`]).
-pub const WRITE_INTERNAL: TlsHook =
-    TlsHook { symbol: "ssl_write_internal", entry: Entry::Internal, function_id: 15 };
-pub const READ_INTERNAL: TlsHook =
-    TlsHook { symbol: "ssl_read_internal", entry: Entry::Internal, function_id: 16 };
+pub const WRITE_INTERNAL: TlsHook = TlsHook {
+    symbol: "ssl_write_internal",
+    entry: Entry::Internal,
+    function_id: tls_function::SSL_WRITE_INTERNAL,
+};
+pub const READ_INTERNAL: TlsHook = TlsHook {
+    symbol: "ssl_read_internal",
+    entry: Entry::Internal,
+    function_id: tls_function::SSL_READ_INTERNAL,
+};
 
 /// `SSL_write_ex2` (3.3+): `SSL_write_ex` calls it, and it calls
 /// `ssl_write_internal` with a `flags` argument before `written`.

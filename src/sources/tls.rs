@@ -325,22 +325,27 @@ impl<'obj> TlsProbes<'obj> {
                 }
             };
         }
+        use crate::events::tls_function as F;
         let ret = match function_id {
-            1 => variant!(ssl_write_return, ssl_write_return_nofetch),
-            2 => variant!(ssl_read_return, ssl_read_return_nofetch),
-            3 => variant!(ssl_write_ex_return, ssl_write_ex_return_nofetch),
-            4 => variant!(ssl_read_ex_return, ssl_read_ex_return_nofetch),
-            5 => variant!(gnutls_record_send_return, gnutls_record_send_return_nofetch),
-            6 => variant!(gnutls_record_recv_return, gnutls_record_recv_return_nofetch),
-            7 => variant!(gnutls_record_send2_return, gnutls_record_send2_return_nofetch),
-            8 => variant!(gnutls_record_recv_seq_return, gnutls_record_recv_seq_return_nofetch),
-            9 => variant!(pr_write_return, pr_write_return_nofetch),
-            10 => variant!(pr_read_return, pr_read_return_nofetch),
-            11 => variant!(pr_send_return, pr_send_return_nofetch),
-            12 => variant!(pr_recv_return, pr_recv_return_nofetch),
-            15 => variant!(ssl_write_internal_return, ssl_write_internal_return_nofetch),
-            16 => variant!(ssl_read_internal_return, ssl_read_internal_return_nofetch),
-            17 => variant!(ssl_write_ex2_return, ssl_write_ex2_return_nofetch),
+            F::SSL_WRITE => variant!(ssl_write_return, ssl_write_return_nofetch),
+            F::SSL_READ => variant!(ssl_read_return, ssl_read_return_nofetch),
+            F::SSL_WRITE_EX => variant!(ssl_write_ex_return, ssl_write_ex_return_nofetch),
+            F::SSL_READ_EX => variant!(ssl_read_ex_return, ssl_read_ex_return_nofetch),
+            F::GNUTLS_RECORD_SEND => variant!(gnutls_record_send_return, gnutls_record_send_return_nofetch),
+            F::GNUTLS_RECORD_RECV => variant!(gnutls_record_recv_return, gnutls_record_recv_return_nofetch),
+            F::GNUTLS_RECORD_SEND2 => {
+                variant!(gnutls_record_send2_return, gnutls_record_send2_return_nofetch)
+            }
+            F::GNUTLS_RECORD_RECV_SEQ => {
+                variant!(gnutls_record_recv_seq_return, gnutls_record_recv_seq_return_nofetch)
+            }
+            F::PR_WRITE => variant!(pr_write_return, pr_write_return_nofetch),
+            F::PR_READ => variant!(pr_read_return, pr_read_return_nofetch),
+            F::PR_SEND => variant!(pr_send_return, pr_send_return_nofetch),
+            F::PR_RECV => variant!(pr_recv_return, pr_recv_return_nofetch),
+            F::SSL_WRITE_INTERNAL => variant!(ssl_write_internal_return, ssl_write_internal_return_nofetch),
+            F::SSL_READ_INTERNAL => variant!(ssl_read_internal_return, ssl_read_internal_return_nofetch),
+            F::SSL_WRITE_EX2 => variant!(ssl_write_ex2_return, ssl_write_ex2_return_nofetch),
             _ => return None,
         };
         Some((entry, ret))
