@@ -155,18 +155,19 @@ fn a_library_replaced_under_running_processes_is_attached_again() {
     let (dir, library, env) = (&private.dir, &private.path, private.env());
 
     let mut capture = Capture::start(&["tls", "--decode", "raw"]);
-    // A process that keeps the old file mapped across the upgrade.
+    // A process that keeps the old file mapped across the upgrade. Each
+    // file is attached when a process first opens it; a process that
+    // finished its exchange within the few ms that takes would be missed
+    // (see the README), so this test waits for each attachment: it is
+    // about the upgrade, not that race.
+    let attached = format!("attached to {} ", library.display());
     let mut old_client = TlsClient::connect_with_env(&server, &env);
+    assert!(capture.wait_for_stderr(&attached, Duration::from_secs(10)), "{}", capture.stderr_so_far());
     curl_with_env(&server, b"before the upgrade", 100, &env);
     // What a package upgrade does: a new file renamed over the old name.
     let staged = dir.path().join("libssl.so.3.dpkg-new");
     std::fs::copy(library, &staged).unwrap();
     std::fs::rename(&staged, library).unwrap();
-    // The first process to open the new file gets it attached; a process
-    // that finished its exchange within the few ms that takes would be
-    // missed (see the README), so this one waits for the attachment.
-    let attached = format!("attached to {} ", library.display());
-    assert!(capture.wait_for_stderr(&attached, Duration::from_secs(10)), "{}", capture.stderr_so_far());
     let mut new_client = TlsClient::connect_with_env(&server, &env);
     let new_attached = capture.wait_for_stderr(&attached, Duration::from_secs(10));
     assert!(new_attached, "the new file was not attached: {}", capture.stderr_so_far());

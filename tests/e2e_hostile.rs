@@ -65,7 +65,7 @@ impl TextCapture {
 
     /// SIGINT, then all it printed; it must exit cleanly.
     fn stop(mut self) -> TextCaptured {
-        thread::sleep(Duration::from_millis(300));
+        // No pause: a stop drains what the kernel wrote (see support's stop_with).
         // SAFETY: signalling our own child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
         let status = self.child.wait().unwrap();

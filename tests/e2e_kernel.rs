@@ -179,7 +179,6 @@ fn runs_with_only_the_documented_capabilities_and_names_a_missing_one() {
     let mut lines = std::io::BufRead::lines(stderr);
     assert!(lines.by_ref().map_while(Result::ok).any(|l| l == "ready"), "not ready under setpriv");
     curl(&server, b"ping", 2000);
-    thread::sleep(Duration::from_millis(300));
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let out = child.wait_with_output().unwrap();

@@ -388,7 +388,6 @@ fn a_capture_to_stdout_is_read_by_tshark_from_a_pipe() {
     let mut lines = std::io::BufRead::lines(stderr);
     assert!(lines.by_ref().map_while(Result::ok).any(|l| l == "ready"), "cleartap did not become ready");
     curl(&server, b"", 777);
-    thread::sleep(Duration::from_millis(300));
     // SAFETY: signalling our own child.
     unsafe { libc::kill(cleartap.id() as i32, libc::SIGINT) };
     assert!(cleartap.wait().unwrap().success());

@@ -151,8 +151,9 @@ impl Capture {
 
     /// `signal` (one cleartap stops cleanly on), then everything it printed.
     pub fn stop_with(mut self, signal: i32) -> Captured {
-        // Let in-flight records reach the ring buffer consumer.
-        thread::sleep(Duration::from_millis(300));
+        // No pause first: cleartap detaches, then drains what the kernel
+        // already wrote, so every record of an exchange that has ended is
+        // in its output. A pause here would hide a stop that loses them.
         // SAFETY: signalling our own child.
         unsafe { libc::kill(self.child.id() as i32, signal) };
         let status = self.child.wait().unwrap();
