@@ -6,6 +6,7 @@ captured stream is the sent one, captured + lost = moved, every record
 attributed right) goes into the dict's "checks", which bench/run turns
 into its exit status.
 """
+import atexit
 import base64
 import hashlib
 import json
@@ -48,6 +49,9 @@ class Cleartap:
         self.out = open(out_path, "wb")
         self.start_time = time.monotonic()
         self.proc = subprocess.Popen([binary, "tls", *args], stdout=self.out, stderr=subprocess.PIPE)
+        # A scenario that fails leaves no cleartap tracing (or holding
+        # processes, with --hold-unchecked) after the run.
+        atexit.register(self._abandon)
         self.stderr = []
         # (when read, line) of the lines after ready: for the first-run latency.
         self.stderr_times = []
@@ -62,6 +66,14 @@ class Cleartap:
                 self.reader.start()
                 return
         sys.exit("bench: cleartap exited before ready:\n" + "\n".join(self.stderr))
+
+    def _abandon(self):
+        if self.proc.returncode is None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
 
     def _drain_stderr(self):
         for line in self.proc.stderr:
@@ -767,38 +779,52 @@ def captured_streams(out_path, pid):
 
 
 def first_run(env, count, body=64 << 10):
+    """The first-run scenario twice: racing the attach (the default), and
+    with --hold-unchecked (each client stopped at its exec until probed)."""
+    return {"race": first_run_mode(env, count, body, hold=False),
+            "hold": first_run_mode(env, count, body, hold=True)}
+
+
+def first_run_mode(env, count, body, hold):
     """`count` fresh copies of a Go HTTPS client (a new file each, never
     seen by cleartap), each run once to POST `body` bytes to a server that
     was running before cleartap started: how many were captured whole (both
     directions byte-exact against the client's own record of its tls.Conn),
-    and the time from spawning each to cleartap's "attached" line. A miss
-    is measured, not a failure: it is what this scenario is for."""
-    scratch = env["scratch"]
-    peer = build_tlspeer(scratch)
-    server_truth = os.path.join(scratch, "first-run-server")
+    the time from spawning each to cleartap's "attached" line, and each
+    client's own run time (what a hold costs it). A miss is measured, not a
+    failure: it is what this scenario is for. Clients run in a session of
+    their own (no controlling terminal: --hold-unchecked holds none that
+    has one)."""
+    scratch = os.path.join(env["scratch"], "first-run-hold" if hold else "first-run-race")
+    os.makedirs(scratch)
+    peer = build_tlspeer(env["scratch"])
+    server_truth = os.path.join(scratch, "server")
     os.makedirs(server_truth, exist_ok=True)
     server = subprocess.Popen([peer, "server", env["cert"], env["key"], server_truth,
                                os.path.join(server_truth, "keys")], stdout=subprocess.PIPE, text=True)
     port = int(server.stdout.readline().split()[1])
-    out_path = os.path.join(scratch, "first-run.out")
-    tracer = Cleartap(env["cleartap"], ["--library", "go", "--format", "json"], out_path)
+    out_path = os.path.join(scratch, "cleartap.out")
+    flags = ["--library", "go", "--format", "json"] + (["--hold-unchecked"] if hold else [])
+    tracer = Cleartap(env["cleartap"], flags, out_path)
     runs = []
     for i in range(count):
-        run_dir = os.path.join(scratch, f"first-run-{i}")
+        run_dir = os.path.join(scratch, f"client-{i}")
         os.makedirs(run_dir)
         binary = os.path.join(run_dir, "client")
         shutil.copy(peer, binary)
         start = time.monotonic()
         client = subprocess.Popen([binary, "client", f"https://127.0.0.1:{port}/echo", "1", str(body), "1", run_dir,
-                                   os.path.join(run_dir, "keys")], stdout=subprocess.DEVNULL)
+                                   os.path.join(run_dir, "keys")], stdout=subprocess.DEVNULL,
+                                  start_new_session=True)
         client.wait()
+        run_ms = round((time.monotonic() - start) * 1000, 2)
         attached = f"cleartap: attached to {binary} "
         deadline = time.monotonic() + 5
         seen = None
         while seen is None and time.monotonic() < deadline:
             seen = next((t for t, line in list(tracer.stderr_times) if line.startswith(attached)), None)
             time.sleep(0.005)
-        runs.append({"pid": client.pid, "dir": run_dir, "exit": client.returncode,
+        runs.append({"pid": client.pid, "dir": run_dir, "exit": client.returncode, "run_ms": run_ms,
                      "attach_ms": None if seen is None else round((seen - start) * 1000, 2)})
     stats = tracer.stop()
     server.terminate()
@@ -811,12 +837,17 @@ def first_run(env, count, body=64 << 10):
         whole += r["whole"]
         del r["dir"]
     latencies = sorted(r["attach_ms"] for r in runs if r["attach_ms"] is not None)
-    pct = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))] if latencies else None
-    result = {"binaries": count, "body_bytes": body, "captured_whole": whole,
-              "attach_ms_p50": pct(0.5), "attach_ms_p99": pct(0.99), "attach_ms_max": latencies[-1] if latencies else None,
+    run_times = sorted(r["run_ms"] for r in runs)
+    pct = lambda xs, q: xs[min(len(xs) - 1, int(q * len(xs)))] if xs else None
+    result = {"hold": hold, "binaries": count, "body_bytes": body, "captured_whole": whole,
+              "attach_ms_p50": pct(latencies, 0.5), "attach_ms_p99": pct(latencies, 0.99),
+              "attach_ms_max": latencies[-1] if latencies else None,
+              "client_run_ms_p50": pct(run_times, 0.5), "client_run_ms_p99": pct(run_times, 0.99),
               "not_attached": sum(r["attach_ms"] is None for r in runs), "runs": runs, "cleartap": stats,
               "note": "attach_ms: from spawning the client to reading cleartap's 'attached' line (stderr pipe "
                       "included); the client's own exchange often ends sooner"}
-    print(f"first run: {whole}/{count} fresh Go clients captured whole; exec -> attached p50 "
-          f"{result['attach_ms_p50']} ms, p99 {result['attach_ms_p99']} ms, max {result['attach_ms_max']} ms")
+    print(f"first run{' with --hold-unchecked' if hold else ''}: {whole}/{count} fresh Go clients captured "
+          f"whole; exec -> attached p50 {result['attach_ms_p50']} ms, p99 {result['attach_ms_p99']} ms, max "
+          f"{result['attach_ms_max']} ms; client run p50 {result['client_run_ms_p50']} ms, "
+          f"p99 {result['client_run_ms_p99']} ms")
     return result

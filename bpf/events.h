@@ -199,6 +199,13 @@ struct ct_sock_owner {
 struct ct_file_event {
 	__u32 kind;
 	__u32 pid;
+	/* The file's identity as the kernel has it (inode number, s_dev): the
+	 * key of procwatch's checked_files once user space has checked it. */
+	__u64 ino;
+	__u32 dev;
+	/* 1: the process was stopped (SIGSTOP, --hold-unchecked) until user
+	 * space has checked this file and continues it. */
+	__u32 held;
 	char path[CT_PATH_LEN];
 };
 

@@ -22,7 +22,53 @@ static __always_inline bool has_prefix(const char *name, const char *prefix)
 	return true;
 }
 
-static __always_inline void emit_file_event(__u32 kind, const char *user_path, bool user)
+/* --hold-unchecked: a process that execs a file, or opens a TLS library,
+ * that user space has not checked yet is stopped until it has (and has
+ * attached to it), so that even a program's first TLS byte is captured.
+ * Off by default: a parent waiting with WUNTRACED sees it stop. Processes
+ * with a controlling terminal are never held, because that parent is
+ * then a job-control shell (it would report the job stopped and take the
+ * terminal back) or script(1) (it stops itself to mirror its child). */
+const volatile __u32 hold_unchecked = 0;
+
+#define CT_SIGSTOP 19
+
+struct file_key {
+	__u64 ino;
+	__u32 dev;
+	__u32 _pad;
+};
+
+/* Files user space has checked (attached or found nothing to attach):
+ * their execs and opens are not held. LRU: one evicted is held once more,
+ * and user space, which remembers it, continues the process at once. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct file_key);
+	__type(value, __u8);
+} checked_files SEC(".maps");
+
+/* Processes stopped and not yet continued, by tgid: user space deletes
+ * each as it continues it, and continues whatever is left when it exits
+ * by any way but SIGKILL, held processes whose event it never read
+ * included. Full (16384 held at once): no further hold. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, __u8);
+} held_processes SEC(".maps");
+
+static __always_inline bool has_controlling_tty(void)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	return BPF_CORE_READ(task, signal, tty) != NULL;
+}
+
+/* The event only if it reached the ring buffer: a process is stopped only
+ * when user space will hear of it and continue it. */
+static __always_inline void emit_file_event(__u32 kind, const char *path, struct file *file)
 {
 	struct ct_file_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
@@ -31,10 +77,24 @@ static __always_inline void emit_file_event(__u32 kind, const char *user_path, b
 	}
 	e->kind = kind;
 	e->pid = bpf_get_current_pid_tgid() >> 32;
-	if (user)
-		bpf_probe_read_user_str(e->path, sizeof(e->path), user_path);
-	else
-		bpf_probe_read_kernel_str(e->path, sizeof(e->path), user_path);
+	struct file_key key = {};
+	if (file) {
+		key.ino = BPF_CORE_READ(file, f_inode, i_ino);
+		key.dev = BPF_CORE_READ(file, f_inode, i_sb, s_dev);
+	}
+	e->ino = key.ino;
+	e->dev = key.dev;
+	e->held = 0;
+	__u8 one = 1;
+	if (hold_unchecked && file && !has_controlling_tty() &&
+	    !bpf_map_lookup_elem(&checked_files, &key) &&
+	    bpf_map_update_elem(&held_processes, &e->pid, &one, BPF_ANY) == 0) {
+		if (bpf_send_signal(CT_SIGSTOP) == 0)
+			e->held = 1;
+		else
+			bpf_map_delete_elem(&held_processes, &e->pid);
+	}
+	bpf_probe_read_kernel_str(e->path, sizeof(e->path), path);
 	bpf_ringbuf_submit(e, 0);
 	stat_add(CT_STAT_RECORDS, 1);
 }
@@ -46,7 +106,10 @@ int sched_process_exec(struct trace_event_raw_sched_process_exec *ctx)
 		return 0;
 	unsigned short loc = 0;
 	bpf_probe_read_kernel(&loc, sizeof(loc), &ctx->__data_loc_filename);
-	emit_file_event(CT_EV_EXEC, (const char *)ctx + (loc & 0xffff), false);
+	/* The new program's file: exec has set it by now. */
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct file *exe = BPF_CORE_READ(task, mm, exe_file);
+	emit_file_event(CT_EV_EXEC, (const char *)ctx + (loc & 0xffff), exe);
 	return 0;
 }
 
@@ -156,7 +219,7 @@ int sys_exit_openat(struct trace_event_raw_sys_exit *ctx)
 		};
 		__u8 one = 1;
 		if (bpf_map_update_elem(&reported_libs, &key, &one, BPF_NOEXIST) == 0)
-			emit_file_event(CT_EV_LIB_OPEN, buf->path, false);
+			emit_file_event(CT_EV_LIB_OPEN, buf->path, file);
 	}
 	bpf_map_delete_elem(&pending_opens, &tid);
 	return 0;

@@ -185,6 +185,12 @@ pub struct TlsArgs {
     /// Also probe this Go executable (repeatable); Go programs are found by themselves too.
     #[arg(long = "go-binary", value_name = "PATH")]
     pub go_binaries: Vec<PathBuf>,
+    /// Stop a process that execs a file, or opens a TLS library, not checked yet, until its probes
+    /// are in; then continue it: first runs of new programs are captured from their first byte.
+    /// Its parent sees it stop and continue (an interactive shell reports a foreground job
+    /// stopped); see docs/capture.md.
+    #[arg(long = "hold-unchecked")]
+    pub hold_unchecked: bool,
     /// Which TLS libraries to capture.
     #[arg(long = "library", value_enum, value_delimiter = ',', default_value = "openssl,gnutls,nss,go")]
     pub libraries: Vec<Library>,

@@ -5,8 +5,8 @@
 use std::mem::size_of;
 
 use crate::bpf::types::{
-    ct_exec_result, ct_exec_start, ct_packet, ct_query_end, ct_query_start, ct_shell_line, ct_sock_owner,
-    ct_ssl_keys, ct_task, ct_task_event, ct_tls_data, ct_tls_secret,
+    ct_exec_result, ct_exec_start, ct_file_event, ct_packet, ct_query_end, ct_query_start, ct_shell_line,
+    ct_sock_owner, ct_ssl_keys, ct_task, ct_task_event, ct_tls_data, ct_tls_secret,
 };
 
 /// The enums of `bpf/events.h` under short names. Their values come from
@@ -98,16 +98,10 @@ pub struct TlsData<'a> {
 #[derive(Clone, Copy)]
 pub enum Event<'a> {
     TlsData(TlsData<'a>),
-    /// A process exec'd `path` (a new executable to check).
-    Exec {
-        pid: u32,
-        path: &'a [u8],
-    },
-    /// A process opened `path`, named like a TLS library.
-    LibOpen {
-        pid: u32,
-        path: &'a [u8],
-    },
+    /// A process exec'd a file (a new executable to check).
+    Exec(FileEvent<'a>),
+    /// A process opened a file named like a TLS library.
+    LibOpen(FileEvent<'a>),
     ShellLine(&'a ct_shell_line),
     ShellExit(&'a ct_task),
     ExecStart(&'a ct_exec_start),
@@ -159,8 +153,8 @@ pub fn decode(raw: &[u8]) -> Result<Event<'_>, DecodeError> {
         .ok_or(DecodeError::TooShort(raw.len()))?;
     match kind {
         kind::TLS_DATA => decode_tls(raw).map(Event::TlsData),
-        kind::EXEC => decode_file(raw).map(|(pid, path)| Event::Exec { pid, path }),
-        kind::LIB_OPEN => decode_file(raw).map(|(pid, path)| Event::LibOpen { pid, path }),
+        kind::EXEC => decode_file(raw).map(Event::Exec),
+        kind::LIB_OPEN => decode_file(raw).map(Event::LibOpen),
         kind::SHELL_LINE => view::<ct_shell_line>(raw).map(Event::ShellLine),
         kind::SHELL_EXIT => view::<ct_task_event>(raw).map(|e| Event::ShellExit(&e.task)),
         kind::EXEC_START => view::<ct_exec_start>(raw).map(Event::ExecStart),
@@ -194,12 +188,46 @@ fn decode_packet(raw: &[u8]) -> Result<Packet<'_>, DecodeError> {
     Ok(Packet { header, data })
 }
 
-/// `struct ct_file_event`: kind, pid, then a NUL-terminated path.
-fn decode_file(raw: &[u8]) -> Result<(u32, &[u8]), DecodeError> {
-    let pid = raw.get(4..8).ok_or(DecodeError::TooShort(raw.len()))?;
-    let path = &raw[8..];
-    let end = path.iter().position(|&b| b == 0).unwrap_or(path.len());
-    Ok((u32::from_ne_bytes(pid.try_into().unwrap()), &path[..end]))
+/// The fields of a `struct ct_file_event`.
+#[derive(Clone, Copy)]
+pub struct FileEvent<'a> {
+    pub pid: u32,
+    /// The name the process gave, as it sees it.
+    pub path: &'a [u8],
+    /// The file as the kernel knows it (see `FileKey`).
+    pub file: FileKey,
+    /// The process is stopped until user space continues it
+    /// (`--hold-unchecked`).
+    pub held: bool,
+}
+
+/// A file's identity in the kernel's own encoding (inode number and the
+/// superblock's `s_dev`, not `stat`'s `st_dev`): handed back as it came,
+/// as the key of procwatch's `checked_files`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FileKey {
+    pub ino: u64,
+    pub dev: u32,
+}
+
+impl FileKey {
+    /// The bytes of procwatch's `struct file_key`.
+    pub fn to_map_key(self) -> [u8; 16] {
+        let mut key = [0; 16];
+        key[..8].copy_from_slice(&self.ino.to_ne_bytes());
+        key[8..12].copy_from_slice(&self.dev.to_ne_bytes());
+        key
+    }
+}
+
+fn decode_file(raw: &[u8]) -> Result<FileEvent<'_>, DecodeError> {
+    let e = view::<ct_file_event>(raw)?;
+    Ok(FileEvent {
+        pid: e.pid,
+        path: c_bytes(&e.path),
+        file: FileKey { ino: e.ino, dev: e.dev },
+        held: e.held != 0,
+    })
 }
 
 /// The fields of a `struct ct_query_start`.
@@ -261,6 +289,7 @@ pub fn c_chars(chars: &[i8]) -> &[u8] {
 // SAFETY: these are repr(C) structs of integers and byte arrays, valid for
 // any bit pattern.
 unsafe impl plain::Plain for ct_tls_data {}
+unsafe impl plain::Plain for ct_file_event {}
 unsafe impl plain::Plain for ct_shell_line {}
 unsafe impl plain::Plain for ct_task_event {}
 unsafe impl plain::Plain for ct_exec_start {}
@@ -299,14 +328,22 @@ mod tests {
 
     #[test]
     fn decodes_file_events() {
-        let mut raw = vec![2, 0, 0, 0, 42, 0, 0, 0];
-        raw.extend_from_slice(b"/usr/bin/curl\0junk");
-        let Event::Exec { pid, path } = decode(&raw).unwrap() else { panic!() };
-        assert_eq!((pid, path), (42, &b"/usr/bin/curl"[..]));
-        raw[0] = 3;
-        let Event::LibOpen { pid, path } = decode(&raw).unwrap() else { panic!() };
-        assert_eq!((pid, path), (42, &b"/usr/bin/curl"[..]));
-        assert!(decode(&[3, 0, 0, 0, 1]).is_err());
+        let mut raw = vec![0u8; size_of::<ct_file_event>()];
+        raw[..4].copy_from_slice(&kind::EXEC.to_ne_bytes());
+        raw[4..8].copy_from_slice(&42u32.to_ne_bytes());
+        raw[8..16].copy_from_slice(&7u64.to_ne_bytes());
+        raw[16..20].copy_from_slice(&9u32.to_ne_bytes());
+        raw[20..24].copy_from_slice(&1u32.to_ne_bytes());
+        raw[24..24 + 18].copy_from_slice(b"/usr/bin/curl\0junk");
+        let Event::Exec(e) = decode(&raw).unwrap() else { panic!() };
+        assert_eq!(
+            (e.pid, e.path, e.file, e.held),
+            (42, &b"/usr/bin/curl"[..], FileKey { ino: 7, dev: 9 }, true)
+        );
+        raw[..4].copy_from_slice(&kind::LIB_OPEN.to_ne_bytes());
+        let Event::LibOpen(e) = decode(&raw).unwrap() else { panic!() };
+        assert_eq!((e.pid, e.path), (42, &b"/usr/bin/curl"[..]));
+        assert!(decode(&raw[..30]).is_err(), "a file event shorter than its struct");
         // A shell line record shorter than its struct is refused, not read past.
         assert!(decode(&[4, 0, 0, 0, 0, 0, 0, 0]).is_err());
     }

@@ -242,6 +242,23 @@ impl Client {
             .spawn()
             .unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"));
         let stdin = child.stdin.take();
+        Client::started(child, stdin)
+    }
+
+    /// `start`, told to go as soon as it is spawned: it never waits for
+    /// the test, as a program run once would not.
+    fn start_at_once(cmd: &mut Command) -> Client {
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"));
+        child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+        Client::started(child, None)
+    }
+
+    fn started(mut child: Child, stdin: Option<ChildStdin>) -> Client {
         let stderr = child.stderr.take();
         let mut stdout = BufReader::new(child.stdout.take().unwrap());
         let mut line = String::new();
@@ -254,11 +271,12 @@ impl Client {
         self.child.id()
     }
 
-    /// Let it connect and talk; returns the response it received.
+    /// Let it connect and talk (if not told already); returns the
+    /// response it received.
     fn go(mut self) -> Done {
-        let mut stdin = self.stdin.take().unwrap();
-        stdin.write_all(b"go\n").unwrap();
-        drop(stdin);
+        if let Some(mut stdin) = self.stdin.take() {
+            stdin.write_all(b"go\n").unwrap();
+        }
         let mut err = self.stderr.take().unwrap();
         let stderr = thread::spawn(move || {
             let mut s = String::new();
@@ -399,6 +417,105 @@ fn openssl_in_a_static_executable_started_later_is_captured_byte_exact() {
     }
     let _one = exclusive();
     check_static_executable(false);
+}
+
+/// A static OpenSSL executable cleartap has never seen (a fresh copy made
+/// after it started: a new file), run once without waiting for anything:
+/// with `--hold-unchecked` it is stopped at its exec until its probes are
+/// in, and its first run is captured byte-exact both ways. Its check is
+/// slowed by 300 ms (CLEARTAP_TEST_OPEN_DELAY) so that, without the hold,
+/// the client would always finish first: the test shows the hold at work.
+#[test]
+fn a_new_static_openssl_executable_is_captured_whole_on_its_first_run_with_hold() {
+    if !require_bpf() {
+        return;
+    }
+    let _one = exclusive();
+    let built = claims_client(Link::Static);
+    let server = TlsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let request = request(&payload(50_000, 12), 200_000);
+    let request_file = write_request(dir.path(), &request);
+    let fresh_dir = dir.path().join("fresh");
+    fs::create_dir(&fresh_dir).unwrap();
+    let delay = format!("{}:300", fresh_dir.display());
+    let capture = Capture::start_with_env(
+        &["tls", "--comm", "claims_client", "--hold-unchecked"],
+        &[("CLEARTAP_TEST_OPEN_DELAY", &delay)],
+    );
+    let fresh = fresh_dir.join("claims_client");
+    fs::copy(&built, &fresh).unwrap();
+    let client = Client::start_at_once(
+        without_terminal(&mut Command::new(&fresh))
+            .args(["127.0.0.1", &server.port.to_string()])
+            .arg(&request_file),
+    );
+    let pid = client.pid();
+    let Done { response, .. } = client.go();
+    let got = capture.stop();
+    got.assert_clean_exit();
+    let attached = format!("cleartap: attached to {} (openssl", fresh.display());
+    assert!(got.stderr.contains(&attached), "{}", got.stderr);
+    assert_exchange(&got, &server, |r| r["pid"] == pid, &request, &response);
+    assert!(
+        got.stderr.contains(
+            "cleartap: --hold-unchecked: 1 processes held until their file was checked, 0 of them continued"
+        ),
+        "{}",
+        got.stderr
+    );
+}
+
+/// What `--hold-unchecked` does to the programs it holds, as their parent
+/// sees it (a parent that waits as scripts and services do, without
+/// WUNTRACED): nothing. A held program's exit status and output are its
+/// own; one whose check takes too long (60 s here, as a hostile file could)
+/// is continued after the hold's limit with a warning, and runs to its end
+/// while the check is still going on. A program run from an interactive
+/// shell (it has a controlling terminal) is not held at all: the shell
+/// would report its foreground job stopped.
+#[test]
+fn held_programs_run_as_if_never_held_and_a_slow_check_does_not_hold_them_long() {
+    if !require_bpf() {
+        return;
+    }
+    let _one = exclusive();
+    let dir = tempfile::tempdir().unwrap();
+    let (quick, slow) = (dir.path().join("quick"), dir.path().join("slow"));
+    for sub in [&quick, &slow] {
+        fs::create_dir(sub).unwrap();
+        fs::copy("/bin/dash", sub.join("fresh-sh")).expect("dash (scripts/install-deps --test)");
+    }
+    let delay = format!("{}:60000", slow.display());
+    let mut capture = Capture::start_with_env(
+        &["tls", "--comm", "fresh-sh", "--hold-unchecked"],
+        &[("CLEARTAP_TEST_OPEN_DELAY", &delay)],
+    );
+    for sub in [&quick, &slow] {
+        let sh = sub.join("fresh-sh");
+        let out =
+            without_terminal(&mut Command::new(&sh)).args(["-c", "echo from $0; exit 3"]).output().unwrap();
+        assert_eq!(out.status.code(), Some(3), "{out:?}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), format!("from {}\n", sh.display()));
+    }
+    let warned =
+        capture.wait_for_stderr("continued after 1000 ms before the check finished", Duration::from_secs(10));
+    assert!(warned, "{}", capture.stderr_so_far());
+    // Under script(1), which gives the interactive shell a terminal.
+    let interactive = dir.path().join("interactive");
+    fs::create_dir(&interactive).unwrap();
+    fs::copy("/bin/dash", interactive.join("fresh-sh")).unwrap();
+    let line = format!("{}/fresh-sh -c 'exit 0'; echo rc=$?", interactive.display());
+    let out = Command::new("script")
+        .args(["-qec", &format!("bash --norc -i -c \"{line}\""), "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("script(1) (bsdutils)");
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && shown.contains("rc=0") && !shown.contains("Stopped"), "{out:?}");
+    let got = capture.stop();
+    got.assert_clean_exit();
+    assert!(got.stderr.contains("cleartap: --hold-unchecked: 2 processes held until their file was checked, 1 of them continued before"), "{}", got.stderr);
 }
 
 /// A static executable that links OpenSSL's version string in (by showing

@@ -32,7 +32,7 @@ pub fn capture(args: &SourceArgs, dest: Destination) -> Result<()> {
     let probes = ShellProbes::load(&mut storage, &filters, args.output.ringbuf_size)?;
     let mut watch_storage = MaybeUninit::uninit();
     let shared = SharedMaps::of(probes.events_map(), probes.stats_map());
-    let watch = ProcWatch::load(&mut watch_storage, &filters, &[], shared)?;
+    let watch = ProcWatch::load(&mut watch_storage, &filters, &[], shared, false)?;
     let mut links = vec![probes.attach_exit()?];
     links.extend(watch.attach()?);
 
@@ -138,8 +138,8 @@ impl Handler for ShellHandler<'_> {
                 }
                 self.shell_paths.remove(&task.pid);
             }
-            Event::Exec { pid, path } => {
-                if let Some(bin) = self.attacher.consider(pid, Some(&String::from_utf8_lossy(path))) {
+            Event::Exec(e) => {
+                if let Some(bin) = self.attacher.consider(e.pid, Some(&String::from_utf8_lossy(e.path))) {
                     announce(&bin);
                 }
             }

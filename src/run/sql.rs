@@ -31,7 +31,7 @@ pub fn capture(args: &SourceArgs, family: Family, dest: Destination) -> Result<(
     let probes = SqlProbes::load(&mut storage, &filters, args.output.ringbuf_size)?;
     let mut watch_storage = MaybeUninit::uninit();
     let shared = SharedMaps::of(probes.events_map(), probes.stats_map());
-    let watch = ProcWatch::load(&mut watch_storage, &filters, &[], shared)?;
+    let watch = ProcWatch::load(&mut watch_storage, &filters, &[], shared, false)?;
     let links = watch.attach()?;
     let mut attacher = servers::attacher(&probes, family);
     let found = attacher.scan_host();
@@ -142,8 +142,8 @@ impl Handler for SqlHandler<'_> {
                 }
             }
             Event::QueryFail(e) => self.queries.fail(e.task.tid),
-            Event::Exec { pid, path } => {
-                if let Some(bin) = self.attacher.consider(pid, Some(&String::from_utf8_lossy(path))) {
+            Event::Exec(e) => {
+                if let Some(bin) = self.attacher.consider(e.pid, Some(&String::from_utf8_lossy(e.path))) {
                     announce(&bin);
                 }
             }

@@ -55,7 +55,7 @@ pub fn capture(args: &TlsArgs, dest: Destination) -> Result<()> {
         TlsProbes::load(&mut tls_storage, &filters, args.output.ringbuf_size, args.max_connections, secrets)?;
     let shared = SharedMaps::of(probes.events_map(), probes.stats_map());
     let mut watch_storage = MaybeUninit::uninit();
-    let watch = ProcWatch::load(&mut watch_storage, &filters, &sources, shared)?;
+    let watch = ProcWatch::load(&mut watch_storage, &filters, &sources, shared, args.hold_unchecked)?;
     let mut links = probes.attach_syscalls()?;
     // Watch first, then scan: a process starting in between is seen twice
     // at worst (each file is attached once), never missed.
@@ -77,6 +77,9 @@ pub fn capture(args: &TlsArgs, dest: Destination) -> Result<()> {
     let go = args.libraries.contains(&Library::Go);
     let discovery = Discovery::new(sources, go, secrets, &args.exclude_libs);
     let mut attacher = Attacher::new(&probes, discovery);
+    if args.hold_unchecked {
+        attacher.hold_unchecked(watch.checked_files(), watch.held_processes());
+    }
     let mut targets = Vec::new();
     for path in &args.libs {
         targets.push(attacher.attach_explicit(path)?);
@@ -359,12 +362,8 @@ impl Handler for TlsHandler<'_, '_> {
                 }
             }
             // Queued for the discovery thread; attached in `idle` once parsed.
-            Event::Exec { pid, path } => {
-                self.attacher.new_process(pid, String::from_utf8_lossy(path).into_owned());
-            }
-            Event::LibOpen { pid, path } => {
-                self.attacher.library_opened(pid, String::from_utf8_lossy(path).into_owned());
-            }
+            Event::Exec(exec) => self.attacher.new_process(&exec),
+            Event::LibOpen(open) => self.attacher.library_opened(&open),
             _ => {}
         }
         Ok(())
@@ -404,6 +403,12 @@ impl Handler for TlsHandler<'_, '_> {
             capture.finish()?;
         }
         self.secrets.summary();
+        if let Some((held, early)) = self.attacher.hold_counts() {
+            eprintln!(
+                "cleartap: --hold-unchecked: {held} processes held until their file was checked, {early} of them \
+                 continued before the check finished"
+            );
+        }
         for (exchange, connection) in self.streams.close_all(std::time::SystemTime::now()) {
             out.http(&HttpRecord { exchange: &exchange, connection: &connection })?;
         }

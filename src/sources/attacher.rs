@@ -15,9 +15,11 @@ use anyhow::{Context, Result};
 use libbpf_rs::Link;
 
 use super::discovery::{Discovery, Request, Worker};
+use super::hold::{self, Holds};
 use super::tls::TlsProbes;
 use super::TlsTarget;
 use crate::discover::procs::{self, FileId};
+use crate::events::FileEvent;
 
 pub struct Attacher<'p, 'obj> {
     probes: &'p TlsProbes<'obj>,
@@ -27,6 +29,8 @@ pub struct Attacher<'p, 'obj> {
     last_sweep: Instant,
     /// The last library id given (0: none).
     next_id: u16,
+    /// `--hold-unchecked`: processes stopped until their file is checked.
+    holds: Option<Holds<'p>>,
 }
 
 /// Where files are found: here while cleartap starts (the scans finish
@@ -62,7 +66,15 @@ impl<'p, 'obj> Attacher<'p, 'obj> {
             attached: HashMap::new(),
             last_sweep: Instant::now(),
             next_id: 0,
+            holds: None,
         }
+    }
+
+    /// `--hold-unchecked`: the kernel stops processes at files not in
+    /// `checked` and lists them in `held` (procwatch's maps); they are
+    /// continued here.
+    pub fn hold_unchecked(&mut self, checked: &'p dyn libbpf_rs::MapCore, held: &'p dyn libbpf_rs::MapCore) {
+        self.holds = Some(Holds::new(checked, held));
     }
 
     /// Discovery while cleartap starts; None once it has its thread.
@@ -123,35 +135,61 @@ impl<'p, 'obj> Attacher<'p, 'obj> {
         Ok(())
     }
 
-    /// A process that just exec'd `exe_path`: its executable is looked at
+    /// A process that just exec'd a file: its executable is looked at
     /// (its libraries arrive as library-open events). Never blocks.
-    pub fn new_process(&mut self, pid: u32, exe_path: String) {
-        self.request(Request::Exec { pid, path: exe_path })
+    pub fn new_process(&mut self, exec: &FileEvent) {
+        let path = String::from_utf8_lossy(exec.path).into_owned();
+        self.request(exec, Request::Exec { pid: exec.pid, path })
     }
 
-    /// A file `pid` opened under the name `path`, as it sees it. Never blocks.
-    pub fn library_opened(&mut self, pid: u32, path: String) {
-        self.request(Request::Library { pid, path })
+    /// A file a process opened, as it names it. Never blocks.
+    pub fn library_opened(&mut self, open: &FileEvent) {
+        let path = String::from_utf8_lossy(open.path).into_owned();
+        self.request(open, Request::Library { pid: open.pid, path })
     }
 
-    fn request(&mut self, request: Request) {
-        if let Discoverer::Thread(worker) = &mut self.discovery {
-            worker.request(request);
+    fn request(&mut self, event: &FileEvent, request: Request) {
+        let number = match &mut self.discovery {
+            Discoverer::Thread(worker) => worker.request(request),
+            _ => None,
+        };
+        if event.held {
+            match &mut self.holds {
+                Some(holds) => holds.hold(event.pid, event.file, number),
+                // Cannot be without --hold-unchecked; never leave one stopped.
+                None => hold::continue_now(event.pid),
+            }
         }
     }
 
-    /// The discovery thread has requests in hand: files may be ready soon.
+    /// The discovery thread has requests in hand (files may be ready
+    /// soon), or processes wait for their check.
     pub fn discovering(&self) -> bool {
         matches!(&self.discovery, Discoverer::Thread(worker) if worker.busy())
+            || self.holds.as_ref().is_some_and(Holds::any)
     }
 
     /// Attaches the files the discovery thread parsed since the last call.
     pub fn attach_found(&mut self) -> Vec<TlsTarget> {
-        let found = match &self.discovery {
-            Discoverer::Thread(worker) => worker.found(),
+        let (found, done) = match &self.discovery {
+            // `done` first: what those requests found is then in `found`.
+            Discoverer::Thread(worker) => {
+                let done = worker.done();
+                (worker.found(), done)
+            }
             _ => return Vec::new(),
         };
-        found.into_iter().filter_map(|t| self.attach_discovered(t)).collect()
+        let attached = found.into_iter().filter_map(|t| self.attach_discovered(t)).collect();
+        if let Some(holds) = &mut self.holds {
+            holds.release_done(done);
+        }
+        attached
+    }
+
+    /// Processes held and continued so far, and those continued before
+    /// their check finished (`--hold-unchecked`).
+    pub fn hold_counts(&self) -> Option<(u64, u64)> {
+        self.holds.as_ref().map(Holds::counts)
     }
 
     fn attach_discovered(&mut self, mut target: TlsTarget) -> Option<TlsTarget> {
@@ -233,6 +271,9 @@ impl<'p, 'obj> Attacher<'p, 'obj> {
     /// Detach every uprobe (links close with their fds) and stop
     /// discovery, without waiting for a file it is parsing.
     pub fn detach_all(&mut self) {
+        if let Some(holds) = &mut self.holds {
+            holds.release_all();
+        }
         self.discovery = Discoverer::Stopped;
         self.attached.clear();
     }

@@ -275,6 +275,9 @@ impl Discovery {
     /// `exec_path` is the name it was exec'd under, for when the process
     /// has already exited.
     fn consider_executable(&mut self, pid: u32, exec_path: Option<&str>) -> Option<TlsTarget> {
+        if let Some(path) = exec_path {
+            pinned::test_delay(Path::new(path));
+        }
         let exe = procs::executable(pid, exec_path)?;
         self.unseen(exe.id)?;
         if !self.quota.admit(pid) {
@@ -384,12 +387,13 @@ impl Worker {
         Ok(Worker { requests, forget, found, stop, sent: 0, done, dropped: 0 })
     }
 
-    /// Queues `request`; never blocks.
-    pub fn request(&mut self, request: Request) {
+    /// Queues `request`; never blocks. Its number (counting from 1), which
+    /// `done` reaches once it is finished; None if it was dropped.
+    pub fn request(&mut self, request: Request) -> Option<u64> {
         let why = match self.requests.try_send(request) {
             Ok(()) => {
                 self.sent += 1;
-                return;
+                return Some(self.sent);
             }
             Err(TrySendError::Full(_)) => {
                 "the discovery queue is full (a file slow to open or parse holds it)"
@@ -403,6 +407,14 @@ impl Worker {
                  such misses are counted at the end"
             );
         }
+        None
+    }
+
+    /// Requests finished, in the order they were queued (one thread takes
+    /// them in turn): request n is finished once this is n or more, and
+    /// what it found was sent before, so it is in the next `found`.
+    pub fn done(&self) -> u64 {
+        self.done.load(Ordering::Acquire)
     }
 
     /// Requests are queued or being looked at: their files may be ready

@@ -8,6 +8,7 @@ pub mod exec;
 pub mod executables;
 pub mod gnutls;
 pub mod gotls;
+pub mod hold;
 pub mod nss;
 pub mod openssl;
 pub mod openssl_layout;

@@ -32,22 +32,35 @@ pub struct ProcWatch<'obj> {
 impl<'obj> ProcWatch<'obj> {
     /// Load, sharing the ring buffer and counters of another skeleton
     /// (`maps`), watching the library file names of `sources` (none: exec
-    /// events only).
+    /// events only). `hold`: stop processes at files not yet checked
+    /// (`--hold-unchecked`, see `sources::hold`).
     pub fn load(
         storage: &'obj mut MaybeUninit<OpenObject>,
         filters: &Filters,
         sources: &[&TlsSource],
         maps: SharedMaps,
+        hold: bool,
     ) -> Result<Self> {
         let mut open =
             ProcwatchSkelBuilder::default().open(storage).context("opening the process watch BPF object")?;
         let rodata = open.maps.rodata_data.as_deref_mut().context("no .rodata in the BPF object")?;
         crate::set_filters!(rodata, filters);
         rodata.watch_mask = sources.iter().fold(0, |mask, s| mask | (1 << s.watch_bit));
+        rodata.hold_unchecked = hold.into();
         open.maps.events.reuse_fd(maps.events).context("sharing the ring buffer")?;
         open.maps.stats.reuse_fd(maps.stats).context("sharing the counters")?;
         let skel = open.load().map_err(kernel::load_failed("the process watch BPF programs"))?;
         Ok(ProcWatch { skel })
+    }
+
+    /// Files checked: their execs and opens are not held (see `load`).
+    pub fn checked_files(&self) -> &dyn libbpf_rs::MapCore {
+        &self.skel.maps.checked_files
+    }
+
+    /// Processes the kernel stopped and nobody continued yet.
+    pub fn held_processes(&self) -> &dyn libbpf_rs::MapCore {
+        &self.skel.maps.held_processes
     }
 
     pub fn attach(&self) -> Result<Vec<Link>> {

@@ -52,6 +52,32 @@ pub struct Capture {
     /// What cleartap printed on stderr before `ready`, and the lines
     /// `wait_for_stderr` read.
     before_ready: String,
+    running: KillOnDrop,
+}
+
+/// Stops a cleartap a test did not stop (it panicked first): orphaned, it
+/// would go on tracing the host and holding the `flock` it inherited.
+/// SIGINT first, so that it continues the processes it holds
+/// (`--hold-unchecked`); SIGKILL if it has not exited after 10 s.
+struct KillOnDrop(Option<u32>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let Some(pid) = self.0 else { return };
+        let pid = pid as libc::pid_t;
+        // SAFETY: our own child, not yet waited for (so its pid is not
+        // reused); waitpid with WNOHANG only reaps it.
+        unsafe {
+            libc::kill(pid, libc::SIGINT);
+            for _ in 0..1000 {
+                if libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) == pid {
+                    return;
+                }
+                thread::sleep(Duration::from_millis(10));
+            }
+            libc::kill(pid, libc::SIGKILL);
+        }
+    }
 }
 
 pub struct Captured {
@@ -101,7 +127,9 @@ impl Capture {
                 let _ = tx.send(line);
             }
         });
-        let mut capture = Capture { child, stdout, stderr: rx, stderr_reader, before_ready: String::new() };
+        let running = KillOnDrop(Some(child.id()));
+        let mut capture =
+            Capture { child, stdout, stderr: rx, stderr_reader, before_ready: String::new(), running };
         capture.wait_ready();
         capture
     }
@@ -157,6 +185,7 @@ impl Capture {
         // SAFETY: signalling our own child.
         unsafe { libc::kill(self.child.id() as i32, signal) };
         let status = self.child.wait().unwrap();
+        self.running.0 = None;
         let stdout = self.stdout.join().unwrap();
         // All of stderr, up to its end: the summary is its last line.
         self.stderr_reader.join().unwrap();
@@ -173,7 +202,9 @@ impl Capture {
     /// SIGKILL: nothing of cleartap runs after it.
     pub fn kill_hard(mut self) -> std::process::ExitStatus {
         let _ = self.child.kill();
-        self.child.wait().unwrap()
+        let status = self.child.wait().unwrap();
+        self.running.0 = None;
+        status
     }
 }
 
@@ -401,6 +432,20 @@ impl Drop for TlsClient {
 pub fn http_body(message: &[u8]) -> &[u8] {
     let end = message.windows(4).position(|w| w == b"\r\n\r\n").expect("an HTTP header");
     &message[end + 4..]
+}
+
+/// Runs `cmd` in a session of its own, without the terminal `cargo test`
+/// may run in: `--hold-unchecked` never holds a process that has one.
+pub fn without_terminal(cmd: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: setsid(2) is async-signal-safe; it only fails for a process
+    // group leader, which a freshly forked child is not.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        })
+    }
 }
 
 /// Deterministic, non-UTF-8 test payload.
