@@ -8,9 +8,9 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::mpsc;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 use serde_json::Value;
@@ -46,7 +46,9 @@ pub fn support_dir() -> PathBuf {
 /// A running `cleartap` with JSON output.
 pub struct Capture {
     child: Child,
-    stdout: thread::JoinHandle<String>,
+    /// The stdout lines printed so far, filled by `stdout_reader`.
+    stdout: Arc<Mutex<Vec<String>>>,
+    stdout_reader: thread::JoinHandle<()>,
     stderr: mpsc::Receiver<String>,
     stderr_reader: thread::JoinHandle<()>,
     /// What cleartap printed on stderr before `ready`, and the lines
@@ -88,11 +90,13 @@ impl Capture {
             .stderr(Stdio::piped())
             .spawn()
             .expect("starting cleartap");
-        let mut out = child.stdout.take().unwrap();
-        let stdout = thread::spawn(move || {
-            let mut s = String::new();
-            out.read_to_string(&mut s).unwrap();
-            s
+        let out = child.stdout.take().unwrap();
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        let lines = Arc::clone(&stdout);
+        let stdout_reader = thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                lines.lock().unwrap().push(line.expect("cleartap's stdout is UTF-8"));
+            }
         });
         let (tx, rx) = mpsc::channel();
         let err = child.stderr.take().unwrap();
@@ -101,7 +105,8 @@ impl Capture {
                 let _ = tx.send(line);
             }
         });
-        let mut capture = Capture { child, stdout, stderr: rx, stderr_reader, before_ready: String::new() };
+        let mut capture =
+            Capture { child, stdout, stdout_reader, stderr: rx, stderr_reader, before_ready: String::new() };
         capture.wait_ready();
         capture
     }
@@ -144,6 +149,27 @@ impl Capture {
         }
     }
 
+    /// Wait until cleartap printed a record for which `wanted` holds.
+    pub fn wait_for_record(&self, wanted: impl Fn(&Value) -> bool, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut seen = 0;
+        loop {
+            {
+                let lines = self.stdout.lock().unwrap();
+                let found =
+                    lines[seen..].iter().any(|l| serde_json::from_str::<Value>(l).is_ok_and(|r| wanted(&r)));
+                if found {
+                    return true;
+                }
+                seen = lines.len();
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// SIGINT, then everything it printed.
     pub fn stop(self) -> Captured {
         self.stop_with(libc::SIGINT)
@@ -157,12 +183,13 @@ impl Capture {
         // SAFETY: signalling our own child.
         unsafe { libc::kill(self.child.id() as i32, signal) };
         let status = self.child.wait().unwrap();
-        let stdout = self.stdout.join().unwrap();
+        self.stdout_reader.join().unwrap();
+        let stdout = std::mem::take(&mut *self.stdout.lock().unwrap());
         // All of stderr, up to its end: the summary is its last line.
         self.stderr_reader.join().unwrap();
         let stderr: Vec<String> = self.stderr.try_iter().collect();
         let records = stdout
-            .lines()
+            .iter()
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
             .collect();
         Captured { records, stderr: self.before_ready + &stderr.join("\n"), status }
