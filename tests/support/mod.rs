@@ -552,30 +552,63 @@ pub fn read_in_background(mut from: impl Read + Send + 'static) -> thread::JoinH
 
 /// Types `lines`, each followed by `enter`, into the interactive shell
 /// command `shell` on a pseudo-terminal (under `script`, with `env` added
-/// to its environment), pausing so the shell prompts between them. Returns
-/// the pid of `script`, the shell's parent: `script` runs its command
-/// through `$SHELL -c`, which may or may not exec it (dash does not), so
-/// the command starts with `exec` to make the shell script's own child.
+/// to its environment), each once the shell reads a line. Returns the pid
+/// of `script`, the shell's parent: `script` runs its command through
+/// `$SHELL -c`, which may or may not exec it (dash does not), so the
+/// command starts with `exec` to make the shell script's own child.
+///
+/// "Reads a line" is seen on the terminal: readline (bash, bc) and zsh's
+/// line editor turn bracketed paste on (`ESC [?2004h`, with TERM=xterm)
+/// each time they start reading one, prompt or continuation prompt alike.
 pub fn type_into_script(shell: &str, env: &[(&str, &str)], lines: &[&[u8]], enter: &[u8]) -> u32 {
+    const READING: &[u8] = b"\x1b[?2004h";
     let mut script = Command::new("script")
         .args(["-qfc", &format!("exec {shell}"), "/dev/null"])
         .env("TERM", "xterm")
         .envs(env.iter().copied())
         .stdin(Stdio::piped())
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .spawn()
         .expect("running script(1)");
     let pid = script.id();
     let mut stdin = script.stdin.take().unwrap();
-    thread::sleep(Duration::from_millis(700));
-    for line in lines {
+    // The terminal's output, in chunks, to its end (script exits then).
+    let (tx, rx) = mpsc::channel();
+    let mut out = script.stdout.take().unwrap();
+    let reader = thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n @ 1..) = out.read(&mut buf) {
+            let _ = tx.send(buf[..n].to_vec());
+        }
+    });
+    let mut shown = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        // The shell reads its (i+1)th line: as many starts of line editing.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while shown.windows(READING.len()).filter(|w| *w == READING).count() <= i {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(chunk) => shown.extend_from_slice(&chunk),
+                Err(_) => panic!(
+                    "{shell} did not start reading line {} ({:?}) in 30 s; the terminal showed: {:?}",
+                    i + 1,
+                    String::from_utf8_lossy(line),
+                    String::from_utf8_lossy(&shown)
+                ),
+            }
+        }
         stdin.write_all(line).unwrap();
         stdin.write_all(enter).unwrap();
-        thread::sleep(Duration::from_millis(250));
     }
     drop(stdin);
     let status = script.wait().unwrap();
-    assert!(status.success(), "{shell} under script failed: {status}");
+    reader.join().unwrap();
+    shown.extend(rx.try_iter().flatten());
+    assert!(
+        status.success(),
+        "{shell} under script failed: {status}; the terminal showed: {:?}",
+        String::from_utf8_lossy(&shown)
+    );
     pid
 }
 
