@@ -111,7 +111,8 @@ pub struct AgentArgs {
     /// The configuration file (TOML; see the README).
     #[arg(long, value_name = "FILE", default_value = "/etc/cleartap/agent.toml")]
     pub config: PathBuf,
-    /// Serve Prometheus metrics on this address, e.g. 127.0.0.1:9464.
+    /// Serve Prometheus metrics on this address, e.g. 127.0.0.1:9464 (port
+    /// 0: a free one, printed on stderr).
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<std::net::SocketAddr>,
 }

@@ -1,28 +1,68 @@
-//! `cleartap agent` against real `nats-server -js` processes on free
-//! loopback ports: events arrive once, in order, on their subjects, across
+//! `cleartap agent` against real `nats-server -js` processes on loopback
+//! ports held for them: events arrive once, in order, on their subjects, across
 //! broker outages, full spools, restarts and kill -9.
 
 mod support;
 
 use std::io::{BufRead, BufReader, Read};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::*;
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+/// A loopback port held for a broker: bound (port 0, the kernel picks)
+/// with SO_REUSEADDR but not listening. nats-server (Go sets SO_REUSEADDR
+/// too) binds and listens on it while it is held, so the port is the
+/// broker's from before its first start to after its last stop: the agent
+/// can be told of a broker that is down, and a restarted broker gets its
+/// port back. Meanwhile connections to it are refused, and no bind to
+/// port 0 or outgoing connection can take it.
+struct HeldPort {
+    _socket: std::os::fd::OwnedFd,
+    port: u16,
+}
+
+impl HeldPort {
+    fn new() -> HeldPort {
+        use std::os::fd::FromRawFd;
+        // SAFETY: plain socket calls on a descriptor this function owns;
+        // the address structures are initialized and sized as passed.
+        unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+            assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+            let socket = std::os::fd::OwnedFd::from_raw_fd(fd);
+            let one: libc::c_int = 1;
+            let set = libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_REUSEADDR,
+                (&one as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+            assert_eq!(set, 0, "SO_REUSEADDR: {}", std::io::Error::last_os_error());
+            let mut addr: libc::sockaddr_in = std::mem::zeroed();
+            addr.sin_family = libc::AF_INET as libc::sa_family_t;
+            addr.sin_addr.s_addr = u32::from(std::net::Ipv4Addr::LOCALHOST).to_be();
+            let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            let bound = libc::bind(fd, (&addr as *const libc::sockaddr_in).cast(), len);
+            assert_eq!(bound, 0, "bind: {}", std::io::Error::last_os_error());
+            let named = libc::getsockname(fd, (&mut addr as *mut libc::sockaddr_in).cast(), &mut len);
+            assert_eq!(named, 0, "getsockname: {}", std::io::Error::last_os_error());
+            HeldPort { _socket: socket, port: u16::from_be(addr.sin_port) }
+        }
+    }
 }
 
 /// `nats-server -js` with its store in a directory that outlives restarts.
 struct Nats {
-    port: u16,
+    port: HeldPort,
     store: PathBuf,
     child: Option<Child>,
     /// Cluster and monitoring options, for a node of a cluster.
@@ -31,7 +71,7 @@ struct Nats {
 
 impl Nats {
     fn new(dir: &Path) -> Nats {
-        Nats { port: free_port(), store: dir.join("nats-store"), child: None, extra: Vec::new() }
+        Nats { port: HeldPort::new(), store: dir.join("nats-store"), child: None, extra: Vec::new() }
     }
 
     fn started(dir: &Path) -> Nats {
@@ -41,24 +81,44 @@ impl Nats {
     }
 
     fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        format!("nats://127.0.0.1:{}", self.port.port)
     }
 
+    /// Starts the server and waits until its log says it listens (for
+    /// routes too, in a cluster: that listener comes after "ready").
     fn start(&mut self) {
-        let child = Command::new("nats-server")
-            .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string(), "-sd"])
+        let mut child = Command::new("nats-server")
+            .args(["-js", "-a", "127.0.0.1", "-p", &self.port.port.to_string(), "-sd"])
             .arg(&self.store)
             .args(&self.extra)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("starting nats-server (scripts/install-deps --test installs it)");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "nats-server did not listen");
-            thread::sleep(Duration::from_millis(50));
+        let (tx, rx) = mpsc::channel();
+        let log = child.stderr.take().unwrap();
+        // Reads the log to its end, past the lines waited for here.
+        thread::spawn(move || {
+            for line in BufReader::new(log).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let mut waiting = vec!["Server is ready"];
+        if self.extra.iter().any(|a| a == "-cluster") {
+            waiting.push("Listening for route connections on");
         }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut shown = String::new();
+        while !waiting.is_empty() {
+            let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) else {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("nats-server did not start (ended, or 20 s passed): {shown}");
+            };
+            waiting.retain(|w| !line.contains(w));
+            shown += &(line + "\n");
+        }
+        self.child = Some(child);
     }
 
     fn stop(&mut self) {
@@ -100,27 +160,29 @@ fn stream_events(urls: &[String], filter: &[&str]) -> Vec<Value> {
 /// port (to find the stream's leader).
 struct Cluster {
     nodes: Vec<Nats>,
-    monitors: Vec<u16>,
+    monitors: Vec<HeldPort>,
+    _routes: Vec<HeldPort>,
 }
 
 impl Cluster {
     fn start(dir: &Path) -> Cluster {
-        let routes: Vec<u16> = (0..3).map(|_| free_port()).collect();
-        let all_routes = routes.iter().map(|p| format!("nats://127.0.0.1:{p}")).collect::<Vec<_>>().join(",");
-        let monitors: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let routes: Vec<HeldPort> = (0..3).map(|_| HeldPort::new()).collect();
+        let all_routes =
+            routes.iter().map(|p| format!("nats://127.0.0.1:{}", p.port)).collect::<Vec<_>>().join(",");
+        let monitors: Vec<HeldPort> = (0..3).map(|_| HeldPort::new()).collect();
         let mut nodes = Vec::new();
         for i in 0..3 {
             let mut node = Nats::new(&dir.join(format!("n{i}")));
             node.extra = ["-n", &format!("n{i}"), "--cluster_name", "cleartap-test"]
                 .iter()
                 .map(|s| s.to_string())
-                .chain(["-cluster".into(), format!("nats://127.0.0.1:{}", routes[i])])
-                .chain(["-routes".into(), all_routes.clone(), "-m".into(), monitors[i].to_string()])
+                .chain(["-cluster".into(), format!("nats://127.0.0.1:{}", routes[i].port)])
+                .chain(["-routes".into(), all_routes.clone(), "-m".into(), monitors[i].port.to_string()])
                 .collect();
             node.start();
             nodes.push(node);
         }
-        Cluster { nodes, monitors }
+        Cluster { nodes, monitors, _routes: routes }
     }
 
     fn urls(&self) -> Vec<String> {
@@ -132,7 +194,7 @@ impl Cluster {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             for port in &self.monitors {
-                let Ok(mut conn) = TcpStream::connect(("127.0.0.1", *port)) else { continue };
+                let Ok(mut conn) = TcpStream::connect(("127.0.0.1", port.port)) else { continue };
                 let request = b"GET /jsz?streams=true&accounts=true HTTP/1.0\r\n\r\n";
                 let mut response = String::new();
                 if std::io::Write::write_all(&mut conn, request).is_err()
@@ -215,9 +277,16 @@ impl Agent {
         unsafe { libc::kill(self.child.id() as i32, signal) };
     }
 
+    /// The port of `--metrics 127.0.0.1:0`, from what the agent printed.
+    fn metrics_port(&self) -> u16 {
+        let line = self.printed.lines().find(|l| l.starts_with("cleartap: metrics on http://"));
+        let line = line.unwrap_or_else(|| panic!("no metrics address: {}", self.printed));
+        port_of(&Value::from(line.trim_end_matches("/metrics"))).unwrap_or_else(|| panic!("{line}"))
+    }
+
     /// SIGTERM; everything it printed; asserts exit 0.
     fn stop(mut self) -> String {
-        thread::sleep(Duration::from_millis(300));
+        // No pause first: the agent's stop drains what the kernel wrote.
         self.signal(libc::SIGTERM);
         let status = self.child.wait().unwrap();
         while let Ok(line) = self.stderr.recv_timeout(Duration::from_secs(5)) {
@@ -240,6 +309,20 @@ fn scrape(port: u16) -> String {
     let mut response = String::new();
     conn.read_to_string(&mut response).unwrap();
     response
+}
+
+/// Scrapes until `done` holds for a scrape (or panics after `timeout`
+/// with the last one); returns that scrape.
+fn scrape_until(port: u16, timeout: Duration, done: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let m = scrape(port);
+        if done(&m) {
+            return m;
+        }
+        assert!(Instant::now() < deadline, "not reached in {timeout:?}: {m}");
+        thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// The value of metric `name` (with its labels) in a scrape.
@@ -273,29 +356,43 @@ fn execs(marker: &str, range: std::ops::Range<u32>) {
 
 /// `/bin/true MARKER-i` every 20 ms in a thread, until `stop`.
 struct Steady {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    stop: Arc<AtomicBool>,
+    ran: Arc<AtomicU32>,
     thread: thread::JoinHandle<u32>,
 }
 
 impl Steady {
     fn start(marker: &'static str) -> Steady {
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let flag = std::sync::Arc::clone(&stop);
+        let stop = Arc::new(AtomicBool::new(false));
+        let ran = Arc::new(AtomicU32::new(0));
+        let (flag, count) = (Arc::clone(&stop), Arc::clone(&ran));
         let thread = thread::spawn(move || {
             let mut i = 0;
-            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+            while !flag.load(Ordering::Relaxed) {
                 execs(marker, i..i + 1);
                 i += 1;
+                count.store(i, Ordering::Relaxed);
+                // The pace of the flow, not synchronization.
                 thread::sleep(Duration::from_millis(20));
             }
             i
         });
-        Steady { stop, thread }
+        Steady { stop, ran, thread }
+    }
+
+    /// Waits until `more` programs ran after those run so far.
+    fn wait_for_more(&self, more: u32) {
+        let want = self.ran.load(Ordering::Relaxed) + more;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.ran.load(Ordering::Relaxed) < want {
+            assert!(Instant::now() < deadline, "the steady flow stalled");
+            thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// How many it ran.
     fn stop(self) -> u32 {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.stop.store(true, Ordering::Relaxed);
         self.thread.join().unwrap()
     }
 }
@@ -395,6 +492,8 @@ fn events_survive_broker_outages_in_order_and_once() {
     nats.start();
     // A steady flow; the broker is killed for 10 s in the middle of it and
     // restarted on the same store.
+    // (The sleeps are the scenario: 1 s of flow, 10 s of outage, 1 s of
+    // flow after the agent is publishing again.)
     let steady = Steady::start("steady");
     thread::sleep(Duration::from_secs(1));
     nats.stop();
@@ -426,26 +525,21 @@ fn a_cluster_losing_its_stream_leader_mid_flow_keeps_every_event_once() {
         dir.path(),
         &format!("[sources.exec]\n[sinks.nats]\nurl = [{urls}]\nreplicas = 3\nplaintext = true\n"),
     );
-    let port = free_port();
-    let agent = Agent::start_with(&config, &["--metrics", &format!("127.0.0.1:{port}")]);
+    let agent = Agent::start_with(&config, &["--metrics", "127.0.0.1:0"]);
+    let port = agent.metrics_port();
     let steady = Steady::start("clustered");
     let leader = cluster.stream_leader();
+    // The scenario: 1 s of flow, the leader killed, 3 s of flow while a
+    // new leader is elected and the agent goes on through the other nodes.
     thread::sleep(Duration::from_secs(1));
     cluster.nodes[leader].stop();
-    // A new leader is elected; the agent goes on through the other nodes.
     thread::sleep(Duration::from_secs(3));
     let count = steady.stop();
     // Stop once everything is acknowledged (the election takes its time).
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let m = scrape(port);
-        let events = metric(&m, "cleartap_events_total{source=\"exec\"}");
-        if metric(&m, "cleartap_spool_bytes") == 0.0 && metric(&m, "cleartap_nats_acked_total") >= events {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the spool did not drain: {m}");
-        thread::sleep(Duration::from_millis(200));
-    }
+    scrape_until(port, Duration::from_secs(60), |m| {
+        let events = metric(m, "cleartap_events_total{source=\"exec\"}");
+        metric(m, "cleartap_spool_bytes") == 0.0 && metric(m, "cleartap_nats_acked_total") >= events
+    });
     let printed = agent.stop();
 
     let events = stream_events(&cluster.urls(), &[]);
@@ -466,9 +560,14 @@ fn a_full_spool_drops_counts_exactly_and_reports_the_loss() {
         dir.path(),
         &format!("spool_max_bytes = \"16KiB\"\n[sources.exec]\n{}", nats_sink(&nats)),
     );
-    let mut agent = Agent::start(&config);
+    let mut agent = Agent::start_with(&config, &["--metrics", "127.0.0.1:0"]);
     execs("full", 0..200);
-    thread::sleep(Duration::from_millis(500));
+    // The broker starts once the spool is full: events dropped, and at
+    // least as many seen as ran here.
+    scrape_until(agent.metrics_port(), Duration::from_secs(30), |m| {
+        metric(m, "cleartap_spool_dropped_total") > 0.0
+            && metric(m, "cleartap_events_total{source=\"exec\"}") >= 200.0
+    });
     nats.start();
     // The loss event goes out once the spool drained enough to hold it.
     let reported = agent.wait_for("events dropped: the NATS spool was full", Duration::from_secs(60));
@@ -508,14 +607,32 @@ fn a_stopped_agent_keeps_its_spool_and_a_killed_one_loses_only_a_torn_tail() {
     // kill -9 with the broker down, then a half-written record at the end.
     let agent = Agent::start(&config);
     execs("killed", 0..10);
-    thread::sleep(Duration::from_millis(500));
+    // The kill once the spool's files hold the ten events (written at the
+    // agent's next flush).
+    let segments = || -> Vec<PathBuf> {
+        let mut found: Vec<PathBuf> = std::fs::read_dir(dir.path().join("spool"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+            .collect();
+        found.sort();
+        found
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let spooled: Vec<u8> = segments().iter().flat_map(|p| std::fs::read(p).unwrap_or_default()).collect();
+        let holds = |i: u32| {
+            let argv1 = format!("\"killed-{i}\"");
+            spooled.windows(argv1.len()).any(|w| w == argv1.as_bytes())
+        };
+        if (0..10).all(holds) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the spool did not get the ten events");
+        thread::sleep(Duration::from_millis(20));
+    }
     agent.kill_hard();
-    let last_segment = std::fs::read_dir(dir.path().join("spool"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
-        .max()
-        .unwrap();
+    let last_segment = segments().pop().unwrap();
     let mut torn = std::fs::OpenOptions::new().append(true).open(&last_segment).unwrap();
     std::io::Write::write_all(&mut torn, &[200, 0, 0, 0, 1, 2, 3, 4, b'{']).unwrap();
     drop(torn);
@@ -552,7 +669,8 @@ fn sighup_adds_and_changes_sources_without_stopping_the_others() {
     let config = write_config(dir.path(), &format!("[sources.exec]\n{sink}"));
     let mut agent = Agent::start(&config);
     let steady = Steady::start("steady");
-    thread::sleep(Duration::from_millis(500));
+    // Some of the flow before the reloads, and some after them.
+    steady.wait_for_more(20);
     write_config(dir.path(), &format!("[sources.exec]\n[sources.shell]\n{sink}"));
     agent.signal(libc::SIGHUP);
     assert!(agent.wait_for("cleartap: reloaded", Duration::from_secs(60)), "{}", agent.printed);
@@ -560,7 +678,7 @@ fn sighup_adds_and_changes_sources_without_stopping_the_others() {
     write_config(dir.path(), &format!("[sources.exec]\n[sources.shell]\nuid = 0\n{sink}"));
     agent.signal(libc::SIGHUP);
     assert!(agent.wait_for("restarted [\"shell\"]", Duration::from_secs(60)), "{}", agent.printed);
-    thread::sleep(Duration::from_millis(500));
+    steady.wait_for_more(20);
     let count = steady.stop();
     let printed = agent.stop();
     assert!(printed.contains("stopped [], restarted [], started [\"shell\"]"), "{printed}");
@@ -608,11 +726,12 @@ fn metrics_are_served_in_prometheus_text_format() {
     let dir = tempfile::tempdir().unwrap();
     let nats = Nats::started(dir.path());
     let config = write_config(dir.path(), &format!("[sources.exec]\n{}", nats_sink(&nats)));
-    let port = free_port();
-    let agent = Agent::start_with(&config, &["--metrics", &format!("127.0.0.1:{port}")]);
+    let agent = Agent::start_with(&config, &["--metrics", "127.0.0.1:0"]);
     execs("metrics", 0..5);
-    thread::sleep(Duration::from_millis(500));
-    let response = scrape(port);
+    let response = scrape_until(agent.metrics_port(), Duration::from_secs(30), |m| {
+        metric(m, "cleartap_events_total{source=\"exec\"}") >= 5.0
+            && metric(m, "cleartap_nats_acked_total") >= 5.0
+    });
     agent.stop();
     assert!(response.starts_with("HTTP/1.0 200 OK\r\n"), "{response}");
     assert!(response.contains("text/plain; version=0.0.4"), "{response}");

@@ -5,7 +5,7 @@ mod support;
 
 use std::process::{Child, Command, Stdio};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::*;
@@ -20,7 +20,21 @@ struct Nginx {
 const BIG_LINE: &str = "hello from nginx, compressible text\n";
 
 impl Nginx {
+    /// nginx on a free port: one picked by the kernel, and another if
+    /// something took it before nginx could bind it.
     fn start() -> Nginx {
+        for _ in 0..10 {
+            match Nginx::start_on(free_port()) {
+                Ok(nginx) => return nginx,
+                Err(log) if log.contains("Address already in use") => eprintln!("nginx: {log}; another port"),
+                Err(log) => panic!("nginx did not start: {log}"),
+            }
+        }
+        panic!("nginx found no free port in 10 tries");
+    }
+
+    /// nginx listening on `port`, or its error log.
+    fn start_on(port: u16) -> Result<Nginx, String> {
         let cert = Certificate::new();
         let dir = tempfile::tempdir().unwrap();
         let www = dir.path().join("www");
@@ -28,7 +42,6 @@ impl Nginx {
         std::fs::write(www.join("big.txt"), BIG_LINE.repeat(300)).unwrap();
         std::fs::write(www.join("small.txt"), "small body\n").unwrap();
         std::fs::write(www.join("data.bin"), payload(5000, 9)).unwrap();
-        let port = free_port();
         let d = dir.path().display();
         let conf = format!(
             "daemon off; master_process off; worker_processes 1; pid {d}/nginx.pid; error_log {d}/error.log;
@@ -55,15 +68,24 @@ impl Nginx {
             .stderr(Stdio::null())
             .spawn()
             .expect("starting nginx (Debian nginx-light)");
-        let nginx = Nginx { child, dir, port, _cert: cert };
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return nginx;
+        let mut nginx = Nginx { child, dir, port, _cert: cert };
+        // nginx writes its pid file once its listening socket is open (a
+        // connect could reach whoever else holds the port); it exits if
+        // the bind fails (after retrying for about 2 s).
+        let pid_file = nginx.dir.path().join("nginx.pid");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let pid = std::fs::read_to_string(&pid_file).unwrap_or_default();
+            if pid.trim() == nginx.child.id().to_string() {
+                return Ok(nginx);
             }
-            thread::sleep(Duration::from_millis(50));
+            let log = || std::fs::read_to_string(nginx.dir.path().join("error.log")).unwrap_or_default();
+            if nginx.child.try_wait().unwrap().is_some() {
+                return Err(log());
+            }
+            assert!(Instant::now() < deadline, "nginx did not start in 30 s: {}", log());
+            thread::sleep(Duration::from_millis(20));
         }
-        let log = std::fs::read_to_string(nginx.dir.path().join("error.log")).unwrap_or_default();
-        panic!("nginx did not start: {log}");
     }
 
     fn url(&self, path: &str) -> String {
@@ -78,6 +100,8 @@ impl Drop for Nginx {
     }
 }
 
+/// A port free now, picked by the kernel: `Nginx::start` tries another
+/// if it is taken by the time nginx binds it.
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }

@@ -9,6 +9,7 @@ use std::process::{Command, Stdio};
 use std::thread;
 use std::time::Duration;
 
+use serde_json::Value;
 use support::*;
 
 fn cleartap() -> Command {
@@ -99,9 +100,11 @@ fn every_way_of_stopping_leaves_nothing_attached_and_whole_files() {
             .args(["-sS", "-k", "--http1.1", "-o", "/dev/null", "--limit-rate", "5M", &server.url(50 << 20)])
             .spawn()
             .unwrap();
-        thread::sleep(Duration::from_millis(500));
-        // Under load: every JSON line whole (stop parses them all), the
+        // The download under way (curl reading the body), then the stop,
+        // under load: every JSON line whole (stop parses them all), the
         // capture readable.
+        let flowing = |r: &Value| r["comm"] == "curl" && r["direction"] == "recv";
+        assert!(capture.wait_for_record(flowing, Duration::from_secs(30)), "signal {signal}: no download");
         let got = capture.stop_with(signal);
         assert!(got.status.success(), "signal {signal}: {}", got.stderr);
         let _ = load.kill();
@@ -135,6 +138,8 @@ fn a_signal_while_attaching_still_stops_cleanly() {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
+        // Not synchronization: the signal is meant to land at different
+        // points of the start, whatever cleartap reached by then.
         thread::sleep(Duration::from_millis(delay_ms));
         // SAFETY: signalling our own child.
         unsafe { libc::kill(child.id() as i32, libc::SIGINT) };

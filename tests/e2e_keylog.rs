@@ -13,6 +13,7 @@ use std::process::Command;
 use std::thread;
 use std::time::Duration;
 
+use serde_json::Value;
 use support::*;
 
 /// A capture with a key log and a pcapng of loopback traffic to `port`.
@@ -344,14 +345,19 @@ fn a_capture_interrupted_mid_transfer_is_a_valid_pcapng() {
     }
     let _one = exclusive();
     let server = TlsServer::start();
-    for wait_ms in [150, 700] {
+    for later_ms in [0, 550] {
         let recording = Recording::start(server.port, &[]);
         let url = server.url(20 << 20);
         let mut client = Command::new("curl")
             .args(["-sS", "-k", "--http1.1", "-o", "/dev/null", "--limit-rate", "20M", &url])
             .spawn()
             .unwrap();
-        thread::sleep(Duration::from_millis(wait_ms));
+        // The transfer under way (curl reading the body: packets went by)...
+        let flowing = |r: &Value| r["comm"] == "curl" && r["direction"] == "recv";
+        assert!(recording.capture.wait_for_record(flowing, Duration::from_secs(30)), "no transfer");
+        // ...then, not as synchronization, the interrupt at its start or
+        // further into it.
+        thread::sleep(Duration::from_millis(later_ms));
         // Under a full-speed transfer records may be lost (and counted):
         // this test is about the file.
         let done = recording.stop_anyhow();

@@ -6,6 +6,7 @@ mod support;
 
 use std::collections::HashMap;
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 use serde_json::Value;
@@ -58,10 +59,19 @@ fn tiny_ring_buffer_losses_are_counted_exactly_and_marked() {
     for _ in 0..4 {
         client.exchange(4 << 20, 4 << 20);
     }
-    // A last small exchange, once the consumer caught up: it carries the
-    // gap left by the calls before it.
-    std::thread::sleep(std::time::Duration::from_millis(500));
-    client.exchange(10, 10);
+    // A last small exchange carries the gap left by the calls before it,
+    // if the ring has room for it: once the consumer caught up. Small
+    // exchanges until cleartap printed one (the server's truth counts
+    // every one of them, captured or lost).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let small_request = |r: &Value| r["data_b64"].is_string() && data_of(r).starts_with(b"POST /10 ");
+    loop {
+        client.exchange(10, 10);
+        if capture.wait_for_record(small_request, Duration::from_secs(1)) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no small exchange captured in 60 s");
+    }
     let got = capture.stop();
     assert!(got.status.success(), "{}", got.stderr);
 

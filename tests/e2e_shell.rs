@@ -9,7 +9,7 @@ use serde_json::Value;
 use support::*;
 
 /// Type `lines` into an interactive `shell` on a pseudo-terminal (under
-/// `script`), pausing so the shell prompts between them. Returns the pid
+/// `script`), each once the shell reads a line. Returns the pid
 /// of `script`, the shell's parent: `script` runs its command through
 /// `$SHELL -c`, which may or may not exec it (dash does not), so the
 /// command starts with `exec` to make the shell script's own child.

@@ -72,7 +72,13 @@ fn mariadb_concurrent_sessions_never_mix() {
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    thread::sleep(Duration::from_millis(300));
+    // The quick ones while it runs: once the server lists it as running.
+    wait_until("the slow query", || {
+        let running = "select count(*) from information_schema.processlist \
+                       where info = \"select sleep(1.5), 'slow session'\"";
+        let out = server.client().args(["-N", "-e", running]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).trim() == "1"
+    });
     for i in 0..5 {
         assert!(server.query(format!("select {i}, 'quick session'").as_bytes()));
     }

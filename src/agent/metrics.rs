@@ -26,8 +26,10 @@ pub struct Metrics {
 
 impl Metrics {
     /// Serve on `addr` from a thread of its own, for the life of the process.
+    /// Says where on stderr: port 0 takes a free port.
     pub fn serve(self: &Arc<Self>, addr: SocketAddr) -> Result<()> {
         let listener = TcpListener::bind(addr).with_context(|| format!("--metrics {addr}"))?;
+        eprintln!("cleartap: metrics on http://{}/metrics", listener.local_addr()?);
         let metrics = Arc::clone(self);
         std::thread::Builder::new().name("metrics".into()).spawn(move || {
             for conn in listener.incoming().flatten() {

@@ -8,9 +8,9 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::mpsc;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 use serde_json::Value;
@@ -46,7 +46,9 @@ pub fn support_dir() -> PathBuf {
 /// A running `cleartap` with JSON output.
 pub struct Capture {
     child: Child,
-    stdout: thread::JoinHandle<String>,
+    /// The stdout lines printed so far, filled by `stdout_reader`.
+    stdout: Arc<Mutex<Vec<String>>>,
+    stdout_reader: thread::JoinHandle<()>,
     stderr: mpsc::Receiver<String>,
     stderr_reader: thread::JoinHandle<()>,
     /// What cleartap printed on stderr before `ready`, and the lines
@@ -114,11 +116,13 @@ impl Capture {
             .stderr(Stdio::piped())
             .spawn()
             .expect("starting cleartap");
-        let mut out = child.stdout.take().unwrap();
-        let stdout = thread::spawn(move || {
-            let mut s = String::new();
-            out.read_to_string(&mut s).unwrap();
-            s
+        let out = child.stdout.take().unwrap();
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        let lines = Arc::clone(&stdout);
+        let stdout_reader = thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                lines.lock().unwrap().push(line.expect("cleartap's stdout is UTF-8"));
+            }
         });
         let (tx, rx) = mpsc::channel();
         let err = child.stderr.take().unwrap();
@@ -128,8 +132,15 @@ impl Capture {
             }
         });
         let running = KillOnDrop(Some(child.id()));
-        let mut capture =
-            Capture { child, stdout, stderr: rx, stderr_reader, before_ready: String::new(), running };
+        let mut capture = Capture {
+            child,
+            stdout,
+            stdout_reader,
+            stderr: rx,
+            stderr_reader,
+            before_ready: String::new(),
+            running,
+        };
         capture.wait_ready();
         capture
     }
@@ -172,6 +183,27 @@ impl Capture {
         }
     }
 
+    /// Wait until cleartap printed a record for which `wanted` holds.
+    pub fn wait_for_record(&self, wanted: impl Fn(&Value) -> bool, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut seen = 0;
+        loop {
+            {
+                let lines = self.stdout.lock().unwrap();
+                let found =
+                    lines[seen..].iter().any(|l| serde_json::from_str::<Value>(l).is_ok_and(|r| wanted(&r)));
+                if found {
+                    return true;
+                }
+                seen = lines.len();
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// SIGINT, then everything it printed.
     pub fn stop(self) -> Captured {
         self.stop_with(libc::SIGINT)
@@ -186,12 +218,13 @@ impl Capture {
         unsafe { libc::kill(self.child.id() as i32, signal) };
         let status = self.child.wait().unwrap();
         self.running.0 = None;
-        let stdout = self.stdout.join().unwrap();
+        self.stdout_reader.join().unwrap();
+        let stdout = std::mem::take(&mut *self.stdout.lock().unwrap());
         // All of stderr, up to its end: the summary is its last line.
         self.stderr_reader.join().unwrap();
         let stderr: Vec<String> = self.stderr.try_iter().collect();
         let records = stdout
-            .lines()
+            .iter()
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
             .collect();
         Captured { records, stderr: self.before_ready + &stderr.join("\n"), status }
@@ -570,30 +603,63 @@ pub fn read_in_background(mut from: impl Read + Send + 'static) -> thread::JoinH
 
 /// Types `lines`, each followed by `enter`, into the interactive shell
 /// command `shell` on a pseudo-terminal (under `script`, with `env` added
-/// to its environment), pausing so the shell prompts between them. Returns
-/// the pid of `script`, the shell's parent: `script` runs its command
-/// through `$SHELL -c`, which may or may not exec it (dash does not), so
-/// the command starts with `exec` to make the shell script's own child.
+/// to its environment), each once the shell reads a line. Returns the pid
+/// of `script`, the shell's parent: `script` runs its command through
+/// `$SHELL -c`, which may or may not exec it (dash does not), so the
+/// command starts with `exec` to make the shell script's own child.
+///
+/// "Reads a line" is seen on the terminal: readline (bash, bc) and zsh's
+/// line editor turn bracketed paste on (`ESC [?2004h`, with TERM=xterm)
+/// each time they start reading one, prompt or continuation prompt alike.
 pub fn type_into_script(shell: &str, env: &[(&str, &str)], lines: &[&[u8]], enter: &[u8]) -> u32 {
+    const READING: &[u8] = b"\x1b[?2004h";
     let mut script = Command::new("script")
         .args(["-qfc", &format!("exec {shell}"), "/dev/null"])
         .env("TERM", "xterm")
         .envs(env.iter().copied())
         .stdin(Stdio::piped())
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .spawn()
         .expect("running script(1)");
     let pid = script.id();
     let mut stdin = script.stdin.take().unwrap();
-    thread::sleep(Duration::from_millis(700));
-    for line in lines {
+    // The terminal's output, in chunks, to its end (script exits then).
+    let (tx, rx) = mpsc::channel();
+    let mut out = script.stdout.take().unwrap();
+    let reader = thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n @ 1..) = out.read(&mut buf) {
+            let _ = tx.send(buf[..n].to_vec());
+        }
+    });
+    let mut shown = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        // The shell reads its (i+1)th line: as many starts of line editing.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while shown.windows(READING.len()).filter(|w| *w == READING).count() <= i {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(chunk) => shown.extend_from_slice(&chunk),
+                Err(_) => panic!(
+                    "{shell} did not start reading line {} ({:?}) in 30 s; the terminal showed: {:?}",
+                    i + 1,
+                    String::from_utf8_lossy(line),
+                    String::from_utf8_lossy(&shown)
+                ),
+            }
+        }
         stdin.write_all(line).unwrap();
         stdin.write_all(enter).unwrap();
-        thread::sleep(Duration::from_millis(250));
     }
     drop(stdin);
     let status = script.wait().unwrap();
-    assert!(status.success(), "{shell} under script failed: {status}");
+    reader.join().unwrap();
+    shown.extend(rx.try_iter().flatten());
+    assert!(
+        status.success(),
+        "{shell} under script failed: {status}; the terminal showed: {:?}",
+        String::from_utf8_lossy(&shown)
+    );
     pid
 }
 
