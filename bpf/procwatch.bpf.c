@@ -4,19 +4,24 @@
  * to its first TLS byte. Shares the ring buffer of the capture programs. */
 #include "common.h"
 
-/* A file named lib<prefix>.so* whose prefix a capture source asked for
- * (bit i of watch_mask set for prefix i below). */
-const volatile __u32 watch_mask = 0;
+/* The file name prefixes of the TLS libraries the capture watches for
+ * ("libssl.so", ...): the first watch_count entries, filled by user space
+ * from its registry of libraries (src/sources/mod.rs, TLS_SOURCES). */
+#define CT_MAX_WATCHED 8
+#define CT_PREFIX_LEN 16
+const volatile __u32 watch_count = 0;
+const volatile char watch_prefixes[CT_MAX_WATCHED][CT_PREFIX_LEN] = {};
 
-#define PREFIXES 3
-static const char prefixes[PREFIXES][16] = { "libssl.so", "libgnutls.so", "libnspr4.so" };
-
-static __always_inline bool has_prefix(const char *name, const char *prefix)
+/* path[start...] begins with prefix. Each index is masked into the
+ * buffer: the verifier cannot follow the bound on start through the
+ * compiler's arithmetic (start <= CT_PATH_LEN - CT_PREFIX_LEN, so the mask
+ * changes nothing). */
+static __always_inline bool has_prefix(const char *path, __u32 start, const volatile char *prefix)
 {
-	for (int i = 0; i < 16; i++) {
+	for (int i = 0; i < CT_PREFIX_LEN; i++) {
 		if (prefix[i] == 0)
 			return true;
-		if (name[i] != prefix[i])
+		if (path[(start + i) & (CT_PATH_LEN - 1)] != prefix[i])
 			return false;
 	}
 	return true;
@@ -157,7 +162,7 @@ int sys_enter_openat(struct trace_event_raw_sys_enter *ctx)
 {
 	__u32 zero = 0;
 	struct name_buf *buf = bpf_map_lookup_elem(&scratch, &zero);
-	if (!buf || !watch_mask)
+	if (!buf || !watch_count)
 		return 0;
 	/* Opened for writing (O_WRONLY or O_RDWR): a file being copied or
 	 * installed, not a library being loaded. Parsed now it could be half
@@ -181,11 +186,10 @@ int sys_enter_openat(struct trace_event_raw_sys_enter *ctx)
 			return 0;
 		if (buf->path[i & (CT_PATH_LEN - 1)] != '/')
 			continue;
-		if (i > CT_PATH_LEN - 17)
+		if (i > CT_PATH_LEN - CT_PREFIX_LEN - 1)
 			return 0;
-		const char *name = &buf->path[(i + 1) & (CT_PATH_LEN - 1)];
-		for (int p = 0; p < PREFIXES; p++) {
-			if ((watch_mask & (1 << p)) && has_prefix(name, prefixes[p])) {
+		for (int p = 0; p < CT_MAX_WATCHED && p < watch_count; p++) {
+			if (has_prefix(buf->path, i + 1, watch_prefixes[p])) {
 				if (current_task_wanted()) {
 					__u32 tid = (__u32)bpf_get_current_pid_tgid();
 					bpf_map_update_elem(&pending_opens, &tid, buf, BPF_ANY);

@@ -60,7 +60,11 @@ pub fn run() -> Result<()> {
     load!(
         procwatch::ProcwatchSkelBuilder::default(),
         "process watch",
-        |_: &mut procwatch::OpenProcwatchSkel| anyhow::Ok(())
+        |o: &mut procwatch::OpenProcwatchSkel| {
+            // As `cleartap tls --hold-unchecked` loads it: every library watched.
+            let rodata = o.maps.rodata_data.as_deref_mut().context("no .rodata in the BPF object")?;
+            crate::sources::procwatch::configure(rodata, &crate::sources::TLS_SOURCES, true)
+        }
     );
     load!(shell::ShellSkelBuilder::default(), "shell", |_: &mut shell::OpenShellSkel| anyhow::Ok(()));
     load!(exec::ExecSkelBuilder::default(), "exec", |_: &mut exec::OpenExecSkel| anyhow::Ok(()));

@@ -37,7 +37,6 @@ pub const SOURCE: TlsSource = TlsSource {
         },
     ],
     file_prefix: "libgnutls.so",
-    watch_bit: 1,
     version: gnutls_version,
 };
 

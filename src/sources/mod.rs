@@ -64,6 +64,22 @@ pub enum Entry {
     Ex5,
 }
 
+impl Entry {
+    /// The kernel program (`bpf/tls.bpf.c`) that takes the call's
+    /// arguments; Go's are attached by `TlsProbes::attach_go`.
+    pub fn program(self) -> Option<&'static str> {
+        match self {
+            Entry::Plain => Some("plain_entry"),
+            Entry::Ex => Some("ex_entry"),
+            Entry::Nspr => Some("nspr_entry"),
+            Entry::Internal => Some("internal_entry"),
+            Entry::Internal5 => Some("internal5_entry"),
+            Entry::Ex5 => Some("ex5_entry"),
+            Entry::Go => None,
+        }
+    }
+}
+
 /// One plaintext function of a TLS library.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TlsHook {
@@ -73,16 +89,26 @@ pub struct TlsHook {
     pub function_id: u8,
 }
 
+impl TlsHook {
+    /// The kernel program that reads the call's result: by convention
+    /// `<symbol in lower case>_return` in `bpf/tls.bpf.c`, and its
+    /// `_nofetch` variant for kernels without atomic fetch operations
+    /// (see `kernel::has_atomic_fetch`).
+    pub fn return_program(&self, has_fetch: bool) -> String {
+        let suffix = if has_fetch { "" } else { "_nofetch" };
+        format!("{}_return{suffix}", self.symbol.to_ascii_lowercase())
+    }
+}
+
 /// A TLS library family.
 #[derive(Debug)]
 pub struct TlsSource {
     /// `--library` name and the `library` field of records.
     pub name: &'static str,
     pub hooks: &'static [TlsHook],
-    /// Does a file name (basename) look like this library?
+    /// Does a file name (basename) look like this library? Also what
+    /// `bpf/procwatch.bpf.c` watches `openat` for (at most 15 bytes).
     pub file_prefix: &'static str,
-    /// Bit of `watch_mask` in `bpf/procwatch.bpf.c` for `file_prefix`.
-    pub watch_bit: u32,
     /// Reads the library's version from the file (found at the path given,
     /// for a sibling file that holds it), when it says.
     pub version: fn(&PinnedFile, &Path) -> Option<String>,
@@ -323,6 +349,8 @@ mod tests {
 
     #[test]
     fn library_names() {
+        // procwatch's slots: 15 bytes and a NUL.
+        assert!(TLS_SOURCES.iter().all(|s| s.file_prefix.len() < 16));
         assert!(openssl::SOURCE.is_library_path("/usr/lib/x86_64-linux-gnu/libssl.so.3"));
         assert!(openssl::SOURCE.is_library_path("/opt/app/libssl.so.1.1"));
         assert!(!openssl::SOURCE.is_library_path("/usr/lib/libssl3.so"));

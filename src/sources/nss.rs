@@ -21,7 +21,6 @@ pub const SOURCE: TlsSource = TlsSource {
         TlsHook { symbol: "PR_Recv", entry: Entry::Nspr, function_id: tls_function::PR_RECV },
     ],
     file_prefix: "libnspr4.so",
-    watch_bit: 2,
     version: nspr_version,
 };
 

@@ -23,7 +23,6 @@ pub const SOURCE: TlsSource = TlsSource {
         TlsHook { symbol: WRITE_EX2, entry: Entry::Ex5, function_id: tls_function::SSL_WRITE_EX2 },
     ],
     file_prefix: "libssl.so",
-    watch_bit: 0,
     version: openssl_version,
 };
 

@@ -25,6 +25,27 @@ impl<'a> SharedMaps<'a> {
     }
 }
 
+/// The watch's settings: the file name prefixes of `sources` (filled
+/// from the registry, `TLS_SOURCES`) and whether to hold (`--hold-unchecked`).
+/// `cleartap check` loads the programs with the same settings.
+pub fn configure(
+    rodata: &mut crate::bpf::procwatch::types::rodata,
+    sources: &[&TlsSource],
+    hold: bool,
+) -> Result<()> {
+    let prefixes = &mut rodata.watch_prefixes;
+    anyhow::ensure!(sources.len() <= prefixes.len(), "more TLS libraries than the process watch holds");
+    for (slot, source) in prefixes.iter_mut().zip(sources) {
+        let name = source.file_prefix.as_bytes();
+        // NUL-terminated within the slot (checked for the registry by a test).
+        anyhow::ensure!(name.len() < slot.len(), "file prefix {} too long", source.file_prefix);
+        slot.iter_mut().zip(name).for_each(|(c, b)| *c = *b as _);
+    }
+    rodata.watch_count = sources.len() as u32;
+    rodata.hold_unchecked = hold.into();
+    Ok(())
+}
+
 pub struct ProcWatch<'obj> {
     skel: ProcwatchSkel<'obj>,
 }
@@ -45,8 +66,7 @@ impl<'obj> ProcWatch<'obj> {
             ProcwatchSkelBuilder::default().open(storage).context("opening the process watch BPF object")?;
         let rodata = open.maps.rodata_data.as_deref_mut().context("no .rodata in the BPF object")?;
         crate::set_filters!(rodata, filters);
-        rodata.watch_mask = sources.iter().fold(0, |mask, s| mask | (1 << s.watch_bit));
-        rodata.hold_unchecked = hold.into();
+        configure(rodata, sources, hold)?;
         open.maps.events.reuse_fd(maps.events).context("sharing the ring buffer")?;
         open.maps.stats.reuse_fd(maps.stats).context("sharing the counters")?;
         let skel = open.load().map_err(kernel::load_failed("the process watch BPF programs"))?;

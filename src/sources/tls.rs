@@ -6,13 +6,13 @@ use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, AsRawFd};
 
 use anyhow::{bail, Context, Result};
-use libbpf_rs::skel::{OpenSkel, SkelBuilder};
+use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
 use libbpf_rs::{Link, MapCore, MapFlags, OpenObject, ProgramMut, UprobeOpts};
 
 use super::gotls::GoProbePoints;
 use super::openssl_layout::SslLayout;
 use super::secret_points::{self, SecretPoints};
-use super::{Entry, TlsTarget};
+use super::{TlsHook, TlsTarget};
 use crate::bpf::tls::{OpenTlsSkel, TlsSkel, TlsSkelBuilder};
 use crate::bpf::types::ct_ssl_layout;
 use crate::discover::gnutls_keylog::GnutlsKeylogPoints;
@@ -176,9 +176,7 @@ impl<'obj> TlsProbes<'obj> {
     fn attach_plaintext(&self, target: &TlsTarget) -> Result<Vec<Link>> {
         let mut links = Vec::new();
         for (hook, function) in &target.hooks {
-            let Some((entry, ret)) = self.programs_for(hook.entry, hook.function_id) else {
-                bail!("{} has no entry/return program pair", hook.symbol);
-            };
+            let (entry, ret) = self.programs_for(hook)?;
             let offset = function.file_offset as usize;
             let path = target.file.proc_path();
             for (prog, retprobe) in [(entry, false), (ret, true)] {
@@ -302,53 +300,20 @@ impl<'obj> TlsProbes<'obj> {
             .collect()
     }
 
-    /// The entry program of a shape and the return program of a function
-    /// (values of `enum ct_tls_function`, checked against the C header).
-    fn programs_for(&self, entry: Entry, function_id: u8) -> Option<(&ProgramMut<'obj>, &ProgramMut<'obj>)> {
-        let p = &self.skel.progs;
-        let entry = match entry {
-            Entry::Plain => &p.plain_entry,
-            Entry::Ex => &p.ex_entry,
-            Entry::Nspr => &p.nspr_entry,
-            Entry::Internal => &p.internal_entry,
-            Entry::Internal5 => &p.internal5_entry,
-            Entry::Ex5 => &p.ex5_entry,
-            Entry::Go => return None, // attach_go
-        };
-        // Each return program in its two variants (see `Features`).
-        macro_rules! variant {
-            ($fetch:ident, $nofetch:ident) => {
-                if self.has_fetch {
-                    &p.$fetch
-                } else {
-                    &p.$nofetch
-                }
-            };
-        }
-        use crate::events::tls_function as F;
-        let ret = match function_id {
-            F::SSL_WRITE => variant!(ssl_write_return, ssl_write_return_nofetch),
-            F::SSL_READ => variant!(ssl_read_return, ssl_read_return_nofetch),
-            F::SSL_WRITE_EX => variant!(ssl_write_ex_return, ssl_write_ex_return_nofetch),
-            F::SSL_READ_EX => variant!(ssl_read_ex_return, ssl_read_ex_return_nofetch),
-            F::GNUTLS_RECORD_SEND => variant!(gnutls_record_send_return, gnutls_record_send_return_nofetch),
-            F::GNUTLS_RECORD_RECV => variant!(gnutls_record_recv_return, gnutls_record_recv_return_nofetch),
-            F::GNUTLS_RECORD_SEND2 => {
-                variant!(gnutls_record_send2_return, gnutls_record_send2_return_nofetch)
-            }
-            F::GNUTLS_RECORD_RECV_SEQ => {
-                variant!(gnutls_record_recv_seq_return, gnutls_record_recv_seq_return_nofetch)
-            }
-            F::PR_WRITE => variant!(pr_write_return, pr_write_return_nofetch),
-            F::PR_READ => variant!(pr_read_return, pr_read_return_nofetch),
-            F::PR_SEND => variant!(pr_send_return, pr_send_return_nofetch),
-            F::PR_RECV => variant!(pr_recv_return, pr_recv_return_nofetch),
-            F::SSL_WRITE_INTERNAL => variant!(ssl_write_internal_return, ssl_write_internal_return_nofetch),
-            F::SSL_READ_INTERNAL => variant!(ssl_read_internal_return, ssl_read_internal_return_nofetch),
-            F::SSL_WRITE_EX2 => variant!(ssl_write_ex2_return, ssl_write_ex2_return_nofetch),
-            _ => return None,
-        };
-        Some((entry, ret))
+    /// The entry and return programs of `hook`, by name (see
+    /// `Entry::program` and `TlsHook::return_program`).
+    fn programs_for(&self, hook: &TlsHook) -> Result<(ProgramMut<'_>, ProgramMut<'_>)> {
+        let entry = hook.entry.program().context("attached by attach_go")?;
+        let ret = hook.return_program(self.has_fetch);
+        Ok((self.program(entry)?, self.program(&ret)?))
+    }
+
+    fn program(&self, name: &str) -> Result<ProgramMut<'_>> {
+        self.skel
+            .object()
+            .progs_mut()
+            .find(|p| p.name() == name)
+            .with_context(|| format!("no program {name} in bpf/tls.bpf.c"))
     }
 
     /// Connections the kernel map holds now. It never deletes an entry, so
@@ -389,3 +354,37 @@ fn c_layout(l: &SslLayout) -> ct_ssl_layout {
 
 /// `CT_NO_OFFSET` in `bpf/events.h`.
 const NO_OFFSET: u32 = u32::MAX;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sources::{gotls, openssl, TLS_SOURCES};
+
+    /// Every hook of the registry names an entry and a return program
+    /// (both variants) that `bpf/tls.bpf.c` defines: a new library's
+    /// hooks fail here, not at their first attach. Opening the object
+    /// needs no privilege.
+    #[test]
+    fn every_hook_has_its_kernel_programs() {
+        let mut storage = MaybeUninit::uninit();
+        let open = TlsSkelBuilder::default().open(&mut storage).unwrap();
+        let names: Vec<String> =
+            open.open_object().progs().map(|p| p.name().to_string_lossy().into_owned()).collect();
+        let hooks = TLS_SOURCES
+            .iter()
+            .flat_map(|s| s.hooks.iter())
+            .chain([&openssl::WRITE_INTERNAL, &openssl::READ_INTERNAL])
+            .chain(gotls::HOOKS.iter().filter(|h| h.entry.program().is_some()));
+        let mut checked = 0;
+        for hook in hooks {
+            let entry = hook.entry.program().unwrap();
+            assert!(names.iter().any(|n| n == entry), "{}: no {entry}", hook.symbol);
+            for fetch in [true, false] {
+                let ret = hook.return_program(fetch);
+                assert!(names.contains(&ret), "{}: no {ret}", hook.symbol);
+            }
+            checked += 1;
+        }
+        assert!(checked >= 15, "{checked} hooks");
+    }
+}
