@@ -108,7 +108,7 @@ pub struct TailArgs {
 
 #[derive(Debug, Args)]
 pub struct AgentArgs {
-    /// The configuration file (TOML; see the README).
+    /// The configuration file (TOML; see docs/agent.md).
     #[arg(long, value_name = "FILE", default_value = "/etc/cleartap/agent.toml")]
     pub config: PathBuf,
     /// Serve Prometheus metrics on this address, e.g. 127.0.0.1:9464 (port

@@ -430,7 +430,7 @@ fn a_tls_exchange_arrives_once_byte_exact_on_its_subject() {
     let config = write_config(dir.path(), &format!("[sources.tls]\ncomm = \"curl\"\n{}", nats_sink(&nats)));
     // The server first: the library it maps is attached before `ready`
     // (a file first seen after start is attached within ms, and curl's
-    // first write could come sooner; see the README).
+    // first write could come sooner; see docs/capture.md).
     let server = TlsServer::start();
     let agent = Agent::start(&config);
     let body = b"agent-marker: the one and only body";

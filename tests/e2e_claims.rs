@@ -1,4 +1,4 @@
-//! What the README claims, each checked end to end against bytes the test
+//! What docs/capture.md claims, each checked end to end against bytes the test
 //! owns: OpenSSL linked into a static executable, `--uid`, the live text
 //! and hex renderings, a library copy inside a container's root, `-w` on a
 //! non-loopback interface (a veth pair into a network namespace), and Go's
@@ -650,7 +650,7 @@ const TRICKY_BODY_TEXT: &str =
 const EMPTY_RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
 
 /// `data` as `--hex` shows it: offset, sixteen bytes, their printable
-/// ASCII (the README's and hexdump -C's layout).
+/// ASCII (docs/capture.md's and hexdump -C's layout).
 fn hex_rows(data: &[u8]) -> String {
     let mut s = String::new();
     for (row, chunk) in data.chunks(16).enumerate() {
@@ -716,7 +716,7 @@ struct Headers {
     remote: u16,
 }
 
-/// The two header lines of the exchange, as the README's layout has them.
+/// The two header lines of the exchange, as docs/capture.md's layout has them.
 fn text_headers(h: &Headers, sent: usize, received: usize) -> (String, String) {
     // One process, one thread (tid = pid), root.
     let Headers { pid, fd, local, remote } = h;

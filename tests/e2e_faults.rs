@@ -158,7 +158,7 @@ fn a_library_replaced_under_running_processes_is_attached_again() {
     // A process that keeps the old file mapped across the upgrade. Each
     // file is attached when a process first opens it; a process that
     // finished its exchange within the few ms that takes would be missed
-    // (see the README), so this test waits for each attachment: it is
+    // (see docs/capture.md), so this test waits for each attachment: it is
     // about the upgrade, not that race.
     let attached = format!("attached to {} ", library.display());
     let mut old_client = TlsClient::connect_with_env(&server, &env);

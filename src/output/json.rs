@@ -1,4 +1,4 @@
-//! JSON lines: one object per record, the fields documented in README.md.
+//! JSON lines: one object per record, the fields documented in docs/json.md.
 
 use std::io::{self, Write};
 
