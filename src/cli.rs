@@ -17,6 +17,43 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// The `--help` heading of the options only the command line takes: the
+/// agent decides them itself (its output is its JSON; key logs and packet
+/// captures are files for a person at the command line), so its
+/// configuration refuses them (see `agent::config`).
+pub const COMMAND_LINE_ONLY: &str = "Command line only (not in the agent's configuration)";
+
+/// A capture source: a subcommand the agent can run too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum SourceKind {
+    Tls,
+    Exec,
+    Shell,
+    Mysql,
+    Postgres,
+}
+
+impl SourceKind {
+    /// In the order the agent starts them.
+    pub const ALL: [SourceKind; 5] =
+        [SourceKind::Tls, SourceKind::Exec, SourceKind::Shell, SourceKind::Mysql, SourceKind::Postgres];
+
+    /// Its subcommand, the agent's `[sources.NAME]` and its records' source.
+    pub fn name(self) -> &'static str {
+        match self {
+            SourceKind::Tls => "tls",
+            SourceKind::Exec => "exec",
+            SourceKind::Shell => "shell",
+            SourceKind::Mysql => "mysql",
+            SourceKind::Postgres => "postgres",
+        }
+    }
+
+    pub fn named(name: &str) -> Option<SourceKind> {
+        SourceKind::ALL.into_iter().find(|s| s.name() == name)
+    }
+}
+
 #[derive(Debug, Subcommand)]
 // Parsed once per run: the size of the largest variant costs nothing.
 #[allow(clippy::large_enum_variant)]
@@ -67,6 +104,20 @@ pub enum Command {
   cleartap tail --from tls://nats.example:4222 --host web-1 --source shell --format text
   cleartap tail --from nats://127.0.0.1:4222 --since 10m --no-follow   the last ten minutes, then stop")]
     Tail(TailArgs),
+}
+
+impl Command {
+    /// The capture source this subcommand runs (None: check, agent, tail).
+    pub fn source(&self) -> Option<SourceKind> {
+        match self {
+            Command::Tls(_) => Some(SourceKind::Tls),
+            Command::Exec(_) => Some(SourceKind::Exec),
+            Command::Shell(_) => Some(SourceKind::Shell),
+            Command::Mysql(_) => Some(SourceKind::Mysql),
+            Command::Postgres(_) => Some(SourceKind::Postgres),
+            Command::Check | Command::Agent(_) | Command::Tail(_) => None,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -146,10 +197,10 @@ pub struct FilterArgs {
 #[derive(Debug, Args)]
 pub struct OutputArgs {
     /// Output format: readable text, or one JSON object per line.
-    #[arg(long, value_enum, default_value_t = Format::Text)]
+    #[arg(long, value_enum, default_value_t = Format::Text, help_heading = COMMAND_LINE_ONLY)]
     pub format: Format,
     /// Text format: show payloads as a hex dump.
-    #[arg(long)]
+    #[arg(long, help_heading = COMMAND_LINE_ONLY)]
     pub hex: bool,
     /// Size of the kernel ring buffer (bytes; K/M/G suffixes; rounded up to a power of two).
     /// It is mapped twice into cleartap (records may wrap around), so it counts twice in its RSS.
@@ -196,20 +247,21 @@ pub struct TlsArgs {
     #[arg(long = "library", value_enum, value_delimiter = ',', default_value = "openssl,gnutls,nss,go")]
     pub libraries: Vec<Library>,
     /// Write the TLS secrets seen (OpenSSL, GnuTLS, Go) to this file in SSLKEYLOGFILE format, mode 0600.
-    #[arg(long = "keylog", value_name = "FILE")]
+    #[arg(long = "keylog", value_name = "FILE", help_heading = COMMAND_LINE_ONLY)]
     pub keylog: Option<PathBuf>,
     /// Write the packets of the -i interfaces to this pcapng file (`-` for stdout), mode 0600,
     /// with the TLS secrets embedded so that Wireshark decrypts it as it is.
-    #[arg(short = 'w', long = "write", value_name = "FILE")]
+    #[arg(short = 'w', long = "write", value_name = "FILE", help_heading = COMMAND_LINE_ONLY)]
     pub write: Option<PathBuf>,
     /// Interface to capture packets on with -w (repeatable; `any`: every interface). Default: any.
-    #[arg(short = 'i', long = "interface", value_name = "IFACE", requires = "write")]
+    #[arg(short = 'i', long = "interface", value_name = "IFACE", requires = "write", help_heading = COMMAND_LINE_ONLY)]
     pub interfaces: Vec<String>,
     /// Bytes of each packet to keep with -w (default: whole packets).
-    #[arg(long, value_name = "N", requires = "write", value_parser = clap::value_parser!(u32).range(64..))]
+    #[arg(long, value_name = "N", requires = "write", value_parser = clap::value_parser!(u32).range(64..),
+          help_heading = COMMAND_LINE_ONLY)]
     pub snaplen: Option<u32>,
     /// Append to an existing --keylog file, or replace an existing -w file, instead of refusing it.
-    #[arg(long)]
+    #[arg(long, help_heading = COMMAND_LINE_ONLY)]
     pub force: bool,
     /// Connections whose state the kernel keeps (LRU: the least recently used is dropped beyond it).
     #[arg(long = "max-connections", value_name = "N", default_value_t = 65536,
@@ -222,7 +274,8 @@ pub struct TlsArgs {
     #[arg(long = "body", value_name = "N", default_value_t = 256)]
     pub body: usize,
     /// With -w: a packet filter in tcpdump syntax (e.g. `tcp port 443`), applied exactly as libpcap does.
-    #[arg(value_name = "FILTER", trailing_var_arg = true, allow_hyphen_values = true, requires = "write")]
+    #[arg(value_name = "FILTER", trailing_var_arg = true, allow_hyphen_values = true, requires = "write",
+          help_heading = COMMAND_LINE_ONLY)]
     pub filter: Vec<String>,
 }
 

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use clap::{CommandFactory, Parser};
 use serde::Deserialize;
 
-use crate::cli::{self, Cli};
+use crate::cli::{self, Cli, SourceKind, COMMAND_LINE_ONLY};
 
 /// A configuration that cannot be used: the message names the key. The
 /// agent exits with status 2 on it.
@@ -29,14 +29,6 @@ impl std::error::Error for ConfigError {}
 fn error(message: impl Into<String>) -> ConfigError {
     ConfigError(message.into())
 }
-
-/// The sources the agent knows, in the order they start.
-pub const SOURCE_NAMES: [&str; 5] = ["tls", "exec", "shell", "mysql", "postgres"];
-
-/// Options of a subcommand the agent decides itself: the output is its
-/// JSON, and packet capture files are for the command line.
-const AGENT_OWNED: [&str; 10] =
-    ["format", "hex", "write", "interface", "snaplen", "filter", "keylog", "force", "help", "version"];
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -225,7 +217,7 @@ impl AgentConfig {
         for (name, table) in &file.sources {
             sources.push(source(name, table)?);
         }
-        sources.sort_by_key(|s| SOURCE_NAMES.iter().position(|n| *n == s.name));
+        sources.sort_by_key(|s| SourceKind::named(s.name));
         if sources.is_empty() {
             return Err(error(
                 "no source: add at least one [sources.NAME] table (tls, exec, shell, mysql, postgres)",
@@ -341,9 +333,12 @@ fn hostname() -> Option<String> {
 
 /// `[sources.NAME]` -> the subcommand's arguments, parsed by clap.
 fn source(name: &str, table: &toml::Table) -> Result<Source, ConfigError> {
-    let name = *SOURCE_NAMES.iter().find(|n| **n == name).ok_or_else(|| {
-        error(format!("sources.{name}: unknown source (known: {})", SOURCE_NAMES.join(", ")))
-    })?;
+    let name = SourceKind::named(name)
+        .ok_or_else(|| {
+            let known: Vec<_> = SourceKind::ALL.iter().map(|s| s.name()).collect();
+            error(format!("sources.{name}: unknown source (known: {})", known.join(", ")))
+        })?
+        .name();
     let known = options_of(name);
     let mut args = vec!["cleartap".to_string(), name.to_string(), "--format".into(), "json".into()];
     for (key, value) in table {
@@ -363,13 +358,15 @@ fn source(name: &str, table: &toml::Table) -> Result<Source, ConfigError> {
     Ok(Source { name, command: cli.command, table: table.clone() })
 }
 
-/// The long options of subcommand `name` a config may set.
+/// The long options of subcommand `name` a config may set: all but those
+/// under the `COMMAND_LINE_ONLY` heading, and clap's own.
 fn options_of(name: &str) -> Vec<String> {
     let command = Cli::command();
     let sub = command.find_subcommand(name).expect("every source is a subcommand");
     sub.get_arguments()
+        .filter(|a| a.get_help_heading() != Some(COMMAND_LINE_ONLY))
         .filter_map(|a| a.get_long())
-        .filter(|long| !AGENT_OWNED.contains(long))
+        .filter(|long| !["help", "version"].contains(long))
         .map(String::from)
         .collect()
 }
@@ -510,8 +507,21 @@ max_bytes = "10MiB"
         );
         assert!(message(&format!("[sources.exec]\npid = \"abc\"{sink}"))
             .starts_with("sources.exec.pid: invalid value"));
-        assert!(message(&format!("[sources.tls]\nformat = \"text\"{sink}"))
-            .starts_with("sources.tls.format: unknown key"));
+        // The options under the COMMAND_LINE_ONLY heading.
+        for (key, value) in [
+            ("format", "\"text\""),
+            ("hex", "true"),
+            ("keylog", "\"/k\""),
+            ("write", "\"/w\""),
+            ("force", "true"),
+        ] {
+            assert!(message(&format!("[sources.tls]\n{key} = {value}{sink}"))
+                .starts_with(&format!("sources.tls.{key}: unknown key")));
+        }
+        assert!(AgentConfig::parse(&format!(
+            "[sources.tls]\nmax_connections = 2048\nhold_unchecked = true{sink}"
+        ))
+        .is_ok());
         assert!(message(&format!("[sources.dns]{sink}")).starts_with("sources.dns: unknown source"));
         assert!(message(&format!("hots = \"a\"\n[sources.exec]{sink}")).contains("unknown field `hots`"));
         assert!(message(&format!("spool_max_bytes = \"1GB\"\n[sources.exec]{sink}"))

@@ -29,7 +29,6 @@ use self::sinks::Sink;
 use crate::cli::{AgentArgs, Command};
 use crate::output::{self, Format, Style};
 use crate::run::{self, Destination};
-use crate::sources::sql::Family;
 
 /// How long a source may take to attach before the agent gives up on it.
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
@@ -368,13 +367,10 @@ fn capture(
     stop: Arc<AtomicBool>,
     status: Sender<Status>,
 ) -> Result<()> {
-    let (name, body) = match command {
-        Command::Tls(a) => ("tls", a.body),
-        Command::Exec(_) => ("exec", 0),
-        Command::Shell(_) => ("shell", 0),
-        Command::Mysql(_) => ("mysql", 0),
-        Command::Postgres(_) => ("postgres", 0),
-        _ => bail!("not a capture source"),
+    let name = command.source().context("not a capture source")?.name();
+    let body = match command {
+        Command::Tls(a) => a.body,
+        _ => 0,
     };
     let style = Style { format: Format::Json, hex: false, body_preview: body };
     let on_ready = Box::new(move || {
@@ -387,12 +383,5 @@ fn capture(
         counters.kernel_unseen_starts.store(k.unseen_starts, Ordering::Relaxed);
     });
     let dest = Destination { out, stop, on_ready, on_stats };
-    match command {
-        Command::Tls(a) => run::tls::capture(a, dest),
-        Command::Exec(a) => run::exec::capture(a, dest),
-        Command::Shell(a) => run::shell::capture(a, dest),
-        Command::Mysql(a) => run::sql::capture(a, Family::Mysql, dest),
-        Command::Postgres(a) => run::sql::capture(a, Family::Postgres, dest),
-        _ => unreachable!("checked above"),
-    }
+    run::capture(command, dest)
 }

@@ -145,6 +145,21 @@ fn ring_map_failed(e: libbpf_rs::Error) -> anyhow::Error {
     )
 }
 
+/// The capture a source subcommand runs, into `dest` (the agent runs each
+/// of its sources this way).
+pub fn capture(command: &crate::cli::Command, dest: Destination) -> Result<()> {
+    use crate::cli::Command;
+    use crate::sources::sql::Family;
+    match command {
+        Command::Tls(a) => tls::capture(a, dest),
+        Command::Exec(a) => exec::capture(a, dest),
+        Command::Shell(a) => shell::capture(a, dest),
+        Command::Mysql(a) => sql::capture(a, Family::Mysql, dest),
+        Command::Postgres(a) => sql::capture(a, Family::Postgres, dest),
+        Command::Check | Command::Agent(_) | Command::Tail(_) => anyhow::bail!("not a capture source"),
+    }
+}
+
 pub fn filters(args: &crate::cli::FilterArgs) -> Result<Filters> {
     let cgroup = args.cgroup.as_deref().map(crate::kernel::Cgroup::from_path).transpose()?;
     if cgroup.is_some() && !crate::kernel::has_ancestor_cgroup_id() {
