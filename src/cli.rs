@@ -244,8 +244,9 @@ pub struct TlsArgs {
     #[arg(long = "hold-unchecked")]
     pub hold_unchecked: bool,
     /// Which TLS libraries to capture.
-    #[arg(long = "library", value_enum, value_delimiter = ',', default_value = "openssl,gnutls,nss,go")]
-    pub libraries: Vec<Library>,
+    #[arg(long = "library", value_parser = library_names(), value_delimiter = ',',
+          default_value = "openssl,gnutls,nss,go")]
+    pub libraries: Vec<String>,
     /// Write the TLS secrets seen (OpenSSL, GnuTLS, Go) to this file in SSLKEYLOGFILE format, mode 0600.
     #[arg(long = "keylog", value_name = "FILE", help_heading = COMMAND_LINE_ONLY)]
     pub keylog: Option<PathBuf>,
@@ -279,16 +280,15 @@ pub struct TlsArgs {
     pub filter: Vec<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Library {
-    /// OpenSSL and BoringSSL, shared or linked into an executable
-    Openssl,
-    /// GnuTLS
-    Gnutls,
-    /// NSS (through NSPR)
-    Nss,
-    /// Go's crypto/tls, in Go executables
-    Go,
+/// `--library` values: the names in the registry of TLS libraries
+/// (`sources::TLS_SOURCES`), and `go`, each with its description.
+fn library_names() -> clap::builder::PossibleValuesParser {
+    use crate::sources::{gotls, TLS_SOURCES};
+    let values = TLS_SOURCES
+        .iter()
+        .map(|s| clap::builder::PossibleValue::new(s.name).help(s.about))
+        .chain([clap::builder::PossibleValue::new(gotls::NAME).help(gotls::ABOUT)]);
+    clap::builder::PossibleValuesParser::new(values)
 }
 
 /// `4096`, `64K`, `32M`, `1G` (binary units; `KiB`/`MiB`/`GiB` too), rounded

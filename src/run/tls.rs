@@ -11,7 +11,7 @@ use libbpf_rs::MapCore;
 
 use super::{filters, pump, Destination, Handler};
 use crate::bpf::types::{ct_ssl_keys, ct_tls_secret};
-use crate::cli::{Decode, Library, TlsArgs};
+use crate::cli::{Decode, TlsArgs};
 use crate::context::libraries::{KnownLibrary, LibraryResolver};
 use crate::context::secrets;
 use crate::context::streams::HttpStreams;
@@ -26,7 +26,7 @@ use crate::sources::discovery::Discovery;
 use crate::sources::packets::{self, PacketProbes};
 use crate::sources::procwatch::{ProcWatch, SharedMaps};
 use crate::sources::tls::TlsProbes;
-use crate::sources::{gnutls, nss, openssl, TlsSource, TlsTarget};
+use crate::sources::{gotls, TlsSource, TlsTarget, TLS_SOURCES};
 
 pub fn run(args: &TlsArgs) -> Result<()> {
     // `-w -`: stdout carries the capture, so records are not printed.
@@ -74,7 +74,7 @@ pub fn capture(args: &TlsArgs, dest: Destination) -> Result<()> {
         packet_probes = Some(started.probes);
     }
 
-    let go = args.libraries.contains(&Library::Go);
+    let go = args.libraries.iter().any(|l| l == gotls::NAME);
     let discovery = Discovery::new(sources, go, secrets, &args.exclude_libs);
     let mut attacher = Attacher::new(&probes, discovery);
     if args.hold_unchecked {
@@ -172,18 +172,10 @@ fn attach_interfaces(
     Ok(attached)
 }
 
-fn selected_sources(libraries: &[Library]) -> Vec<&'static TlsSource> {
-    let mut sources: Vec<&'static TlsSource> = libraries
-        .iter()
-        .filter_map(|l| match l {
-            Library::Openssl => Some(&openssl::SOURCE),
-            Library::Gnutls => Some(&gnutls::SOURCE),
-            Library::Nss => Some(&nss::SOURCE),
-            Library::Go => None, // executables, not a library file (see Attacher)
-        })
-        .collect();
-    sources.dedup_by_key(|s| s.name);
-    sources
+/// The registry's libraries named by `--library` (Go is not a library
+/// file: its executables are found by discovery, see `Discovery::new`).
+fn selected_sources(libraries: &[String]) -> Vec<&'static TlsSource> {
+    TLS_SOURCES.into_iter().filter(|s| libraries.iter().any(|l| l == s.name)).collect()
 }
 
 /// Where secrets go: the key log file and the capture, each line once.

@@ -14,6 +14,7 @@ use crate::events::tls_function;
 
 pub const SOURCE: TlsSource = TlsSource {
     name: "gnutls",
+    about: "GnuTLS",
     hooks: &[
         TlsHook {
             symbol: "gnutls_record_send",

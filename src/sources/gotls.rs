@@ -21,6 +21,8 @@ use crate::discover::pinned::PinnedFile;
 use crate::events::tls_function;
 
 pub const NAME: &str = "go";
+/// What `--library go` selects, for `--help`.
+pub const ABOUT: &str = "Go's crypto/tls, in Go executables";
 pub const HOOKS: [TlsHook; 2] = [
     TlsHook { symbol: "crypto/tls.(*Conn).Write", entry: Entry::Go, function_id: tls_function::GO_WRITE },
     TlsHook { symbol: "crypto/tls.(*Conn).Read", entry: Entry::Go, function_id: tls_function::GO_READ },

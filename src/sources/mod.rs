@@ -105,6 +105,8 @@ impl TlsHook {
 pub struct TlsSource {
     /// `--library` name and the `library` field of records.
     pub name: &'static str,
+    /// What `--library NAME` selects, for `--help`.
+    pub about: &'static str,
     pub hooks: &'static [TlsHook],
     /// Does a file name (basename) look like this library? Also what
     /// `bpf/procwatch.bpf.c` watches `openat` for (at most 15 bytes).

@@ -14,6 +14,7 @@ use crate::events::tls_function;
 
 pub const SOURCE: TlsSource = TlsSource {
     name: "nss",
+    about: "NSS (through NSPR)",
     hooks: &[
         TlsHook { symbol: "PR_Write", entry: Entry::Nspr, function_id: tls_function::PR_WRITE },
         TlsHook { symbol: "PR_Read", entry: Entry::Nspr, function_id: tls_function::PR_READ },

@@ -12,6 +12,7 @@ use crate::events::tls_function;
 
 pub const SOURCE: TlsSource = TlsSource {
     name: "openssl",
+    about: "OpenSSL and BoringSSL, shared or linked into an executable",
     hooks: &[
         TlsHook { symbol: "SSL_write", entry: Entry::Plain, function_id: tls_function::SSL_WRITE },
         TlsHook { symbol: "SSL_read", entry: Entry::Plain, function_id: tls_function::SSL_READ },
