@@ -80,8 +80,10 @@ static __always_inline void emit_file_event(__u32 kind, const char *path, struct
 		stat_add(CT_STAT_LOST_RECORDS, 1);
 		return;
 	}
+	/* On the stack: a map key in ring buffer memory is refused by 5.10. */
+	__u32 pid = bpf_get_current_pid_tgid() >> 32;
 	e->kind = kind;
-	e->pid = bpf_get_current_pid_tgid() >> 32;
+	e->pid = pid;
 	struct file_key key = {};
 	if (file) {
 		key.ino = BPF_CORE_READ(file, f_inode, i_ino);
@@ -93,11 +95,11 @@ static __always_inline void emit_file_event(__u32 kind, const char *path, struct
 	__u8 one = 1;
 	if (hold_unchecked && file && !has_controlling_tty() &&
 	    !bpf_map_lookup_elem(&checked_files, &key) &&
-	    bpf_map_update_elem(&held_processes, &e->pid, &one, BPF_ANY) == 0) {
+	    bpf_map_update_elem(&held_processes, &pid, &one, BPF_ANY) == 0) {
 		if (bpf_send_signal(CT_SIGSTOP) == 0)
 			e->held = 1;
 		else
-			bpf_map_delete_elem(&held_processes, &e->pid);
+			bpf_map_delete_elem(&held_processes, &pid);
 	}
 	bpf_probe_read_kernel_str(e->path, sizeof(e->path), path);
 	bpf_ringbuf_submit(e, 0);

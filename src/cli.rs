@@ -204,7 +204,10 @@ pub struct OutputArgs {
     pub hex: bool,
     /// Size of the kernel ring buffer (bytes; K/M/G suffixes; rounded up to a power of two).
     /// It is mapped twice into cleartap (records may wrap around), so it counts twice in its RSS.
-    #[arg(long, default_value = "32M", value_parser = parse_size)]
+    // 16M: the consumer keeps up with a 1 GiB stream (800 MiB/s of records,
+    // both ends) from 16 MiB here; a single call larger than the ring is the
+    // case to raise it for.
+    #[arg(long, default_value = "16M", value_parser = parse_size)]
     pub ringbuf_size: u32,
 }
 

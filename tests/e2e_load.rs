@@ -43,6 +43,28 @@ fn stream_of_64_mib_each_way_is_byte_exact() {
     assert_client_matches_server(&got, &server, "python3");
 }
 
+/// 256 MiB over one connection in 256 KiB writes, with the default ring
+/// buffer: the consumer keeps up, so nothing is lost, and the captured
+/// stream is exactly what the server received.
+#[test]
+fn stream_of_256_mib_in_256_kib_writes_loses_nothing_at_default_settings() {
+    if !require_bpf() {
+        return;
+    }
+    let _one = exclusive();
+    let server = TlsServer::start();
+    let mut client = TlsClient::connect(&server);
+    let pid = client.pid().to_string();
+    let capture = Capture::start(&["tls", "--pid", &pid]);
+    client.exchange_in_writes(256 << 20, 64, Some(256 << 10));
+    let got = capture.stop();
+    got.assert_clean_exit();
+    assert_client_matches_server(&got, &server, "python3");
+    let sent =
+        got.tls().filter(|r| r["direction"] == "send").map(|r| r["len"].as_u64().unwrap()).sum::<u64>();
+    assert!(sent > 256 << 20, "the whole body and its header: {sent} bytes");
+}
+
 /// A 64 KiB ring buffer against multi-MiB calls: records are lost, and
 /// captured + reported lost = what the client really sent and received,
 /// exactly; no record is cut; the next record of the connection says

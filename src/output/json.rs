@@ -12,96 +12,185 @@ use crate::events::flag;
 
 pub struct JsonOutput<W: Write> {
     out: W,
-    b64: String,
-    /// A TLS record's fields before its data, serialized (reused).
-    head: Vec<u8>,
+    /// Whole lines not yet handed to `out`: written in one piece once past
+    /// `WRITE_AT`, and at every flush. Records are built here in place
+    /// (no per-record String or Vec), and `out` only ever sees whole
+    /// lines, so a failed write never leaves half a record behind a
+    /// complete one.
+    buf: Vec<u8>,
+    time: TimeCache,
     style: Style,
 }
 
+/// A write per MiB of lines: on a stream, the write system calls and the
+/// page cache copy are most of the consumer's CPU, and fewer, larger writes
+/// cost less per byte than 64 KiB ones.
+const WRITE_AT: usize = 1 << 20;
+
 impl<W: Write> JsonOutput<W> {
+    /// `out` is written in pieces of about a MiB: it needs no buffer of its own.
     pub fn new(out: W, style: Style) -> Self {
-        JsonOutput { out, b64: String::new(), head: Vec::new(), style }
+        JsonOutput { out, buf: Vec::with_capacity(WRITE_AT + (64 << 10)), time: TimeCache::default(), style }
+    }
+
+    fn maybe_write(&mut self) -> io::Result<()> {
+        if self.buf.len() >= WRITE_AT {
+            self.write_out()?;
+        }
+        Ok(())
+    }
+
+    fn write_out(&mut self) -> io::Result<()> {
+        if !self.buf.is_empty() {
+            let result = self.out.write_all(&self.buf);
+            self.buf.clear();
+            result?;
+        }
+        Ok(())
     }
 }
 
-#[derive(Serialize)]
-struct TlsJson<'a> {
-    event: &'static str,
-    time: String,
-    pid: u32,
-    tid: u32,
-    uid: u32,
-    comm: &'a str,
-    library: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    library_version: Option<&'a str>,
-    library_path: &'a str,
-    function: &'a str,
-    direction: &'a str,
-    fd: Option<i32>,
-    local: Option<String>,
-    remote: Option<String>,
-    conn: String,
-    call_seq: u64,
-    call_len: u32,
-    offset: u32,
-    len: usize,
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    truncated: bool,
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    unreadable: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    gap: Option<GapJson>,
-    // `data_b64` follows, written by hand: see `JsonOutput::tls`.
+/// RFC 3339 with nanoseconds, as `humantime::format_rfc3339_nanos` writes
+/// it, with the date and time of day formatted once per second: records
+/// come thousands a second, and formatting the calendar date for each was a
+/// tenth of the consumer's CPU per record.
+#[derive(Default)]
+struct TimeCache {
+    secs: Option<u64>,
+    /// `2026-12-05T11:02:56.000000000Z`
+    text: [u8; 30],
 }
 
-/// Lost just before this record on its connection (see `context::gaps`).
-#[derive(Serialize)]
-struct GapJson {
-    calls_lost: u64,
-    bytes_lost: u64,
+impl TimeCache {
+    fn format(&mut self, time: std::time::SystemTime) -> &[u8; 30] {
+        let since = time.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let secs = since.as_secs();
+        if self.secs != Some(secs) {
+            let whole = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+            let text = humantime::format_rfc3339_nanos(whole).to_string();
+            self.text.copy_from_slice(&text.as_bytes()[..30]);
+            self.secs = Some(secs);
+        }
+        let mut nanos = since.subsec_nanos();
+        for digit in self.text[20..29].iter_mut().rev() {
+            *digit = b'0' + (nanos % 10) as u8;
+            nanos /= 10;
+        }
+        &self.text
+    }
+}
+
+/// Appends a JSON number.
+fn number(buf: &mut Vec<u8>, n: impl itoa::Integer) {
+    buf.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+}
+
+/// Appends a JSON string: as it is when nothing in it needs escaping (the
+/// common case: a command name, a library path), else through serde_json
+/// with DEL and the C1 controls escaped too (`TerminalSafe`).
+fn string(buf: &mut Vec<u8>, s: &str) {
+    if s.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\') {
+        buf.push(b'"');
+        buf.extend_from_slice(s.as_bytes());
+        buf.push(b'"');
+    } else {
+        // Writing into a Vec cannot fail.
+        let _ = to_writer(&mut *buf, &s);
+    }
+}
+
+/// Appends `"ip:port"` (as `SocketAddr`'s Display writes it) or `null`.
+fn address(buf: &mut Vec<u8>, addr: Option<std::net::SocketAddr>) {
+    match addr {
+        Some(std::net::SocketAddr::V4(a)) => {
+            buf.push(b'"');
+            for (i, octet) in a.ip().octets().into_iter().enumerate() {
+                if i > 0 {
+                    buf.push(b'.');
+                }
+                number(buf, octet);
+            }
+            buf.push(b':');
+            number(buf, a.port());
+            buf.push(b'"');
+        }
+        // IPv6 needs its zero-run compression: the standard library's, rarely.
+        Some(a) => {
+            let _ = write!(buf, "\"{a}\"");
+        }
+        None => buf.extend_from_slice(b"null"),
+    }
+}
+
+/// A TLS record as one JSON line (the fields documented in README.md),
+/// appended to `buf`. Hand-written, not through serde: this runs for every
+/// record, and serializing a struct of its fields (their strings checked
+/// for escapes one character at a time, the time, addresses and handle
+/// formatted into Strings first) cost more than the rest of the consumer.
+fn tls_line(buf: &mut Vec<u8>, time: &mut TimeCache, r: &TlsRecord) {
+    buf.extend_from_slice(b"{\"event\":\"tls\",\"time\":\"");
+    buf.extend_from_slice(time.format(r.time));
+    buf.extend_from_slice(b"\",\"pid\":");
+    number(buf, r.pid);
+    buf.extend_from_slice(b",\"tid\":");
+    number(buf, r.tid);
+    buf.extend_from_slice(b",\"uid\":");
+    number(buf, r.uid);
+    buf.extend_from_slice(b",\"comm\":");
+    string(buf, &r.comm);
+    buf.extend_from_slice(b",\"library\":");
+    string(buf, r.library);
+    if let Some(version) = r.library_version {
+        buf.extend_from_slice(b",\"library_version\":");
+        string(buf, version);
+    }
+    buf.extend_from_slice(b",\"library_path\":");
+    string(buf, r.library_path);
+    buf.extend_from_slice(b",\"function\":");
+    string(buf, r.function);
+    buf.extend_from_slice(b",\"direction\":");
+    string(buf, r.direction.as_str());
+    buf.extend_from_slice(b",\"fd\":");
+    match r.fd {
+        Some(fd) => number(buf, fd),
+        None => buf.extend_from_slice(b"null"),
+    }
+    buf.extend_from_slice(b",\"local\":");
+    address(buf, r.local);
+    buf.extend_from_slice(b",\"remote\":");
+    address(buf, r.remote);
+    let _ = write!(buf, ",\"conn\":\"{:#x}\",\"call_seq\":", r.conn);
+    number(buf, r.call_seq);
+    buf.extend_from_slice(b",\"call_len\":");
+    number(buf, r.call_len);
+    buf.extend_from_slice(b",\"offset\":");
+    number(buf, r.offset);
+    buf.extend_from_slice(b",\"len\":");
+    number(buf, r.data.len());
+    if r.flags & flag::TRUNCATED != 0 {
+        buf.extend_from_slice(b",\"truncated\":true");
+    }
+    if r.flags & flag::FAULT != 0 {
+        buf.extend_from_slice(b",\"unreadable\":true");
+    }
+    if let Some(g) = r.gap {
+        buf.extend_from_slice(b",\"gap\":{\"calls_lost\":");
+        number(buf, g.calls_lost);
+        buf.extend_from_slice(b",\"bytes_lost\":");
+        number(buf, g.bytes_lost);
+        buf.push(b'}');
+    }
+    // The payload is the bulk of the line: base64 (SIMD) straight into the
+    // line; its alphabet never needs escaping.
+    buf.extend_from_slice(b",\"data_b64\":\"");
+    base64_simd::STANDARD.encode_append(r.data, buf);
+    buf.extend_from_slice(b"\"}\n");
 }
 
 impl<W: Write> Output for JsonOutput<W> {
     fn tls(&mut self, r: &TlsRecord) -> io::Result<()> {
-        self.b64.clear();
-        // SIMD: with the escaping skipped below, encoding is most of what
-        // the consumer spends per captured MiB.
-        base64_simd::STANDARD.encode_append(r.data, &mut self.b64);
-        let json = TlsJson {
-            event: "tls",
-            time: humantime::format_rfc3339_nanos(r.time).to_string(),
-            pid: r.pid,
-            tid: r.tid,
-            uid: r.uid,
-            comm: &r.comm,
-            library: r.library,
-            library_version: r.library_version,
-            library_path: r.library_path,
-            function: r.function,
-            direction: r.direction.as_str(),
-            fd: r.fd,
-            local: r.local.map(|a| a.to_string()),
-            remote: r.remote.map(|a| a.to_string()),
-            conn: format!("{:#x}", r.conn),
-            call_seq: r.call_seq,
-            call_len: r.call_len,
-            offset: r.offset,
-            len: r.data.len(),
-            truncated: r.flags & flag::TRUNCATED != 0,
-            unreadable: r.flags & flag::FAULT != 0,
-            gap: r.gap.map(|g| GapJson { calls_lost: g.calls_lost, bytes_lost: g.bytes_lost }),
-        };
-        // The payload is the bulk of the line. serde_json would check every
-        // base64 character for escaping (a third of the consumer's CPU on a
-        // stream); the base64 alphabet never needs any, so it goes in as is.
-        self.head.clear();
-        to_writer(&mut self.head, &json)?;
-        self.head.pop(); // the closing brace
-        self.out.write_all(&self.head)?;
-        self.out.write_all(b",\"data_b64\":\"")?;
-        self.out.write_all(self.b64.as_bytes())?;
-        self.out.write_all(b"\"}\n")
+        tls_line(&mut self.buf, &mut self.time, r);
+        self.maybe_write()
     }
 
     fn command(&mut self, r: &CommandRecord) -> io::Result<()> {
@@ -214,6 +303,7 @@ impl<W: Write> Output for JsonOutput<W> {
     }
 
     fn flush(&mut self) -> io::Result<()> {
+        self.write_out()?;
         self.out.flush()
     }
 }
@@ -286,7 +376,8 @@ struct QueryJson<'a> {
 
 impl<W: Write> JsonOutput<W> {
     fn line(&mut self, value: &impl Serialize) -> io::Result<()> {
-        write_line(&mut self.out, value)
+        write_line(&mut self.buf, value)?;
+        self.maybe_write()
     }
 }
 
@@ -389,8 +480,6 @@ mod tests {
     use crate::context::{gaps::Gap, Direction};
 
     fn tls_line(data: &[u8], gap: Option<Gap>) -> serde_json::Value {
-        let mut out = Vec::new();
-        let style = Style { format: super::super::Format::Json, hex: false, body_preview: 0 };
         let record = TlsRecord {
             time: std::time::UNIX_EPOCH,
             pid: 1,
@@ -413,10 +502,114 @@ mod tests {
             gap,
             data,
         };
-        JsonOutput::new(&mut out, style).tls(&record).unwrap();
+        parse_line(&record)
+    }
+
+    fn parse_line(record: &TlsRecord) -> serde_json::Value {
+        let mut out = Vec::new();
+        let style = Style { format: super::super::Format::Json, hex: false, body_preview: 0 };
+        let mut json = JsonOutput::new(&mut out, style);
+        json.tls(record).unwrap();
+        json.flush().unwrap();
         assert_eq!(out.iter().filter(|&&b| b == b'\n').count(), 1, "one line");
         assert!(out.ends_with(b"\"}\n"));
         serde_json::from_slice(&out).unwrap()
+    }
+
+    /// The fields written by hand read back as their standard forms:
+    /// humantime's RFC 3339, `SocketAddr`'s Display, `{:#x}`, strings
+    /// escaped as serde_json and `TerminalSafe` escape them.
+    #[test]
+    fn hand_written_fields_read_back_as_their_standard_forms() {
+        use std::net::SocketAddr;
+        let times =
+            [0u64, 1, 999_999_999, 1_000_000_000, 1_764_929_000_123_456_789, 4_102_444_799_999_999_999];
+        let addrs: [Option<SocketAddr>; 4] = [
+            None,
+            Some("127.0.0.1:443".parse().unwrap()),
+            Some("255.0.10.1:0".parse().unwrap()),
+            Some("[fe80::1:2]:65535".parse().unwrap()),
+        ];
+        let comms = ["curl", "a \"q\"\\\n\u{7f}\u{9b}\u{e9}", ""];
+        let mut time = TimeCache::default();
+        for (i, nanos) in times.into_iter().enumerate() {
+            let t = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(nanos);
+            let record = TlsRecord {
+                time: t,
+                pid: u32::MAX,
+                tid: 0,
+                uid: 1000,
+                comm: comms[i % comms.len()].into(),
+                library: "gnutls",
+                library_version: (i % 2 == 0).then_some("3.7.9"),
+                library_path: "/usr/lib/x86_64-linux-gnu/libgnutls.so.30",
+                function: "crypto/tls.(*Conn).Read",
+                direction: Direction::Recv,
+                fd: (i % 2 == 1).then_some(-1i32.wrapping_add(i as i32)),
+                local: addrs[i % addrs.len()],
+                remote: addrs[(i + 1) % addrs.len()],
+                conn: 0xdead_beef_u64 << (i * 5),
+                call_seq: u64::MAX - i as u64,
+                call_len: 5,
+                offset: 7,
+                flags: if i % 2 == 0 { flag::TRUNCATED | flag::FAULT } else { 0 },
+                gap: None,
+                data: b"hello",
+            };
+            let v = parse_line(&record);
+            let rfc3339 = humantime::format_rfc3339_nanos(t).to_string();
+            assert_eq!(v["time"], rfc3339);
+            assert_eq!(&time.format(t)[..], rfc3339.as_bytes(), "the cache, asked again");
+            let addr = |a: Option<SocketAddr>| a.map_or(serde_json::Value::Null, |a| a.to_string().into());
+            assert_eq!(v["local"], addr(record.local));
+            assert_eq!(v["remote"], addr(record.remote));
+            assert_eq!(v["conn"], format!("{:#x}", record.conn));
+            assert_eq!(v["comm"], record.comm);
+            assert_eq!(v["pid"], u32::MAX);
+            assert_eq!(v["call_seq"], record.call_seq);
+            assert_eq!(v["fd"], record.fd.map_or(serde_json::Value::Null, Into::into));
+            assert_eq!(v.get("library_version").and_then(|v| v.as_str()), record.library_version);
+            assert_eq!(v.get("truncated").is_some(), i % 2 == 0);
+            assert_eq!(v.get("unreadable").is_some(), i % 2 == 0);
+            assert_eq!(v["function"], record.function);
+            assert_eq!(v["direction"], "recv");
+        }
+        // What a terminal would act on is escaped in the line itself.
+        let record = TlsRecord { comm: comms[1].into(), ..tls_record_for_escapes() };
+        let mut out = Vec::new();
+        let mut json = JsonOutput::new(
+            &mut out,
+            Style { format: super::super::Format::Json, hex: false, body_preview: 0 },
+        );
+        json.tls(&record).unwrap();
+        json.flush().unwrap();
+        let line = String::from_utf8(out).unwrap();
+        assert!(line.contains(r#""comm":"a \"q\"\\\n\u007f\u009bé""#), "{line}");
+    }
+
+    fn tls_record_for_escapes() -> TlsRecord<'static> {
+        TlsRecord {
+            time: std::time::UNIX_EPOCH,
+            pid: 1,
+            tid: 1,
+            uid: 0,
+            comm: String::new(),
+            library: "openssl",
+            library_version: None,
+            library_path: "/lib/libssl.so.3",
+            function: "SSL_write",
+            direction: Direction::Send,
+            fd: None,
+            local: None,
+            remote: None,
+            conn: 1,
+            call_seq: 1,
+            call_len: 0,
+            offset: 0,
+            flags: 0,
+            gap: None,
+            data: b"",
+        }
     }
 
     /// The payload is appended by hand after the serialized fields: the

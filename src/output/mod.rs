@@ -92,9 +92,9 @@ pub fn to_stdout(style: Style) -> Box<dyn Output> {
 
 /// The writer for `style` on `out`.
 pub fn writer<W: io::Write + 'static>(style: Style, out: W) -> Box<dyn Output> {
-    let out = io::BufWriter::with_capacity(1 << 16, out);
     match style.format {
-        Format::Text => Box::new(text::TextOutput::new(out, style)),
+        Format::Text => Box::new(text::TextOutput::new(io::BufWriter::with_capacity(1 << 16, out), style)),
+        // It builds its lines in a buffer of its own and writes them a MiB at a time.
         Format::Json => Box::new(json::JsonOutput::new(out, style)),
     }
 }

@@ -5,6 +5,7 @@
 
 pub mod check;
 pub mod exec;
+mod queue;
 pub mod shell;
 pub mod sql;
 pub mod tls;
@@ -16,7 +17,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use libbpf_rs::{Link, MapCore, RingBufferBuilder};
+use libbpf_rs::{Link, MapCore, MapHandle, RingBufferBuilder};
 
 use crate::events::{self, Event};
 use crate::kernel::{Filters, KernelStats};
@@ -80,60 +81,149 @@ impl Destination {
     }
 }
 
+/// Batches in the queue between the drain thread and the writer, and the
+/// bytes of records each holds: at most 16 MiB of records in memory, taken
+/// only as the queue fills. Besides the ring buffer, this is what absorbs a
+/// writer that falls behind for a moment (a slow write, a burst).
+const QUEUE_BATCHES: usize = 16;
+const BATCH_BYTES: usize = 1 << 20;
+
 /// Run until `dest.stop` (a signal): tells `dest` it is ready, streams
 /// events from every ring buffer in `rings`, reports kernel losses while
 /// they happen and a summary at the end.
+///
+/// Two threads: one drains the ring buffers and does nothing else (it
+/// copies each record into a queue, which frees its space in the kernel's
+/// buffer at once); this one decodes, formats and writes. A write that
+/// takes a while (a full pipe, a page cache allocation) then no longer
+/// leaves the kernel's buffer unread meanwhile.
 pub fn pump(
-    rings: &[&dyn MapCore],
+    rings: &[&libbpf_rs::MapMut],
     stats_map: &dyn MapCore,
     links: Vec<Link>,
     handler: &mut dyn Handler,
     dest: Destination,
 ) -> Result<()> {
     let Destination { out, stop, on_ready, mut on_stats } = dest;
-    let sink = RefCell::new(Sink::new(handler, out));
-    let mut builder = RingBufferBuilder::new();
-    for ring in rings {
-        builder.add(*ring, |raw| sink.borrow_mut().handle(raw)).map_err(ring_map_failed)?;
-    }
-    let ring = builder.build().map_err(ring_map_failed)?;
-    on_ready();
-
-    let mut last_report = Instant::now();
+    let handles = rings.iter().map(|r| MapHandle::try_from(*r)).collect::<Result<Vec<_>, _>>()?;
+    let (filler, drainer) = queue::queue(QUEUE_BATCHES, BATCH_BYTES);
+    let finish_draining = AtomicBool::new(false);
+    let mut sink = Sink::new(handler, out);
+    let mut links = Some(links);
     let mut reported = KernelStats::default();
-    while !stop.load(Ordering::Relaxed) && !sink.borrow().failed() {
-        // EINTR on a signal is expected; the loop condition handles it.
-        // A timeout must still read the rings: records submitted without a
-        // wake-up (TLS batches, see bpf/payload.h) would otherwise wait for
-        // the next one, and while one waits unread, the kernel wakes
-        // nobody for any later record either (it only wakes a consumer
-        // that had caught up).
-        // A file parsed on the discovery thread is attached by `idle`: every
-        // ms it waits for the poll is a ms of a new program's TLS missed.
-        let timeout = if sink.borrow().handler.expecting() { QUICK_POLL_INTERVAL } else { POLL_INTERVAL };
-        if ring.poll_raw(timeout) == 0 {
-            let _ = ring.consume_raw();
+    std::thread::scope(|scope| -> Result<()> {
+        let (mapped_tx, mapped_rx) = std::sync::mpsc::channel();
+        let finish = &finish_draining;
+        let drain = std::thread::Builder::new()
+            .name("cleartap-drain".into())
+            .spawn_scoped(scope, move || drain_rings(&handles, filler, finish, mapped_tx))
+            .context("starting the thread that drains the ring buffer")?;
+        // Mapping errors (address space) come before `ready`.
+        match mapped_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(ring_map_failed(e)),
+            Err(_) => {
+                let _ = drain.join();
+                anyhow::bail!("the thread that drains the ring buffer ended before it started");
+            }
         }
-        sink.borrow_mut().after_poll();
-        if last_report.elapsed() >= STATS_INTERVAL {
-            reported = report_new_losses(KernelStats::read(stats_map), reported);
-            on_stats(&reported);
-            last_report = Instant::now();
-        }
-    }
+        on_ready();
 
-    // Detach first so nothing new arrives, then drain what is in flight.
-    sink.borrow_mut().handler.detach();
-    drop(links);
-    let _ = ring.consume();
-    drop(ring);
-    let mut sink = sink.into_inner();
+        let mut last_report = Instant::now();
+        loop {
+            // A file parsed on the discovery thread is attached by `idle`:
+            // every ms it waits is a ms of a new program's TLS missed.
+            let timeout = if sink.handler.expecting() { QUICK_POLL_INTERVAL } else { POLL_INTERVAL };
+            match drainer.next(timeout) {
+                queue::Next::Batch(batch) => {
+                    for raw in batch.records() {
+                        sink.handle(raw);
+                    }
+                    drainer.recycle(batch);
+                    sink.after_batch(false);
+                }
+                // Nothing for a while: the output is flushed, so a reader
+                // sees records at once.
+                queue::Next::Idle => sink.after_batch(true),
+                queue::Next::Done => break,
+            }
+            if last_report.elapsed() >= STATS_INTERVAL {
+                reported = report_new_losses(KernelStats::read(stats_map), reported);
+                on_stats(&reported);
+                last_report = Instant::now();
+            }
+            // Detach first so nothing new arrives, then let the drain
+            // thread take what is in flight and end; what it hands over
+            // until then is still written (or, after an output error,
+            // discarded by `handle`).
+            if (stop.load(Ordering::Relaxed) || sink.failed()) && links.is_some() {
+                sink.handler.detach();
+                drop(links.take());
+                finish_draining.store(true, Ordering::Relaxed);
+            }
+        }
+        drain.join().map_err(|_| anyhow::anyhow!("the thread that drains the ring buffer panicked"))?;
+        Ok(())
+    })?;
+
     sink.finish();
+    if drainer.waits() > 0 {
+        eprintln!(
+            "cleartap: the output fell behind the whole in-memory queue {} times (records waited in the \
+             kernel's ring buffer meanwhile; what it could not hold is counted as lost there)",
+            drainer.waits()
+        );
+    }
     let stats = KernelStats::read(stats_map);
     report_new_losses(stats, reported);
     on_stats(&stats);
     eprintln!("{}", sink.summary(&stats));
     sink.result()
+}
+
+/// The drain thread: every record of `rings` into the queue, until told to
+/// finish, then what the rings still hold. Says first whether the rings
+/// could be mapped.
+fn drain_rings(
+    rings: &[MapHandle],
+    filler: queue::Filler,
+    finish: &AtomicBool,
+    mapped: std::sync::mpsc::Sender<Result<(), libbpf_rs::Error>>,
+) {
+    let filler = RefCell::new(filler);
+    // The writer is gone only when it stopped: records after that are not
+    // wanted, and a negative return ends the consume early.
+    let copy = |raw: &[u8]| if filler.borrow_mut().push(raw).is_ok() { 0 } else { -1 };
+    let mut builder = RingBufferBuilder::new();
+    for ring in rings {
+        if let Err(e) = builder.add(ring, copy) {
+            let _ = mapped.send(Err(e));
+            return;
+        }
+    }
+    let ring = match builder.build() {
+        Ok(ring) => ring,
+        Err(e) => {
+            let _ = mapped.send(Err(e));
+            return;
+        }
+    };
+    let _ = mapped.send(Ok(()));
+    while !finish.load(Ordering::Relaxed) {
+        // EINTR on a signal is expected. A timeout must still read the
+        // rings: records submitted without a wake-up (TLS batches, see
+        // bpf/payload.h) would otherwise wait for the next one, and while
+        // one waits unread, the kernel wakes nobody for any later record
+        // either (it only wakes a consumer that had caught up).
+        if ring.poll_raw(POLL_INTERVAL) == 0 {
+            let _ = ring.consume_raw();
+        }
+        if filler.borrow_mut().send().is_err() {
+            return;
+        }
+    }
+    let _ = ring.consume_raw();
+    let _ = filler.borrow_mut().send();
 }
 
 /// Mapping a ring buffer takes twice its size of address space (its data
@@ -263,9 +353,8 @@ struct Sink<'h> {
     handler: &'h mut dyn Handler,
     out: Counting,
     undecodable: u64,
-    /// Records written since the last flush, and since the last poll.
+    /// Records written since the last flush.
     dirty: bool,
-    since_poll: u64,
     last_flush: Instant,
     error: Option<io::Error>,
 }
@@ -277,19 +366,17 @@ impl<'h> Sink<'h> {
             out: Counting { inner: out, records: 0, flushed: 0, bytes: 0 },
             undecodable: 0,
             dirty: false,
-            since_poll: 0,
             last_flush: Instant::now(),
             error: None,
         }
     }
 
-    /// Ring buffer callback. Always returns 0: an output error stops the
-    /// loop through `failed()`, not by aborting the poll mid-batch.
-    fn handle(&mut self, raw: &[u8]) -> i32 {
+    /// One record from the ring buffer. After an output error, records
+    /// are discarded (the loop stops through `failed()`).
+    fn handle(&mut self, raw: &[u8]) {
         if self.error.is_some() {
-            return 0;
+            return;
         }
-        self.since_poll += 1;
         match events::decode(raw) {
             Ok(event) => {
                 if let Err(e) = self.handler.event(event, &mut self.out) {
@@ -304,20 +391,18 @@ impl<'h> Sink<'h> {
                 }
             }
         }
-        0
     }
 
-    /// Flush when the ring buffer had nothing more (a reader sees output at
-    /// once), or at least every FLUSH_INTERVAL while records keep coming;
-    /// not after every batch, which would be a write per record or two.
-    fn after_poll(&mut self) {
+    /// Flush when nothing more came for a poll interval (a reader sees
+    /// output at once), or at least every FLUSH_INTERVAL while records keep
+    /// coming; not after every batch, which would be a write per record or
+    /// two.
+    fn after_batch(&mut self, idle: bool) {
         if self.error.is_none() {
             if let Err(e) = self.handler.idle() {
                 self.error = Some(e);
             }
         }
-        let idle = self.since_poll == 0;
-        self.since_poll = 0;
         if self.dirty && self.error.is_none() && (idle || self.last_flush.elapsed() >= FLUSH_INTERVAL) {
             self.dirty = false;
             self.last_flush = Instant::now();

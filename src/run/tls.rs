@@ -7,7 +7,6 @@ use std::mem::MaybeUninit;
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use libbpf_rs::MapCore;
 
 use super::{filters, pump, Destination, Handler};
 use crate::bpf::types::{ct_ssl_keys, ct_tls_secret};
@@ -105,7 +104,7 @@ pub fn capture(args: &TlsArgs, dest: Destination) -> Result<()> {
     for t in targets {
         handler.attached(t);
     }
-    let mut rings: Vec<&dyn MapCore> = vec![probes.events_map()];
+    let mut rings: Vec<&libbpf_rs::MapMut> = vec![probes.events_map()];
     if let Some(p) = &packet_probes {
         rings.push(p.packets_map());
     }

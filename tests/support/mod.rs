@@ -447,7 +447,14 @@ impl TlsClient {
     }
 
     pub fn exchange(&mut self, body_size: usize, response_size: usize) {
-        writeln!(self.stdin, "{body_size} {response_size}").unwrap();
+        self.exchange_in_writes(body_size, response_size, None);
+    }
+
+    /// `exchange`, the request body sent in SSL writes of `write_size`
+    /// bytes (a stream) rather than in one.
+    pub fn exchange_in_writes(&mut self, body_size: usize, response_size: usize, write_size: Option<usize>) {
+        let write_size = write_size.map_or(String::new(), |w| format!(" {w}"));
+        writeln!(self.stdin, "{body_size} {response_size}{write_size}").unwrap();
         let mut line = String::new();
         self.stdout.read_line(&mut line).unwrap();
         assert_eq!(line.trim(), "done");

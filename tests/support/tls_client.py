@@ -1,8 +1,10 @@
 """A TLS client on the system libssl that is told when to talk.
 
 Usage: tls_client.py PORT. Connects at once and prints its local port.
-Then, for each line `<request body size> <response size>` on stdin, sends
-one request on the same connection and prints `done` after the response.
+Then, for each line `<request body size> <response size> [<write size>]`
+on stdin, sends one request on the same connection and prints `done` after
+the response. With a write size, the body goes out in SSL writes of that
+many bytes (a stream) rather than in one.
 """
 import socket
 import ssl
@@ -17,9 +19,17 @@ ctx.verify_mode = ssl.CERT_NONE
 conn = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port)))
 print(conn.getsockname()[1], flush=True)
 for line in sys.stdin:
-    body_size, response_size = (int(x) for x in line.split())
-    body = (PATTERN * (body_size // 256 + 1))[:body_size]
-    conn.sendall(b"POST /%d HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n" % (response_size, body_size) + body)
+    body_size, response_size, *write_size = (int(x) for x in line.split())
+    head = b"POST /%d HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n" % (response_size, body_size)
+    if write_size:
+        # The pattern repeats every 256 bytes: one piece serves every write.
+        piece = PATTERN * (write_size[0] // 256 + 1)
+        conn.sendall(head)
+        for at in range(0, body_size, write_size[0]):
+            conn.sendall(piece[:min(write_size[0], body_size - at)])
+    else:
+        body = (PATTERN * (body_size // 256 + 1))[:body_size]
+        conn.sendall(head + body)
     buf = b""
     while b"\r\n\r\n" not in buf:
         buf += conn.recv(65536)

@@ -158,6 +158,12 @@ timeout -k 10 300 "$CLEARTAP" check >"$RESULTS/check.log" 2>&1
 rc=$?
 heartbeat_stop
 sed 's/^/    /' "$RESULTS/check.log"
+if [ $rc -ne 0 ]; then
+    # Again with libbpf's messages: the end of the refused program's
+    # verifier log says why (the whole log in check-debug.log).
+    CLEARTAP_DEBUG=1 timeout -k 10 300 "$CLEARTAP" check >"$RESULTS/check-debug.log" 2>&1
+    grep -v '^libbpf: prog .*: -- BEGIN' "$RESULTS/check-debug.log" | grep -B40 -m1 'END PROG LOAD LOG' | sed 's/^/    /'
+fi
 if [ $rc -eq 0 ]; then status=ok; passed=$((passed + 1)); else status=FAILED; failed=$((failed + 1)); fi
 line=$(printf '%-8s %6ss  %s' "$status" "$(since "$t")" "cleartap check")
 echo "cleartap-vm: $line"
