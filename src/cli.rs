@@ -202,12 +202,12 @@ pub struct OutputArgs {
     /// Text format: show payloads as a hex dump.
     #[arg(long, help_heading = COMMAND_LINE_ONLY)]
     pub hex: bool,
-    /// Size of the kernel ring buffer (bytes; K/M/G suffixes; rounded up to a power of two).
+    /// Size of the kernel ring buffer (bytes; K/M/G or KiB/MiB/GiB suffixes; rounded up to a power of two).
     /// It is mapped twice into cleartap (records may wrap around), so it counts twice in its RSS.
     // 16M: the consumer keeps up with a 1 GiB stream (800 MiB/s of records,
     // both ends) from 16 MiB here; a single call larger than the ring is the
     // case to raise it for.
-    #[arg(long, default_value = "16M", value_parser = parse_size)]
+    #[arg(long, default_value = "16M", value_parser = ring_size)]
     pub ringbuf_size: u32,
 }
 
@@ -294,27 +294,78 @@ fn library_names() -> clap::builder::PossibleValuesParser {
     clap::builder::PossibleValuesParser::new(values)
 }
 
-/// `4096`, `64K`, `32M`, `1G` (binary units; `KiB`/`MiB`/`GiB` too), rounded
-/// up to a power of two as the kernel requires, at least one page.
-pub fn parse_size(s: &str) -> Result<u32, String> {
-    let s = s.trim();
-    let digits_end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (number, unit) = s.split_at(digits_end);
-    let number: u64 = number.parse().map_err(|_| format!("{s:?} is not a size"))?;
-    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+/// A size in bytes, as the command line (`--ringbuf-size`) and the agent's
+/// TOML (`spool_max_bytes`, `[sinks.file] max_bytes`, a source's
+/// `ringbuf_size`) both write it: a whole number, then optionally a binary
+/// unit in any case, a space between them allowed: `B`, `K` or `KiB`
+/// (1024), `M` or `MiB`, `G` or `GiB`, `T` or `TiB`. `KB`, `MB`, `GB` and
+/// `TB` are refused rather than guessed: they usually mean powers of 1000,
+/// and the docs write binary units.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let text = s.trim();
+    let digits_end = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(digits_end);
+    let number: u64 =
+        number.parse().map_err(|_| format!("{text:?} is not a size such as \"64K\", \"32M\" or \"1GiB\""))?;
+    let unit = unit.trim();
+    let shift = match unit.to_ascii_lowercase().as_str() {
         "" | "b" => 0,
-        "k" | "kb" | "kib" => 10,
-        "m" | "mb" | "mib" => 20,
-        "g" | "gb" | "gib" => 30,
-        other => return Err(format!("unknown size unit {other:?} (use K, M or G)")),
+        "k" | "kib" => 10,
+        "m" | "mib" => 20,
+        "g" | "gib" => 30,
+        "t" | "tib" => 40,
+        decimal @ ("kb" | "mb" | "gb" | "tb") => {
+            let binary = decimal[..1].to_ascii_uppercase();
+            return Err(format!(
+                "unknown unit {unit:?} in {text:?}: sizes are in binary units, write {binary} or {binary}iB"
+            ));
+        }
+        _ => {
+            return Err(format!(
+                "unknown unit {unit:?} in {text:?} (B, K or KiB, M or MiB, G or GiB, T or TiB)"
+            ))
+        }
     };
-    let bytes = number
-        .checked_shl(shift)
-        .filter(|b| *b >> shift == number)
-        .ok_or_else(|| format!("{s:?} is too large"))?;
-    let bytes = bytes.max(4096).next_power_of_two();
-    u32::try_from(bytes).map_err(|_| format!("{s:?} is too large (at most 2G)"))
+    number.checked_shl(shift).filter(|n| n >> shift == number).ok_or_else(|| format!("{text:?} is too large"))
 }
+
+/// `--ringbuf-size`: a size as `parse_size` reads it, then rounded up to a
+/// power of two as the kernel requires, at least one page, at most 2 GiB.
+pub fn ring_size(s: &str) -> Result<u32, String> {
+    let bytes = parse_size(s)?.max(4096).checked_next_power_of_two();
+    bytes
+        .and_then(|b| u32::try_from(b).ok())
+        .ok_or_else(|| format!("{:?} is too large (at most 2G)", s.trim()))
+}
+
+/// The same inputs for every caller of `parse_size` (the agent's tests use
+/// them too): the text and the bytes it means, None when refused.
+#[cfg(test)]
+pub(crate) const SIZE_EXAMPLES: &[(&str, Option<u64>)] = &[
+    ("4096", Some(4096)),
+    ("0", Some(0)),
+    ("512B", Some(512)),
+    ("64K", Some(64 << 10)),
+    ("64k", Some(64 << 10)),
+    ("1KiB", Some(1 << 10)),
+    ("32M", Some(32 << 20)),
+    ("32 MiB", Some(32 << 20)),
+    ("1mib", Some(1 << 20)),
+    ("1G", Some(1 << 30)),
+    ("1GiB", Some(1 << 30)),
+    ("2T", Some(2 << 40)),
+    ("1TiB", Some(1 << 40)),
+    ("32MB", None),
+    ("1GB", None),
+    ("1kb", None),
+    ("12X", None),
+    ("1.5G", None),
+    ("-1", None),
+    ("GiB", None),
+    ("", None),
+    ("99999999999999TiB", None),
+    ("99999999999999999999", None),
+];
 
 #[cfg(test)]
 mod tests {
@@ -322,15 +373,30 @@ mod tests {
 
     #[test]
     fn sizes() {
-        assert_eq!(parse_size("32M"), Ok(32 << 20));
-        assert_eq!(parse_size("1MiB"), Ok(1 << 20));
-        assert_eq!(parse_size("5000"), Ok(8192));
-        assert_eq!(parse_size("1"), Ok(4096));
-        assert_eq!(parse_size("1G"), Ok(1 << 30));
-        assert!(parse_size("4G").is_err());
-        assert!(parse_size("12X").is_err());
-        assert!(parse_size("").is_err());
-        assert!(parse_size("99999999999999999999G").is_err());
+        for &(text, bytes) in SIZE_EXAMPLES {
+            assert_eq!(parse_size(text).ok(), bytes, "{text:?}");
+        }
+        assert!(parse_size("1GB").unwrap_err().contains("write G or GiB"));
+    }
+
+    #[test]
+    fn ring_sizes_are_sizes_rounded_up_to_a_power_of_two() {
+        for &(text, bytes) in SIZE_EXAMPLES {
+            let ring = bytes.map(|b| b.max(4096).next_power_of_two()).filter(|b| *b <= 1 << 31);
+            assert_eq!(ring_size(text).ok().map(u64::from), ring, "{text:?}");
+            // The option parses as the function does.
+            let parsed = Cli::try_parse_from(["cleartap", "exec", "--ringbuf-size", text]);
+            match parsed.map(|c| c.command) {
+                Ok(Command::Exec(a)) => assert_eq!(Some(u64::from(a.output.ringbuf_size)), ring, "{text:?}"),
+                Ok(_) => unreachable!(),
+                Err(_) => assert_eq!(ring, None, "{text:?}"),
+            }
+        }
+        assert_eq!(ring_size("5000"), Ok(8192));
+        assert_eq!(ring_size("1"), Ok(4096));
+        assert_eq!(ring_size("2G"), Ok(1 << 31));
+        assert!(ring_size("4G").is_err());
+        assert!(ring_size("9223372036854775809").is_err());
     }
 
     #[test]

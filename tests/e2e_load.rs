@@ -8,12 +8,11 @@ use std::collections::HashMap;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use base64::Engine;
 use serde_json::Value;
 use support::*;
 
 fn data_of(r: &Value) -> Vec<u8> {
-    base64::engine::general_purpose::STANDARD.decode(r["data_b64"].as_str().unwrap()).unwrap()
+    base64_simd::STANDARD.decode_to_vec(r["data_b64"].as_str().unwrap()).unwrap()
 }
 
 /// `lost in the kernel: N records (M bytes)` from the summary.

@@ -4,7 +4,6 @@ mod support;
 
 use std::process::{Command, Stdio};
 
-use base64::Engine;
 use serde_json::Value;
 use support::*;
 
@@ -114,7 +113,7 @@ fn decoded_argv(r: &Value) -> Vec<Vec<u8>> {
             .as_array()
             .unwrap()
             .iter()
-            .map(|a| base64::engine::general_purpose::STANDARD.decode(a.as_str().unwrap()).unwrap())
+            .map(|a| base64_simd::STANDARD.decode_to_vec(a.as_str().unwrap()).unwrap())
             .collect(),
         None => {
             r["argv"].as_array().unwrap().iter().map(|a| a.as_str().unwrap().as_bytes().to_vec()).collect()

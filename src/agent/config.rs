@@ -147,28 +147,18 @@ fn size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     parse_size(&toml::Value::deserialize(d)?).map_err(serde::de::Error::custom)
 }
 
-/// `1GiB`, `512MiB`, `64M`, `4096` or a TOML integer.
+/// A TOML integer (bytes), or a string as `cli::parse_size` reads it (the
+/// command line's syntax: `1GiB`, `512M`, `64K`, `4096`); above zero.
 fn parse_size(value: &toml::Value) -> Result<u64, String> {
-    let text = match value {
-        toml::Value::Integer(n) if *n > 0 => return Ok(*n as u64),
-        toml::Value::String(s) => s.trim(),
+    let bytes = match value {
+        toml::Value::Integer(n) => u64::try_from(*n).unwrap_or(0),
+        toml::Value::String(s) => cli::parse_size(s)?,
         other => return Err(format!("expected a size such as \"1GiB\", found a {}", other.type_str())),
     };
-    let digits = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
-    let (number, unit) = text.split_at(digits);
-    let number: u64 = number.parse().map_err(|_| format!("{text:?} is not a size such as \"1GiB\""))?;
-    let shift = match unit.trim() {
-        "" | "B" => 0,
-        "K" | "KiB" => 10,
-        "M" | "MiB" => 20,
-        "G" | "GiB" => 30,
-        "T" | "TiB" => 40,
-        other => return Err(format!("unknown unit {other:?} in {text:?} (B, KiB, MiB, GiB, TiB)")),
-    };
-    number
-        .checked_shl(shift)
-        .filter(|n| *n > 0 && n >> shift == number)
-        .ok_or(format!("{text:?} is out of range"))
+    if bytes == 0 {
+        return Err("a size above zero is needed".to_string());
+    }
+    Ok(bytes)
 }
 
 /// One configured source: its name and its parsed subcommand arguments.
@@ -524,8 +514,9 @@ max_bytes = "10MiB"
         .is_ok());
         assert!(message(&format!("[sources.dns]{sink}")).starts_with("sources.dns: unknown source"));
         assert!(message(&format!("hots = \"a\"\n[sources.exec]{sink}")).contains("unknown field `hots`"));
-        assert!(message(&format!("spool_max_bytes = \"1GB\"\n[sources.exec]{sink}"))
-            .starts_with("spool_max_bytes: unknown unit"));
+        assert!(message(&format!("spool_max_bytes = \"1GB\"\n[sources.exec]{sink}")).starts_with(
+            "spool_max_bytes: unknown unit \"GB\" in \"1GB\": sizes are in binary units, write G"
+        ));
         assert!(message("[sources.exec]\n").starts_with("no sink"));
         assert!(message(&format!("host = \"a.b\"\n[sources.exec]{sink}")).starts_with("host: "));
         assert!(message("[sources.exec]\n[sinks.nats]\nurl = []\n").contains("at least one url"));
@@ -542,15 +533,27 @@ max_bytes = "10MiB"
     }
 
     #[test]
-    fn sizes() {
-        let s = |t: &str| parse_size(&toml::Value::String(t.into()));
-        assert_eq!(s("1GiB"), Ok(1 << 30));
-        assert_eq!(s("512M"), Ok(512 << 20));
-        assert_eq!(s("4096"), Ok(4096));
-        assert!(s("0").is_err());
-        assert!(s("99999999999999TiB").is_err());
-        assert!(s("GiB").is_err());
+    fn sizes_read_as_on_the_command_line() {
+        let sink = "[sinks.file]\npath = \"/tmp/x\"\n";
+        for &(text, bytes) in cli::SIZE_EXAMPLES {
+            let config = |key: &str| format!("{key} = {text:?}\n[sources.exec]\n{sink}");
+            let spool = AgentConfig::parse(&config("spool_max_bytes")).map(|c| c.spool_max_bytes).ok();
+            assert_eq!(spool, bytes.filter(|b| *b > 0), "spool_max_bytes = {text:?}");
+            let file = format!("[sources.exec]\n[sinks.file]\npath = \"/tmp/x\"\nmax_bytes = {text:?}\n");
+            let file = AgentConfig::parse(&file).ok().and_then(|c| c.sinks.file).map(|f| f.max_bytes);
+            assert_eq!(file, bytes.filter(|b| *b > 0), "max_bytes = {text:?}");
+            // A source's ringbuf_size goes to the command line's parser.
+            let ring = AgentConfig::parse(&format!("[sources.exec]\nringbuf_size = {text:?}\n{sink}"))
+                .map(|c| match &c.sources[0].command {
+                    cli::Command::Exec(a) => u64::from(a.output.ringbuf_size),
+                    _ => unreachable!(),
+                })
+                .ok();
+            assert_eq!(ring, cli::ring_size(text).ok().map(u64::from), "ringbuf_size = {text:?}");
+        }
         assert_eq!(parse_size(&toml::Value::Integer(10)), Ok(10));
+        assert!(parse_size(&toml::Value::Integer(0)).is_err());
         assert!(parse_size(&toml::Value::Integer(-1)).is_err());
+        assert!(parse_size(&toml::Value::Boolean(true)).is_err());
     }
 }

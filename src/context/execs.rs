@@ -1,10 +1,12 @@
 //! execve/execveat entry and return, joined: a program start is reported
 //! once, with its result. Bounded: a start whose result never arrives
 //! (lost, or the task was killed) is reported without one when the table
-//! is full or at shutdown.
+//! is full (the least recently started goes, and is counted) or at
+//! shutdown.
 
-use std::collections::HashMap;
 use std::time::SystemTime;
+
+use lru::LruCache;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Exec {
@@ -27,35 +29,45 @@ pub struct Exec {
     pub ret: Option<i32>,
 }
 
-const MAX_PENDING: usize = 4096;
+/// Starts awaiting their result at once.
+pub const MAX_PENDING: usize = 4096;
 
-#[derive(Default)]
 pub struct Execs {
-    pending: HashMap<u32, Exec>,
+    pending: LruCache<u32, Exec>,
+    evicted: u64,
+}
+
+impl Default for Execs {
+    fn default() -> Self {
+        Execs { pending: super::bounded(MAX_PENDING), evicted: 0 }
+    }
 }
 
 impl Execs {
-    /// An exec started; returns a start evicted to stay bounded, if any.
+    /// An exec started; returns a start to report now without its result:
+    /// an earlier one of the same pid, or the oldest one, evicted to stay
+    /// bounded (counted in `evicted`).
     pub fn start(&mut self, exec: Exec) -> Option<Exec> {
-        let evicted = if self.pending.len() >= MAX_PENDING {
-            let oldest = *self.pending.iter().min_by_key(|(_, e)| e.time).map(|(pid, _)| pid)?;
-            self.pending.remove(&oldest)
-        } else {
-            None
-        };
         // Keyed by pid: exec keeps the pid, while a successful exec from a
         // non-leader thread returns on the leader's tid.
-        if let Some(previous) = self.pending.insert(exec.pid, exec) {
-            return Some(previous);
+        let pid = exec.pid;
+        let (key, out) = self.pending.push(pid, exec)?;
+        if key != pid {
+            self.evicted += 1;
         }
-        evicted
+        Some(out)
+    }
+
+    /// Starts reported without their result because the table was full.
+    pub fn evicted(&self) -> u64 {
+        self.evicted
     }
 
     /// The result for `pid`, with the arguments the new program got when
     /// it succeeded (NUL-separated, and whether they were cut); None if
     /// its start was not seen (filtered out).
     pub fn result(&mut self, pid: u32, ret: i32, new_args: Option<(&[u8], bool)>) -> Option<Exec> {
-        let mut exec = self.pending.remove(&pid)?;
+        let mut exec = self.pending.pop(&pid)?;
         exec.ret = Some(ret);
         if let Some((args, truncated)) = new_args.filter(|(args, _)| !args.is_empty()) {
             // Each argument ends with its NUL; a cut one may not.
@@ -75,7 +87,7 @@ impl Execs {
     }
 
     pub fn drain(&mut self) -> Vec<Exec> {
-        let mut all: Vec<_> = self.pending.drain().map(|(_, e)| e).collect();
+        let mut all: Vec<_> = std::iter::from_fn(|| self.pending.pop_lru()).map(|(_, e)| e).collect();
         all.sort_by_key(|e| e.time);
         all
     }
@@ -114,6 +126,23 @@ mod tests {
         assert_eq!(e.result(6, 0, None), None);
         assert_eq!(e.result(5, -2, None).unwrap().ret, Some(-2));
         assert!(e.drain().is_empty());
+    }
+
+    #[test]
+    fn a_full_table_reports_its_oldest_start_without_a_result_and_counts_it() {
+        let mut e = Execs::default();
+        for pid in 1..=MAX_PENDING as u32 {
+            assert!(e.start(exec(pid)).is_none());
+        }
+        // The same pid again: its earlier start is reported, nothing evicted.
+        assert_eq!(e.start(exec(2)).map(|x| x.pid), Some(2));
+        assert_eq!(e.evicted(), 0);
+        let oldest = e.start(exec(100_000)).unwrap();
+        assert_eq!((oldest.pid, oldest.ret), (1, None));
+        assert_eq!(e.evicted(), 1);
+        assert!(e.result(1, 0, None).is_none());
+        assert_eq!(e.result(100_000, 0, None).unwrap().ret, Some(0));
+        assert_eq!(e.drain().len(), MAX_PENDING - 1);
     }
 
     #[test]

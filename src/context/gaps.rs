@@ -6,7 +6,7 @@
 //! of the connection carries the gap, so a consumer knows bytes are
 //! missing exactly there.
 
-use std::collections::HashMap;
+use lru::LruCache;
 
 /// What was lost on a connection just before a record.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -25,13 +25,20 @@ struct Progress {
     call_len: u64,
 }
 
-/// Bounded: past this many connections the table starts again (a
-/// connection then reports no gap for the calls before that point).
-const MAX_CONNECTIONS: usize = 65536;
+/// Bounded: past this many connections the least recently seen one is
+/// forgotten, and counted (its next record then reports no gap for what
+/// was lost before it).
+pub const MAX_CONNECTIONS: usize = 65536;
 
-#[derive(Default)]
 pub struct GapTracker {
-    conns: HashMap<(u32, u64), Progress>,
+    conns: LruCache<(u32, u64), Progress>,
+    evicted: u64,
+}
+
+impl Default for GapTracker {
+    fn default() -> Self {
+        GapTracker { conns: super::bounded(MAX_CONNECTIONS), evicted: 0 }
+    }
 }
 
 impl GapTracker {
@@ -46,11 +53,12 @@ impl GapTracker {
         len: u64,
         call_len: u64,
     ) -> Option<Gap> {
-        if self.conns.len() >= MAX_CONNECTIONS && !self.conns.contains_key(&(pid, conn)) {
-            self.conns.clear();
-        }
         let now = Progress { call_seq, received: offset + len, call_len };
-        let before = self.conns.insert((pid, conn), now)?;
+        let (key, before) = self.conns.push((pid, conn), now)?;
+        if key != (pid, conn) {
+            self.evicted += 1; // another connection forgotten; this one is new
+            return None;
+        }
         if call_seq == before.call_seq {
             return None; // the next chunk of the same call
         }
@@ -62,6 +70,12 @@ impl GapTracker {
             bytes_lost: before.call_len.saturating_sub(before.received),
         };
         (gap != Gap::default()).then_some(gap)
+    }
+
+    /// Connections forgotten to stay within `MAX_CONNECTIONS`: a loss just
+    /// before their next record went unreported.
+    pub fn evicted(&self) -> u64 {
+        self.evicted
     }
 }
 
@@ -79,6 +93,25 @@ mod tests {
         // Another connection, another process: their own numbering.
         assert_eq!(g.record(1, 8, 1, 0, 5, 5), None);
         assert_eq!(g.record(2, 7, 1, 0, 5, 5), None);
+    }
+
+    #[test]
+    fn a_full_table_forgets_its_least_recently_seen_connection_and_counts_it() {
+        let mut g = GapTracker::default();
+        // Connection 0 ends a call short: its next record would carry the gap.
+        g.record(1, 0, 1, 0, 10, 100);
+        for conn in 1..MAX_CONNECTIONS as u64 {
+            assert_eq!(g.record(1, conn, 1, 0, 5, 5), None);
+        }
+        // Connection 1 seen again: not the oldest any more.
+        g.record(1, 1, 2, 0, 5, 5);
+        assert_eq!(g.evicted(), 0);
+        assert_eq!(g.record(2, 0, 1, 0, 5, 5), None);
+        assert_eq!(g.evicted(), 1);
+        // Connection 0 was forgotten: its lost tail is no longer known (counted above).
+        assert_eq!(g.record(1, 0, 2, 0, 5, 5), None);
+        assert_eq!(g.evicted(), 2, "and coming back evicted connection 2");
+        assert_eq!(g.record(1, 1, 4, 0, 5, 5), Some(Gap { calls_lost: 1, bytes_lost: 0 }));
     }
 
     #[test]

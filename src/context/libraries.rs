@@ -1,7 +1,7 @@
 //! Which library file a probe hit came from: the kernel reports the
 //! function's address in the process; the process's mappings name the file.
 
-use std::collections::HashMap;
+use lru::LruCache;
 
 use crate::discover::procs::{self, Mapping};
 use crate::sources::openssl::Caller;
@@ -36,17 +36,18 @@ impl KnownLibrary {
 
 /// Resolves (pid, address) to the library and its path as the process
 /// sees it. Mappings are cached per pid and re-read on a miss (a dlopen,
-/// or a pid reused by a new process); the cache is bounded.
+/// or a pid reused by a new process); the cache is bounded (the least
+/// recently used pid's mappings go first, to be read again if needed).
 pub struct LibraryResolver {
     known: Vec<KnownLibrary>,
-    by_pid: HashMap<u32, Vec<Mapping>>,
+    by_pid: LruCache<u32, Vec<Mapping>>,
 }
 
 const MAX_CACHED_PIDS: usize = 4096;
 
 impl LibraryResolver {
     pub fn new(known: Vec<KnownLibrary>) -> Self {
-        LibraryResolver { known, by_pid: HashMap::new() }
+        LibraryResolver { known, by_pid: super::bounded(MAX_CACHED_PIDS) }
     }
 
     pub fn add(&mut self, library: KnownLibrary) {
@@ -73,7 +74,7 @@ impl LibraryResolver {
                 _ => LibraryRef { library: family, version: None, path: "" },
             };
         };
-        let path = &self.by_pid[&pid][i].path;
+        let path = &self.by_pid.peek(&pid).expect("just looked up")[i].path;
         match known {
             Some(k) => LibraryRef { path, ..self.known[k].as_ref() },
             None => LibraryRef { library: family, version: None, path },
@@ -121,17 +122,16 @@ impl LibraryResolver {
         }
     }
 
-    fn lookup(&self, pid: u32, address: u64) -> Option<(Option<usize>, usize)> {
+    /// The pid's cached mapping at `address` (the pid then counts as
+    /// recently used), and the known library it is.
+    fn lookup(&mut self, pid: u32, address: u64) -> Option<(Option<usize>, usize)> {
         let maps = self.by_pid.get(&pid)?;
         let i = maps.iter().position(|m| m.start <= address && address < m.end)?;
         Some((self.known.iter().position(|k| k.inode == maps[i].inode), i))
     }
 
     fn refresh(&mut self, pid: u32) {
-        if self.by_pid.len() >= MAX_CACHED_PIDS {
-            self.by_pid.clear();
-        }
-        self.by_pid.insert(pid, procs::mappings(pid));
+        self.by_pid.put(pid, procs::mappings(pid));
     }
 }
 
@@ -155,6 +155,24 @@ mod tests {
         let found = r.resolve(std::process::id(), libc.start + 1, "openssl", 0);
         assert_eq!(found.library, "libc");
         assert_eq!(found.path, libc.path);
+    }
+
+    #[test]
+    fn a_full_cache_drops_the_least_recently_used_pids_mappings() {
+        let me = std::process::id();
+        let libc = procs::mappings(me).into_iter().find(|m| m.path.contains("libc.so")).unwrap();
+        let mut r = LibraryResolver::new(Vec::new());
+        r.resolve(me, libc.start, "openssl", 0);
+        // Vanished pids: each read (nothing mapped) and cached.
+        for pid in 0..MAX_CACHED_PIDS as u32 - 1 {
+            r.resolve(u32::MAX - pid, 0x1000, "openssl", 0);
+        }
+        assert!(r.by_pid.contains(&me));
+        r.resolve(me, libc.start, "openssl", 0); // used again: the most recent
+        r.resolve(1 << 30, 0x1000, "openssl", 0);
+        assert_eq!(r.by_pid.len(), MAX_CACHED_PIDS);
+        assert!(r.by_pid.contains(&me));
+        assert!(!r.by_pid.contains(&u32::MAX), "the least recently used went");
     }
 
     #[test]

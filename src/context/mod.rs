@@ -12,8 +12,12 @@ pub mod secrets;
 pub mod streams;
 pub mod users;
 
+use std::hash::Hash;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::num::NonZeroUsize;
 use std::time::SystemTime;
+
+use lru::LruCache;
 
 use crate::events::{self, TlsData};
 use crate::sources;
@@ -110,6 +114,11 @@ impl Enricher {
         self.libraries.add(library);
     }
 
+    /// Connections whose gap tracking was forgotten (see `gaps`).
+    pub fn gaps_evicted(&self) -> u64 {
+        self.gaps.evicted()
+    }
+
     /// "openssl 3.0.22 at /usr/lib/.../libssl.so.3", for messages.
     pub fn library_name(&self, id: u16) -> String {
         self.libraries.describe(id)
@@ -156,6 +165,13 @@ impl Enricher {
             data: d.data,
         }
     }
+}
+
+/// A table of at most `bound` entries that drops its least recently used
+/// one to make room: every bounded per-pid or per-connection table here.
+/// Its owner decides what an evicted entry becomes (reported, counted).
+pub fn bounded<K: Hash + Eq, V>(bound: usize) -> LruCache<K, V> {
+    LruCache::sparse(NonZeroUsize::new(bound).expect("a table's bound is above zero"))
 }
 
 pub fn comm_string(comm: &[i8; 16]) -> String {

@@ -1,8 +1,11 @@
 //! Statement starts and ends, paired per thread (a MySQL connection is a
 //! thread; a PostgreSQL backend a process), with duration and outcome.
+//! Bounded: past `MAX_PENDING` statements in flight, the one whose thread
+//! was least recently seen is reported without its end, and counted.
 
-use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
+
+use lru::LruCache;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Query {
@@ -16,7 +19,8 @@ pub struct Query {
     pub text: Vec<u8>,
     pub truncated: bool,
     pub duration: Option<Duration>,
-    /// None when the end was not seen (server stopped, cleartap stopped).
+    /// None when the end was not seen (server stopped, cleartap stopped,
+    /// or evicted from a full table).
     pub success: Option<bool>,
     failed: bool,
 }
@@ -54,32 +58,48 @@ impl Query {
     }
 }
 
-const MAX_PENDING: usize = 16384;
+/// Statements in flight at once (threads inside a statement).
+pub const MAX_PENDING: usize = 16384;
 
-#[derive(Default)]
 pub struct Queries {
-    pending: HashMap<u32, Query>,
+    pending: LruCache<u32, Query>,
+    evicted: u64,
+}
+
+impl Default for Queries {
+    fn default() -> Self {
+        Queries { pending: super::bounded(MAX_PENDING), evicted: 0 }
+    }
 }
 
 impl Queries {
     /// A statement starts on `q.tid`. PostgreSQL reports the same text for
     /// Parse, Bind and Execute of one statement: a repeat is the same
     /// statement. A different one ends the previous (pipelined messages).
+    /// A full table reports its least recently seen statement, end not
+    /// seen, to make room (counted in `evicted`).
     pub fn start(&mut self, q: Query) -> Option<Query> {
         if let Some(p) = self.pending.get(&q.tid) {
             if p.server == "postgres" && p.text == q.text {
                 return None;
             }
         }
-        if self.pending.len() >= MAX_PENDING {
-            self.pending.clear();
+        let (at, tid) = (q.time, q.tid);
+        let (key, out) = self.pending.push(tid, q)?;
+        if key == tid {
+            return Some(out.ended(at, false));
         }
-        let at = q.time;
-        self.pending.insert(q.tid, q).map(|previous| previous.ended(at, false))
+        self.evicted += 1;
+        Some(out)
     }
 
     pub fn end(&mut self, tid: u32, at: SystemTime, failed: bool) -> Option<Query> {
-        self.pending.remove(&tid).map(|q| q.ended(at, failed))
+        self.pending.pop(&tid).map(|q| q.ended(at, failed))
+    }
+
+    /// Statements reported without their end because the table was full.
+    pub fn evicted(&self) -> u64 {
+        self.evicted
     }
 
     pub fn fail(&mut self, tid: u32) {
@@ -89,7 +109,7 @@ impl Queries {
     }
 
     pub fn drain(&mut self) -> Vec<Query> {
-        let mut all: Vec<_> = self.pending.drain().map(|(_, q)| q).collect();
+        let mut all: Vec<_> = std::iter::from_fn(|| self.pending.pop_lru()).map(|(_, q)| q).collect();
         all.sort_by_key(|q| q.time);
         all
     }
@@ -131,6 +151,26 @@ mod tests {
             (&b"select 2"[..], Some(false), Some(Duration::from_secs(4)))
         );
         assert_eq!((one.success, one.duration), (Some(true), Some(Duration::from_secs(2))));
+    }
+
+    #[test]
+    fn a_full_table_reports_its_least_recently_seen_statement_unended_and_counts_it() {
+        let mut qs = Queries::default();
+        for tid in 1..=MAX_PENDING as u32 {
+            assert!(qs.start(q(tid, "select 1", u64::from(tid), "mariadb")).is_none());
+        }
+        // Thread 1 is seen again (its statement failing): thread 2 is now the oldest.
+        qs.fail(1);
+        let evicted = qs.start(q(100_000, "select 2", 100_000, "mariadb")).unwrap();
+        assert_eq!((evicted.tid, evicted.success, evicted.duration), (2, None, None));
+        assert_eq!(qs.evicted(), 1);
+        assert!(qs.end(2, SystemTime::UNIX_EPOCH, false).is_none());
+        let one = qs.end(1, SystemTime::UNIX_EPOCH + Duration::from_secs(3), false).unwrap();
+        assert_eq!((one.success, one.duration), (Some(false), Some(Duration::from_secs(2))));
+        // A new statement on a thread in the table ends its previous one: no eviction.
+        assert!(qs.start(q(3, "select 3", 200_000, "mariadb")).unwrap().success.is_some());
+        assert_eq!(qs.evicted(), 1);
+        assert_eq!(qs.drain().len(), MAX_PENDING - 1);
     }
 
     #[test]

@@ -1,13 +1,14 @@
 //! Per-connection plaintext streams for the protocol decoders: TLS records
 //! of one connection (pid + library session) fed in order, losses turned
 //! into gaps, and the table bounded (the least recently used connection is
-//! closed when it is full).
+//! closed when it is full, what its close completes is returned, and it is
+//! counted).
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::SystemTime;
 
 use httpdecode::{Budget, Connection, Direction as HttpDirection, Exchange, Limits};
+use lru::LruCache;
 
 use super::{Direction, TlsRecord};
 
@@ -27,19 +28,18 @@ struct Stream {
     /// call_seq of the last call seen, and whether it arrived whole.
     last_call: u64,
     expected_offset: u32,
-    last_used: u64,
 }
 
-const MAX_CONNECTIONS: usize = 4096;
+/// Connections decoded at once.
+pub const MAX_CONNECTIONS: usize = 4096;
 
-#[derive(Default)]
 pub struct HttpStreams {
-    streams: HashMap<(u32, u64), Stream>,
-    clock: u64,
+    streams: LruCache<(u32, u64), Stream>,
     limits: Limits,
     /// One memory budget for every connection's decoder state: any TLS
     /// peer of any process chooses what the decoders are fed.
     budget: Budget,
+    evicted: u64,
 }
 
 impl HttpStreams {
@@ -47,7 +47,17 @@ impl HttpStreams {
     /// (the preview the outputs show), rather than up to 1 MiB of it.
     pub fn new(shown: usize) -> Self {
         let limits = Limits { max_plain_body: shown, ..Limits::default() };
-        HttpStreams { limits, budget: Budget::new(httpdecode::DEFAULT_BUDGET), ..Self::default() }
+        HttpStreams {
+            streams: super::bounded(MAX_CONNECTIONS),
+            limits,
+            budget: Budget::new(httpdecode::DEFAULT_BUDGET),
+            evicted: 0,
+        }
+    }
+
+    /// Connections closed early to stay within `MAX_CONNECTIONS`.
+    pub fn evicted(&self) -> u64 {
+        self.evicted
     }
 
     /// What the decoders refused for want of memory: (refusals, bytes).
@@ -56,21 +66,20 @@ impl HttpStreams {
     }
 
     /// Feed one record; returns the exchanges it completes.
+    /// A connection new to a full table closes the least recently used
+    /// one: what that close completes comes first.
     pub fn feed(&mut self, r: &TlsRecord) -> Vec<(Exchange, ConnectionInfo)> {
-        self.clock += 1;
-        let key = (r.pid, r.conn);
         let mut done = Vec::new();
-        if !self.streams.contains_key(&key) && self.streams.len() >= MAX_CONNECTIONS {
-            done.extend(self.evict_oldest(r.time));
-        }
-        let stream = self.streams.entry(key).or_insert_with(|| Stream {
+        let (stream, evicted) = self.streams.get_or_push_mut((r.pid, r.conn), || Stream {
             decoder: Connection::with_budget(self.limits, self.budget.clone()),
             info: info_of(r),
             last_call: r.call_seq.saturating_sub(1),
             expected_offset: 0,
-            last_used: 0,
         });
-        stream.last_used = self.clock;
+        if let Some((_, mut oldest)) = evicted {
+            self.evicted += 1;
+            done.extend(oldest.decoder.close(r.time).into_iter().map(|e| (e, oldest.info.clone())));
+        }
         if stream.decoder.is_not_http() {
             return done;
         }
@@ -94,21 +103,12 @@ impl HttpStreams {
     }
 
     /// Close every connection (shutdown): what can still complete.
+    /// Close every connection (shutdown), least recently used first: what
+    /// can still complete.
     pub fn close_all(&mut self, at: SystemTime) -> Vec<(Exchange, ConnectionInfo)> {
-        let mut streams: Vec<_> = self.streams.drain().map(|(_, s)| s).collect();
-        streams.sort_by_key(|s| s.last_used);
-        streams
-            .into_iter()
-            .flat_map(|mut s| s.decoder.close(at).into_iter().map(move |e| (e, s.info.clone())))
+        std::iter::from_fn(|| self.streams.pop_lru())
+            .flat_map(|(_, mut s)| s.decoder.close(at).into_iter().map(move |e| (e, s.info.clone())))
             .collect()
-    }
-
-    fn evict_oldest(&mut self, at: SystemTime) -> Vec<(Exchange, ConnectionInfo)> {
-        let Some(key) = self.streams.iter().min_by_key(|(_, s)| s.last_used).map(|(k, _)| *k) else {
-            return Vec::new();
-        };
-        let mut s = self.streams.remove(&key).expect("key just found");
-        s.decoder.close(at).into_iter().map(|e| (e, s.info.clone())).collect()
     }
 }
 
@@ -124,4 +124,51 @@ fn lost_something(stream: &Stream, r: &TlsRecord) -> bool {
 
 fn info_of(r: &TlsRecord) -> ConnectionInfo {
     ConnectionInfo { pid: r.pid, comm: r.comm.clone(), library: r.library, local: r.local, remote: r.remote }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(conn: u64, call_seq: u64, direction: Direction, data: &[u8]) -> TlsRecord<'_> {
+        TlsRecord {
+            time: SystemTime::UNIX_EPOCH,
+            pid: 1,
+            tid: 1,
+            uid: 0,
+            comm: "curl".into(),
+            library: "openssl",
+            library_version: None,
+            library_path: "",
+            function: "SSL_write",
+            direction,
+            fd: None,
+            local: None,
+            remote: None,
+            conn,
+            call_seq,
+            call_len: data.len() as u32,
+            offset: 0,
+            flags: 0,
+            gap: None,
+            data,
+        }
+    }
+
+    #[test]
+    fn a_full_table_closes_its_least_recently_used_connection_and_counts_it() {
+        let mut s = HttpStreams::new(256);
+        // A response delimited by the connection's close: only a close completes it.
+        assert!(s.feed(&record(0, 1, Direction::Send, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")).is_empty());
+        assert!(s.feed(&record(0, 2, Direction::Recv, b"HTTP/1.1 200 OK\r\n\r\nhello")).is_empty());
+        for conn in 1..MAX_CONNECTIONS as u64 {
+            assert!(s.feed(&record(conn, 1, Direction::Send, b"GET")).is_empty());
+        }
+        assert_eq!(s.evicted(), 0);
+        let done = s.feed(&record(u64::MAX, 1, Direction::Send, b"GET"));
+        assert_eq!(s.evicted(), 1);
+        assert_eq!(done.len(), 1, "the evicted connection's exchange, completed by its close");
+        assert_eq!((done[0].0.status, done[0].0.response_body.raw.as_slice()), (Some(200), &b"hello"[..]));
+        assert!(s.close_all(SystemTime::UNIX_EPOCH).is_empty());
+    }
 }

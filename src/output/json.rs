@@ -2,8 +2,7 @@
 
 use std::io::{self, Write};
 
-use base64::engine::general_purpose::STANDARD;
-use base64::Engine;
+use base64_simd::STANDARD;
 use serde::Serialize;
 
 use super::{body_preview, lossy, Output, Style};
@@ -228,7 +227,7 @@ impl<W: Write> Output for JsonOutput<W> {
             comm: &e.comm,
             filename: &lossy(&e.filename),
             argv,
-            argv_b64: any_binary.then(|| e.argv.iter().map(|a| STANDARD.encode(a)).collect()),
+            argv_b64: any_binary.then(|| e.argv.iter().map(|a| STANDARD.encode_to_string(a)).collect()),
             argv_truncated: e.argv_truncated,
             argv_changed: e.argv_changed,
             cwd: e.cwd.as_deref(),
@@ -425,7 +424,7 @@ fn micros(d: std::time::Duration) -> f64 {
 }
 
 fn exact_if_not_utf8(bytes: &[u8]) -> Option<String> {
-    std::str::from_utf8(bytes).is_err().then(|| STANDARD.encode(bytes))
+    std::str::from_utf8(bytes).is_err().then(|| STANDARD.encode_to_string(bytes))
 }
 
 #[derive(Serialize)]
@@ -619,7 +618,7 @@ mod tests {
         let all_bytes: Vec<u8> = (0..=255u8).cycle().take(1000).collect();
         for data in [&b""[..], b"x", b"\"}\n\\", &all_bytes] {
             let v = tls_line(data, Some(Gap { calls_lost: 1, bytes_lost: 2 }));
-            assert_eq!(STANDARD.decode(v["data_b64"].as_str().unwrap()).unwrap(), data);
+            assert_eq!(STANDARD.decode_to_vec(v["data_b64"].as_str().unwrap()).unwrap(), data);
             assert_eq!(v["len"], data.len());
             assert_eq!(v["gap"]["bytes_lost"], 2);
             assert_eq!(v["comm"], "a \"quoted\"\ncomm");

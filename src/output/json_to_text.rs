@@ -19,8 +19,7 @@ use std::borrow::Cow;
 use std::io::{self, Write};
 use std::time::{Duration, SystemTime};
 
-use base64::engine::general_purpose::STANDARD;
-use base64::Engine;
+use base64_simd::STANDARD;
 use serde_json::{Map, Value};
 
 use super::escape::{self, Layout};
@@ -50,7 +49,7 @@ pub fn write_event(out: &mut impl Write, json: &[u8], hex: bool) -> io::Result<(
 /// `None` when the event is not one of ours or lacks a field.
 fn render(out: &mut Vec<u8>, e: &Map<String, Value>, hex: bool) -> Option<()> {
     let written = match str_of(e, "event")? {
-        "tls" => write_tls(out, &tls_view(e, &STANDARD.decode(str_of(e, "data_b64")?).ok()?)?, hex),
+        "tls" => write_tls(out, &tls_view(e, &STANDARD.decode_to_vec(str_of(e, "data_b64")?).ok()?)?, hex),
         "command" => write_command(out, &command_view(e)?),
         "exec" => write_exec(out, &exec_view(e)?),
         "query" => write_query(out, &query_view(e)?),
@@ -111,7 +110,7 @@ fn exec_view(e: &Map<String, Value>) -> Option<ExecView<'_>> {
         Some(b64) => b64
             .as_array()?
             .iter()
-            .map(|a| Some(Cow::Owned(STANDARD.decode(a.as_str()?).ok()?)))
+            .map(|a| Some(Cow::Owned(STANDARD.decode_to_vec(a.as_str()?).ok()?)))
             .collect::<Option<Vec<_>>>()?,
         None => e
             .get("argv")?
@@ -197,7 +196,7 @@ fn str_of<'a>(e: &'a Map<String, Value>, key: &str) -> Option<&'a str> {
 /// UTF-8, else the text.
 fn exact_text<'a>(e: &'a Map<String, Value>, key: &str) -> Option<Cow<'a, [u8]>> {
     match e.get(&format!("{key}_b64")) {
-        Some(b64) => Some(Cow::Owned(STANDARD.decode(b64.as_str()?).ok()?)),
+        Some(b64) => Some(Cow::Owned(STANDARD.decode_to_vec(b64.as_str()?).ok()?)),
         None => Some(Cow::Borrowed(str_of(e, key)?.as_bytes())),
     }
 }

@@ -9,7 +9,7 @@ use anyhow::Result;
 use super::{filters, pump, Destination, Handler};
 use crate::cli::SourceArgs;
 use crate::context::clock::Clock;
-use crate::context::execs::{split_args, Exec, Execs};
+use crate::context::execs::{self, split_args, Exec, Execs};
 use crate::context::users::Users;
 use crate::context::{comm_string, ExecRecord};
 use crate::events::{c_bytes, Event};
@@ -85,6 +85,14 @@ impl Handler for ExecHandler {
     fn finish(&mut self, out: &mut dyn Output) -> io::Result<()> {
         for exec in self.execs.drain() {
             self.write(exec, out)?;
+        }
+        let evicted = self.execs.evicted();
+        if evicted > 0 {
+            eprintln!(
+                "cleartap: {evicted} program starts reported without their result: more than {} awaited \
+                 theirs at once",
+                execs::MAX_PENDING
+            );
         }
         Ok(())
     }

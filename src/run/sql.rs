@@ -1,17 +1,17 @@
 //! `cleartap mysql` and `cleartap postgres`: server-side statements with
 //! duration and outcome.
 
-use std::collections::HashMap;
 use std::io;
 use std::mem::MaybeUninit;
 
 use anyhow::Result;
+use lru::LruCache;
 
 use super::{filters, pump, Destination, Handler};
 use crate::cli::SourceArgs;
 use crate::context::clock::Clock;
-use crate::context::queries::{postgres_backend, Queries, Query};
-use crate::context::QueryRecord;
+use crate::context::queries::{self, postgres_backend, Queries, Query};
+use crate::context::{bounded, QueryRecord};
 use crate::events::{sql, Event, QueryStart};
 use crate::kernel;
 use crate::output::Output;
@@ -39,8 +39,12 @@ pub fn capture(args: &SourceArgs, family: Family, dest: Destination) -> Result<(
         eprintln!("cleartap: no {family:?} server running yet; watching for servers that start");
     }
     found.iter().for_each(announce);
-    let mut handler =
-        SqlHandler { attacher, queries: Queries::default(), clock: Clock::now(), backends: HashMap::new() };
+    let mut handler = SqlHandler {
+        attacher,
+        queries: Queries::default(),
+        clock: Clock::now(),
+        backends: Backends::default(),
+    };
     pump(&[probes.events_map()], probes.stats_map(), links, &mut handler, dest)
 }
 
@@ -60,11 +64,42 @@ struct Session {
     client: Option<String>,
 }
 
+/// PostgreSQL backends' sessions by pid, read from their process title at
+/// their first statement. Bounded: a backend evicted from a full table
+/// (least recently seen first) is read again at its next statement.
+struct Backends {
+    sessions: LruCache<u32, Session>,
+}
+
+const MAX_BACKENDS: usize = 4096;
+
+impl Default for Backends {
+    fn default() -> Self {
+        Backends { sessions: bounded(MAX_BACKENDS) }
+    }
+}
+
+impl Backends {
+    /// Backends are forked per connection and set their title at login.
+    fn remember(&mut self, pid: u32, title: impl FnOnce() -> Vec<u8>) {
+        self.sessions.get_or_insert(pid, || match postgres_backend(&String::from_utf8_lossy(&title())) {
+            Some((user, database, client)) => {
+                Session { user: Some(user), database: Some(database), client: Some(client) }
+            }
+            None => Session::default(),
+        });
+    }
+
+    fn session(&self, pid: u32) -> Session {
+        self.sessions.peek(&pid).cloned().unwrap_or_default()
+    }
+}
+
 struct SqlHandler<'p> {
     attacher: ExecutableAttacher<'p, SqlBinary>,
     queries: Queries,
     clock: Clock,
-    backends: HashMap<u32, Session>,
+    backends: Backends,
 }
 
 impl SqlHandler<'_> {
@@ -80,7 +115,9 @@ impl SqlHandler<'_> {
                 (server, command)
             }
             _ => {
-                self.remember_backend(q.task.pid);
+                let pid = q.task.pid;
+                self.backends
+                    .remember(pid, || std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default());
                 ("postgres", "statement")
             }
         };
@@ -98,24 +135,8 @@ impl SqlHandler<'_> {
         )
     }
 
-    /// Backends are forked per connection and set their title at login.
-    fn remember_backend(&mut self, pid: u32) {
-        if self.backends.len() > 4096 {
-            self.backends.clear();
-        }
-        self.backends.entry(pid).or_insert_with(|| {
-            let title = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            match postgres_backend(&String::from_utf8_lossy(&title)) {
-                Some((user, database, client)) => {
-                    Session { user: Some(user), database: Some(database), client: Some(client) }
-                }
-                None => Session::default(),
-            }
-        });
-    }
-
     fn write(&mut self, query: Query, out: &mut dyn Output) -> io::Result<()> {
-        let session = self.backends.get(&query.pid).cloned().unwrap_or_default();
+        let session = self.backends.session(query.pid);
         let record = QueryRecord {
             query: &query,
             user: session.user.as_deref(),
@@ -160,6 +181,36 @@ impl Handler for SqlHandler<'_> {
         for query in self.queries.drain() {
             self.write(query, out)?;
         }
+        let evicted = self.queries.evicted();
+        if evicted > 0 {
+            eprintln!(
+                "cleartap: {evicted} statements reported without their end: more than {} were in flight at once",
+                queries::MAX_PENDING
+            );
+        }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_backend_table_forgets_the_least_recently_seen_backend() {
+        let mut b = Backends::default();
+        let title = |pid: u32| move || format!("postgres: u{pid} db [local] idle").into_bytes();
+        for pid in 1..=MAX_BACKENDS as u32 {
+            b.remember(pid, title(pid));
+        }
+        // Seen again: not read again, and now the most recent.
+        b.remember(1, || panic!("read again"));
+        b.remember(100_000, title(100_000));
+        assert_eq!(b.session(1).user.as_deref(), Some("u1"));
+        assert_eq!(b.session(2).user, None);
+        assert_eq!(b.session(100_000).database.as_deref(), Some("db"));
+        // An evicted backend is read again at its next statement.
+        b.remember(2, title(2));
+        assert_eq!(b.session(2).user.as_deref(), Some("u2"));
     }
 }

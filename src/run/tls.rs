@@ -12,8 +12,8 @@ use super::{filters, pump, Destination, Handler};
 use crate::bpf::types::{ct_ssl_keys, ct_tls_secret};
 use crate::cli::{Decode, TlsArgs};
 use crate::context::libraries::{KnownLibrary, LibraryResolver};
-use crate::context::secrets;
-use crate::context::streams::HttpStreams;
+use crate::context::streams::{self, HttpStreams};
+use crate::context::{gaps, secrets};
 use crate::context::{Enricher, HttpRecord, TlsRecord};
 use crate::events::{c_chars, Event};
 use crate::kernel::{self, KernelStats};
@@ -408,6 +408,22 @@ impl Handler for TlsHandler<'_, '_> {
             eprintln!(
                 "cleartap: HTTP decoding: {refusals} allocations ({bytes} bytes) refused by the decoders' \
                  memory budget; the exchanges affected carry a note"
+            );
+        }
+        let evicted = self.streams.evicted();
+        if evicted > 0 {
+            eprintln!(
+                "cleartap: HTTP decoding: {evicted} connections closed early: more than {} were decoded at once \
+                 (each closed as at its end: what that completed is shown)",
+                streams::MAX_CONNECTIONS
+            );
+        }
+        let evicted = self.enricher.gaps_evicted();
+        if evicted > 0 {
+            eprintln!(
+                "cleartap: gap tracking: {evicted} connections forgotten: more than {} were tracked at once \
+                 (a loss just before their next record is not marked)",
+                gaps::MAX_CONNECTIONS
             );
         }
         Ok(())

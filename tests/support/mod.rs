@@ -12,7 +12,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use base64::Engine;
 use serde_json::Value;
 
 /// System-wide captures see each other's traffic: one at a time.
@@ -260,8 +259,7 @@ impl Captured {
         for r in self.records.iter().filter(|r| r["direction"] == direction && filter(r)) {
             let offset = r["offset"].as_u64().unwrap();
             assert_eq!(offset, expected_offset, "chunk out of order in {r}");
-            let data =
-                base64::engine::general_purpose::STANDARD.decode(r["data_b64"].as_str().unwrap()).unwrap();
+            let data = base64_simd::STANDARD.decode_to_vec(r["data_b64"].as_str().unwrap()).unwrap();
             assert_eq!(data.len() as u64, r["len"].as_u64().unwrap());
             out.extend_from_slice(&data);
             expected_offset = offset + data.len() as u64;
