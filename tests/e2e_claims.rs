@@ -217,6 +217,15 @@ fn claims_client(link: Link) -> PathBuf {
     binary
 }
 
+/// `cmd` with its three standard streams piped.
+fn spawn_piped(cmd: &mut Command) -> Child {
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"))
+}
+
 /// A claims_client run: started, waiting for the go-ahead.
 struct Client {
     child: Child,
@@ -235,12 +244,7 @@ struct Done {
 impl Client {
     /// `cmd` runs claims_client (maybe through unshare and chroot).
     fn start(cmd: &mut Command) -> Client {
-        let mut child = cmd
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"));
+        let mut child = spawn_piped(cmd);
         let stdin = child.stdin.take();
         Client::started(child, stdin)
     }
@@ -248,12 +252,7 @@ impl Client {
     /// `start`, told to go as soon as it is spawned: it never waits for
     /// the test, as a program run once would not.
     fn start_at_once(cmd: &mut Command) -> Client {
-        let mut child = cmd
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"));
+        let mut child = spawn_piped(cmd);
         child.stdin.take().unwrap().write_all(b"go\n").unwrap();
         Client::started(child, None)
     }
