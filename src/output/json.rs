@@ -480,26 +480,13 @@ mod tests {
 
     fn tls_line(data: &[u8], gap: Option<Gap>) -> serde_json::Value {
         let record = TlsRecord {
-            time: std::time::UNIX_EPOCH,
-            pid: 1,
             tid: 2,
             uid: 3,
             comm: "a \"quoted\"\ncomm".into(),
-            library: "openssl",
-            library_version: None,
-            library_path: "/lib/libssl.so.3",
-            function: "SSL_write",
-            direction: Direction::Send,
-            fd: None,
-            local: None,
-            remote: None,
-            conn: 1,
-            call_seq: 1,
             call_len: data.len() as u32,
-            offset: 0,
-            flags: 0,
             gap,
             data,
+            ..tls_record_for_escapes()
         };
         parse_line(&record)
     }
