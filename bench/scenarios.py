@@ -780,9 +780,37 @@ def captured_streams(out_path, pid):
 
 def first_run(env, count, body=64 << 10):
     """The first-run scenario twice: racing the attach (the default), and
-    with --hold-unchecked (each client stopped at its exec until probed)."""
+    with --hold-unchecked (each client stopped at its exec until probed);
+    and the kernel's own floor under the race."""
     return {"race": first_run_mode(env, count, body, hold=False),
-            "hold": first_run_mode(env, count, body, hold=True)}
+            "hold": first_run_mode(env, count, body, hold=True),
+            "uprobe_register": uprobe_register_floor(env, 20)}
+
+
+def uprobe_register_floor(env, rounds, pause_ms=300):
+    """What registering one uprobe costs the kernel, first after an idle
+    pause, then right after another (bench/uprobe_register.c). The first
+    registration after a pause waits for an RCU grace period (uprobes take
+    a per-CPU rw-semaphore for writing, whose fast path is switched off
+    through RCU), the next one rides on it: whatever cleartap does, a
+    new program's first probe is live no sooner than one grace period
+    after its exec."""
+    scratch = os.path.join(env["scratch"], "uprobe-register")
+    os.makedirs(scratch)
+    victim = os.path.join(scratch, "victim")
+    shutil.copy("/bin/true", victim)
+    out = subprocess.run([env["uprobe_register"], victim, "0", str(rounds), str(pause_ms)],
+                         check=True, capture_output=True, text=True).stdout
+    samples = [tuple(float(x) / 1000 for x in line.split()) for line in out.splitlines()]
+    first = sorted(s[0] for s in samples)
+    following = sorted(s[1] for s in samples)
+    median = lambda xs: xs[len(xs) // 2]
+    result = {"rounds": rounds, "pause_ms": pause_ms, "first_ms_median": round(median(first), 3),
+              "first_ms_max": round(first[-1], 3), "next_ms_median": round(median(following), 3),
+              "samples_ms": [[round(a, 3), round(b, 3)] for a, b in samples]}
+    print(f"uprobe registration: first after a {pause_ms} ms pause {result['first_ms_median']} ms median "
+          f"(max {result['first_ms_max']}), the next one {result['next_ms_median']} ms")
+    return result
 
 
 def first_run_mode(env, count, body, hold):

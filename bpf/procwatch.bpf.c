@@ -102,7 +102,10 @@ static __always_inline void emit_file_event(__u32 kind, const char *path, struct
 			bpf_map_delete_elem(&held_processes, &pid);
 	}
 	bpf_probe_read_kernel_str(e->path, sizeof(e->path), path);
-	bpf_ringbuf_submit(e, 0);
+	/* Woken at once, whatever the ring holds: every ms before the attach
+	 * is a ms of the new program's TLS missed (a plain submit wakes no one
+	 * while unread TLS records that were submitted without a wake-up wait). */
+	bpf_ringbuf_submit(e, BPF_RB_FORCE_WAKEUP);
 	stat_add(CT_STAT_RECORDS, 1);
 }
 

@@ -26,8 +26,6 @@ use crate::output::Output;
 /// The longest a record waits in the ring buffer: TLS programs wake the
 /// consumer only for batches (see `bpf/payload.h`).
 pub const POLL_INTERVAL: Duration = Duration::from_millis(10);
-/// While the handler expects work (see `Handler::expecting`).
-const QUICK_POLL_INTERVAL: Duration = Duration::from_millis(1);
 /// The longest a record waits in the output buffer while records keep coming.
 const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
 const STATS_INTERVAL: Duration = Duration::from_secs(2);
@@ -41,10 +39,10 @@ pub trait Handler {
     fn idle(&mut self) -> io::Result<()> {
         Ok(())
     }
-    /// Work that `idle` will pick up is expected any moment (a file being
-    /// parsed, to attach): poll with a short timeout until it is done.
-    fn expecting(&self) -> bool {
-        false
+    /// A channel that has a message when work for `idle` is ready (a file
+    /// parsed, to attach): `idle` then runs at once, not at the next poll.
+    fn wakeup(&self) -> Option<crossbeam_channel::Receiver<()>> {
+        None
     }
     /// Shutdown: write what is still pending.
     fn finish(&mut self, _out: &mut dyn Output) -> io::Result<()> {
@@ -130,11 +128,11 @@ pub fn pump(
         on_ready();
 
         let mut last_report = Instant::now();
+        // A file parsed on the discovery thread is attached by `idle`:
+        // every ms it waits is a ms of a new program's TLS missed.
+        let mut wakeup = sink.handler.wakeup();
         loop {
-            // A file parsed on the discovery thread is attached by `idle`:
-            // every ms it waits is a ms of a new program's TLS missed.
-            let timeout = if sink.handler.expecting() { QUICK_POLL_INTERVAL } else { POLL_INTERVAL };
-            match drainer.next(timeout) {
+            match drainer.next(POLL_INTERVAL, wakeup.as_ref()) {
                 queue::Next::Batch(batch) => {
                     for raw in batch.records() {
                         sink.handle(raw);
@@ -145,6 +143,8 @@ pub fn pump(
                 // Nothing for a while: the output is flushed, so a reader
                 // sees records at once.
                 queue::Next::Idle => sink.after_batch(true),
+                queue::Next::Woken => sink.after_batch(false),
+                queue::Next::WakerGone => wakeup = None,
                 queue::Next::Done => break,
             }
             if last_report.elapsed() >= STATS_INTERVAL {

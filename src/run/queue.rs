@@ -11,9 +11,10 @@
 //! the next record). Nothing is dropped here.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::Arc;
 use std::time::Duration;
+
+use crossbeam_channel::{select, Receiver, RecvError, Sender};
 
 /// Records, each as its length (one u64) then its bytes padded to 8: kept
 /// in u64s so that every record stays 8-byte aligned, as in the ring
@@ -86,7 +87,7 @@ impl<'a> Iterator for Records<'a> {
 pub struct Filler {
     current: Batch,
     capacity: usize,
-    full: SyncSender<Batch>,
+    full: Sender<Batch>,
     free: Receiver<Batch>,
     /// Times the drain thread found every batch in flight and waited.
     waits: Arc<AtomicU64>,
@@ -95,7 +96,7 @@ pub struct Filler {
 /// The writer's end.
 pub struct Drainer {
     full: Receiver<Batch>,
-    free: SyncSender<Batch>,
+    free: Sender<Batch>,
     waits: Arc<AtomicU64>,
 }
 
@@ -104,8 +105,8 @@ pub struct Drainer {
 /// batches are first filled, and kept).
 pub fn queue(batches: usize, batch_bytes: usize) -> (Filler, Drainer) {
     assert!(batches >= 2, "one batch being filled, at least one in flight");
-    let (full_tx, full_rx) = mpsc::sync_channel(batches);
-    let (free_tx, free_rx) = mpsc::sync_channel(batches);
+    let (full_tx, full_rx) = crossbeam_channel::bounded(batches);
+    let (free_tx, free_rx) = crossbeam_channel::bounded(batches);
     for _ in 1..batches {
         free_tx.send(Batch::default()).expect("the receiver is here");
     }
@@ -159,16 +160,29 @@ pub enum Next {
     Batch(Batch),
     /// Nothing within the timeout.
     Idle,
+    /// The wake-up channel `next` was given had a message (taken).
+    Woken,
+    /// Its senders are all gone: stop passing it (it would wake every time).
+    WakerGone,
     /// The drain thread has finished and everything it sent was taken.
     Done,
 }
 
 impl Drainer {
-    pub fn next(&self, timeout: Duration) -> Next {
-        match self.full.recv_timeout(timeout) {
-            Ok(batch) => Next::Batch(batch),
-            Err(RecvTimeoutError::Timeout) => Next::Idle,
-            Err(RecvTimeoutError::Disconnected) => Next::Done,
+    /// The next batch, or `Woken` as soon as `wake` has a message, or
+    /// `Idle` after `timeout`.
+    pub fn next(&self, timeout: Duration, wake: Option<&Receiver<()>>) -> Next {
+        let batch = |r: Result<Batch, RecvError>| r.map_or(Next::Done, Next::Batch);
+        match wake {
+            Some(wake) => select! {
+                recv(self.full) -> r => batch(r),
+                recv(wake) -> r => if r.is_ok() { Next::Woken } else { Next::WakerGone },
+                default(timeout) => Next::Idle,
+            },
+            None => select! {
+                recv(self.full) -> r => batch(r),
+                default(timeout) => Next::Idle,
+            },
         }
     }
 
@@ -205,7 +219,7 @@ mod tests {
         });
         let mut got = Vec::new();
         loop {
-            match drainer.next(Duration::from_secs(60)) {
+            match drainer.next(Duration::from_secs(60), None) {
                 Next::Batch(b) => {
                     assert!(b.words.len() * 8 <= 64 || b.records().count() == 1);
                     for r in b.records() {
@@ -214,7 +228,7 @@ mod tests {
                     }
                     drainer.recycle(b);
                 }
-                Next::Idle => panic!("the filler stalled"),
+                Next::Idle | Next::Woken | Next::WakerGone => panic!("the filler stalled"),
                 Next::Done => break,
             }
         }
@@ -236,13 +250,25 @@ mod tests {
         while drainer.waits() == 0 {
             std::thread::yield_now();
         }
-        let Next::Batch(first) = drainer.next(Duration::from_secs(60)) else { panic!() };
+        let Next::Batch(first) = drainer.next(Duration::from_secs(60), None) else { panic!() };
         assert_eq!(first.records().next(), Some(&[1u8; 8][..]));
         drainer.recycle(first);
         thread.join().unwrap();
         assert_eq!(drainer.waits(), 1);
-        let Next::Batch(second) = drainer.next(Duration::from_secs(60)) else { panic!() };
+        let Next::Batch(second) = drainer.next(Duration::from_secs(60), None) else { panic!() };
         assert_eq!(second.records().next(), Some(&[2u8; 8][..]));
-        assert!(matches!(drainer.next(Duration::from_secs(60)), Next::Done));
+        assert!(matches!(drainer.next(Duration::from_secs(60), None), Next::Done));
+    }
+
+    #[test]
+    fn a_wakeup_ends_the_wait_and_a_gone_waker_says_so() {
+        let (_filler, drainer) = queue(2, 64);
+        let (wake, wakeup) = crossbeam_channel::bounded(1);
+        wake.send(()).unwrap();
+        // Long timeout: only the wake-up can end this wait in time.
+        assert!(matches!(drainer.next(Duration::from_secs(3600), Some(&wakeup)), Next::Woken));
+        assert!(matches!(drainer.next(Duration::ZERO, Some(&wakeup)), Next::Idle));
+        drop(wake);
+        assert!(matches!(drainer.next(Duration::from_secs(3600), Some(&wakeup)), Next::WakerGone));
     }
 }

@@ -360,8 +360,8 @@ impl Handler for TlsHandler<'_, '_> {
         Ok(())
     }
 
-    fn expecting(&self) -> bool {
-        self.attacher.discovering()
+    fn wakeup(&self) -> Option<crossbeam_channel::Receiver<()>> {
+        self.attacher.wakeup()
     }
 
     fn idle(&mut self) -> io::Result<()> {

@@ -162,11 +162,14 @@ impl<'p, 'obj> Attacher<'p, 'obj> {
         }
     }
 
-    /// The discovery thread has requests in hand (files may be ready
-    /// soon), or processes wait for their check.
-    pub fn discovering(&self) -> bool {
-        matches!(&self.discovery, Discoverer::Thread(worker) if worker.busy())
-            || self.holds.as_ref().is_some_and(Holds::any)
+    /// Has a message when the discovery thread finished a request: what
+    /// it found is ready for `attach_found`, and the processes held for
+    /// it can be continued.
+    pub fn wakeup(&self) -> Option<crossbeam_channel::Receiver<()>> {
+        match &self.discovery {
+            Discoverer::Thread(worker) => Some(worker.wakeup()),
+            _ => None,
+        }
     }
 
     /// Attaches the files the discovery thread parsed since the last call.

@@ -369,6 +369,8 @@ pub struct Worker {
     done: Arc<AtomicU64>,
     /// Requests not queued (queue full, or the thread gone).
     dropped: u64,
+    /// Has a message once a request is finished (see `wakeup`).
+    finished: crossbeam_channel::Receiver<()>,
 }
 
 impl Worker {
@@ -379,12 +381,15 @@ impl Worker {
         let (found_tx, found) = mpsc::sync_channel(MAX_FOUND);
         let stop = Arc::new(AtomicBool::new(false));
         let done = Arc::new(AtomicU64::new(0));
-        let progress = Progress { stop: Arc::clone(&stop), done: Arc::clone(&done) };
+        // One pending message is enough: it wakes the attaching thread,
+        // which then takes every file found so far.
+        let (finished_tx, finished) = crossbeam_channel::bounded(1);
+        let progress = Progress { stop: Arc::clone(&stop), done: Arc::clone(&done), finished: finished_tx };
         std::thread::Builder::new()
             .name("discovery".into())
             .spawn(move || serve(discovery, queued, forgotten, found_tx, progress))
             .context("starting the discovery thread")?;
-        Ok(Worker { requests, forget, found, stop, sent: 0, done, dropped: 0 })
+        Ok(Worker { requests, forget, found, stop, sent: 0, done, dropped: 0, finished })
     }
 
     /// Queues `request`; never blocks. Its number (counting from 1), which
@@ -417,10 +422,10 @@ impl Worker {
         self.done.load(Ordering::Acquire)
     }
 
-    /// Requests are queued or being looked at: their files may be ready
-    /// to attach any moment.
-    pub fn busy(&self) -> bool {
-        self.sent > self.done.load(Ordering::Acquire)
+    /// Has a message each time requests were finished since the last
+    /// one was taken: the files they found are ready to attach.
+    pub fn wakeup(&self) -> crossbeam_channel::Receiver<()> {
+        self.finished.clone()
     }
 
     pub fn forget(&self, id: FileId) {
@@ -452,6 +457,8 @@ struct Progress {
     stop: Arc<AtomicBool>,
     /// Requests finished, found or not.
     done: Arc<AtomicU64>,
+    /// Told after each (see `Worker::wakeup`).
+    finished: crossbeam_channel::Sender<()>,
 }
 
 /// The discovery thread: each request in turn, until the `Worker` is
@@ -483,6 +490,7 @@ fn serve(
             }
         }
         progress.done.fetch_add(1, Ordering::Release);
+        let _ = progress.finished.try_send(());
     }
 }
 

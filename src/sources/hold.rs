@@ -113,11 +113,6 @@ impl<'m> Holds<'m> {
         }
     }
 
-    /// Some process waits for its check.
-    pub fn any(&self) -> bool {
-        !self.waiting.is_empty()
-    }
-
     /// Processes held and continued so far, and those continued before
     /// their check finished.
     pub fn counts(&self) -> (u64, u64) {
