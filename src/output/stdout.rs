@@ -1,9 +1,14 @@
 //! Standard output for records. When it is a regular file and a write
 //! fails (disk full, quota), the file is cut back to the end of the last
 //! whole record, so it never ends in half a record.
+//!
+//! A regular file is also written back as it grows and dropped from the
+//! page cache behind the writer (see `Writeback`): a capture can write
+//! gigabytes that nobody reads soon, and they should neither push the
+//! host's own files out of its cache nor make each write find fresh memory.
 
 use std::fs::File;
-use std::io::{self, Write};
+use std::io::{self, Seek, Write};
 use std::mem::ManuallyDrop;
 use std::os::fd::FromRawFd;
 
@@ -16,6 +21,53 @@ pub struct RecordStdout {
     /// A write failed: nothing more is written (a BufWriter flushing on
     /// drop would otherwise add half a record after the cut).
     failed: bool,
+    /// Regular files only.
+    writeback: Option<Writeback>,
+}
+
+/// Streaming writeback: each `WINDOW` written is handed to the disk at
+/// once (asynchronously), and the window two behind, by then on disk, is
+/// waited for and dropped from the page cache. The file's cached part
+/// stays under three windows, so its pages are reused while still warm
+/// instead of taking new memory for every MiB (measured: writing into
+/// pages the VM had given back to its host cost 1.5 ms per MiB, 0.2 warm;
+/// see bench/README.md).
+struct Writeback {
+    /// Where the next window starts, and how far this writer has written.
+    window_start: u64,
+    written: u64,
+}
+
+const WINDOW: u64 = 8 << 20;
+
+impl Writeback {
+    fn wrote(&mut self, file: &File, n: usize) {
+        use std::os::fd::AsRawFd;
+        self.written += n as u64;
+        let fd = file.as_raw_fd();
+        while self.written - self.window_start >= WINDOW {
+            let start = self.window_start as i64;
+            let len = WINDOW as i64;
+            // SAFETY: plain syscalls on our own fd; failures only mean the
+            // kernel keeps the pages cached as it otherwise would.
+            unsafe {
+                libc::sync_file_range(fd, start, len, libc::SYNC_FILE_RANGE_WRITE);
+                let old = start - 2 * len;
+                if old >= 0 {
+                    libc::sync_file_range(
+                        fd,
+                        old,
+                        len,
+                        libc::SYNC_FILE_RANGE_WAIT_BEFORE
+                            | libc::SYNC_FILE_RANGE_WRITE
+                            | libc::SYNC_FILE_RANGE_WAIT_AFTER,
+                    );
+                    libc::posix_fadvise(fd, old, len, libc::POSIX_FADV_DONTNEED);
+                }
+            }
+            self.window_start += WINDOW;
+        }
+    }
 }
 
 impl RecordStdout {
@@ -25,7 +77,13 @@ impl RecordStdout {
         let file = ManuallyDrop::new(unsafe { File::from_raw_fd(1) });
         let meta = file.metadata().ok();
         let regular = meta.as_ref().is_some_and(|m| m.is_file());
-        RecordStdout { file, regular, committed: meta.map_or(0, |m| m.len()), failed: false }
+        let committed = meta.map_or(0, |m| m.len());
+        // Where writes land: the end with O_APPEND (`>>`), else the offset.
+        // SAFETY: F_GETFL on fd 1 reads its flags.
+        let append = unsafe { libc::fcntl(1, libc::F_GETFL) } & libc::O_APPEND != 0;
+        let offset = if append { committed } else { (&*file).stream_position().unwrap_or(committed) };
+        let writeback = regular.then_some(Writeback { window_start: offset, written: offset });
+        RecordStdout { file, regular, committed, failed: false, writeback }
     }
 
     /// Drop what was written after the last record boundary.
@@ -50,9 +108,17 @@ impl Write for RecordStdout {
             return Err(io::Error::other("output closed after a failed write"));
         }
         let result = self.file.write(buf);
-        if matches!(&result, Err(e) if e.kind() != io::ErrorKind::Interrupted) {
-            self.failed = true;
-            self.cut_back();
+        match &result {
+            Ok(n) => {
+                if let Some(w) = self.writeback.as_mut() {
+                    w.wrote(&self.file, *n);
+                }
+            }
+            Err(e) if e.kind() != io::ErrorKind::Interrupted => {
+                self.failed = true;
+                self.cut_back();
+            }
+            Err(_) => {}
         }
         result
     }
