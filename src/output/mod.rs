@@ -2,6 +2,8 @@
 //! idle and on shutdown (not per record).
 
 pub mod escape;
+#[cfg(test)]
+mod golden;
 pub mod json;
 pub mod json_to_text;
 pub mod keylog;
