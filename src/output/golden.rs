@@ -98,7 +98,6 @@ fn tls(out: &mut dyn Output) {
         flags: flag::TRUNCATED,
         gap: None,
         data: b"",
-        ..base.clone()
     })
     .unwrap();
 }
