@@ -10,6 +10,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::Arc;
 
+use crate::output::schema::{tag, LossEvent};
+
 /// Lines waiting between the sources and the agent thread.
 pub const CHANNEL_CAPACITY: usize = 65_536;
 /// The bytes those lines may hold in all: a count alone would let 65,536
@@ -161,14 +163,16 @@ impl Numbering {
     /// The `loss` event: `count` events of `source` that could not be
     /// kept, and why.
     pub fn loss(&mut self, source: &'static str, count: u64, reason: &str) -> Envelope {
-        let json = serde_json::json!({"event": "loss", "source": source, "count": count, "reason": reason});
-        self.envelope(Line { source, json: json.to_string().into_bytes() })
+        let loss = LossEvent { count, event: tag::Loss, reason: reason.into(), source: source.into() };
+        let json = serde_json::to_vec(&loss).expect("a struct of strings and a number serializes");
+        self.envelope(Line { source, json })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::output::schema::{AgentEvent, Event};
 
     #[test]
     fn lines_split_across_writes_arrive_whole_and_in_order() {
@@ -223,10 +227,13 @@ mod tests {
         let b = n.envelope(line("{}"));
         assert_eq!(a.json, br#"{"host":"web-1","seq":1,"event":"tls","pid":7}"#);
         assert_eq!(b.json, br#"{"host":"web-1","seq":2}"#);
-        let v: serde_json::Value = serde_json::from_slice(&n.loss("tls", 5, "spool full").json).unwrap();
+        let loss = n.loss("tls", 5, "spool full");
+        let read: AgentEvent = serde_json::from_slice(&loss.json).unwrap();
+        let Event::Loss(event) = read.event else { panic!("not a loss event") };
+        assert_eq!((read.host.as_deref(), read.seq, event.count), (Some("web-1"), Some(3), 5));
         assert_eq!(
-            (v["seq"].as_u64(), v["count"].as_u64(), v["event"].as_str()),
-            (Some(3), Some(5), Some("loss"))
+            loss.json,
+            br#"{"host":"web-1","seq":3,"count":5,"event":"loss","reason":"spool full","source":"tls"}"#
         );
     }
 }

@@ -1,5 +1,6 @@
 //! The text layout of events read back as JSON (`cleartap tail`): each
-//! known event fills the same view the live text output fills
+//! line is read into the schema's types (`schema::AgentEvent`) and printed
+//! by the function the live text output prints that event with
 //! (`output::text`), so a record reads the same whether it was printed by
 //! `cleartap tls` or published by an agent and tailed. The first line of
 //! each record starts with the event's host.
@@ -8,224 +9,49 @@
 //! names are the JSON's (lossy UTF-8) strings, so a non-UTF-8 byte there
 //! reads as U+FFFD instead of `\xNN` (commands, statements and argv have
 //! their exact bytes in `*_b64` when they are not UTF-8, and read as they
-//! were printed). An event this module does not know, or one missing a
-//! field its layout needs, prints as one `key=value` line.
+//! were printed). A line that is not an event of the schema (an event
+//! this version does not know, or one missing a field its kind always
+//! has) prints as one `key=value` line.
 //!
 //! Everything in an event is untrusted (any publisher on the stream, any
 //! process an agent watched): each string shown goes through `escape`, the
 //! host, a line that is not JSON and the `key=value` fallback included.
 
-use std::borrow::Cow;
 use std::io::{self, Write};
-use std::time::{Duration, SystemTime};
 
-use base64_simd::STANDARD;
 use serde_json::{Map, Value};
 
 use super::escape::{self, Layout};
-use super::text::{
-    write_command, write_exec, write_http, write_query, write_tls, BodyView, CommandView, ExecView, HttpView,
-    QueryView, TlsView,
-};
+use super::schema::AgentEvent;
+use super::text;
 
 /// One event (a JSON object, as an agent published it) in the live text
 /// layout.
 pub fn write_event(out: &mut impl Write, json: &[u8], hex: bool) -> io::Result<()> {
-    let Ok(Value::Object(event)) = serde_json::from_slice::<Value>(json) else {
-        out.write_all(escape::escape(json, Layout::Line).as_bytes())?;
-        return out.write_all(b"\n");
-    };
-    let mut record = Vec::new();
-    if render(&mut record, &event, hex).is_none() {
-        record.clear();
-        writeln!(record, "{}", escape::line(&generic_line(&event)))?;
+    if let Ok(event) = serde_json::from_slice::<AgentEvent>(json) {
+        let mut record = Vec::new();
+        text::write_event(&mut record, &event.event, hex)?;
+        return write_record(out, event.host.as_deref(), &record);
     }
-    if let Some(host) = event.get("host").and_then(Value::as_str) {
+    match serde_json::from_slice::<Value>(json) {
+        Ok(Value::Object(fields)) => {
+            let host = fields.get("host").and_then(Value::as_str);
+            let line = format!("{}\n", escape::line(&generic_line(&fields)));
+            write_record(out, host, line.as_bytes())
+        }
+        _ => {
+            out.write_all(escape::escape(json, Layout::Line).as_bytes())?;
+            out.write_all(b"\n")
+        }
+    }
+}
+
+/// `record`, its first line after the host.
+fn write_record(out: &mut impl Write, host: Option<&str>, record: &[u8]) -> io::Result<()> {
+    if let Some(host) = host {
         write!(out, "{} ", escape::line(host))?;
     }
-    out.write_all(&record)
-}
-
-/// `None` when the event is not one of ours or lacks a field.
-fn render(out: &mut Vec<u8>, e: &Map<String, Value>, hex: bool) -> Option<()> {
-    let written = match str_of(e, "event")? {
-        "tls" => write_tls(out, &tls_view(e, &STANDARD.decode_to_vec(str_of(e, "data_b64")?).ok()?)?, hex),
-        "command" => write_command(out, &command_view(e)?),
-        "exec" => write_exec(out, &exec_view(e)?),
-        "query" => write_query(out, &query_view(e)?),
-        "http" => write_http(out, &http_view(e)?),
-        "loss" => writeln!(
-            out,
-            "loss: {} {} events dropped: {}",
-            e.get("count")?.as_u64()?,
-            escape::line(str_of(e, "source")?),
-            escape::line(str_of(e, "reason")?)
-        ),
-        _ => return None,
-    };
-    written.ok()
-}
-
-fn tls_view<'a>(e: &'a Map<String, Value>, data: &'a [u8]) -> Option<TlsView<'a>> {
-    let gap = match e.get("gap") {
-        Some(g) => Some((g.get("calls_lost")?.as_u64()?, g.get("bytes_lost")?.as_u64()?)),
-        None => None,
-    };
-    Some(TlsView {
-        time: time_of(e, "time")?,
-        comm: str_of(e, "comm")?,
-        pid: u64_of(e, "pid")?,
-        tid: u64_of(e, "tid")?,
-        uid: u64_of(e, "uid")?,
-        library: str_of(e, "library")?,
-        function: str_of(e, "function")?,
-        direction: str_of(e, "direction")?,
-        fd: e.get("fd")?.as_i64(),
-        local: addr_of(e, "local"),
-        remote: addr_of(e, "remote"),
-        call_len: u64_of(e, "call_len")?,
-        offset: u64_of(e, "offset")?,
-        gap,
-        data,
-    })
-}
-
-fn command_view(e: &Map<String, Value>) -> Option<CommandView<'_>> {
-    Some(CommandView {
-        time: time_of(e, "time")?,
-        shell: str_of(e, "shell")?,
-        pid: u64_of(e, "pid")?,
-        ppid: u64_of(e, "ppid")?,
-        uid: u64_of(e, "uid")?,
-        user: e.get("user").and_then(Value::as_str),
-        tty: str_of(e, "tty")?,
-        exit_status: e.get("exit_status").and_then(Value::as_i64),
-        truncated: bool_of(e, "truncated"),
-        text: exact_text(e, "command")?,
-    })
-}
-
-fn exec_view(e: &Map<String, Value>) -> Option<ExecView<'_>> {
-    let argv = match e.get("argv_b64") {
-        Some(b64) => b64
-            .as_array()?
-            .iter()
-            .map(|a| Some(Cow::Owned(STANDARD.decode_to_vec(a.as_str()?).ok()?)))
-            .collect::<Option<Vec<_>>>()?,
-        None => e
-            .get("argv")?
-            .as_array()?
-            .iter()
-            .map(|a| Some(Cow::Borrowed(a.as_str()?.as_bytes())))
-            .collect::<Option<Vec<_>>>()?,
-    };
-    let result = match e.get("success").and_then(Value::as_bool) {
-        Some(true) => "ok".to_string(),
-        Some(false) => str_of(e, "error")?.to_string(),
-        None => "?".to_string(),
-    };
-    Some(ExecView {
-        time: time_of(e, "time")?,
-        comm: str_of(e, "comm")?,
-        pid: u64_of(e, "pid")?,
-        ppid: u64_of(e, "ppid")?,
-        uid: u64_of(e, "uid")?,
-        user: e.get("user").and_then(Value::as_str),
-        filename: Cow::Borrowed(str_of(e, "filename")?.as_bytes()),
-        argv,
-        argv_truncated: bool_of(e, "argv_truncated"),
-        result,
-    })
-}
-
-fn query_view(e: &Map<String, Value>) -> Option<QueryView<'_>> {
-    Some(QueryView {
-        time: time_of(e, "time")?,
-        server: str_of(e, "server")?,
-        pid: u64_of(e, "pid")?,
-        tid: u64_of(e, "tid")?,
-        user: e.get("user").and_then(Value::as_str),
-        database: e.get("database").and_then(Value::as_str),
-        command: str_of(e, "command")?,
-        statement_id: e.get("statement_id").and_then(Value::as_u64),
-        success: e.get("success").and_then(Value::as_bool),
-        duration: micros_of(e, "duration_us"),
-        truncated: bool_of(e, "truncated"),
-        text: exact_text(e, "text")?,
-    })
-}
-
-fn http_view(e: &Map<String, Value>) -> Option<HttpView<'_>> {
-    let opt = |key: &str| e.get(key).and_then(Value::as_str);
-    let body = |side: &str| -> Option<BodyView<'_>> {
-        Some(BodyView {
-            size: u64_of(e, &format!("{side}_body_size"))?,
-            decoded_size: e.get(&format!("{side}_body_decoded_size")).and_then(Value::as_u64),
-            preview: opt(&format!("{side}_body_preview")).unwrap_or("").as_bytes(),
-        })
-    };
-    Some(HttpView {
-        time: time_of(e, "time")?,
-        protocol: str_of(e, "protocol")?,
-        comm: str_of(e, "comm")?,
-        pid: u64_of(e, "pid")?,
-        local: addr_of(e, "local"),
-        remote: addr_of(e, "remote"),
-        method: opt("method"),
-        scheme: opt("scheme"),
-        authority: opt("authority"),
-        path: opt("path"),
-        status: e.get("status").and_then(Value::as_u64),
-        latency: micros_of(e, "latency_us"),
-        request_headers: headers_of(e, "request_headers")?,
-        response_headers: headers_of(e, "response_headers")?,
-        request_body: body("request")?,
-        response_body: body("response")?,
-        notes: match e.get("notes") {
-            Some(n) => n.as_array()?.iter().map(Value::as_str).collect::<Option<_>>()?,
-            None => Vec::new(),
-        },
-    })
-}
-
-fn str_of<'a>(e: &'a Map<String, Value>, key: &str) -> Option<&'a str> {
-    e.get(key)?.as_str()
-}
-
-/// The exact bytes of a text field: its `<key>_b64` when the text was not
-/// UTF-8, else the text.
-fn exact_text<'a>(e: &'a Map<String, Value>, key: &str) -> Option<Cow<'a, [u8]>> {
-    match e.get(&format!("{key}_b64")) {
-        Some(b64) => Some(Cow::Owned(STANDARD.decode_to_vec(b64.as_str()?).ok()?)),
-        None => Some(Cow::Borrowed(str_of(e, key)?.as_bytes())),
-    }
-}
-
-fn u64_of(e: &Map<String, Value>, key: &str) -> Option<u64> {
-    e.get(key)?.as_u64()
-}
-
-fn bool_of(e: &Map<String, Value>, key: &str) -> bool {
-    e.get(key).and_then(Value::as_bool).unwrap_or(false)
-}
-
-fn time_of(e: &Map<String, Value>, key: &str) -> Option<SystemTime> {
-    humantime::parse_rfc3339(str_of(e, key)?).ok()
-}
-
-/// A duration given in (fractional) microseconds.
-fn micros_of(e: &Map<String, Value>, key: &str) -> Option<Duration> {
-    Duration::try_from_secs_f64(e.get(key)?.as_f64()? / 1e6).ok()
-}
-
-/// An address, or `-` for null (as the live output prints a missing one).
-fn addr_of<'a>(e: &'a Map<String, Value>, key: &str) -> &'a str {
-    e.get(key).and_then(Value::as_str).unwrap_or("-")
-}
-
-fn headers_of<'a>(e: &'a Map<String, Value>, key: &str) -> Option<Vec<(&'a str, &'a str)>> {
-    let pairs = e.get(key)?.as_array()?;
-    pairs.iter().map(|p| Some((p.get(0)?.as_str()?, p.get(1)?.as_str()?))).collect()
+    out.write_all(record)
 }
 
 /// Any event as one line: time, event, process, then the other fields.
@@ -244,7 +70,7 @@ fn generic_line(fields: &Map<String, Value>) -> String {
 #[cfg(test)]
 mod tests {
     use std::net::SocketAddr;
-    use std::time::UNIX_EPOCH;
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
     use super::*;
     use crate::agent::pipeline::{Line, Numbering};
@@ -474,7 +300,7 @@ mod tests {
     #[test]
     fn hostile_host_key_and_lines_are_escaped() {
         let mut out = Vec::new();
-        let exec = br#"{"host":"h\u001b]0;x\u0007","event":"exec","time":"2026-11-26T10:00:00Z","pid":1,"ppid":0,"uid":0,"comm":"c","filename":"/f\r","argv":["\u009b"]}"#;
+        let exec = br#"{"host":"h\u001b]0;x\u0007","event":"exec","time":"2026-11-26T10:00:00Z","pid":1,"tid":1,"ppid":0,"uid":0,"user":null,"comm":"c","filename":"/f\r","argv":["\u009b"],"cwd":null,"success":null}"#;
         write_event(&mut out, exec, false).unwrap();
         write_event(
             &mut out,

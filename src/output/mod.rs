@@ -2,10 +2,13 @@
 //! idle and on shutdown (not per record).
 
 pub mod escape;
+#[cfg(test)]
+mod golden;
 pub mod json;
 pub mod json_to_text;
 pub mod keylog;
 pub mod pcapng;
+pub mod schema;
 pub mod stdout;
 pub mod text;
 
@@ -103,17 +106,6 @@ pub fn writer<W: io::Write + 'static>(style: Style, out: W) -> Box<dyn Output> {
 pub(crate) fn body_preview(body: &httpdecode::Body, limit: usize) -> &[u8] {
     let shown = body.decoded.as_deref().unwrap_or(&body.raw);
     &shown[..shown.len().min(limit)]
-}
-
-pub(crate) fn addr_or_dash(addr: Option<std::net::SocketAddr>) -> String {
-    addr.map_or_else(|| "-".to_string(), |a| a.to_string())
-}
-
-/// Bytes as text for JSON: lossy UTF-8 (U+FFFD for invalid bytes); JSON
-/// adds the exact bytes separately when they are not UTF-8. (Text for
-/// people goes through `escape`, which shows invalid bytes as `\xNN`.)
-pub(crate) fn lossy(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
-    String::from_utf8_lossy(bytes)
 }
 
 /// Human form of an errno returned by exec.

@@ -5,17 +5,17 @@
 //! and goes through `escape` (a process name, a header, a path, a shell
 //! line): nothing printed here can drive the reader's terminal.
 //!
-//! Each kind of record is laid out from a view of plain values (`TlsView`,
-//! `ExecView`, ...): live records fill it here, and `cleartap tail` fills
-//! it from the JSON events an agent published, so both print the same
+//! Each kind of event is laid out from its JSON schema type
+//! (`schema::TlsEvent`, `ExecEvent`, ...): live records are made into
+//! their events here, and `cleartap tail` reads the events an agent
+//! published into the same types (`json_to_text`), so both print the same
 //! layout from the same code.
 
-use std::borrow::Cow;
 use std::io::{self, Write};
-use std::time::{Duration, SystemTime};
 
 use super::escape::{self, Layout};
-use super::{addr_or_dash, body_preview, errno_name, Output, Style};
+use super::schema::{CommandEvent, Event, ExecEvent, HttpEvent, LossEvent, QueryEvent, Text, TlsEvent};
+use super::{Output, Style};
 use crate::context::{CommandRecord, ExecRecord, HttpRecord, QueryRecord, TlsRecord};
 
 pub struct TextOutput<W: Write> {
@@ -30,150 +30,99 @@ impl<W: Write> TextOutput<W> {
     }
 }
 
-/// One TLS record as text shows it.
-pub struct TlsView<'a> {
-    pub time: SystemTime,
-    pub comm: &'a str,
-    pub pid: u64,
-    pub tid: u64,
-    pub uid: u64,
-    pub library: &'a str,
-    pub function: &'a str,
-    /// `send` or `recv`.
-    pub direction: &'a str,
-    pub fd: Option<i64>,
-    /// An address, or `-`.
-    pub local: &'a str,
-    pub remote: &'a str,
-    pub call_len: u64,
-    pub offset: u64,
-    /// Calls and bytes lost just before this record on its connection.
-    pub gap: Option<(u64, u64)>,
-    pub data: &'a [u8],
+/// Any event, as its kind's function below lays it out.
+pub fn write_event(out: &mut impl Write, event: &Event, hex: bool) -> io::Result<()> {
+    match event {
+        Event::Tls(e) => write_tls(out, e, hex),
+        Event::Command(e) => write_command(out, e),
+        Event::Exec(e) => write_exec(out, e),
+        Event::Query(e) => write_query(out, e),
+        Event::Http(e) => write_http(out, e),
+        Event::Loss(e) => write_loss(out, e),
+    }
 }
 
-pub fn write_tls(out: &mut impl Write, r: &TlsView, hex: bool) -> io::Result<()> {
-    if let Some((calls, bytes)) = r.gap {
+pub fn write_tls(out: &mut impl Write, r: &TlsEvent, hex: bool) -> io::Result<()> {
+    if let Some(gap) = r.gap {
         writeln!(
             out,
-            "-- gap on this connection: {calls} calls and {bytes} bytes of the previous call lost --"
+            "-- gap on this connection: {} calls and {} bytes of the previous call lost --",
+            gap.calls_lost, gap.bytes_lost
         )?;
     }
+    let data = &r.data_b64.0;
     let arrow = if r.direction == "send" { "->" } else { "<-" };
-    let chunk = if r.data.len() as u64 == r.call_len {
+    let chunk = if data.len() as u64 == u64::from(r.call_len) {
         String::new()
     } else {
-        format!(" (bytes {}..{} of {})", r.offset, r.offset + r.data.len() as u64, r.call_len)
+        format!(" (bytes {}..{} of {})", r.offset, u64::from(r.offset) + data.len() as u64, r.call_len)
     };
     writeln!(
         out,
         "{} {}[{}/{}] uid={} {} {} {} fd={} {} {} {} len={}{}",
-        humantime::format_rfc3339_micros(r.time),
-        escape::line(r.comm),
+        humantime::format_rfc3339_micros(r.time.0),
+        escape::line(&r.comm),
         r.pid,
         r.tid,
         r.uid,
-        escape::line(r.library),
-        escape::line(r.function),
-        escape::line(r.direction),
+        escape::line(&r.library),
+        escape::line(&r.function),
+        escape::line(&r.direction),
         r.fd.map_or_else(|| "?".to_string(), |fd| fd.to_string()),
-        escape::line(r.local),
+        escape::line(address(&r.local)),
         arrow,
-        escape::line(r.remote),
-        r.data.len(),
+        escape::line(address(&r.remote)),
+        data.len(),
         chunk,
     )?;
     if hex {
-        hex_dump(out, r.data)
+        hex_dump(out, data)
     } else {
-        write_escaped(out, r.data)
+        write_escaped(out, data)
     }
 }
 
-/// One shell command as text shows it.
-pub struct CommandView<'a> {
-    pub time: SystemTime,
-    pub shell: &'a str,
-    pub pid: u64,
-    pub ppid: u64,
-    pub uid: u64,
-    pub user: Option<&'a str>,
-    pub tty: &'a str,
-    pub exit_status: Option<i64>,
-    pub truncated: bool,
-    /// As typed: not necessarily UTF-8.
-    pub text: Cow<'a, [u8]>,
-}
-
-pub fn write_command(out: &mut impl Write, c: &CommandView) -> io::Result<()> {
+pub fn write_command(out: &mut impl Write, c: &CommandEvent) -> io::Result<()> {
     writeln!(
         out,
         "{} {}[{}] ppid={} uid={}({}) tty={} status={}{}",
-        humantime::format_rfc3339_micros(c.time),
-        escape::line(c.shell),
+        humantime::format_rfc3339_micros(c.time.0),
+        escape::line(&c.shell),
         c.pid,
         c.ppid,
         c.uid,
-        escape::line(c.user.unwrap_or("?")),
-        escape::line(if c.tty.is_empty() { "-" } else { c.tty }),
+        escape::line(c.user.as_deref().unwrap_or("?")),
+        escape::line(if c.tty.is_empty() { "-" } else { &c.tty }),
         c.exit_status.map_or_else(|| "?".to_string(), |s| s.to_string()),
         if c.truncated { " (truncated)" } else { "" },
     )?;
-    write_indented(out, &c.text)
+    write_indented(out, c.exact())
 }
 
-/// One program start as text shows it.
-pub struct ExecView<'a> {
-    pub time: SystemTime,
-    pub comm: &'a str,
-    pub pid: u64,
-    pub ppid: u64,
-    pub uid: u64,
-    pub user: Option<&'a str>,
-    /// Not necessarily UTF-8, as each of `argv`.
-    pub filename: Cow<'a, [u8]>,
-    pub argv: Vec<Cow<'a, [u8]>>,
-    pub argv_truncated: bool,
-    /// `ok`, the error's name, or `?` when the result was not seen.
-    pub result: String,
-}
-
-pub fn write_exec(out: &mut impl Write, e: &ExecView) -> io::Result<()> {
-    let argv: Vec<String> = e.argv.iter().map(|a| escape::quoted(a)).collect();
+pub fn write_exec(out: &mut impl Write, e: &ExecEvent) -> io::Result<()> {
+    let argv: Vec<String> = e.exact_argv().into_iter().map(escape::quoted).collect();
+    let result = match e.success {
+        Some(true) => "ok",
+        Some(false) => e.error.as_deref().unwrap_or("?"),
+        None => "?",
+    };
     writeln!(
         out,
         "{} exec {}[{}] ppid={} uid={}({}) {} [{}{}] = {}",
-        humantime::format_rfc3339_micros(e.time),
-        escape::line(e.comm),
+        humantime::format_rfc3339_micros(e.time.0),
+        escape::line(&e.comm),
         e.pid,
         e.ppid,
         e.uid,
-        escape::line(e.user.unwrap_or("?")),
-        escape::escape(&e.filename, Layout::Line),
+        escape::line(e.user.as_deref().unwrap_or("?")),
+        escape::escape(&e.filename.0, Layout::Line),
         argv.join(", "),
         if e.argv_truncated { ", ..." } else { "" },
-        escape::line(&e.result),
+        escape::line(result),
     )
 }
 
-/// One database statement as text shows it.
-pub struct QueryView<'a> {
-    pub time: SystemTime,
-    pub server: &'a str,
-    pub pid: u64,
-    pub tid: u64,
-    pub user: Option<&'a str>,
-    pub database: Option<&'a str>,
-    pub command: &'a str,
-    pub statement_id: Option<u64>,
-    pub success: Option<bool>,
-    pub duration: Option<Duration>,
-    pub truncated: bool,
-    /// As sent: not necessarily UTF-8.
-    pub text: Cow<'a, [u8]>,
-}
-
-pub fn write_query(out: &mut impl Write, q: &QueryView) -> io::Result<()> {
+pub fn write_query(out: &mut impl Write, q: &QueryEvent) -> io::Result<()> {
     let outcome = match q.success {
         Some(true) => "ok",
         Some(false) => "FAILED",
@@ -182,96 +131,95 @@ pub fn write_query(out: &mut impl Write, q: &QueryView) -> io::Result<()> {
     writeln!(
         out,
         "{} {}[{}/{}] user={} db={} {}{} {} {}{}",
-        humantime::format_rfc3339_micros(q.time),
-        escape::line(q.server),
+        humantime::format_rfc3339_micros(q.time.0),
+        escape::line(&q.server),
         q.pid,
         q.tid,
-        escape::line(q.user.unwrap_or("?")),
-        escape::line(q.database.unwrap_or("?")),
-        escape::line(q.command),
+        escape::line(q.user.as_deref().unwrap_or("?")),
+        escape::line(q.database.as_deref().unwrap_or("?")),
+        escape::line(&q.command),
         q.statement_id.map_or(String::new(), |id| format!(" #{id}")),
         outcome,
-        q.duration.map_or_else(|| "?".to_string(), |d| format!("{:.3}ms", d.as_secs_f64() * 1e3)),
+        q.duration_us.map_or_else(|| "?".to_string(), |us| format!("{:.3}ms", us / 1e3)),
         if q.truncated { " (truncated)" } else { "" },
     )?;
-    write_indented(out, &q.text)
+    write_indented(out, q.exact())
 }
 
-/// One HTTP exchange as text shows it.
-pub struct HttpView<'a> {
-    pub time: SystemTime,
-    pub protocol: &'a str,
-    pub comm: &'a str,
-    pub pid: u64,
-    pub local: &'a str,
-    pub remote: &'a str,
-    pub method: Option<&'a str>,
-    pub scheme: Option<&'a str>,
-    pub authority: Option<&'a str>,
-    pub path: Option<&'a str>,
-    pub status: Option<u64>,
-    pub latency: Option<Duration>,
-    pub request_headers: Vec<(&'a str, &'a str)>,
-    pub response_headers: Vec<(&'a str, &'a str)>,
-    pub request_body: BodyView<'a>,
-    pub response_body: BodyView<'a>,
-    pub notes: Vec<&'a str>,
-}
-
-/// A body: its size on the wire, decompressed, and the preview shown.
-pub struct BodyView<'a> {
-    pub size: u64,
-    pub decoded_size: Option<u64>,
-    pub preview: &'a [u8],
-}
-
-pub fn write_http(out: &mut impl Write, e: &HttpView) -> io::Result<()> {
+pub fn write_http(out: &mut impl Write, e: &HttpEvent) -> io::Result<()> {
     let url = format!(
         "{}://{}{}",
-        escape::line(e.scheme.unwrap_or("https")),
-        escape::line(e.authority.unwrap_or("?")),
-        escape::line(e.path.unwrap_or(""))
+        escape::line(e.scheme.as_deref().unwrap_or("https")),
+        escape::line(e.authority.as_deref().unwrap_or("?")),
+        escape::line(e.path.as_deref().unwrap_or(""))
     );
-    let latency = e.latency.map_or_else(|| "?".to_string(), |d| format!("{:.3} ms", d.as_secs_f64() * 1e3));
+    let latency = e.latency_us.map_or_else(|| "?".to_string(), |us| format!("{:.3} ms", us / 1e3));
     writeln!(
         out,
         "{} {} {}[{}] {} -> {}",
-        humantime::format_rfc3339_micros(e.time),
-        escape::line(e.protocol),
-        escape::line(e.comm),
+        humantime::format_rfc3339_micros(e.time.0),
+        escape::line(&e.protocol),
+        escape::line(&e.comm),
         e.pid,
-        escape::line(e.local),
-        escape::line(e.remote)
+        escape::line(address(&e.local)),
+        escape::line(address(&e.remote))
     )?;
     let status = e.status.map_or_else(|| "?".to_string(), |s| s.to_string());
-    writeln!(out, "  {} {} -> {} ({})", escape::line(e.method.unwrap_or("?")), url, status, latency)?;
-    for (name, value) in &e.request_headers {
+    writeln!(
+        out,
+        "  {} {} -> {} ({})",
+        escape::line(e.method.as_deref().unwrap_or("?")),
+        url,
+        status,
+        latency
+    )?;
+    for (name, value) in e.request_headers.iter() {
         writeln!(out, "  > {}: {}", escape::line(name), escape::line(value))?;
     }
-    for (name, value) in &e.response_headers {
+    for (name, value) in e.response_headers.iter() {
         writeln!(out, "  < {}: {}", escape::line(name), escape::line(value))?;
     }
-    for (label, body) in [("request", &e.request_body), ("response", &e.response_body)] {
-        write_body(out, label, body)?;
-    }
-    for note in &e.notes {
+    write_body(out, "request", e.request_body_size, e.request_body_decoded_size, &e.request_body_preview)?;
+    write_body(
+        out,
+        "response",
+        e.response_body_size,
+        e.response_body_decoded_size,
+        &e.response_body_preview,
+    )?;
+    for note in e.notes.iter() {
         writeln!(out, "  note: {}", escape::line(note))?;
     }
     Ok(())
 }
 
-fn write_body(out: &mut impl Write, label: &str, body: &BodyView) -> io::Result<()> {
-    if body.size == 0 {
+fn write_body(
+    out: &mut impl Write,
+    label: &str,
+    size: u64,
+    decoded_size: Option<u64>,
+    preview: &Option<Text>,
+) -> io::Result<()> {
+    if size == 0 {
         return Ok(());
     }
-    let decoded = body.decoded_size.map_or(String::new(), |d| format!(", {d} decoded"));
-    writeln!(out, "  {label} body: {} bytes{decoded}", body.size)?;
-    if !body.preview.is_empty() {
-        for line in escape::escape(body.preview, Layout::Block).lines() {
+    let decoded = decoded_size.map_or(String::new(), |d| format!(", {d} decoded"));
+    writeln!(out, "  {label} body: {size} bytes{decoded}")?;
+    if let Some(preview) = preview.as_ref().filter(|p| !p.0.is_empty()) {
+        for line in escape::escape(&preview.0, Layout::Block).lines() {
             writeln!(out, "  | {line}")?;
         }
     }
     Ok(())
+}
+
+pub fn write_loss(out: &mut impl Write, l: &LossEvent) -> io::Result<()> {
+    writeln!(out, "loss: {} {} events dropped: {}", l.count, escape::line(&l.source), escape::line(&l.reason))
+}
+
+/// An address, or `-` when there is none (not an inet socket).
+fn address<'a>(addr: &'a Option<std::borrow::Cow<str>>) -> &'a str {
+    addr.as_deref().unwrap_or("-")
 }
 
 /// A command's or statement's text, escaped, each line indented.
@@ -284,121 +232,27 @@ fn write_indented(out: &mut impl Write, text: &[u8]) -> io::Result<()> {
 
 impl<W: Write> Output for TextOutput<W> {
     fn tls(&mut self, r: &TlsRecord) -> io::Result<()> {
-        let (local, remote) = (addr_or_dash(r.local), addr_or_dash(r.remote));
-        let view = TlsView {
-            time: r.time,
-            comm: &r.comm,
-            pid: r.pid.into(),
-            tid: r.tid.into(),
-            uid: r.uid.into(),
-            library: r.library,
-            function: r.function,
-            direction: r.direction.as_str(),
-            fd: r.fd.map(i64::from),
-            local: &local,
-            remote: &remote,
-            call_len: r.call_len.into(),
-            offset: r.offset.into(),
-            gap: r.gap.map(|g| (g.calls_lost, g.bytes_lost)),
-            data: r.data,
-        };
-        write_tls(&mut self.out, &view, self.hex)
+        write_tls(&mut self.out, &TlsEvent::of(r), self.hex)
     }
 
     fn command(&mut self, r: &CommandRecord) -> io::Result<()> {
-        let c = r.command;
-        let view = CommandView {
-            time: c.time,
-            shell: c.shell,
-            pid: c.pid.into(),
-            ppid: c.ppid.into(),
-            uid: c.uid.into(),
-            user: r.user,
-            tty: &c.tty,
-            exit_status: c.exit_status.map(i64::from),
-            truncated: c.truncated,
-            text: Cow::Borrowed(&c.text),
-        };
-        write_command(&mut self.out, &view)
+        write_command(&mut self.out, &CommandEvent::of(r))
     }
 
     fn exec(&mut self, r: &ExecRecord) -> io::Result<()> {
-        let e = r.exec;
-        let view = ExecView {
-            time: e.time,
-            comm: &e.comm,
-            pid: e.pid.into(),
-            ppid: e.ppid.into(),
-            uid: e.uid.into(),
-            user: r.user,
-            filename: Cow::Borrowed(&e.filename),
-            argv: e.argv.iter().map(|a| Cow::Borrowed(a.as_slice())).collect(),
-            argv_truncated: e.argv_truncated,
-            result: e.ret.map_or_else(|| "?".to_string(), errno_name),
-        };
-        write_exec(&mut self.out, &view)
+        write_exec(&mut self.out, &ExecEvent::of(r))
     }
 
     fn query(&mut self, r: &QueryRecord) -> io::Result<()> {
-        let q = r.query;
-        let view = QueryView {
-            time: q.time,
-            server: q.server,
-            pid: q.pid.into(),
-            tid: q.tid.into(),
-            user: r.user,
-            database: r.database,
-            command: q.command,
-            statement_id: q.statement_id.map(u64::from),
-            success: q.success,
-            duration: q.duration,
-            truncated: q.truncated,
-            text: Cow::Borrowed(&q.text),
-        };
-        write_query(&mut self.out, &view)
+        write_query(&mut self.out, &QueryEvent::of(r))
     }
 
     fn http(&mut self, r: &HttpRecord) -> io::Result<()> {
-        let (e, c) = (r.exchange, r.connection);
-        let (local, remote) = (addr_or_dash(c.local), addr_or_dash(c.remote));
-        let protocol = e.protocol.to_string();
-        let limit = self.style.body_preview;
-        let view = HttpView {
-            time: e.request_time,
-            protocol: &protocol,
-            comm: &c.comm,
-            pid: c.pid.into(),
-            local: &local,
-            remote: &remote,
-            method: e.method.as_deref(),
-            scheme: e.scheme.as_deref(),
-            authority: e.authority.as_deref(),
-            path: e.path.as_deref(),
-            status: e.status.map(u64::from),
-            latency: e.latency(),
-            request_headers: header_pairs(&e.request_headers),
-            response_headers: header_pairs(&e.response_headers),
-            request_body: body_view(&e.request_body, limit),
-            response_body: body_view(&e.response_body, limit),
-            notes: e.notes.iter().map(String::as_str).collect(),
-        };
-        write_http(&mut self.out, &view)
+        write_http(&mut self.out, &HttpEvent::of(r, self.style.body_preview))
     }
 
     fn flush(&mut self) -> io::Result<()> {
         self.out.flush()
-    }
-}
-
-fn header_pairs(headers: &[(String, String)]) -> Vec<(&str, &str)> {
-    headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect()
-}
-
-fn body_view(body: &httpdecode::Body, limit: usize) -> BodyView<'_> {
-    BodyView {
-        size: body.raw_len as u64,
-        decoded_size: body.decoded.as_ref().map(|d| d.len() as u64),
-        preview: body_preview(body, limit),
     }
 }
 
@@ -434,7 +288,11 @@ pub fn hex_dump(out: &mut impl Write, data: &[u8]) -> io::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use std::borrow::Cow;
+    use std::time::{Duration, SystemTime};
+
     use super::*;
+    use crate::output::schema::{tag, Base64, Gap, Time};
 
     fn escaped(data: &[u8]) -> String {
         let mut v = Vec::new();
@@ -450,57 +308,61 @@ mod tests {
         assert_eq!(escaped(b""), "\n");
     }
 
+    fn at() -> Time {
+        Time(SystemTime::UNIX_EPOCH + Duration::from_micros(1_764_140_000_123_456))
+    }
+
+    fn tls_event(comm: &str) -> TlsEvent<'_> {
+        TlsEvent {
+            event: tag::Tls,
+            time: at(),
+            pid: 7,
+            tid: 7,
+            uid: 0,
+            comm: comm.into(),
+            library: "openssl".into(),
+            library_version: None,
+            library_path: "/lib/libssl.so.3".into(),
+            function: "SSL_write".into(),
+            direction: "send".into(),
+            fd: Some(3),
+            local: None,
+            remote: None,
+            conn: "0x1".into(),
+            call_seq: 1,
+            call_len: 0,
+            offset: 0,
+            len: 0,
+            truncated: false,
+            unreadable: false,
+            gap: None,
+            data_b64: Base64::borrowed(b""),
+        }
+    }
+
     #[test]
     fn tls_layout_names_process_call_connection_and_chunk() {
         let mut out = Vec::new();
-        let view = TlsView {
-            time: std::time::UNIX_EPOCH + Duration::from_micros(1_764_140_000_123_456),
-            comm: "curl",
-            pid: 7,
+        let event = TlsEvent {
             tid: 8,
-            uid: 0,
-            library: "openssl",
-            function: "SSL_read_ex",
-            direction: "recv",
+            function: "SSL_read_ex".into(),
+            direction: "recv".into(),
             fd: None,
-            local: "127.0.0.1:5000",
-            remote: "-",
+            local: Some("127.0.0.1:5000".into()),
             call_len: 10,
             offset: 4,
-            gap: Some((1, 2)),
-            data: b"abc\r\n",
+            len: 5,
+            gap: Some(Gap { calls_lost: 1, bytes_lost: 2 }),
+            data_b64: Base64::borrowed(b"abc\r\n"),
+            ..tls_event("curl")
         };
-        write_tls(&mut out, &view, false).unwrap();
+        write_tls(&mut out, &event, false).unwrap();
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "-- gap on this connection: 1 calls and 2 bytes of the previous call lost --\n\
              2025-11-26T06:53:20.123456Z curl[7/8] uid=0 openssl SSL_read_ex recv fd=? 127.0.0.1:5000 <- - \
              len=5 (bytes 4..9 of 10)\nabc\\r\n"
         );
-    }
-
-    fn at() -> SystemTime {
-        std::time::UNIX_EPOCH + Duration::from_micros(1_764_140_000_123_456)
-    }
-
-    fn tls_view(comm: &str) -> TlsView<'_> {
-        TlsView {
-            time: at(),
-            comm,
-            pid: 7,
-            tid: 7,
-            uid: 0,
-            library: "openssl",
-            function: "SSL_write",
-            direction: "send",
-            fd: Some(3),
-            local: "-",
-            remote: "-",
-            call_len: 0,
-            offset: 0,
-            gap: None,
-            data: b"",
-        }
     }
 
     /// No byte a terminal acts on reaches the output.
@@ -514,7 +376,7 @@ mod tests {
     #[test]
     fn hostile_comm() {
         let mut out = Vec::new();
-        write_tls(&mut out, &tls_view("\x1b]0;x\x07\u{9b}2J\r"), false).unwrap();
+        write_tls(&mut out, &tls_event("\x1b]0;x\x07\u{9b}2J\r"), false).unwrap();
         let text = String::from_utf8(out).unwrap();
         assert_eq!(
             text.lines().next().unwrap(),
@@ -529,44 +391,52 @@ mod tests {
         // the byte-wise escaping before the one escaper).
         assert_eq!(escaped("héllo \\x1b\x1b[31m\u{9b}\t\n".as_bytes()), "héllo \\\\x1b\\x1b[31m\\u{9b}\t\n");
         let mut out = Vec::new();
-        write_tls(&mut out, &TlsView { data: b"\x1b]52;c;aGk=\x07\r\xff", ..tls_view("curl") }, false)
-            .unwrap();
+        let event = TlsEvent { data_b64: Base64::borrowed(b"\x1b]52;c;aGk=\x07\r\xff"), ..tls_event("curl") };
+        write_tls(&mut out, &event, false).unwrap();
         let text = String::from_utf8(out).unwrap();
         assert!(text.ends_with("\n\\x1b]52;c;aGk=\\x07\\r\\xff\n"), "{text:?}");
         assert_inert(&text);
     }
 
-    fn http_view<'a>(
-        method: &'a str,
-        path: &'a str,
-        request_headers: Vec<(&'a str, &'a str)>,
-        response_headers: Vec<(&'a str, &'a str)>,
-    ) -> HttpView<'a> {
-        let none = || BodyView { size: 0, decoded_size: None, preview: b"" };
-        HttpView {
+    fn http_event(
+        method: &'static str,
+        path: &'static str,
+        request_headers: &[(&str, &str)],
+        response_headers: &[(&str, &str)],
+    ) -> HttpEvent<'static> {
+        let headers = |h: &[(&str, &str)]| h.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect();
+        HttpEvent {
+            event: tag::Http,
             time: at(),
-            protocol: "HTTP/1.1",
-            comm: "curl",
-            pid: 7,
-            local: "127.0.0.1:1",
-            remote: "127.0.0.1:2",
-            method: Some(method),
-            scheme: Some("https"),
-            authority: Some("example.com"),
-            path: Some(path),
+            protocol: "HTTP/1.1".into(),
+            method: Some(method.into()),
+            scheme: Some("https".into()),
+            authority: Some("example.com".into()),
+            path: Some(path.into()),
             status: Some(200),
-            latency: None,
-            request_headers,
-            response_headers,
-            request_body: none(),
-            response_body: none(),
-            notes: Vec::new(),
+            request_headers: Cow::Owned(headers(request_headers)),
+            response_headers: Cow::Owned(headers(response_headers)),
+            request_body_size: 0,
+            response_body_size: 0,
+            request_body_decoded_size: None,
+            response_body_decoded_size: None,
+            request_body_preview: None,
+            response_body_preview: None,
+            latency_us: None,
+            stream_id: None,
+            grpc: None,
+            notes: Cow::Borrowed(&[]),
+            pid: 7,
+            comm: "curl".into(),
+            library: "openssl".into(),
+            local: Some("127.0.0.1:1".into()),
+            remote: Some("127.0.0.1:2".into()),
         }
     }
 
-    fn http_text(view: &HttpView) -> String {
+    fn http_text(event: &HttpEvent) -> String {
         let mut out = Vec::new();
-        write_http(&mut out, view).unwrap();
+        write_http(&mut out, event).unwrap();
         let text = String::from_utf8(out).unwrap();
         assert_inert(&text);
         text
@@ -574,7 +444,7 @@ mod tests {
 
     #[test]
     fn hostile_method_and_path() {
-        let text = http_text(&http_view("G\x1b[2JET", "/a\x1b]0;pwned\x07?b=\r\n", vec![], vec![]));
+        let text = http_text(&http_event("G\x1b[2JET", "/a\x1b]0;pwned\x07?b=\r\n", &[], &[]));
         assert_eq!(
             text.lines().nth(1).unwrap(),
             "  G\\x1b[2JET https://example.com/a\\x1b]0;pwned\\x07?b=\\r\\n -> 200 (?)"
@@ -583,11 +453,11 @@ mod tests {
 
     #[test]
     fn hostile_header_names_and_values() {
-        let text = http_text(&http_view(
+        let text = http_text(&http_event(
             "GET",
             "/",
-            vec![("x-\x1b[1mname", "\x1b]52;c;cm0gLXJmIH4K\x07")],
-            vec![("server", "nginx\roverwritten\u{85}"), ("x-\u{202e}", "a\tb")],
+            &[("x-\x1b[1mname", "\x1b]52;c;cm0gLXJmIH4K\x07")],
+            &[("server", "nginx\roverwritten\u{85}"), ("x-\u{202e}", "a\tb")],
         ));
         let lines: Vec<&str> = text.lines().skip(2).collect();
         assert_eq!(
@@ -602,11 +472,15 @@ mod tests {
 
     #[test]
     fn hostile_authority_notes_and_body_preview() {
-        let mut view = http_view("GET", "/", vec![], vec![]);
-        view.authority = Some("evil\x1b[8m.example");
-        view.notes = vec!["unknown content-encoding \x1b[5m"];
-        view.response_body = BodyView { size: 9, decoded_size: None, preview: b"a\x1bb\r\nc\x9b" };
-        let text = http_text(&view);
+        let notes = ["unknown content-encoding \x1b[5m".to_string()];
+        let event = HttpEvent {
+            authority: Some("evil\x1b[8m.example".into()),
+            notes: Cow::Borrowed(&notes),
+            response_body_size: 9,
+            response_body_preview: Some(Text::borrowed(b"a\x1bb\r\nc\x9b")),
+            ..http_event("GET", "/", &[], &[])
+        };
+        let text = http_text(&event);
         assert!(text.contains("https://evil\\x1b[8m.example/ -> 200"), "{text}");
         assert!(text.contains("\n  | a\\x1bb\\r\n  | c\\x9b\n"), "{text}");
         assert!(text.ends_with("  note: unknown content-encoding \\x1b[5m\n"), "{text}");
@@ -614,20 +488,24 @@ mod tests {
 
     #[test]
     fn hostile_shell_line() {
-        let view = CommandView {
+        let text = b"echo \x1b]0;x\x07\r\n\techo \xff\\n";
+        let event = CommandEvent {
+            event: tag::Command,
             time: at(),
-            shell: "bash",
             pid: 1,
             ppid: 0,
             uid: 0,
-            user: Some("ro\x1bot"),
-            tty: "pts/\x07",
-            exit_status: Some(0),
+            user: Some("ro\x1bot".into()),
+            tty: "pts/\x07".into(),
+            shell: "bash".into(),
+            shell_path: None,
+            command: Text::borrowed(text),
+            command_b64: Some(Base64::borrowed(text)),
             truncated: false,
-            text: Cow::Borrowed(b"echo \x1b]0;x\x07\r\n\techo \xff\\n"),
+            exit_status: Some(0),
         };
         let mut out = Vec::new();
-        write_command(&mut out, &view).unwrap();
+        write_command(&mut out, &event).unwrap();
         let text = String::from_utf8(out).unwrap();
         assert_eq!(
             text,
@@ -640,22 +518,26 @@ mod tests {
 
     #[test]
     fn hostile_sql() {
-        let view = QueryView {
+        let text = b"select '\x1b]0;x\x07'\r\n -- \xc2\x9b\xfe";
+        let event = QueryEvent {
+            event: tag::Query,
             time: at(),
-            server: "postgres",
+            server: "postgres".into(),
             pid: 1,
             tid: 1,
-            user: Some("app"),
-            database: Some("d\x1b[8mb"),
-            command: "query",
+            user: Some("app".into()),
+            database: Some("d\x1b[8mb".into()),
+            client: None,
+            command: "query".into(),
             statement_id: None,
-            success: Some(false),
-            duration: None,
+            text: Text::borrowed(text),
+            text_b64: Some(Base64::borrowed(text)),
             truncated: false,
-            text: Cow::Borrowed(b"select '\x1b]0;x\x07'\r\n -- \xc2\x9b\xfe"),
+            duration_us: None,
+            success: Some(false),
         };
         let mut out = Vec::new();
-        write_query(&mut out, &view).unwrap();
+        write_query(&mut out, &event).unwrap();
         let text = String::from_utf8(out).unwrap();
         assert_eq!(
             text,
@@ -668,20 +550,28 @@ mod tests {
 
     #[test]
     fn hostile_exec_filename_and_argv() {
-        let view = ExecView {
+        let argv: [&[u8]; 3] = [b"a\"b", b"\r\n\t\\", b"\xc2\x85"];
+        let event = ExecEvent {
+            event: tag::Exec,
             time: at(),
-            comm: "sh\x1b",
             pid: 2,
+            tid: 2,
             ppid: 1,
             uid: 0,
             user: None,
-            filename: Cow::Borrowed(b"/tmp/\x1b]0;x\x07\xff"),
-            argv: vec![Cow::Borrowed(b"a\"b"), Cow::Borrowed(b"\r\n\t\\"), Cow::Borrowed(b"\xc2\x85")],
+            comm: "sh\x1b".into(),
+            filename: Text::borrowed(b"/tmp/\x1b]0;x\x07\xff"),
+            argv: argv.iter().map(|a| Text::borrowed(a)).collect(),
+            argv_b64: None,
             argv_truncated: false,
-            result: "ok".into(),
+            argv_changed: false,
+            cwd: None,
+            success: Some(true),
+            error: None,
+            errno: None,
         };
         let mut out = Vec::new();
-        write_exec(&mut out, &view).unwrap();
+        write_exec(&mut out, &event).unwrap();
         let text = String::from_utf8(out).unwrap();
         assert_eq!(
             text,
