@@ -1,16 +1,19 @@
-//! Enrichment: turns kernel events into the records outputs print, adding
-//! what the kernel cannot know cheaply (wall-clock time, library path,
-//! socket addresses as types), and keeps per-connection state bounded.
+//! Enrichment: what the kernel cannot know cheaply, added to the records
+//! outputs print (wall-clock time, the library of a probe hit, user names,
+//! socket addresses as types), and those records' types. Per-source
+//! assembly (lines -> commands, starts + ends) is `crate::assembly`'s.
 
 pub mod clock;
-pub mod commands;
-pub mod execs;
-pub mod gaps;
 pub mod libraries;
-pub mod queries;
-pub mod secrets;
-pub mod streams;
 pub mod users;
+
+// The assemblers' old paths, for code written against them (the outputs'
+// tests, the fuzz targets): the modules live in `crate::assembly`.
+pub use crate::assembly::exec as execs;
+pub use crate::assembly::gaps;
+pub use crate::assembly::shell as commands;
+pub use crate::assembly::sql as queries;
+pub use crate::assembly::streams;
 
 use std::hash::Hash;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -48,14 +51,14 @@ pub struct TlsRecord<'a> {
     pub offset: u32,
     pub flags: u32,
     /// Calls or bytes of this connection lost just before this record.
-    pub gap: Option<gaps::Gap>,
+    pub gap: Option<crate::assembly::gaps::Gap>,
     pub data: &'a [u8],
 }
 
 /// A shell command, with what enrichment adds.
 #[derive(Debug, Clone, Copy)]
 pub struct CommandRecord<'a> {
-    pub command: &'a commands::Command,
+    pub command: &'a crate::assembly::shell::Command,
     pub user: Option<&'a str>,
     pub shell_path: Option<&'a str>,
 }
@@ -63,7 +66,7 @@ pub struct CommandRecord<'a> {
 /// A database statement, with what enrichment adds.
 #[derive(Debug, Clone, Copy)]
 pub struct QueryRecord<'a> {
-    pub query: &'a queries::Query,
+    pub query: &'a crate::assembly::sql::Query,
     pub user: Option<&'a str>,
     pub database: Option<&'a str>,
     pub client: Option<&'a str>,
@@ -73,13 +76,13 @@ pub struct QueryRecord<'a> {
 #[derive(Debug, Clone, Copy)]
 pub struct HttpRecord<'a> {
     pub exchange: &'a httpdecode::Exchange,
-    pub connection: &'a streams::ConnectionInfo,
+    pub connection: &'a crate::assembly::streams::ConnectionInfo,
 }
 
 /// A program start, with what enrichment adds.
 #[derive(Debug, Clone, Copy)]
 pub struct ExecRecord<'a> {
-    pub exec: &'a execs::Exec,
+    pub exec: &'a crate::assembly::exec::Exec,
     pub user: Option<&'a str>,
 }
 

@@ -7,9 +7,9 @@ use std::mem::MaybeUninit;
 use anyhow::Result;
 
 use super::{filters, pump, Destination, Handler};
+use crate::assembly::exec::{self as execs, split_args, Exec, Execs};
 use crate::cli::SourceArgs;
 use crate::context::clock::Clock;
-use crate::context::execs::{self, split_args, Exec, Execs};
 use crate::context::users::Users;
 use crate::context::{comm_string, ExecRecord};
 use crate::events::{c_bytes, Event};

@@ -8,9 +8,9 @@ use std::mem::MaybeUninit;
 use anyhow::Result;
 
 use super::{filters, pump, Destination, Handler};
+use crate::assembly::shell::{unmetafy, Command, Commands, Line};
 use crate::cli::SourceArgs;
 use crate::context::clock::Clock;
-use crate::context::commands::{unmetafy, Command, Commands, Line};
 use crate::context::users::Users;
 use crate::context::CommandRecord;
 use crate::events::{c_bytes, shell, Event};

@@ -8,9 +8,9 @@ use anyhow::Result;
 use lru::LruCache;
 
 use super::{filters, pump, Destination, Handler};
+use crate::assembly::sql::{self as queries, postgres_backend, Queries, Query};
 use crate::cli::SourceArgs;
 use crate::context::clock::Clock;
-use crate::context::queries::{self, postgres_backend, Queries, Query};
 use crate::context::{bounded, QueryRecord};
 use crate::events::{sql, Event, QueryStart};
 use crate::kernel;

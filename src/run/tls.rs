@@ -9,15 +9,15 @@ use std::path::Path;
 use anyhow::{Context, Result};
 
 use super::{filters, pump, Destination, Handler};
+use crate::assembly::gaps;
+use crate::assembly::streams::{self, HttpStreams};
 use crate::bpf::types::{ct_ssl_keys, ct_tls_secret};
 use crate::cli::{Decode, TlsArgs};
 use crate::context::libraries::{KnownLibrary, LibraryResolver};
-use crate::context::streams::{self, HttpStreams};
-use crate::context::{gaps, secrets};
 use crate::context::{Enricher, HttpRecord, TlsRecord};
 use crate::events::{c_chars, Event};
 use crate::kernel::{self, KernelStats};
-use crate::output::keylog::{KeyLines, KeyLog};
+use crate::output::keylog::{secrets, KeyLines, KeyLog};
 use crate::output::{self, Existing, Output};
 use crate::packets::capture::{Owner, PacketCapture};
 use crate::sources::attacher::Attacher;

@@ -68,7 +68,7 @@ pub struct Queries {
 
 impl Default for Queries {
     fn default() -> Self {
-        Queries { pending: super::bounded(MAX_PENDING), evicted: 0 }
+        Queries { pending: crate::context::bounded(MAX_PENDING), evicted: 0 }
     }
 }
 

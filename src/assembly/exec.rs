@@ -39,7 +39,7 @@ pub struct Execs {
 
 impl Default for Execs {
     fn default() -> Self {
-        Execs { pending: super::bounded(MAX_PENDING), evicted: 0 }
+        Execs { pending: crate::context::bounded(MAX_PENDING), evicted: 0 }
     }
 }
 
