@@ -12,6 +12,7 @@ use crate::cli::SourceArgs;
 use crate::events::Event;
 use crate::kernel;
 use crate::output::Output;
+use crate::sources::attached::report_detached;
 use crate::sources::executables::ExecutableAttacher;
 use crate::sources::procwatch::{ProcWatch, SharedMaps};
 use crate::sources::sql::{self as servers, Family, SqlBinary, SqlProbes};
@@ -66,6 +67,14 @@ impl Handler for SqlHandler<'_> {
             }
             event => self.assembler.event(event, out),
         }
+    }
+
+    /// Files replaced (a package upgrade) and no longer mapped: detached.
+    fn idle(&mut self) -> io::Result<()> {
+        for name in self.attacher.detach_replaced() {
+            report_detached(&name);
+        }
+        Ok(())
     }
 
     fn detach(&mut self) {

@@ -20,6 +20,7 @@ use crate::kernel::{self, KernelStats};
 use crate::output::keylog::{secrets, KeyLines, KeyLog};
 use crate::output::{self, Existing, Output};
 use crate::packets::capture::{Owner, PacketCapture};
+use crate::sources::attached::report_detached;
 use crate::sources::attacher::Attacher;
 use crate::sources::discovery::Discovery;
 use crate::sources::packets::{self, PacketProbes};
@@ -369,10 +370,7 @@ impl Handler for TlsHandler<'_, '_> {
             self.attached(t);
         }
         for name in self.attacher.detach_unused() {
-            let name = crate::output::escape::for_terminal(&name);
-            eprintln!(
-                "cleartap: detached from {name}: the file was replaced or removed and no process maps it"
-            );
+            report_detached(&name);
         }
         match self.secrets.capture.as_mut() {
             Some(capture) => {
