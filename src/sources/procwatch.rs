@@ -73,6 +73,11 @@ impl<'obj> ProcWatch<'obj> {
         Ok(ProcWatch { skel })
     }
 
+    /// The loaded object (`cleartap check` lists its programs).
+    pub fn object(&self) -> &libbpf_rs::Object {
+        libbpf_rs::skel::Skel::object(&self.skel)
+    }
+
     /// Files checked: their execs and opens are not held (see `load`).
     pub fn checked_files(&self) -> &dyn libbpf_rs::MapCore {
         &self.skel.maps.checked_files

@@ -172,6 +172,11 @@ impl<'obj> SqlProbes<'obj> {
             .collect()
     }
 
+    /// The loaded object (`cleartap check` lists its programs).
+    pub fn object(&self) -> &libbpf_rs::Object {
+        libbpf_rs::skel::Skel::object(&self.skel)
+    }
+
     pub fn events_map(&self) -> &libbpf_rs::MapMut<'obj> {
         &self.skel.maps.events
     }

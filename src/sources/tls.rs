@@ -322,6 +322,11 @@ impl<'obj> TlsProbes<'obj> {
         self.skel.maps.conns.keys().count() as u64
     }
 
+    /// The loaded object (`cleartap check` lists its programs).
+    pub fn object(&self) -> &libbpf_rs::Object {
+        libbpf_rs::skel::Skel::object(&self.skel)
+    }
+
     pub fn events_map(&self) -> &libbpf_rs::MapMut<'obj> {
         &self.skel.maps.events
     }
