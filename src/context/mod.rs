@@ -101,25 +101,21 @@ impl Direction {
     }
 }
 
-/// Everything needed to turn events into records.
+/// What TLS records are enriched with: wall-clock time, the library and
+/// function of the probe hit. (The gap before a record is the assembler's,
+/// `crate::assembly::tls`.)
 pub struct Enricher {
     clock: Clock,
     libraries: LibraryResolver,
-    gaps: gaps::GapTracker,
 }
 
 impl Enricher {
     pub fn new(libraries: LibraryResolver) -> Self {
-        Enricher { clock: Clock::now(), libraries, gaps: gaps::GapTracker::default() }
+        Enricher { clock: Clock::now(), libraries }
     }
 
     pub fn add_library(&mut self, library: KnownLibrary) {
         self.libraries.add(library);
-    }
-
-    /// Connections whose gap tracking was forgotten (see `gaps`).
-    pub fn gaps_evicted(&self) -> u64 {
-        self.gaps.evicted()
     }
 
     /// "openssl 3.0.22 at /usr/lib/.../libssl.so.3", for messages.
@@ -127,6 +123,7 @@ impl Enricher {
         self.libraries.describe(id)
     }
 
+    /// The record of `d`, its `gap` not yet known (None).
     pub fn tls<'a>(&'a mut self, d: &TlsData<'a>) -> TlsRecord<'a> {
         let h = &d.header;
         let (mut function, family) = sources::function_of(h.function);
@@ -136,14 +133,6 @@ impl Enricher {
                 self.libraries.caller(h.pid, h.func_ip, h.library_id, h.function, delta).unwrap_or(function);
         }
         let (local, remote) = tuple_addrs(&h.tuple);
-        let gap = self.gaps.record(
-            h.pid,
-            h.conn,
-            h.call_seq,
-            u64::from(h.offset),
-            d.data.len() as u64,
-            u64::from(h.call_len),
-        );
         let lib = self.libraries.resolve(h.pid, h.func_ip, family, h.library_id);
         TlsRecord {
             time: self.clock.wall(h.ts_ns),
@@ -164,7 +153,7 @@ impl Enricher {
             call_len: h.call_len,
             offset: h.offset,
             flags: h.flags,
-            gap,
+            gap: None,
             data: d.data,
         }
     }
