@@ -27,8 +27,7 @@ impl<'a> SharedMaps<'a> {
 
 /// The watch's settings: the file name prefixes of `sources` (filled
 /// from the registry, `TLS_SOURCES`) and whether to hold (`--hold-unchecked`).
-/// `cleartap check` loads the programs with the same settings.
-pub fn configure(
+fn configure(
     rodata: &mut crate::bpf::procwatch::types::rodata,
     sources: &[&TlsSource],
     hold: bool,
