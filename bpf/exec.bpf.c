@@ -118,6 +118,7 @@ static __always_inline int on_exec_result(struct trace_event_raw_sys_exit *ctx)
 	if (ret == 0)
 		copy_new_args(e);
 	bpf_ringbuf_submit(e, 0);
+	stat_add(CT_STAT_RECORDS, 1);
 	return 0;
 }
 

@@ -126,6 +126,7 @@ static __always_inline void report_owner(int fd)
 	e->uid = (__u32)bpf_get_current_uid_gid();
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
 	bpf_ringbuf_submit(e, 0);
+	stat_add(CT_STAT_RECORDS, 1);
 }
 
 SEC("tracepoint/syscalls/sys_enter_connect")

@@ -235,5 +235,6 @@ int shell_exit(void *ctx)
 	e->kind = CT_EV_SHELL_EXIT;
 	fill_task(&e->task);
 	bpf_ringbuf_submit(e, 0);
+	stat_add(CT_STAT_RECORDS, 1);
 	return 0;
 }

@@ -1,8 +1,10 @@
 //! cleartap as a library: the binary (`src/main.rs`) and the fuzz targets
 //! (`fuzz/`) use it. Data flows one way: probes (`bpf/`, `sources`) ->
-//! events -> enrichment (`context`) -> decoders -> outputs.
+//! events -> assembly (`assembly`, enriched by `context`) -> decoders ->
+//! outputs.
 
 pub mod agent;
+pub mod assembly;
 pub mod bpf;
 pub mod cli;
 pub mod context;

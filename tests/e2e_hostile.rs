@@ -150,7 +150,7 @@ const HOSTILE_COMM_SHOWN: &str = "ct\\x1b]0;x\\x07\\u{9b}\\r";
 /// by hand with ESC, BEL and CR in every request and reply field. Each
 /// connection stays open to the end: a freed SSL object's address, reused
 /// by the next connection, would continue the previous connection's
-/// stream for the decoder (`context::streams` keys streams by pid and SSL
+/// stream for the decoder (`assembly::streams` keys streams by pid and SSL
 /// pointer).
 const PEERS_PY: &str = r#"
 import ctypes, socket, ssl, sys

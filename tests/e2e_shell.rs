@@ -3,6 +3,7 @@
 mod support;
 
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use serde_json::Value;
 use support::*;
@@ -105,6 +106,49 @@ fn zsh_commands_with_exit_status_and_multi_line() {
     }
     let _one = exclusive();
     check_shell(&["zsh", "-f", "-i"], "zsh");
+}
+
+/// A bash upgraded in place (a new file renamed over the old name): the
+/// new file is attached at its first exec, and the old one detached once
+/// the last process running it exits, the new one's probes staying.
+#[test]
+fn a_shell_replaced_under_a_running_one_is_attached_again_and_the_old_detached() {
+    if !require_bpf() {
+        return;
+    }
+    let _one = exclusive();
+    let dir = tempfile::tempdir().unwrap();
+    let bash = dir.path().join("bash");
+    std::fs::copy("/bin/bash", &bash).unwrap();
+    let bash_name = bash.to_str().unwrap();
+    let old = Holder::running(Command::new(&bash).args(["-c", "sleep 60; true"]));
+    let mut capture = Capture::start(&["shell"]);
+    let attached = format!("attached to {bash_name} (bash)");
+    assert!(capture.stderr_so_far().contains(&attached), "{}", capture.stderr_so_far());
+
+    // What a package upgrade does: a new file renamed over the old name.
+    let staged = dir.path().join("bash.dpkg-new");
+    std::fs::copy("/bin/bash", &staged).unwrap();
+    std::fs::rename(&staged, &bash).unwrap();
+    // Its first exec attaches it (waited for: a shell's first line could
+    // otherwise race the attach).
+    assert!(Command::new(&bash).args(["-c", "true"]).status().unwrap().success());
+    assert!(capture.wait_for_stderr(&attached, Duration::from_secs(10)), "{}", capture.stderr_so_far());
+    let before = type_into(&[bash_name, "--norc", "-i"], &["echo new file", "exit"]);
+
+    // The last process running the old file exits: its probes go.
+    drop(old);
+    let detached = format!("detached from {bash_name}: ");
+    assert!(capture.wait_for_stderr(&detached, Duration::from_secs(30)), "{}", capture.stderr_so_far());
+    let after = type_into(&[bash_name, "--norc", "-i"], &["echo after the detach", "exit"]);
+    let got = capture.stop();
+    got.assert_clean_exit();
+
+    assert_eq!(got.stderr.matches(&attached).count(), 2, "old and new file: {}", got.stderr);
+    assert_eq!(got.stderr.matches("detached from").count(), 1, "{}", got.stderr);
+    let first = |parent| commands_of(&got, parent).first().map(|(c, _)| c.clone());
+    assert_eq!(first(before).as_deref(), Some("echo new file"), "{}", got.stderr);
+    assert_eq!(first(after).as_deref(), Some("echo after the detach"), "{}", got.stderr);
 }
 
 fn decoded_argv(r: &Value) -> Vec<Vec<u8>> {

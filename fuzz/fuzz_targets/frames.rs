@@ -14,5 +14,5 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let bytes = unsafe { std::slice::from_raw_parts_mut(aligned.as_mut_ptr().cast::<u8>(), data.len()) };
     bytes.copy_from_slice(data);
     let _ = cleartap::events::decode(bytes);
-    let _ = cleartap::context::queries::postgres_backend(&String::from_utf8_lossy(data));
+    let _ = cleartap::assembly::sql::postgres_backend(&String::from_utf8_lossy(data));
 });

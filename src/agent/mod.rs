@@ -360,6 +360,16 @@ impl Agent {
 }
 
 /// The capture of one source, as its subcommand runs it, into the agent.
+///
+/// Each source loads its own process watch and ring buffer (a host with
+/// `tls`, `shell` and `mysql` configured runs three watches on
+/// `sched_process_exec`), though `SharedMaps` lets one skeleton report into
+/// another's ring. Sharing them across sources is left undone on purpose:
+/// a source restarts alone on SIGHUP and its thread owns its skeletons
+/// (libbpf-rs maps and links are not `Send`), so one watch or ring would
+/// tie every source's lifetime to one thread; and a ring of its own keeps
+/// a flood of one source from costing another its records (losses stay
+/// per source, as the metrics count them).
 fn capture(
     command: &Command,
     counters: Arc<SourceCounters>,

@@ -1,15 +1,10 @@
-//! Enrichment: turns kernel events into the records outputs print, adding
-//! what the kernel cannot know cheaply (wall-clock time, library path,
-//! socket addresses as types), and keeps per-connection state bounded.
+//! Enrichment: what the kernel cannot know cheaply, added to the records
+//! outputs print (wall-clock time, the library of a probe hit, user names,
+//! socket addresses as types), and those records' types. Per-source
+//! assembly (lines -> commands, starts + ends) is `crate::assembly`'s.
 
 pub mod clock;
-pub mod commands;
-pub mod execs;
-pub mod gaps;
 pub mod libraries;
-pub mod queries;
-pub mod secrets;
-pub mod streams;
 pub mod users;
 
 use std::hash::Hash;
@@ -48,14 +43,14 @@ pub struct TlsRecord<'a> {
     pub offset: u32,
     pub flags: u32,
     /// Calls or bytes of this connection lost just before this record.
-    pub gap: Option<gaps::Gap>,
+    pub gap: Option<crate::assembly::gaps::Gap>,
     pub data: &'a [u8],
 }
 
 /// A shell command, with what enrichment adds.
 #[derive(Debug, Clone, Copy)]
 pub struct CommandRecord<'a> {
-    pub command: &'a commands::Command,
+    pub command: &'a crate::assembly::shell::Command,
     pub user: Option<&'a str>,
     pub shell_path: Option<&'a str>,
 }
@@ -63,7 +58,7 @@ pub struct CommandRecord<'a> {
 /// A database statement, with what enrichment adds.
 #[derive(Debug, Clone, Copy)]
 pub struct QueryRecord<'a> {
-    pub query: &'a queries::Query,
+    pub query: &'a crate::assembly::sql::Query,
     pub user: Option<&'a str>,
     pub database: Option<&'a str>,
     pub client: Option<&'a str>,
@@ -73,13 +68,13 @@ pub struct QueryRecord<'a> {
 #[derive(Debug, Clone, Copy)]
 pub struct HttpRecord<'a> {
     pub exchange: &'a httpdecode::Exchange,
-    pub connection: &'a streams::ConnectionInfo,
+    pub connection: &'a crate::assembly::streams::ConnectionInfo,
 }
 
 /// A program start, with what enrichment adds.
 #[derive(Debug, Clone, Copy)]
 pub struct ExecRecord<'a> {
-    pub exec: &'a execs::Exec,
+    pub exec: &'a crate::assembly::exec::Exec,
     pub user: Option<&'a str>,
 }
 
@@ -98,25 +93,21 @@ impl Direction {
     }
 }
 
-/// Everything needed to turn events into records.
+/// What TLS records are enriched with: wall-clock time, the library and
+/// function of the probe hit. (The gap before a record is the assembler's,
+/// `crate::assembly::tls`.)
 pub struct Enricher {
     clock: Clock,
     libraries: LibraryResolver,
-    gaps: gaps::GapTracker,
 }
 
 impl Enricher {
     pub fn new(libraries: LibraryResolver) -> Self {
-        Enricher { clock: Clock::now(), libraries, gaps: gaps::GapTracker::default() }
+        Enricher { clock: Clock::now(), libraries }
     }
 
     pub fn add_library(&mut self, library: KnownLibrary) {
         self.libraries.add(library);
-    }
-
-    /// Connections whose gap tracking was forgotten (see `gaps`).
-    pub fn gaps_evicted(&self) -> u64 {
-        self.gaps.evicted()
     }
 
     /// "openssl 3.0.22 at /usr/lib/.../libssl.so.3", for messages.
@@ -124,6 +115,7 @@ impl Enricher {
         self.libraries.describe(id)
     }
 
+    /// The record of `d`, its `gap` not yet known (None).
     pub fn tls<'a>(&'a mut self, d: &TlsData<'a>) -> TlsRecord<'a> {
         let h = &d.header;
         let (mut function, family) = sources::function_of(h.function);
@@ -133,14 +125,6 @@ impl Enricher {
                 self.libraries.caller(h.pid, h.func_ip, h.library_id, h.function, delta).unwrap_or(function);
         }
         let (local, remote) = tuple_addrs(&h.tuple);
-        let gap = self.gaps.record(
-            h.pid,
-            h.conn,
-            h.call_seq,
-            u64::from(h.offset),
-            d.data.len() as u64,
-            u64::from(h.call_len),
-        );
         let lib = self.libraries.resolve(h.pid, h.func_ip, family, h.library_id);
         TlsRecord {
             time: self.clock.wall(h.ts_ns),
@@ -161,7 +145,7 @@ impl Enricher {
             call_len: h.call_len,
             offset: h.offset,
             flags: h.flags,
-            gap,
+            gap: None,
             data: d.data,
         }
     }

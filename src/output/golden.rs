@@ -19,7 +19,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use super::schema::{AgentEvent, Event};
 use super::{json, json_to_text, writer, Format, Output, Style};
 use crate::agent::pipeline::{Line, Numbering};
-use crate::context::{commands, execs, gaps::Gap, queries, streams, Direction};
+use crate::assembly::{exec as execs, gaps::Gap, shell as commands, sql as queries, streams};
+use crate::context::Direction;
 use crate::context::{CommandRecord, ExecRecord, HttpRecord, QueryRecord, TlsRecord};
 use crate::events::flag;
 

@@ -263,7 +263,8 @@ mod tests {
     use base64_simd::STANDARD;
 
     use super::*;
-    use crate::context::{gaps::Gap, Direction};
+    use crate::assembly::gaps::Gap;
+    use crate::context::Direction;
     use crate::output::schema::{Event, TlsEvent};
 
     fn style() -> Style {

@@ -74,7 +74,8 @@ mod tests {
 
     use super::*;
     use crate::agent::pipeline::{Line, Numbering};
-    use crate::context::{commands, execs, gaps, queries, streams, Direction};
+    use crate::assembly::{exec as execs, gaps, shell as commands, sql as queries, streams};
+    use crate::context::Direction;
     use crate::context::{CommandRecord, ExecRecord, HttpRecord, QueryRecord, TlsRecord};
     use crate::output::{writer, Format, Output, Style};
 

@@ -2,17 +2,24 @@
 //! attaching anything, and report what the kernel has. A program the
 //! verifier refuses is an error naming its object; the instruction count
 //! the verifier processed per program shows when a change makes one costly.
+//! The programs are loaded by the capture's own loaders (`sources::*::load`),
+//! with the defaults of the subcommands' options.
 
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, AsRawFd};
 
 use anyhow::{Context, Result};
-use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
+use clap::Parser;
 use libbpf_rs::Object;
 
-use crate::bpf::{exec, packets, procwatch, shell, sql, tls};
-use crate::kernel;
-use crate::sources::tls::Features;
+use crate::kernel::{self, Filters};
+use crate::sources::exec::ExecProbes;
+use crate::sources::packets::PacketProbes;
+use crate::sources::procwatch::{ProcWatch, SharedMaps};
+use crate::sources::shell::ShellProbes;
+use crate::sources::sql::SqlProbes;
+use crate::sources::tls::{Features, TlsProbes};
+use crate::sources::TLS_SOURCES;
 
 pub fn run() -> Result<()> {
     kernel::preflight()?;
@@ -37,43 +44,50 @@ pub fn run() -> Result<()> {
         yes_no(kernel::has_ancestor_cgroup_id(), "--cgroup refused")
     );
     println!("{:<38} {:>12}", "program", "verified insns");
+    // Through the loaders the subcommands use, with the defaults of their
+    // options: the same map sizes and `.rodata` settings as a capture.
+    let defaults = match crate::cli::Cli::try_parse_from(["cleartap", "tls"]).map(|c| c.command) {
+        Ok(crate::cli::Command::Tls(args)) => args,
+        _ => anyhow::bail!("the defaults of `cleartap tls` do not parse"),
+    };
+    let (filters, ring) = (Filters::default(), defaults.output.ringbuf_size);
+    let refused = |what: &str| format!("the kernel refused the {what} programs (CLEARTAP_DEBUG=1 shows why)");
     let mut counted = false;
-    macro_rules! load {
-        ($builder:expr, $what:expr, $prepare:expr) => {{
-            let mut storage = MaybeUninit::uninit();
-            let mut open =
-                $builder.open(&mut storage).with_context(|| format!("opening the {} object", $what))?;
-            $prepare(&mut open)?;
-            let skel = open.load().with_context(|| {
-                format!("the kernel refused the {} programs (CLEARTAP_DEBUG=1 shows why)", $what)
-            })?;
-            counted |= report(skel.object());
-        }};
+    // The secrets path too (--keylog, -w): the largest programs.
+    let mut tls_storage = MaybeUninit::uninit();
+    let tls = TlsProbes::load(&mut tls_storage, &filters, ring, defaults.max_connections, true)
+        .with_context(|| refused("TLS"))?;
+    counted |= report(tls.object());
+    let shared = SharedMaps::of(tls.events_map(), tls.stats_map());
+    {
+        // As `cleartap tls --hold-unchecked` loads it: every library watched.
+        let mut storage = MaybeUninit::uninit();
+        let watch = ProcWatch::load(&mut storage, &filters, &TLS_SOURCES, shared, true)
+            .with_context(|| refused("process watch"))?;
+        counted |= report(watch.object());
     }
-    load!(tls::TlsSkelBuilder::default(), "TLS", |o: &mut tls::OpenTlsSkel| {
-        // The secrets path too (--keylog, -w): the largest programs.
-        if let Some(rodata) = o.maps.rodata_data.as_deref_mut() {
-            rodata.capture_secrets = true;
-        }
-        features.prepare(o)
-    });
-    load!(
-        procwatch::ProcwatchSkelBuilder::default(),
-        "process watch",
-        |o: &mut procwatch::OpenProcwatchSkel| {
-            // As `cleartap tls --hold-unchecked` loads it: every library watched.
-            let rodata = o.maps.rodata_data.as_deref_mut().context("no .rodata in the BPF object")?;
-            crate::sources::procwatch::configure(rodata, &crate::sources::TLS_SOURCES, true)
-        }
-    );
-    load!(shell::ShellSkelBuilder::default(), "shell", |_: &mut shell::OpenShellSkel| anyhow::Ok(()));
-    load!(exec::ExecSkelBuilder::default(), "exec", |_: &mut exec::OpenExecSkel| anyhow::Ok(()));
-    load!(sql::SqlSkelBuilder::default(), "SQL", |_: &mut sql::OpenSqlSkel| anyhow::Ok(()));
-    load!(
-        packets::PacketsSkelBuilder::default(),
-        "packet",
-        |_: &mut packets::OpenPacketsSkel| anyhow::Ok(())
-    );
+    {
+        let mut storage = MaybeUninit::uninit();
+        let shell = ShellProbes::load(&mut storage, &filters, ring).with_context(|| refused("shell"))?;
+        counted |= report(shell.object());
+    }
+    {
+        let mut storage = MaybeUninit::uninit();
+        let exec = ExecProbes::load(&mut storage, &filters, ring).with_context(|| refused("exec"))?;
+        counted |= report(exec.object());
+    }
+    {
+        let mut storage = MaybeUninit::uninit();
+        let sql = SqlProbes::load(&mut storage, &filters, ring).with_context(|| refused("SQL"))?;
+        counted |= report(sql.object());
+    }
+    {
+        // As `-w` without --snaplen loads it.
+        let mut storage = MaybeUninit::uninit();
+        let packets =
+            PacketProbes::load(&mut storage, shared, u32::MAX, ring).with_context(|| refused("packet"))?;
+        counted |= report(packets.object());
+    }
     if !counted {
         println!("verified instruction counts (5.16): no (this kernel does not report them: -)");
     }

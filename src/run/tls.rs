@@ -9,17 +9,17 @@ use std::path::Path;
 use anyhow::{Context, Result};
 
 use super::{filters, pump, Destination, Handler};
+use crate::assembly::tls::TlsAssembler;
 use crate::bpf::types::{ct_ssl_keys, ct_tls_secret};
-use crate::cli::{Decode, TlsArgs};
-use crate::context::libraries::{KnownLibrary, LibraryResolver};
-use crate::context::streams::{self, HttpStreams};
-use crate::context::{gaps, secrets};
-use crate::context::{Enricher, HttpRecord, TlsRecord};
+use crate::cli::TlsArgs;
+use crate::context::libraries::KnownLibrary;
+use crate::context::TlsRecord;
 use crate::events::{c_chars, Event};
 use crate::kernel::{self, KernelStats};
-use crate::output::keylog::{KeyLines, KeyLog};
+use crate::output::keylog::{secrets, KeyLines, KeyLog};
 use crate::output::{self, Existing, Output};
 use crate::packets::capture::{Owner, PacketCapture};
+use crate::sources::attached::report_detached;
 use crate::sources::attacher::Attacher;
 use crate::sources::discovery::Discovery;
 use crate::sources::packets::{self, PacketProbes};
@@ -95,10 +95,8 @@ pub fn capture(args: &TlsArgs, dest: Destination) -> Result<()> {
     // own, never on the one that drains the ring buffer (see `discovery`).
     attacher.start_thread()?;
     let mut handler = TlsHandler {
-        enricher: Enricher::new(LibraryResolver::new(Vec::new())),
+        assembler: TlsAssembler::new(args.decode, args.body),
         attacher,
-        decode: args.decode,
-        streams: HttpStreams::new(args.body),
         secrets: Secrets { lines: KeyLines::default(), keylog, capture, ..Default::default() },
     };
     for t in targets {
@@ -221,14 +219,12 @@ impl Secrets {
     }
 }
 
-/// TLS data -> records; exec and library-open events -> requests to the
-/// discovery thread, whose finds are attached after each poll;
+/// TLS data -> the assembler; exec and library-open events -> requests to
+/// the discovery thread, whose finds are attached after each poll;
 /// secrets -> key log and capture; packets -> capture.
 struct TlsHandler<'p, 'obj> {
-    enricher: Enricher,
+    assembler: TlsAssembler,
     attacher: Attacher<'p, 'obj>,
-    decode: Decode,
-    streams: HttpStreams,
     secrets: Secrets,
 }
 
@@ -240,7 +236,7 @@ impl TlsHandler<'_, '_> {
             crate::output::escape::for_terminal(&version),
         );
         eprintln!("cleartap: attached to {path} ({}{version}: {})", t.library, t.hook_names());
-        self.enricher.add_library(KnownLibrary {
+        self.assembler.add_library(KnownLibrary {
             id: t.library_id,
             inode: t.id.ino,
             library: t.library,
@@ -289,7 +285,7 @@ impl TlsHandler<'_, '_> {
                 let count = self.secrets.refused.entry(id).or_default();
                 *count += 1;
                 if *count == 1 {
-                    let library = self.enricher.library_name(id);
+                    let library = self.assembler.library_name(id);
                     let library = crate::output::escape::for_terminal(&library);
                     eprintln!(
                         "cleartap: warning: the secrets read from {library} (pid {}) fail a sanity check \
@@ -314,31 +310,12 @@ fn remember_owner(secrets: &mut Secrets, record: &TlsRecord) {
     }
 }
 
-/// The record, and the HTTP exchanges it completes, as `decode` says.
-fn show(
-    decode: Decode,
-    streams: &mut HttpStreams,
-    record: &TlsRecord,
-    out: &mut dyn Output,
-) -> io::Result<()> {
-    if decode != Decode::Http {
-        out.tls(record)?;
-    }
-    if decode != Decode::Raw {
-        for (exchange, connection) in streams.feed(record) {
-            out.http(&HttpRecord { exchange: &exchange, connection: &connection })?;
-        }
-    }
-    Ok(())
-}
-
 impl Handler for TlsHandler<'_, '_> {
     fn event(&mut self, event: Event, out: &mut dyn Output) -> io::Result<()> {
         match event {
             Event::TlsData(d) => {
-                let record = self.enricher.tls(&d);
-                remember_owner(&mut self.secrets, &record);
-                show(self.decode, &mut self.streams, &record, out)?;
+                let secrets = &mut self.secrets;
+                self.assembler.data(&d, out, |record| remember_owner(secrets, record))?;
             }
             Event::TlsSecret(secret) => self.tls_secret(secret)?,
             Event::SslKeys(keys) => self.ssl_keys(keys)?,
@@ -369,10 +346,7 @@ impl Handler for TlsHandler<'_, '_> {
             self.attached(t);
         }
         for name in self.attacher.detach_unused() {
-            let name = crate::output::escape::for_terminal(&name);
-            eprintln!(
-                "cleartap: detached from {name}: the file was replaced or removed and no process maps it"
-            );
+            report_detached(&name);
         }
         match self.secrets.capture.as_mut() {
             Some(capture) => {
@@ -400,32 +374,6 @@ impl Handler for TlsHandler<'_, '_> {
                  continued before the check finished"
             );
         }
-        for (exchange, connection) in self.streams.close_all(std::time::SystemTime::now()) {
-            out.http(&HttpRecord { exchange: &exchange, connection: &connection })?;
-        }
-        let (refusals, bytes) = self.streams.refused();
-        if refusals > 0 {
-            eprintln!(
-                "cleartap: HTTP decoding: {refusals} allocations ({bytes} bytes) refused by the decoders' \
-                 memory budget; the exchanges affected carry a note"
-            );
-        }
-        let evicted = self.streams.evicted();
-        if evicted > 0 {
-            eprintln!(
-                "cleartap: HTTP decoding: {evicted} connections closed early: more than {} were decoded at once \
-                 (each closed as at its end: what that completed is shown)",
-                streams::MAX_CONNECTIONS
-            );
-        }
-        let evicted = self.enricher.gaps_evicted();
-        if evicted > 0 {
-            eprintln!(
-                "cleartap: gap tracking: {evicted} connections forgotten: more than {} were tracked at once \
-                 (a loss just before their next record is not marked)",
-                gaps::MAX_CONNECTIONS
-            );
-        }
-        Ok(())
+        self.assembler.finish(out)
     }
 }

@@ -6,27 +6,25 @@
 //! Finding and parsing files is `discovery`'s, on a thread of its own once
 //! the capture runs; attaching stays here, on the thread that owns the BPF
 //! skeleton: libbpf-rs programs (`ProgramMut`) and `Link`s are not `Send`.
+//! The probed files are kept in `attached` (the table the executable
+//! attacher keeps too), which detaches replaced ones.
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::path::Path;
 
 use anyhow::{Context, Result};
-use libbpf_rs::Link;
 
+use super::attached::{AttachedFiles, FileLinks};
 use super::discovery::{Discovery, Request, Worker};
 use super::hold::{self, Holds};
 use super::tls::TlsProbes;
 use super::TlsTarget;
-use crate::discover::procs::{self, FileId};
+use crate::discover::procs::FileId;
 use crate::events::FileEvent;
 
 pub struct Attacher<'p, 'obj> {
     probes: &'p TlsProbes<'obj>,
     discovery: Discoverer,
-    attached: HashMap<FileId, AttachedFile>,
-    /// When attached files were last checked for replacement.
-    last_sweep: Instant,
+    attached: AttachedFiles,
     /// The last library id given (0: none).
     next_id: u16,
     /// `--hold-unchecked`: processes stopped until their file is checked.
@@ -42,29 +40,12 @@ enum Discoverer {
     Stopped,
 }
 
-/// One probed file and its uprobe links.
-struct AttachedFile {
-    /// Where cleartap opened it, and the name shown.
-    path: PathBuf,
-    display_path: String,
-    /// Held for their Drop, which detaches the probes.
-    _links: Vec<Link>,
-    /// A replaced file still mapped by some process is checked again at
-    /// `next_check`, each time twice as late (up to MAX_RECHECK).
-    next_check: Instant,
-    recheck: Duration,
-}
-
-const SWEEP_INTERVAL: Duration = Duration::from_secs(2);
-const MAX_RECHECK: Duration = Duration::from_secs(64);
-
 impl<'p, 'obj> Attacher<'p, 'obj> {
     pub fn new(probes: &'p TlsProbes<'obj>, discovery: Discovery) -> Self {
         Attacher {
             probes,
             discovery: Discoverer::Here(discovery),
-            attached: HashMap::new(),
-            last_sweep: Instant::now(),
+            attached: AttachedFiles::default(),
             next_id: 0,
             holds: None,
         }
@@ -210,56 +191,28 @@ impl<'p, 'obj> Attacher<'p, 'obj> {
         self.next_id = self.next_id.checked_add(1).context("more than 65535 files probed")?;
         target.library_id = self.next_id;
         let links = self.probes.attach(target)?;
-        self.attached.insert(
-            target.id,
-            AttachedFile {
-                path: target.path.clone(),
-                display_path: target.display_path.clone(),
-                _links: links,
-                next_check: Instant::now(),
-                recheck: SWEEP_INTERVAL,
-            },
-        );
+        self.attached.insert(FileLinks {
+            id: target.id,
+            path: target.path.clone(),
+            display_path: target.display_path.clone(),
+            links,
+        });
         Ok(())
     }
 
     /// Detach from files that were replaced (a package upgrade renames a
     /// new file over the old name) or whose container is gone, once no
-    /// process maps them any more: a uprobe pins its file, and its inode
-    /// number could otherwise never be reused for a file we would probe.
-    /// Cheap when nothing was replaced (a stat per file every 2 s); a scan
-    /// of every process's mappings only while a replaced file is attached.
-    /// Returns the names of the files detached.
+    /// process maps them any more (see `attached`); discovery may look at
+    /// their inode again. Returns the names of the files detached.
     pub fn detach_unused(&mut self) -> Vec<String> {
-        let now = Instant::now();
-        if now.duration_since(self.last_sweep) < SWEEP_INTERVAL {
-            return Vec::new();
-        }
-        self.last_sweep = now;
-        let replaced: Vec<FileId> = self
-            .attached
-            .iter()
-            .filter(|(id, f)| f.next_check <= now && FileId::of(&f.path).ok() != Some(**id))
-            .map(|(id, _)| *id)
-            .collect();
-        if replaced.is_empty() {
-            return Vec::new();
-        }
-        let mapped = procs::mapped_inodes();
-        let mut detached = Vec::new();
-        for id in replaced {
-            // By inode number alone: a false match keeps a probe a while
-            // longer, never drops one still in use.
-            if mapped.contains(&id.ino) {
-                let file = self.attached.get_mut(&id).expect("listed above");
-                file.recheck = (file.recheck * 2).min(MAX_RECHECK);
-                file.next_check = now + file.recheck;
-            } else if let Some(file) = self.attached.remove(&id) {
-                self.forget(id);
-                detached.push(file.display_path);
-            }
-        }
+        let detached = self.attached.detach_replaced();
         detached
+            .into_iter()
+            .map(|(id, name)| {
+                self.forget(id);
+                name
+            })
+            .collect()
     }
 
     /// Discovery may look at the file again (it was replaced).

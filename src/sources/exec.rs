@@ -38,6 +38,11 @@ impl<'obj> ExecProbes<'obj> {
         super::attach_syscall_tracepoints(&programs)
     }
 
+    /// The loaded object (`cleartap check` lists its programs).
+    pub fn object(&self) -> &libbpf_rs::Object {
+        libbpf_rs::skel::Skel::object(&self.skel)
+    }
+
     pub fn events_map(&self) -> &libbpf_rs::MapMut<'obj> {
         &self.skel.maps.events
     }

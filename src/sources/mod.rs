@@ -2,6 +2,7 @@
 //! files are its libraries, which symbols to hook and with which kernel
 //! program; discovery and attaching are shared (`attacher`).
 
+pub mod attached;
 pub mod attacher;
 pub mod discovery;
 pub mod exec;

@@ -121,6 +121,11 @@ impl<'obj> PacketProbes<'obj> {
         Ok(PacketProbes { skel })
     }
 
+    /// The loaded object (`cleartap check` lists its programs).
+    pub fn object(&self) -> &libbpf_rs::Object {
+        libbpf_rs::skel::Skel::object(&self.skel)
+    }
+
     /// connect/accept tracepoints: which process owns which tuple.
     pub fn attach_owners(&self) -> Result<Vec<Link>> {
         let p = &self.skel.progs;

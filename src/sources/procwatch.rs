@@ -27,8 +27,7 @@ impl<'a> SharedMaps<'a> {
 
 /// The watch's settings: the file name prefixes of `sources` (filled
 /// from the registry, `TLS_SOURCES`) and whether to hold (`--hold-unchecked`).
-/// `cleartap check` loads the programs with the same settings.
-pub fn configure(
+fn configure(
     rodata: &mut crate::bpf::procwatch::types::rodata,
     sources: &[&TlsSource],
     hold: bool,
@@ -71,6 +70,11 @@ impl<'obj> ProcWatch<'obj> {
         open.maps.stats.reuse_fd(maps.stats).context("sharing the counters")?;
         let skel = open.load().map_err(kernel::load_failed("the process watch BPF programs"))?;
         Ok(ProcWatch { skel })
+    }
+
+    /// The loaded object (`cleartap check` lists its programs).
+    pub fn object(&self) -> &libbpf_rs::Object {
+        libbpf_rs::skel::Skel::object(&self.skel)
     }
 
     /// Files checked: their execs and opens are not held (see `load`).

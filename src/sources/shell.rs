@@ -2,8 +2,6 @@
 //! shell's own executable. The exit status is the shell's `$?` variable,
 //! read at the next prompt (see `bpf/shell.bpf.c` for why).
 
-use std::cell::RefCell;
-use std::collections::HashSet;
 use std::mem::MaybeUninit;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -12,6 +10,7 @@ use anyhow::{bail, Context, Result};
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{Link, MapCore, MapFlags, OpenObject, TracepointCategory, UprobeOpts};
 
+use super::attached::{AttachedFiles, FileLinks};
 use super::executables::ExecutableAttacher;
 use crate::bpf::shell::types::{file_key, shell_binary};
 use crate::bpf::shell::{ShellSkel, ShellSkelBuilder};
@@ -149,8 +148,6 @@ pub fn is_shell_path(path: &str) -> bool {
 
 pub struct ShellProbes<'obj> {
     skel: ShellSkel<'obj>,
-    /// libreadline.so files probed so far.
-    readline_libs: RefCell<HashSet<FileId>>,
 }
 
 impl<'obj> ShellProbes<'obj> {
@@ -164,7 +161,7 @@ impl<'obj> ShellProbes<'obj> {
         crate::set_filters!(rodata, filters);
         open.maps.events.set_max_entries(ringbuf_bytes).context("sizing the ring buffer")?;
         let skel = open.load().map_err(kernel::load_failed("the shell BPF programs"))?;
-        Ok(ShellProbes { skel, readline_libs: RefCell::default() })
+        Ok(ShellProbes { skel })
     }
 
     pub fn attach_exit(&self) -> Result<Link> {
@@ -175,7 +172,10 @@ impl<'obj> ShellProbes<'obj> {
             .context("attaching tracepoint sched:sched_process_exit")
     }
 
-    pub fn attach(&self, bin: &ShellBinary) -> Result<Vec<Link>> {
+    /// The probes of `bin`'s file and, for a bash reading its lines
+    /// through libreadline.so, of that library's unless it is `attached`
+    /// already (one pair of probes per library file, whichever bash needs it).
+    pub fn attach(&self, bin: &ShellBinary, attached: &AttachedFiles) -> Result<Vec<FileLinks>> {
         let key = file_key { ino: bin.id.ino, dev: kernel_dev(bin.id.dev), _pad: 0 };
         let value = shell_binary {
             status_delta: bin.status_delta,
@@ -194,27 +194,43 @@ impl<'obj> ShellProbes<'obj> {
         };
         let bin_path = bin.file.proc_path();
         let (path, display) = (&bin_path, bin.display_path.as_str());
-        match (bin.kind, &bin.readline_lib) {
-            (kind::ZSH, _) => Ok(vec![
+        let file = |id, path: &PathBuf, display: &str, links| FileLinks {
+            id,
+            path: path.clone(),
+            display_path: display.to_string(),
+            links,
+        };
+        let mut files = Vec::new();
+        let links = match (bin.kind, &bin.readline_lib) {
+            (kind::ZSH, _) => vec![
                 at(&p.zsh_zleentry_entry, false, path, display, bin.entry)?,
                 at(&p.zsh_zleentry_return, true, path, display, bin.entry)?,
-            ]),
-            (_, None) => Ok(vec![
+            ],
+            (_, None) => vec![
                 at(&p.bash_readline_entry, false, path, display, bin.entry)?,
                 at(&p.bash_readline_return, true, path, display, bin.entry)?,
-            ]),
+            ],
             (_, Some(lib)) => {
-                let mut links = vec![at(&p.bash_anchor, false, path, display, bin.entry)?];
-                // One pair of probes per library file, whichever bash needs it.
-                if self.readline_libs.borrow_mut().insert(lib.id) {
+                let anchor = vec![at(&p.bash_anchor, false, path, display, bin.entry)?];
+                if !attached.contains(&lib.id) {
                     let lib_path = lib.file.proc_path();
                     let (path, display) = (&lib_path, lib.display_path.as_str());
-                    links.push(at(&p.bash_lib_readline_entry, false, path, display, lib.readline)?);
-                    links.push(at(&p.bash_readline_return, true, path, display, lib.readline)?);
+                    let lib_links = vec![
+                        at(&p.bash_lib_readline_entry, false, path, display, lib.readline)?,
+                        at(&p.bash_readline_return, true, path, display, lib.readline)?,
+                    ];
+                    files.push(file(lib.id, &lib.path, &lib.display_path, lib_links));
                 }
-                Ok(links)
+                anchor
             }
-        }
+        };
+        files.push(file(bin.id, &bin.path, &bin.display_path, links));
+        Ok(files)
+    }
+
+    /// The loaded object (`cleartap check` lists its programs).
+    pub fn object(&self) -> &libbpf_rs::Object {
+        libbpf_rs::skel::Skel::object(&self.skel)
     }
 
     pub fn events_map(&self) -> &libbpf_rs::MapMut<'obj> {
@@ -239,10 +255,10 @@ fn kernel_dev(dev: u64) -> u32 {
 
 /// Finds shell executables in use and attaches each file once.
 pub fn attacher<'a>(probes: &'a ShellProbes) -> ExecutableAttacher<'a, ShellBinary> {
-    ExecutableAttacher::new(is_shell_path, move |exe| {
+    ExecutableAttacher::new(is_shell_path, move |exe, attached| {
         let bin = ShellBinary::resolve(exe)?;
-        let links = probes.attach(&bin)?;
-        Ok((bin, links))
+        let files = probes.attach(&bin, attached)?;
+        Ok((bin, files))
     })
 }
 

@@ -10,6 +10,7 @@ use anyhow::{bail, Context, Result};
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{Link, OpenObject, ProgramMut, UprobeOpts};
 
+use super::attached::FileLinks;
 use super::executables::ExecutableAttacher;
 use crate::bpf::sql::{SqlSkel, SqlSkelBuilder};
 use crate::discover::elf::{Function, Symbols};
@@ -171,6 +172,11 @@ impl<'obj> SqlProbes<'obj> {
             .collect()
     }
 
+    /// The loaded object (`cleartap check` lists its programs).
+    pub fn object(&self) -> &libbpf_rs::Object {
+        libbpf_rs::skel::Skel::object(&self.skel)
+    }
+
     pub fn events_map(&self) -> &libbpf_rs::MapMut<'obj> {
         &self.skel.maps.events
     }
@@ -184,10 +190,11 @@ impl<'obj> SqlProbes<'obj> {
 pub fn attacher<'a>(probes: &'a SqlProbes, family: Family) -> ExecutableAttacher<'a, SqlBinary> {
     ExecutableAttacher::new(
         move |path| family.is_server_path(path),
-        move |exe| {
+        move |exe, _| {
             let bin = SqlBinary::resolve(family, exe)?;
             let links = probes.attach(&bin)?;
-            Ok((bin, links))
+            let (path, display_path) = (bin.path.clone(), bin.display_path.clone());
+            Ok((bin, vec![FileLinks { id: exe.id, path, display_path, links }]))
         },
     )
 }

@@ -20,7 +20,7 @@ use crate::kernel::{self, Filters};
 
 /// What the kernel has that the TLS programs adapt to, probed (never
 /// guessed from the version: distributions backport), and how they adapt.
-/// `cleartap check` loads the programs the same way.
+/// `cleartap check` shows them (and loads the programs through `TlsProbes::load`).
 #[derive(Debug, Clone, Copy)]
 pub struct Features {
     /// bpf_loop (5.17): large calls continue in `emit_more_loop`, else in
@@ -48,7 +48,7 @@ impl Features {
 
     /// Set the flags in `.rodata` and pick which programs load: one of
     /// each NAME / NAME_nofetch pair, and one continuation.
-    pub fn prepare(&self, open: &mut OpenTlsSkel) -> Result<()> {
+    fn prepare(&self, open: &mut OpenTlsSkel) -> Result<()> {
         let rodata = open.maps.rodata_data.as_deref_mut().context("no .rodata in the BPF object")?;
         rodata.has_bpf_loop = self.has_loop;
         rodata.has_attach_cookie = self.has_cookie;
@@ -320,6 +320,11 @@ impl<'obj> TlsProbes<'obj> {
     /// entries created minus this is what its LRU evicted.
     pub fn connections_held(&self) -> u64 {
         self.skel.maps.conns.keys().count() as u64
+    }
+
+    /// The loaded object (`cleartap check` lists its programs).
+    pub fn object(&self) -> &libbpf_rs::Object {
+        libbpf_rs::skel::Skel::object(&self.skel)
     }
 
     pub fn events_map(&self) -> &libbpf_rs::MapMut<'obj> {

@@ -1,7 +1,10 @@
 //! TLS secrets as NSS key log lines (SSLKEYLOGFILE), which Wireshark reads:
 //! `<label> <client_random hex> <secret hex>`. `KeyLines` keeps each
 //! (label, client random) once; `KeyLog` writes the lines to a file, each
-//! flushed as it arrives.
+//! flushed as it arrives. OpenSSL hands over no lines, only its raw
+//! secrets: `secrets` checks them and derives the lines.
+
+pub mod secrets;
 
 use std::collections::{HashSet, VecDeque};
 use std::fs::File;
@@ -79,8 +82,8 @@ impl KeyLog {
     /// Created with mode 0600, never through a symlink; an existing file
     /// is refused unless `append`.
     pub fn create(path: &Path, append: bool) -> Result<KeyLog> {
-        let existing = if append { super::Existing::Append } else { super::Existing::Refuse };
-        let file = super::create_private(path, existing).with_context(|| {
+        let existing = if append { crate::output::Existing::Append } else { crate::output::Existing::Refuse };
+        let file = crate::output::create_private(path, existing).with_context(|| {
             format!(
                 "--keylog {}: cannot create it (an existing file needs --force to be appended to)",
                 path.display()

@@ -10,7 +10,7 @@ use std::time::SystemTime;
 use httpdecode::{Budget, Connection, Direction as HttpDirection, Exchange, Limits};
 use lru::LruCache;
 
-use super::{Direction, TlsRecord};
+use crate::context::{Direction, TlsRecord};
 
 /// What the outputs show about the connection of an exchange.
 #[derive(Debug, Clone)]
@@ -48,7 +48,7 @@ impl HttpStreams {
     pub fn new(shown: usize) -> Self {
         let limits = Limits { max_plain_body: shown, ..Limits::default() };
         HttpStreams {
-            streams: super::bounded(MAX_CONNECTIONS),
+            streams: crate::context::bounded(MAX_CONNECTIONS),
             limits,
             budget: Budget::new(httpdecode::DEFAULT_BUDGET),
             evicted: 0,

@@ -1,10 +1,113 @@
 //! Shell lines to commands: continuation lines join the command they
 //! continue; a command is complete, with the exit status, when its shell
 //! asks for the next command (the status is the shell's $? at that prompt)
-//! or exits (status unknown).
+//! or exits (status unknown). `ShellAssembler` feeds it the kernel's
+//! records and hands each command, enriched, to the output.
 
 use std::collections::HashMap;
+use std::io;
 use std::time::SystemTime;
+
+use crate::context::clock::Clock;
+use crate::context::users::Users;
+use crate::context::CommandRecord;
+use crate::events::{c_bytes, shell, Event};
+use crate::output::Output;
+
+/// The shell source's records (lines, shell exits) -> commands, with the
+/// user and the shell's executable.
+pub struct ShellAssembler {
+    commands: Commands,
+    users: Users,
+    clock: Clock,
+    /// pid -> shell executable path, read at the shell's first line.
+    shell_paths: HashMap<u32, Option<String>>,
+}
+
+impl Default for ShellAssembler {
+    fn default() -> Self {
+        ShellAssembler {
+            commands: Commands::default(),
+            users: Users::default(),
+            clock: Clock::now(),
+            shell_paths: HashMap::new(),
+        }
+    }
+}
+
+impl ShellAssembler {
+    /// A record of the shell source (others are ignored): what it
+    /// completes is written to `out`.
+    pub fn event(&mut self, event: Event, out: &mut dyn Output) -> io::Result<()> {
+        match event {
+            Event::ShellLine(l) => {
+                let line = self.line(l);
+                if let Some(done) = self.commands.line(line) {
+                    self.write(done, out)?;
+                }
+            }
+            Event::ShellExit(task) => {
+                if let Some(done) = self.commands.shell_exited(task.pid) {
+                    self.write(done, out)?;
+                }
+                self.shell_paths.remove(&task.pid);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Shutdown: the commands still pending, status unknown.
+    pub fn finish(&mut self, out: &mut dyn Output) -> io::Result<()> {
+        for command in self.commands.drain() {
+            self.write(command, out)?;
+        }
+        Ok(())
+    }
+
+    fn write(&mut self, command: Command, out: &mut dyn Output) -> io::Result<()> {
+        let shell_path = self.shell_paths.get(&command.pid).cloned().flatten();
+        let record = CommandRecord {
+            command: &command,
+            user: self.users.name(command.uid),
+            shell_path: shell_path.as_deref(),
+        };
+        out.command(&record)
+    }
+
+    fn line(&mut self, l: &crate::bpf::types::ct_shell_line) -> Line {
+        let text = &c_bytes(&l.line)[..(l.len as usize).min(l.line.len())];
+        let zsh = l.shell == shell::ZSH;
+        let mut text = if zsh { unmetafy(text) } else { text.to_vec() };
+        while text.last() == Some(&b'\n') {
+            text.pop(); // zsh returns the line with its newline
+        }
+        let pid = l.task.pid;
+        self.shell_paths.entry(pid).or_insert_with(|| {
+            std::fs::read_link(format!("/proc/{pid}/exe")).ok().map(|p| p.display().to_string())
+        });
+        Line {
+            time: self.clock.wall(l.task.ts_ns),
+            pid,
+            ppid: l.task.ppid,
+            uid: l.task.uid,
+            shell: if zsh { "zsh" } else { "bash" },
+            tty: tty_path(&String::from_utf8_lossy(c_bytes(&l.tty))),
+            text,
+            truncated: l.truncated != 0,
+            continuation: l.continuation != 0,
+            prev_status: (l.status_valid != 0).then_some(l.prev_status),
+        }
+    }
+}
+
+/// The kernel names pseudo-terminals `ptsN`; people know them as `pts/N`.
+fn tty_path(name: &str) -> String {
+    match name.strip_prefix("pts") {
+        Some(n) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => format!("pts/{n}"),
+        _ => name.to_string(),
+    }
+}
 
 /// One line as the shell read it.
 #[derive(Debug, Clone)]
@@ -165,6 +268,14 @@ mod tests {
         assert_eq!(done.text, b"for i in 1 2; do\necho $i\ndone");
         assert_eq!(c.shell_exited(2).unwrap().text, b"echo other");
         assert!(c.drain().is_empty(), "an empty line starts no command");
+    }
+
+    #[test]
+    fn tty_names() {
+        assert_eq!(tty_path("pts3"), "pts/3");
+        assert_eq!(tty_path("tty1"), "tty1");
+        assert_eq!(tty_path("pts"), "pts");
+        assert_eq!(tty_path(""), "");
     }
 
     #[test]

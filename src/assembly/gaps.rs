@@ -37,7 +37,7 @@ pub struct GapTracker {
 
 impl Default for GapTracker {
     fn default() -> Self {
-        GapTracker { conns: super::bounded(MAX_CONNECTIONS), evicted: 0 }
+        GapTracker { conns: crate::context::bounded(MAX_CONNECTIONS), evicted: 0 }
     }
 }
 

@@ -4,9 +4,16 @@
 //! is full (the least recently started goes, and is counted) or at
 //! shutdown.
 
+use std::io;
 use std::time::SystemTime;
 
 use lru::LruCache;
+
+use crate::context::clock::Clock;
+use crate::context::users::Users;
+use crate::context::{comm_string, ExecRecord};
+use crate::events::{c_bytes, Event};
+use crate::output::Output;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Exec {
@@ -39,7 +46,7 @@ pub struct Execs {
 
 impl Default for Execs {
     fn default() -> Self {
-        Execs { pending: super::bounded(MAX_PENDING), evicted: 0 }
+        Execs { pending: crate::context::bounded(MAX_PENDING), evicted: 0 }
     }
 }
 
@@ -96,6 +103,87 @@ impl Execs {
 /// Split NUL-separated arguments.
 pub fn split_args(args: &[u8], argc: usize) -> Vec<Vec<u8>> {
     args.split(|&b| b == 0).take(argc).map(<[u8]>::to_vec).collect()
+}
+
+/// The exec source's records (start, result) -> program starts with
+/// their result and user.
+pub struct ExecAssembler {
+    execs: Execs,
+    users: Users,
+    clock: Clock,
+}
+
+impl Default for ExecAssembler {
+    fn default() -> Self {
+        ExecAssembler { execs: Execs::default(), users: Users::default(), clock: Clock::now() }
+    }
+}
+
+impl ExecAssembler {
+    /// A record of the exec source (others are ignored): what it completes
+    /// is written to `out`.
+    pub fn event(&mut self, event: Event, out: &mut dyn Output) -> io::Result<()> {
+        match event {
+            Event::ExecStart(e) => {
+                let args = &c_bytes_len(&e.args, e.args_len as usize);
+                let exec = Exec {
+                    time: self.clock.wall(e.task.ts_ns),
+                    pid: e.task.pid,
+                    tid: e.task.tid,
+                    ppid: e.task.ppid,
+                    uid: e.task.uid,
+                    comm: comm_string(&e.task.comm),
+                    filename: c_bytes(&e.filename).to_vec(),
+                    argv: split_args(args, e.argc as usize),
+                    argv_truncated: e.truncated != 0,
+                    argv_changed: false,
+                    // Read now, while the process is (most likely) alive.
+                    cwd: std::fs::read_link(format!("/proc/{}/cwd", e.task.pid))
+                        .ok()
+                        .map(|p| p.display().to_string()),
+                    ret: None,
+                };
+                if let Some(stale) = self.execs.start(exec) {
+                    self.write(stale, out)?;
+                }
+            }
+            Event::ExecResult(r) => {
+                let new_args = c_bytes_len(&r.args, r.args_len as usize);
+                let new_args = (r.ret == 0).then_some((&new_args[..], r.truncated != 0));
+                if let Some(done) = self.execs.result(r.task.pid, r.ret, new_args) {
+                    self.write(done, out)?;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Shutdown: the starts still awaiting their result, without one.
+    pub fn finish(&mut self, out: &mut dyn Output) -> io::Result<()> {
+        for exec in self.execs.drain() {
+            self.write(exec, out)?;
+        }
+        let evicted = self.execs.evicted();
+        if evicted > 0 {
+            eprintln!(
+                "cleartap: {evicted} program starts reported without their result: more than {} awaited \
+                 theirs at once",
+                MAX_PENDING
+            );
+        }
+        Ok(())
+    }
+
+    fn write(&mut self, exec: Exec, out: &mut dyn Output) -> io::Result<()> {
+        out.exec(&ExecRecord { exec: &exec, user: self.users.name(exec.uid) })
+    }
+}
+
+/// The first `len` bytes of a C char array (arguments are NUL-separated,
+/// so this must not stop at the first NUL).
+fn c_bytes_len(chars: &[i8], len: usize) -> Vec<u8> {
+    chars[..len.min(chars.len())].iter().map(|&c| c as u8).collect()
 }
 
 #[cfg(test)]

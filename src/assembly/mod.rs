@@ -1,0 +1,15 @@
+//! Assembly: each source's kernel records -> the whole records outputs
+//! print. Per-source state machines, each bounded: shell lines -> commands
+//! (`shell`), exec start + result (`exec`), statement start + end (`sql`),
+//! and for TLS (`tls`), where a connection's stream has a hole (`gaps`)
+//! and the per-connection streams the HTTP decoders read (`streams`).
+//! Each source's assembler (`ShellAssembler`, `ExecAssembler`,
+//! `SqlAssembler`, `TlsAssembler`) takes its decoded records and writes
+//! what they complete to an output.
+
+pub mod exec;
+pub mod gaps;
+pub mod shell;
+pub mod sql;
+pub mod streams;
+pub mod tls;
