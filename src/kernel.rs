@@ -127,7 +127,9 @@ pub const BASE_CAPABILITIES: [Capability; 3] = [CAP_SYS_ADMIN, CAP_SYS_PTRACE, C
 /// the README lists (`CAP_NET_ADMIN` only when `net_admin`), the narrower
 /// `CAP_BPF`/`CAP_PERFMON`, `CAP_SYS_RESOURCE` (locked memory on kernels
 /// before 5.11), `CAP_DAC_OVERRIDE` (output files in directories root does
-/// not own) and `CAP_NET_BIND_SERVICE` (a metrics port below 1024). Best
+/// not own), `CAP_NET_BIND_SERVICE` (a metrics port below 1024) and
+/// `CAP_SYS_NICE` (its own threads' priority, raised while its output is
+/// behind: `run::priority`). Best
 /// effort: a process without CAP_SETPCAP keeps its bounding set.
 pub fn drop_unneeded_capabilities(net_admin: bool) {
     use caps::{CapSet, Capability as C, CapsHashSet};
@@ -140,6 +142,7 @@ pub fn drop_unneeded_capabilities(net_admin: bool) {
         C::CAP_SYS_RESOURCE,
         C::CAP_DAC_OVERRIDE,
         C::CAP_NET_BIND_SERVICE,
+        C::CAP_SYS_NICE,
     ]
     .into_iter()
     .collect();

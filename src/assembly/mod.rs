@@ -7,9 +7,21 @@
 //! `SqlAssembler`, `TlsAssembler`) takes its decoded records and writes
 //! what they complete to an output.
 
+use std::io;
+
+use crate::events::Event;
+use crate::output::Output;
+
 pub mod exec;
 pub mod gaps;
 pub mod shell;
 pub mod sql;
 pub mod streams;
 pub mod tls;
+
+/// A source's assembler, as a capture drives it: each decoded record in
+/// turn, then `finish` at shutdown for what only the end completes.
+pub trait Assembler {
+    fn event(&mut self, event: Event, out: &mut dyn Output) -> io::Result<()>;
+    fn finish(&mut self, out: &mut dyn Output) -> io::Result<()>;
+}

@@ -35,6 +35,16 @@ impl Default for ShellAssembler {
     }
 }
 
+impl super::Assembler for ShellAssembler {
+    fn event(&mut self, event: Event, out: &mut dyn Output) -> io::Result<()> {
+        ShellAssembler::event(self, event, out)
+    }
+
+    fn finish(&mut self, out: &mut dyn Output) -> io::Result<()> {
+        ShellAssembler::finish(self, out)
+    }
+}
+
 impl ShellAssembler {
     /// A record of the shell source (others are ignored): what it
     /// completes is written to `out`.

@@ -152,6 +152,16 @@ impl Default for SqlAssembler {
     }
 }
 
+impl super::Assembler for SqlAssembler {
+    fn event(&mut self, event: Event, out: &mut dyn Output) -> io::Result<()> {
+        SqlAssembler::event(self, event, out)
+    }
+
+    fn finish(&mut self, out: &mut dyn Output) -> io::Result<()> {
+        SqlAssembler::finish(self, out)
+    }
+}
+
 impl SqlAssembler {
     /// A record of the SQL source (others are ignored): what it completes
     /// is written to `out`.

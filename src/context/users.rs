@@ -1,31 +1,32 @@
-//! User ids to names, cached (the passwd lookup is not free).
+//! User ids to names, cached (the passwd lookup is not free) and bounded:
+//! uids come from every process on the host, and a user namespace can
+//! use any of four billion.
 
-use std::collections::HashMap;
-use std::ffi::CStr;
+use lru::LruCache;
 
-#[derive(Default)]
+/// Past this many uids, the least recently seen is looked up again when
+/// it comes back.
+const MAX_USERS: usize = 4096;
+
 pub struct Users {
-    names: HashMap<u32, Option<String>>,
+    names: LruCache<u32, Option<String>>,
+}
+
+impl Default for Users {
+    fn default() -> Self {
+        Users { names: super::bounded(MAX_USERS) }
+    }
 }
 
 impl Users {
     pub fn name(&mut self, uid: u32) -> Option<&str> {
-        self.names.entry(uid).or_insert_with(|| lookup(uid)).as_deref()
+        self.names.get_or_insert(uid, || lookup(uid)).as_deref()
     }
 }
 
+/// The passwd database's name for `uid` (NSS included), as text.
 fn lookup(uid: u32) -> Option<String> {
-    let mut buf = vec![0 as libc::c_char; 4096];
-    // SAFETY: an all-zero passwd is a valid value to be overwritten.
-    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
-    let mut result = std::ptr::null_mut();
-    // SAFETY: getpwuid_r writes into pwd and buf, both ours and sized.
-    let rc = unsafe { libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr(), buf.len(), &mut result) };
-    if rc != 0 || result.is_null() {
-        return None;
-    }
-    // SAFETY: on success pw_name points into buf, NUL-terminated.
-    Some(unsafe { CStr::from_ptr(pwd.pw_name) }.to_string_lossy().into_owned())
+    uzers::get_user_by_uid(uid).map(|u| u.name().to_string_lossy().into_owned())
 }
 
 #[cfg(test)]
@@ -37,5 +38,15 @@ mod tests {
         let mut users = Users::default();
         assert_eq!(users.name(0), Some("root"));
         assert_eq!(users.name(4_000_000_000), None);
+    }
+
+    #[test]
+    fn the_cache_stays_bounded() {
+        let mut users = Users::default();
+        for uid in 0..(MAX_USERS as u32 + 100) {
+            users.name(1_000_000 + uid);
+        }
+        assert_eq!(users.names.len(), MAX_USERS);
+        assert_eq!(users.name(0), Some("root"));
     }
 }

@@ -5,6 +5,7 @@
 
 pub mod check;
 pub mod exec;
+mod priority;
 mod queue;
 pub mod shell;
 pub mod sql;
@@ -47,6 +48,46 @@ pub trait Handler {
     /// Shutdown: write what is still pending.
     fn finish(&mut self, _out: &mut dyn Output) -> io::Result<()> {
         Ok(())
+    }
+}
+
+/// The handler of sources whose programs are executables (shells,
+/// database servers): exec events go to the attacher (a program that
+/// starts later), which `announce`s what it attached; every other record
+/// to the source's assembler.
+pub struct ExecutableHandler<'p, B, A> {
+    pub attacher: crate::sources::executables::ExecutableAttacher<'p, B>,
+    pub assembler: A,
+    pub announce: fn(&B),
+}
+
+impl<B, A: crate::assembly::Assembler> Handler for ExecutableHandler<'_, B, A> {
+    fn event(&mut self, event: Event, out: &mut dyn Output) -> io::Result<()> {
+        match event {
+            Event::Exec(e) => {
+                if let Some(bin) = self.attacher.consider(e.pid, Some(&String::from_utf8_lossy(e.path))) {
+                    (self.announce)(&bin);
+                }
+                Ok(())
+            }
+            event => self.assembler.event(event, out),
+        }
+    }
+
+    /// Files replaced (a package upgrade) and no longer mapped: detached.
+    fn idle(&mut self) -> io::Result<()> {
+        for name in self.attacher.detach_replaced() {
+            crate::sources::attached::report_detached(&name);
+        }
+        Ok(())
+    }
+
+    fn detach(&mut self) {
+        self.attacher.detach_all();
+    }
+
+    fn finish(&mut self, out: &mut dyn Output) -> io::Result<()> {
+        self.assembler.finish(out)
     }
 }
 
@@ -109,7 +150,7 @@ pub fn pump(
     let mut sink = Sink::new(handler, out);
     let mut links = Some(links);
     let mut reported = KernelStats::default();
-    std::thread::scope(|scope| -> Result<()> {
+    let raises = std::thread::scope(|scope| -> Result<u64> {
         let (mapped_tx, mapped_rx) = std::sync::mpsc::channel();
         let finish = &finish_draining;
         let drain = std::thread::Builder::new()
@@ -117,16 +158,17 @@ pub fn pump(
             .spawn_scoped(scope, move || drain_rings(&handles, filler, finish, mapped_tx))
             .context("starting the thread that drains the ring buffer")?;
         // Mapping errors (address space) come before `ready`.
-        match mapped_rx.recv() {
-            Ok(Ok(())) => {}
+        let drain_tid = match mapped_rx.recv() {
+            Ok(Ok(tid)) => tid,
             Ok(Err(e)) => return Err(ring_map_failed(e)),
             Err(_) => {
                 let _ = drain.join();
                 anyhow::bail!("the thread that drains the ring buffer ended before it started");
             }
-        }
+        };
         on_ready();
 
+        let mut priority = priority::Priority::new(&[drain_tid, priority::this_thread()]);
         let mut last_report = Instant::now();
         // A file parsed on the discovery thread is attached by `idle`:
         // every ms it waits is a ms of a new program's TLS missed.
@@ -147,6 +189,7 @@ pub fn pump(
                 queue::Next::WakerGone => wakeup = None,
                 queue::Next::Done => break,
             }
+            priority.update(drainer.backlog());
             if last_report.elapsed() >= STATS_INTERVAL {
                 reported = report_new_losses(KernelStats::read(stats_map), reported);
                 on_stats(&reported);
@@ -163,7 +206,7 @@ pub fn pump(
             }
         }
         drain.join().map_err(|_| anyhow::anyhow!("the thread that drains the ring buffer panicked"))?;
-        Ok(())
+        Ok(priority.raises)
     })?;
 
     sink.finish();
@@ -172,6 +215,12 @@ pub fn pump(
             "cleartap: the output fell behind the whole in-memory queue {} times (records waited in the \
              kernel's ring buffer meanwhile; what it could not hold is counted as lost there)",
             drainer.waits()
+        );
+    }
+    if raises > 0 {
+        eprintln!(
+            "cleartap: the capture ran at raised priority {raises} times, while its output was behind \
+             (see docs/capture.md, \"When the output falls behind\")"
         );
     }
     let stats = KernelStats::read(stats_map);
@@ -188,7 +237,7 @@ fn drain_rings(
     rings: &[MapHandle],
     filler: queue::Filler,
     finish: &AtomicBool,
-    mapped: std::sync::mpsc::Sender<Result<(), libbpf_rs::Error>>,
+    mapped: std::sync::mpsc::Sender<Result<libc::pid_t, libbpf_rs::Error>>,
 ) {
     let filler = RefCell::new(filler);
     // The writer is gone only when it stopped: records after that are not
@@ -208,7 +257,7 @@ fn drain_rings(
             return;
         }
     };
-    let _ = mapped.send(Ok(()));
+    let _ = mapped.send(Ok(priority::this_thread()));
     while !finish.load(Ordering::Relaxed) {
         // EINTR on a signal is expected. A timeout must still read the
         // rings: records submitted without a wake-up (TLS batches, see

@@ -186,6 +186,11 @@ impl Drainer {
         }
     }
 
+    /// Batches handed over and not yet taken.
+    pub fn backlog(&self) -> usize {
+        self.full.len()
+    }
+
     /// Times the drain thread waited for a batch (the writer was behind by
     /// the whole queue).
     pub fn waits(&self) -> u64 {

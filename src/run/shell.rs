@@ -1,19 +1,14 @@
 //! `cleartap shell`: interactive bash and zsh commands, with user, tty and
 //! exit status.
 
-use std::io;
 use std::mem::MaybeUninit;
 
 use anyhow::Result;
 
-use super::{filters, pump, Destination, Handler};
+use super::{filters, pump, Destination, ExecutableHandler};
 use crate::assembly::shell::ShellAssembler;
 use crate::cli::SourceArgs;
-use crate::events::Event;
 use crate::kernel;
-use crate::output::Output;
-use crate::sources::attached::report_detached;
-use crate::sources::executables::ExecutableAttacher;
 use crate::sources::procwatch::{ProcWatch, SharedMaps};
 use crate::sources::shell::{self as shells, ShellBinary, ShellProbes};
 
@@ -42,7 +37,7 @@ pub fn capture(args: &SourceArgs, dest: Destination) -> Result<()> {
     for bin in &found {
         announce(bin);
     }
-    let mut handler = ShellHandler { attacher, assembler: ShellAssembler::default() };
+    let mut handler = ExecutableHandler { attacher, assembler: ShellAssembler::default(), announce };
     pump(&[probes.events_map()], probes.stats_map(), links, &mut handler, dest)
 }
 
@@ -65,42 +60,5 @@ fn announce(bin: &ShellBinary) {
             bin.name,
             crate::output::escape::for_terminal(&lib.display_path)
         ),
-    }
-}
-
-/// Exec events -> the attacher (a shell that starts later); the shell's
-/// records -> the assembler.
-struct ShellHandler<'p> {
-    attacher: ExecutableAttacher<'p, ShellBinary>,
-    assembler: ShellAssembler,
-}
-
-impl Handler for ShellHandler<'_> {
-    fn event(&mut self, event: Event, out: &mut dyn Output) -> io::Result<()> {
-        match event {
-            Event::Exec(e) => {
-                if let Some(bin) = self.attacher.consider(e.pid, Some(&String::from_utf8_lossy(e.path))) {
-                    announce(&bin);
-                }
-                Ok(())
-            }
-            event => self.assembler.event(event, out),
-        }
-    }
-
-    /// Files replaced (a package upgrade) and no longer mapped: detached.
-    fn idle(&mut self) -> io::Result<()> {
-        for name in self.attacher.detach_replaced() {
-            report_detached(&name);
-        }
-        Ok(())
-    }
-
-    fn detach(&mut self) {
-        self.attacher.detach_all();
-    }
-
-    fn finish(&mut self, out: &mut dyn Output) -> io::Result<()> {
-        self.assembler.finish(out)
     }
 }

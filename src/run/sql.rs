@@ -1,19 +1,14 @@
 //! `cleartap mysql` and `cleartap postgres`: server-side statements with
 //! duration and outcome.
 
-use std::io;
 use std::mem::MaybeUninit;
 
 use anyhow::Result;
 
-use super::{filters, pump, Destination, Handler};
+use super::{filters, pump, Destination, ExecutableHandler};
 use crate::assembly::sql::SqlAssembler;
 use crate::cli::SourceArgs;
-use crate::events::Event;
 use crate::kernel;
-use crate::output::Output;
-use crate::sources::attached::report_detached;
-use crate::sources::executables::ExecutableAttacher;
 use crate::sources::procwatch::{ProcWatch, SharedMaps};
 use crate::sources::sql::{self as servers, Family, SqlBinary, SqlProbes};
 
@@ -37,7 +32,7 @@ pub fn capture(args: &SourceArgs, family: Family, dest: Destination) -> Result<(
         eprintln!("cleartap: no {family:?} server running yet; watching for servers that start");
     }
     found.iter().for_each(announce);
-    let mut handler = SqlHandler { attacher, assembler: SqlAssembler::default() };
+    let mut handler = ExecutableHandler { attacher, assembler: SqlAssembler::default(), announce };
     pump(&[probes.events_map()], probes.stats_map(), links, &mut handler, dest)
 }
 
@@ -47,41 +42,4 @@ fn announce(bin: &SqlBinary) {
         crate::output::escape::for_terminal(&bin.display_path),
         bin.server
     );
-}
-
-/// Exec events -> the attacher (a server that starts later); the
-/// server's records -> the assembler.
-struct SqlHandler<'p> {
-    attacher: ExecutableAttacher<'p, SqlBinary>,
-    assembler: SqlAssembler,
-}
-
-impl Handler for SqlHandler<'_> {
-    fn event(&mut self, event: Event, out: &mut dyn Output) -> io::Result<()> {
-        match event {
-            Event::Exec(e) => {
-                if let Some(bin) = self.attacher.consider(e.pid, Some(&String::from_utf8_lossy(e.path))) {
-                    announce(&bin);
-                }
-                Ok(())
-            }
-            event => self.assembler.event(event, out),
-        }
-    }
-
-    /// Files replaced (a package upgrade) and no longer mapped: detached.
-    fn idle(&mut self) -> io::Result<()> {
-        for name in self.attacher.detach_replaced() {
-            report_detached(&name);
-        }
-        Ok(())
-    }
-
-    fn detach(&mut self) {
-        self.attacher.detach_all();
-    }
-
-    fn finish(&mut self, out: &mut dyn Output) -> io::Result<()> {
-        self.assembler.finish(out)
-    }
 }

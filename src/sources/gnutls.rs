@@ -39,6 +39,7 @@ pub const SOURCE: TlsSource = TlsSource {
     ],
     file_prefix: "libgnutls.so",
     version: gnutls_version,
+    secrets: Some(super::secret_points::gnutls),
 };
 
 /// GnuTLS keeps its version as a bare `3.x.y` string.

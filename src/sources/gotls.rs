@@ -75,6 +75,7 @@ pub fn resolve(file: Rc<PinnedFile>, path: &Path) -> Result<Option<TlsTarget>> {
         path: path.to_path_buf(),
         display_path: path.to_string_lossy().into_owned(),
         library: NAME,
+        source: None,
         version: Some(go.version.clone()),
         hooks: vec![(HOOKS[0], write), (HOOKS[1], read)],
         go: Some(points),

@@ -115,6 +115,10 @@ pub struct TlsSource {
     /// Reads the library's version from the file (found at the path given,
     /// for a sibling file that holds it), when it says.
     pub version: fn(&PinnedFile, &Path) -> Option<String>,
+    /// Where a probed file of this library gives its TLS secrets
+    /// (`--keylog`, `-w`), or why it cannot; None: the library gives none
+    /// (its plaintext is still captured, and the capture says so).
+    pub secrets: Option<fn(&TlsTarget) -> Result<SecretPoints>>,
 }
 
 impl TlsSource {
@@ -161,6 +165,8 @@ pub struct TlsTarget<F = Rc<PinnedFile>> {
     pub id: FileId,
     /// `openssl`, `boringssl`, `gnutls` or `nss`.
     pub library: &'static str,
+    /// The registry entry it was found by (None: a Go program).
+    pub source: Option<&'static TlsSource>,
     pub version: Option<String>,
     pub hooks: Vec<(TlsHook, Function)>,
     /// Go executables: where their probes go (see `gotls`).
@@ -185,6 +191,7 @@ impl<F> TlsTarget<F> {
             display_path,
             id,
             library,
+            source,
             version,
             hooks,
             go,
@@ -198,6 +205,7 @@ impl<F> TlsTarget<F> {
             display_path,
             id,
             library,
+            source,
             version,
             hooks,
             go,
@@ -233,7 +241,7 @@ impl TlsTarget {
     /// Read the symbols of `file` (found at `path`) and keep the hooks
     /// `source` defines. A file defining none of them is an error naming
     /// what was looked for.
-    pub fn resolve(file: Rc<PinnedFile>, path: &Path, source: &TlsSource) -> Result<TlsTarget> {
+    pub fn resolve(file: Rc<PinnedFile>, path: &Path, source: &'static TlsSource) -> Result<TlsTarget> {
         let symbols = Symbols::of(&file, &wanted_symbols())?;
         Self::from_symbols(file, path, &symbols, source)
     }
@@ -242,7 +250,7 @@ impl TlsTarget {
         file: Rc<PinnedFile>,
         path: &Path,
         symbols: &Symbols,
-        source: &TlsSource,
+        source: &'static TlsSource,
     ) -> Result<TlsTarget> {
         let found: Vec<_> =
             source.hooks.iter().filter_map(|h| symbols.get(h.symbol).map(|f| (*h, f))).collect();
@@ -267,6 +275,7 @@ impl TlsTarget {
             path: path.to_path_buf(),
             display_path: path.to_string_lossy().into_owned(),
             library,
+            source: Some(source),
             hooks: found,
             go: None,
             library_id: 0,

@@ -23,6 +23,7 @@ pub const SOURCE: TlsSource = TlsSource {
     ],
     file_prefix: "libnspr4.so",
     version: nspr_version,
+    secrets: None,
 };
 
 /// NSPR keeps its version as a bare `4.x` string.

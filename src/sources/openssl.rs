@@ -25,6 +25,7 @@ pub const SOURCE: TlsSource = TlsSource {
     ],
     file_prefix: "libssl.so",
     version: openssl_version,
+    secrets: Some(super::secret_points::openssl),
 };
 
 /// A function only BoringSSL's libssl defines.

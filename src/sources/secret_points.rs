@@ -21,23 +21,29 @@ pub enum SecretPoints {
     Gnutls(GnutlsKeylogPoints),
 }
 
+/// Where `target`'s secrets are read: its registry entry says how (Go
+/// programs have their own probe point, found with the others).
 pub fn find(target: &TlsTarget) -> Result<Option<SecretPoints>> {
-    match target.library {
-        "openssl" => openssl(target).map(Some),
-        "gnutls" => {
-            let points = gnutls_keylog::find(&target.file)?;
-            Ok(Some(SecretPoints::Gnutls(points)))
-        }
-        "boringssl" => bail!("BoringSSL's structs are not supported for key log lines"),
-        _ => Ok(None), // Go: its own probe point; NSS: not supported yet
+    match target.source.and_then(|s| s.secrets) {
+        Some(find) => find(target).map(Some),
+        None => Ok(None),
     }
 }
 
-fn openssl(target: &TlsTarget) -> Result<SecretPoints> {
+/// OpenSSL: the struct offsets of its version, read after the handshake.
+pub fn openssl(target: &TlsTarget) -> Result<SecretPoints> {
+    if target.library == "boringssl" {
+        bail!("BoringSSL's structs are not supported for key log lines");
+    }
     let version = target.version.as_deref().context("its OpenSSL version could not be read from the file")?;
     let layout = layout_for(version)?;
     let symbols = Symbols::of(&target.file, &["SSL_do_handshake"])?;
     Ok(SecretPoints::Openssl { layout, do_handshake: symbols.get("SSL_do_handshake") })
+}
+
+/// GnuTLS: its default key log function, found by disassembly.
+pub fn gnutls(target: &TlsTarget) -> Result<SecretPoints> {
+    Ok(SecretPoints::Gnutls(gnutls_keylog::find(&target.file)?))
 }
 
 /// The generated offsets covering `version`, or an error naming the
