@@ -270,7 +270,7 @@ fn every_thread_keeps_only_the_capabilities_it_uses() {
     // linux/capability.h
     let (dac_override, dac_read_search, kill, setuid, setpcap, net_bind, net_admin, net_raw) =
         (1, 2, 5, 7, 8, 10, 12, 13);
-    let (sys_module, sys_rawio, sys_ptrace, sys_admin, sys_resource) = (16, 17, 19, 21, 24);
+    let (sys_module, sys_rawio, sys_ptrace, sys_admin, sys_nice, sys_resource) = (16, 17, 19, 21, 23, 24);
     for (args, with_net_admin) in [(&["shell"][..], false), (&["exec"][..], false)] {
         let capture = Capture::start(args);
         let threads = std::fs::read_dir(format!("/proc/{}/task", capture.pid())).unwrap();
@@ -288,7 +288,7 @@ fn every_thread_keeps_only_the_capabilities_it_uses() {
                 assert_eq!(caps & bit(net_admin) != 0, with_net_admin, "{args:?} {key}: {caps:x}");
                 let allowed = [dac_override, dac_read_search, net_bind, net_admin, sys_ptrace, sys_admin]
                     .iter()
-                    .chain(&[sys_resource, 38, 39]) // CAP_PERFMON, CAP_BPF
+                    .chain(&[sys_nice, sys_resource, 38, 39]) // CAP_PERFMON, CAP_BPF
                     .fold(0u64, |m, &b| m | bit(b));
                 assert_eq!(caps & !allowed, 0, "{args:?} {key}: {caps:x}");
             }
