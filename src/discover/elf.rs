@@ -81,6 +81,89 @@ impl Symbols {
     }
 }
 
+/// Functions of `.symtab` (and `.dynsym`) whose Rust (legacy-mangled)
+/// name contains `needle` and, demangled without its hash, is one of
+/// `wanted`: (demangled name, function), the first of each name.
+pub fn rust_functions<'d, R: ReadRef<'d>>(
+    elf: &ElfFile64<'d, Endianness, R>,
+    needle: &str,
+    wanted: &[&str],
+) -> Result<Vec<(String, Function)>> {
+    let segments = load_segments(elf)?;
+    let mut found: Vec<(String, Function)> = Vec::new();
+    for sym in elf.symbols().chain(elf.dynamic_symbols()) {
+        let Ok(name) = sym.name() else { continue };
+        if !name.starts_with("_ZN") || !name.contains(needle) || sym.is_undefined() {
+            continue;
+        }
+        if sym.kind() != SymbolKind::Text {
+            continue;
+        }
+        let Some(demangled) = rust_demangle(name) else { continue };
+        if !wanted.contains(&demangled.as_str()) || found.iter().any(|(d, _)| *d == demangled) {
+            continue;
+        }
+        let Some(file_offset) = file_offset_of(&segments, sym.address()) else { continue };
+        found.push((demangled, Function { address: sym.address(), size: sym.size(), file_offset }));
+    }
+    Ok(found)
+}
+
+/// A Rust symbol in the legacy mangling (`_ZN...17h<hash>E`, rustc's
+/// default) as a path without its hash:
+/// `<rustls::conn::connection::Writer as std::io::Write>::write`.
+pub fn rust_demangle(name: &str) -> Option<String> {
+    let mut rest = name.strip_prefix("_ZN")?.strip_suffix('E')?;
+    let mut parts = Vec::new();
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        let len: usize = rest[..digits].parse().ok()?;
+        let part = rest.get(digits..digits + len)?;
+        rest = &rest[digits + len..];
+        parts.push(part);
+    }
+    if let Some(last) = parts.last() {
+        if last.len() == 17 && last.starts_with('h') && last[1..].bytes().all(|b| b.is_ascii_hexdigit()) {
+            parts.pop();
+        }
+    }
+    let mut out = String::new();
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            out.push_str("::");
+        }
+        // A component starting with `$` is written `_$`.
+        let mut p = if part.starts_with("_$") { &part[1..] } else { part };
+        while !p.is_empty() {
+            if let Some(r) = p.strip_prefix("..") {
+                out.push_str("::");
+                p = r;
+            } else if let Some(r) = p.strip_prefix('$') {
+                let end = r.find('$')?;
+                let code = &r[..end];
+                let c = match code {
+                    "LT" => '<',
+                    "GT" => '>',
+                    "RF" => '&',
+                    "BP" => '*',
+                    "C" => ',',
+                    "SP" => '@',
+                    "LP" => '(',
+                    "RP" => ')',
+                    _ => char::from_u32(u32::from_str_radix(code.strip_prefix('u')?, 16).ok()?)?,
+                };
+                out.push(c);
+                p = &r[end + 1..];
+            } else {
+                let c = p.chars().next()?;
+                out.push(c);
+                p = &p[c.len_utf8()..];
+            }
+        }
+    }
+    Some(out)
+}
+
 /// What an executable asks the dynamic loader for: its `DT_NEEDED`
 /// libraries and its `DT_RUNPATH`/`DT_RPATH` directories.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -221,6 +304,23 @@ mod tests {
         assert!(write.size > 0);
         assert!(write.file_offset > 0);
         assert!(symbols.get("no_such_function_here").is_none());
+    }
+
+    #[test]
+    fn demangles_rust_legacy_symbols() {
+        assert_eq!(
+            rust_demangle("_ZN67_$LT$rustls..conn..connection..Writer$u20$as$u20$std..io..Write$GT$5write17hcd74e6df663c99d9E")
+                .as_deref(),
+            Some("<rustls::conn::connection::Writer as std::io::Write>::write")
+        );
+        assert_eq!(
+            rust_demangle("_ZN6rustls12common_state11CommonState16buffer_plaintext17h4ec92e8b0db06b72E")
+                .as_deref(),
+            Some("rustls::common_state::CommonState::buffer_plaintext")
+        );
+        assert_eq!(rust_demangle("_ZN3foo"), None);
+        assert_eq!(rust_demangle("_ZN99fooE"), None);
+        assert_eq!(rust_demangle("SSL_write"), None);
     }
 
     #[test]
