@@ -25,6 +25,8 @@ struct active_call {
 	__u64 last_sk;
 	__s32 last_fd;
 	__u32 rustls; /* 1: a thread that made rustls calls: track last_* */
+	__u64 pending_writer; /* rustls Writer's connection whose socket the
+			       * thread's next socket write names (0: none) */
 };
 
 /* Set by user space: the kernel has bpf_get_attach_cookie (5.15). */
@@ -101,6 +103,7 @@ static __always_inline int on_entry(struct pt_regs *ctx, __u64 len_ptr, bool wit
 		c.last_sk = slot->last_sk;
 		c.last_fd = slot->last_fd;
 		c.rustls = slot->rustls;
+		c.pending_writer = slot->pending_writer;
 		*slot = c;
 	} else
 		bpf_map_update_elem(&active_calls, &id, &c, BPF_ANY);
@@ -489,6 +492,22 @@ int BPF_KPROBE(nspr_entry, void *fd)
 	return on_entry(ctx, 0, false);
 }
 
+/* A socket of a rustls connection, learned from a thread's system call. */
+struct rustls_sock {
+	__u64 sk;
+	__s32 fd;
+	__u32 _pad;
+};
+
+/* rustls Writer connection (conn_key) -> the socket its thread wrote to
+ * right after a write: the socket of its next writes (see rustls below). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct conn_key);
+	__type(value, struct rustls_sock);
+} rustls_writers SEC(".maps");
+
 /* --- rustls ---------------------------------------------------------------
  * rustls is linked into Rust executables; its plaintext passes through two
  * concrete (non-generic) functions that a user's crate calls across crates
@@ -507,10 +526,14 @@ int BPF_KPROBE(nspr_entry, void *fd)
  * before a read returns plaintext and after a write took it. So a rustls
  * thread (one that created a connection or made a rustls call) remembers
  * its last I/O system call on a socket (note_fd), and a record takes that
- * socket: for a read, the socket whose bytes were just decrypted; for a
- * write, the socket the thread last used, which is the connection's when
- * a thread drives one connection at a time (Stream, a thread per
- * connection, a handshake just before). The record's `conn` is that
+ * socket: for a read, the socket whose bytes were just decrypted. For a
+ * write, the socket the thread wrote to right after the connection's
+ * previous write (the caller sends what rustls encrypted: complete_io,
+ * tokio-rustls's write_io), learned per Writer connection in
+ * rustls_writers; for a connection's first write, the socket the thread
+ * last used, which is the connection's when a thread drives one
+ * connection at a time (Stream, a thread per connection, a handshake just
+ * before). The record's `conn` is that
  * socket (both directions of a connection then share it and one call
  * numbering), or the rustls handle while no socket is known. */
 SEC("uprobe")
@@ -570,7 +593,23 @@ static __always_inline int on_rustls_return(struct pt_regs *ctx, __u8 fn, __u8 d
 	__u64 n = ctx->dx;
 	if (n == 0)
 		return 0;
-	if (c.last_sk) {
+	struct rustls_sock *learned = NULL;
+	if (fn == CT_FN_RUSTLS_WRITE) {
+		__u64 id = bpf_get_current_pid_tgid();
+		struct conn_key k = { .handle = c.handle, .tgid = id >> 32 };
+		learned = bpf_map_lookup_elem(&rustls_writers, &k);
+		struct active_call *slot = bpf_map_lookup_elem(&active_calls, &id);
+		if (slot)
+			slot->pending_writer = c.handle;
+	}
+	/* A connection freed and another made at the same address (the next
+	 * connection of a client, say) would find the old one's socket: it
+	 * counts only while its fd still holds that very socket. */
+	if (learned && learned->sk && (__u64)fd_to_sock(learned->fd) == learned->sk) {
+		c.fd = learned->fd;
+		c.sk = learned->sk;
+		c.handle = learned->sk;
+	} else if (c.last_sk) {
 		c.fd = c.last_fd;
 		c.sk = c.last_sk;
 		c.handle = c.last_sk;
@@ -612,7 +651,7 @@ RETURN_PROBE(ssl_write_ex2_return, CT_FN_SSL_WRITE_EX2, CT_DIR_SEND)
  * active call carries the connection's fd. Every other thread exits after
  * one lookup. Libraries on memory BIOs (node) make no such call inside
  * SSL_*: their records have no fd rather than a wrong one. */
-static __always_inline int note_fd(struct trace_event_raw_sys_enter *ctx)
+static __always_inline int note_fd(struct trace_event_raw_sys_enter *ctx, bool send)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	struct active_call *c = bpf_map_lookup_elem(&active_calls, &id);
@@ -626,6 +665,12 @@ static __always_inline int note_fd(struct trace_event_raw_sys_enter *ctx)
 		if (sk) {
 			c->last_fd = (int)fd;
 			c->last_sk = (__u64)sk;
+			if (send && c->pending_writer) {
+				struct conn_key k = { .handle = c->pending_writer, .tgid = id >> 32 };
+				struct rustls_sock rs = { .sk = (__u64)sk, .fd = (int)fd };
+				bpf_map_update_elem(&rustls_writers, &k, &rs, BPF_ANY);
+				c->pending_writer = 0;
+			}
 		}
 	}
 	if (!c->handle || c->fd >= 0)
@@ -640,21 +685,21 @@ static __always_inline int note_fd(struct trace_event_raw_sys_enter *ctx)
 }
 
 SEC("tracepoint/syscalls/sys_enter_write")
-int sys_enter_write(struct trace_event_raw_sys_enter *ctx) { return note_fd(ctx); }
+int sys_enter_write(struct trace_event_raw_sys_enter *ctx) { return note_fd(ctx, true); }
 SEC("tracepoint/syscalls/sys_enter_read")
-int sys_enter_read(struct trace_event_raw_sys_enter *ctx) { return note_fd(ctx); }
+int sys_enter_read(struct trace_event_raw_sys_enter *ctx) { return note_fd(ctx, false); }
 SEC("tracepoint/syscalls/sys_enter_sendto")
-int sys_enter_sendto(struct trace_event_raw_sys_enter *ctx) { return note_fd(ctx); }
+int sys_enter_sendto(struct trace_event_raw_sys_enter *ctx) { return note_fd(ctx, true); }
 SEC("tracepoint/syscalls/sys_enter_recvfrom")
-int sys_enter_recvfrom(struct trace_event_raw_sys_enter *ctx) { return note_fd(ctx); }
+int sys_enter_recvfrom(struct trace_event_raw_sys_enter *ctx) { return note_fd(ctx, false); }
 SEC("tracepoint/syscalls/sys_enter_sendmsg")
-int sys_enter_sendmsg(struct trace_event_raw_sys_enter *ctx) { return note_fd(ctx); }
+int sys_enter_sendmsg(struct trace_event_raw_sys_enter *ctx) { return note_fd(ctx, true); }
 SEC("tracepoint/syscalls/sys_enter_recvmsg")
-int sys_enter_recvmsg(struct trace_event_raw_sys_enter *ctx) { return note_fd(ctx); }
+int sys_enter_recvmsg(struct trace_event_raw_sys_enter *ctx) { return note_fd(ctx, false); }
 SEC("tracepoint/syscalls/sys_enter_writev")
-int sys_enter_writev(struct trace_event_raw_sys_enter *ctx) { return note_fd(ctx); }
+int sys_enter_writev(struct trace_event_raw_sys_enter *ctx) { return note_fd(ctx, true); }
 SEC("tracepoint/syscalls/sys_enter_readv")
-int sys_enter_readv(struct trace_event_raw_sys_enter *ctx) { return note_fd(ctx); }
+int sys_enter_readv(struct trace_event_raw_sys_enter *ctx) { return note_fd(ctx, false); }
 
 /* Go crypto/tls, Go >= 1.17 on amd64 (register ABI): arguments in rax,
  * rbx, rcx, rdi, rsi, r8, r9, r10, r11, results in rax, rbx, ..., and r14
