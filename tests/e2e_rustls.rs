@@ -131,8 +131,10 @@ fn assert_side_matches(got: &Captured, pid: u32, truth: &Path, side: &str) {
     }
 }
 
-/// Both sides, byte-exact both ways: a server running before cleartap, a
-/// server and clients started after it.
+/// Both sides, byte-exact both ways: a server running before cleartap
+/// (attached at start), a server from a file first seen at its exec after
+/// cleartap started (attached by exec discovery), and clients started
+/// after.
 #[test]
 fn rustls_client_and_server_both_ways() {
     if !require_bpf() {
@@ -141,10 +143,20 @@ fn rustls_client_and_server_both_ways() {
     let binary = rustlspeer("release");
     let _one = exclusive();
     let before = Server::start(&binary);
-    let capture = Capture::start(&["tls", "--library", "rustls"]);
-    let after = Server::start(&binary);
+    let mut capture = Capture::start(&["tls", "--library", "rustls"]);
+    // A file cleartap has never seen, found at its exec: a fresh copy.
+    let dir = tempfile::tempdir().unwrap();
+    let fresh = dir.path().join("rustlspeer-fresh");
+    fs::copy(&binary, &fresh).unwrap();
+    let after = Server::start(&fresh);
+    let attached = format!("cleartap: attached to {} (rustls 0.23.46: ", fresh.display());
+    assert!(
+        capture.wait_for_stderr(&attached, std::time::Duration::from_secs(30)),
+        "{}",
+        capture.stderr_so_far()
+    );
     let (client_a, truth_a) = client(&binary, &before, 2, 40_000);
-    let (client_b, truth_b) = client(&binary, &after, 1, 300_000);
+    let (client_b, truth_b) = client(&fresh, &after, 1, 300_000);
     let got = capture.stop();
     got.assert_clean_exit();
     assert!(got.stderr.contains("(rustls 0.23.46: "), "{}", got.stderr);
