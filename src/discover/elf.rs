@@ -118,8 +118,9 @@ pub fn rust_demangle(name: &str) -> Option<String> {
     while !rest.is_empty() {
         let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
         let len: usize = rest[..digits].parse().ok()?;
-        let part = rest.get(digits..digits + len)?;
-        rest = &rest[digits + len..];
+        let end = digits.checked_add(len)?;
+        let part = rest.get(digits..end)?;
+        rest = &rest[end..];
         parts.push(part);
     }
     if let Some(last) = parts.last() {
@@ -321,6 +322,18 @@ mod tests {
         assert_eq!(rust_demangle("_ZN3foo"), None);
         assert_eq!(rust_demangle("_ZN99fooE"), None);
         assert_eq!(rust_demangle("SSL_write"), None);
+        // Names from hostile files: never a panic.
+        for name in [
+            "_ZN18446744073709551615aE",
+            "_ZN3$u$E",
+            "_ZN2_$E",
+            "_ZN4$uffffffE",
+            "_ZN3\u{e9}aE",
+            "_ZN1\u{e9}E",
+            "_ZNE",
+        ] {
+            let _ = rust_demangle(name);
+        }
     }
 
     #[test]
