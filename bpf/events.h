@@ -68,6 +68,8 @@ enum ct_tls_function {
 	CT_FN_SSL_WRITE_INTERNAL, /* OpenSSL's ssl_write_internal: see src/sources/openssl.rs */
 	CT_FN_SSL_READ_INTERNAL,
 	CT_FN_SSL_WRITE_EX2, /* OpenSSL 3.3+ */
+	CT_FN_RUSTLS_WRITE, /* <rustls::conn::connection::Writer as std::io::Write>::write */
+	CT_FN_RUSTLS_READ,  /* <rustls::conn::connection::Reader as std::io::Read>::read */
 };
 
 struct ct_tuple {

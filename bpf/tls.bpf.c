@@ -21,6 +21,12 @@ struct active_call {
 	__u64 sk;      /* the socket behind fd, found with it */
 	__s32 fd;
 	__u32 library_id;
+	/* rustls: the thread's last socket I/O system call (see below). */
+	__u64 last_sk;
+	__s32 last_fd;
+	__u32 rustls; /* 1: a thread that made rustls calls: track last_* */
+	__u64 pending_writer; /* rustls Writer's connection whose socket the
+			       * thread's next socket write names (0: none) */
 };
 
 /* Set by user space: the kernel has bpf_get_attach_cookie (5.15). */
@@ -92,9 +98,14 @@ static __always_inline int on_entry(struct pt_regs *ctx, __u64 len_ptr, bool wit
 	if (with_caller)
 		bpf_probe_read_user(&c.caller, sizeof(c.caller), (void *)PT_REGS_SP(ctx));
 	struct active_call *slot = bpf_map_lookup_elem(&active_calls, &id);
-	if (slot)
+	if (slot) {
+		/* What the thread's system calls told before this call. */
+		c.last_sk = slot->last_sk;
+		c.last_fd = slot->last_fd;
+		c.rustls = slot->rustls;
+		c.pending_writer = slot->pending_writer;
 		*slot = c;
-	else
+	} else
 		bpf_map_update_elem(&active_calls, &id, &c, BPF_ANY);
 	return 0;
 }
@@ -481,6 +492,140 @@ int BPF_KPROBE(nspr_entry, void *fd)
 	return on_entry(ctx, 0, false);
 }
 
+/* A socket of a rustls connection, learned from a thread's system call. */
+struct rustls_sock {
+	__u64 sk;
+	__s32 fd;
+	__u32 _pad;
+};
+
+/* rustls Writer connection (conn_key) -> the socket its thread wrote to
+ * right after a write: the socket of its next writes (see rustls below). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct conn_key);
+	__type(value, struct rustls_sock);
+} rustls_writers SEC(".maps");
+
+/* --- rustls ---------------------------------------------------------------
+ * rustls is linked into Rust executables; its plaintext passes through two
+ * concrete (non-generic) functions that a user's crate calls across crates
+ * (src/sources/rustls.rs):
+ *   <rustls::conn::connection::Writer as std::io::Write>::write(&mut self, buf: &[u8])
+ *   <rustls::conn::connection::Reader as std::io::Read>::read(&mut self, buf: &mut [u8])
+ * Rust's ABI on x86_64: self in rdi, the slice as (ptr, len) in rsi, rdx;
+ * the io::Result<usize> comes back as two registers: rax 0 (Ok) with the
+ * count in rdx, or rax 1 (Err) with the error in rdx (checked with objdump
+ * on rustls 0.23.46 built by Rust 1.95). The Writer's first word is the
+ * connection (&mut ConnectionCommon, its PlaintextSink); the Reader's is
+ * the connection's received-plaintext buffer.
+ *
+ * rustls never sees the socket: its caller moves the TLS bytes
+ * (Stream/StreamOwned's complete_io, tokio-rustls's read_tls/write_tls),
+ * before a read returns plaintext and after a write took it. So a rustls
+ * thread (one that created a connection or made a rustls call) remembers
+ * its last I/O system call on a socket (note_fd), and a record takes that
+ * socket: for a read, the socket whose bytes were just decrypted. For a
+ * write, the socket the thread wrote to right after the connection's
+ * previous write (the caller sends what rustls encrypted: complete_io,
+ * tokio-rustls's write_io), learned per Writer connection in
+ * rustls_writers; for a connection's first write, the socket the thread
+ * last used, which is the connection's when a thread drives one
+ * connection at a time (Stream, a thread per connection, a handshake just
+ * before). The record's `conn` is that
+ * socket (both directions of a connection then share it and one call
+ * numbering), or the rustls handle while no socket is known. */
+SEC("uprobe")
+int BPF_KPROBE(rustls_entry)
+{
+	if (!current_task_wanted())
+		return 0;
+	__u64 handle = 0;
+	bpf_probe_read_user(&handle, sizeof(handle), (void *)PT_REGS_PARM1(ctx));
+	__u64 id = bpf_get_current_pid_tgid();
+	struct active_call c = {
+		.handle = handle,
+		.buf = PT_REGS_PARM2(ctx),
+		.ip = PT_REGS_IP(ctx),
+		.fd = -1,
+		.library_id = library_id(ctx),
+		.last_fd = -1,
+		.rustls = 1,
+	};
+	struct active_call *slot = bpf_map_lookup_elem(&active_calls, &id);
+	if (slot) {
+		c.last_sk = slot->last_sk;
+		c.last_fd = slot->last_fd;
+		*slot = c;
+	} else {
+		bpf_map_update_elem(&active_calls, &id, &c, BPF_ANY);
+	}
+	return 0;
+}
+
+/* ClientConnection::new, ServerConnection::new: the thread that creates a
+ * connection usually drives its handshake; from here its socket I/O is
+ * remembered, so that the first plaintext call finds its socket. */
+SEC("uprobe")
+int BPF_KPROBE(rustls_mark)
+{
+	if (!current_task_wanted())
+		return 0;
+	__u64 id = bpf_get_current_pid_tgid();
+	struct active_call *slot = bpf_map_lookup_elem(&active_calls, &id);
+	if (slot) {
+		slot->rustls = 1;
+		return 0;
+	}
+	struct active_call c = { .fd = -1, .last_fd = -1, .rustls = 1 };
+	bpf_map_update_elem(&active_calls, &id, &c, BPF_NOEXIST);
+	return 0;
+}
+
+static __always_inline int on_rustls_return(struct pt_regs *ctx, __u8 fn, __u8 dir, bool fetch)
+{
+	struct active_call c;
+	if (!end_call(&c))
+		return 0;
+	if (PT_REGS_RC(ctx) != 0) /* Err */
+		return 0;
+	__u64 n = ctx->dx;
+	if (n == 0)
+		return 0;
+	struct rustls_sock *learned = NULL;
+	if (fn == CT_FN_RUSTLS_WRITE) {
+		__u64 id = bpf_get_current_pid_tgid();
+		struct conn_key k = { .handle = c.handle, .tgid = id >> 32 };
+		learned = bpf_map_lookup_elem(&rustls_writers, &k);
+		struct active_call *slot = bpf_map_lookup_elem(&active_calls, &id);
+		if (slot)
+			slot->pending_writer = c.handle;
+	}
+	/* A connection freed and another made at the same address (the next
+	 * connection of a client, say) would find the old one's socket: it
+	 * counts only while its fd still holds that very socket. */
+	if (learned && learned->sk && (__u64)fd_to_sock(learned->fd) == learned->sk) {
+		c.fd = learned->fd;
+		c.sk = learned->sk;
+		c.handle = learned->sk;
+	} else if (c.last_sk) {
+		c.fd = c.last_fd;
+		c.sk = c.last_sk;
+		c.handle = c.last_sk;
+	}
+	return emit_call(ctx, &c, n, fn, dir, fetch);
+}
+
+SEC("uretprobe")
+int BPF_KRETPROBE(rustls_write_return) { return on_rustls_return(ctx, CT_FN_RUSTLS_WRITE, CT_DIR_SEND, true); }
+SEC("uretprobe")
+int BPF_KRETPROBE(rustls_write_return_nofetch) { return on_rustls_return(ctx, CT_FN_RUSTLS_WRITE, CT_DIR_SEND, false); }
+SEC("uretprobe")
+int BPF_KRETPROBE(rustls_read_return) { return on_rustls_return(ctx, CT_FN_RUSTLS_READ, CT_DIR_RECV, true); }
+SEC("uretprobe")
+int BPF_KRETPROBE(rustls_read_return_nofetch) { return on_rustls_return(ctx, CT_FN_RUSTLS_READ, CT_DIR_RECV, false); }
+
 /* Each in two variants: see next_call_seq. */
 #define RETURN_PROBE(name, fn, dir)                                                        \
 	SEC("uretprobe") int BPF_KRETPROBE(name) { return on_return(ctx, fn, dir, true); } \
@@ -506,13 +651,30 @@ RETURN_PROBE(ssl_write_ex2_return, CT_FN_SSL_WRITE_EX2, CT_DIR_SEND)
  * active call carries the connection's fd. Every other thread exits after
  * one lookup. Libraries on memory BIOs (node) make no such call inside
  * SSL_*: their records have no fd rather than a wrong one. */
-static __always_inline int note_fd(struct trace_event_raw_sys_enter *ctx)
+static __always_inline int note_fd(struct trace_event_raw_sys_enter *ctx, bool send)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	struct active_call *c = bpf_map_lookup_elem(&active_calls, &id);
-	if (!c || !c->handle || c->fd >= 0)
+	if (!c)
 		return 0;
 	long fd = 0;
+	if (c->rustls) {
+		/* A rustls thread: remember its last socket I/O (see rustls). */
+		bpf_probe_read_kernel(&fd, sizeof(fd), &ctx->args[0]);
+		struct sock *sk = fd_to_sock((int)fd);
+		if (sk) {
+			c->last_fd = (int)fd;
+			c->last_sk = (__u64)sk;
+			if (send && c->pending_writer) {
+				struct conn_key k = { .handle = c->pending_writer, .tgid = id >> 32 };
+				struct rustls_sock rs = { .sk = (__u64)sk, .fd = (int)fd };
+				bpf_map_update_elem(&rustls_writers, &k, &rs, BPF_ANY);
+				c->pending_writer = 0;
+			}
+		}
+	}
+	if (!c->handle || c->fd >= 0)
+		return 0;
 	bpf_probe_read_kernel(&fd, sizeof(fd), &ctx->args[0]);
 	struct sock *sk = fd_to_sock((int)fd);
 	if (sk) {
@@ -523,21 +685,21 @@ static __always_inline int note_fd(struct trace_event_raw_sys_enter *ctx)
 }
 
 SEC("tracepoint/syscalls/sys_enter_write")
-int sys_enter_write(struct trace_event_raw_sys_enter *ctx) { return note_fd(ctx); }
+int sys_enter_write(struct trace_event_raw_sys_enter *ctx) { return note_fd(ctx, true); }
 SEC("tracepoint/syscalls/sys_enter_read")
-int sys_enter_read(struct trace_event_raw_sys_enter *ctx) { return note_fd(ctx); }
+int sys_enter_read(struct trace_event_raw_sys_enter *ctx) { return note_fd(ctx, false); }
 SEC("tracepoint/syscalls/sys_enter_sendto")
-int sys_enter_sendto(struct trace_event_raw_sys_enter *ctx) { return note_fd(ctx); }
+int sys_enter_sendto(struct trace_event_raw_sys_enter *ctx) { return note_fd(ctx, true); }
 SEC("tracepoint/syscalls/sys_enter_recvfrom")
-int sys_enter_recvfrom(struct trace_event_raw_sys_enter *ctx) { return note_fd(ctx); }
+int sys_enter_recvfrom(struct trace_event_raw_sys_enter *ctx) { return note_fd(ctx, false); }
 SEC("tracepoint/syscalls/sys_enter_sendmsg")
-int sys_enter_sendmsg(struct trace_event_raw_sys_enter *ctx) { return note_fd(ctx); }
+int sys_enter_sendmsg(struct trace_event_raw_sys_enter *ctx) { return note_fd(ctx, true); }
 SEC("tracepoint/syscalls/sys_enter_recvmsg")
-int sys_enter_recvmsg(struct trace_event_raw_sys_enter *ctx) { return note_fd(ctx); }
+int sys_enter_recvmsg(struct trace_event_raw_sys_enter *ctx) { return note_fd(ctx, false); }
 SEC("tracepoint/syscalls/sys_enter_writev")
-int sys_enter_writev(struct trace_event_raw_sys_enter *ctx) { return note_fd(ctx); }
+int sys_enter_writev(struct trace_event_raw_sys_enter *ctx) { return note_fd(ctx, true); }
 SEC("tracepoint/syscalls/sys_enter_readv")
-int sys_enter_readv(struct trace_event_raw_sys_enter *ctx) { return note_fd(ctx); }
+int sys_enter_readv(struct trace_event_raw_sys_enter *ctx) { return note_fd(ctx, false); }
 
 /* Go crypto/tls, Go >= 1.17 on amd64 (register ABI): arguments in rax,
  * rbx, rcx, rdi, rsi, r8, r9, r10, r11, results in rax, rbx, ..., and r14

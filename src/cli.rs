@@ -248,7 +248,7 @@ pub struct TlsArgs {
     pub hold_unchecked: bool,
     /// Which TLS libraries to capture.
     #[arg(long = "library", value_parser = library_names(), value_delimiter = ',',
-          default_value = "openssl,gnutls,nss,go")]
+          default_value = "openssl,gnutls,nss,rustls,go")]
     pub libraries: Vec<String>,
     /// Write the TLS secrets seen (OpenSSL, GnuTLS, Go) to this file in SSLKEYLOGFILE format, mode 0600.
     #[arg(long = "keylog", value_name = "FILE", help_heading = COMMAND_LINE_ONLY)]

@@ -84,6 +84,8 @@ pub mod tls_function {
     pub const SSL_WRITE_INTERNAL: u8 = F::CT_FN_SSL_WRITE_INTERNAL.0 as u8;
     pub const SSL_READ_INTERNAL: u8 = F::CT_FN_SSL_READ_INTERNAL.0 as u8;
     pub const SSL_WRITE_EX2: u8 = F::CT_FN_SSL_WRITE_EX2.0 as u8;
+    pub const RUSTLS_WRITE: u8 = F::CT_FN_RUSTLS_WRITE.0 as u8;
+    pub const RUSTLS_READ: u8 = F::CT_FN_RUSTLS_READ.0 as u8;
 }
 
 pub type TlsHeader = ct_tls_data;

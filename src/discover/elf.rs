@@ -81,6 +81,42 @@ impl Symbols {
     }
 }
 
+/// Functions of `.symtab` (and `.dynsym`) whose Rust mangled name
+/// contains `needle` and, demangled without its hash, is one of
+/// `wanted`: (demangled name, function), the first of each name.
+pub fn rust_functions<'d, R: ReadRef<'d>>(
+    elf: &ElfFile64<'d, Endianness, R>,
+    needle: &str,
+    wanted: &[&str],
+) -> Result<Vec<(String, Function)>> {
+    let segments = load_segments(elf)?;
+    let mut found: Vec<(String, Function)> = Vec::new();
+    for sym in elf.symbols().chain(elf.dynamic_symbols()) {
+        let Ok(name) = sym.name() else { continue };
+        let mangled = name.starts_with("_ZN") || name.starts_with("_R");
+        if !mangled || !name.contains(needle) || sym.is_undefined() {
+            continue;
+        }
+        if sym.kind() != SymbolKind::Text {
+            continue;
+        }
+        let Some(demangled) = rust_demangle(name) else { continue };
+        if !wanted.contains(&demangled.as_str()) || found.iter().any(|(d, _)| *d == demangled) {
+            continue;
+        }
+        let Some(file_offset) = file_offset_of(&segments, sym.address()) else { continue };
+        found.push((demangled, Function { address: sym.address(), size: sym.size(), file_offset }));
+    }
+    Ok(found)
+}
+
+/// A Rust symbol (the legacy mangling `_ZN...17h<hash>E`, rustc's
+/// default, or v0 `_R...`) as a path without its hash or disambiguators:
+/// `<rustls::conn::connection::Writer as std::io::Write>::write`.
+pub fn rust_demangle(name: &str) -> Option<String> {
+    rustc_demangle::try_demangle(name).ok().map(|d| format!("{d:#}"))
+}
+
 /// What an executable asks the dynamic loader for: its `DT_NEEDED`
 /// libraries and its `DT_RUNPATH`/`DT_RPATH` directories.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -221,6 +257,35 @@ mod tests {
         assert!(write.size > 0);
         assert!(write.file_offset > 0);
         assert!(symbols.get("no_such_function_here").is_none());
+    }
+
+    #[test]
+    fn demangles_rust_legacy_symbols() {
+        assert_eq!(
+            rust_demangle("_ZN67_$LT$rustls..conn..connection..Writer$u20$as$u20$std..io..Write$GT$5write17hcd74e6df663c99d9E")
+                .as_deref(),
+            Some("<rustls::conn::connection::Writer as std::io::Write>::write")
+        );
+        assert_eq!(
+            rust_demangle("_ZN6rustls12common_state11CommonState16buffer_plaintext17h4ec92e8b0db06b72E")
+                .as_deref(),
+            Some("rustls::common_state::CommonState::buffer_plaintext")
+        );
+        assert_eq!(rust_demangle("_ZN3foo"), None);
+        assert_eq!(rust_demangle("_ZN99fooE"), None);
+        assert_eq!(rust_demangle("SSL_write"), None);
+        // Names from hostile files: never a panic.
+        for name in [
+            "_ZN18446744073709551615aE",
+            "_ZN3$u$E",
+            "_ZN2_$E",
+            "_ZN4$uffffffE",
+            "_ZN3\u{e9}aE",
+            "_ZN1\u{e9}E",
+            "_ZNE",
+        ] {
+            let _ = rust_demangle(name);
+        }
     }
 
     #[test]

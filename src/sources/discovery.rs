@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 
-use super::{gotls, openssl, wanted_symbols, TlsSource, TlsTarget};
+use super::{gotls, openssl, rustls, wanted_symbols, TlsSource, TlsTarget};
 use crate::discover::elf::Symbols;
 use crate::discover::ldpath;
 use crate::discover::pinned::{self, PinnedFile};
@@ -290,7 +290,10 @@ impl Discovery {
                 return None;
             }
         };
-        let target = self.linked_openssl(&file, &exe).or_else(|| self.go_program(file, &exe))?;
+        let target = self
+            .linked_openssl(&file, &exe)
+            .or_else(|| self.rustls_program(&file, &exe))
+            .or_else(|| self.go_program(file, &exe))?;
         Some(self.ready(TlsTarget { display_path: exe.display_path, ..target }))
     }
 
@@ -300,6 +303,25 @@ impl Discovery {
         }
         let symbols = Symbols::of(file, &wanted_symbols()).ok()?;
         TlsTarget::from_symbols(file.clone(), &exe.path, &symbols, &openssl::SOURCE).ok()
+    }
+
+    /// An executable with rustls linked in: found by its symbols (see
+    /// `sources::rustls`); one that has rustls but cannot be probed
+    /// (stripped, LTO) gets a warning that says why.
+    fn rustls_program(&self, file: &Rc<PinnedFile>, exe: &Executable) -> Option<TlsTarget> {
+        if !self.sources.iter().any(|s| s.name == rustls::SOURCE.name) {
+            return None;
+        }
+        match rustls::resolve(file.clone(), &exe.path) {
+            Ok(target) => target,
+            Err(e) => {
+                crate::eprintln_escaped!(
+                    "cleartap: warning: not capturing rustls in {}: {e:#}",
+                    exe.display_path
+                );
+                None
+            }
+        }
     }
 
     fn go_program(&self, file: Rc<PinnedFile>, exe: &Executable) -> Option<TlsTarget> {

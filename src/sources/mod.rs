@@ -15,6 +15,7 @@ pub mod openssl;
 pub mod openssl_layout;
 pub mod packets;
 pub mod procwatch;
+pub mod rustls;
 pub mod secret_points;
 pub mod shell;
 pub mod sql;
@@ -63,6 +64,12 @@ pub enum Entry {
     /// The _ex shape with the count pointer in the 5th argument:
     /// `SSL_write_ex2(ssl, buf, num, flags, written)`.
     Ex5,
+    /// rustls's `Writer::write`/`Reader::read`: `(&mut self, ptr, len)`,
+    /// returning `io::Result<usize>` in rax (0: Ok) and rdx (see `rustls`).
+    Rustls,
+    /// rustls's `ClientConnection::new`/`ServerConnection::new`: entry only,
+    /// marks the thread whose socket I/O ties records to their socket.
+    RustlsMark,
 }
 
 impl Entry {
@@ -76,6 +83,8 @@ impl Entry {
             Entry::Internal => Some("internal_entry"),
             Entry::Internal5 => Some("internal5_entry"),
             Entry::Ex5 => Some("ex5_entry"),
+            Entry::Rustls => Some("rustls_entry"),
+            Entry::RustlsMark => Some("rustls_mark"),
             Entry::Go => None,
         }
     }
@@ -95,8 +104,16 @@ impl TlsHook {
     /// `<symbol in lower case>_return` in `bpf/tls.bpf.c`, and its
     /// `_nofetch` variant for kernels without atomic fetch operations
     /// (see `kernel::has_atomic_fetch`).
+    /// rustls's functions are named by their function id instead
+    /// (`rustls_write_return`, `rustls_read_return`): their symbols are
+    /// Rust paths.
     pub fn return_program(&self, has_fetch: bool) -> String {
         let suffix = if has_fetch { "" } else { "_nofetch" };
+        if self.entry == Entry::Rustls {
+            let what =
+                if self.function_id == crate::events::tls_function::RUSTLS_WRITE { "write" } else { "read" };
+            return format!("rustls_{what}_return{suffix}");
+        }
         format!("{}_return{suffix}", self.symbol.to_ascii_lowercase())
     }
 }
@@ -111,6 +128,9 @@ pub struct TlsSource {
     pub hooks: &'static [TlsHook],
     /// Does a file name (basename) look like this library? Also what
     /// `bpf/procwatch.bpf.c` watches `openat` for (at most 15 bytes).
+    /// Empty for a library that is only ever linked into executables
+    /// (rustls): no file is named like it, and discovery checks
+    /// executables for it instead (`Discovery::consider_executable`).
     pub file_prefix: &'static str,
     /// Reads the library's version from the file (found at the path given,
     /// for a sibling file that holds it), when it says.
@@ -124,11 +144,11 @@ pub struct TlsSource {
 impl TlsSource {
     pub fn is_library_path(&self, path: &str) -> bool {
         let name = path.rsplit('/').next().unwrap_or(path);
-        name.starts_with(self.file_prefix)
+        !self.file_prefix.is_empty() && name.starts_with(self.file_prefix)
     }
 }
 
-pub const TLS_SOURCES: [&TlsSource; 3] = [&openssl::SOURCE, &gnutls::SOURCE, &nss::SOURCE];
+pub const TLS_SOURCES: [&TlsSource; 4] = [&openssl::SOURCE, &gnutls::SOURCE, &nss::SOURCE, &rustls::SOURCE];
 
 /// The function name of an `enum ct_tls_function` value, and its family.
 pub fn function_of(function_id: u8) -> (&'static str, &'static str) {
@@ -345,12 +365,16 @@ mod tests {
             .filter_map(|l| l.trim().strip_prefix("CT_FN_"))
             .map(|l| l.split([',', ' ', '=']).next().unwrap())
             .collect();
-        for source in TLS_SOURCES {
+        for source in TLS_SOURCES.iter().filter(|s| s.name != rustls::SOURCE.name) {
             for h in source.hooks {
                 let c_name = names[h.function_id as usize - 1];
                 assert_eq!(c_name, h.symbol.to_ascii_uppercase(), "{}", h.symbol);
             }
         }
+        // rustls's symbols are Rust paths: its ids are named for the function.
+        assert_eq!(names[rustls::SOURCE.hooks[0].function_id as usize - 1], "RUSTLS_WRITE");
+        assert_eq!(names[rustls::SOURCE.hooks[1].function_id as usize - 1], "RUSTLS_READ");
+        assert_eq!(function_of(tls_function::RUSTLS_READ), (rustls::READ, "rustls"));
         for h in [openssl::WRITE_INTERNAL, openssl::READ_INTERNAL] {
             assert_eq!(names[h.function_id as usize - 1], h.symbol.to_ascii_uppercase());
             assert_eq!(function_of(h.function_id), (h.symbol, "openssl"));
@@ -370,5 +394,6 @@ mod tests {
         assert!(gnutls::SOURCE.is_library_path("/lib/x86_64-linux-gnu/libgnutls.so.30"));
         assert!(nss::SOURCE.is_library_path("/lib/x86_64-linux-gnu/libnspr4.so"));
         assert!(!nss::SOURCE.is_library_path("/lib/x86_64-linux-gnu/libnss3.so"));
+        assert!(!rustls::SOURCE.is_library_path("/lib/x86_64-linux-gnu/libc.so.6"));
     }
 }

@@ -33,8 +33,11 @@ fn configure(
     hold: bool,
 ) -> Result<()> {
     let prefixes = &mut rodata.watch_prefixes;
+    // A library with no file of its own (rustls) has no name to watch: an
+    // empty prefix would match every open.
+    let sources: Vec<_> = sources.iter().filter(|s| !s.file_prefix.is_empty()).collect();
     anyhow::ensure!(sources.len() <= prefixes.len(), "more TLS libraries than the process watch holds");
-    for (slot, source) in prefixes.iter_mut().zip(sources) {
+    for (slot, source) in prefixes.iter_mut().zip(&sources) {
         let name = source.file_prefix.as_bytes();
         // NUL-terminated within the slot (checked for the registry by a test).
         anyhow::ensure!(name.len() < slot.len(), "file prefix {} too long", source.file_prefix);

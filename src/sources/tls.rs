@@ -12,7 +12,7 @@ use libbpf_rs::{Link, MapCore, MapFlags, OpenObject, ProgramMut, UprobeOpts};
 use super::gotls::GoProbePoints;
 use super::openssl_layout::SslLayout;
 use super::secret_points::{self, SecretPoints};
-use super::{TlsHook, TlsTarget};
+use super::{Entry, TlsHook, TlsTarget};
 use crate::bpf::tls::{OpenTlsSkel, TlsSkel, TlsSkelBuilder};
 use crate::bpf::types::ct_ssl_layout;
 use crate::discover::gnutls_keylog::GnutlsKeylogPoints;
@@ -101,6 +101,7 @@ impl<'obj> TlsProbes<'obj> {
         let calls = std::env::var("CLEARTAP_TEST_ACTIVE_CALLS").ok().and_then(|n| n.parse().ok());
         open.maps.active_calls.set_max_entries(calls.unwrap_or(in_flight)).context("sizing the call map")?;
         open.maps.go_reads.set_max_entries(in_flight).context("sizing the Go read map")?;
+        open.maps.rustls_writers.set_max_entries(max_connections).context("sizing the rustls writer map")?;
         open.maps.ssl_keys_sent.set_max_entries(max_connections).context("sizing the secrets map")?;
         let features = Features::probe();
         rodata.capture_secrets = secrets;
@@ -176,10 +177,16 @@ impl<'obj> TlsProbes<'obj> {
     fn attach_plaintext(&self, target: &TlsTarget) -> Result<Vec<Link>> {
         let mut links = Vec::new();
         for (hook, function) in &target.hooks {
-            let (entry, ret) = self.programs_for(hook)?;
             let offset = function.file_offset as usize;
             let path = target.file.proc_path();
-            for (prog, retprobe) in [(entry, false), (ret, true)] {
+            let programs = if hook.entry == Entry::RustlsMark {
+                // An entry probe only (see bpf/tls.bpf.c: rustls_mark).
+                vec![(self.program("rustls_mark")?, false)]
+            } else {
+                let (entry, ret) = self.programs_for(hook)?;
+                vec![(entry, false), (ret, true)]
+            };
+            for (prog, retprobe) in programs {
                 let opts = UprobeOpts { retprobe, cookie: self.cookie(target), ..Default::default() };
                 let link = prog.attach_uprobe_with_opts(-1, &path, offset, opts).with_context(|| {
                     format!(
@@ -363,7 +370,7 @@ const NO_OFFSET: u32 = u32::MAX;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sources::{gotls, openssl, TLS_SOURCES};
+    use crate::sources::{gotls, openssl, rustls, TLS_SOURCES};
 
     /// Every hook of the registry names an entry and a return program
     /// (both variants) that `bpf/tls.bpf.c` defines: a new library's
@@ -380,6 +387,7 @@ mod tests {
             .flat_map(|s| s.hooks.iter())
             .chain([&openssl::WRITE_INTERNAL, &openssl::READ_INTERNAL])
             .chain(gotls::HOOKS.iter().filter(|h| h.entry.program().is_some()));
+        assert!(names.iter().any(|n| n == rustls::MARKS[0].entry.program().unwrap()));
         let mut checked = 0;
         for hook in hooks {
             let entry = hook.entry.program().unwrap();

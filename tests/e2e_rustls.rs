@@ -1,0 +1,214 @@
+//! rustls (0.23.46, ring provider): a client and a server built from
+//! tests/rustls/rustlspeer (statically linked, as every Rust program links
+//! rustls), with rustls::StreamOwned. Both sides record every byte they
+//! pass to rustls and get from it, per connection: the capture must equal
+//! both, byte for byte, with the pid, fd and both ends of each connection.
+//! A server runs before cleartap starts and one after (found at its exec),
+//! and the client (the same file) starts after. A stripped build and an
+//! LTO build cannot be probed: cleartap says so, naming the file.
+
+mod support;
+
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use serde_json::Value;
+use support::*;
+
+/// tests/rustls/rustlspeer built with `profile` (release, stripped, lto),
+/// cached under target/rustls-tests (built from crates.io: rustls 0.23.46
+/// is pinned in its Cargo.toml and Cargo.lock).
+fn rustlspeer(profile: &str) -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let target = root.join("target/rustls-tests");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let built = Command::new(&cargo)
+        .args(["build", "--locked", "--profile", profile, "--manifest-path"])
+        .arg(root.join("tests/rustls/rustlspeer/Cargo.toml"))
+        .env("CARGO_TARGET_DIR", &target)
+        .output()
+        .unwrap_or_else(|e| panic!("running {cargo} (needed to build the rustls test peer): {e}"));
+    assert!(
+        built.status.success(),
+        "building tests/rustls/rustlspeer (rustls from crates.io) failed; it needs cargo and \
+         network access to crates.io (or the crates in cargo's cache):\n{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    target.join(profile).join("rustlspeer")
+}
+
+struct Server {
+    child: Child,
+    port: u16,
+    truth: tempfile::TempDir,
+    _cert: Certificate,
+}
+
+impl Server {
+    fn start(binary: &Path) -> Server {
+        let cert = Certificate::new();
+        let truth = tempfile::tempdir().unwrap();
+        let mut child = without_terminal(&mut Command::new(binary))
+            .arg("server")
+            .arg(cert.cert())
+            .arg(cert.key())
+            .arg(truth.path())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("starting the rustls server");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let port = line.trim().strip_prefix("port ").and_then(|p| p.parse().ok()).expect("port line");
+        Server { child, port, truth, _cert: cert }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `count` POSTs of `size` bytes, one connection each; the client checks
+/// every answer itself. Its pid and truth files.
+fn client(binary: &Path, server: &Server, count: usize, size: usize) -> (u32, tempfile::TempDir) {
+    let truth = tempfile::tempdir().unwrap();
+    let child = without_terminal(&mut Command::new(binary))
+        .args(["client", &server.port.to_string(), &count.to_string(), &size.to_string()])
+        .arg(truth.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "rustls client: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), format!("ok {count}\n"));
+    (pid, truth)
+}
+
+/// Every connection a side recorded (`<local port>-<remote port>.sent` and
+/// `.recv`) against what cleartap captured for that pid and that pair of
+/// ports; every record of the pid has an fd, both addresses and the
+/// rustls function.
+fn assert_side_matches(got: &Captured, pid: u32, truth: &Path, side: &str) {
+    let mut connections = 0;
+    for entry in fs::read_dir(truth).unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(ports) = name.strip_suffix(".sent") else { continue };
+        let (local, remote) = ports.split_once('-').unwrap();
+        let (local, remote): (u16, u16) = (local.parse().unwrap(), remote.parse().unwrap());
+        let ours = |r: &Value| {
+            r["event"] == "tls"
+                && r["pid"] == pid
+                && port_of(&r["local"]) == Some(local)
+                && port_of(&r["remote"]) == Some(remote)
+        };
+        for (direction, suffix) in [("send", "sent"), ("recv", "recv")] {
+            let want = fs::read(truth.join(format!("{ports}.{suffix}"))).unwrap();
+            assert!(want.len() > 4096, "{side}: a multi-KiB exchange");
+            let what = format!("{side} {direction} on {local}-{remote}");
+            assert_same_bytes(&got.stream(direction, ours), &want, &what);
+        }
+        connections += 1;
+    }
+    assert!(connections > 0, "{side} recorded no connection");
+    let records: Vec<_> = got.tls().filter(|r| r["pid"] == pid).collect();
+    assert!(!records.is_empty(), "{side}: no records");
+    for r in records {
+        assert_eq!(r["library"], "rustls", "{r}");
+        assert!(r["fd"].as_i64().unwrap() >= 0, "{r}");
+        assert!(port_of(&r["local"]).is_some() && port_of(&r["remote"]).is_some(), "{r}");
+        let function = r["function"].as_str().unwrap();
+        assert!(
+            function.starts_with("<rustls::conn::connection::Writer as std::io::Write>::write")
+                || function.starts_with("<rustls::conn::connection::Reader as std::io::Read>::read"),
+            "{r}"
+        );
+    }
+}
+
+/// Both sides, byte-exact both ways: a server running before cleartap
+/// (attached at start), a server from a file first seen at its exec after
+/// cleartap started (attached by exec discovery), and clients started
+/// after.
+#[test]
+fn rustls_client_and_server_both_ways() {
+    if !require_bpf() {
+        return;
+    }
+    let binary = rustlspeer("release");
+    let _one = exclusive();
+    let before = Server::start(&binary);
+    let mut capture = Capture::start(&["tls", "--library", "rustls"]);
+    // A file cleartap has never seen, found at its exec: a fresh copy.
+    let dir = tempfile::tempdir().unwrap();
+    let fresh = dir.path().join("rustlspeer-fresh");
+    fs::copy(&binary, &fresh).unwrap();
+    let after = Server::start(&fresh);
+    let attached = format!("cleartap: attached to {} (rustls 0.23.46: ", fresh.display());
+    assert!(
+        capture.wait_for_stderr(&attached, std::time::Duration::from_secs(30)),
+        "{}",
+        capture.stderr_so_far()
+    );
+    let (client_a, truth_a) = client(&binary, &before, 2, 40_000);
+    let (client_b, truth_b) = client(&fresh, &after, 1, 300_000);
+    let got = capture.stop();
+    got.assert_clean_exit();
+    assert!(got.stderr.contains("(rustls 0.23.46: "), "{}", got.stderr);
+    assert_side_matches(&got, client_a, truth_a.path(), "client (server running before)");
+    assert_side_matches(&got, client_b, truth_b.path(), "client (server started after)");
+    assert_side_matches(&got, before.child.id(), before.truth.path(), "server running before cleartap");
+    assert_side_matches(&got, after.child.id(), after.truth.path(), "server started after cleartap");
+}
+
+/// The default `--library` set includes rustls.
+#[test]
+fn rustls_is_captured_by_default() {
+    if !require_bpf() {
+        return;
+    }
+    let binary = rustlspeer("release");
+    let _one = exclusive();
+    let server = Server::start(&binary);
+    let capture = Capture::start(&["tls", "--pid", &server.child.id().to_string()]);
+    let _ = client(&binary, &server, 1, 8000);
+    let got = capture.stop();
+    got.assert_clean_exit();
+    assert_side_matches(&got, server.child.id(), server.truth.path(), "server");
+}
+
+/// A stripped build has no symbols, and with LTO `Writer::write` is
+/// inlined away: neither can be probed, and cleartap says so for each,
+/// at start (the server) and at exec (the client).
+#[test]
+fn stripped_and_lto_rustls_programs_are_refused_with_a_warning() {
+    if !require_bpf() {
+        return;
+    }
+    let stripped = rustlspeer("stripped");
+    let lto = rustlspeer("lto");
+    let _one = exclusive();
+    let server = Server::start(&stripped);
+    let mut capture = Capture::start(&["tls", "--library", "rustls"]);
+    let _ = client(&lto, &server, 1, 5000);
+    let warning =
+        format!("cleartap: warning: not capturing rustls in {}: rustls is linked in, but", lto.display());
+    assert!(
+        capture.wait_for_stderr(&warning, std::time::Duration::from_secs(30)),
+        "{}",
+        capture.stderr_so_far()
+    );
+    let got = capture.stop();
+    let refused = format!(
+        "cleartap: warning: not capturing rustls in {}: rustls is linked in, but the executable is stripped",
+        stripped.display()
+    );
+    assert!(got.stderr.contains(&refused), "{}", got.stderr);
+    assert!(got.stderr.contains("is not a function of its own (inlined: built with LTO?)"), "{}", got.stderr);
+    assert_eq!(got.tls().count(), 0);
+}

@@ -1,0 +1,199 @@
+//! rustlspeer server CERT KEY TRUTHDIR
+//!     prints "port N", then serves every connection: reads a request
+//!     (headers, then Content-Length bytes) and answers with the body
+//!     reversed, then closes.
+//! rustlspeer client PORT COUNT SIZE TRUTHDIR
+//!     COUNT connections in turn, each a POST of SIZE bytes; checks the
+//!     answer and prints "ok COUNT".
+//!
+//! Both sides write what they passed to rustls (`Write::write` on a
+//! `rustls::StreamOwned`) and what they got from it (`Read::read`) into
+//! TRUTHDIR/<local port>-<remote port>.sent and .recv.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{ring, verify_tls12_signature, verify_tls13_signature, CryptoProvider};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+
+/// A stream that records both directions of the plaintext.
+struct Recorded<S> {
+    inner: S,
+    sent: File,
+    recv: File,
+}
+
+impl<S> Recorded<S> {
+    fn new(inner: S, tcp: &TcpStream, truth: &Path) -> Self {
+        let name = format!("{}-{}", tcp.local_addr().unwrap().port(), tcp.peer_addr().unwrap().port());
+        Recorded {
+            inner,
+            sent: File::create(truth.join(format!("{name}.sent"))).unwrap(),
+            recv: File::create(truth.join(format!("{name}.recv"))).unwrap(),
+        }
+    }
+}
+
+impl<S: Read> Read for Recorded<S> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.recv.write_all(&buf[..n])?;
+        Ok(n)
+    }
+}
+
+impl<S: Write> Write for Recorded<S> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.sent.write_all(&buf[..n])?;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Reads one message: headers, then Content-Length bytes of body.
+fn read_message(s: &mut impl Read) -> (String, Vec<u8>) {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut byte).unwrap(), 1, "connection closed in the headers");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
+        .unwrap_or(0);
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).unwrap();
+    (head, body)
+}
+
+fn body(size: usize, seed: usize) -> Vec<u8> {
+    (0..size).map(|i| ((i * 7 + seed * 13) % 251) as u8).collect()
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(ring::default_provider())
+}
+
+fn server(cert: &Path, key: &Path, truth: PathBuf) {
+    let certs: Vec<CertificateDer> = CertificateDer::pem_file_iter(cert).unwrap().map(|c| c.unwrap()).collect();
+    let key = PrivateKeyDer::from_pem_file(key).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    let config = Arc::new(config);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    println!("port {}", listener.local_addr().unwrap().port());
+    std::io::stdout().flush().unwrap();
+    for tcp in listener.incoming() {
+        let tcp = tcp.unwrap();
+        let config = config.clone();
+        let truth = truth.clone();
+        std::thread::spawn(move || {
+            let conn = rustls::ServerConnection::new(config).unwrap();
+            let copy = tcp.try_clone().unwrap();
+            let mut s = Recorded::new(rustls::StreamOwned::new(conn, tcp), &copy, &truth);
+            let (_, mut request) = read_message(&mut s);
+            request.reverse();
+            let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", request.len());
+            s.write_all(head.as_bytes()).unwrap();
+            s.write_all(&request).unwrap();
+            s.flush().unwrap();
+            s.inner.conn.send_close_notify();
+            let _ = s.inner.conn.complete_io(&mut s.inner.sock);
+        });
+    }
+}
+
+#[derive(Debug)]
+struct AcceptAny;
+
+impl ServerCertVerifier for AcceptAny {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(message, cert, dss, &provider().signature_verification_algorithms)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(message, cert, dss, &provider().signature_verification_algorithms)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        provider().signature_verification_algorithms.supported_schemes()
+    }
+}
+
+fn client(port: u16, count: usize, size: usize, truth: PathBuf) {
+    let config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAny))
+        .with_no_client_auth();
+    let config = Arc::new(config);
+    for i in 0..count {
+        let tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let name = ServerName::try_from("localhost").unwrap();
+        let conn = rustls::ClientConnection::new(config.clone(), name).unwrap();
+        let copy = tcp.try_clone().unwrap();
+        let mut s = Recorded::new(rustls::StreamOwned::new(conn, tcp), &copy, &truth);
+        let sent = body(size, i);
+        let head = format!("POST /echo HTTP/1.1\r\nHost: localhost\r\nContent-Length: {size}\r\n\r\n");
+        s.write_all(head.as_bytes()).unwrap();
+        s.write_all(&sent).unwrap();
+        s.flush().unwrap();
+        let (head, got) = read_message(&mut s);
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+        let mut want = sent;
+        want.reverse();
+        assert!(got == want, "connection {i}: the answer is not the request reversed");
+    }
+    println!("ok {count}");
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    match args.get(1).map(String::as_str) {
+        Some("server") => server(Path::new(&args[2]), Path::new(&args[3]), PathBuf::from(&args[4])),
+        Some("client") => client(
+            args[2].parse().unwrap(),
+            args[3].parse().unwrap(),
+            args[4].parse().unwrap(),
+            PathBuf::from(&args[5]),
+        ),
+        _ => {
+            eprintln!("usage: rustlspeer server CERT KEY TRUTHDIR | client PORT COUNT SIZE TRUTHDIR");
+            std::process::exit(2);
+        }
+    }
+}
