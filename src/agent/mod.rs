@@ -9,7 +9,6 @@ pub mod config;
 pub mod metrics;
 pub mod pipeline;
 pub mod sinks;
-pub mod spool;
 pub mod tail;
 
 use std::collections::BTreeMap;

@@ -1,6 +1,6 @@
 //! `[sinks.nats]`: NATS JetStream, behind a write-ahead spool.
 //!
-//! Every event is appended to the on-disk spool (`agent::spool`) by the
+//! Every event is appended to the on-disk spool (`crates/spool`) by the
 //! agent thread, and a publisher thread (a small tokio runtime) publishes
 //! from the spool, in order, with a window of unacknowledged messages in
 //! flight; a record leaves the spool only when JetStream acknowledged it.
@@ -26,7 +26,7 @@ use futures_util::FutureExt;
 use super::{FlushTimer, Sink};
 use crate::agent::config::NatsSink;
 use crate::agent::pipeline::Envelope;
-use crate::agent::spool::{Position, PushError, Spool};
+use spool::{Position, PushError, Spool};
 
 /// Messages published and not yet acknowledged.
 const WINDOW: usize = 512;

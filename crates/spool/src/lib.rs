@@ -9,7 +9,7 @@
 //!
 //! A directory (mode 0700) holding:
 //! - `NNNNNNNNNNNNNNNNNNNN.seg` (20-digit segment number, strictly increasing): segment files (0600),
-//!   rolled over at [`SEGMENT_SIZE`]. Each record is `[u32 LE payload length][u32 LE crc32 of the
+//!   rolled over at `SEGMENT_SIZE` (8 MiB). Each record is `[u32 LE payload length][u32 LE crc32 of the
 //!   payload][payload]`. Only the `Spool` that created a segment appends to it: `open` always
 //!   starts a new one, so a segment found on disk is never written again, only cut or deleted.
 //! - `commit` (0600): the commit point, `b"CTS1"` + u64 LE segment + u64 LE offset + u32 LE crc32 of
@@ -24,7 +24,7 @@
 //!
 //! # Durability
 //!
-//! Appends go through a user-space buffer of [`WRITE_BUFFER`] bytes and nothing is fsynced per
+//! Appends go through a user-space buffer of `WRITE_BUFFER` (64 KiB) and nothing is fsynced per
 //! record. A crash of the process (kill -9) loses only what was still in that buffer; the buffer is
 //! emptied when it fills, when a segment rolls over, when `read` reaches the segment being written,
 //! and by [`Spool::flush`], [`Spool::sync`] and drop. A caller that pushes slowly should call `flush`
@@ -48,11 +48,11 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// Size at which the segment being written is closed and a new one started.
-pub const SEGMENT_SIZE: u64 = 8 << 20;
+const SEGMENT_SIZE: u64 = 8 << 20;
 /// Largest payload accepted. It also bounds what a (corrupt) length field can make us allocate.
-pub const MAX_RECORD: usize = 64 << 20;
+const MAX_RECORD: usize = 64 << 20;
 /// Bytes of user-space buffering in front of the segment being written.
-pub const WRITE_BUFFER: usize = 64 << 10;
+const WRITE_BUFFER: usize = 64 << 10;
 
 /// Record header: u32 payload length + u32 crc32.
 const HEADER: u64 = 8;
@@ -67,8 +67,6 @@ const COMMIT_LEN: usize = 24;
 pub struct Recovered {
     /// Whole records waiting to be drained.
     pub records: u64,
-    /// Their total size on disk (headers included), i.e. [`Spool::bytes`] right after `open`.
-    pub bytes: u64,
     /// Bytes cut off torn or corrupt tails (0 if none).
     pub torn_bytes: u64,
     /// Files that were cut (or removed, when nothing uncommitted was left in them).
@@ -78,7 +76,7 @@ pub struct Recovered {
 /// Why `push` refused a record.
 #[derive(Debug)]
 pub enum PushError {
-    /// The record would take the spool past `max_bytes`, or is larger than [`MAX_RECORD`].
+    /// The record would take the spool past `max_bytes`, or is larger than `MAX_RECORD` (64 MiB).
     Full,
     /// Writing failed; the record was not added.
     Io(io::Error),
@@ -114,18 +112,6 @@ impl From<io::Error> for PushError {
 pub struct Position {
     seg: u64,
     off: u64,
-}
-
-impl Position {
-    /// Segment number.
-    pub fn segment(&self) -> u64 {
-        self.seg
-    }
-
-    /// Offset in the segment just after the record.
-    pub fn offset(&self) -> u64 {
-        self.off
-    }
 }
 
 /// The segment being appended to, with its not yet written bytes.
@@ -223,8 +209,8 @@ impl Spool {
         Self::open_with_segment_size(dir, max_bytes, SEGMENT_SIZE)
     }
 
-    /// Like [`Spool::open`] with another roll-over size (tests use tiny segments).
-    pub fn open_with_segment_size(
+    /// Like [`Spool::open`] with another roll-over size: the tests' tiny segments.
+    fn open_with_segment_size(
         dir: &Path,
         max_bytes: u64,
         segment_size: u64,
@@ -262,12 +248,11 @@ impl Spool {
             bytes: 0,
         };
         spool.bytes = spool.compute_bytes();
-        rec.bytes = spool.bytes;
         Ok((spool, rec))
     }
 
     /// Appends one record at the end. Err(Full) when it would take the spool past max_bytes or is
-    /// larger than [`MAX_RECORD`] (nothing is written then). An empty record is refused with an
+    /// larger than `MAX_RECORD` (64 MiB; nothing is written then). An empty record is refused with an
     /// `InvalidInput` I/O error: a zero header is what a zero-filled tail looks like, so `open`
     /// treats it as torn. Files are created mode 0600 with O_NOFOLLOW | O_EXCL.
     pub fn push(&mut self, record: &[u8]) -> Result<(), PushError> {
@@ -384,16 +369,6 @@ impl Spool {
     /// No uncommitted record.
     pub fn is_empty(&self) -> bool {
         self.pending == 0
-    }
-
-    /// The last persisted commit point (initially the start of the oldest segment).
-    pub fn commit_point(&self) -> Position {
-        self.commit
-    }
-
-    /// Directory of the spool.
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
 
     /// Hands buffered records and the commit point to the kernel, so they survive a crash of the
@@ -918,7 +893,8 @@ mod tests {
         sp.commit(batch[1].0).unwrap();
         drop(sp);
         let (mut sp, rec) = open(tmp.path(), 1 << 20);
-        assert_eq!(rec, Recovered { records: 5, bytes: 5 * SIZE, ..Recovered::default() });
+        assert_eq!(rec, Recovered { records: 5, ..Recovered::default() });
+        assert_eq!(sp.bytes(), 5 * SIZE);
         assert_eq!(sp.pending_records(), 5);
         push_n(&mut sp, 7..9);
         assert_eq!(payloads(&read_all(&mut sp)), expected(2..9));
@@ -942,6 +918,7 @@ mod tests {
         let (sp, rec) = open(tmp.path(), 1 << 20);
         assert_eq!(rec, Recovered::default());
         assert!(sp.is_empty());
+        assert_eq!(sp.bytes(), 0);
         assert!(seg_files(tmp.path()).is_empty());
     }
 
@@ -994,8 +971,9 @@ mod tests {
         half.extend_from_slice(&[7; 30]);
         append_raw(&last, &half);
         let (mut sp, rec) = open(tmp.path(), 1 << 20);
-        let want = Recovered { records: 5, bytes: 5 * SIZE, torn_bytes: 38, torn_files: vec![last.clone()] };
+        let want = Recovered { records: 5, torn_bytes: 38, torn_files: vec![last.clone()] };
         assert_eq!(rec, want);
+        assert_eq!(sp.bytes(), 5 * SIZE);
         assert_eq!(fs::metadata(&last).unwrap().len(), len);
         assert_eq!(payloads(&read_all(&mut sp)), expected(0..5));
         drop(sp);
@@ -1185,7 +1163,7 @@ mod tests {
             torn = garbage.len() as u64;
         }
         let (sp, rec) = Spool::open_with_segment_size(dir, RANDOM_MAX, 128).unwrap();
-        assert_eq!((rec.records, rec.bytes, rec.torn_bytes), (m.pending.len() as u64, m.bytes(), torn));
+        assert_eq!((rec.records, sp.bytes(), rec.torn_bytes), (m.pending.len() as u64, m.bytes(), torn));
         m.cursor = 0;
         m.positions.clear();
         sp
