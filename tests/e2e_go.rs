@@ -12,7 +12,6 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-use serde_json::Value;
 use support::*;
 
 struct GoServer {
@@ -95,29 +94,10 @@ fn client(binary: &Path, server: &GoServer, count: usize, size: usize, workers: 
     ClientRun { pid, truth, stdout }
 }
 
-/// Every connection a side recorded (`<local port>-<remote port>.sent` and
-/// `.recv`) against what cleartap captured for that pid and local port.
+/// Every connection a side recorded, byte-exact both ways, and every
+/// record of its pid from Go's crypto/tls with an fd.
 fn assert_side_matches(got: &Captured, pid: u32, truth: &Path, side: &str) -> usize {
-    let mut connections = 0;
-    for entry in fs::read_dir(truth).unwrap().flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(ports) = name.strip_suffix(".sent") else { continue };
-        let (local, remote) = ports.split_once('-').unwrap();
-        let (local, remote): (u16, u16) = (local.parse().unwrap(), remote.parse().unwrap());
-        let ours = |r: &Value| {
-            r["event"] == "tls"
-                && r["pid"] == pid
-                && port_of(&r["local"]) == Some(local)
-                && port_of(&r["remote"]) == Some(remote)
-        };
-        for (direction, suffix) in [("send", "sent"), ("recv", "recv")] {
-            let want = fs::read(truth.join(format!("{ports}.{suffix}"))).unwrap();
-            let what = format!("{side} {direction} on {local}-{remote}");
-            assert_same_bytes(&got.stream(direction, ours), &want, &what);
-        }
-        connections += 1;
-    }
-    assert!(connections > 0, "{side} recorded no connection");
+    let connections = assert_recorded_connections(got, pid, truth, side, 0);
     for r in got.tls().filter(|r| r["pid"] == pid) {
         assert_eq!(r["library"], "go", "{r}");
         assert!(r["fd"].as_i64().unwrap() >= 0, "{r}");

@@ -14,7 +14,6 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-use serde_json::Value;
 use support::*;
 
 /// tests/rustls/rustlspeer built with `profile` (release, stripped, lto),
@@ -95,27 +94,8 @@ fn client(binary: &Path, server: &Server, count: usize, size: usize) -> (u32, te
 /// ports; every record of the pid has an fd, both addresses and the
 /// rustls function.
 fn assert_side_matches(got: &Captured, pid: u32, truth: &Path, side: &str) {
-    let mut connections = 0;
-    for entry in fs::read_dir(truth).unwrap().flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(ports) = name.strip_suffix(".sent") else { continue };
-        let (local, remote) = ports.split_once('-').unwrap();
-        let (local, remote): (u16, u16) = (local.parse().unwrap(), remote.parse().unwrap());
-        let ours = |r: &Value| {
-            r["event"] == "tls"
-                && r["pid"] == pid
-                && port_of(&r["local"]) == Some(local)
-                && port_of(&r["remote"]) == Some(remote)
-        };
-        for (direction, suffix) in [("send", "sent"), ("recv", "recv")] {
-            let want = fs::read(truth.join(format!("{ports}.{suffix}"))).unwrap();
-            assert!(want.len() > 4096, "{side}: a multi-KiB exchange");
-            let what = format!("{side} {direction} on {local}-{remote}");
-            assert_same_bytes(&got.stream(direction, ours), &want, &what);
-        }
-        connections += 1;
-    }
-    assert!(connections > 0, "{side} recorded no connection");
+    // A multi-KiB exchange each way on every connection.
+    assert_recorded_connections(got, pid, truth, side, 4097);
     let records: Vec<_> = got.tls().filter(|r| r["pid"] == pid).collect();
     assert!(!records.is_empty(), "{side}: no records");
     for r in records {

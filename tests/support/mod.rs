@@ -566,6 +566,47 @@ pub fn assert_client_matches_server(got: &Captured, server: &TlsServer, comm: &s
     }
 }
 
+/// Every connection a peer recorded in `truth` (`<local port>-<remote
+/// port>.sent` and `.recv`, as tests/go/tlspeer and tests/rustls write
+/// them), each at least `min_bytes` each way, against what cleartap
+/// captured for `pid` on those ports, byte-exact both ways. Returns how
+/// many connections were compared (at least one).
+#[track_caller]
+pub fn assert_recorded_connections(
+    got: &Captured,
+    pid: u32,
+    truth: &Path,
+    side: &str,
+    min_bytes: usize,
+) -> usize {
+    let mut connections = 0;
+    for entry in std::fs::read_dir(truth).unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(ports) = name.strip_suffix(".sent") else { continue };
+        let (local, remote) = ports.split_once('-').unwrap();
+        let (local, remote): (u16, u16) = (local.parse().unwrap(), remote.parse().unwrap());
+        let ours = |r: &Value| {
+            r["event"] == "tls"
+                && r["pid"] == pid
+                && port_of(&r["local"]) == Some(local)
+                && port_of(&r["remote"]) == Some(remote)
+        };
+        for (direction, suffix) in [("send", "sent"), ("recv", "recv")] {
+            let want = std::fs::read(truth.join(format!("{ports}.{suffix}"))).unwrap();
+            assert!(
+                want.len() >= min_bytes,
+                "{side}: {} bytes {direction}, expected at least {min_bytes}",
+                want.len()
+            );
+            let what = format!("{side} {direction} on {local}-{remote}");
+            assert_same_bytes(&got.stream(direction, ours), &want, &what);
+        }
+        connections += 1;
+    }
+    assert!(connections > 0, "{side} recorded no connection");
+    connections
+}
+
 /// Byte-exact comparison that reports lengths and the first difference
 /// instead of dumping megabytes.
 #[track_caller]
