@@ -21,6 +21,12 @@ pub fn exclusive() -> MutexGuard<'static, ()> {
     CAPTURE_LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// The start of a capture test: `None` when BPF tests are skipped (see
+/// `require_bpf`), else the capture lock, held until the test ends.
+pub fn capture_test() -> Option<MutexGuard<'static, ()>> {
+    require_bpf().then(exclusive)
+}
+
 /// The e2e tests need root and BPF. They fail, loudly, when those are
 /// missing, unless CLEARTAP_SKIP_BPF_TESTS=1 says to skip them.
 pub fn require_bpf() -> bool {
