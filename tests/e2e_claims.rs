@@ -173,11 +173,11 @@ enum Link {
 }
 
 /// tests/support/claims_client.c built as `link`, cached under target/ by
-/// a hash of its source and flags; the file is always named
+/// a hash of its sources and flags; the file is always named
 /// `claims_client` (its comm).
 fn claims_client(link: Link) -> PathBuf {
     let source = support_dir().join("claims_client.c");
-    let text = fs::read(&source).unwrap();
+    let text = [fs::read(&source).unwrap(), fs::read(support_dir().join("connect_tcp.h")).unwrap()];
     let mut args: Vec<&str> = vec!["-O1", "-Wall", "-Wextra", "-Werror"];
     if link != Link::Dynamic {
         for archive in ["libssl.a", "libcrypto.a"] {

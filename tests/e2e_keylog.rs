@@ -198,20 +198,7 @@ const OPENSSL_111: &str = "/opt/cleartap-test/openssl-1.1.1w";
 
 /// tests/support/keylog_peer.c built against OpenSSL 1.1.1w.
 fn keylog_peer_111(dir: &Path) -> PathBuf {
-    let binary = dir.join("keylog_peer_111");
-    let lib = format!("{OPENSSL_111}/lib");
-    let out = Command::new("gcc")
-        .args(["-O1", "-Wall", "-o"])
-        .arg(&binary)
-        .arg(support_dir().join("keylog_peer.c"))
-        .arg(format!("-I{OPENSSL_111}/include"))
-        .arg(format!("-L{lib}"))
-        .arg(format!("-Wl,-rpath,{lib}"))
-        .args(["-lssl", "-lcrypto"])
-        .output()
-        .expect("running gcc");
-    assert!(out.status.success(), "building keylog_peer: {}", String::from_utf8_lossy(&out.stderr));
-    binary
+    build_against_openssl("keylog_peer", OPENSSL_111, dir)
 }
 
 #[test]

@@ -44,6 +44,25 @@ pub fn require_bpf() -> bool {
     true
 }
 
+/// `tests/support/<name>.c` built as `<dir>/<name>` against the OpenSSL
+/// installed under `prefix` (headers, libraries, and an rpath to them).
+pub fn build_against_openssl(name: &str, prefix: &str, dir: &Path) -> PathBuf {
+    let binary = dir.join(name);
+    let lib = format!("{prefix}/lib");
+    let out = Command::new("cc")
+        .args(["-O1", "-Wall", "-Werror", "-o"])
+        .arg(&binary)
+        .arg(support_dir().join(format!("{name}.c")))
+        .arg(format!("-I{prefix}/include"))
+        .arg(format!("-L{lib}"))
+        .arg(format!("-Wl,-rpath,{lib}"))
+        .args(["-lssl", "-lcrypto"])
+        .output()
+        .expect("running cc (scripts/install-deps --test)");
+    assert!(out.status.success(), "building {name}: {}", String::from_utf8_lossy(&out.stderr));
+    binary
+}
+
 pub fn support_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support")
 }
