@@ -259,7 +259,7 @@ pub struct ExecEvent<'a> {
 impl ExecEvent<'_> {
     /// The file name as the program was started: exact when `filename_b64` has it.
     pub fn exact_filename(&self) -> &[u8] {
-        self.filename_b64.as_ref().map_or(&self.filename.0, |exact| &exact.0)
+        exact(&self.filename, self.filename_b64.as_ref())
     }
 
     /// The arguments as the program got them: exact when `argv_b64` has them.
@@ -544,7 +544,7 @@ impl<'a> ExecEvent<'a> {
             user: r.user.map(Cow::Borrowed),
             comm: Cow::Borrowed(&e.comm),
             filename: Text::borrowed(&e.filename),
-            filename_b64: std::str::from_utf8(&e.filename).is_err().then(|| Base64::borrowed(&e.filename)),
+            filename_b64: exact_if_not_utf8(&e.filename),
             argv: e.argv.iter().map(|a| Text::borrowed(a)).collect(),
             argv_b64: any_binary.then(|| e.argv.iter().map(|a| Base64::borrowed(a)).collect()),
             argv_truncated: e.argv_truncated,
