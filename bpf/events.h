@@ -293,6 +293,8 @@ enum ct_sql_command {
 };
 
 #define CT_QUERY_MAX 65536
+/* A PostgreSQL backend's process title ("postgres: USER DB CLIENT STATE"). */
+#define CT_TITLE_MAX 128
 
 /* A statement starts: its text (or, for an execution of a prepared
  * statement, its id). Only `len` bytes of text[] are in the record. */
@@ -305,6 +307,11 @@ struct ct_query_start {
 	__u32 len;
 	__u32 stmt_id;   /* COM_STMT_EXECUTE */
 	struct ct_task task;
+	/* PostgreSQL: the backend's title, read from its argv area at the
+	 * statement (as /proc/PID/cmdline would show it; a backend that
+	 * exits before user space reads /proc has it here still). Empty for
+	 * MariaDB and MySQL. */
+	char title[CT_TITLE_MAX];
 	char text[CT_QUERY_MAX];
 };
 

@@ -43,6 +43,7 @@ static __always_inline struct ct_query_start *start_record(__u8 server, __u8 com
 	q->truncated = 0;
 	q->len = 0;
 	q->stmt_id = 0;
+	q->title[0] = 0;
 	fill_task(&q->task);
 	return q;
 }
@@ -183,6 +184,10 @@ int BPF_KPROBE(pg_activity, __u32 state, const char *cmd_str)
 	struct ct_query_start *q = start_record(CT_SQL_POSTGRES, 0);
 	if (!q)
 		return 0;
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	unsigned long title = BPF_CORE_READ(task, mm, arg_start);
+	if (bpf_probe_read_user_str(q->title, CT_TITLE_MAX, (void *)title) < 0)
+		q->title[0] = 0;
 	long n = bpf_probe_read_user_str(q->text, CT_QUERY_MAX, cmd_str);
 	q->len = n > 0 ? n - 1 : 0;
 	q->truncated = n == CT_QUERY_MAX;

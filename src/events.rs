@@ -240,6 +240,8 @@ pub struct QueryStart<'a> {
     pub truncated: bool,
     pub stmt_id: u32,
     pub task: &'a ct_task,
+    /// PostgreSQL: the backend's process title (empty elsewhere).
+    pub title: &'a [u8],
     pub text: &'a [u8],
 }
 
@@ -257,6 +259,9 @@ fn decode_query(raw: &[u8]) -> Result<Event<'_>, DecodeError> {
     let len = word(offset_of!(ct_query_start, len)) as usize;
     let task_at = offset_of!(ct_query_start, task);
     let task = view::<ct_task>(&raw[task_at..]).map_err(|_| too_short)?;
+    let title_at = offset_of!(ct_query_start, title);
+    let title = &raw[title_at..text_at];
+    let title = &title[..title.iter().position(|&b| b == 0).unwrap_or(title.len())];
     let room = raw.len() - text_at;
     let text = raw[text_at..].get(..len).ok_or(DecodeError::LengthBeyondRecord { len, room })?;
     Ok(Event::QueryStart(QueryStart {
@@ -265,6 +270,7 @@ fn decode_query(raw: &[u8]) -> Result<Event<'_>, DecodeError> {
         truncated: byte(offset_of!(ct_query_start, truncated)) != 0,
         stmt_id: word(offset_of!(ct_query_start, stmt_id)),
         task,
+        title,
         text,
     }))
 }

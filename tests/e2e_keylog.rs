@@ -80,6 +80,15 @@ fn lines_of(path: &Path) -> BTreeSet<String> {
 
 /// Every line once, and the same set as the program's own key log.
 #[track_caller]
+/// A server, cleartap recording its traffic (`--keylog`, `-w`), and the
+/// path `name` where the peer under test writes its own key log.
+fn record_with_own_log(name: &str) -> (TlsServer, Recording, PathBuf) {
+    let server = TlsServer::start();
+    let recording = Recording::start(server.port, &[]);
+    let own = recording.dir.path().join(name);
+    (server, recording, own)
+}
+
 fn assert_same_key_lines(got: &[String], own: &Path) {
     let want = lines_of(own);
     assert!(!want.is_empty(), "the client wrote no key log");
@@ -125,9 +134,7 @@ fn curl_with_keylog(server: &TlsServer, tls_max: &str, response_size: usize, key
 #[test]
 fn openssl_tls12_and_tls13_secrets_equal_curls_own_and_the_capture_decrypts() {
     let Some(_one) = capture_test() else { return };
-    let server = TlsServer::start();
-    let recording = Recording::start(server.port, &[]);
-    let own = recording.dir.path().join("curl-keys.log");
+    let (server, recording, own) = record_with_own_log("curl-keys.log");
     let curls = [curl_with_keylog(&server, "1.3", 1234, &own), curl_with_keylog(&server, "1.2", 5678, &own)];
     let done = recording.stop();
     let lines = done.key_lines();
@@ -223,9 +230,7 @@ fn openssl_111_secrets_equal_its_own_key_log() {
 #[test]
 fn node_secrets_from_its_linked_openssl_equal_its_own_key_log() {
     let Some(_one) = capture_test() else { return };
-    let server = TlsServer::start();
-    let recording = Recording::start(server.port, &[]);
-    let own = recording.dir.path().join("node-keys.log");
+    let (server, recording, own) = record_with_own_log("node-keys.log");
     // Node's own key log, written synchronously: --tls-keylog writes
     // through a stream that process.exit may cut short.
     let script = format!(
@@ -247,9 +252,7 @@ fn node_secrets_from_its_linked_openssl_equal_its_own_key_log() {
 #[test]
 fn gnutls_secrets_equal_its_own_key_log() {
     let Some(_one) = capture_test() else { return };
-    let server = TlsServer::start();
-    let recording = Recording::start(server.port, &[]);
-    let own = recording.dir.path().join("gnutls-keys.log");
+    let (server, recording, own) = record_with_own_log("gnutls-keys.log");
     let out = Command::new("wget")
         .args(["-q", "--no-check-certificate", "-O", "/dev/null"])
         .arg(server.url(2468))

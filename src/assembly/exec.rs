@@ -159,14 +159,9 @@ impl super::Assembler for ExecAssembler {
         for exec in self.execs.drain() {
             self.write(exec, out)?;
         }
-        let evicted = self.execs.evicted();
-        if evicted > 0 {
-            eprintln!(
-                "cleartap: {evicted} program starts reported without their result: more than {} awaited \
-                 theirs at once",
-                MAX_PENDING
-            );
-        }
+        super::report_evicted(self.execs.evicted(), || {
+            format!("program starts reported without their result: more than {MAX_PENDING} awaited theirs at once")
+        });
         Ok(())
     }
 }

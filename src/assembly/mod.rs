@@ -25,3 +25,11 @@ pub trait Assembler {
     fn event(&mut self, event: Event, out: &mut dyn Output) -> io::Result<()>;
     fn finish(&mut self, out: &mut dyn Output) -> io::Result<()>;
 }
+
+/// At shutdown: how many records a full table cut short, and why, said
+/// once (nothing when none was).
+fn report_evicted(evicted: u64, what: impl FnOnce() -> String) {
+    if evicted > 0 {
+        eprintln!("cleartap: {evicted} {}", what());
+    }
+}

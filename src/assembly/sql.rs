@@ -175,13 +175,9 @@ impl super::Assembler for SqlAssembler {
         for query in self.queries.drain() {
             self.write(query, out)?;
         }
-        let evicted = self.queries.evicted();
-        if evicted > 0 {
-            eprintln!(
-                "cleartap: {evicted} statements reported without their end: more than {} were in flight at once",
-                MAX_PENDING
-            );
-        }
+        super::report_evicted(self.queries.evicted(), || {
+            format!("statements reported without their end: more than {MAX_PENDING} were in flight at once")
+        });
         Ok(())
     }
 }
@@ -200,8 +196,12 @@ impl SqlAssembler {
             }
             _ => {
                 let pid = q.task.pid;
-                self.backends
-                    .remember(pid, || std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default());
+                // The title the kernel read with the statement; /proc where
+                // it could not (the backend's memory was not readable).
+                self.backends.remember(pid, || match q.title {
+                    [] => std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default(),
+                    title => title.to_vec(),
+                });
                 ("postgres", "statement")
             }
         };

@@ -84,22 +84,20 @@ impl TlsAssembler {
                  memory budget; the exchanges affected carry a note"
             );
         }
-        let evicted = self.streams.evicted();
-        if evicted > 0 {
-            eprintln!(
-                "cleartap: HTTP decoding: {evicted} connections closed early: more than {} were decoded at once \
-                 (each closed as at its end: what that completed is shown)",
+        super::report_evicted(self.streams.evicted(), || {
+            format!(
+                "connections closed early by HTTP decoding: more than {} were decoded at once (each closed \
+                 as at its end: what that completed is shown)",
                 streams::MAX_CONNECTIONS
-            );
-        }
-        let evicted = self.gaps.evicted();
-        if evicted > 0 {
-            eprintln!(
-                "cleartap: gap tracking: {evicted} connections forgotten: more than {} were tracked at once \
-                 (a loss just before their next record is not marked)",
+            )
+        });
+        super::report_evicted(self.gaps.evicted(), || {
+            format!(
+                "connections forgotten by gap tracking: more than {} were tracked at once (a loss just before \
+                 their next record is not marked)",
                 gaps::MAX_CONNECTIONS
-            );
-        }
+            )
+        });
         Ok(())
     }
 }

@@ -9,18 +9,12 @@ use libbpf_rs::{Link, OpenObject};
 use crate::bpf::exec::{ExecSkel, ExecSkelBuilder};
 use crate::kernel::{self, Filters};
 
-pub struct ExecProbes<'obj> {
-    skel: ExecSkel<'obj>,
-}
+pub type ExecProbes<'obj> = super::Probes<ExecSkel<'obj>>;
 
 impl<'obj> ExecProbes<'obj> {
-    pub fn load(
-        storage: &'obj mut MaybeUninit<OpenObject>,
-        filters: &Filters,
-        ringbuf_bytes: u32,
-    ) -> Result<Self> {
+    pub fn load(storage: &'obj mut MaybeUninit<OpenObject>, filters: &Filters, ring: u32) -> Result<Self> {
         let mut open = crate::open_filtered!(ExecSkelBuilder, storage, filters, "exec");
-        open.maps.events.set_max_entries(ringbuf_bytes).context("sizing the ring buffer")?;
+        open.maps.events.set_max_entries(ring).context("sizing the ring buffer")?;
         let skel = open.load().map_err(kernel::load_failed("the exec BPF programs"))?;
         Ok(ExecProbes { skel })
     }
@@ -34,11 +28,6 @@ impl<'obj> ExecProbes<'obj> {
             (&p.sys_exit_execveat, "sys_exit_execveat"),
         ];
         super::attach_syscall_tracepoints(&programs)
-    }
-
-    /// The loaded object (`cleartap check` lists its programs).
-    pub fn object(&self) -> &libbpf_rs::Object {
-        libbpf_rs::skel::Skel::object(&self.skel)
     }
 
     pub fn events_map(&self) -> &libbpf_rs::MapMut<'obj> {

@@ -168,6 +168,19 @@ pub fn wanted_symbols() -> Vec<&'static str> {
     names
 }
 
+/// One source's loaded kernel programs: the skeleton its module loads and
+/// attaches (`impl Probes<ItsSkel>` there).
+pub struct Probes<S> {
+    skel: S,
+}
+
+impl<'obj, S: libbpf_rs::skel::Skel<'obj>> Probes<S> {
+    /// The loaded object (`cleartap check` lists its programs).
+    pub fn object(&self) -> &libbpf_rs::Object {
+        self.skel.object()
+    }
+}
+
 /// A file to probe (a library, or an executable with a library linked in)
 /// and the hooks found in it. `F` is how it holds the file: shared while it
 /// is parsed; owned on its way from the discovery thread (an `Rc` is not
@@ -205,35 +218,22 @@ pub struct TlsTarget<F = Rc<PinnedFile>> {
 impl<F> TlsTarget<F> {
     /// The same target holding `file` instead; and the file it held.
     fn swap_file<G>(self, file: G) -> (TlsTarget<G>, F) {
-        let TlsTarget {
-            file: old,
-            path,
-            display_path,
-            id,
-            library,
-            source,
-            version,
-            hooks,
-            go,
-            library_id,
-            callers,
-            secret_points,
-        } = self;
+        // A type-changing `..self` is not stable Rust: every other field by name.
         let target = TlsTarget {
             file,
-            path,
-            display_path,
-            id,
-            library,
-            source,
-            version,
-            hooks,
-            go,
-            library_id,
-            callers,
-            secret_points,
+            path: self.path,
+            display_path: self.display_path,
+            id: self.id,
+            library: self.library,
+            source: self.source,
+            version: self.version,
+            hooks: self.hooks,
+            go: self.go,
+            library_id: self.library_id,
+            callers: self.callers,
+            secret_points: self.secret_points,
         };
-        (target, old)
+        (target, self.file)
     }
 }
 

@@ -96,9 +96,7 @@ impl Drop for TcAttachment {
     }
 }
 
-pub struct PacketProbes<'obj> {
-    skel: PacketsSkel<'obj>,
-}
+pub type PacketProbes<'obj> = super::Probes<PacketsSkel<'obj>>;
 
 impl<'obj> PacketProbes<'obj> {
     /// Load, reporting owners into the shared ring and counting into the
@@ -119,11 +117,6 @@ impl<'obj> PacketProbes<'obj> {
         open.maps.stats.reuse_fd(maps.stats).context("sharing the counters")?;
         let skel = open.load().map_err(kernel::load_failed("the packet capture BPF programs"))?;
         Ok(PacketProbes { skel })
-    }
-
-    /// The loaded object (`cleartap check` lists its programs).
-    pub fn object(&self) -> &libbpf_rs::Object {
-        libbpf_rs::skel::Skel::object(&self.skel)
     }
 
     /// connect/accept tracepoints: which process owns which tuple.

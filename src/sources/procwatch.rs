@@ -48,9 +48,7 @@ fn configure(
     Ok(())
 }
 
-pub struct ProcWatch<'obj> {
-    skel: ProcwatchSkel<'obj>,
-}
+pub type ProcWatch<'obj> = super::Probes<ProcwatchSkel<'obj>>;
 
 impl<'obj> ProcWatch<'obj> {
     /// Load, sharing the ring buffer and counters of another skeleton
@@ -73,11 +71,6 @@ impl<'obj> ProcWatch<'obj> {
         open.maps.stats.reuse_fd(maps.stats).context("sharing the counters")?;
         let skel = open.load().map_err(kernel::load_failed("the process watch BPF programs"))?;
         Ok(ProcWatch { skel })
-    }
-
-    /// The loaded object (`cleartap check` lists its programs).
-    pub fn object(&self) -> &libbpf_rs::Object {
-        libbpf_rs::skel::Skel::object(&self.skel)
     }
 
     /// Files checked: their execs and opens are not held (see `load`).

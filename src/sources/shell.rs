@@ -146,18 +146,12 @@ pub fn is_shell_path(path: &str) -> bool {
     matches!(name, "bash" | "rbash" | "zsh" | "rzsh") || name.starts_with("zsh-")
 }
 
-pub struct ShellProbes<'obj> {
-    skel: ShellSkel<'obj>,
-}
+pub type ShellProbes<'obj> = super::Probes<ShellSkel<'obj>>;
 
 impl<'obj> ShellProbes<'obj> {
-    pub fn load(
-        storage: &'obj mut MaybeUninit<OpenObject>,
-        filters: &Filters,
-        ringbuf_bytes: u32,
-    ) -> Result<Self> {
+    pub fn load(storage: &'obj mut MaybeUninit<OpenObject>, filters: &Filters, ring: u32) -> Result<Self> {
         let mut open = crate::open_filtered!(ShellSkelBuilder, storage, filters, "shell");
-        open.maps.events.set_max_entries(ringbuf_bytes).context("sizing the ring buffer")?;
+        open.maps.events.set_max_entries(ring).context("sizing the ring buffer")?;
         let skel = open.load().map_err(kernel::load_failed("the shell BPF programs"))?;
         Ok(ShellProbes { skel })
     }
@@ -224,11 +218,6 @@ impl<'obj> ShellProbes<'obj> {
         };
         files.push(file(bin.id, &bin.path, &bin.display_path, links));
         Ok(files)
-    }
-
-    /// The loaded object (`cleartap check` lists its programs).
-    pub fn object(&self) -> &libbpf_rs::Object {
-        libbpf_rs::skel::Skel::object(&self.skel)
     }
 
     pub fn events_map(&self) -> &libbpf_rs::MapMut<'obj> {

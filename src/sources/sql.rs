@@ -127,18 +127,12 @@ fn postgres_hooks(file: &PinnedFile, path: &str) -> Result<(&'static str, Vec<Ho
     ))
 }
 
-pub struct SqlProbes<'obj> {
-    skel: SqlSkel<'obj>,
-}
+pub type SqlProbes<'obj> = super::Probes<SqlSkel<'obj>>;
 
 impl<'obj> SqlProbes<'obj> {
-    pub fn load(
-        storage: &'obj mut MaybeUninit<OpenObject>,
-        filters: &Filters,
-        ringbuf_bytes: u32,
-    ) -> Result<Self> {
+    pub fn load(storage: &'obj mut MaybeUninit<OpenObject>, filters: &Filters, ring: u32) -> Result<Self> {
         let mut open = crate::open_filtered!(SqlSkelBuilder, storage, filters, "SQL");
-        open.maps.events.set_max_entries(ringbuf_bytes).context("sizing the ring buffer")?;
+        open.maps.events.set_max_entries(ring).context("sizing the ring buffer")?;
         let cpus = libbpf_rs::num_possible_cpus().context("counting CPUs")? as u32;
         open.maps.query_scratch.set_max_entries(cpus).context("sizing the query scratch space")?;
         let skel = open.load().map_err(kernel::load_failed("the SQL BPF programs"))?;
@@ -168,11 +162,6 @@ impl<'obj> SqlProbes<'obj> {
                     .with_context(|| format!("attaching {prog:?} in {}", bin.display_path))
             })
             .collect()
-    }
-
-    /// The loaded object (`cleartap check` lists its programs).
-    pub fn object(&self) -> &libbpf_rs::Object {
-        libbpf_rs::skel::Skel::object(&self.skel)
     }
 
     pub fn events_map(&self) -> &libbpf_rs::MapMut<'obj> {
