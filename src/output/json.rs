@@ -175,18 +175,73 @@ fn escape(buf: &mut Vec<u8>, c: u32) {
     }
 }
 
-/// Bytes as a JSON string of their lossy UTF-8 (`schema::Text`): what is
-/// not UTF-8 becomes U+FFFD, as `String::from_utf8_lossy` makes it, without
-/// building that String first.
+/// Bytes as a JSON string of their lossy UTF-8 (`schema::Text`), escaped
+/// as `string` escapes: what is not UTF-8 becomes U+FFFD, one for each
+/// maximal invalid part, exactly as `String::from_utf8_lossy` replaces it,
+/// in one pass over the bytes and without building that String. Body
+/// previews are often not text at all (a binary body is mostly invalid
+/// parts), and this runs for every HTTP exchange.
 fn lossy_text(buf: &mut Vec<u8>, bytes: &[u8]) {
+    const REPLACEMENT: &[u8] = "\u{fffd}".as_bytes();
     buf.push(b'"');
-    for chunk in bytes.utf8_chunks() {
-        string_contents(buf, chunk.valid());
-        if !chunk.invalid().is_empty() {
-            buf.extend_from_slice(char::REPLACEMENT_CHARACTER.encode_utf8(&mut [0; 4]).as_bytes());
+    let mut start = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        let (len, escaped) = if b < 0x80 {
+            (1, BYTE_CLASS[usize::from(b)] != PLAIN)
+        } else {
+            match utf8_sequence(bytes, i) {
+                Ok(len) => (len, b == 0xc2 && bytes[i + 1] <= 0x9f),
+                Err(invalid) => {
+                    buf.extend_from_slice(&bytes[start..i]);
+                    buf.extend_from_slice(REPLACEMENT);
+                    i += invalid;
+                    start = i;
+                    continue;
+                }
+            }
+        };
+        if escaped {
+            buf.extend_from_slice(&bytes[start..i]);
+            // A C1 control is the character after 0xc2: its second byte.
+            escape(buf, u32::from(bytes[i + len - 1]));
+            start = i + len;
+        }
+        i += len;
+    }
+    buf.extend_from_slice(&bytes[start..]);
+    buf.push(b'"');
+}
+
+/// The UTF-8 character at `bytes[i]` (a byte >= 0x80): `Ok(its length)`,
+/// or `Err(the length of the invalid part)` that `from_utf8_lossy`
+/// replaces with one U+FFFD (the longest start of a valid sequence, at
+/// least one byte).
+fn utf8_sequence(bytes: &[u8], i: usize) -> Result<usize, usize> {
+    let at = |k: usize| bytes.get(i + k).copied().unwrap_or(0);
+    let continuation = |b: u8| (0x80..=0xbf).contains(&b);
+    let (first, second) = (bytes[i], at(1));
+    let width = match first {
+        0xc2..=0xdf => 2,
+        0xe0..=0xef => 3,
+        0xf0..=0xf4 => 4,
+        _ => return Err(1),
+    };
+    let second_fits = match (first, second) {
+        (0xe0, 0xa0..=0xbf) | (0xed, 0x80..=0x9f) | (0xf0, 0x90..=0xbf) | (0xf4, 0x80..=0x8f) => true,
+        (0xe0 | 0xed | 0xf0 | 0xf4, _) => false,
+        _ => continuation(second),
+    };
+    if !second_fits {
+        return Err(1);
+    }
+    for k in 2..width {
+        if !continuation(at(k)) {
+            return Err(k);
         }
     }
-    buf.push(b'"');
+    Ok(width)
 }
 
 fn optional_string(buf: &mut Vec<u8>, s: Option<&str>) {
@@ -871,6 +926,37 @@ mod tests {
             write_line(&mut serialized, &event).unwrap();
             assert_eq!(String::from_utf8_lossy(&hand), String::from_utf8_lossy(&serialized), "event {i}");
             assert_eq!(hand, serialized, "event {i}");
+        }
+    }
+
+    /// Arbitrary bytes, and every cut and broken sequence of one to four
+    /// bytes, are written as `Text` (lossy UTF-8, then escaped) writes them.
+    #[test]
+    fn lossy_text_is_the_schema_s() {
+        use crate::output::schema::Text;
+        let mut cases: Vec<Vec<u8>> = (0..2000).map(|i| noise(i, (i % 97) as usize)).collect();
+        let edges = [
+            0x00u8, 0x1f, 0x7f, 0x80, 0x8f, 0x90, 0x9f, 0xa0, 0xbf, 0xc0, 0xc1, 0xc2, 0xdf, 0xe0, 0xed, 0xef,
+            0xf0, 0xf4, 0xf5, 0xff,
+        ];
+        for &a in &edges {
+            for &b in &edges {
+                for &c in &edges {
+                    for &d in &[0x80u8, 0xbf, 0x41] {
+                        cases.push(vec![a, b, c, d]);
+                        cases.push(vec![a, b, c]);
+                        cases.push(vec![b'x', a, b]);
+                    }
+                }
+            }
+        }
+        cases.push("\u{10ffff}\u{fffd}é\u{9b}\u{7f}\"\\".into());
+        for bytes in cases {
+            let mut hand = Vec::new();
+            lossy_text(&mut hand, &bytes);
+            let mut serialized = Vec::new();
+            to_writer(&mut serialized, &Text::borrowed(&bytes)).unwrap();
+            assert_eq!(hand, serialized, "{bytes:x?}");
         }
     }
 
