@@ -172,6 +172,26 @@ pub fn decode(raw: &[u8]) -> Result<Event<'_>, DecodeError> {
     }
 }
 
+/// The bytes of `raw` that `decode` reads: a TLS chunk or a packet is
+/// reserved in its size class (a 1.3 KiB response takes an 8 KiB record),
+/// and only its header and its own length of data mean anything. Copying
+/// the rest is what the drain thread must not spend its time on. Records
+/// of other kinds, and any whose length does not fit (left for `decode`
+/// to report), are used whole.
+pub fn used_len(raw: &[u8]) -> usize {
+    let field = |at: usize| raw.get(at..at + 4).map(|b| u32::from_ne_bytes(b.try_into().unwrap()) as usize);
+    let used = match field(0).map(|k| k as u32) {
+        Some(kind::TLS_DATA) => {
+            field(std::mem::offset_of!(TlsHeader, len)).map(|len| size_of::<TlsHeader>() + len)
+        }
+        Some(kind::PACKET) => {
+            field(std::mem::offset_of!(ct_packet, caplen)).map(|len| size_of::<ct_packet>() + len)
+        }
+        _ => None,
+    };
+    used.filter(|&n| n <= raw.len()).unwrap_or(raw.len())
+}
+
 fn decode_tls(raw: &[u8]) -> Result<TlsData<'_>, DecodeError> {
     let mut header = TlsHeader::default();
     plain::copy_from_bytes(&mut header, raw).map_err(|_| DecodeError::TooShort(raw.len()))?;
@@ -325,6 +345,24 @@ mod tests {
         let mut raw = unsafe { plain::as_bytes(&header) }.to_vec();
         raw.extend_from_slice(payload);
         raw
+    }
+
+    /// The drain thread copies only what `decode` reads: the record cut to
+    /// `used_len` decodes to the same data; a length past the record, or a
+    /// record too short for its header, is kept whole for `decode` to judge.
+    #[test]
+    fn used_len_keeps_what_decode_reads() {
+        let raw = record(3, b"abcXXXXXXXXXXXXX");
+        let used = used_len(&raw);
+        assert_eq!(used, size_of::<TlsHeader>() + 3);
+        let Ok(Event::TlsData(d)) = decode(&raw[..used]) else { panic!("not TLS data") };
+        assert_eq!(d.data, b"abc");
+        let beyond = record(100, b"abc");
+        assert_eq!(used_len(&beyond), beyond.len());
+        assert_eq!(used_len(&beyond[..10]), 10);
+        assert_eq!(used_len(&[]), 0);
+        let other = [0xffu8; 64];
+        assert_eq!(used_len(&other), 64);
     }
 
     #[test]

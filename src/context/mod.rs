@@ -158,9 +158,11 @@ pub fn bounded<K: Hash + Eq, V>(bound: usize) -> LruCache<K, V> {
     LruCache::sparse(NonZeroUsize::new(bound).expect("a table's bound is above zero"))
 }
 
+/// One allocation: the record's own String (a command name per record).
 pub fn comm_string(comm: &[i8; 16]) -> String {
-    let bytes: Vec<u8> = comm.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
-    String::from_utf8_lossy(&bytes).into_owned()
+    let bytes: &[u8; 16] = bytemuck::cast_ref(comm);
+    let len = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..len]).into_owned()
 }
 
 pub(crate) fn tuple_addrs(t: &crate::bpf::types::ct_tuple) -> (Option<SocketAddr>, Option<SocketAddr>) {

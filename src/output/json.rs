@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use super::schema::{CommandEvent, ExecEvent, HttpEvent, QueryEvent};
 use super::{Output, Style};
-use crate::context::{CommandRecord, ExecRecord, HttpRecord, QueryRecord, TlsRecord};
+use crate::context::{CommandRecord, Direction, ExecRecord, HttpRecord, QueryRecord, TlsRecord};
 use crate::events::flag;
 
 pub struct JsonOutput<W: Write> {
@@ -18,6 +18,7 @@ pub struct JsonOutput<W: Write> {
     /// complete one.
     buf: Vec<u8>,
     time: TimeCache,
+    fields: ConnectionFields,
     style: Style,
 }
 
@@ -29,7 +30,13 @@ const WRITE_AT: usize = 1 << 20;
 impl<W: Write> JsonOutput<W> {
     /// `out` is written in pieces of about a MiB: it needs no buffer of its own.
     pub fn new(out: W, style: Style) -> Self {
-        JsonOutput { out, buf: Vec::with_capacity(WRITE_AT + (64 << 10)), time: TimeCache::default(), style }
+        JsonOutput {
+            out,
+            buf: Vec::with_capacity(WRITE_AT + (64 << 10)),
+            time: TimeCache::default(),
+            fields: ConnectionFields::default(),
+            style,
+        }
     }
 
     fn maybe_write(&mut self) -> io::Result<()> {
@@ -84,18 +91,187 @@ fn number(buf: &mut Vec<u8>, n: impl itoa::Integer) {
     buf.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
-/// Appends a JSON string: as it is when nothing in it needs escaping (the
-/// common case: a command name, a library path), else through serde_json
-/// with DEL and the C1 controls escaped too (`TerminalSafe`).
+/// Appends a JSON string, escaped as serde_json escapes it with
+/// `TerminalSafe` (the tests hold the two to the same bytes): a string
+/// with nothing to escape (a command name, a library path) is copied as it
+/// is.
 fn string(buf: &mut Vec<u8>, s: &str) {
-    if s.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\') {
-        buf.push(b'"');
-        buf.extend_from_slice(s.as_bytes());
-        buf.push(b'"');
-    } else {
-        // Writing into a Vec cannot fail.
-        let _ = to_writer(&mut *buf, &s);
+    buf.push(b'"');
+    string_contents(buf, s);
+    buf.push(b'"');
+}
+
+/// What a byte of a UTF-8 string asks of the escaper.
+const PLAIN: u8 = 0;
+/// A control, `"`, `\` or DEL: escaped.
+const ESCAPE: u8 = 1;
+/// 0xc2: the first byte of U+0080..U+00BF, of which U+0080..U+009F (the
+/// C1 controls) are escaped.
+const C2: u8 = 2;
+
+static BYTE_CLASS: [u8; 256] = {
+    let mut class = [PLAIN; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        class[b] = ESCAPE;
+        b += 1;
     }
+    class[b'"' as usize] = ESCAPE;
+    class[b'\\' as usize] = ESCAPE;
+    class[0x7f] = ESCAPE;
+    class[0xc2] = C2;
+    class
+};
+
+/// A JSON string's contents: serde_json's escapes (`\"`, `\\`, `\b`,
+/// `\t`, `\n`, `\f`, `\r`, else `\u00xx` for the C0 controls), and
+/// `\u007f`..`\u009f` for DEL and the C1 controls (`TerminalSafe`). Runs of
+/// bytes that need nothing are copied in one piece.
+fn string_contents(buf: &mut Vec<u8>, s: &str) {
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        match BYTE_CLASS[usize::from(b)] {
+            PLAIN => i += 1,
+            C2 if !matches!(bytes.get(i + 1), Some(0x80..=0x9f)) => i += 1,
+            class => {
+                buf.extend_from_slice(&bytes[start..i]);
+                // A C1 control is the character after 0xc2: its second byte.
+                let (c, len) = if class == C2 { (u32::from(bytes[i + 1]), 2) } else { (u32::from(b), 1) };
+                escape(buf, c);
+                i += len;
+                start = i;
+            }
+        }
+    }
+    buf.extend_from_slice(&bytes[start..]);
+}
+
+/// One escaped character (below U+00A0).
+fn escape(buf: &mut Vec<u8>, c: u32) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let short = match c {
+        0x22 => Some(b'"'),
+        0x5c => Some(b'\\'),
+        0x08 => Some(b'b'),
+        0x0c => Some(b'f'),
+        0x0a => Some(b'n'),
+        0x0d => Some(b'r'),
+        0x09 => Some(b't'),
+        _ => None,
+    };
+    match short {
+        Some(letter) => buf.extend_from_slice(&[b'\\', letter]),
+        None => buf.extend_from_slice(&[
+            b'\\',
+            b'u',
+            b'0',
+            b'0',
+            HEX[(c >> 4) as usize & 0xf],
+            HEX[c as usize & 0xf],
+        ]),
+    }
+}
+
+/// Bytes as a JSON string of their lossy UTF-8 (`schema::Text`), escaped
+/// as `string` escapes: what is not UTF-8 becomes U+FFFD, one for each
+/// maximal invalid part, exactly as `String::from_utf8_lossy` replaces it,
+/// in one pass over the bytes and without building that String. Body
+/// previews are often not text at all (a binary body is mostly invalid
+/// parts), and this runs for every HTTP exchange.
+fn lossy_text(buf: &mut Vec<u8>, bytes: &[u8]) {
+    const REPLACEMENT: &[u8] = "\u{fffd}".as_bytes();
+    buf.push(b'"');
+    let mut start = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        let (len, escaped) = if b < 0x80 {
+            (1, BYTE_CLASS[usize::from(b)] != PLAIN)
+        } else {
+            match utf8_sequence(bytes, i) {
+                Ok(len) => (len, b == 0xc2 && bytes[i + 1] <= 0x9f),
+                Err(invalid) => {
+                    buf.extend_from_slice(&bytes[start..i]);
+                    buf.extend_from_slice(REPLACEMENT);
+                    i += invalid;
+                    start = i;
+                    continue;
+                }
+            }
+        };
+        if escaped {
+            buf.extend_from_slice(&bytes[start..i]);
+            // A C1 control is the character after 0xc2: its second byte.
+            escape(buf, u32::from(bytes[i + len - 1]));
+            start = i + len;
+        }
+        i += len;
+    }
+    buf.extend_from_slice(&bytes[start..]);
+    buf.push(b'"');
+}
+
+/// The UTF-8 character at `bytes[i]` (a byte >= 0x80): `Ok(its length)`,
+/// or `Err(the length of the invalid part)` that `from_utf8_lossy`
+/// replaces with one U+FFFD (the longest start of a valid sequence, at
+/// least one byte).
+fn utf8_sequence(bytes: &[u8], i: usize) -> Result<usize, usize> {
+    let at = |k: usize| bytes.get(i + k).copied().unwrap_or(0);
+    let continuation = |b: u8| (0x80..=0xbf).contains(&b);
+    let (first, second) = (bytes[i], at(1));
+    let width = match first {
+        0xc2..=0xdf => 2,
+        0xe0..=0xef => 3,
+        0xf0..=0xf4 => 4,
+        _ => return Err(1),
+    };
+    let second_fits = match (first, second) {
+        (0xe0, 0xa0..=0xbf) | (0xed, 0x80..=0x9f) | (0xf0, 0x90..=0xbf) | (0xf4, 0x80..=0x8f) => true,
+        (0xe0 | 0xed | 0xf0 | 0xf4, _) => false,
+        _ => continuation(second),
+    };
+    if !second_fits {
+        return Err(1);
+    }
+    for k in 2..width {
+        if !continuation(at(k)) {
+            return Err(k);
+        }
+    }
+    Ok(width)
+}
+
+fn optional_string(buf: &mut Vec<u8>, s: Option<&str>) {
+    match s {
+        Some(s) => string(buf, s),
+        None => buf.extend_from_slice(b"null"),
+    }
+}
+
+fn optional_number(buf: &mut Vec<u8>, n: Option<impl itoa::Integer>) {
+    match n {
+        Some(n) => number(buf, n),
+        None => buf.extend_from_slice(b"null"),
+    }
+}
+
+/// `[["name","value"],...]`
+fn headers(buf: &mut Vec<u8>, headers: &[(String, String)]) {
+    buf.push(b'[');
+    for (i, (name, value)) in headers.iter().enumerate() {
+        if i > 0 {
+            buf.push(b',');
+        }
+        buf.push(b'[');
+        string(buf, name);
+        buf.push(b',');
+        string(buf, value);
+        buf.push(b']');
+    }
+    buf.push(b']');
 }
 
 /// Appends `"ip:port"` (as `SocketAddr`'s Display writes it) or `null`.
@@ -121,16 +297,104 @@ fn address(buf: &mut Vec<u8>, addr: Option<std::net::SocketAddr>) {
     }
 }
 
-/// A TLS record as one JSON line (`schema::TlsEvent`, docs/json.md),
-/// appended to `buf`. Hand-written, not through serde: this runs for every
-/// record, and serializing a struct of its fields (their strings checked
-/// for escapes one character at a time, the time, addresses and handle
-/// formatted into Strings first) cost more than the rest of the consumer.
-/// The tests hold it to the bytes `TlsEvent` serializes to.
-fn tls_line(buf: &mut Vec<u8>, time: &mut TimeCache, r: &TlsRecord) {
-    buf.extend_from_slice(b"{\"event\":\"tls\",\"time\":\"");
-    buf.extend_from_slice(time.format(r.time));
-    buf.extend_from_slice(b"\",\"pid\":");
+/// The fields of a TLS line from `pid` to `conn`: the same for every
+/// record a thread reads or writes on one connection, and most of the
+/// line's formatting work (strings checked for escapes, addresses and
+/// numbers formatted). Each is formatted once into a small table of recent
+/// connections and copied from there while every one of those fields is
+/// equal; any field that differs formats the line afresh.
+#[derive(Default)]
+struct ConnectionFields {
+    slots: Vec<Option<FieldsSlot>>,
+}
+
+/// What a slot's text was formatted from, and the text.
+struct FieldsSlot {
+    pid: u32,
+    tid: u32,
+    uid: u32,
+    comm: String,
+    library: &'static str,
+    library_version: Option<String>,
+    library_path: String,
+    function: &'static str,
+    direction: Direction,
+    fd: Option<i32>,
+    local: Option<std::net::SocketAddr>,
+    remote: Option<std::net::SocketAddr>,
+    conn: u64,
+    /// `,"pid":...,"conn":"0x..."`
+    text: Vec<u8>,
+}
+
+/// Slots in the table: more than the connections one host moves data on
+/// at once in the benchmarks (the 64 of nginx under wrk, 8 of the burst);
+/// a connection that misses only costs a fresh format.
+const FIELD_SLOTS: usize = 256;
+
+impl FieldsSlot {
+    fn formatted_from(&self, r: &TlsRecord) -> bool {
+        self.conn == r.conn
+            && self.pid == r.pid
+            && self.tid == r.tid
+            && self.uid == r.uid
+            && self.direction == r.direction
+            && self.fd == r.fd
+            && self.local == r.local
+            && self.remote == r.remote
+            && self.function == r.function
+            && self.library == r.library
+            && self.comm == r.comm
+            && self.library_path == r.library_path
+            && self.library_version.as_deref() == r.library_version
+    }
+}
+
+impl ConnectionFields {
+    /// Appends the fields of `r` from `,"pid":` to the `conn` value.
+    fn append(&mut self, buf: &mut Vec<u8>, r: &TlsRecord) {
+        if self.slots.is_empty() {
+            self.slots.resize_with(FIELD_SLOTS, || None);
+        }
+        let slot = &mut self.slots[slot_of(r)];
+        match slot {
+            Some(cached) if cached.formatted_from(r) => buf.extend_from_slice(&cached.text),
+            _ => {
+                let start = buf.len();
+                connection_fields(buf, r);
+                let mut text = slot.take().map(|old| old.text).unwrap_or_default();
+                text.clear();
+                text.extend_from_slice(&buf[start..]);
+                *slot = Some(FieldsSlot {
+                    pid: r.pid,
+                    tid: r.tid,
+                    uid: r.uid,
+                    comm: r.comm.clone(),
+                    library: r.library,
+                    library_version: r.library_version.map(str::to_owned),
+                    library_path: r.library_path.to_owned(),
+                    function: r.function,
+                    direction: r.direction,
+                    fd: r.fd,
+                    local: r.local,
+                    remote: r.remote,
+                    conn: r.conn,
+                    text,
+                });
+            }
+        }
+    }
+}
+
+/// A connection's slot: by its handle, thread and call direction (a
+/// thread's reads and writes on one connection each keep theirs).
+fn slot_of(r: &TlsRecord) -> usize {
+    let key = r.conn ^ (u64::from(r.tid) << 32) ^ u64::from(r.pid) ^ (r.direction as u64) << 63;
+    (key.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 56) as usize % FIELD_SLOTS
+}
+
+fn connection_fields(buf: &mut Vec<u8>, r: &TlsRecord) {
+    buf.extend_from_slice(b",\"pid\":");
     number(buf, r.pid);
     buf.extend_from_slice(b",\"tid\":");
     number(buf, r.tid);
@@ -151,15 +415,26 @@ fn tls_line(buf: &mut Vec<u8>, time: &mut TimeCache, r: &TlsRecord) {
     buf.extend_from_slice(b",\"direction\":");
     string(buf, r.direction.as_str());
     buf.extend_from_slice(b",\"fd\":");
-    match r.fd {
-        Some(fd) => number(buf, fd),
-        None => buf.extend_from_slice(b"null"),
-    }
+    optional_number(buf, r.fd);
     buf.extend_from_slice(b",\"local\":");
     address(buf, r.local);
     buf.extend_from_slice(b",\"remote\":");
     address(buf, r.remote);
-    let _ = write!(buf, ",\"conn\":\"{:#x}\",\"call_seq\":", r.conn);
+    let _ = write!(buf, ",\"conn\":\"{:#x}\"", r.conn);
+}
+
+/// A TLS record as one JSON line (`schema::TlsEvent`, docs/json.md),
+/// appended to `buf`. Hand-written, not through serde: this runs for every
+/// record, and serializing a struct of its fields (their strings checked
+/// for escapes one character at a time, the time, addresses and handle
+/// formatted into Strings first) cost more than the rest of the consumer.
+/// The tests hold it to the bytes `TlsEvent` serializes to.
+fn tls_line(buf: &mut Vec<u8>, time: &mut TimeCache, fields: &mut ConnectionFields, r: &TlsRecord) {
+    buf.extend_from_slice(b"{\"event\":\"tls\",\"time\":\"");
+    buf.extend_from_slice(time.format(r.time));
+    buf.push(b'"');
+    fields.append(buf, r);
+    buf.extend_from_slice(b",\"call_seq\":");
     number(buf, r.call_seq);
     buf.extend_from_slice(b",\"call_len\":");
     number(buf, r.call_len);
@@ -187,9 +462,95 @@ fn tls_line(buf: &mut Vec<u8>, time: &mut TimeCache, r: &TlsRecord) {
     buf.extend_from_slice(b"\"}\n");
 }
 
+/// An HTTP exchange as one JSON line, appended to `buf`: the bytes serde
+/// writes for `HttpEvent` (the tests hold the two together), written by
+/// hand like `tls_line`. Under a web server this is a line per request,
+/// and serde's way (a body preview made lossy UTF-8 into a String, then
+/// escaped a character at a time) cost more than decoding the exchange.
+fn http_line(buf: &mut Vec<u8>, time: &mut TimeCache, e: &HttpEvent) {
+    buf.extend_from_slice(b"{\"event\":\"http\",\"time\":\"");
+    buf.extend_from_slice(time.format(e.time.0));
+    buf.extend_from_slice(b"\",\"protocol\":");
+    string(buf, &e.protocol);
+    buf.extend_from_slice(b",\"method\":");
+    optional_string(buf, e.method.as_deref());
+    buf.extend_from_slice(b",\"scheme\":");
+    optional_string(buf, e.scheme.as_deref());
+    buf.extend_from_slice(b",\"authority\":");
+    optional_string(buf, e.authority.as_deref());
+    buf.extend_from_slice(b",\"path\":");
+    optional_string(buf, e.path.as_deref());
+    buf.extend_from_slice(b",\"status\":");
+    optional_number(buf, e.status);
+    buf.extend_from_slice(b",\"request_headers\":");
+    headers(buf, &e.request_headers);
+    buf.extend_from_slice(b",\"response_headers\":");
+    headers(buf, &e.response_headers);
+    buf.extend_from_slice(b",\"request_body_size\":");
+    number(buf, e.request_body_size);
+    buf.extend_from_slice(b",\"response_body_size\":");
+    number(buf, e.response_body_size);
+    if let Some(n) = e.request_body_decoded_size {
+        buf.extend_from_slice(b",\"request_body_decoded_size\":");
+        number(buf, n);
+    }
+    if let Some(n) = e.response_body_decoded_size {
+        buf.extend_from_slice(b",\"response_body_decoded_size\":");
+        number(buf, n);
+    }
+    if let Some(text) = &e.request_body_preview {
+        buf.extend_from_slice(b",\"request_body_preview\":");
+        lossy_text(buf, &text.0);
+    }
+    if let Some(text) = &e.response_body_preview {
+        buf.extend_from_slice(b",\"response_body_preview\":");
+        lossy_text(buf, &text.0);
+    }
+    // A float as serde_json writes it (shortest round-trip form; null when
+    // not finite): through serde_json itself, for this one number.
+    buf.extend_from_slice(b",\"latency_us\":");
+    let _ = serde_json::to_writer(&mut *buf, &e.latency_us);
+    if let Some(id) = e.stream_id {
+        buf.extend_from_slice(b",\"stream_id\":");
+        number(buf, id);
+    }
+    if let Some(g) = &e.grpc {
+        buf.extend_from_slice(b",\"grpc\":{\"status\":");
+        optional_number(buf, g.status);
+        buf.extend_from_slice(b",\"message\":");
+        optional_string(buf, g.message.as_deref());
+        buf.extend_from_slice(b",\"request_messages\":");
+        number(buf, g.request_messages);
+        buf.extend_from_slice(b",\"response_messages\":");
+        number(buf, g.response_messages);
+        buf.push(b'}');
+    }
+    if !e.notes.is_empty() {
+        buf.extend_from_slice(b",\"notes\":[");
+        for (i, note) in e.notes.iter().enumerate() {
+            if i > 0 {
+                buf.push(b',');
+            }
+            string(buf, note);
+        }
+        buf.push(b']');
+    }
+    buf.extend_from_slice(b",\"pid\":");
+    number(buf, e.pid);
+    buf.extend_from_slice(b",\"comm\":");
+    string(buf, &e.comm);
+    buf.extend_from_slice(b",\"library\":");
+    string(buf, &e.library);
+    buf.extend_from_slice(b",\"local\":");
+    optional_string(buf, e.local.as_deref());
+    buf.extend_from_slice(b",\"remote\":");
+    optional_string(buf, e.remote.as_deref());
+    buf.extend_from_slice(b"}\n");
+}
+
 impl<W: Write> Output for JsonOutput<W> {
     fn tls(&mut self, r: &TlsRecord) -> io::Result<()> {
-        tls_line(&mut self.buf, &mut self.time, r);
+        tls_line(&mut self.buf, &mut self.time, &mut self.fields, r);
         self.maybe_write()
     }
 
@@ -206,7 +567,8 @@ impl<W: Write> Output for JsonOutput<W> {
     }
 
     fn http(&mut self, r: &HttpRecord) -> io::Result<()> {
-        self.line(&HttpEvent::of(r, self.style.body_preview))
+        http_line(&mut self.buf, &mut self.time, &HttpEvent::of(r, self.style.body_preview));
+        self.maybe_write()
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -365,6 +727,71 @@ mod tests {
         assert!(line.contains(r#""comm":"a \"q\"\\\n\u007f\u009bé""#), "{line}");
     }
 
+    /// One output writing a connection's records, and others that differ
+    /// from it in one field each, in turns: every line is the one serde
+    /// writes for its own record (a field formatted for one record is
+    /// never reused for a record where it differs).
+    #[test]
+    fn lines_of_one_output_follow_every_field_change() {
+        let base = TlsRecord {
+            comm: "curl".into(),
+            library_version: Some("3.0.22"),
+            fd: Some(4),
+            local: Some("127.0.0.1:40000".parse().unwrap()),
+            remote: Some("127.0.0.1:443".parse().unwrap()),
+            conn: 0x55fb_205f_1e50,
+            data: b"hello",
+            ..tls_record_for_escapes()
+        };
+        let paths = ["/lib/libssl.so.3".to_string(), "/lib/libssl.so.3x".to_string()];
+        let versions = ["3.0.22".to_string(), "3.0.23".to_string()];
+        let variants: Vec<TlsRecord> = vec![
+            base.clone(),
+            TlsRecord { pid: 2, ..base.clone() },
+            TlsRecord { tid: 2, ..base.clone() },
+            TlsRecord { uid: 1000, ..base.clone() },
+            TlsRecord { comm: "curl2".into(), ..base.clone() },
+            TlsRecord { comm: "cu\u{9b}rl".into(), ..base.clone() },
+            TlsRecord { library: "gnutls", ..base.clone() },
+            TlsRecord { library_version: None, ..base.clone() },
+            TlsRecord { library_version: Some(&versions[1]), ..base.clone() },
+            TlsRecord { library_path: &paths[1], ..base.clone() },
+            TlsRecord { function: "SSL_read", ..base.clone() },
+            TlsRecord { direction: Direction::Recv, ..base.clone() },
+            TlsRecord { fd: None, ..base.clone() },
+            TlsRecord { fd: Some(5), ..base.clone() },
+            TlsRecord { local: None, ..base.clone() },
+            TlsRecord { local: Some("127.0.0.1:40001".parse().unwrap()), ..base.clone() },
+            TlsRecord { remote: Some("[::1]:443".parse().unwrap()), ..base.clone() },
+            TlsRecord { conn: 0x55fb_205f_1e51, ..base.clone() },
+            TlsRecord {
+                call_seq: 9,
+                offset: 3,
+                call_len: 99,
+                gap: Some(Gap { calls_lost: 1, bytes_lost: 2 }),
+                ..base.clone()
+            },
+        ];
+        // The same content from other allocations: equal, so reused.
+        let base_again =
+            TlsRecord { library_version: Some(&versions[0]), library_path: &paths[0], ..base.clone() };
+        let mut out = Vec::new();
+        let mut want = Vec::new();
+        let mut json = JsonOutput::new(&mut out, style());
+        for round in 0..3 {
+            for (i, variant) in variants.iter().enumerate() {
+                for record in [&base, variant, &base_again] {
+                    let record = TlsRecord { call_seq: (round * 100 + i) as u64, ..record.clone() };
+                    json.tls(&record).unwrap();
+                    write_line(&mut want, &TlsEvent::of(&record)).unwrap();
+                }
+            }
+        }
+        json.flush().unwrap();
+        drop(json);
+        assert_eq!(String::from_utf8_lossy(&out), String::from_utf8_lossy(&want));
+    }
+
     fn tls_record_for_escapes() -> TlsRecord<'static> {
         TlsRecord {
             time: std::time::UNIX_EPOCH,
@@ -406,6 +833,144 @@ mod tests {
         let line = line(&TlsRecord { data: b"\xff\x00", ..tls_record_for_escapes() });
         let b64 = STANDARD.encode_to_string(b"\xff\x00");
         assert!(line.ends_with(format!(",\"data_b64\":\"{b64}\"}}\n").as_bytes()));
+    }
+
+    /// Bytes from a small LCG: the same every run.
+    fn noise(seed: u64, len: usize) -> Vec<u8> {
+        let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (0..len)
+            .map(|_| {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                (x >> 56) as u8
+            })
+            .collect()
+    }
+
+    /// Every string a person or a program chooses, hostile ones included.
+    fn hostile_strings() -> Vec<String> {
+        let mut all: Vec<String> = [
+            "",
+            "GET",
+            "a \"q\"\\\n\r\t\u{8}\u{c}",
+            "\u{7f}\u{80}\u{9f}\u{a0}\u{c2}\u{bf}é",
+            "\u{1b}]0;x\u{7}\u{202e}\u{fffd}",
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect();
+        all.push((0u8..0x80).map(char::from).collect());
+        all.push((0x80u32..0x200).filter_map(char::from_u32).collect());
+        all
+    }
+
+    /// The hand-written HTTP line is the line serde writes for the same
+    /// `HttpEvent`, byte for byte, for hostile strings, every optional
+    /// field present or not, and body previews of arbitrary bytes (lossy
+    /// UTF-8, then escaped).
+    #[test]
+    fn http_lines_are_the_schema_s() {
+        use std::borrow::Cow;
+
+        use crate::output::schema::{GrpcSummary, HttpEvent, Text, Time};
+        let strings = hostile_strings();
+        let pick = |i: usize| strings[i % strings.len()].as_str();
+        let mut time = TimeCache::default();
+        for i in 0..64usize {
+            let body = match i % 4 {
+                0 => noise(i as u64, 1 + i * 7),
+                1 => pick(i).as_bytes().to_vec(),
+                2 => b"ok \xe2\x82 cut \xf0\x9f\x98\x80 \xc2\x9b\xc2".to_vec(),
+                _ => Vec::new(),
+            };
+            let some = |on: bool, s: &'static str| on.then_some(Cow::Borrowed(s));
+            let headers: Vec<(String, String)> =
+                (0..i % 3).map(|k| (pick(i + k).to_string(), pick(i + k + 1).to_string())).collect();
+            let event = HttpEvent {
+                event: Default::default(),
+                time: Time(
+                    std::time::UNIX_EPOCH + std::time::Duration::from_nanos(i as u64 * 1_234_567_891_011),
+                ),
+                protocol: Cow::Borrowed(["HTTP/1.1", "HTTP/2", "HTTP/1.0"][i % 3]),
+                method: (i % 2 == 0).then(|| Cow::Owned(pick(i).to_string())),
+                scheme: some(i % 3 == 0, "https"),
+                authority: (i % 5 != 0).then(|| Cow::Owned(pick(i + 2).to_string())),
+                path: (i % 4 != 1).then(|| Cow::Owned(pick(i + 3).to_string())),
+                status: (i % 3 != 2).then_some(200 + i as u16),
+                request_headers: Cow::Owned(headers.clone()),
+                response_headers: Cow::Owned(headers.into_iter().rev().collect()),
+                request_body_size: i as u64 * 1000,
+                response_body_size: u64::MAX - i as u64,
+                request_body_decoded_size: (i % 4 == 0).then_some(i as u64),
+                response_body_decoded_size: (i % 5 == 0).then_some(7),
+                request_body_preview: (i % 2 == 1).then(|| Text(Cow::Owned(body.clone()))),
+                response_body_preview: (i % 3 != 1).then(|| Text(Cow::Owned(body.clone()))),
+                latency_us: [None, Some(110.682), Some(0.001), Some(1e21), Some(f64::NAN), Some(2500.0)]
+                    [i % 6],
+                stream_id: (i % 2 == 0).then_some(i as u32),
+                grpc: (i % 7 == 0).then(|| GrpcSummary {
+                    status: (i % 2 == 0).then_some(13),
+                    message: (i % 3 == 0).then(|| Cow::Owned(pick(i).to_string())),
+                    request_messages: i as u64,
+                    response_messages: 1,
+                }),
+                notes: Cow::Owned((0..i % 3).map(|k| pick(i + k).to_string()).collect()),
+                pid: i as u32,
+                comm: Cow::Owned(pick(i + 4).to_string()),
+                library: Cow::Borrowed("openssl"),
+                local: some(i % 2 == 0, "127.0.0.1:443"),
+                remote: some(i % 3 == 0, "[2001:db8::2]:443"),
+            };
+            let mut hand = Vec::new();
+            http_line(&mut hand, &mut time, &event);
+            let mut serialized = Vec::new();
+            write_line(&mut serialized, &event).unwrap();
+            assert_eq!(String::from_utf8_lossy(&hand), String::from_utf8_lossy(&serialized), "event {i}");
+            assert_eq!(hand, serialized, "event {i}");
+        }
+    }
+
+    /// Arbitrary bytes, and every cut and broken sequence of one to four
+    /// bytes, are written as `Text` (lossy UTF-8, then escaped) writes them.
+    #[test]
+    fn lossy_text_is_the_schema_s() {
+        use crate::output::schema::Text;
+        let mut cases: Vec<Vec<u8>> = (0..2000).map(|i| noise(i, (i % 97) as usize)).collect();
+        let edges = [
+            0x00u8, 0x1f, 0x7f, 0x80, 0x8f, 0x90, 0x9f, 0xa0, 0xbf, 0xc0, 0xc1, 0xc2, 0xdf, 0xe0, 0xed, 0xef,
+            0xf0, 0xf4, 0xf5, 0xff,
+        ];
+        for &a in &edges {
+            for &b in &edges {
+                for &c in &edges {
+                    for &d in &[0x80u8, 0xbf, 0x41] {
+                        cases.push(vec![a, b, c, d]);
+                        cases.push(vec![a, b, c]);
+                        cases.push(vec![b'x', a, b]);
+                    }
+                }
+            }
+        }
+        cases.push("\u{10ffff}\u{fffd}é\u{9b}\u{7f}\"\\".into());
+        for bytes in cases {
+            let mut hand = Vec::new();
+            lossy_text(&mut hand, &bytes);
+            let mut serialized = Vec::new();
+            to_writer(&mut serialized, &Text::borrowed(&bytes)).unwrap();
+            assert_eq!(hand, serialized, "{bytes:x?}");
+        }
+    }
+
+    /// Every byte and every character below U+0200 escape as serde_json
+    /// with `TerminalSafe` escapes them.
+    #[test]
+    fn strings_escape_as_serde_does() {
+        for s in hostile_strings() {
+            let mut hand = Vec::new();
+            string(&mut hand, &s);
+            let mut serialized = Vec::new();
+            to_writer(&mut serialized, &s).unwrap();
+            assert_eq!(String::from_utf8_lossy(&hand), String::from_utf8_lossy(&serialized));
+        }
     }
 
     /// What a terminal would act on never reaches the line raw, and the

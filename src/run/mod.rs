@@ -242,7 +242,9 @@ fn drain_rings(
     let filler = RefCell::new(filler);
     // The writer is gone only when it stopped: records after that are not
     // wanted, and a negative return ends the consume early.
-    let copy = |raw: &[u8]| if filler.borrow_mut().push(raw).is_ok() { 0 } else { -1 };
+    // Only the bytes a record's decoder reads are copied (see `used_len`).
+    let copy =
+        |raw: &[u8]| if filler.borrow_mut().push(&raw[..events::used_len(raw)]).is_ok() { 0 } else { -1 };
     let mut builder = RingBufferBuilder::new();
     for ring in rings {
         if let Err(e) = builder.add(ring, copy) {

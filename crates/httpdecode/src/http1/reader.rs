@@ -311,10 +311,19 @@ impl Reader {
 
 type Parsed = Result<Option<(usize, Head)>, httparse::Error>;
 
+/// Room for `MAX_HEADERS` headers that httparse fills without the whole
+/// table being zeroed first (4 KiB, for every head of every exchange).
+fn header_room<'b>() -> [std::mem::MaybeUninit<httparse::Header<'b>>; MAX_HEADERS] {
+    [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS]
+}
+
 fn parse_request(buf: &[u8]) -> Parsed {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
-    let httparse::Status::Complete(len) = req.parse(buf)? else {
+    let mut headers = header_room();
+    let mut req = httparse::Request::new(&mut []);
+    let config = httparse::ParserConfig::default();
+    let httparse::Status::Complete(len) =
+        config.parse_request_with_uninit_headers(&mut req, buf, &mut headers)?
+    else {
         return Ok(None);
     };
     let head = Head {
@@ -328,9 +337,12 @@ fn parse_request(buf: &[u8]) -> Parsed {
 }
 
 fn parse_response(buf: &[u8]) -> Parsed {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut headers);
-    let httparse::Status::Complete(len) = resp.parse(buf)? else {
+    let mut headers = header_room();
+    let mut resp = httparse::Response::new(&mut []);
+    let config = httparse::ParserConfig::default();
+    let httparse::Status::Complete(len) =
+        config.parse_response_with_uninit_headers(&mut resp, buf, &mut headers)?
+    else {
         return Ok(None);
     };
     let head = Head {
