@@ -9,9 +9,6 @@
  * what was really sent or received; the whole payload is copied then. */
 #include "payload.h"
 
-/* One slot per thread, reused from call to call: a slot is written in
- * place at entry and marked done (handle 0) at return, which costs less
- * than creating and deleting an LRU entry per call. */
 /* A thread's socket I/O, for calls that make none of their own (see "Calls
  * without socket I/O" below). */
 struct thread_io {
@@ -25,6 +22,9 @@ struct thread_io {
 			       * socket write names (0: none) */
 };
 
+/* One slot per thread, reused from call to call: a slot is written in
+ * place at entry and marked done (handle 0) at return, which costs less
+ * than creating and deleting an LRU entry per call. */
 struct active_call {
 	__u64 handle;  /* 0: no call in progress on this thread */
 	__u64 buf;
@@ -441,8 +441,8 @@ int BPF_KRETPROBE(ssl_handshake_return)
  *    that very socket (a freed connection's address is reused by the next
  *    connection, which a client's e2e test caught).
  * A thread notes its socket I/O (note_fd) from its first such call on
- * (rustls: from creating a connection). Where this is wrong: README.md
- * and docs/capture.md ("Which socket"). */
+ * (rustls: from creating a connection). Where this is wrong: docs/capture.md
+ * ("Calls without socket I/O"). */
 
 struct tied_sock {
 	__u64 sk;
