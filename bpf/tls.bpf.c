@@ -735,6 +735,22 @@ RETURN_PROBE(ssl_write_internal_return, CT_FN_SSL_WRITE_INTERNAL, CT_DIR_SEND)
 RETURN_PROBE(ssl_read_internal_return, CT_FN_SSL_READ_INTERNAL, CT_DIR_RECV)
 RETURN_PROBE(ssl_write_ex2_return, CT_FN_SSL_WRITE_EX2, CT_DIR_SEND)
 
+/* The thread's first socket write after a write of its pending_writer
+ * connection: that connection's socket, unless a read already tied the
+ * connection to another socket that its fd still holds (node keeps a
+ * congested connection's ciphertext while the thread writes others; the
+ * connection's own flush comes later and is learned then). */
+static __always_inline void learn_writer(struct thread_io *io, __u64 id, struct sock *sk, int fd)
+{
+	struct conn_key k = { .handle = io->pending_writer, .tgid = id >> 32 };
+	struct conn_state *cs = bpf_map_lookup_elem(&conns, &k);
+	if (cs && cs->tied && cs->sk && cs->sk != (__u64)sk && sock_still_at(cs->sk, cs->fd))
+		return;
+	struct tied_sock ts = { .sk = (__u64)sk, .fd = fd };
+	bpf_map_update_elem(&tied_writers, &k, &ts, BPF_ANY);
+	io->pending_writer = 0;
+}
+
 /* The first I/O system call on a socket that a thread makes inside an
  * active call carries the connection's fd. Every other thread exits after
  * one lookup, but threads whose calls make no socket I/O of their own
@@ -757,10 +773,7 @@ static __always_inline int note_fd(struct trace_event_raw_sys_enter *ctx, bool s
 				c->io.read_fd = (int)fd;
 				c->io.read_sk = (__u64)sk;
 			} else if (c->io.pending_writer) {
-				struct conn_key k = { .handle = c->io.pending_writer, .tgid = id >> 32 };
-				struct tied_sock ts = { .sk = (__u64)sk, .fd = (int)fd };
-				bpf_map_update_elem(&tied_writers, &k, &ts, BPF_ANY);
-				c->io.pending_writer = 0;
+				learn_writer(&c->io, id, sk, (int)fd);
 			}
 		}
 	}
