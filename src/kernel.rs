@@ -78,6 +78,19 @@ macro_rules! set_filters {
     }};
 }
 
+/// Opens a generated skeleton and writes the run's `Filters` into its
+/// `.rodata`; the caller sizes or shares its maps, then loads it.
+#[macro_export]
+macro_rules! open_filtered {
+    ($builder:ty, $storage:expr, $filters:expr, $what:literal) => {{
+        let mut open =
+            <$builder>::default().open($storage).context(concat!("opening the ", $what, " BPF object"))?;
+        let rodata = open.maps.rodata_data.as_deref_mut().context("no .rodata in the BPF object")?;
+        $crate::set_filters!(rodata, $filters);
+        open
+    }};
+}
+
 impl Filters {
     /// The comm as the kernel stores it: at most 15 bytes and a NUL.
     pub fn comm_bytes(&self) -> Option<[i8; 16]> {

@@ -421,10 +421,7 @@ fn assert_seqs_contiguous(events: &[Value]) {
 
 #[test]
 fn a_tls_exchange_arrives_once_byte_exact_on_its_subject() {
-    if !require_bpf() {
-        return;
-    }
-    let _one = exclusive();
+    let Some(_one) = capture_test() else { return };
     let dir = tempfile::tempdir().unwrap();
     let nats = Nats::started(dir.path());
     let config = write_config(dir.path(), &format!("[sources.tls]\ncomm = \"curl\"\n{}", nats_sink(&nats)));
@@ -479,10 +476,7 @@ fn tail_text(url: &str, filter: &[&str]) -> String {
 
 #[test]
 fn events_survive_broker_outages_in_order_and_once() {
-    if !require_bpf() {
-        return;
-    }
-    let _one = exclusive();
+    let Some(_one) = capture_test() else { return };
     let dir = tempfile::tempdir().unwrap();
     let mut nats = Nats::new(dir.path());
     let config = write_config(dir.path(), &format!("[sources.exec]\n{}", nats_sink(&nats)));
@@ -514,10 +508,7 @@ fn events_survive_broker_outages_in_order_and_once() {
 
 #[test]
 fn a_cluster_losing_its_stream_leader_mid_flow_keeps_every_event_once() {
-    if !require_bpf() {
-        return;
-    }
-    let _one = exclusive();
+    let Some(_one) = capture_test() else { return };
     let dir = tempfile::tempdir().unwrap();
     let mut cluster = Cluster::start(dir.path());
     let urls = cluster.urls().iter().map(|u| format!("\"{u}\"")).collect::<Vec<_>>().join(", ");
@@ -550,10 +541,7 @@ fn a_cluster_losing_its_stream_leader_mid_flow_keeps_every_event_once() {
 
 #[test]
 fn a_full_spool_drops_counts_exactly_and_reports_the_loss() {
-    if !require_bpf() {
-        return;
-    }
-    let _one = exclusive();
+    let Some(_one) = capture_test() else { return };
     let dir = tempfile::tempdir().unwrap();
     let mut nats = Nats::new(dir.path());
     let config = write_config(
@@ -592,10 +580,7 @@ fn a_full_spool_drops_counts_exactly_and_reports_the_loss() {
 
 #[test]
 fn a_stopped_agent_keeps_its_spool_and_a_killed_one_loses_only_a_torn_tail() {
-    if !require_bpf() {
-        return;
-    }
-    let _one = exclusive();
+    let Some(_one) = capture_test() else { return };
     let dir = tempfile::tempdir().unwrap();
     let mut nats = Nats::new(dir.path());
     let config = write_config(dir.path(), &format!("[sources.exec]\n{}", nats_sink(&nats)));
@@ -659,10 +644,7 @@ fn a_stopped_agent_keeps_its_spool_and_a_killed_one_loses_only_a_torn_tail() {
 
 #[test]
 fn sighup_adds_and_changes_sources_without_stopping_the_others() {
-    if !require_bpf() {
-        return;
-    }
-    let _one = exclusive();
+    let Some(_one) = capture_test() else { return };
     let dir = tempfile::tempdir().unwrap();
     let nats = Nats::started(dir.path());
     let sink = nats_sink(&nats);
@@ -719,10 +701,7 @@ fn bad_configurations_exit_2_naming_the_key() {
 
 #[test]
 fn metrics_are_served_in_prometheus_text_format() {
-    if !require_bpf() {
-        return;
-    }
-    let _one = exclusive();
+    let Some(_one) = capture_test() else { return };
     let dir = tempfile::tempdir().unwrap();
     let nats = Nats::started(dir.path());
     let config = write_config(dir.path(), &format!("[sources.exec]\n{}", nats_sink(&nats)));
@@ -749,10 +728,7 @@ fn metrics_are_served_in_prometheus_text_format() {
 /// and a contiguous seq, in a private file that rotates between lines.
 #[test]
 fn a_file_sink_gets_every_event_in_whole_rotated_lines() {
-    if !require_bpf() {
-        return;
-    }
-    let _one = exclusive();
+    let Some(_one) = capture_test() else { return };
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("log/events.jsonl");
     let sink = format!("[sinks.file]\npath = \"{}\"\nmax_bytes = \"4KiB\"\nkeep = 100\n", path.display());

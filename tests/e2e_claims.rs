@@ -173,11 +173,11 @@ enum Link {
 }
 
 /// tests/support/claims_client.c built as `link`, cached under target/ by
-/// a hash of its source and flags; the file is always named
+/// a hash of its sources and flags; the file is always named
 /// `claims_client` (its comm).
 fn claims_client(link: Link) -> PathBuf {
     let source = support_dir().join("claims_client.c");
-    let text = fs::read(&source).unwrap();
+    let text = [fs::read(&source).unwrap(), fs::read(support_dir().join("connect_tcp.h")).unwrap()];
     let mut args: Vec<&str> = vec!["-O1", "-Wall", "-Wextra", "-Werror"];
     if link != Link::Dynamic {
         for archive in ["libssl.a", "libcrypto.a"] {
@@ -401,21 +401,11 @@ fn check_static_executable(started_before_cleartap: bool) {
 }
 
 #[test]
-fn openssl_in_a_static_executable_running_before_cleartap_is_captured_byte_exact() {
-    if !require_bpf() {
-        return;
+fn openssl_in_a_static_executable_running_before_cleartap_or_started_later_is_captured_byte_exact() {
+    let Some(_one) = capture_test() else { return };
+    for started_before_cleartap in [true, false] {
+        check_static_executable(started_before_cleartap);
     }
-    let _one = exclusive();
-    check_static_executable(true);
-}
-
-#[test]
-fn openssl_in_a_static_executable_started_later_is_captured_byte_exact() {
-    if !require_bpf() {
-        return;
-    }
-    let _one = exclusive();
-    check_static_executable(false);
 }
 
 /// A static OpenSSL executable cleartap has never seen (a fresh copy made
@@ -426,10 +416,7 @@ fn openssl_in_a_static_executable_started_later_is_captured_byte_exact() {
 /// the client would always finish first: the test shows the hold at work.
 #[test]
 fn a_new_static_openssl_executable_is_captured_whole_on_its_first_run_with_hold() {
-    if !require_bpf() {
-        return;
-    }
-    let _one = exclusive();
+    let Some(_one) = capture_test() else { return };
     let built = claims_client(Link::Static);
     let server = TlsServer::start();
     let dir = tempfile::tempdir().unwrap();
@@ -475,10 +462,7 @@ fn a_new_static_openssl_executable_is_captured_whole_on_its_first_run_with_hold(
 /// would report its foreground job stopped.
 #[test]
 fn held_programs_run_as_if_never_held_and_a_slow_check_does_not_hold_them_long() {
-    if !require_bpf() {
-        return;
-    }
-    let _one = exclusive();
+    let Some(_one) = capture_test() else { return };
     let dir = tempfile::tempdir().unwrap();
     let (quick, slow) = (dir.path().join("quick"), dir.path().join("slow"));
     for sub in [&quick, &slow] {
@@ -522,10 +506,7 @@ fn held_programs_run_as_if_never_held_and_a_slow_check_does_not_hold_them_long()
 /// pcapng decrypts with nothing but the file.
 #[test]
 fn openssl_in_a_static_executable_gives_its_secrets_to_the_key_log_and_pcapng() {
-    if !require_bpf() {
-        return;
-    }
-    let _one = exclusive();
+    let Some(_one) = capture_test() else { return };
     let _tshark = tool("tshark");
     let binary = claims_client(Link::StaticKeylog);
     let path = binary.to_str().unwrap();
@@ -593,10 +574,7 @@ fn curl_as(uid: u32, server: &TlsServer, body: &[u8], response_size: usize) -> V
 
 #[test]
 fn uid_filter_keeps_only_that_users_records_byte_exact() {
-    if !require_bpf() {
-        return;
-    }
-    let _one = exclusive();
+    let Some(_one) = capture_test() else { return };
     let (chosen, other) = (31_001u32, 31_002u32);
     let server = TlsServer::start(); // uid 0, captured too without the filter
     let capture = Cleartap::start(&["tls", "--format", "json", "--uid", &chosen.to_string()]);
@@ -730,10 +708,7 @@ fn text_headers(h: &Headers, sent: usize, received: usize) -> (String, String) {
 
 #[test]
 fn text_format_shows_a_known_exchange_exactly() {
-    if !require_bpf() {
-        return;
-    }
-    let _one = exclusive();
+    let Some(_one) = capture_test() else { return };
     let (text, headers) = text_capture(&[]);
     let request_len = request(TRICKY_BODY, 0).len();
     let (send, recv) = text_headers(&headers, request_len, EMPTY_RESPONSE.len());
@@ -747,10 +722,7 @@ fn text_format_shows_a_known_exchange_exactly() {
 
 #[test]
 fn hex_format_shows_a_known_exchange_exactly() {
-    if !require_bpf() {
-        return;
-    }
-    let _one = exclusive();
+    let Some(_one) = capture_test() else { return };
     let (text, headers) = text_capture(&["--hex"]);
     let request = request(TRICKY_BODY, 0);
     let (send, recv) = text_headers(&headers, request.len(), EMPTY_RESPONSE.len());
@@ -870,21 +842,11 @@ fn check_container(started_before_cleartap: bool) {
 }
 
 #[test]
-fn library_copy_in_a_container_running_before_cleartap_is_captured_byte_exact() {
-    if !require_bpf() {
-        return;
+fn library_copy_in_a_container_running_before_cleartap_or_started_later_is_captured_byte_exact() {
+    let Some(_one) = capture_test() else { return };
+    for started_before_cleartap in [true, false] {
+        check_container(started_before_cleartap);
     }
-    let _one = exclusive();
-    check_container(true);
-}
-
-#[test]
-fn library_copy_in_a_container_started_later_is_captured_byte_exact() {
-    if !require_bpf() {
-        return;
-    }
-    let _one = exclusive();
-    check_container(false);
 }
 
 // ---------------------------------------------------------------------------
@@ -1006,10 +968,7 @@ fn without_secrets(pcap: &Path) -> PathBuf {
 
 #[test]
 fn a_veth_into_a_network_namespace_is_captured_and_decrypts() {
-    if !require_bpf() {
-        return;
-    }
-    let _one = exclusive();
+    let Some(_one) = capture_test() else { return };
     let _tshark = tool("tshark");
     let _namespace = VethNamespace::create();
     let server = NamespacedServer::start();
@@ -1078,10 +1037,7 @@ fn a_veth_into_a_network_namespace_is_captured_and_decrypts() {
 
 #[test]
 fn go_secrets_in_the_pcapng_let_tshark_decrypt_it() {
-    if !require_bpf() {
-        return;
-    }
-    let _one = exclusive();
+    let Some(_one) = capture_test() else { return };
     let _tshark = tool("tshark");
     let binary = tlspeer(CURRENT_GO, Build::Plain);
     let cert = Certificate::new();

@@ -52,10 +52,7 @@ fn records_written_whole(stderr: &str) -> usize {
 
 #[test]
 fn a_full_disk_stops_the_capture_with_whole_records_and_a_count() {
-    if !require_bpf() {
-        return;
-    }
-    let _one = exclusive();
+    let Some(_one) = capture_test() else { return };
     let disk = SmallDisk::mount("256k");
     let out_path = disk.path().join("records.jsonl");
     let mut child = cleartap()
@@ -124,10 +121,7 @@ impl Drop for MemoryCgroup {
 
 #[test]
 fn no_memory_for_the_maps_is_a_clear_error_naming_what_to_lower() {
-    if !require_bpf() {
-        return;
-    }
-    let _one = exclusive();
+    let Some(_one) = capture_test() else { return };
     let cgroup = MemoryCgroup::new("40M");
     let procs = cgroup.dir.join("cgroup.procs");
     // The shell moves itself into the cgroup, then becomes cleartap.
@@ -146,10 +140,7 @@ fn no_memory_for_the_maps_is_a_clear_error_naming_what_to_lower() {
 
 #[test]
 fn a_library_replaced_under_running_processes_is_attached_again() {
-    if !require_bpf() {
-        return;
-    }
-    let _one = exclusive();
+    let Some(_one) = capture_test() else { return };
     let server = TlsServer::start();
     let private = PrivateLibssl::new();
     let (dir, library, env) = (&private.dir, &private.path, private.env());
@@ -204,10 +195,7 @@ fn a_library_replaced_under_running_processes_is_attached_again() {
 /// does not wait for the parse.
 #[test]
 fn a_library_slow_to_parse_does_not_stall_the_capture_or_its_stop() {
-    if !require_bpf() {
-        return;
-    }
-    let _one = exclusive();
+    let Some(_one) = capture_test() else { return };
     let server = TlsServer::start();
     let private = PrivateLibssl::new();
     let (dir, library) = (&private.dir, &private.path);
@@ -238,10 +226,7 @@ fn a_library_slow_to_parse_does_not_stall_the_capture_or_its_stop() {
 /// one descriptor, so a later swap changes nothing (src/discover/pinned.rs).
 #[test]
 fn a_file_swapped_before_it_is_opened_is_refused() {
-    if !require_bpf() {
-        return;
-    }
-    let _guard = exclusive();
+    let Some(_one) = capture_test() else { return };
     let dir = tempfile::tempdir().unwrap();
     let copies: Vec<_> = ["running", "gone"]
         .iter()
@@ -335,10 +320,7 @@ impl Drop for StopOnDrop {
 /// loses its slot to the calls of another connection.
 #[test]
 fn a_call_evicted_from_the_per_thread_table_is_counted() {
-    if !require_bpf() {
-        return;
-    }
-    let _one = exclusive();
+    let Some(_one) = capture_test() else { return };
     let server = TlsServer::start();
     let capture =
         Capture::start_with_env(&["tls", "--decode", "raw"], &[("CLEARTAP_TEST_ACTIVE_CALLS", "1")]);

@@ -138,10 +138,7 @@ macro_rules! go_test {
     ($name:ident, $go:expr, $build:expr) => {
         #[test]
         fn $name() {
-            if !require_bpf() {
-                return;
-            }
-            let _one = exclusive();
+            let Some(_one) = capture_test() else { return };
             check_go($go, $build);
         }
     };
@@ -191,19 +188,13 @@ fn check_first_run(build: Build) {
 
 #[test]
 fn a_new_go_program_is_captured_whole_on_its_first_run_with_hold() {
-    if !require_bpf() {
-        return;
-    }
-    let _one = exclusive();
+    let Some(_one) = capture_test() else { return };
     check_first_run(Build::Plain);
 }
 
 #[test]
 fn a_new_stripped_go_program_is_captured_whole_on_its_first_run_with_hold() {
-    if !require_bpf() {
-        return;
-    }
-    let _one = exclusive();
+    let Some(_one) = capture_test() else { return };
     check_first_run(Build::Stripped);
 }
 
@@ -213,10 +204,7 @@ fn a_new_stripped_go_program_is_captured_whole_on_its_first_run_with_hold() {
 /// checks), and every byte of every connection is captured.
 #[test]
 fn go_server_soak() {
-    if !require_bpf() {
-        return;
-    }
-    let _one = exclusive();
+    let Some(_one) = capture_test() else { return };
     let binary = tlspeer(CURRENT_GO, Build::Stripped);
     let mut server = GoServer::start(&binary, &[("GOGC", "5")]);
     let capture = Capture::start(&["tls", "--library", "go", "--pid", &server.child.id().to_string()]);
@@ -237,10 +225,7 @@ fn go_server_soak() {
 /// address on a moved stack, a clobbered register) would show here.
 #[test]
 fn go_output_is_the_same_with_and_without_capture() {
-    if !require_bpf() {
-        return;
-    }
-    let _one = exclusive();
+    let Some(_one) = capture_test() else { return };
     let binary = tlspeer(CURRENT_GO, Build::Plain);
     let gc = [("GOGC", "5")];
     let (count, size, workers) = (400, 40_000, 8);

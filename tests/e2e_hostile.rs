@@ -17,8 +17,7 @@ use std::thread;
 use std::time::Duration;
 
 use support::{
-    exclusive, read_in_background, require_bpf, spawn_cleartap, spawn_listening, type_into_script,
-    Certificate, Mariadb,
+    capture_test, read_in_background, spawn_cleartap, spawn_listening, type_into_script, Certificate, Mariadb,
 };
 
 /// A running `cleartap <subcommand> --format text`.
@@ -220,11 +219,8 @@ fn hex(bytes: &[u8]) -> String {
 
 #[test]
 fn tls_hostile_comm_http1_http2_and_raw_payloads() {
-    if !require_bpf() {
-        return;
-    }
+    let Some(_one) = capture_test() else { return };
     require_tools(&["python3", "openssl"]);
-    let _one = exclusive();
     let cert = Certificate::new();
     let name = hex(HOSTILE_COMM);
     let (mut server, port) = spawn_listening(
@@ -278,11 +274,8 @@ fn tls_hostile_comm_http1_http2_and_raw_payloads() {
 
 #[test]
 fn exec_hostile_comm_path_and_argv() {
-    if !require_bpf() {
-        return;
-    }
+    let Some(_one) = capture_test() else { return };
     require_tools(&["python3"]);
-    let _one = exclusive();
     let dir = tempfile::tempdir().unwrap();
     let mut program = dir.path().as_os_str().as_bytes().to_vec();
     program.extend_from_slice(b"/t\x1b]0;x\x07\r\xc2\x9b\xff");
@@ -317,11 +310,8 @@ fn exec_hostile_comm_path_and_argv() {
 
 #[test]
 fn shell_hostile_command_line() {
-    if !require_bpf() {
-        return;
-    }
+    let Some(_one) = capture_test() else { return };
     require_tools(&["bash", "script"]);
-    let _one = exclusive();
     // A bash already running: its binary is attached at start.
     let _running = support::Holder::running(Command::new("bash").args(["-c", "sleep 30; true"]));
     let capture = TextCapture::start(&["shell"]);
@@ -347,11 +337,8 @@ fn shell_hostile_command_line() {
 
 #[test]
 fn sql_hostile_statement() {
-    if !require_bpf() {
-        return;
-    }
+    let Some(_one) = capture_test() else { return };
     require_tools(&["mariadb-install-db", "mariadbd", "mariadb"]);
-    let _one = exclusive();
     let server = Mariadb::start();
     let capture = TextCapture::start(&["mysql"]);
     assert!(server.query(b"select 'a\x1b]0;x\x07b\rc\xc2\x9bd' as hostile"));

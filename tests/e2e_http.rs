@@ -127,10 +127,7 @@ fn header<'a>(r: &'a Value, side: &str, name: &str) -> Option<&'a str> {
 
 #[test]
 fn http1_keep_alive_gzip_chunked_both_sides() {
-    if !require_bpf() {
-        return;
-    }
-    let _one = exclusive();
+    let Some(_one) = capture_test() else { return };
     let nginx = Nginx::start();
     let capture = Capture::start(&["tls", "--body", "100000"]);
     let urls = [nginx.url("big.txt"), nginx.url("small.txt"), nginx.url("missing.txt")];
@@ -160,10 +157,7 @@ fn http1_keep_alive_gzip_chunked_both_sides() {
 
 #[test]
 fn http2_multiplexed_streams_and_decode_http_only() {
-    if !require_bpf() {
-        return;
-    }
-    let _one = exclusive();
+    let Some(_one) = capture_test() else { return };
     let nginx = Nginx::start();
     let capture = Capture::start(&["tls", "--decode", "http", "--body", "100000"]);
     let urls = [nginx.url("big.txt"), nginx.url("small.txt"), nginx.url("data.bin")];
@@ -196,10 +190,7 @@ fn http2_multiplexed_streams_and_decode_http_only() {
 
 #[test]
 fn non_http_traffic_stays_raw() {
-    if !require_bpf() {
-        return;
-    }
-    let _one = exclusive();
+    let Some(_one) = capture_test() else { return };
     let dir = tempfile::tempdir().unwrap();
     // Bytes that are not HTTP: noise, and a protocol that starts like an
     // HTTP request line and is not one.

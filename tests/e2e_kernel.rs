@@ -18,10 +18,7 @@ fn cleartap() -> Command {
 
 #[test]
 fn check_loads_every_program_and_reports_verifier_instructions() {
-    if !require_bpf() {
-        return;
-    }
-    let _one = exclusive();
+    let Some(_one) = capture_test() else { return };
     let out = cleartap().arg("check").output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
@@ -86,10 +83,7 @@ fn tshark_reads(pcap: &std::path::Path) {
 
 #[test]
 fn every_way_of_stopping_leaves_nothing_attached_and_whole_files() {
-    if !require_bpf() {
-        return;
-    }
-    let _one = exclusive();
+    let Some(_one) = capture_test() else { return };
     assert_nothing_left("before the test");
     let server = TlsServer::start();
     let dir = tempfile::tempdir().unwrap();
@@ -123,10 +117,7 @@ fn every_way_of_stopping_leaves_nothing_attached_and_whole_files() {
 
 #[test]
 fn a_signal_while_attaching_still_stops_cleanly() {
-    if !require_bpf() {
-        return;
-    }
-    let _one = exclusive();
+    let Some(_one) = capture_test() else { return };
     let dir = tempfile::tempdir().unwrap();
     for delay_ms in [0, 30, 150] {
         let pcap = dir.path().join(format!("{delay_ms}.pcapng"));
@@ -162,10 +153,7 @@ const DOCUMENTED: &str = "-all,+sys_admin,+sys_ptrace,+dac_read_search,+net_admi
 
 #[test]
 fn runs_with_only_the_documented_capabilities_and_names_a_missing_one() {
-    if !require_bpf() {
-        return;
-    }
-    let _one = exclusive();
+    let Some(_one) = capture_test() else { return };
     let server = TlsServer::start();
     let dir = tempfile::tempdir().unwrap();
     let pcap = dir.path().join("caps.pcapng");
@@ -209,10 +197,7 @@ fn runs_with_only_the_documented_capabilities_and_names_a_missing_one() {
 
 #[test]
 fn hostile_library_files_are_skipped_with_a_warning_and_the_rest_captured() {
-    if !require_bpf() {
-        return;
-    }
-    let _one = exclusive();
+    let Some(_one) = capture_test() else { return };
     let server = TlsServer::start();
     let dir = tempfile::tempdir().unwrap();
     // A truncated libssl, an ELF header claiming 65535 sections at an
@@ -258,10 +243,7 @@ fn hostile_library_files_are_skipped_with_a_warning_and_the_rest_captured() {
 /// another user.
 #[test]
 fn every_thread_keeps_only_the_capabilities_it_uses() {
-    if !require_bpf() {
-        return;
-    }
-    let _one = exclusive();
+    let Some(_one) = capture_test() else { return };
     let hex = |status: &str, key: &str| -> u64 {
         let line = status.lines().find(|l| l.starts_with(key)).unwrap_or_else(|| panic!("{key}"));
         u64::from_str_radix(line.split_whitespace().nth(1).unwrap(), 16).unwrap()

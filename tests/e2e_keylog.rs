@@ -124,10 +124,7 @@ fn curl_with_keylog(server: &TlsServer, tls_max: &str, response_size: usize, key
 
 #[test]
 fn openssl_tls12_and_tls13_secrets_equal_curls_own_and_the_capture_decrypts() {
-    if !require_bpf() {
-        return;
-    }
-    let _one = exclusive();
+    let Some(_one) = capture_test() else { return };
     let server = TlsServer::start();
     let recording = Recording::start(server.port, &[]);
     let own = recording.dir.path().join("curl-keys.log");
@@ -201,28 +198,12 @@ const OPENSSL_111: &str = "/opt/cleartap-test/openssl-1.1.1w";
 
 /// tests/support/keylog_peer.c built against OpenSSL 1.1.1w.
 fn keylog_peer_111(dir: &Path) -> PathBuf {
-    let binary = dir.join("keylog_peer_111");
-    let lib = format!("{OPENSSL_111}/lib");
-    let out = Command::new("gcc")
-        .args(["-O1", "-Wall", "-o"])
-        .arg(&binary)
-        .arg(support_dir().join("keylog_peer.c"))
-        .arg(format!("-I{OPENSSL_111}/include"))
-        .arg(format!("-L{lib}"))
-        .arg(format!("-Wl,-rpath,{lib}"))
-        .args(["-lssl", "-lcrypto"])
-        .output()
-        .expect("running gcc");
-    assert!(out.status.success(), "building keylog_peer: {}", String::from_utf8_lossy(&out.stderr));
-    binary
+    build_against_openssl("keylog_peer", OPENSSL_111, dir)
 }
 
 #[test]
 fn openssl_111_secrets_equal_its_own_key_log() {
-    if !require_bpf() {
-        return;
-    }
-    let _one = exclusive();
+    let Some(_one) = capture_test() else { return };
     let server = TlsServer::start();
     let recording = Recording::start(server.port, &[]);
     let peer = keylog_peer_111(recording.dir.path());
@@ -241,10 +222,7 @@ fn openssl_111_secrets_equal_its_own_key_log() {
 
 #[test]
 fn node_secrets_from_its_linked_openssl_equal_its_own_key_log() {
-    if !require_bpf() {
-        return;
-    }
-    let _one = exclusive();
+    let Some(_one) = capture_test() else { return };
     let server = TlsServer::start();
     let recording = Recording::start(server.port, &[]);
     let own = recording.dir.path().join("node-keys.log");
@@ -268,10 +246,7 @@ fn node_secrets_from_its_linked_openssl_equal_its_own_key_log() {
 
 #[test]
 fn gnutls_secrets_equal_its_own_key_log() {
-    if !require_bpf() {
-        return;
-    }
-    let _one = exclusive();
+    let Some(_one) = capture_test() else { return };
     let server = TlsServer::start();
     let recording = Recording::start(server.port, &[]);
     let own = recording.dir.path().join("gnutls-keys.log");
@@ -290,10 +265,7 @@ fn gnutls_secrets_equal_its_own_key_log() {
 
 #[test]
 fn the_filter_expression_keeps_only_what_it_matches() {
-    if !require_bpf() {
-        return;
-    }
-    let _one = exclusive();
+    let Some(_one) = capture_test() else { return };
     let kept = TlsServer::start();
     let other = TlsServer::start();
     let recording = Recording::start(kept.port, &[]);
@@ -312,10 +284,7 @@ fn the_filter_expression_keeps_only_what_it_matches() {
 
 #[test]
 fn snaplen_cuts_packets_and_keeps_their_length_on_the_wire() {
-    if !require_bpf() {
-        return;
-    }
-    let _one = exclusive();
+    let Some(_one) = capture_test() else { return };
     let server = TlsServer::start();
     let recording = Recording::start(server.port, &["--snaplen", "200"]);
     curl(&server, b"", 100_000);
@@ -340,10 +309,7 @@ fn snaplen_cuts_packets_and_keeps_their_length_on_the_wire() {
 
 #[test]
 fn a_capture_interrupted_mid_transfer_is_a_valid_pcapng() {
-    if !require_bpf() {
-        return;
-    }
-    let _one = exclusive();
+    let Some(_one) = capture_test() else { return };
     let server = TlsServer::start();
     for later_ms in [0, 550] {
         let recording = Recording::start(server.port, &[]);
@@ -375,10 +341,7 @@ fn a_capture_interrupted_mid_transfer_is_a_valid_pcapng() {
 
 #[test]
 fn a_capture_to_stdout_is_read_by_tshark_from_a_pipe() {
-    if !require_bpf() {
-        return;
-    }
-    let _one = exclusive();
+    let Some(_one) = capture_test() else { return };
     let server = TlsServer::start();
     let dir = tempfile::tempdir().unwrap();
     let pcap = dir.path().join("stdout.pcapng");

@@ -28,10 +28,7 @@ fn lost_bytes(stderr: &str) -> u64 {
 /// buffer is sized to hold one.
 #[test]
 fn stream_of_64_mib_each_way_is_byte_exact() {
-    if !require_bpf() {
-        return;
-    }
-    let _one = exclusive();
+    let Some(_one) = capture_test() else { return };
     let server = TlsServer::start();
     let mut client = TlsClient::connect(&server);
     let pid = client.pid().to_string();
@@ -47,10 +44,7 @@ fn stream_of_64_mib_each_way_is_byte_exact() {
 /// stream is exactly what the server received.
 #[test]
 fn stream_of_256_mib_in_256_kib_writes_loses_nothing_at_default_settings() {
-    if !require_bpf() {
-        return;
-    }
-    let _one = exclusive();
+    let Some(_one) = capture_test() else { return };
     let server = TlsServer::start();
     let mut client = TlsClient::connect(&server);
     let pid = client.pid().to_string();
@@ -70,10 +64,7 @@ fn stream_of_256_mib_in_256_kib_writes_loses_nothing_at_default_settings() {
 /// where the hole is.
 #[test]
 fn tiny_ring_buffer_losses_are_counted_exactly_and_marked() {
-    if !require_bpf() {
-        return;
-    }
-    let _one = exclusive();
+    let Some(_one) = capture_test() else { return };
     let server = TlsServer::start();
     let mut client = TlsClient::connect(&server);
     let capture = Capture::start(&["tls", "--pid", &client.pid().to_string(), "--ringbuf-size", "64K"]);
@@ -145,10 +136,7 @@ fn assert_gaps_match_the_records(records: &[&Value]) {
 /// the process and port it came from).
 #[test]
 fn thousand_connections_from_twenty_processes_are_attributed_right() {
-    if !require_bpf() {
-        return;
-    }
-    let _one = exclusive();
+    let Some(_one) = capture_test() else { return };
     let server = TlsServer::start();
     let capture = Capture::start(&["tls", "--comm", "python3"]);
     let clients: Vec<_> = (0..20)

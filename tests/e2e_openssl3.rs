@@ -26,24 +26,6 @@ fn libssl_3x() -> PathBuf {
     libssl
 }
 
-/// tests/support/write_ex2_pair.c built against OpenSSL 3.x.
-fn write_ex2_pair(dir: &Path) -> PathBuf {
-    let binary = dir.join("write_ex2_pair");
-    let lib = format!("{OPENSSL_3X}/lib");
-    let out = Command::new("cc")
-        .args(["-O1", "-Wall", "-Werror", "-o"])
-        .arg(&binary)
-        .arg(support_dir().join("write_ex2_pair.c"))
-        .arg(format!("-I{OPENSSL_3X}/include"))
-        .arg(format!("-L{lib}"))
-        .arg(format!("-Wl,-rpath,{lib}"))
-        .args(["-lssl", "-lcrypto"])
-        .output()
-        .expect("running cc (scripts/install-deps --test)");
-    assert!(out.status.success(), "building write_ex2_pair: {}", String::from_utf8_lossy(&out.stderr));
-    binary
-}
-
 /// The version line of `<OPENSSL_3X>/lib/libcrypto.so.3` ("3.5.5"), read
 /// with the library's own `OpenSSL_version` through a small program.
 fn openssl_3x_version(dir: &Path) -> String {
@@ -73,13 +55,10 @@ fn openssl_3x_version(dir: &Path) -> String {
 
 #[test]
 fn ssl_write_ex2_of_openssl_3x_is_captured_byte_exact_both_ways() {
-    if !require_bpf() {
-        return;
-    }
-    let _one = exclusive();
+    let Some(_one) = capture_test() else { return };
     let libssl = libssl_3x();
     let dir = tempfile::tempdir().unwrap();
-    let pair = write_ex2_pair(dir.path());
+    let pair = build_against_openssl("write_ex2_pair", OPENSSL_3X, dir.path());
     let version = openssl_3x_version(dir.path());
     let (major, minor) = version.split_once('.').unwrap();
     let minor: u32 = minor.split('.').next().unwrap().parse().unwrap();

@@ -62,10 +62,7 @@ fn check_shell(shell: &[&str], name: &str) {
 
 #[test]
 fn bash_commands_with_exit_status_and_multi_line() {
-    if !require_bpf() {
-        return;
-    }
-    let _one = exclusive();
+    let Some(_one) = capture_test() else { return };
     check_shell(&["bash", "--norc", "-i"], "bash");
 }
 
@@ -76,19 +73,13 @@ const READLINE_BASH: &str = "/opt/cleartap-test/readline/bin/bash";
 
 #[test]
 fn bash_linked_to_libreadline() {
-    if !require_bpf() {
-        return;
-    }
-    let _one = exclusive();
+    let Some(_one) = capture_test() else { return };
     check_shell(&[READLINE_BASH, "--norc", "-i"], "bash");
 }
 
 #[test]
 fn other_readline_programs_are_not_shells() {
-    if !require_bpf() {
-        return;
-    }
-    let _one = exclusive();
+    let Some(_one) = capture_test() else { return };
     let _running = Holder::running(Command::new(READLINE_BASH).args(["-c", "sleep 30; true"]));
     let capture = Capture::start(&["shell"]);
     // bc calls readline() in the same libreadline.so.8 on a tty.
@@ -101,10 +92,7 @@ fn other_readline_programs_are_not_shells() {
 
 #[test]
 fn zsh_commands_with_exit_status_and_multi_line() {
-    if !require_bpf() {
-        return;
-    }
-    let _one = exclusive();
+    let Some(_one) = capture_test() else { return };
     check_shell(&["zsh", "-f", "-i"], "zsh");
 }
 
@@ -113,10 +101,7 @@ fn zsh_commands_with_exit_status_and_multi_line() {
 /// the last process running it exits, the new one's probes staying.
 #[test]
 fn a_shell_replaced_under_a_running_one_is_attached_again_and_the_old_detached() {
-    if !require_bpf() {
-        return;
-    }
-    let _one = exclusive();
+    let Some(_one) = capture_test() else { return };
     let dir = tempfile::tempdir().unwrap();
     let bash = dir.path().join("bash");
     std::fs::copy("/bin/bash", &bash).unwrap();
@@ -167,10 +152,7 @@ fn decoded_argv(r: &Value) -> Vec<Vec<u8>> {
 
 #[test]
 fn exec_reports_exact_argv_parent_and_result() {
-    if !require_bpf() {
-        return;
-    }
-    let _one = exclusive();
+    let Some(_one) = capture_test() else { return };
     let capture = Capture::start(&["exec"]);
     let script = "/bin/echo 'two words' \"$(printf 'bin\\377ary')\" '' last >/dev/null; \
                   /no/such/program 2>/dev/null; exec /bin/true";
@@ -217,10 +199,7 @@ fn exec_reports_exact_argv_parent_and_result() {
 
 #[test]
 fn exec_comm_filter() {
-    if !require_bpf() {
-        return;
-    }
-    let _one = exclusive();
+    let Some(_one) = capture_test() else { return };
     // A shell whose command name is cleartap-tst: only what it starts is
     // reported (the filter applies to the task calling exec).
     let dir = tempfile::tempdir().unwrap();

@@ -32,10 +32,7 @@ fn by_text<'a>(got: &'a Captured, text: &str) -> Vec<&'a Value> {
 
 #[test]
 fn mariadb_queries_with_status_duration_and_long_text() {
-    if !require_bpf() {
-        return;
-    }
-    let _one = exclusive();
+    let Some(_one) = capture_test() else { return };
     let server = Mariadb::start();
     let capture = Capture::start(&["mysql"]);
     assert!(server.query(b"select 'marker one'"));
@@ -58,10 +55,7 @@ fn mariadb_queries_with_status_duration_and_long_text() {
 
 #[test]
 fn mariadb_concurrent_sessions_never_mix() {
-    if !require_bpf() {
-        return;
-    }
-    let _one = exclusive();
+    let Some(_one) = capture_test() else { return };
     let server = Mariadb::start();
     let capture = Capture::start(&["mysql"]);
     // A slow query in one session while another runs quick ones.
@@ -168,10 +162,7 @@ impl Drop for Postgres {
 
 #[test]
 fn postgres_simple_and_extended_protocol() {
-    if !require_bpf() {
-        return;
-    }
-    let _one = exclusive();
+    let Some(_one) = capture_test() else { return };
     let server = Postgres::start();
     let script = server.dir.path().join("extended.sql");
     std::fs::write(&script, "SELECT 42 AS extended_marker;\n").unwrap();
@@ -223,10 +214,7 @@ fn server_without_symbols_is_named_clearly() {
     let dir = tempfile::tempdir().unwrap();
     let fake = dir.path().join("mariadbd");
     std::fs::copy("/bin/sleep", &fake).unwrap();
-    if !require_bpf() {
-        return;
-    }
-    let _one = exclusive();
+    let Some(_one) = capture_test() else { return };
     let mut sleeper = Command::new(&fake).arg("20").spawn().unwrap();
     let capture = Capture::start(&["mysql"]);
     let got = capture.stop();

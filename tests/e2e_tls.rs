@@ -52,28 +52,19 @@ fn check_curl_exchange(body_size: usize, response_size: usize) {
 
 #[test]
 fn small_bodies_both_processes_both_directions() {
-    if !require_bpf() {
-        return;
-    }
-    let _one = exclusive();
+    let Some(_one) = capture_test() else { return };
     check_curl_exchange(100, 200);
 }
 
 #[test]
 fn multi_mib_bodies_arrive_whole_and_in_order() {
-    if !require_bpf() {
-        return;
-    }
-    let _one = exclusive();
+    let Some(_one) = capture_test() else { return };
     check_curl_exchange(3 << 20, 10 << 20);
 }
 
 #[test]
 fn pid_filter_keeps_only_that_process() {
-    if !require_bpf() {
-        return;
-    }
-    let _one = exclusive();
+    let Some(_one) = capture_test() else { return };
     let server = TlsServer::start();
     let mut client = TlsClient::connect(&server);
     let pid = client.pid().to_string();
@@ -91,10 +82,7 @@ fn pid_filter_keeps_only_that_process() {
 
 #[test]
 fn comm_filter_keeps_only_that_command() {
-    if !require_bpf() {
-        return;
-    }
-    let _one = exclusive();
+    let Some(_one) = capture_test() else { return };
     let server = TlsServer::start();
     let mut client = TlsClient::connect(&server);
     let capture = Capture::start(&["tls", "--comm", "curl"]);
@@ -118,10 +106,7 @@ fn comm_filter_keeps_only_that_command() {
 
 #[test]
 fn connection_opened_before_start_has_its_tuple() {
-    if !require_bpf() {
-        return;
-    }
-    let _one = exclusive();
+    let Some(_one) = capture_test() else { return };
     let server = TlsServer::start();
     let mut client = TlsClient::connect(&server);
     client.exchange(5, 5); // before cleartap exists
@@ -178,10 +163,7 @@ fn not_root_is_a_clear_error() {
 /// curl's records name the API function curl called.
 #[test]
 fn the_ssl_bio_of_openssl_s_server_is_captured_at_the_internal_functions() {
-    if !require_bpf() {
-        return;
-    }
-    let _one = exclusive();
+    let Some(_one) = capture_test() else { return };
     let cert = Certificate::new();
     // Port 0: s_server binds a free port itself and prints it once it
     // listens ("ACCEPT 127.0.0.1:PORT").
@@ -235,10 +217,7 @@ fn the_ssl_bio_of_openssl_s_server_is_captured_at_the_internal_functions() {
 /// call; see `non_http_traffic_stays_raw`, which runs right after start).
 #[test]
 fn system_libraries_are_probed_at_start() {
-    if !require_bpf() {
-        return;
-    }
-    let _one = exclusive();
+    let Some(_one) = capture_test() else { return };
     let capture = Capture::start(&["tls"]);
     let before_ready = capture.stderr_so_far().to_string();
     capture.stop().assert_clean_exit();

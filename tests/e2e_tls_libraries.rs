@@ -14,10 +14,7 @@ fn post_body(n: usize) -> Vec<u8> {
 
 #[test]
 fn gnutls_wget_both_directions() {
-    if !require_bpf() {
-        return;
-    }
-    let _one = exclusive();
+    let Some(_one) = capture_test() else { return };
     let server = TlsServer::start();
     let _gnutls_in_use = Holder::mapping("libgnutls.so.30");
     let dir = tempfile::tempdir().unwrap();
@@ -46,10 +43,7 @@ fn gnutls_wget_both_directions() {
 
 #[test]
 fn nss_tstclnt_both_directions() {
-    if !require_bpf() {
-        return;
-    }
-    let _one = exclusive();
+    let Some(_one) = capture_test() else { return };
     let server = TlsServer::start();
     let _nspr_in_use = Holder::mapping("libnspr4.so");
     let capture = Capture::start(&["tls", "--library", "nss"]);
@@ -86,10 +80,7 @@ fn nss_tstclnt_both_directions() {
 
 #[test]
 fn node_started_later_is_captured_through_its_linked_openssl() {
-    if !require_bpf() {
-        return;
-    }
-    let _one = exclusive();
+    let Some(_one) = capture_test() else { return };
     let server = TlsServer::start();
     let capture = Capture::start(&["tls", "--comm", "node"]);
     // The pause leaves time to attach to a node binary seen for the first
@@ -187,10 +178,7 @@ fn assert_records_name_their_socket(got: &Captured, pid: u32, truth: &std::path:
 
 #[test]
 fn fifty_short_lived_curls_each_captured_with_its_pid() {
-    if !require_bpf() {
-        return;
-    }
-    let _one = exclusive();
+    let Some(_one) = capture_test() else { return };
     let server = TlsServer::start();
     let capture = Capture::start(&["tls", "--comm", "curl"]);
     let curls: Vec<u32> =
@@ -220,10 +208,7 @@ fn fifty_short_lived_curls_each_captured_with_its_pid() {
 
 #[test]
 fn private_copy_of_libssl_loaded_later_is_captured() {
-    if !require_bpf() {
-        return;
-    }
-    let _one = exclusive();
+    let Some(_one) = capture_test() else { return };
     let server = TlsServer::start();
     let private = PrivateLibssl::new();
     let mut capture = Capture::start(&["tls", "--comm", "python3"]);
@@ -247,10 +232,7 @@ fn private_copy_of_libssl_loaded_later_is_captured() {
 
 #[test]
 fn exclude_lib_skips_that_file() {
-    if !require_bpf() {
-        return;
-    }
-    let _one = exclusive();
+    let Some(_one) = capture_test() else { return };
     let server = TlsServer::start();
     // The libssl the server (Python) maps, wherever the distribution has it.
     let maps = std::fs::read_to_string(format!("/proc/{}/maps", server.pid())).unwrap();
@@ -285,10 +267,7 @@ fn exclude_lib_skips_that_file() {
 
 #[test]
 fn cgroup_filter_keeps_only_that_subtree() {
-    if !require_bpf() {
-        return;
-    }
-    let _one = exclusive();
+    let Some(_one) = capture_test() else { return };
     let root = cgroup2_root().expect("a cgroup v2 hierarchy mounted (mount -t cgroup2 none /sys/fs/cgroup)");
     let group = root.join(format!("cleartap-test-{}", std::process::id()));
     std::fs::create_dir(&group).unwrap();

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -92,49 +92,15 @@ impl Metrics {
 }
 
 fn render_nats(out: &mut String, n: &NatsCounters) {
+    let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
     let rows: [(&str, &str, &str, u64); 8] = [
-        (
-            "cleartap_nats_published_total",
-            "counter",
-            "Messages published",
-            n.published.load(Ordering::Relaxed),
-        ),
-        (
-            "cleartap_nats_acked_total",
-            "counter",
-            "Messages JetStream acknowledged",
-            n.acked.load(Ordering::Relaxed),
-        ),
-        (
-            "cleartap_nats_duplicates_total",
-            "counter",
-            "Acks for duplicates",
-            n.duplicates.load(Ordering::Relaxed),
-        ),
-        (
-            "cleartap_nats_retried_total",
-            "counter",
-            "Messages published again",
-            n.retried.load(Ordering::Relaxed),
-        ),
-        (
-            "cleartap_spool_dropped_total",
-            "counter",
-            "Events the full spool refused",
-            n.spool_drops.load(Ordering::Relaxed),
-        ),
-        (
-            "cleartap_nats_too_large_total",
-            "counter",
-            "Events over max_payload",
-            n.too_large.load(Ordering::Relaxed),
-        ),
-        (
-            "cleartap_spool_bytes",
-            "gauge",
-            "Bytes waiting in the spool",
-            n.spool_bytes.load(Ordering::Relaxed),
-        ),
+        ("cleartap_nats_published_total", "counter", "Messages published", get(&n.published)),
+        ("cleartap_nats_acked_total", "counter", "Messages JetStream acknowledged", get(&n.acked)),
+        ("cleartap_nats_duplicates_total", "counter", "Acks for duplicates", get(&n.duplicates)),
+        ("cleartap_nats_retried_total", "counter", "Messages published again", get(&n.retried)),
+        ("cleartap_spool_dropped_total", "counter", "Events the full spool refused", get(&n.spool_drops)),
+        ("cleartap_nats_too_large_total", "counter", "Events over max_payload", get(&n.too_large)),
+        ("cleartap_spool_bytes", "gauge", "Bytes waiting in the spool", get(&n.spool_bytes)),
         (
             "cleartap_nats_connected",
             "gauge",

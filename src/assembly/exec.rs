@@ -107,22 +107,17 @@ pub fn split_args(args: &[u8], argc: usize) -> Vec<Vec<u8>> {
 
 /// The exec source's records (start, result) -> program starts with
 /// their result and user.
+#[derive(Default)]
 pub struct ExecAssembler {
     execs: Execs,
     users: Users,
     clock: Clock,
 }
 
-impl Default for ExecAssembler {
-    fn default() -> Self {
-        ExecAssembler { execs: Execs::default(), users: Users::default(), clock: Clock::now() }
-    }
-}
-
-impl ExecAssembler {
+impl super::Assembler for ExecAssembler {
     /// A record of the exec source (others are ignored): what it completes
     /// is written to `out`.
-    pub fn event(&mut self, event: Event, out: &mut dyn Output) -> io::Result<()> {
+    fn event(&mut self, event: Event, out: &mut dyn Output) -> io::Result<()> {
         match event {
             Event::ExecStart(e) => {
                 let args = &c_bytes_len(&e.args, e.args_len as usize);
@@ -160,7 +155,7 @@ impl ExecAssembler {
     }
 
     /// Shutdown: the starts still awaiting their result, without one.
-    pub fn finish(&mut self, out: &mut dyn Output) -> io::Result<()> {
+    fn finish(&mut self, out: &mut dyn Output) -> io::Result<()> {
         for exec in self.execs.drain() {
             self.write(exec, out)?;
         }
@@ -174,7 +169,9 @@ impl ExecAssembler {
         }
         Ok(())
     }
+}
 
+impl ExecAssembler {
     fn write(&mut self, exec: Exec, out: &mut dyn Output) -> io::Result<()> {
         out.exec(&ExecRecord { exec: &exec, user: self.users.name(exec.uid) })
     }

@@ -16,6 +16,7 @@ use crate::output::Output;
 
 /// The shell source's records (lines, shell exits) -> commands, with the
 /// user and the shell's executable.
+#[derive(Default)]
 pub struct ShellAssembler {
     commands: Commands,
     users: Users,
@@ -24,31 +25,10 @@ pub struct ShellAssembler {
     shell_paths: HashMap<u32, Option<String>>,
 }
 
-impl Default for ShellAssembler {
-    fn default() -> Self {
-        ShellAssembler {
-            commands: Commands::default(),
-            users: Users::default(),
-            clock: Clock::now(),
-            shell_paths: HashMap::new(),
-        }
-    }
-}
-
 impl super::Assembler for ShellAssembler {
-    fn event(&mut self, event: Event, out: &mut dyn Output) -> io::Result<()> {
-        ShellAssembler::event(self, event, out)
-    }
-
-    fn finish(&mut self, out: &mut dyn Output) -> io::Result<()> {
-        ShellAssembler::finish(self, out)
-    }
-}
-
-impl ShellAssembler {
     /// A record of the shell source (others are ignored): what it
     /// completes is written to `out`.
-    pub fn event(&mut self, event: Event, out: &mut dyn Output) -> io::Result<()> {
+    fn event(&mut self, event: Event, out: &mut dyn Output) -> io::Result<()> {
         match event {
             Event::ShellLine(l) => {
                 let line = self.line(l);
@@ -68,13 +48,15 @@ impl ShellAssembler {
     }
 
     /// Shutdown: the commands still pending, status unknown.
-    pub fn finish(&mut self, out: &mut dyn Output) -> io::Result<()> {
+    fn finish(&mut self, out: &mut dyn Output) -> io::Result<()> {
         for command in self.commands.drain() {
             self.write(command, out)?;
         }
         Ok(())
     }
+}
 
+impl ShellAssembler {
     fn write(&mut self, command: Command, out: &mut dyn Output) -> io::Result<()> {
         let shell_path = self.shell_paths.get(&command.pid).cloned().flatten();
         let record = CommandRecord {
@@ -97,14 +79,17 @@ impl ShellAssembler {
             std::fs::read_link(format!("/proc/{pid}/exe")).ok().map(|p| p.display().to_string())
         });
         Line {
-            time: self.clock.wall(l.task.ts_ns),
-            pid,
-            ppid: l.task.ppid,
-            uid: l.task.uid,
-            shell: if zsh { "zsh" } else { "bash" },
-            tty: tty_path(&String::from_utf8_lossy(c_bytes(&l.tty))),
-            text,
-            truncated: l.truncated != 0,
+            read: Command {
+                time: self.clock.wall(l.task.ts_ns),
+                pid,
+                ppid: l.task.ppid,
+                uid: l.task.uid,
+                shell: if zsh { "zsh" } else { "bash" },
+                tty: tty_path(&String::from_utf8_lossy(c_bytes(&l.tty))),
+                text,
+                truncated: l.truncated != 0,
+                exit_status: None,
+            },
             continuation: l.continuation != 0,
             prev_status: (l.status_valid != 0).then_some(l.prev_status),
         }
@@ -122,14 +107,8 @@ fn tty_path(name: &str) -> String {
 /// One line as the shell read it.
 #[derive(Debug, Clone)]
 pub struct Line {
-    pub time: SystemTime,
-    pub pid: u32,
-    pub ppid: u32,
-    pub uid: u32,
-    pub shell: &'static str,
-    pub tty: String,
-    pub text: Vec<u8>,
-    pub truncated: bool,
+    /// The line as a command of its own (its exit status not known yet).
+    pub read: Command,
     pub continuation: bool,
     /// The previous command's exit status, when the shell's $? was readable.
     pub prev_status: Option<i32>,
@@ -162,21 +141,22 @@ pub struct Commands {
 impl Commands {
     /// A new line; returns the command it completes, if any.
     pub fn line(&mut self, line: Line) -> Option<Command> {
+        let read = line.read;
         if line.continuation {
-            if let Some(cmd) = self.pending.get_mut(&line.pid) {
-                if cmd.text.len() + 1 + line.text.len() > MAX_COMMAND {
+            if let Some(cmd) = self.pending.get_mut(&read.pid) {
+                if cmd.text.len() + 1 + read.text.len() > MAX_COMMAND {
                     cmd.truncated = true;
                     return None;
                 }
                 cmd.text.push(b'\n');
-                cmd.text.extend_from_slice(&line.text);
-                cmd.truncated |= line.truncated;
+                cmd.text.extend_from_slice(&read.text);
+                cmd.truncated |= read.truncated;
                 return None;
             }
         }
-        let done = self.pending.remove(&line.pid).map(|c| Command { exit_status: line.prev_status, ..c });
-        if !line.text.iter().all(u8::is_ascii_whitespace) {
-            self.pending.insert(line.pid, new_command(line));
+        let done = self.pending.remove(&read.pid).map(|c| Command { exit_status: line.prev_status, ..c });
+        if !read.text.iter().all(u8::is_ascii_whitespace) {
+            self.pending.insert(read.pid, read);
         }
         done
     }
@@ -191,20 +171,6 @@ impl Commands {
         let mut all: Vec<_> = self.pending.drain().map(|(_, c)| c).collect();
         all.sort_by_key(|c| c.time);
         all
-    }
-}
-
-fn new_command(l: Line) -> Command {
-    Command {
-        time: l.time,
-        pid: l.pid,
-        ppid: l.ppid,
-        uid: l.uid,
-        shell: l.shell,
-        tty: l.tty,
-        text: l.text,
-        truncated: l.truncated,
-        exit_status: None,
     }
 }
 
@@ -231,14 +197,17 @@ mod tests {
 
     fn line(pid: u32, text: &str, continuation: bool, prev_status: Option<i32>) -> Line {
         Line {
-            time: SystemTime::UNIX_EPOCH,
-            pid,
-            ppid: 1,
-            uid: 0,
-            shell: "bash",
-            tty: "pts/0".into(),
-            text: text.as_bytes().to_vec(),
-            truncated: false,
+            read: Command {
+                time: SystemTime::UNIX_EPOCH,
+                pid,
+                ppid: 1,
+                uid: 0,
+                shell: "bash",
+                tty: "pts/0".into(),
+                text: text.as_bytes().to_vec(),
+                truncated: false,
+                exit_status: None,
+            },
             continuation,
             prev_status,
         }

@@ -140,32 +140,17 @@ pub fn postgres_backend(title: &str) -> Option<(String, String, String)> {
 /// The SQL source's records (statement start, end, failure) ->
 /// statements with duration and outcome, and for PostgreSQL the session's
 /// user, database and client.
+#[derive(Default)]
 pub struct SqlAssembler {
     queries: Queries,
     clock: Clock,
     backends: Backends,
 }
 
-impl Default for SqlAssembler {
-    fn default() -> Self {
-        SqlAssembler { queries: Queries::default(), clock: Clock::now(), backends: Backends::default() }
-    }
-}
-
 impl super::Assembler for SqlAssembler {
-    fn event(&mut self, event: Event, out: &mut dyn Output) -> io::Result<()> {
-        SqlAssembler::event(self, event, out)
-    }
-
-    fn finish(&mut self, out: &mut dyn Output) -> io::Result<()> {
-        SqlAssembler::finish(self, out)
-    }
-}
-
-impl SqlAssembler {
     /// A record of the SQL source (others are ignored): what it completes
     /// is written to `out`.
-    pub fn event(&mut self, event: Event, out: &mut dyn Output) -> io::Result<()> {
+    fn event(&mut self, event: Event, out: &mut dyn Output) -> io::Result<()> {
         match event {
             Event::QueryStart(q) => {
                 let query = self.start(&q);
@@ -186,7 +171,7 @@ impl SqlAssembler {
     }
 
     /// Shutdown: the statements still in flight, end not seen.
-    pub fn finish(&mut self, out: &mut dyn Output) -> io::Result<()> {
+    fn finish(&mut self, out: &mut dyn Output) -> io::Result<()> {
         for query in self.queries.drain() {
             self.write(query, out)?;
         }
@@ -199,7 +184,9 @@ impl SqlAssembler {
         }
         Ok(())
     }
+}
 
+impl SqlAssembler {
     fn start(&mut self, q: &QueryStart) -> Query {
         let (server, command) = match (q.server, q.command) {
             (sql::MARIADB | sql::MYSQL, c) => {

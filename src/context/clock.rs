@@ -23,6 +23,13 @@ impl Clock {
     }
 }
 
+/// The offset measured now: an assembler made at a capture's start.
+impl Default for Clock {
+    fn default() -> Clock {
+        Clock::now()
+    }
+}
+
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: clock_gettime writes into the timespec we own.

@@ -494,3 +494,39 @@ fn golden_lines_read_into_the_schema_and_write_back_the_same_bytes() {
     }
     assert!(losses >= 2);
 }
+
+/// `cleartap tail --format text` of an agent's lines reads as the live text
+/// of the same records, with the agent's host before each record.
+#[test]
+fn tail_text_is_the_live_text_with_the_host_first() {
+    for hex in [false, true] {
+        let live = String::from_utf8(render(style(Format::Text, hex, 64), all)).unwrap();
+        let mut numbering = Numbering::new("web-1");
+        let mut tailed = Vec::new();
+        let json = render(style(Format::Json, hex, 64), all);
+        for line in json.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+            let envelope = numbering.envelope(Line { source: "tls", json: line.to_vec() });
+            json_to_text::write_event(&mut tailed, &envelope.json, hex).unwrap();
+        }
+        // A record starts with the gap before it, or else with its time;
+        // the lines it continues on are indented or payload (escaped: the
+        // fixtures' payloads never start so).
+        let mut want = String::new();
+        let mut after_gap = false;
+        for l in live.lines() {
+            let gap = l.starts_with("-- gap");
+            let time = l.starts_with("20") || l.starts_with("1970");
+            let host = if gap || (time && !after_gap) { "web-1 " } else { "" };
+            want.push_str(&format!("{host}{l}\n"));
+            after_gap = gap;
+        }
+        // Body previews are lossy UTF-8 in JSON, raw bytes in the live text.
+        let lossy =
+            |l: &str| if l.starts_with("  | ") { l.replace("\\x9b", "\u{fffd}") } else { l.to_string() };
+        let tailed = String::from_utf8(tailed).unwrap();
+        assert_eq!(
+            tailed.lines().map(lossy).collect::<Vec<_>>(),
+            want.lines().map(lossy).collect::<Vec<_>>()
+        );
+    }
+}

@@ -235,6 +235,9 @@ pub struct ExecEvent<'a> {
     /// The caller's command name.
     pub comm: Cow<'a, str>,
     pub filename: Text<'a>,
+    /// The exact bytes of the file name, when they are not UTF-8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filename_b64: Option<Base64<'a>>,
     pub argv: Vec<Text<'a>>,
     /// The exact bytes of every argument, when one is not UTF-8.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -254,6 +257,11 @@ pub struct ExecEvent<'a> {
 }
 
 impl ExecEvent<'_> {
+    /// The file name as the program was started: exact when `filename_b64` has it.
+    pub fn exact_filename(&self) -> &[u8] {
+        exact(&self.filename, self.filename_b64.as_ref())
+    }
+
     /// The arguments as the program got them: exact when `argv_b64` has them.
     pub fn exact_argv(&self) -> Vec<&[u8]> {
         match &self.argv_b64 {
@@ -536,6 +544,7 @@ impl<'a> ExecEvent<'a> {
             user: r.user.map(Cow::Borrowed),
             comm: Cow::Borrowed(&e.comm),
             filename: Text::borrowed(&e.filename),
+            filename_b64: exact_if_not_utf8(&e.filename),
             argv: e.argv.iter().map(|a| Text::borrowed(a)).collect(),
             argv_b64: any_binary.then(|| e.argv.iter().map(|a| Base64::borrowed(a)).collect()),
             argv_truncated: e.argv_truncated,

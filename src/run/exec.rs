@@ -8,6 +8,7 @@ use anyhow::Result;
 
 use super::{filters, pump, Destination, Handler};
 use crate::assembly::exec::ExecAssembler;
+use crate::assembly::Assembler;
 use crate::cli::SourceArgs;
 use crate::events::Event;
 use crate::kernel;

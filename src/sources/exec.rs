@@ -19,9 +19,7 @@ impl<'obj> ExecProbes<'obj> {
         filters: &Filters,
         ringbuf_bytes: u32,
     ) -> Result<Self> {
-        let mut open = ExecSkelBuilder::default().open(storage).context("opening the exec BPF object")?;
-        let rodata = open.maps.rodata_data.as_deref_mut().context("no .rodata in the BPF object")?;
-        crate::set_filters!(rodata, filters);
+        let mut open = crate::open_filtered!(ExecSkelBuilder, storage, filters, "exec");
         open.maps.events.set_max_entries(ringbuf_bytes).context("sizing the ring buffer")?;
         let skel = open.load().map_err(kernel::load_failed("the exec BPF programs"))?;
         Ok(ExecProbes { skel })

@@ -156,9 +156,7 @@ impl<'obj> ShellProbes<'obj> {
         filters: &Filters,
         ringbuf_bytes: u32,
     ) -> Result<Self> {
-        let mut open = ShellSkelBuilder::default().open(storage).context("opening the shell BPF object")?;
-        let rodata = open.maps.rodata_data.as_deref_mut().context("no .rodata in the BPF object")?;
-        crate::set_filters!(rodata, filters);
+        let mut open = crate::open_filtered!(ShellSkelBuilder, storage, filters, "shell");
         open.maps.events.set_max_entries(ringbuf_bytes).context("sizing the ring buffer")?;
         let skel = open.load().map_err(kernel::load_failed("the shell BPF programs"))?;
         Ok(ShellProbes { skel })

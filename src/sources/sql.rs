@@ -137,9 +137,7 @@ impl<'obj> SqlProbes<'obj> {
         filters: &Filters,
         ringbuf_bytes: u32,
     ) -> Result<Self> {
-        let mut open = SqlSkelBuilder::default().open(storage).context("opening the SQL BPF object")?;
-        let rodata = open.maps.rodata_data.as_deref_mut().context("no .rodata in the BPF object")?;
-        crate::set_filters!(rodata, filters);
+        let mut open = crate::open_filtered!(SqlSkelBuilder, storage, filters, "SQL");
         open.maps.events.set_max_entries(ringbuf_bytes).context("sizing the ring buffer")?;
         let cpus = libbpf_rs::num_possible_cpus().context("counting CPUs")? as u32;
         open.maps.query_scratch.set_max_entries(cpus).context("sizing the query scratch space")?;

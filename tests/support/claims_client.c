@@ -24,6 +24,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "connect_tcp.h"
+
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 
@@ -46,34 +48,6 @@ static void keylog(const SSL *ssl, const char *line)
         fail("writing the key log");
 }
 #endif
-
-static int connect_tcp(const char *host, const char *port)
-{
-    struct addrinfo hints, *res, *ai;
-    int fd = -1, rc;
-
-    memset(&hints, 0, sizeof(hints));
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
-    hints.ai_flags = AI_NUMERICHOST | AI_NUMERICSERV;
-    rc = getaddrinfo(host, port, &hints, &res);
-    if (rc != 0) {
-        fprintf(stderr, "claims_client: %s:%s: %s\n", host, port, gai_strerror(rc));
-        exit(1);
-    }
-    for (ai = res; ai != NULL; ai = ai->ai_next) {
-        fd = socket(ai->ai_family, ai->ai_socktype, ai->ai_protocol);
-        if (fd >= 0 && connect(fd, ai->ai_addr, ai->ai_addrlen) == 0)
-            break;
-        if (fd >= 0)
-            close(fd);
-        fd = -1;
-    }
-    freeaddrinfo(res);
-    if (fd < 0)
-        fail("connect");
-    return fd;
-}
 
 static char *read_file(const char *path, size_t *len)
 {
@@ -138,7 +112,7 @@ int main(int argc, char **argv)
     /* The test server closes without a close_notify. */
     SSL_CTX_set_options(ctx, SSL_OP_IGNORE_UNEXPECTED_EOF);
 #endif
-    fd = connect_tcp(argv[1], argv[2]);
+    fd = connect_tcp("claims_client", argv[1], argv[2]);
     /* The descriptor cleartap must name, for the test to compare. */
     fprintf(stderr, "fd %d\n", fd);
     ssl = SSL_new(ctx);

@@ -17,6 +17,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "connect_tcp.h"
+
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 
@@ -39,35 +41,6 @@ static void keylog(const SSL *ssl, const char *line)
         keylog_failed = 1;
     if (f != NULL && fclose(f) != 0)
         keylog_failed = 1;
-}
-
-static int connect_tcp(const char *host, const char *port)
-{
-    struct addrinfo hints, *res, *ai;
-    int fd = -1, rc;
-
-    memset(&hints, 0, sizeof(hints));
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
-    rc = getaddrinfo(host, port, &hints, &res);
-    if (rc != 0) {
-        fprintf(stderr, "keylog_peer: %s:%s: %s\n", host, port, gai_strerror(rc));
-        exit(1);
-    }
-    for (ai = res; ai != NULL; ai = ai->ai_next) {
-        fd = socket(ai->ai_family, ai->ai_socktype, ai->ai_protocol);
-        if (fd >= 0 && connect(fd, ai->ai_addr, ai->ai_addrlen) == 0)
-            break;
-        if (fd >= 0)
-            close(fd);
-        fd = -1;
-    }
-    freeaddrinfo(res);
-    if (fd < 0) {
-        fprintf(stderr, "keylog_peer: cannot connect to %s:%s\n", host, port);
-        exit(1);
-    }
-    return fd;
 }
 
 int main(int argc, char **argv)
@@ -109,7 +82,7 @@ int main(int argc, char **argv)
     SSL_CTX_set_options(ctx, SSL_OP_IGNORE_UNEXPECTED_EOF);
 #endif
 
-    fd = connect_tcp(argv[1], argv[2]);
+    fd = connect_tcp("keylog_peer", argv[1], argv[2]);
     ssl = SSL_new(ctx);
     if (ssl == NULL || !SSL_set_fd(ssl, fd))
         fail("SSL_new");

@@ -21,6 +21,12 @@ pub fn exclusive() -> MutexGuard<'static, ()> {
     CAPTURE_LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// The start of a capture test: `None` when BPF tests are skipped (see
+/// `require_bpf`), else the capture lock, held until the test ends.
+pub fn capture_test() -> Option<MutexGuard<'static, ()>> {
+    require_bpf().then(exclusive)
+}
+
 /// The e2e tests need root and BPF. They fail, loudly, when those are
 /// missing, unless CLEARTAP_SKIP_BPF_TESTS=1 says to skip them.
 pub fn require_bpf() -> bool {
@@ -36,6 +42,25 @@ pub fn require_bpf() -> bool {
          set CLEARTAP_SKIP_BPF_TESTS=1 to skip them"
     );
     true
+}
+
+/// `tests/support/<name>.c` built as `<dir>/<name>` against the OpenSSL
+/// installed under `prefix` (headers, libraries, and an rpath to them).
+pub fn build_against_openssl(name: &str, prefix: &str, dir: &Path) -> PathBuf {
+    let binary = dir.join(name);
+    let lib = format!("{prefix}/lib");
+    let out = Command::new("cc")
+        .args(["-O1", "-Wall", "-Werror", "-o"])
+        .arg(&binary)
+        .arg(support_dir().join(format!("{name}.c")))
+        .arg(format!("-I{prefix}/include"))
+        .arg(format!("-L{lib}"))
+        .arg(format!("-Wl,-rpath,{lib}"))
+        .args(["-lssl", "-lcrypto"])
+        .output()
+        .expect("running cc (scripts/install-deps --test)");
+    assert!(out.status.success(), "building {name}: {}", String::from_utf8_lossy(&out.stderr));
+    binary
 }
 
 pub fn support_dir() -> PathBuf {

@@ -1109,22 +1109,6 @@ mod tests {
         }
     }
 
-    /// xorshift64*: deterministic, good enough to shuffle operations.
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-        }
-
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n as u64) as usize
-        }
-    }
-
     /// What the spool should hold: uncommitted records, how many of them the cursor passed, and
     /// the positions learned from `read` for the first ones.
     #[derive(Default)]
@@ -1154,11 +1138,11 @@ mod tests {
     }
 
     /// Drops the spool, maybe tears the last segment, reopens it and checks what it recovered.
-    fn crash_and_reopen(sp: Spool, m: &mut Model, rng: &mut Rng, dir: &Path) -> Spool {
+    fn crash_and_reopen(sp: Spool, m: &mut Model, rng: &mut fastrand::Rng, dir: &Path) -> Spool {
         drop(sp);
         let mut torn = 0;
-        if let Some(last) = seg_files(dir).pop().filter(|_| rng.below(2) == 0) {
-            let garbage: Vec<u8> = (0..1 + rng.below(7)).map(|_| rng.next() as u8).collect();
+        if let Some(last) = seg_files(dir).pop().filter(|_| rng.usize(..2) == 0) {
+            let garbage: Vec<u8> = (0..1 + rng.usize(..7)).map(|_| rng.u8(..)).collect();
             append_raw(&last, &garbage);
             torn = garbage.len() as u64;
         }
@@ -1176,13 +1160,13 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let (mut sp, _) = Spool::open_with_segment_size(tmp.path(), RANDOM_MAX, 128).unwrap();
         let mut m = Model::default();
-        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+        let mut rng = fastrand::Rng::with_seed(0x9E37_79B9_7F4A_7C15);
         // How often Full, a commit and a reopen happened: the run must exercise each.
         let mut seen = [0usize; 3];
         for step in 0..5000 {
-            match rng.below(100) {
+            match rng.usize(..100) {
                 0..=39 => {
-                    let rec: Vec<u8> = (0..1 + rng.below(60)).map(|_| rng.next() as u8).collect();
+                    let rec: Vec<u8> = (0..1 + rng.usize(..60)).map(|_| rng.u8(..)).collect();
                     let full = m.bytes() + HEADER + rec.len() as u64 > RANDOM_MAX;
                     match sp.push(&rec) {
                         Ok(()) => {
@@ -1197,7 +1181,7 @@ mod tests {
                     }
                 }
                 40..=64 => {
-                    let (max, max_bytes) = (1 + rng.below(8), rng.below(200));
+                    let (max, max_bytes) = (1 + rng.usize(..8), rng.usize(..200));
                     let batch = sp.read(max, max_bytes).unwrap();
                     assert_eq!(payloads(&batch), m.expect_read(max, max_bytes), "step {step}");
                     for (i, (pos, _)) in batch.iter().enumerate() {
@@ -1209,7 +1193,7 @@ mod tests {
                     m.cursor += batch.len();
                 }
                 65..=84 if !m.positions.is_empty() => {
-                    let k = 1 + rng.below(m.positions.len());
+                    let k = 1 + rng.usize(..m.positions.len());
                     sp.commit(m.positions[k - 1]).unwrap();
                     m.pending.drain(..k);
                     m.positions.drain(..k);
@@ -1224,7 +1208,7 @@ mod tests {
                     m.cursor = 0;
                 }
                 93..=99 => {
-                    if rng.below(2) == 0 {
+                    if rng.usize(..2) == 0 {
                         sp.sync().unwrap();
                     }
                     sp = crash_and_reopen(sp, &mut m, &mut rng, tmp.path());

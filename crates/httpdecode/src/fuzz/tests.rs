@@ -9,27 +9,11 @@ use crate::detect::PREFACE;
 use crate::http2::frame::{DATA, END_HEADERS, END_STREAM, HEADERS, SETTINGS};
 use crate::testutil::{brotli_compress, frame, grpc_msg, gzip, t, Hpack};
 use crate::{Budget, Connection, Direction, Limits};
+use fastrand::Rng;
 
-/// Seeded xorshift64*: reproducible without extra dependencies.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-
-    /// Up to `max` random bytes.
-    fn bytes(&mut self, max: usize) -> Vec<u8> {
-        let n = self.below(max);
-        (0..n).map(|_| self.next() as u8).collect()
-    }
+/// Fewer than `max` random bytes.
+fn random_bytes(rng: &mut Rng, max: usize) -> Vec<u8> {
+    (0..rng.usize(..max)).map(|_| rng.u8(..)).collect()
 }
 
 type Stream = Vec<(Direction, Vec<u8>)>;
@@ -94,20 +78,20 @@ fn http2_sample() -> Stream {
 }
 
 fn mutate(rng: &mut Rng, data: &mut Vec<u8>) {
-    for _ in 0..rng.below(4) {
+    for _ in 0..rng.usize(..4) {
         if data.is_empty() {
             return;
         }
-        let at = rng.below(data.len());
-        match rng.below(5) {
-            0 => data[at] ^= 1 << rng.below(8),
-            1 => data[at] = rng.next() as u8,
+        let at = rng.usize(..data.len());
+        match rng.usize(..5) {
+            0 => data[at] ^= 1 << rng.usize(..8),
+            1 => data[at] = rng.u8(..),
             2 => {
-                let end = (at + rng.below(16)).min(data.len());
+                let end = (at + rng.usize(..16)).min(data.len());
                 data.drain(at..end);
             }
             3 => {
-                let extra = rng.bytes(16);
+                let extra = random_bytes(rng, 16);
                 data.splice(at..at, extra);
             }
             _ => data.truncate(at),
@@ -119,14 +103,14 @@ fn mutate(rng: &mut Rng, data: &mut Vec<u8>) {
 /// a budget that is sometimes too small; every charge is given back.
 /// Returns how many times the budget refused something.
 fn feed_randomly(rng: &mut Rng, stream: &Stream, limits: Limits) -> u64 {
-    let budget = Budget::new([300, 2000, 1 << 20][rng.below(3)]);
+    let budget = Budget::new([300, 2000, 1 << 20][rng.usize(..3)]);
     let mut conn = Connection::with_budget(limits, budget.clone());
     let mut ms = 0;
     for (dir, data) in stream {
         let mut rest = &data[..];
         while !rest.is_empty() {
-            let n = 1 + rng.below(rest.len().min(64));
-            if rng.below(50) == 0 {
+            let n = 1 + rng.usize(..rest.len().min(64));
+            if rng.usize(..50) == 0 {
                 conn.gap(*dir);
             }
             ms += 1;
@@ -160,7 +144,7 @@ fn check(ex: &crate::Exchange, limits: Limits) {
 
 #[test]
 fn random_inputs_never_panic() {
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut rng = Rng::with_seed(0x9e37_79b9_7f4a_7c15);
     let limits = Limits { max_body: 64, max_plain_body: 64, max_header_list: 256 };
     let mut samples = http1_samples();
     samples.push(http2_sample());
@@ -175,11 +159,11 @@ fn random_inputs_never_panic() {
         }
         refusals += feed_randomly(&mut rng, &stream, limits);
         // Pure noise, through detection.
-        let noise = rng.bytes(512);
+        let noise = random_bytes(&mut rng, 512);
         let noise = vec![(Direction::Send, noise.clone()), (Direction::Recv, noise)];
         refusals += feed_randomly(&mut rng, &noise, limits);
         // The fuzz entry points, on noise and on mutated valid bytes.
-        let raw = rng.bytes(256);
+        let raw = random_bytes(&mut rng, 256);
         fuzz_http1(&raw);
         fuzz_http2(&raw);
         cases += 4;

@@ -38,7 +38,53 @@ struct Slot {
     resp_refused: bool,
 }
 
+/// Which half of an exchange an event belongs to.
+#[derive(Clone, Copy)]
+enum Side {
+    Request,
+    Response,
+}
+
 impl Slot {
+    /// A body, trailers, end or breakage of one side (its head starts it
+    /// elsewhere): kept within the limit and the budget, noted where not.
+    fn body_event(&mut self, event: Event, side: Side, limit: usize) {
+        let Slot { ex, charge, req_done, resp_done, req_refused, resp_refused, .. } = self;
+        let (name, trailers_name, body, trailers, done, refused) = match side {
+            Side::Request => (
+                "request",
+                "request trailers",
+                &mut ex.request_body,
+                &mut ex.request_trailers,
+                req_done,
+                req_refused,
+            ),
+            Side::Response => (
+                "response",
+                "response trailers",
+                &mut ex.response_body,
+                &mut ex.response_trailers,
+                resp_done,
+                resp_refused,
+            ),
+        };
+        match event {
+            Event::Body(data) => {
+                if !body.push_charged(&data, limit, charge, refused) {
+                    note(&mut ex.notes, format!("{name}: {}", over_budget_note("body bytes")));
+                }
+            }
+            Event::Trailers(t) => *trailers = charge_head(charge, t, &mut ex.notes, trailers_name),
+            Event::End => *done = true,
+            Event::Broken(why) => {
+                body.truncated = true;
+                note(&mut ex.notes, format!("{name}: {why}"));
+                *done = true;
+            }
+            Event::Head(_) => {}
+        }
+    }
+
     fn new(ex: Exchange, req_seq: u64, budget: &Budget) -> Self {
         Slot {
             ex,
@@ -210,25 +256,7 @@ impl Http1 {
             return;
         };
         let limit = body_limit(self.limits, &slot.ex.request_headers, &[]);
-        match event {
-            Event::Body(data) => {
-                let body = &mut slot.ex.request_body;
-                if !body.push_charged(&data, limit, &mut slot.charge, &mut slot.req_refused) {
-                    note(&mut slot.ex.notes, format!("request: {}", over_budget_note("body bytes")));
-                }
-            }
-            Event::Trailers(t) => {
-                slot.ex.request_trailers =
-                    charge_head(&mut slot.charge, t, &mut slot.ex.notes, "request trailers")
-            }
-            Event::End => slot.req_done = true,
-            Event::Broken(why) => {
-                slot.ex.request_body.truncated = true;
-                note(&mut slot.ex.notes, format!("request: {why}"));
-                slot.req_done = true;
-            }
-            Event::Head(_) => {}
-        }
+        slot.body_event(event, Side::Request, limit);
     }
 
     fn start_request(&mut self, head: Head, time: SystemTime) {
@@ -274,25 +302,7 @@ impl Http1 {
             return;
         };
         let limit = body_limit(self.limits, &slot.ex.response_headers, &slot.ex.request_headers);
-        match event {
-            Event::Body(data) => {
-                let body = &mut slot.ex.response_body;
-                if !body.push_charged(&data, limit, &mut slot.charge, &mut slot.resp_refused) {
-                    note(&mut slot.ex.notes, format!("response: {}", over_budget_note("body bytes")));
-                }
-            }
-            Event::Trailers(t) => {
-                slot.ex.response_trailers =
-                    charge_head(&mut slot.charge, t, &mut slot.ex.notes, "response trailers")
-            }
-            Event::End => slot.resp_done = true,
-            Event::Broken(why) => {
-                slot.ex.response_body.truncated = true;
-                note(&mut slot.ex.notes, format!("response: {why}"));
-                slot.resp_done = true;
-            }
-            Event::Head(_) => {}
-        }
+        slot.body_event(event, Side::Response, limit);
     }
 
     fn start_response(&mut self, head: Head, time: SystemTime) {
