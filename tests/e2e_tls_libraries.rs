@@ -117,10 +117,7 @@ fn node_started_later_is_captured_through_its_linked_openssl() {
 /// sockets), and each connection's streams must be exact both ways.
 #[test]
 fn node_connections_are_tied_to_their_own_sockets() {
-    if !require_bpf() {
-        return;
-    }
-    let _one = exclusive();
+    let Some(_one) = capture_test() else { return };
     let script = support_dir().join("node_tls_pair.js");
     let cert = Certificate::new();
     let (server_truth, client_truth) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
