@@ -9,6 +9,19 @@
  * what was really sent or received; the whole payload is copied then. */
 #include "payload.h"
 
+/* A thread's socket I/O, for calls that make none of their own (see "Calls
+ * without socket I/O" below). */
+struct thread_io {
+	__u64 last_sk;        /* last socket I/O system call, either way */
+	__s32 last_fd;
+	__u32 track;          /* 1: note this thread's socket I/O */
+	__u64 read_sk;        /* last socket read that no call took yet (0: none) */
+	__s32 read_fd;
+	__u32 _pad;
+	__u64 pending_writer; /* connection whose socket the thread's next
+			       * socket write names (0: none) */
+};
+
 /* One slot per thread, reused from call to call: a slot is written in
  * place at entry and marked done (handle 0) at return, which costs less
  * than creating and deleting an LRU entry per call. */
@@ -21,12 +34,7 @@ struct active_call {
 	__u64 sk;      /* the socket behind fd, found with it */
 	__s32 fd;
 	__u32 library_id;
-	/* rustls: the thread's last socket I/O system call (see below). */
-	__u64 last_sk;
-	__s32 last_fd;
-	__u32 rustls; /* 1: a thread that made rustls calls: track last_* */
-	__u64 pending_writer; /* rustls Writer's connection whose socket the
-			       * thread's next socket write names (0: none) */
+	struct thread_io io; /* kept from call to call */
 };
 
 /* Set by user space: the kernel has bpf_get_attach_cookie (5.15). */
@@ -61,6 +69,9 @@ struct conn_state {
 	__u64 calls;
 	__u64 sk;              /* the socket `tuple` was read from; 0: none yet */
 	struct ct_tuple tuple;
+	__u32 tied;            /* 1: its calls make no socket I/O (memory BIO):
+				* the socket comes from the thread's I/O */
+	__u32 _pad;
 };
 
 /* Per-connection state. The fd is cached because a read served from the
@@ -100,10 +111,7 @@ static __always_inline int on_entry(struct pt_regs *ctx, __u64 len_ptr, bool wit
 	struct active_call *slot = bpf_map_lookup_elem(&active_calls, &id);
 	if (slot) {
 		/* What the thread's system calls told before this call. */
-		c.last_sk = slot->last_sk;
-		c.last_fd = slot->last_fd;
-		c.rustls = slot->rustls;
-		c.pending_writer = slot->pending_writer;
+		c.io = slot->io;
 		*slot = c;
 	} else
 		bpf_map_update_elem(&active_calls, &id, &c, BPF_ANY);
@@ -260,12 +268,10 @@ static __always_inline void fill_header(struct ct_tls_data *h, struct active_cal
 	bpf_get_current_comm(h->comm, sizeof(h->comm));
 }
 
-/* The n bytes of a finished call, as records. */
-static __always_inline int emit_call(void *ctx, struct active_call *c, __u64 n, __u8 fn, __u8 dir,
-				     bool fetch)
+/* The n bytes of a finished call on connection cs, as records. */
+static __always_inline int emit_conn_call(void *ctx, struct active_call *c, struct conn_state *cs, __u64 n,
+					  __u8 fn, __u8 dir, bool fetch)
 {
-	struct conn_key k = { .handle = c->handle, .tgid = bpf_get_current_pid_tgid() >> 32 };
-	struct conn_state *cs = conn_for(&k, c->fd);
 	struct emit_state *st = emit_state_get();
 	if (!cs || !st) {
 		/* The connection map refused an entry (memory pressure on the
@@ -279,6 +285,14 @@ static __always_inline int emit_call(void *ctx, struct active_call *c, __u64 n, 
 	if (emit_some_chunks(st))
 		bpf_tail_call(ctx, &emit_continue, 0);
 	return 0;
+}
+
+/* The n bytes of a finished call, as records. */
+static __always_inline int emit_call(void *ctx, struct active_call *c, __u64 n, __u8 fn, __u8 dir,
+				     bool fetch)
+{
+	struct conn_key k = { .handle = c->handle, .tgid = bpf_get_current_pid_tgid() >> 32 };
+	return emit_conn_call(ctx, c, conn_for(&k, c->fd), n, fn, dir, fetch);
 }
 
 /* --- OpenSSL secrets ------------------------------------------------------
@@ -412,6 +426,115 @@ int BPF_KRETPROBE(ssl_handshake_return)
 	return 0;
 }
 
+/* --- Calls without socket I/O of their own ---------------------------------
+ * Some TLS code never touches the socket: rustls (its caller moves the TLS
+ * bytes) and libraries on memory BIOs (node feeds OpenSSL through BIOs of
+ * its own, from libuv's reads and into libuv's writes). Such a call makes
+ * no system call for note_fd to see, so it is tied to its thread's socket
+ * I/O around it:
+ *  - a read takes the socket the thread read from last, unless a call
+ *    took that read already: the bytes just decrypted came from it;
+ *  - a write takes the socket the thread wrote to right after the
+ *    connection's previous write (the caller sends what was just
+ *    encrypted: node's EncOut, rustls's complete_io), learned per
+ *    connection in tied_writers and used only while its fd still holds
+ *    that very socket (a freed connection's address is reused by the next
+ *    connection, which a client's e2e test caught).
+ * A thread notes its socket I/O (note_fd) from its first such call on
+ * (rustls: from creating a connection). Where this is wrong: docs/capture.md
+ * ("Calls without socket I/O"). */
+
+struct tied_sock {
+	__u64 sk;
+	__s32 fd;
+	__u32 _pad;
+};
+
+/* Connection (conn_key) -> the socket its thread wrote to right after a
+ * write of it: the socket of its next writes. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct conn_key);
+	__type(value, struct tied_sock);
+} tied_writers SEC(".maps");
+
+/* fd still names the socket sk (not closed, not reused for another). */
+static __always_inline bool sock_still_at(__u64 sk, int fd)
+{
+	return sk && (__u64)fd_to_sock(fd) == sk;
+}
+
+/* Sets c->fd and c->sk from the thread's socket I/O (see above); false
+ * when it tells nothing for this call. */
+static __always_inline bool tie_to_thread_io(struct active_call *c, __u8 dir)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct active_call *slot = bpf_map_lookup_elem(&active_calls, &id);
+	if (!slot)
+		return false;
+	slot->io.track = 1;
+	if (dir == CT_DIR_SEND) {
+		slot->io.pending_writer = c->handle;
+		struct conn_key k = { .handle = c->handle, .tgid = id >> 32 };
+		struct tied_sock *learned = bpf_map_lookup_elem(&tied_writers, &k);
+		if (!learned || !sock_still_at(learned->sk, learned->fd))
+			return false;
+		c->fd = learned->fd;
+		c->sk = learned->sk;
+		return true;
+	}
+	if (!slot->io.read_sk)
+		return false;
+	c->fd = slot->io.read_fd;
+	c->sk = slot->io.read_sk;
+	slot->io.read_sk = 0;
+	return true;
+}
+
+/* A call that made no socket I/O (its fd unknown). On a connection whose
+ * socket a call of its own showed (a socket BIO: this call was served
+ * from the library's buffer) the cached socket stands, as before. On a
+ * memory BIO the call is tied to its thread's socket I/O; else it takes
+ * the connection's last tied socket while its fd still holds it (calls
+ * that move no plaintext, a handshake driven by SSL_read, teach it too);
+ * else, for a call that moves plaintext, the socket its thread used last:
+ * a client's first write, which node makes from inside the SSL_read that
+ * ends the handshake (its callback runs JavaScript), right after reading
+ * that connection's socket. That guess never comes from a call moving no
+ * plaintext: node starts a client's handshake with an SSL_read right
+ * after writing another connection's ClientHello. With none of these the
+ * record has no socket (fd -1, no tuple). */
+static __always_inline int on_return_without_io(struct pt_regs *ctx, struct active_call *c, __u64 n,
+						 __u8 fn, __u8 dir, bool fetch)
+{
+	struct conn_key k = { .handle = c->handle, .tgid = bpf_get_current_pid_tgid() >> 32 };
+	struct conn_state *cs = conn_for(&k, -1);
+	if (cs && (cs->fd < 0 || cs->tied)) {
+		cs->tied = 1;
+		if (tie_to_thread_io(c, dir)) {
+			cs->fd = c->fd;
+		} else if (sock_still_at(cs->sk, cs->fd)) {
+			c->fd = cs->fd;
+			c->sk = cs->sk;
+		} else if (n && c->io.last_sk) {
+			c->fd = c->io.last_fd;
+			c->sk = c->io.last_sk;
+			cs->fd = c->fd;
+		} else {
+			cs->fd = -1;
+			cs->sk = 0;
+		}
+		if (n == 0 && c->sk) {
+			struct ct_tuple learned;
+			conn_tuple(cs, c, &learned); /* cs->sk and its tuple */
+		}
+	}
+	if (n == 0)
+		return 0;
+	return emit_conn_call(ctx, c, cs, n, fn, dir, fetch);
+}
+
 static __always_inline int on_return(struct pt_regs *ctx, __u8 fn, __u8 dir, bool fetch)
 {
 	struct active_call c;
@@ -421,6 +544,8 @@ static __always_inline int on_return(struct pt_regs *ctx, __u8 fn, __u8 dir, boo
 		report_ssl_keys(c.handle, c.library_id);
 
 	__u64 n = bytes_done(ctx, &c);
+	if (c.fd < 0)
+		return on_return_without_io(ctx, &c, n, fn, dir, fetch);
 	if (n == 0)
 		return 0;
 	return emit_call(ctx, &c, n, fn, dir, fetch);
@@ -492,22 +617,6 @@ int BPF_KPROBE(nspr_entry, void *fd)
 	return on_entry(ctx, 0, false);
 }
 
-/* A socket of a rustls connection, learned from a thread's system call. */
-struct rustls_sock {
-	__u64 sk;
-	__s32 fd;
-	__u32 _pad;
-};
-
-/* rustls Writer connection (conn_key) -> the socket its thread wrote to
- * right after a write: the socket of its next writes (see rustls below). */
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 16384);
-	__type(key, struct conn_key);
-	__type(value, struct rustls_sock);
-} rustls_writers SEC(".maps");
-
 /* --- rustls ---------------------------------------------------------------
  * rustls is linked into Rust executables; its plaintext passes through two
  * concrete (non-generic) functions that a user's crate calls across crates
@@ -523,17 +632,13 @@ struct {
  *
  * rustls never sees the socket: its caller moves the TLS bytes
  * (Stream/StreamOwned's complete_io, tokio-rustls's read_tls/write_tls),
- * before a read returns plaintext and after a write took it. So a rustls
- * thread (one that created a connection or made a rustls call) remembers
- * its last I/O system call on a socket (note_fd), and a record takes that
- * socket: for a read, the socket whose bytes were just decrypted. For a
- * write, the socket the thread wrote to right after the connection's
- * previous write (the caller sends what rustls encrypted: complete_io,
- * tokio-rustls's write_io), learned per Writer connection in
- * rustls_writers; for a connection's first write, the socket the thread
- * last used, which is the connection's when a thread drives one
- * connection at a time (Stream, a thread per connection, a handshake just
- * before). The record's `conn` is that
+ * before a read returns plaintext and after a write took it. So its calls
+ * are tied to their thread's socket I/O (see "Calls without socket I/O":
+ * learned per Writer connection for writes), and where that tells nothing
+ * (a connection's first write, a read served from rustls's buffer) take
+ * the socket the thread last used, which is the connection's when a
+ * thread drives one connection at a time (Stream, a thread per
+ * connection, a handshake just before). The record's `conn` is that
  * socket (both directions of a connection then share it and one call
  * numbering), or the rustls handle while no socket is known. */
 SEC("uprobe")
@@ -550,13 +655,11 @@ int BPF_KPROBE(rustls_entry)
 		.ip = PT_REGS_IP(ctx),
 		.fd = -1,
 		.library_id = library_id(ctx),
-		.last_fd = -1,
-		.rustls = 1,
+		.io = { .last_fd = -1, .track = 1 },
 	};
 	struct active_call *slot = bpf_map_lookup_elem(&active_calls, &id);
 	if (slot) {
-		c.last_sk = slot->last_sk;
-		c.last_fd = slot->last_fd;
+		c.io = slot->io;
 		*slot = c;
 	} else {
 		bpf_map_update_elem(&active_calls, &id, &c, BPF_ANY);
@@ -575,10 +678,10 @@ int BPF_KPROBE(rustls_mark)
 	__u64 id = bpf_get_current_pid_tgid();
 	struct active_call *slot = bpf_map_lookup_elem(&active_calls, &id);
 	if (slot) {
-		slot->rustls = 1;
+		slot->io.track = 1;
 		return 0;
 	}
-	struct active_call c = { .fd = -1, .last_fd = -1, .rustls = 1 };
+	struct active_call c = { .fd = -1, .io = { .last_fd = -1, .track = 1 } };
 	bpf_map_update_elem(&active_calls, &id, &c, BPF_NOEXIST);
 	return 0;
 }
@@ -593,27 +696,12 @@ static __always_inline int on_rustls_return(struct pt_regs *ctx, __u8 fn, __u8 d
 	__u64 n = ctx->dx;
 	if (n == 0)
 		return 0;
-	struct rustls_sock *learned = NULL;
-	if (fn == CT_FN_RUSTLS_WRITE) {
-		__u64 id = bpf_get_current_pid_tgid();
-		struct conn_key k = { .handle = c.handle, .tgid = id >> 32 };
-		learned = bpf_map_lookup_elem(&rustls_writers, &k);
-		struct active_call *slot = bpf_map_lookup_elem(&active_calls, &id);
-		if (slot)
-			slot->pending_writer = c.handle;
+	if (!tie_to_thread_io(&c, dir) && c.io.last_sk) {
+		c.fd = c.io.last_fd;
+		c.sk = c.io.last_sk;
 	}
-	/* A connection freed and another made at the same address (the next
-	 * connection of a client, say) would find the old one's socket: it
-	 * counts only while its fd still holds that very socket. */
-	if (learned && learned->sk && (__u64)fd_to_sock(learned->fd) == learned->sk) {
-		c.fd = learned->fd;
-		c.sk = learned->sk;
-		c.handle = learned->sk;
-	} else if (c.last_sk) {
-		c.fd = c.last_fd;
-		c.sk = c.last_sk;
-		c.handle = c.last_sk;
-	}
+	if (c.sk)
+		c.handle = c.sk;
 	return emit_call(ctx, &c, n, fn, dir, fetch);
 }
 
@@ -647,10 +735,27 @@ RETURN_PROBE(ssl_write_internal_return, CT_FN_SSL_WRITE_INTERNAL, CT_DIR_SEND)
 RETURN_PROBE(ssl_read_internal_return, CT_FN_SSL_READ_INTERNAL, CT_DIR_RECV)
 RETURN_PROBE(ssl_write_ex2_return, CT_FN_SSL_WRITE_EX2, CT_DIR_SEND)
 
+/* The thread's first socket write after a write of its pending_writer
+ * connection: that connection's socket, unless a read already tied the
+ * connection to another socket that its fd still holds (node keeps a
+ * congested connection's ciphertext while the thread writes others; the
+ * connection's own flush comes later and is learned then). */
+static __always_inline void learn_writer(struct thread_io *io, __u64 id, struct sock *sk, int fd)
+{
+	struct conn_key k = { .handle = io->pending_writer, .tgid = id >> 32 };
+	struct conn_state *cs = bpf_map_lookup_elem(&conns, &k);
+	if (cs && cs->tied && cs->sk && cs->sk != (__u64)sk && sock_still_at(cs->sk, cs->fd))
+		return;
+	struct tied_sock ts = { .sk = (__u64)sk, .fd = fd };
+	bpf_map_update_elem(&tied_writers, &k, &ts, BPF_ANY);
+	io->pending_writer = 0;
+}
+
 /* The first I/O system call on a socket that a thread makes inside an
  * active call carries the connection's fd. Every other thread exits after
- * one lookup. Libraries on memory BIOs (node) make no such call inside
- * SSL_*: their records have no fd rather than a wrong one. */
+ * one lookup, but threads whose calls make no socket I/O of their own
+ * (rustls, memory BIOs) also note every socket I/O (see "Calls without
+ * socket I/O"). */
 static __always_inline int note_fd(struct trace_event_raw_sys_enter *ctx, bool send)
 {
 	__u64 id = bpf_get_current_pid_tgid();
@@ -658,18 +763,17 @@ static __always_inline int note_fd(struct trace_event_raw_sys_enter *ctx, bool s
 	if (!c)
 		return 0;
 	long fd = 0;
-	if (c->rustls) {
-		/* A rustls thread: remember its last socket I/O (see rustls). */
+	if (c->io.track) {
 		bpf_probe_read_kernel(&fd, sizeof(fd), &ctx->args[0]);
 		struct sock *sk = fd_to_sock((int)fd);
 		if (sk) {
-			c->last_fd = (int)fd;
-			c->last_sk = (__u64)sk;
-			if (send && c->pending_writer) {
-				struct conn_key k = { .handle = c->pending_writer, .tgid = id >> 32 };
-				struct rustls_sock rs = { .sk = (__u64)sk, .fd = (int)fd };
-				bpf_map_update_elem(&rustls_writers, &k, &rs, BPF_ANY);
-				c->pending_writer = 0;
+			c->io.last_fd = (int)fd;
+			c->io.last_sk = (__u64)sk;
+			if (!send) {
+				c->io.read_fd = (int)fd;
+				c->io.read_sk = (__u64)sk;
+			} else if (c->io.pending_writer) {
+				learn_writer(&c->io, id, sk, (int)fd);
 			}
 		}
 	}

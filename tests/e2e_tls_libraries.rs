@@ -108,6 +108,71 @@ fn node_started_later_is_captured_through_its_linked_openssl() {
         .all(|r| r["library"] == "openssl" && (path(r) == "/usr/bin/node" || path(r).contains("libssl.so"))));
 }
 
+/// node drives OpenSSL through memory BIOs: no socket system call happens
+/// inside SSL_read/SSL_write, so each record is tied to its thread's
+/// socket I/O (bpf/tls.bpf.c, "Calls without socket I/O"). A node server
+/// and a node client, four connections at once on each event loop, their
+/// writes interleaved in pieces: every record of each must name the fd and
+/// ports of the connection that carried it (each side's own view of its
+/// sockets), and each connection's streams must be exact both ways.
+#[test]
+fn node_connections_are_tied_to_their_own_sockets() {
+    let Some(_one) = capture_test() else { return };
+    let script = support_dir().join("node_tls_pair.js");
+    let cert = Certificate::new();
+    let (server_truth, client_truth) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    // Running before cleartap starts: node is attached at start, and the
+    // client (the same file) is covered from its first instruction.
+    let (mut server, port) = spawn_listening(
+        Command::new("node")
+            .arg(&script)
+            .arg("server")
+            .arg(server_truth.path())
+            .arg(cert.cert())
+            .arg(cert.key()),
+    );
+    let capture = Capture::start(&["tls", "--comm", "node"]);
+    let client = run(
+        Command::new("node").arg(&script).arg("client").arg(client_truth.path()).arg(port.to_string()),
+        b"",
+    );
+    assert!(client.status.success());
+    assert!(server.wait().unwrap().success(), "the node server failed");
+    let got = capture.stop();
+    got.assert_clean_exit();
+    let client_pid = got
+        .tls()
+        .find(|r| r["pid"] != server.id() && r["comm"] == "node")
+        .and_then(|r| r["pid"].as_u64())
+        .expect("no record of the node client") as u32;
+    for (pid, truth, side) in
+        [(server.id(), &server_truth, "node server"), (client_pid, &client_truth, "node client")]
+    {
+        assert_records_name_their_socket(&got, pid, truth.path(), side);
+        let connections = assert_recorded_connections(&got, pid, truth.path(), side, 700);
+        assert_eq!(connections, 4, "{side}: connections recorded");
+    }
+}
+
+/// Every TLS record of `pid` names a connection the program recorded in
+/// `truth` (`<local>-<remote>.fd`), with that connection's fd.
+#[track_caller]
+fn assert_records_name_their_socket(got: &Captured, pid: u32, truth: &std::path::Path, side: &str) {
+    let mut records = 0;
+    for r in got.tls().filter(|r| r["pid"] == pid) {
+        let (local, remote) = (port_of(&r["local"]), port_of(&r["remote"]));
+        let (Some(local), Some(remote)) = (local, remote) else {
+            panic!("{side}: a record without its socket: {r}");
+        };
+        let fd = std::fs::read_to_string(truth.join(format!("{local}-{remote}.fd"))).unwrap_or_else(|_| {
+            panic!("{side}: a record names {local}-{remote}, not a connection of its own: {r}")
+        });
+        assert_eq!(r["fd"].as_i64(), fd.trim().parse().ok(), "{side}: fd of {local}-{remote}: {r}");
+        records += 1;
+    }
+    assert!(records > 0, "{side}: no records");
+}
+
 #[test]
 fn fifty_short_lived_curls_each_captured_with_its_pid() {
     let Some(_one) = capture_test() else { return };

@@ -101,7 +101,7 @@ impl<'obj> TlsProbes<'obj> {
         let calls = std::env::var("CLEARTAP_TEST_ACTIVE_CALLS").ok().and_then(|n| n.parse().ok());
         open.maps.active_calls.set_max_entries(calls.unwrap_or(in_flight)).context("sizing the call map")?;
         open.maps.go_reads.set_max_entries(in_flight).context("sizing the Go read map")?;
-        open.maps.rustls_writers.set_max_entries(max_connections).context("sizing the rustls writer map")?;
+        open.maps.tied_writers.set_max_entries(max_connections).context("sizing the tied writer map")?;
         open.maps.ssl_keys_sent.set_max_entries(max_connections).context("sizing the secrets map")?;
         let features = Features::probe();
         rodata.capture_secrets = secrets;
