@@ -194,7 +194,15 @@ fn u32_at(t: &[u8], at: usize) -> Option<u32> {
 
 fn header(t: &[u8]) -> Option<Header> {
     let magic = u32_at(t, 0)?;
-    if ![MAGIC_116, MAGIC_118, MAGIC_120].contains(&magic) || t.get(4..8)? != [0, 0, 1, 8] {
+    // Two zero bytes, the instruction size quantum (1 on amd64, 4 on
+    // arm64: only the function table is read here, which it does not
+    // change) and the pointer size.
+    let (pad, quantum, pointer) = (t.get(4..6)?, *t.get(6)?, *t.get(7)?);
+    if ![MAGIC_116, MAGIC_118, MAGIC_120].contains(&magic)
+        || pad != [0, 0]
+        || ![1, 4].contains(&quantum)
+        || pointer != 8
+    {
         return None;
     }
     let at = |i: usize| word(t, 8 + 8 * i).and_then(|w| usize::try_from(w).ok());
@@ -338,6 +346,13 @@ mod tests {
         let found = pclntab_functions(&table(), None, &["crypto/tls.x"], &segments).unwrap();
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].1, Function { address: 0x401040, size: 0x50, file_offset: 0x1040 });
+        // arm64's table: instruction size quantum 4, the same function table.
+        let mut arm64 = table();
+        arm64[6] = 4;
+        assert_eq!(pclntab_functions(&arm64, None, &["crypto/tls.x"], &segments).unwrap(), found);
+        let mut other = table();
+        other[6] = 2;
+        assert!(pclntab_functions(&other, None, &["crypto/tls.x"], &segments).is_err());
     }
 
     #[test]

@@ -59,6 +59,11 @@ arm64_prepare() {
     command -v qemu-system-aarch64 >/dev/null || die "qemu-system-aarch64 is missing: scripts/install-deps --arm64"
     ARM64_TESTS=("$@")
     [ ${#ARM64_TESTS[@]} -gt 0 ] || ARM64_TESTS=("${ARM64_DEFAULT_TESTS[@]}")
+    # Benchmarks on the host must not share the two cores with qemu (nor
+    # with the qemu-user of a first rootfs build): held until the run ends.
+    echo "tests/vm/run: waiting for /tmp/cleartap-capture.lock"
+    exec 9>/tmp/cleartap-capture.lock
+    flock 9
     local rootfs
     rootfs=$("$HERE/arm64-rootfs") || die "the arm64 root filesystem could not be built (tests/vm/arm64-rootfs)"
     IMAGE="$(dirname "$rootfs")/boot/vmlinuz"
@@ -114,10 +119,6 @@ INIT
     cat "$rootfs" "$RESULTS/run.cpio" >"$RESULTS/initrd.cpio"
     rm -rf "$STAGE" "$RESULTS/run.cpio"
 
-    # Benchmarks on the host must not share the two cores with qemu.
-    echo "tests/vm/run: waiting for /tmp/cleartap-capture.lock"
-    exec 9>/tmp/cleartap-capture.lock
-    flock 9
     # cortex-a72: a plain ARMv8.0 core, cheaper to emulate than -cpu max
     # (pointer authentication in software is slow).
     LAUNCH=(qemu-system-aarch64 -M virt -cpu cortex-a72 -smp "$CPUS" -m "$MEMORY"
