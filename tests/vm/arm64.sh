@@ -54,7 +54,8 @@ arm64_build_go_peers() {
 arm64_prepare() {
     local bin_dir="${CARGO_TARGET_DIR:-$REPO/target}/$ARM64_TARGET/release"
     BIN_DIR=$bin_dir
-    file -L "$bin_dir/cleartap" 2>/dev/null | grep -q 'ARM aarch64' ||
+    # e_machine 183 (EM_AARCH64) at offset 18 of the ELF header.
+    [ "$(od -An -tx1 -j18 -N2 "$bin_dir/cleartap" 2>/dev/null | tr -d ' ')" = b700 ] ||
         die "no aarch64 $bin_dir/cleartap: scripts/cross-build-arm64 --tests (after scripts/install-deps --arm64)"
     command -v qemu-system-aarch64 >/dev/null || die "qemu-system-aarch64 is missing: scripts/install-deps --arm64"
     ARM64_TESTS=("$@")
