@@ -4,7 +4,13 @@
 #ifndef CLEARTAP_COMMON_H
 #define CLEARTAP_COMMON_H
 
+/* Kernel types of the architecture built for (build.rs): bpf/vmlinux.h
+ * is x86_64's, bpf/arm64/vmlinux.h arm64's (scripts/gen-vmlinux-arm64). */
+#if defined(__TARGET_ARCH_arm64)
+#include "arm64/vmlinux.h"
+#else
 #include "vmlinux.h"
+#endif
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
 #include <bpf/bpf_core_read.h>

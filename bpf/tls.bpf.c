@@ -8,6 +8,7 @@
  * library struct offsets needed). Return probe: the call's outcome decides
  * what was really sent or received; the whole payload is copied then. */
 #include "payload.h"
+#include "regs.h"
 
 /* A thread's socket I/O, for calls that make none of their own (see "Calls
  * without socket I/O" below). */
@@ -107,7 +108,7 @@ static __always_inline int on_entry(struct pt_regs *ctx, __u64 len_ptr, bool wit
 		.library_id = library_id(ctx),
 	};
 	if (with_caller)
-		bpf_probe_read_user(&c.caller, sizeof(c.caller), (void *)PT_REGS_SP(ctx));
+		ct_entry_return_address(ctx, &c.caller);
 	struct active_call *slot = bpf_map_lookup_elem(&active_calls, &id);
 	if (slot) {
 		/* What the thread's system calls told before this call. */
@@ -693,7 +694,7 @@ static __always_inline int on_rustls_return(struct pt_regs *ctx, __u8 fn, __u8 d
 		return 0;
 	if (PT_REGS_RC(ctx) != 0) /* Err */
 		return 0;
-	__u64 n = ctx->dx;
+	__u64 n = CT_REGS_RC2(ctx);
 	if (n == 0)
 		return 0;
 	if (!tie_to_thread_io(&c, dir) && c.io.last_sk) {
@@ -805,9 +806,9 @@ int sys_enter_writev(struct trace_event_raw_sys_enter *ctx) { return note_fd(ctx
 SEC("tracepoint/syscalls/sys_enter_readv")
 int sys_enter_readv(struct trace_event_raw_sys_enter *ctx) { return note_fd(ctx, false); }
 
-/* Go crypto/tls, Go >= 1.17 on amd64 (register ABI): arguments in rax,
- * rbx, rcx, rdi, rsi, r8, r9, r10, r11, results in rax, rbx, ..., and r14
- * holds the running goroutine. Never a uretprobe on Go code: when a
+/* Go crypto/tls, Go >= 1.17 on amd64 and >= 1.18 on arm64 (register ABI,
+ * see regs.h): arguments and results in registers, and one register holds
+ * the running goroutine. Never a uretprobe on Go code: when a
  * goroutine's stack grows the runtime copies it, and the return address a
  * uretprobe planted would send the program astray. Read is probed after
  * its stack check and at each of its RET instructions instead, keyed by
@@ -855,7 +856,7 @@ static __always_inline void go_conn_fd(struct active_call *c)
 static __always_inline struct active_call go_call(struct pt_regs *ctx)
 {
 	struct active_call c = {
-		.handle = ctx->ax, .buf = ctx->bx, .ip = PT_REGS_IP(ctx), .fd = -1, .library_id = library_id(ctx),
+		.handle = CT_GO_PARM1(ctx), .buf = CT_GO_PARM2(ctx), .ip = PT_REGS_IP(ctx), .fd = -1, .library_id = library_id(ctx),
 	};
 	go_conn_fd(&c);
 	return c;
@@ -867,7 +868,7 @@ static __always_inline int on_go_write(struct pt_regs *ctx, bool fetch)
 {
 	if (!current_task_wanted())
 		return 0;
-	__u64 n = ctx->cx;
+	__u64 n = CT_GO_PARM3(ctx);
 	if (n == 0)
 		return 0;
 	struct active_call c = go_call(ctx);
@@ -885,22 +886,22 @@ int go_read_entry(struct pt_regs *ctx)
 {
 	if (!current_task_wanted())
 		return 0;
-	struct go_key k = { .g = ctx->r14, .tgid = bpf_get_current_pid_tgid() >> 32 };
+	struct go_key k = { .g = CT_GO_G(ctx), .tgid = bpf_get_current_pid_tgid() >> 32 };
 	struct active_call c = go_call(ctx);
 	bpf_map_update_elem(&go_reads, &k, &c, BPF_ANY);
 	return 0;
 }
 
-/* At a RET of (*Conn).Read: rax is n. */
+/* At a RET of (*Conn).Read: the first result register (rax, x0) is n. */
 static __always_inline int on_go_read_return(struct pt_regs *ctx, bool fetch)
 {
-	struct go_key k = { .g = ctx->r14, .tgid = bpf_get_current_pid_tgid() >> 32 };
+	struct go_key k = { .g = CT_GO_G(ctx), .tgid = bpf_get_current_pid_tgid() >> 32 };
 	struct active_call *found = bpf_map_lookup_elem(&go_reads, &k);
 	if (!found)
 		return 0;
 	struct active_call c = *found;
 	bpf_map_delete_elem(&go_reads, &k);
-	__s64 n = (__s64)ctx->ax;
+	__s64 n = (__s64)CT_GO_PARM1(ctx);
 	if (n <= 0)
 		return 0;
 	return emit_call(ctx, &c, n, CT_FN_GO_READ, CT_DIR_RECV, fetch);
@@ -948,14 +949,14 @@ int go_keylog(struct pt_regs *ctx)
 	struct ct_tls_secret *e = reserve_secret();
 	if (!e)
 		return 0;
-	e->label_len = ctx->cx;
-	e->random_len = ctx->si;
-	e->secret_len = ctx->r10;
-	if (!copy_field(e->label, sizeof(e->label), ctx->cx, ctx->bx))
+	e->label_len = CT_GO_PARM3(ctx);
+	e->random_len = CT_GO_PARM5(ctx);
+	e->secret_len = CT_GO_PARM8(ctx);
+	if (!copy_field(e->label, sizeof(e->label), CT_GO_PARM3(ctx), CT_GO_PARM2(ctx)))
 		e->missing |= 1;
-	if (!copy_field(e->client_random, sizeof(e->client_random), ctx->si, ctx->di))
+	if (!copy_field(e->client_random, sizeof(e->client_random), CT_GO_PARM5(ctx), CT_GO_PARM4(ctx)))
 		e->missing |= 2;
-	if (!copy_field(e->secret, sizeof(e->secret), ctx->r10, ctx->r9))
+	if (!copy_field(e->secret, sizeof(e->secret), CT_GO_PARM8(ctx), CT_GO_PARM7(ctx)))
 		e->missing |= 4;
 	bpf_ringbuf_submit(e, 0);
 	stat_add(CT_STAT_RECORDS, 1);

@@ -2,7 +2,13 @@
 /* Never loaded. One global of each ring buffer record type, so that
  * libbpf-cargo generates their Rust definitions from bpf/events.h: the
  * records are defined once, in C, for both sides. */
+/* Kernel types of the architecture built for (build.rs): bpf/vmlinux.h
+ * is x86_64's, bpf/arm64/vmlinux.h arm64's (scripts/gen-vmlinux-arm64). */
+#if defined(__TARGET_ARCH_arm64)
+#include "arm64/vmlinux.h"
+#else
 #include "vmlinux.h"
+#endif
 #include <bpf/bpf_helpers.h>
 #include "events.h"
 

@@ -13,6 +13,40 @@ use object::{Endianness, Object, ObjectSymbol, ReadRef, SectionIndex, SymbolKind
 
 use super::pinned::PinnedFile;
 
+/// The instruction sets whose machine code cleartap reads (Go's RET
+/// instructions and stack check, OpenSSL's calls, GnuTLS's key log
+/// function). Every reader takes one and has a path for each, or refuses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isa {
+    X86_64,
+    Aarch64,
+}
+
+impl Isa {
+    /// The instruction set cleartap itself runs on: the only one whose
+    /// programs its probes can see execute (a foreign one runs under an
+    /// emulator, where a breakpoint written into its code corrupts it).
+    pub const HOST: Isa = if cfg!(target_arch = "aarch64") { Isa::Aarch64 } else { Isa::X86_64 };
+
+    /// The instruction set of an ELF file that can be probed from here:
+    /// an error names any other (a foreign architecture, or one cleartap
+    /// has no decoder for).
+    pub fn of_elf<'d, R: ReadRef<'d>>(elf: &ElfFile64<'d, Endianness, R>) -> Result<Isa> {
+        let isa = match elf.architecture() {
+            object::Architecture::X86_64 => Isa::X86_64,
+            object::Architecture::Aarch64 => Isa::Aarch64,
+            other => bail!("machine code for {other:?}: cleartap reads x86_64 and aarch64 only"),
+        };
+        if isa != Isa::HOST {
+            bail!(
+                "machine code for {isa:?}, while this is {:?}: its programs cannot be probed from here",
+                Isa::HOST
+            );
+        }
+        Ok(isa)
+    }
+}
+
 /// A function found in an ELF file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Function {

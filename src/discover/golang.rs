@@ -11,11 +11,13 @@ use iced_x86::{Decoder, DecoderOptions, Mnemonic};
 use object::read::elf::ElfFile64;
 use object::{Endianness, Object, ObjectSection, ReadRef};
 
-use super::elf::{file_offset_of, load_segments, Function, Symbols};
+use super::elf::{file_offset_of, load_segments, Function, Isa, Symbols};
 
 pub struct GoBinary {
     /// `go1.21.5`, or `unknown` when the build info cannot be read.
     pub version: String,
+    /// Its machine code's, which decides the register ABI and the decoder.
+    pub isa: Isa,
     functions: HashMap<String, Function>,
 }
 
@@ -43,6 +45,7 @@ impl GoBinary {
         let version = buildinfo
             .and_then(|b| buildinfo_version(b, bytes, &segments))
             .unwrap_or_else(|| "unknown".to_string());
+        let isa = Isa::of_elf(&elf)?;
         let symbols = Symbols::parse(bytes, wanted)?;
         let mut functions: HashMap<String, Function> =
             wanted.iter().filter_map(|w| symbols.get(w).map(|f| (w.to_string(), f))).collect();
@@ -60,18 +63,31 @@ impl GoBinary {
                 }
             }
         }
-        Ok(Some(GoBinary { version, functions }))
+        Ok(Some(GoBinary { version, isa, functions }))
     }
 
     pub fn function(&self, name: &str) -> Option<Function> {
         self.functions.get(name).copied()
     }
 
-    /// Go >= 1.17 passes arguments in registers on amd64.
+    /// Go passes arguments in registers from 1.17 on amd64, from 1.18 on
+    /// arm64.
     pub fn register_abi(&self) -> bool {
+        let first = match self.isa {
+            Isa::X86_64 => 17,
+            Isa::Aarch64 => 18,
+        };
         match go_minor(&self.version) {
-            Some(minor) => minor >= 17,
+            Some(minor) => minor >= first,
             None => self.version.starts_with("devel"),
+        }
+    }
+
+    /// The first Go release with the register ABI on this instruction set.
+    pub fn register_abi_since(&self) -> &'static str {
+        match self.isa {
+            Isa::X86_64 => "1.17",
+            Isa::Aarch64 => "1.18",
         }
     }
 }
@@ -178,7 +194,15 @@ fn u32_at(t: &[u8], at: usize) -> Option<u32> {
 
 fn header(t: &[u8]) -> Option<Header> {
     let magic = u32_at(t, 0)?;
-    if ![MAGIC_116, MAGIC_118, MAGIC_120].contains(&magic) || t.get(4..8)? != [0, 0, 1, 8] {
+    // Two zero bytes, the instruction size quantum (1 on amd64, 4 on
+    // arm64: only the function table is read here, which it does not
+    // change) and the pointer size.
+    let (pad, quantum, pointer) = (t.get(4..6)?, *t.get(6)?, *t.get(7)?);
+    if ![MAGIC_116, MAGIC_118, MAGIC_120].contains(&magic)
+        || pad != [0, 0]
+        || ![1, 4].contains(&quantum)
+        || pointer != 8
+    {
         return None;
     }
     let at = |i: usize| word(t, 8 + 8 * i).and_then(|w| usize::try_from(w).ok());
@@ -244,20 +268,27 @@ fn cstr(t: &[u8], at: usize) -> Option<&[u8]> {
 }
 
 /// File offsets of every RET of `f`, by decoding its instructions in
-/// order, so a 0xc3 byte inside another instruction is never taken for one.
-pub fn ret_offsets<'d, R: ReadRef<'d>>(bytes: R, f: Function) -> Result<Vec<u64>> {
+/// order (on x86_64 a 0xc3 byte inside another instruction is never taken
+/// for one).
+pub fn ret_offsets<'d, R: ReadRef<'d>>(bytes: R, f: Function, isa: Isa) -> Result<Vec<u64>> {
     /// Go's crypto/tls Read is a few hundred bytes; nothing probed is near.
     const MAX_GO_FUNCTION: u64 = 1 << 20;
     if f.size > MAX_GO_FUNCTION {
         bail!("function of {} bytes, larger than cleartap decodes", f.size);
     }
     let code = bytes.read_bytes_at(f.file_offset, f.size).ok().context("function outside the file")?;
-    let decoder = Decoder::with_ip(64, code, f.address, DecoderOptions::NONE);
-    Ok(decoder
-        .into_iter()
-        .filter(|i| i.mnemonic() == Mnemonic::Ret)
-        .map(|i| f.file_offset + (i.ip() - f.address))
-        .collect())
+    let at = |address: u64| f.file_offset + (address - f.address);
+    Ok(match isa {
+        Isa::X86_64 => Decoder::with_ip(64, code, f.address, DecoderOptions::NONE)
+            .into_iter()
+            .filter(|i| i.mnemonic() == Mnemonic::Ret)
+            .map(|i| at(i.ip()))
+            .collect(),
+        Isa::Aarch64 => super::aarch64::instructions(code, f.address)
+            .filter(|(_, i)| super::aarch64::is_return(i))
+            .map(|(address, _)| at(address))
+            .collect(),
+    })
 }
 
 #[cfg(test)]
@@ -269,11 +300,14 @@ mod tests {
         assert_eq!(go_minor("go1.19.8"), Some(19));
         assert_eq!(go_minor("go1.27rc1"), Some(27));
         assert_eq!(go_minor("devel go1.28-abc"), None);
-        let go = |v: &str| GoBinary { version: v.into(), functions: HashMap::new() };
+        let go = |v: &str| GoBinary { version: v.into(), isa: Isa::X86_64, functions: HashMap::new() };
         assert!(go("go1.17").register_abi());
         assert!(!go("go1.16.15").register_abi());
         assert!(!go("unknown").register_abi());
         assert!(go("devel +abc").register_abi());
+        let arm64 = |v: &str| GoBinary { version: v.into(), isa: Isa::Aarch64, functions: HashMap::new() };
+        assert!(arm64("go1.18").register_abi());
+        assert!(!arm64("go1.17.13").register_abi(), "Go 1.17 has the register ABI on amd64 only");
     }
 
     #[test]
@@ -312,6 +346,13 @@ mod tests {
         let found = pclntab_functions(&table(), None, &["crypto/tls.x"], &segments).unwrap();
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].1, Function { address: 0x401040, size: 0x50, file_offset: 0x1040 });
+        // arm64's table: instruction size quantum 4, the same function table.
+        let mut arm64 = table();
+        arm64[6] = 4;
+        assert_eq!(pclntab_functions(&arm64, None, &["crypto/tls.x"], &segments).unwrap(), found);
+        let mut other = table();
+        other[6] = 2;
+        assert!(pclntab_functions(&other, None, &["crypto/tls.x"], &segments).is_err());
     }
 
     #[test]
@@ -388,7 +429,19 @@ mod tests {
         // mov eax,0xc3c3c3c3; ret; nop; ret
         let code = [0xb8, 0xc3, 0xc3, 0xc3, 0xc3, 0xc3, 0x90, 0xc3];
         let f = Function { address: 0x1000, size: code.len() as u64, file_offset: 0 };
-        assert_eq!(ret_offsets(&code[..], f).unwrap(), vec![5, 7]);
-        assert!(ret_offsets(&code[..], Function { size: 100, ..f }).is_err());
+        assert_eq!(ret_offsets(&code[..], f, Isa::X86_64).unwrap(), vec![5, 7]);
+        assert!(ret_offsets(&code[..], Function { size: 100, ..f }, Isa::X86_64).is_err());
+    }
+
+    #[test]
+    fn arm64_rets_are_the_aligned_ret_words() {
+        // ldr x16,[x28,#16]; ret; a literal word holding a RET's bytes
+        // out of step (at +10); ret x1 (not to the caller); ret
+        let mut code: Vec<u8> = [0xf9400b90u32, 0xd65f03c0].iter().flat_map(|w| w.to_le_bytes()).collect();
+        code.extend_from_slice(&[0, 0, 0xc0, 0x03, 0x5f, 0xd6, 0, 0]);
+        code.extend(0xd65f0020u32.to_le_bytes());
+        code.extend(0xd65f03c0u32.to_le_bytes());
+        let f = Function { address: 0x1000, size: code.len() as u64, file_offset: 0 };
+        assert_eq!(ret_offsets(&code[..], f, Isa::Aarch64).unwrap(), vec![4, 20]);
     }
 }

@@ -11,16 +11,15 @@ use object::ReadRef;
 use super::pinned::PinnedFile;
 use super::procs::{self, FileId};
 
-/// The loader's default directories on Debian-like and other x86-64 systems.
-const DEFAULT_DIRS: [&str; 7] = [
-    "/lib/x86_64-linux-gnu",
-    "/usr/lib/x86_64-linux-gnu",
-    "/lib64",
-    "/usr/lib64",
-    "/usr/local/lib",
-    "/lib",
-    "/usr/lib",
-];
+/// Debian's multiarch directories of the architecture cleartap runs on.
+#[cfg(not(target_arch = "aarch64"))]
+const MULTIARCH_DIRS: [&str; 2] = ["/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu"];
+#[cfg(target_arch = "aarch64")]
+const MULTIARCH_DIRS: [&str; 2] = ["/lib/aarch64-linux-gnu", "/usr/lib/aarch64-linux-gnu"];
+
+/// The loader's default directories on Debian-like and other systems.
+const DEFAULT_DIRS: [&str; 7] =
+    [MULTIARCH_DIRS[0], MULTIARCH_DIRS[1], "/lib64", "/usr/lib64", "/usr/local/lib", "/lib", "/usr/lib"];
 
 /// A library found for a process: how cleartap reaches it and how the
 /// process names it.

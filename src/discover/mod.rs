@@ -2,6 +2,7 @@
 //! the symbols inside those files. Pure functions over `/proc` and bytes;
 //! nothing here touches BPF.
 
+pub mod aarch64;
 pub mod calls;
 pub mod elf;
 pub mod gnutls_keylog;

@@ -109,6 +109,13 @@ pub fn internal_points<'d, R: object::ReadRef<'d>>(
     let Ok(elf) = object::read::elf::ElfFile64::<object::Endianness, R>::parse(file) else {
         return Vec::new();
     };
+    // The decoding below (calls::) reads x86_64 code, and whether an internal
+    // probe point is cheaper was measured there only: elsewhere (aarch64,
+    // where uprobes emulate another set of instructions) the exported
+    // functions stay probed.
+    if object::Object::architecture(&elf) != object::Architecture::X86_64 {
+        return Vec::new();
+    }
     let Ok(segments) = crate::discover::elf::load_segments(&elf) else { return Vec::new() };
     let (write_replaces, write_wrapper, write_hook): (&[&str], _, _) = match (major, minor) {
         (1, 1) | (3, 0..=2) => (&["SSL_write", "SSL_write_ex"], "SSL_write_ex", WRITE_INTERNAL),

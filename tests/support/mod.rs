@@ -856,11 +856,20 @@ pub enum Build {
 
 /// tests/go/tlspeer (a Go HTTPS server and client that record what passes
 /// through their tls.Conn) built by `go` as `build`, cached under target/.
+/// With CLEARTAP_TEST_GO_PREBUILT=DIR (a guest without a Go toolchain:
+/// tests/vm/run arm64), the peer is DIR's tlspeer-TAG-BUILD, built there
+/// beforehand by the host for the guest's architecture.
 pub fn tlspeer(go: &str, build: Build) -> PathBuf {
+    let tag = if go == DEBIAN_GO { "go1.19" } else { "current" };
+    let name = format!("tlspeer-{tag}-{build:?}").to_lowercase();
+    if let Some(dir) = std::env::var_os("CLEARTAP_TEST_GO_PREBUILT") {
+        let prebuilt = Path::new(&dir).join(&name);
+        assert!(prebuilt.exists(), "{} is missing (CLEARTAP_TEST_GO_PREBUILT)", prebuilt.display());
+        return prebuilt;
+    }
     assert!(Path::new(go).exists(), "{go} is missing: run scripts/install-deps --test");
     let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/go-tests");
-    let tag = if go == DEBIAN_GO { "go1.19" } else { "current" };
-    let out = target.join(format!("tlspeer-{tag}-{build:?}").to_lowercase());
+    let out = target.join(name);
     let mut cmd = Command::new(go);
     cmd.current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/go/tlspeer"))
         .env("GOCACHE", target.join("cache"))

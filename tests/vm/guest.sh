@@ -7,7 +7,10 @@
 #   RESULTS_DIR  where each test's full output goes (shared with the host)
 #   BINARY:TEST  e.g. e2e_tls:small_bodies_both_processes_both_directions;
 #                without any, the default smoke subset below.
-# Environment: CLEARTAP_VM_TEST_TIMEOUT (seconds per test, default 420).
+# Environment: CLEARTAP_VM_TEST_TIMEOUT (seconds per test, default 420);
+#   CLEARTAP_VM_BIN_DIR  where cleartap and deps/ (the test binaries) are
+#                        (default REPO/target/release; the arm64 guest's
+#                        are cross-built under aarch64-unknown-linux-gnu/).
 set -u
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export LC_ALL=C.UTF-8
@@ -20,6 +23,7 @@ export CLEARTAP_TEST_RINGBUF_SIZE=128M
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
 RESULTS=${1:?usage: guest.sh RESULTS_DIR [BINARY:TEST ...]}
 shift
+BIN_DIR=${CLEARTAP_VM_BIN_DIR:-$REPO/target/release}
 mkdir -p "$RESULTS"
 PER_TEST=${CLEARTAP_VM_TEST_TIMEOUT:-420}
 
@@ -89,7 +93,7 @@ done
 # The newest executable of each test binary (cargo leaves older ones).
 binary_of() {
     local f
-    for f in $(ls -t "$REPO"/target/release/deps/"$1"-* 2>/dev/null); do
+    for f in $(ls -t "$BIN_DIR"/deps/"$1"-* 2>/dev/null); do
         case $f in *.d|*.rlib|*.rmeta) continue ;; esac
         [ -f "$f" ] && [ -x "$f" ] && { echo "$f"; return 0; }
     done
@@ -109,7 +113,7 @@ debug_run() {
     esac
     rm -f /tmp/debug-keys.log /tmp/debug.pcapng
     echo "cleartap-vm: CLEARTAP_DEBUG=1 cleartap ${args[*]}   (full log: $log)"
-    CLEARTAP_DEBUG=1 "$REPO/target/release/cleartap" "${args[@]}" >/dev/null 2>"$log" &
+    CLEARTAP_DEBUG=1 "$BIN_DIR/cleartap" "${args[@]}" >/dev/null 2>"$log" &
     local pid=$! t=0
     while kill -0 $pid 2>/dev/null && ! grep -qx ready "$log" && [ $t -lt 120 ]; do
         sleep 1
@@ -147,7 +151,7 @@ declare -A DEBUG_DONE=()
 results=()
 passed=0
 failed=0
-CLEARTAP=$REPO/target/release/cleartap
+CLEARTAP=$BIN_DIR/cleartap
 
 # `cleartap check`: every kernel program loaded (nothing attached), with
 # the verifier's instruction counts and the probed features.
@@ -201,7 +205,7 @@ for spec in "${TESTS[@]}"; do
     test=${spec#*:}
     log="$RESULTS/$name.$test.log"
     bin=$(binary_of "$name") || {
-        echo "cleartap-vm: FAILED $spec: no executable $REPO/target/release/deps/$name-* (cargo test --no-run --release)"
+        echo "cleartap-vm: FAILED $spec: no executable $BIN_DIR/deps/$name-* (cargo test --no-run --release)"
         results+=("FAILED   -      $spec (no test binary)")
         failed=$((failed + 1))
         continue

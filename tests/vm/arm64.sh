@@ -1,0 +1,128 @@
+# shellcheck shell=bash
+# Sourced by tests/vm/run for `tests/vm/run arm64`: the same guest script
+# (tests/vm/guest.sh) and the same watchdog, but the guest is Debian 12's
+# arm64 kernel under qemu-system-aarch64 (TCG: no KVM here) with an arm64
+# root filesystem in its initramfs, and the programs under test are the
+# cross-built ones (scripts/cross-build-arm64 --tests). The Go peers are
+# built on the host with GOARCH=arm64 (the guest has no Go toolchain).
+
+# The smoke subset, plus the stripped Go program (its functions come from
+# the pclntab, its RETs and stack checks from decoding aarch64 code).
+ARM64_DEFAULT_TESTS=(
+    e2e_tls:small_bodies_both_processes_both_directions
+    e2e_tls:multi_mib_bodies_arrive_whole_and_in_order
+    e2e_keylog:openssl_tls12_and_tls13_secrets_equal_curls_own_and_the_capture_decrypts
+    e2e_shell:exec_reports_exact_argv_parent_and_result
+    e2e_shell:bash_commands_with_exit_status_and_multi_line
+    e2e_go:go119_plain
+    e2e_go:go119_stripped
+)
+ARM64_TARGET=aarch64-unknown-linux-gnu
+
+# The newest executable named NAME-* in DIR (cargo leaves older ones).
+arm64_newest() {
+    local f
+    for f in $(ls -t "$1"/"$2"-* 2>/dev/null); do
+        case $f in *.d | *.rlib | *.rmeta) continue ;; esac
+        [ -f "$f" ] && [ -x "$f" ] && { echo "$f"; return 0; }
+    done
+    return 1
+}
+
+# Copies FILE into the staging root STAGE at its own absolute path (the
+# test binaries have the repository's and cargo's paths compiled in).
+arm64_stage() {
+    mkdir -p "$STAGE$(dirname "$1")"
+    cp -a "$1" "$STAGE$1"
+}
+
+arm64_build_go_peers() {
+    local go=/usr/lib/go-1.19/bin/go build out
+    [ -x "$go" ] || die "$go is missing (the Go peers are cross-built on the host): scripts/install-deps --test"
+    GO_DIR="$REPO/target/go-tests-arm64"
+    mkdir -p "$GO_DIR"
+    for build in plain stripped; do
+        out="$GO_DIR/tlspeer-go1.19-$build"
+        local flags=()
+        [ $build = stripped ] && flags=(-ldflags "-s -w")
+        (cd "$REPO/tests/go/tlspeer" && GOARCH=arm64 CGO_ENABLED=0 GOFLAGS= GOTOOLCHAIN=local \
+            GOCACHE="$REPO/target/go-tests/cache" GOPATH="$REPO/target/go-tests/gopath" \
+            "$go" build "${flags[@]}" -o "$out") || die "go build of the arm64 Go peer ($build) failed"
+    done
+}
+
+arm64_prepare() {
+    local bin_dir="${CARGO_TARGET_DIR:-$REPO/target}/$ARM64_TARGET/release"
+    BIN_DIR=$bin_dir
+    # e_machine 183 (EM_AARCH64) at offset 18 of the ELF header.
+    [ "$(od -An -tx1 -j18 -N2 "$bin_dir/cleartap" 2>/dev/null | tr -d ' ')" = b700 ] ||
+        die "no aarch64 $bin_dir/cleartap: scripts/cross-build-arm64 --tests (after scripts/install-deps --arm64)"
+    command -v qemu-system-aarch64 >/dev/null || die "qemu-system-aarch64 is missing: scripts/install-deps --arm64"
+    ARM64_TESTS=("$@")
+    [ ${#ARM64_TESTS[@]} -gt 0 ] || ARM64_TESTS=("${ARM64_DEFAULT_TESTS[@]}")
+    # Benchmarks on the host must not share the two cores with qemu (nor
+    # with the qemu-user of a first rootfs build): held until the run ends.
+    echo "tests/vm/run: waiting for /tmp/cleartap-capture.lock"
+    exec 9>/tmp/cleartap-capture.lock
+    flock 9
+    local rootfs
+    rootfs=$("$HERE/arm64-rootfs") || die "the arm64 root filesystem could not be built (tests/vm/arm64-rootfs)"
+    IMAGE="$(dirname "$rootfs")/boot/vmlinuz"
+    [ -r "$IMAGE" ] || die "no arm64 kernel at $IMAGE (tests/vm/arm64-rootfs puts it there)"
+    BOOT_TIMEOUT=${CLEARTAP_VM_BOOT_TIMEOUT:-600}
+    new_results arm64
+    arm64_build_go_peers
+
+    # What the guest needs beyond the root filesystem, at the paths the
+    # binaries expect, packed as a second cpio after the first.
+    STAGE="$RESULTS/stage"
+    mkdir -p "$STAGE"
+    local t name bin
+    declare -A seen=()
+    for t in "${ARM64_TESTS[@]}"; do
+        name=${t%%:*}
+        [ -n "${seen[$name]:-}" ] && continue
+        seen[$name]=1
+        bin=$(arm64_newest "$bin_dir/deps" "$name") ||
+            die "no $bin_dir/deps/$name-*: scripts/cross-build-arm64 --tests"
+        arm64_stage "$bin"
+    done
+    arm64_stage "$bin_dir/cleartap"
+    # Debug info is most of their size; the guest unpacks all of it in RAM.
+    find "$STAGE" -type f -perm -u+x -exec aarch64-linux-gnu-strip --strip-debug {} +
+    mkdir -p "$STAGE$REPO"
+    cp -a "$REPO/tests" "$STAGE$REPO/"
+    rm -rf "$STAGE$REPO/tests/vm/stage"
+    mkdir -p "$STAGE$GO_DIR"
+    cp -a "$GO_DIR"/tlspeer-go1.19-* "$STAGE$GO_DIR/"
+    local guest_cmd="CLEARTAP_VM_BIN_DIR=$bin_dir CLEARTAP_TEST_GO_PREBUILT=$GO_DIR"
+    guest_cmd+=" CLEARTAP_VM_TEST_TIMEOUT=$TEST_TIMEOUT $HERE/guest.sh /tmp/results ${ARM64_TESTS[*]}"
+    cat >"$STAGE/init" <<INIT
+#!/bin/bash
+# The arm64 guest's first process (written by tests/vm/arm64.sh).
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mkdir -p /dev/pts /dev/shm /run /tmp
+mount -t tmpfs tmpfs /dev/shm
+mount -t tmpfs tmpfs /run
+chmod 1777 /tmp
+hostname cleartap-arm64
+$guest_cmd
+echo "cleartap-vm: guest.sh exited with \$?"
+sync
+echo o >/proc/sysrq-trigger
+sleep 60
+INIT
+    chmod 755 "$STAGE/init"
+    (cd "$STAGE" && find . | cpio -o -H newc --quiet) >"$RESULTS/run.cpio"
+    cat "$rootfs" "$RESULTS/run.cpio" >"$RESULTS/initrd.cpio"
+    rm -rf "$STAGE" "$RESULTS/run.cpio"
+
+    # cortex-a72: a plain ARMv8.0 core, cheaper to emulate than -cpu max
+    # (pointer authentication in software is slow).
+    LAUNCH=(qemu-system-aarch64 -M virt -cpu cortex-a72 -smp "$CPUS" -m "$MEMORY"
+        -nographic -no-reboot -kernel "$IMAGE" -initrd "$RESULTS/initrd.cpio"
+        -append "console=ttyAMA0 rdinit=/init panic=-1 quiet")
+}
