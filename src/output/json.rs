@@ -408,12 +408,15 @@ fn connection_fields(buf: &mut Vec<u8>, r: &TlsRecord) {
         buf.extend_from_slice(b",\"library_version\":");
         string(buf, version);
     }
-    buf.extend_from_slice(b",\"library_path\":");
-    string(buf, r.library_path);
-    buf.extend_from_slice(b",\"function\":");
-    string(buf, r.function);
-    buf.extend_from_slice(b",\"direction\":");
-    string(buf, r.direction.as_str());
+    let strings: [(&[u8], &str); 3] = [
+        (b",\"library_path\":", r.library_path),
+        (b",\"function\":", r.function),
+        (b",\"direction\":", r.direction.as_str()),
+    ];
+    for (key, value) in strings {
+        buf.extend_from_slice(key);
+        string(buf, value);
+    }
     buf.extend_from_slice(b",\"fd\":");
     optional_number(buf, r.fd);
     buf.extend_from_slice(b",\"local\":");

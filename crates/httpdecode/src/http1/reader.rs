@@ -320,39 +320,37 @@ fn header_room<'b>() -> [std::mem::MaybeUninit<httparse::Header<'b>>; MAX_HEADER
 fn parse_request(buf: &[u8]) -> Parsed {
     let mut headers = header_room();
     let mut req = httparse::Request::new(&mut []);
-    let config = httparse::ParserConfig::default();
-    let httparse::Status::Complete(len) =
-        config.parse_request_with_uninit_headers(&mut req, buf, &mut headers)?
-    else {
-        return Ok(None);
+    let status =
+        httparse::ParserConfig::default().parse_request_with_uninit_headers(&mut req, buf, &mut headers)?;
+    let head = |len| {
+        let (method, path) = (req.method.map(str::to_owned), req.path.map(str::to_owned));
+        let headers = convert_headers(req.headers);
+        (len, Head { version: req.version.unwrap_or(1), method, path, status: None, headers })
     };
-    let head = Head {
-        version: req.version.unwrap_or(1),
-        method: req.method.map(str::to_owned),
-        path: req.path.map(str::to_owned),
-        status: None,
-        headers: convert_headers(req.headers),
-    };
-    Ok(Some((len, head)))
+    Ok(complete(status).map(head))
 }
 
 fn parse_response(buf: &[u8]) -> Parsed {
     let mut headers = header_room();
     let mut resp = httparse::Response::new(&mut []);
-    let config = httparse::ParserConfig::default();
-    let httparse::Status::Complete(len) =
-        config.parse_response_with_uninit_headers(&mut resp, buf, &mut headers)?
-    else {
-        return Ok(None);
+    let status =
+        httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut resp, buf, &mut headers)?;
+    let head = |len| {
+        let headers = convert_headers(resp.headers);
+        (
+            len,
+            Head { version: resp.version.unwrap_or(1), method: None, path: None, status: resp.code, headers },
+        )
     };
-    let head = Head {
-        version: resp.version.unwrap_or(1),
-        method: None,
-        path: None,
-        status: resp.code,
-        headers: convert_headers(resp.headers),
-    };
-    Ok(Some((len, head)))
+    Ok(complete(status).map(head))
+}
+
+/// The head's length once httparse has all of it.
+fn complete(status: httparse::Status<usize>) -> Option<usize> {
+    match status {
+        httparse::Status::Complete(len) => Some(len),
+        httparse::Status::Partial => None,
+    }
 }
 
 fn convert_headers(headers: &[httparse::Header]) -> Vec<(String, String)> {
