@@ -284,6 +284,15 @@ impl Captured {
         for r in self.records.iter().filter(|r| r["direction"] == direction && filter(r)) {
             let offset = r["offset"].as_u64().unwrap();
             assert_eq!(offset, expected_offset, "chunk out of order in {r}");
+            // Said apart from a wrong byte: the kernel could not read the
+            // caller's memory (its data is zeros), which is not a decoding bug.
+            assert!(
+                r["unreadable"] != true,
+                "unreadable record (data zeros): pid {} offset {offset} len {} of call_len {}",
+                r["pid"],
+                r["len"],
+                r["call_len"]
+            );
             let data = base64_simd::STANDARD.decode_to_vec(r["data_b64"].as_str().unwrap()).unwrap();
             assert_eq!(data.len() as u64, r["len"].as_u64().unwrap());
             out.extend_from_slice(&data);
