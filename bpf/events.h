@@ -33,8 +33,8 @@ enum ct_stat {
 				 * created - present = evicted by the LRU) */
 	CT_STAT_LOST_PACKETS,	/* packets that found the packet ring buffer full */
 	CT_STAT_CUT_PACKETS,	/* packets longer than the largest record: cut */
-	CT_STAT_UNSEEN_STARTS,	/* TLS calls that returned with no entry seen (the
-				 * thread's slot evicted): not captured */
+	CT_STAT_UNSEEN_STARTS,	/* TLS calls not captured: their entry was lost (the
+				 * thread's slot evicted, or calls nested three deep) */
 	CT_STAT_MAX,
 };
 

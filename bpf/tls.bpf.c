@@ -36,17 +36,55 @@ struct active_call {
 	__s32 fd;
 	__u32 library_id;
 	struct thread_io io; /* kept from call to call */
+	__u8 dir;      /* CT_DIR_SEND, CT_DIR_RECV, or CALL_DIR_UNKNOWN */
+	__u8 parked;   /* 1: the call this one runs inside waits in parked_calls */
+	__u8 layered;  /* 1: this call runs inside one of the same direction
+			* (SSL_write_ex -> SSL_write_ex2) and reports for both */
+	__u8 _pad[5];
 };
+
+/* The direction of each plaintext function: the one list that the return
+ * probes and the entry's nesting check (call_dir) both read. */
+static __always_inline __u8 fn_dir(__u64 fn)
+{
+	switch (fn) {
+	case CT_FN_SSL_WRITE:
+	case CT_FN_SSL_WRITE_EX:
+	case CT_FN_SSL_WRITE_EX2:
+	case CT_FN_SSL_WRITE_INTERNAL:
+	case CT_FN_GNUTLS_RECORD_SEND:
+	case CT_FN_GNUTLS_RECORD_SEND2:
+	case CT_FN_PR_WRITE:
+	case CT_FN_PR_SEND:
+	case CT_FN_GO_WRITE:
+	case CT_FN_RUSTLS_WRITE:
+		return CT_DIR_SEND;
+	default:
+		return CT_DIR_RECV;
+	}
+}
 
 /* Set by user space: the kernel has bpf_get_attach_cookie (5.15). */
 const volatile bool has_attach_cookie = false;
 
 /* Which attached file this probe belongs to: user space gives every file
- * an id as the uprobe's cookie, so a record names its library without
- * reading the process's maps (which are gone with a short-lived process). */
+ * an id as the uprobe's cookie (its low 32 bits), so a record names its
+ * library without reading the process's maps (which are gone with a
+ * short-lived process). */
 static __always_inline __u32 library_id(void *ctx)
 {
 	return has_attach_cookie ? (__u32)bpf_get_attach_cookie(ctx) : 0;
+}
+
+#define CALL_DIR_UNKNOWN 0xff
+
+/* Which way the probed function moves bytes, known at its entry: the
+ * cookie's bits 32-39 hold its function id plus one (src/sources/tls.rs;
+ * 0: not a plaintext function). Unknown without cookies (< 5.15). */
+static __always_inline __u8 call_dir(void *ctx)
+{
+	__u64 fn_plus_one = has_attach_cookie ? (bpf_get_attach_cookie(ctx) >> 32) & 0xff : 0;
+	return fn_plus_one ? fn_dir(fn_plus_one - 1) : CALL_DIR_UNKNOWN;
 }
 
 /* LRU: slots of threads that are gone (or idle the longest) are the ones
@@ -57,6 +95,16 @@ struct {
 	__type(key, __u64); /* pid_tgid */
 	__type(value, struct active_call);
 } active_calls SEC(".maps");
+
+/* A call that another call started inside (see "Calls inside calls"),
+ * waiting for that inner call's return. One per thread: a third level
+ * drops both outer calls, counted. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u64); /* pid_tgid */
+	__type(value, struct active_call);
+} parked_calls SEC(".maps");
 
 struct conn_key {
 	__u64 handle;
@@ -91,6 +139,61 @@ struct {
 	__type(value, __u32);
 } emit_continue SEC(".maps");
 
+/* --- Calls inside calls ------------------------------------------------------
+ * A thread has one slot, so a call that starts while another is running
+ * takes it. Two cases, told apart by direction (known at entry from the
+ * probe's cookie):
+ *  - the same direction: the library's own layering (SSL_write_ex calls
+ *    SSL_write_ex2, gnutls_record_send calls gnutls_record_send2). The
+ *    inner call reports the bytes for both, and the outer one's return
+ *    finds nothing to report;
+ *  - the other direction: a callback into the program (node runs
+ *    JavaScript inside the SSL_read that finishes a handshake, and that
+ *    JavaScript may SSL_write). The outer call is parked and comes back to
+ *    the slot when the inner one returns, so both are reported.
+ * A third level of the other direction drops both outer calls, counted as
+ * calls not captured. Without cookies (< 5.15) the direction is unknown
+ * and an inner call always takes the slot: an outer call of the other
+ * direction is then not captured, and not counted. */
+
+/* `c` starts while `slot`'s call runs on the same thread. */
+static __always_inline void start_inside(struct active_call *slot, struct active_call *c, __u64 id)
+{
+	if (slot->dir == CALL_DIR_UNKNOWN || c->dir == CALL_DIR_UNKNOWN)
+		return;
+	c->parked = slot->parked;
+	if (slot->dir == c->dir) {
+		c->layered = 1;
+		return;
+	}
+	if (!slot->parked && !bpf_map_update_elem(&parked_calls, &id, slot, BPF_ANY)) {
+		c->parked = 1;
+		return;
+	}
+	/* No room (a third level, or the map full): both outer calls go. */
+	stat_add(CT_STAT_UNSEEN_STARTS, slot->parked ? 2 : 1);
+	if (slot->parked)
+		bpf_map_delete_elem(&parked_calls, &id);
+	c->parked = 0;
+}
+
+/* The call that `slot`'s call ran inside takes the slot back. */
+static __always_inline void resume_outer(struct active_call *slot, __u64 id)
+{
+	struct active_call *outer = bpf_map_lookup_elem(&parked_calls, &id);
+	struct thread_io io = slot->io;
+	if (outer) {
+		*slot = *outer;
+		slot->io = io;
+		bpf_map_delete_elem(&parked_calls, &id);
+	} else {
+		/* Evicted from the parked table: that call is not captured. */
+		stat_add(CT_STAT_UNSEEN_STARTS, 1);
+		slot->handle = 0;
+		slot->parked = 0;
+	}
+}
+
 /* len_ptr: where an _ex-shaped function writes its byte count (0: the
  * byte count is the return value). with_caller: remember the return
  * address, which names the API function behind an internal probe point. */
@@ -106,6 +209,7 @@ static __always_inline int on_entry(struct pt_regs *ctx, __u64 len_ptr, bool wit
 		.ip = PT_REGS_IP(ctx),
 		.fd = -1,
 		.library_id = library_id(ctx),
+		.dir = call_dir(ctx),
 	};
 	if (with_caller)
 		ct_entry_return_address(ctx, &c.caller);
@@ -113,6 +217,8 @@ static __always_inline int on_entry(struct pt_regs *ctx, __u64 len_ptr, bool wit
 	if (slot) {
 		/* What the thread's system calls told before this call. */
 		c.io = slot->io;
+		if (slot->handle)
+			start_inside(slot, &c, id);
 		*slot = c;
 	} else
 		bpf_map_update_elem(&active_calls, &id, &c, BPF_ANY);
@@ -135,10 +241,18 @@ static __always_inline bool end_call(struct active_call *out)
 			stat_add(CT_STAT_UNSEEN_STARTS, 1);
 		return false;
 	}
-	if (!found->handle)
+	if (!found->handle) {
+		/* The outer call of a layered pair: its inner call reported. */
+		if (found->parked)
+			resume_outer(found, id);
 		return false;
+	}
 	*out = *found;
-	found->handle = 0;
+	if (found->parked && !found->layered)
+		resume_outer(found, id);
+	else
+		found->handle = 0;
+	found->layered = 0;
 	return true;
 }
 
@@ -536,8 +650,9 @@ static __always_inline int on_return_without_io(struct pt_regs *ctx, struct acti
 	return emit_conn_call(ctx, c, cs, n, fn, dir, fetch);
 }
 
-static __always_inline int on_return(struct pt_regs *ctx, __u8 fn, __u8 dir, bool fetch)
+static __always_inline int on_return(struct pt_regs *ctx, __u8 fn, bool fetch)
 {
+	__u8 dir = fn_dir(fn);
 	struct active_call c;
 	if (!end_call(&c))
 		return 0;
@@ -687,8 +802,9 @@ int BPF_KPROBE(rustls_mark)
 	return 0;
 }
 
-static __always_inline int on_rustls_return(struct pt_regs *ctx, __u8 fn, __u8 dir, bool fetch)
+static __always_inline int on_rustls_return(struct pt_regs *ctx, __u8 fn, bool fetch)
 {
+	__u8 dir = fn_dir(fn);
 	struct active_call c;
 	if (!end_call(&c))
 		return 0;
@@ -707,34 +823,34 @@ static __always_inline int on_rustls_return(struct pt_regs *ctx, __u8 fn, __u8 d
 }
 
 SEC("uretprobe")
-int BPF_KRETPROBE(rustls_write_return) { return on_rustls_return(ctx, CT_FN_RUSTLS_WRITE, CT_DIR_SEND, true); }
+int BPF_KRETPROBE(rustls_write_return) { return on_rustls_return(ctx, CT_FN_RUSTLS_WRITE, true); }
 SEC("uretprobe")
-int BPF_KRETPROBE(rustls_write_return_nofetch) { return on_rustls_return(ctx, CT_FN_RUSTLS_WRITE, CT_DIR_SEND, false); }
+int BPF_KRETPROBE(rustls_write_return_nofetch) { return on_rustls_return(ctx, CT_FN_RUSTLS_WRITE, false); }
 SEC("uretprobe")
-int BPF_KRETPROBE(rustls_read_return) { return on_rustls_return(ctx, CT_FN_RUSTLS_READ, CT_DIR_RECV, true); }
+int BPF_KRETPROBE(rustls_read_return) { return on_rustls_return(ctx, CT_FN_RUSTLS_READ, true); }
 SEC("uretprobe")
-int BPF_KRETPROBE(rustls_read_return_nofetch) { return on_rustls_return(ctx, CT_FN_RUSTLS_READ, CT_DIR_RECV, false); }
+int BPF_KRETPROBE(rustls_read_return_nofetch) { return on_rustls_return(ctx, CT_FN_RUSTLS_READ, false); }
 
 /* Each in two variants: see next_call_seq. */
-#define RETURN_PROBE(name, fn, dir)                                                        \
-	SEC("uretprobe") int BPF_KRETPROBE(name) { return on_return(ctx, fn, dir, true); } \
-	SEC("uretprobe") int BPF_KRETPROBE(name##_nofetch) { return on_return(ctx, fn, dir, false); }
+#define RETURN_PROBE(name, fn)                                                 \
+	SEC("uretprobe") int BPF_KRETPROBE(name) { return on_return(ctx, fn, true); } \
+	SEC("uretprobe") int BPF_KRETPROBE(name##_nofetch) { return on_return(ctx, fn, false); }
 
-RETURN_PROBE(ssl_write_return, CT_FN_SSL_WRITE, CT_DIR_SEND)
-RETURN_PROBE(ssl_read_return, CT_FN_SSL_READ, CT_DIR_RECV)
-RETURN_PROBE(ssl_write_ex_return, CT_FN_SSL_WRITE_EX, CT_DIR_SEND)
-RETURN_PROBE(ssl_read_ex_return, CT_FN_SSL_READ_EX, CT_DIR_RECV)
-RETURN_PROBE(gnutls_record_send_return, CT_FN_GNUTLS_RECORD_SEND, CT_DIR_SEND)
-RETURN_PROBE(gnutls_record_recv_return, CT_FN_GNUTLS_RECORD_RECV, CT_DIR_RECV)
-RETURN_PROBE(gnutls_record_send2_return, CT_FN_GNUTLS_RECORD_SEND2, CT_DIR_SEND)
-RETURN_PROBE(gnutls_record_recv_seq_return, CT_FN_GNUTLS_RECORD_RECV_SEQ, CT_DIR_RECV)
-RETURN_PROBE(pr_write_return, CT_FN_PR_WRITE, CT_DIR_SEND)
-RETURN_PROBE(pr_read_return, CT_FN_PR_READ, CT_DIR_RECV)
-RETURN_PROBE(pr_send_return, CT_FN_PR_SEND, CT_DIR_SEND)
-RETURN_PROBE(pr_recv_return, CT_FN_PR_RECV, CT_DIR_RECV)
-RETURN_PROBE(ssl_write_internal_return, CT_FN_SSL_WRITE_INTERNAL, CT_DIR_SEND)
-RETURN_PROBE(ssl_read_internal_return, CT_FN_SSL_READ_INTERNAL, CT_DIR_RECV)
-RETURN_PROBE(ssl_write_ex2_return, CT_FN_SSL_WRITE_EX2, CT_DIR_SEND)
+RETURN_PROBE(ssl_write_return, CT_FN_SSL_WRITE)
+RETURN_PROBE(ssl_read_return, CT_FN_SSL_READ)
+RETURN_PROBE(ssl_write_ex_return, CT_FN_SSL_WRITE_EX)
+RETURN_PROBE(ssl_read_ex_return, CT_FN_SSL_READ_EX)
+RETURN_PROBE(gnutls_record_send_return, CT_FN_GNUTLS_RECORD_SEND)
+RETURN_PROBE(gnutls_record_recv_return, CT_FN_GNUTLS_RECORD_RECV)
+RETURN_PROBE(gnutls_record_send2_return, CT_FN_GNUTLS_RECORD_SEND2)
+RETURN_PROBE(gnutls_record_recv_seq_return, CT_FN_GNUTLS_RECORD_RECV_SEQ)
+RETURN_PROBE(pr_write_return, CT_FN_PR_WRITE)
+RETURN_PROBE(pr_read_return, CT_FN_PR_READ)
+RETURN_PROBE(pr_send_return, CT_FN_PR_SEND)
+RETURN_PROBE(pr_recv_return, CT_FN_PR_RECV)
+RETURN_PROBE(ssl_write_internal_return, CT_FN_SSL_WRITE_INTERNAL)
+RETURN_PROBE(ssl_read_internal_return, CT_FN_SSL_READ_INTERNAL)
+RETURN_PROBE(ssl_write_ex2_return, CT_FN_SSL_WRITE_EX2)
 
 /* The thread's first socket write after a write of its pending_writer
  * connection: that connection's socket, unless a read already tied the

@@ -154,6 +154,61 @@ fn node_connections_are_tied_to_their_own_sockets() {
     }
 }
 
+/// node writes from its `secureConnection` callback, which it runs inside
+/// the SSL_read that finishes the handshake. That read also returns the
+/// client's request, sent in one piece with its Finished message. Both
+/// calls are captured: the write started inside the read, and the read
+/// itself (before the fix, the inner write took the thread's only slot and
+/// the request was lost uncounted). Needs uprobe cookies (5.15+): without
+/// them the direction of a call is unknown at its entry (docs/capture.md).
+#[test]
+fn node_writes_inside_the_handshake_read_are_both_captured() {
+    let Some(_one) = capture_test() else { return };
+    const CONNECTIONS: usize = 3;
+    let cert = Certificate::new();
+    let truth = tempfile::tempdir().unwrap();
+    let (mut server, port) = spawn_listening(
+        Command::new("node")
+            .arg(support_dir().join("node_greeting_server.js"))
+            .arg(truth.path())
+            .arg(cert.cert())
+            .arg(cert.key())
+            .arg(CONNECTIONS.to_string()),
+    );
+    let capture = Capture::start(&["tls", "--comm", "node"]);
+    let mut clients = Vec::new();
+    for n in 0..CONNECTIONS {
+        let request = format!("REQUEST {n} IN THE FINISHED FLIGHT");
+        let out = run(
+            Command::new("python3")
+                .arg(support_dir().join("finished_flight_client.py"))
+                .arg(port.to_string())
+                .arg(&request),
+            b"",
+        );
+        assert!(out.status.success(), "the client failed: {}", String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8(out.stdout).unwrap();
+        let (client_port, received) = text.split_once('\n').unwrap();
+        assert!(received.starts_with("GREETING"), "the client got {received:?}");
+        clients.push(client_port.parse::<u16>().unwrap());
+    }
+    assert!(server.wait().unwrap().success(), "the node server failed");
+    let got = capture.stop();
+    got.assert_clean_exit();
+    for client in clients {
+        let of_connection =
+            |r: &serde_json::Value| r["pid"] == server.id() && port_of(&r["remote"]) == Some(client);
+        for (direction, file) in [("recv", "recv"), ("send", "sent")] {
+            let want = std::fs::read(truth.path().join(format!("{client}.{file}"))).unwrap();
+            assert_same_bytes(
+                &got.stream(direction, of_connection),
+                &want,
+                &format!("{direction}, client {client}"),
+            );
+        }
+    }
+}
+
 /// Every TLS record of `pid` names a connection the program recorded in
 /// `truth` (`<local>-<remote>.fd`), with that connection's fd.
 #[track_caller]

@@ -497,7 +497,8 @@ impl<'h> Sink<'h> {
         if k.unseen_starts > 0 {
             s += &format!(
                 "; TLS calls not captured: {} (their start was lost: more threads were in calls \
-                 at once than the kernel's per-thread table holds, --max-connections / 4)",
+                 at once than the kernel's per-thread table holds, --max-connections / 4, or \
+                 calls started inside calls three deep)",
                 k.unseen_starts
             );
         }

@@ -121,15 +121,18 @@ impl<'obj> TlsProbes<'obj> {
         Ok(probes)
     }
 
-    /// The uprobe cookie that names `target`'s file in its records. 0 on
+    /// The uprobe cookie: `target`'s file id, which names the file in its
+    /// records (low 32 bits), and the probed plaintext function's id plus
+    /// one (bits 32-39, 0 for other probes), from which the entry learns
+    /// the call's direction (bpf/tls.bpf.c, "Calls inside calls"). 0 on
     /// kernels without cookies (< 5.15), which refuse to attach a uprobe
     /// with any other value (EOPNOTSUPP).
-    fn cookie(&self, target: &TlsTarget) -> u64 {
-        if self.has_cookie {
-            u64::from(target.library_id)
-        } else {
-            0
+    fn cookie(&self, target: &TlsTarget, function_id: Option<u8>) -> u64 {
+        if !self.has_cookie {
+            return 0;
         }
+        let function = function_id.map_or(0, |id| u64::from(id) + 1);
+        u64::from(target.library_id) | function << 32
     }
 
     /// Large payloads continue in a tail call to `emit_more_loop` (or
@@ -187,7 +190,8 @@ impl<'obj> TlsProbes<'obj> {
                 vec![(entry, false), (ret, true)]
             };
             for (prog, retprobe) in programs {
-                let opts = UprobeOpts { retprobe, cookie: self.cookie(target), ..Default::default() };
+                let cookie = self.cookie(target, Some(hook.function_id));
+                let opts = UprobeOpts { retprobe, cookie, ..Default::default() };
                 let link = prog.attach_uprobe_with_opts(-1, &path, offset, opts).with_context(|| {
                     format!(
                         "attaching a {} to {} in {}",
@@ -256,7 +260,7 @@ impl<'obj> TlsProbes<'obj> {
         [(&p.plain_entry, false), (&p.ssl_handshake_return, true)]
             .into_iter()
             .map(|(prog, retprobe)| {
-                let opts = UprobeOpts { retprobe, cookie: self.cookie(target), ..Default::default() };
+                let opts = UprobeOpts { retprobe, cookie: self.cookie(target, None), ..Default::default() };
                 prog.attach_uprobe_with_opts(-1, target.file.proc_path(), f.file_offset as usize, opts)
                     .with_context(|| format!("attaching to SSL_do_handshake in {}", target.display_path))
             })
@@ -266,7 +270,7 @@ impl<'obj> TlsProbes<'obj> {
     fn attach_gnutls_secrets(&self, target: &TlsTarget, points: &GnutlsKeylogPoints) -> Result<Vec<Link>> {
         let offset = points.client_random_offset.to_ne_bytes();
         self.skel.maps.gnutls_random_offsets.update(&self.settings_key(target), &offset, MapFlags::ANY)?;
-        let opts = UprobeOpts { cookie: self.cookie(target), ..Default::default() };
+        let opts = UprobeOpts { cookie: self.cookie(target, None), ..Default::default() };
         let link = self
             .skel
             .progs
@@ -300,7 +304,7 @@ impl<'obj> TlsProbes<'obj> {
         probes
             .into_iter()
             .map(|(prog, offset, what)| {
-                let opts = UprobeOpts { cookie: self.cookie(target), ..Default::default() };
+                let opts = UprobeOpts { cookie: self.cookie(target, None), ..Default::default() };
                 prog.attach_uprobe_with_opts(-1, &path, offset as usize, opts)
                     .with_context(|| format!("attaching a uprobe to {what} in {}", target.display_path))
             })
