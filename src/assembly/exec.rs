@@ -7,11 +7,9 @@
 use std::io;
 use std::time::SystemTime;
 
-use lru::LruCache;
-
 use crate::context::clock::Clock;
 use crate::context::users::Users;
-use crate::context::{comm_string, ExecRecord};
+use crate::context::{comm_string, Bounded, ExecRecord, Replaced};
 use crate::events::{c_bytes, Event};
 use crate::output::Output;
 
@@ -40,13 +38,12 @@ pub struct Exec {
 pub const MAX_PENDING: usize = 4096;
 
 pub struct Execs {
-    pending: LruCache<u32, Exec>,
-    evicted: u64,
+    pending: Bounded<u32, Exec>,
 }
 
 impl Default for Execs {
     fn default() -> Self {
-        Execs { pending: crate::context::bounded(MAX_PENDING), evicted: 0 }
+        Execs { pending: Bounded::new(MAX_PENDING) }
     }
 }
 
@@ -57,17 +54,14 @@ impl Execs {
     pub fn start(&mut self, exec: Exec) -> Option<Exec> {
         // Keyed by pid: exec keeps the pid, while a successful exec from a
         // non-leader thread returns on the leader's tid.
-        let pid = exec.pid;
-        let (key, out) = self.pending.push(pid, exec)?;
-        if key != pid {
-            self.evicted += 1;
+        match self.pending.push(exec.pid, exec)? {
+            Replaced::Same(out) | Replaced::Evicted(_, out) => Some(out),
         }
-        Some(out)
     }
 
     /// Starts reported without their result because the table was full.
     pub fn evicted(&self) -> u64 {
-        self.evicted
+        self.pending.evicted()
     }
 
     /// The result for `pid`, with the arguments the new program got when

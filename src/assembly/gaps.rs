@@ -6,7 +6,7 @@
 //! of the connection carries the gap, so a consumer knows bytes are
 //! missing exactly there.
 
-use lru::LruCache;
+use crate::context::{Bounded, Replaced};
 
 /// What was lost on a connection just before a record.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -31,13 +31,12 @@ struct Progress {
 pub const MAX_CONNECTIONS: usize = 65536;
 
 pub struct GapTracker {
-    conns: LruCache<(u32, u64), Progress>,
-    evicted: u64,
+    conns: Bounded<(u32, u64), Progress>,
 }
 
 impl Default for GapTracker {
     fn default() -> Self {
-        GapTracker { conns: crate::context::bounded(MAX_CONNECTIONS), evicted: 0 }
+        GapTracker { conns: Bounded::new(MAX_CONNECTIONS) }
     }
 }
 
@@ -54,11 +53,8 @@ impl GapTracker {
         call_len: u64,
     ) -> Option<Gap> {
         let now = Progress { call_seq, received: offset + len, call_len };
-        let (key, before) = self.conns.push((pid, conn), now)?;
-        if key != (pid, conn) {
-            self.evicted += 1; // another connection forgotten; this one is new
-            return None;
-        }
+        // Another connection forgotten (counted): this one is new.
+        let Replaced::Same(before) = self.conns.push((pid, conn), now)? else { return None };
         if call_seq == before.call_seq {
             return None; // the next chunk of the same call
         }
@@ -75,7 +71,7 @@ impl GapTracker {
     /// Connections forgotten to stay within `MAX_CONNECTIONS`: a loss just
     /// before their next record went unreported.
     pub fn evicted(&self) -> u64 {
-        self.evicted
+        self.conns.evicted()
     }
 }
 

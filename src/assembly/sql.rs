@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 use lru::LruCache;
 
 use crate::context::clock::Clock;
-use crate::context::{bounded, QueryRecord};
+use crate::context::{bounded, Bounded, QueryRecord, Replaced};
 use crate::events::{sql, Event, QueryStart};
 use crate::output::Output;
 
@@ -70,13 +70,12 @@ impl Query {
 pub const MAX_PENDING: usize = 16384;
 
 pub struct Queries {
-    pending: LruCache<u32, Query>,
-    evicted: u64,
+    pending: Bounded<u32, Query>,
 }
 
 impl Default for Queries {
     fn default() -> Self {
-        Queries { pending: bounded(MAX_PENDING), evicted: 0 }
+        Queries { pending: Bounded::new(MAX_PENDING) }
     }
 }
 
@@ -92,13 +91,11 @@ impl Queries {
                 return None;
             }
         }
-        let (at, tid) = (q.time, q.tid);
-        let (key, out) = self.pending.push(tid, q)?;
-        if key == tid {
-            return Some(out.ended(at, false));
+        let at = q.time;
+        match self.pending.push(q.tid, q)? {
+            Replaced::Same(previous) => Some(previous.ended(at, false)),
+            Replaced::Evicted(_, oldest) => Some(oldest),
         }
-        self.evicted += 1;
-        Some(out)
     }
 
     pub fn end(&mut self, tid: u32, at: SystemTime, failed: bool) -> Option<Query> {
@@ -107,7 +104,7 @@ impl Queries {
 
     /// Statements reported without their end because the table was full.
     pub fn evicted(&self) -> u64 {
-        self.evicted
+        self.pending.evicted()
     }
 
     pub fn fail(&mut self, tid: u32) {

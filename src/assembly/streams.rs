@@ -8,9 +8,8 @@ use std::net::SocketAddr;
 use std::time::SystemTime;
 
 use httpdecode::{Budget, Connection, Direction as HttpDirection, Exchange, Limits};
-use lru::LruCache;
 
-use crate::context::{Direction, TlsRecord};
+use crate::context::{Bounded, Direction, TlsRecord};
 
 /// What the outputs show about the connection of an exchange.
 #[derive(Debug, Clone)]
@@ -34,12 +33,11 @@ struct Stream {
 pub const MAX_CONNECTIONS: usize = 4096;
 
 pub struct HttpStreams {
-    streams: LruCache<(u32, u64), Stream>,
+    streams: Bounded<(u32, u64), Stream>,
     limits: Limits,
     /// One memory budget for every connection's decoder state: any TLS
     /// peer of any process chooses what the decoders are fed.
     budget: Budget,
-    evicted: u64,
 }
 
 impl HttpStreams {
@@ -48,16 +46,15 @@ impl HttpStreams {
     pub fn new(shown: usize) -> Self {
         let limits = Limits { max_plain_body: shown, ..Limits::default() };
         HttpStreams {
-            streams: crate::context::bounded(MAX_CONNECTIONS),
+            streams: Bounded::new(MAX_CONNECTIONS),
             limits,
             budget: Budget::new(httpdecode::DEFAULT_BUDGET),
-            evicted: 0,
         }
     }
 
     /// Connections closed early to stay within `MAX_CONNECTIONS`.
     pub fn evicted(&self) -> u64 {
-        self.evicted
+        self.streams.evicted()
     }
 
     /// What the decoders refused for want of memory: (refusals, bytes).
@@ -77,7 +74,6 @@ impl HttpStreams {
             expected_offset: 0,
         });
         if let Some((_, mut oldest)) = evicted {
-            self.evicted += 1;
             done.extend(oldest.decoder.close(r.time).into_iter().map(|e| (e, oldest.info.clone())));
         }
         if stream.decoder.is_not_http() {
@@ -102,7 +98,6 @@ impl HttpStreams {
         done
     }
 
-    /// Close every connection (shutdown): what can still complete.
     /// Close every connection (shutdown), least recently used first: what
     /// can still complete.
     pub fn close_all(&mut self, at: SystemTime) -> Vec<(Exchange, ConnectionInfo)> {

@@ -153,9 +153,69 @@ impl Enricher {
 
 /// A table of at most `bound` entries that drops its least recently used
 /// one to make room: every bounded per-pid or per-connection table here.
-/// Its owner decides what an evicted entry becomes (reported, counted).
+/// Caches whose entries can be looked up again use it as it is.
 pub fn bounded<K: Hash + Eq, V>(bound: usize) -> LruCache<K, V> {
     LruCache::sparse(NonZeroUsize::new(bound).expect("a table's bound is above zero"))
+}
+
+/// A bounded table whose evictions lose something (a start without its
+/// end, a connection's history): `push` and `get_or_push_mut` count every
+/// entry they drop to make room, and hand it back so its owner can report
+/// it. Everything else is the `LruCache` underneath.
+pub struct Bounded<K: Hash + Eq, V> {
+    table: LruCache<K, V>,
+    evicted: u64,
+}
+
+impl<K: Hash + Eq + Clone, V> Bounded<K, V> {
+    pub fn new(bound: usize) -> Self {
+        Bounded { table: bounded(bound), evicted: 0 }
+    }
+
+    /// Entries dropped to make room so far.
+    pub fn evicted(&self) -> u64 {
+        self.evicted
+    }
+
+    /// Inserts `value` at `key`: the value it replaced (same key), or the
+    /// entry evicted to make room (another key, counted).
+    pub fn push(&mut self, key: K, value: V) -> Option<Replaced<K, V>> {
+        let (old_key, old) = self.table.push(key.clone(), value)?;
+        if old_key == key {
+            return Some(Replaced::Same(old));
+        }
+        self.evicted += 1;
+        Some(Replaced::Evicted(old_key, old))
+    }
+
+    /// The entry at `key`, made by `make` if absent, and the entry evicted
+    /// to make room for it (counted).
+    pub fn get_or_push_mut(&mut self, key: K, make: impl FnOnce() -> V) -> (&mut V, Option<(K, V)>) {
+        let (value, evicted) = self.table.get_or_push_mut(key, make);
+        self.evicted += u64::from(evicted.is_some());
+        (value, evicted)
+    }
+}
+
+/// What `Bounded::push` displaced.
+pub enum Replaced<K, V> {
+    /// The previous value at the same key.
+    Same(V),
+    /// Another key's entry, dropped to make room.
+    Evicted(K, V),
+}
+
+impl<K: Hash + Eq, V> std::ops::Deref for Bounded<K, V> {
+    type Target = LruCache<K, V>;
+    fn deref(&self) -> &Self::Target {
+        &self.table
+    }
+}
+
+impl<K: Hash + Eq, V> std::ops::DerefMut for Bounded<K, V> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.table
+    }
 }
 
 /// One allocation: the record's own String (a command name per record).
@@ -213,5 +273,18 @@ mod tests {
             c[i] = *b as i8;
         }
         assert_eq!(comm_string(&c), "curl");
+    }
+
+    #[test]
+    fn a_bounded_table_counts_what_it_drops_for_room_not_what_it_replaces() {
+        let mut t = Bounded::new(2);
+        assert!(t.push(1, "a").is_none());
+        assert!(matches!(t.push(1, "b"), Some(Replaced::Same("a"))));
+        assert!(t.push(2, "c").is_none());
+        assert!(matches!(t.push(3, "d"), Some(Replaced::Evicted(1, "b"))));
+        let (value, evicted) = t.get_or_push_mut(4, || "e");
+        assert_eq!((*value, evicted), ("e", Some((2, "c"))));
+        assert_eq!(t.evicted(), 2);
+        assert_eq!(t.len(), 2);
     }
 }
