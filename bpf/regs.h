@@ -31,6 +31,15 @@ static __always_inline void ct_entry_return_address(struct pt_regs *ctx, __u64 *
 	bpf_probe_read_user(ra, sizeof(*ra), (void *)PT_REGS_RET(ctx));
 }
 
+/* At a function's first instruction, its 7th integer argument (C and
+ * Rust): the stack word above the return address. 0 if unreadable. */
+static __always_inline __u64 ct_entry_parm7(struct pt_regs *ctx)
+{
+	__u64 v = 0;
+	bpf_probe_read_user(&v, sizeof(v), (void *)(PT_REGS_SP(ctx) + 8));
+	return v;
+}
+
 #elif defined(__TARGET_ARCH_arm64)
 
 /* Go's internal register ABI on arm64 (Go 1.18+): integer arguments and
@@ -52,6 +61,12 @@ static __always_inline void ct_entry_return_address(struct pt_regs *ctx, __u64 *
 static __always_inline void ct_entry_return_address(struct pt_regs *ctx, __u64 *ra)
 {
 	*ra = PT_REGS_RET(ctx);
+}
+
+/* A function's 7th integer argument (C and Rust): in x6. */
+static __always_inline __u64 ct_entry_parm7(struct pt_regs *ctx)
+{
+	return PT_REGS_PARM7(ctx);
 }
 
 #else

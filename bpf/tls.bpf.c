@@ -1055,28 +1055,49 @@ static __always_inline struct ct_tls_secret *reserve_secret(void)
 	return e;
 }
 
-/* (*Config).writeKeyLog(label string, clientRandom, secret []byte): called
- * for every secret whether or not the program set a KeyLogWriter. */
-SEC("uprobe")
-int go_keylog(struct pt_regs *ctx)
+/* A key log line's three parts, each a (pointer, length) of the caller's:
+ * one secret record. */
+static __always_inline int emit_secret(__u64 label, __u64 label_len, __u64 random, __u64 random_len,
+				       __u64 secret, __u64 secret_len)
 {
 	if (!current_task_wanted())
 		return 0;
 	struct ct_tls_secret *e = reserve_secret();
 	if (!e)
 		return 0;
-	e->label_len = CT_GO_PARM3(ctx);
-	e->random_len = CT_GO_PARM5(ctx);
-	e->secret_len = CT_GO_PARM8(ctx);
-	if (!copy_field(e->label, sizeof(e->label), CT_GO_PARM3(ctx), CT_GO_PARM2(ctx)))
+	e->label_len = label_len;
+	e->random_len = random_len;
+	e->secret_len = secret_len;
+	if (!copy_field(e->label, sizeof(e->label), label_len, label))
 		e->missing |= 1;
-	if (!copy_field(e->client_random, sizeof(e->client_random), CT_GO_PARM5(ctx), CT_GO_PARM4(ctx)))
+	if (!copy_field(e->client_random, sizeof(e->client_random), random_len, random))
 		e->missing |= 2;
-	if (!copy_field(e->secret, sizeof(e->secret), CT_GO_PARM8(ctx), CT_GO_PARM7(ctx)))
+	if (!copy_field(e->secret, sizeof(e->secret), secret_len, secret))
 		e->missing |= 4;
 	bpf_ringbuf_submit(e, 0);
 	stat_add(CT_STAT_RECORDS, 1);
 	return 0;
+}
+
+/* (*Config).writeKeyLog(label string, clientRandom, secret []byte): called
+ * for every secret whether or not the program set a KeyLogWriter. */
+SEC("uprobe")
+int go_keylog(struct pt_regs *ctx)
+{
+	return emit_secret(CT_GO_PARM2(ctx), CT_GO_PARM3(ctx), CT_GO_PARM4(ctx), CT_GO_PARM5(ctx),
+			   CT_GO_PARM7(ctx), CT_GO_PARM8(ctx));
+}
+
+/* <T as rustls::KeyLog>::log(&self, label: &str, client_random: &[u8],
+ * secret: &[u8]), on each implementation the program has: rustls calls
+ * the program's logger for every secret (src/sources/rustls.rs). Each
+ * slice is two arguments (pointer, length), so the secret's length is the
+ * 7th (checked with objdump on rustls 0.23.46 built by Rust 1.95). */
+SEC("uprobe")
+int rustls_keylog(struct pt_regs *ctx)
+{
+	return emit_secret(PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx), PT_REGS_PARM4(ctx), PT_REGS_PARM5(ctx),
+			   PT_REGS_PARM6(ctx), ct_entry_parm7(ctx));
 }
 
 /* GnuTLS (3.6.13+) hands every secret to session->internals.keylog_func;

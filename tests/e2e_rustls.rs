@@ -9,6 +9,7 @@
 
 mod support;
 
+use std::collections::BTreeSet;
 use std::fs;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -74,10 +75,21 @@ impl Drop for Server {
 /// `count` POSTs of `size` bytes, one connection each; the client checks
 /// every answer itself. Its pid and truth files.
 fn client(binary: &Path, server: &Server, count: usize, size: usize) -> (u32, tempfile::TempDir) {
+    client_with_env(binary, server, count, size, &[])
+}
+
+fn client_with_env(
+    binary: &Path,
+    server: &Server,
+    count: usize,
+    size: usize,
+    env: &[(&str, &Path)],
+) -> (u32, tempfile::TempDir) {
     let truth = tempfile::tempdir().unwrap();
     let child = without_terminal(&mut Command::new(binary))
         .args(["client", &server.port.to_string(), &count.to_string(), &size.to_string()])
         .arg(truth.path())
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -144,6 +156,44 @@ fn rustls_client_and_server_both_ways() {
     assert_side_matches(&got, client_b, truth_b.path(), "client (server started after)");
     assert_side_matches(&got, before.child.id(), before.truth.path(), "server running before cleartap");
     assert_side_matches(&got, after.child.id(), after.truth.path(), "server started after cleartap");
+}
+
+/// rustls hands every secret to the program's key logger, and cleartap
+/// probes every implementation of `KeyLog::log` the program has: rustls's
+/// own `KeyLogFile` (the client's, writing to $SSLKEYLOGFILE) and one of
+/// the program's (the server's). TLS 1.3 and 1.2: cleartap's key log is,
+/// line for line, what the two ends logged themselves.
+#[test]
+fn rustls_secrets_equal_the_programs_own_key_logs() {
+    if !require_bpf() {
+        return;
+    }
+    let binary = rustlspeer("release");
+    let _one = exclusive();
+    let server = Server::start(&binary);
+    let out = tempfile::tempdir().unwrap();
+    let keylog = out.path().join("cleartap.keys");
+    let capture = Capture::start(&["tls", "--library", "rustls", "--keylog", keylog.to_str().unwrap()]);
+    let client_keys = out.path().join("client.keys");
+    let tls13 = [("SSLKEYLOGFILE", client_keys.as_path())];
+    let tls12 = [("SSLKEYLOGFILE", client_keys.as_path()), ("RUSTLSPEER_TLS12", Path::new("1"))];
+    let _ = client_with_env(&binary, &server, 2, 5000, &tls13);
+    let _ = client_with_env(&binary, &server, 1, 5000, &tls12);
+    let got = capture.stop();
+    got.assert_clean_exit();
+    assert!(!got.stderr.contains("no TLS secrets from"), "{}", got.stderr);
+    let lines = |path: &Path| -> BTreeSet<String> {
+        let text = fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        text.lines().map(str::to_owned).collect()
+    };
+    // The union: a resumed connection's server also logs its early
+    // traffic secret, which a client that sends no early data does not.
+    let mut logged = lines(&server.truth.path().join("keys"));
+    logged.extend(lines(&client_keys));
+    for label in ["CLIENT_RANDOM ", "CLIENT_TRAFFIC_SECRET_0 ", "SERVER_HANDSHAKE_TRAFFIC_SECRET "] {
+        assert!(logged.iter().any(|l| l.starts_with(label)), "no {label}line: {logged:?}");
+    }
+    assert_eq!(lines(&keylog), logged, "cleartap's key log against the programs' own");
 }
 
 /// The default `--library` set includes rustls.

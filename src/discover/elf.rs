@@ -123,6 +123,17 @@ pub fn rust_functions<'d, R: ReadRef<'d>>(
     needle: &str,
     wanted: &[&str],
 ) -> Result<Vec<(String, Function)>> {
+    rust_functions_where(elf, needle, |demangled| wanted.contains(&demangled))
+}
+
+/// Functions whose Rust mangled name contains `needle` and whose
+/// demangled path satisfies `pred` (every implementation of a trait
+/// method, say): (demangled name, function), the first of each name.
+pub fn rust_functions_where<'d, R: ReadRef<'d>>(
+    elf: &ElfFile64<'d, Endianness, R>,
+    needle: &str,
+    pred: impl Fn(&str) -> bool,
+) -> Result<Vec<(String, Function)>> {
     let segments = load_segments(elf)?;
     let mut found: Vec<(String, Function)> = Vec::new();
     for sym in elf.symbols().chain(elf.dynamic_symbols()) {
@@ -135,7 +146,7 @@ pub fn rust_functions<'d, R: ReadRef<'d>>(
             continue;
         }
         let Some(demangled) = rust_demangle(name) else { continue };
-        if !wanted.contains(&demangled.as_str()) || found.iter().any(|(d, _)| *d == demangled) {
+        if !pred(&demangled) || found.iter().any(|(d, _)| *d == demangled) {
             continue;
         }
         let Some(file_offset) = file_offset_of(&segments, sym.address()) else { continue };

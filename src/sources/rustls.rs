@@ -57,9 +57,36 @@ pub const SOURCE: TlsSource = TlsSource {
     // No library file: executables are checked by their symbols.
     file_prefix: "",
     version: rustls_version,
-    // Its KeyLog callback is not probed yet (#22).
-    secrets: None,
+    secrets: Some(super::secret_points::rustls),
 };
+
+/// The trait rustls hands every secret to, when the program set a key
+/// logger (`ClientConfig::key_log`/`ServerConfig::key_log`).
+const KEY_LOG_METHOD: &str = " as rustls::key_log::KeyLog>::log";
+/// rustls's default logger: its `will_log` is false, so rustls never
+/// calls its `log`, and nothing of it is probed.
+const NO_KEY_LOG: &str = "<rustls::key_log::NoKeyLog as rustls::key_log::KeyLog>::log";
+/// A program has one or two loggers (rustls's `KeyLogFile`, its own);
+/// more than this many is not a program cleartap knows.
+const MAX_KEY_LOGGERS: usize = 8;
+
+/// Every implementation of `KeyLog::log` in the executable: rustls calls
+/// the program's logger through its vtable, so each one is a function of
+/// its own with a symbol, never inlined. Empty when the program has none
+/// (it cannot log secrets at all).
+pub fn key_loggers(file: &PinnedFile) -> Result<Vec<(String, Function)>> {
+    let elf = ElfFile64::<Endianness, _>::parse(file.data())?;
+    let found = elf::rust_functions_where(&elf, "KeyLog", |d| {
+        d.starts_with('<') && d.ends_with(KEY_LOG_METHOD) && d != NO_KEY_LOG
+    })?;
+    if found.len() > MAX_KEY_LOGGERS {
+        bail!(
+            "{} implementations of rustls's KeyLog::log (at most {MAX_KEY_LOGGERS} are probed)",
+            found.len()
+        );
+    }
+    Ok(found)
+}
 
 /// Where a thread starts a connection: from there its socket I/O is
 /// remembered (see `bpf/tls.bpf.c`). Entry probes only; optional.

@@ -1,7 +1,8 @@
 //! Where each library's TLS secrets can be read, for `--keylog` and `-w`:
 //! OpenSSL's struct offsets by version (generated table), GnuTLS's default
 //! key log function (found by disassembly), Go's `writeKeyLog` (found with
-//! the other Go probe points). A library without them is still captured in
+//! the other Go probe points), rustls's `KeyLog` implementations (found by
+//! their symbols). A library without them is still captured in
 //! plaintext; the caller warns that it gives no key log lines.
 
 use anyhow::{bail, Context, Result};
@@ -12,13 +13,15 @@ use crate::discover::elf::{Function, Symbols};
 use crate::discover::gnutls_keylog::{self, GnutlsKeylogPoints};
 
 /// How secrets are read from one probed file.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub enum SecretPoints {
     /// Read the structs after `SSL_do_handshake` (and at the first
     /// SSL_read/SSL_write after a handshake).
     Openssl { layout: SslLayout, do_handshake: Option<Function> },
     /// A probe on the default key log function.
     Gnutls(GnutlsKeylogPoints),
+    /// Probes on the program's implementations of rustls's `KeyLog::log`.
+    Rustls(Vec<(String, Function)>),
 }
 
 /// Where `target`'s secrets are read: its registry entry says how (Go
@@ -44,6 +47,19 @@ pub fn openssl(target: &TlsTarget) -> Result<SecretPoints> {
 /// GnuTLS: its default key log function, found by disassembly.
 pub fn gnutls(target: &TlsTarget) -> Result<SecretPoints> {
     Ok(SecretPoints::Gnutls(gnutls_keylog::find(&target.file)?))
+}
+
+/// rustls: the program's key loggers, which rustls calls for every
+/// secret. A program that set none gives no secrets, and is told so.
+pub fn rustls(target: &TlsTarget) -> Result<SecretPoints> {
+    let loggers = super::rustls::key_loggers(&target.file)?;
+    if loggers.is_empty() {
+        bail!(
+            "the program implements no rustls KeyLog (it set no key logger, so rustls keeps its \
+             secrets to itself)"
+        );
+    }
+    Ok(SecretPoints::Rustls(loggers))
 }
 
 /// The generated offsets covering `version`, or an error naming the

@@ -15,6 +15,7 @@ use super::secret_points::{self, SecretPoints};
 use super::{Entry, TlsHook, TlsTarget};
 use crate::bpf::tls::{OpenTlsSkel, TlsSkel, TlsSkelBuilder};
 use crate::bpf::types::ct_ssl_layout;
+use crate::discover::elf::Function;
 use crate::discover::gnutls_keylog::GnutlsKeylogPoints;
 use crate::kernel::{self, Filters};
 
@@ -220,6 +221,7 @@ impl<'obj> TlsProbes<'obj> {
                 self.attach_openssl_secrets(target, &layout, do_handshake)
             }
             Ok(Some(SecretPoints::Gnutls(points))) => self.attach_gnutls_secrets(target, &points),
+            Ok(Some(SecretPoints::Rustls(loggers))) => self.attach_rustls_secrets(target, &loggers),
             Ok(None) => return Vec::new(),
             Err(e) => Err(e),
         };
@@ -278,6 +280,19 @@ impl<'obj> TlsProbes<'obj> {
             .attach_uprobe_with_opts(-1, target.file.proc_path(), points.keylog_function as usize, opts)
             .with_context(|| format!("attaching to the key log function of {}", target.display_path))?;
         Ok(vec![link])
+    }
+
+    fn attach_rustls_secrets(&self, target: &TlsTarget, loggers: &[(String, Function)]) -> Result<Vec<Link>> {
+        let opts = || UprobeOpts { cookie: self.cookie(target, None), ..Default::default() };
+        let program = &self.skel.progs.rustls_keylog;
+        loggers
+            .iter()
+            .map(|(name, f)| {
+                program
+                    .attach_uprobe_with_opts(-1, target.file.proc_path(), f.file_offset as usize, opts())
+                    .with_context(|| format!("attaching to {name} in {}", target.display_path))
+            })
+            .collect()
     }
 
     /// A Go executable: plain uprobes only, at the points `gotls` found.

@@ -9,6 +9,11 @@
 //! Both sides write what they passed to rustls (`Write::write` on a
 //! `rustls::StreamOwned`) and what they got from it (`Read::read`) into
 //! TRUTHDIR/<local port>-<remote port>.sent and .recv.
+//!
+//! Key loggers, one of each kind a program has: the server's own `KeyLog`
+//! writes every secret rustls gives it to TRUTHDIR/keys; the client uses
+//! rustls's `KeyLogFile` (which writes to $SSLKEYLOGFILE when it is set).
+//! RUSTLSPEER_TLS12=1 makes the client offer TLS 1.2 only.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -21,6 +26,18 @@ use rustls::crypto::{ring, verify_tls12_signature, verify_tls13_signature, Crypt
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
+
+/// The server's key logger: NSS key log lines into a file.
+#[derive(Debug)]
+struct TruthKeyLog(std::sync::Mutex<File>);
+
+impl rustls::KeyLog for TruthKeyLog {
+    fn log(&self, label: &str, client_random: &[u8], secret: &[u8]) {
+        let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+        let line = format!("{label} {} {}\n", hex(client_random), hex(secret));
+        self.0.lock().unwrap().write_all(line.as_bytes()).unwrap();
+    }
+}
 
 /// A stream that records both directions of the plaintext.
 struct Recorded<S> {
@@ -70,7 +87,9 @@ fn read_message(s: &mut impl Read) -> (String, Vec<u8>) {
     let head = String::from_utf8(head).unwrap();
     let len: usize = head
         .lines()
-        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
+        .find_map(|l| {
+            l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap())
+        })
         .unwrap_or(0);
     let mut body = vec![0u8; len];
     s.read_exact(&mut body).unwrap();
@@ -86,7 +105,8 @@ fn provider() -> Arc<CryptoProvider> {
 }
 
 fn server(cert: &Path, key: &Path, truth: PathBuf) {
-    let certs: Vec<CertificateDer> = CertificateDer::pem_file_iter(cert).unwrap().map(|c| c.unwrap()).collect();
+    let certs: Vec<CertificateDer> =
+        CertificateDer::pem_file_iter(cert).unwrap().map(|c| c.unwrap()).collect();
     let key = PrivateKeyDer::from_pem_file(key).unwrap();
     let config = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
@@ -94,6 +114,8 @@ fn server(cert: &Path, key: &Path, truth: PathBuf) {
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .unwrap();
+    let mut config = config;
+    config.key_log = Arc::new(TruthKeyLog(File::create(truth.join("keys")).unwrap().into()));
     let config = Arc::new(config);
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     println!("port {}", listener.local_addr().unwrap().port());
@@ -154,12 +176,18 @@ impl ServerCertVerifier for AcceptAny {
 }
 
 fn client(port: u16, count: usize, size: usize, truth: PathBuf) {
-    let config = rustls::ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
+    let builder = rustls::ClientConfig::builder_with_provider(provider());
+    let builder = if std::env::var_os("RUSTLSPEER_TLS12").is_some() {
+        builder.with_protocol_versions(&[&rustls::version::TLS12])
+    } else {
+        builder.with_safe_default_protocol_versions()
+    };
+    let mut config = builder
         .unwrap()
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(AcceptAny))
         .with_no_client_auth();
+    config.key_log = Arc::new(rustls::KeyLogFile::new());
     let config = Arc::new(config);
     for i in 0..count {
         let tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
