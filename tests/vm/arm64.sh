@@ -16,15 +16,24 @@ ARM64_DEFAULT_TESTS=(
     e2e_shell:bash_commands_with_exit_status_and_multi_line
     e2e_go:go119_plain
     e2e_go:go119_stripped
+    # GnuTLS secrets: the key log function and the client random found by
+    # decoding aarch64 code, checked against what the library itself
+    # answers at run time (a unit test, run natively here), on mutated
+    # copies, and end to end against openssl s_server's own key log.
+    cleartap:discover::gnutls_keylog::tests::the_system_libgnutls_agrees_with_itself_at_run_time
+    cleartap:discover::gnutls_keylog::tests::mutated_libgnutls_never_panics
+    e2e_keylog:gnutls_tls12_and_tls13_secrets_equal_the_servers_key_log
 )
 ARM64_TARGET=aarch64-unknown-linux-gnu
 
-# The newest executable named NAME-* in DIR (cargo leaves older ones).
+# The newest executable named NAME-* in DIR (cargo leaves older ones)
+# that holds the name of TEST: `cleartap-*` is both the library's unit
+# tests and the binary's.
 arm64_newest() {
     local f
     for f in $(ls -t "$1"/"$2"-* 2>/dev/null); do
         case $f in *.d | *.rlib | *.rmeta) continue ;; esac
-        [ -f "$f" ] && [ -x "$f" ] && { echo "$f"; return 0; }
+        [ -f "$f" ] && [ -x "$f" ] && grep -q -a -F -- "${3##*::}" "$f" && { echo "$f"; return 0; }
     done
     return 1
 }
@@ -83,7 +92,7 @@ arm64_prepare() {
         name=${t%%:*}
         [ -n "${seen[$name]:-}" ] && continue
         seen[$name]=1
-        bin=$(arm64_newest "$bin_dir/deps" "$name") ||
+        bin=$(arm64_newest "$bin_dir/deps" "$name" "${t#*:}") ||
             die "no $bin_dir/deps/$name-*: scripts/cross-build-arm64 --tests"
         arm64_stage "$bin"
     done

@@ -6,16 +6,16 @@
 //! finding, never invent one.
 
 use object::elf::{R_AARCH64_GLOB_DAT, R_AARCH64_JUMP_SLOT, R_AARCH64_RELATIVE};
-use object::Architecture;
 use yaxpeax_arch::{Decoder, U8Reader};
 use yaxpeax_arm::armv8::a64::{InstDecoder, Instruction, Opcode, Operand, ShiftStyle, SizeCode};
 
 use super::{Event, Flow, Machine, Regs, Target, Value};
 
+/// [`Regs`] hold x0..x30 at 0..30 and sp at 31 (`xzr`, the other meaning
+/// of register number 31, is not kept: it reads as 0).
 pub struct Aarch64;
 
 impl Machine for Aarch64 {
-    const ARCHITECTURE: Architecture = Architecture::Aarch64;
     /// x0, x1, x2 (AAPCS64).
     const ARGS: [usize; 3] = [0, 1, 2];
     /// x0..x18 (x16/x17 are the PLT's scratch, x18 the platform

@@ -80,8 +80,6 @@ const UNAVAILABLE: &str = "GnuTLS key log lines are unavailable for this library
 /// the effects mean) is shared, so both instruction sets run the same
 /// algorithm.
 pub trait Machine {
-    /// The ELF machine this decodes.
-    const ARCHITECTURE: Architecture;
     /// The integer argument registers of the C calling convention, in
     /// order, as indices into [`Regs`].
     const ARGS: [usize; 3];
@@ -338,8 +336,8 @@ fn relative_slots<'d, M: Machine, R: ReadRef<'d>>(elf: &ElfFile64<'d, Endianness
 }
 
 /// A PLT stub is a few instructions: x86 `[endbr64] [bnd] jmp [rip+slot]`,
-/// aarch64 `adrp x16; ldr x17,[x16,#lo]; add x16,x16,#lo; br x17`.
-const PLT_STUB_BYTES: u64 = 16;
+/// aarch64 `[bti c] adrp x16; ldr x17,[x16,#lo]; add x16,x16,#lo; br x17`.
+const PLT_STUB_BYTES: u64 = 24;
 
 /// The GOT slot a PLT stub at `address` jumps through: its only way out
 /// is a jump through that slot, and it stores nothing (it may load the
@@ -850,6 +848,9 @@ mod tests {
         let stub = words(&[0xf0000010, 0xf9441e11, 0x9120e210, 0xd61f0220]);
         assert_eq!(stub_slot::<Aarch64>(&stub, 0x36eb0), Some(0x36000 + 0x3000 + 0x838));
         assert_eq!(stub_slot::<Aarch64>(&stub[..12], 0x36eb0), None);
+        // With branch target identification: bti c first.
+        let bti = words(&[0xd503245f, 0xf0000010, 0xf9441e11, 0x9120e210, 0xd61f0220]);
+        assert_eq!(stub_slot::<Aarch64>(&bti, 0x36eb0), Some(0x36000 + 0x3000 + 0x838));
         // br x16 (the address, not the slot's contents): not a PLT stub.
         let through_address = words(&[0xf0000010, 0xf9441e11, 0x9120e210, 0xd61f0200]);
         assert_eq!(stub_slot::<Aarch64>(&through_address, 0x36eb0), None);

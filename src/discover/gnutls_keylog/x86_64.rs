@@ -5,14 +5,13 @@ use iced_x86::{
     Register,
 };
 use object::elf::{R_X86_64_GLOB_DAT, R_X86_64_JUMP_SLOT, R_X86_64_RELATIVE};
-use object::Architecture;
 
 use super::{Event, Flow, Machine, Regs, Target, Value};
 
+/// [`Regs`] hold rax..r15 at 0..15, in the hardware's order.
 pub struct X86_64;
 
 impl Machine for X86_64 {
-    const ARCHITECTURE: Architecture = Architecture::X86_64;
     /// rdi, rsi, rdx: the first System V argument registers.
     const ARGS: [usize; 3] = [7, 6, 2];
     /// rax, rcx, rdx, rsi, rdi, r8-r11.
