@@ -23,6 +23,9 @@ ARM64_DEFAULT_TESTS=(
     cleartap:discover::gnutls_keylog::tests::the_system_libgnutls_agrees_with_itself_at_run_time
     cleartap:discover::gnutls_keylog::tests::mutated_libgnutls_never_panics
     e2e_keylog:gnutls_tls12_and_tls13_secrets_equal_the_servers_key_log
+    # rustls (statically linked, found by its symbols), both sides
+    # byte-exact; the peer is cross-built on the host.
+    e2e_rustls:rustls_client_and_server_both_ways
 )
 ARM64_TARGET=aarch64-unknown-linux-gnu
 
@@ -60,6 +63,17 @@ arm64_build_go_peers() {
     done
 }
 
+# The rustls peer (tests/rustls/rustlspeer) for arm64, with the cross
+# build's compiler and linker; sets RUSTLS_DIR to what the tests take as
+# CLEARTAP_TEST_RUSTLS_PREBUILT (RUSTLS_DIR/release/rustlspeer).
+arm64_build_rustls_peer() {
+    local target_dir="$REPO/target/rustls-tests-arm64"
+    CARGO_TARGET_DIR=$target_dir "$REPO/scripts/cross-build-arm64" \
+        --manifest-path "$REPO/tests/rustls/rustlspeer/Cargo.toml" >&2 ||
+        die "the cross build of the arm64 rustls peer failed (scripts/cross-build-arm64)"
+    RUSTLS_DIR="$target_dir/$ARM64_TARGET"
+}
+
 arm64_prepare() {
     local bin_dir="${CARGO_TARGET_DIR:-$REPO/target}/$ARM64_TARGET/release"
     BIN_DIR=$bin_dir
@@ -81,6 +95,9 @@ arm64_prepare() {
     BOOT_TIMEOUT=${CLEARTAP_VM_BOOT_TIMEOUT:-600}
     new_results arm64
     arm64_build_go_peers
+    local rustls=""
+    case " ${ARM64_TESTS[*]}" in *" e2e_rustls:"*) rustls=1 ;; esac
+    [ -n "$rustls" ] && arm64_build_rustls_peer
 
     # What the guest needs beyond the root filesystem, at the paths the
     # binaries expect, packed as a second cpio after the first.
@@ -105,6 +122,10 @@ arm64_prepare() {
     mkdir -p "$STAGE$GO_DIR"
     cp -a "$GO_DIR"/tlspeer-go1.19-* "$STAGE$GO_DIR/"
     local guest_cmd="CLEARTAP_VM_BIN_DIR=$bin_dir CLEARTAP_TEST_GO_PREBUILT=$GO_DIR"
+    if [ -n "$rustls" ]; then
+        arm64_stage "$RUSTLS_DIR/release/rustlspeer"
+        guest_cmd+=" CLEARTAP_TEST_RUSTLS_PREBUILT=$RUSTLS_DIR"
+    fi
     guest_cmd+=" CLEARTAP_VM_TEST_TIMEOUT=$TEST_TIMEOUT $HERE/guest.sh /tmp/results ${ARM64_TESTS[*]}"
     cat >"$STAGE/init" <<INIT
 #!/bin/bash

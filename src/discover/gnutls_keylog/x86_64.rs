@@ -105,24 +105,9 @@ fn execute(
                 }
             }
             (Some(OpKind::Register), Some(OpKind::Memory)) => {
-                // A load: recorded, and a 64-bit one from a RIP-relative
-                // address (a GOT slot) keeps where it came from.
-                if instr.memory_index() == Register::None && reg(0).is_some_and(|r| r.is_gpr()) {
-                    let base = if instr.is_ip_rel_memory_operand() {
-                        Value::Address(instr.ip_rel_memory_address())
-                    } else {
-                        gpr(instr.memory_base()).map_or(Value::Unknown, |r| regs[r])
-                    };
-                    let disp = if instr.is_ip_rel_memory_operand() {
-                        0
-                    } else {
-                        instr.memory_displacement64() as i64
-                    };
-                    let width = instr.memory_size().size();
-                    events.push(Event::Load { base, disp, width });
-                    if let (Some(dest), Value::Address(slot), 8) = (dest64, base, width) {
-                        result = Some((dest, Value::Loaded(slot)));
-                    }
+                let loaded = load(instr, regs, events);
+                if let (Some(dest), Some(value)) = (dest64, loaded) {
+                    result = Some((dest, value));
                 }
             }
             (Some(OpKind::Register), Some(_)) => {
@@ -174,6 +159,28 @@ fn execute(
     if let Some((dest, value)) = result {
         regs[dest] = value;
     }
+}
+
+/// `mov reg, [base+disp]` into a general register: recorded as a load.
+/// A 64-bit one from a RIP-relative address (a GOT slot) gives the word
+/// at that address; any other gives an unknown value (`None` when the
+/// load is not one the tracer models: an index register, a segment).
+fn load(instr: &Instruction, regs: &Regs, events: &mut Vec<Event>) -> Option<Value> {
+    if instr.memory_index() != Register::None || !instr.op0_register().is_gpr() {
+        return None;
+    }
+    let (base, disp) = if instr.is_ip_rel_memory_operand() {
+        (Value::Address(instr.ip_rel_memory_address()), 0)
+    } else {
+        let base = gpr(instr.memory_base()).map_or(Value::Unknown, |r| regs[r]);
+        (base, instr.memory_displacement64() as i64)
+    };
+    let width = instr.memory_size().size();
+    events.push(Event::Load { base, disp, width });
+    Some(match (base, width) {
+        (Value::Address(slot), 8) => Value::Loaded(slot),
+        _ => Value::Unknown,
+    })
 }
 
 /// `[base+disp]` as a value (what `lea` computes).
