@@ -266,6 +266,62 @@ fn gnutls_secrets_equal_its_own_key_log() {
     assert!(http.starts_with("/2468\t\n\t2468\n"), "{http}");
 }
 
+/// `openssl s_server -keylogfile LOG` on a free port, speaking only the TLS
+/// version `version_flag` gives (`-tls1_2`, `-tls1_3`); returns it and
+/// the port.
+fn s_server_with_keylog(cert: &Certificate, version_flag: &str, log: &Path) -> (std::process::Child, u16) {
+    // Port 0: s_server binds a free port itself and prints it once it
+    // listens ("ACCEPT 127.0.0.1:PORT").
+    let mut server = Command::new("openssl")
+        .args(["s_server", version_flag, "-www", "-accept", "127.0.0.1:0", "-cert"])
+        .arg(cert.cert())
+        .arg("-key")
+        .arg(cert.key())
+        .arg("-keylogfile")
+        .arg(log)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("starting openssl s_server");
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(server.stdout.take().unwrap()));
+    let accept = lines.by_ref().map_while(Result::ok).find(|l| l.starts_with("ACCEPT "));
+    let accept = accept.expect("s_server did not print ACCEPT");
+    let port: u16 = accept.rsplit(':').next().and_then(|p| p.parse().ok()).expect(&accept);
+    thread::spawn(move || lines.for_each(drop));
+    (server, port)
+}
+
+/// GnuTLS's secrets against the other end's own record of them: wget (a
+/// GnuTLS client) fetches from `openssl s_server -keylogfile`, which logs
+/// the same connection's secrets from the server's side. Only GnuTLS is
+/// probed (`--library gnutls`), so every line cleartap writes comes from
+/// the GnuTLS key log probe. TLS 1.2 (one CLIENT_RANDOM line) and TLS 1.3
+/// (five traffic and exporter secrets). `tests/vm/run arm64` runs it too:
+/// there the probe point comes from decoding aarch64 code.
+#[test]
+fn gnutls_tls12_and_tls13_secrets_equal_the_servers_key_log() {
+    let Some(_one) = capture_test() else { return };
+    let cert = Certificate::new();
+    for (version_flag, label) in [("-tls1_2", "CLIENT_RANDOM "), ("-tls1_3", "CLIENT_TRAFFIC_SECRET_0 ")] {
+        let dir = tempfile::tempdir().unwrap();
+        let server_log = dir.path().join("server-keys.log");
+        let (mut server, port) = s_server_with_keylog(&cert, version_flag, &server_log);
+        let recording = Recording::start(port, &["--library", "gnutls"]);
+        let out = Command::new("wget")
+            .args(["-q", "--no-check-certificate", "-O", "/dev/null"])
+            .arg(format!("https://127.0.0.1:{port}/"))
+            .output()
+            .expect("running wget (scripts/install-deps --test)");
+        let done = recording.stop();
+        let _ = server.kill();
+        let _ = server.wait();
+        assert!(out.status.success(), "wget {version_flag}: {}", String::from_utf8_lossy(&out.stderr));
+        let got = done.key_lines();
+        assert!(got.iter().any(|l| l.starts_with(label)), "{version_flag}: no {label}line in {got:#?}");
+        assert_same_key_lines(&got, &server_log);
+    }
+}
+
 #[test]
 fn the_filter_expression_keeps_only_what_it_matches() {
     let Some(_one) = capture_test() else { return };

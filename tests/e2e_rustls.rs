@@ -19,8 +19,15 @@ use support::*;
 
 /// tests/rustls/rustlspeer built with `profile` (release, stripped, lto),
 /// cached under target/rustls-tests (built from crates.io: rustls 0.23.46
-/// is pinned in its Cargo.toml and Cargo.lock).
+/// is pinned in its Cargo.toml and Cargo.lock). With
+/// CLEARTAP_TEST_RUSTLS_PREBUILT=DIR (a guest without cargo: the arm64
+/// one, whose peer tests/vm/arm64.sh cross-builds), DIR/PROFILE/rustlspeer.
 fn rustlspeer(profile: &str) -> PathBuf {
+    if let Some(dir) = std::env::var_os("CLEARTAP_TEST_RUSTLS_PREBUILT") {
+        let prebuilt = Path::new(&dir).join(profile).join("rustlspeer");
+        assert!(prebuilt.exists(), "{} is missing (CLEARTAP_TEST_RUSTLS_PREBUILT)", prebuilt.display());
+        return prebuilt;
+    }
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let target = root.join("target/rustls-tests");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());

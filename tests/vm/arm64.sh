@@ -16,15 +16,27 @@ ARM64_DEFAULT_TESTS=(
     e2e_shell:bash_commands_with_exit_status_and_multi_line
     e2e_go:go119_plain
     e2e_go:go119_stripped
+    # GnuTLS secrets: the key log function and the client random found by
+    # decoding aarch64 code, checked against what the library itself
+    # answers at run time (a unit test, run natively here), on mutated
+    # copies, and end to end against openssl s_server's own key log.
+    cleartap:discover::gnutls_keylog::tests::the_system_libgnutls_agrees_with_itself_at_run_time
+    cleartap:discover::gnutls_keylog::tests::mutated_libgnutls_never_panics
+    e2e_keylog:gnutls_tls12_and_tls13_secrets_equal_the_servers_key_log
+    # rustls (statically linked, found by its symbols), both sides
+    # byte-exact; the peer is cross-built on the host.
+    e2e_rustls:rustls_client_and_server_both_ways
 )
 ARM64_TARGET=aarch64-unknown-linux-gnu
 
-# The newest executable named NAME-* in DIR (cargo leaves older ones).
+# The newest executable named NAME-* in DIR (cargo leaves older ones)
+# that holds the name of TEST: `cleartap-*` is both the library's unit
+# tests and the binary's.
 arm64_newest() {
     local f
     for f in $(ls -t "$1"/"$2"-* 2>/dev/null); do
         case $f in *.d | *.rlib | *.rmeta) continue ;; esac
-        [ -f "$f" ] && [ -x "$f" ] && { echo "$f"; return 0; }
+        [ -f "$f" ] && [ -x "$f" ] && grep -q -a -F -- "${3##*::}" "$f" && { echo "$f"; return 0; }
     done
     return 1
 }
@@ -51,6 +63,17 @@ arm64_build_go_peers() {
     done
 }
 
+# The rustls peer (tests/rustls/rustlspeer) for arm64, with the cross
+# build's compiler and linker; sets RUSTLS_DIR to what the tests take as
+# CLEARTAP_TEST_RUSTLS_PREBUILT (RUSTLS_DIR/release/rustlspeer).
+arm64_build_rustls_peer() {
+    local target_dir="$REPO/target/rustls-tests-arm64"
+    CARGO_TARGET_DIR=$target_dir "$REPO/scripts/cross-build-arm64" \
+        --manifest-path "$REPO/tests/rustls/rustlspeer/Cargo.toml" >&2 ||
+        die "the cross build of the arm64 rustls peer failed (scripts/cross-build-arm64)"
+    RUSTLS_DIR="$target_dir/$ARM64_TARGET"
+}
+
 arm64_prepare() {
     local bin_dir="${CARGO_TARGET_DIR:-$REPO/target}/$ARM64_TARGET/release"
     BIN_DIR=$bin_dir
@@ -72,6 +95,9 @@ arm64_prepare() {
     BOOT_TIMEOUT=${CLEARTAP_VM_BOOT_TIMEOUT:-600}
     new_results arm64
     arm64_build_go_peers
+    local rustls=""
+    case " ${ARM64_TESTS[*]}" in *" e2e_rustls:"*) rustls=1 ;; esac
+    [ -n "$rustls" ] && arm64_build_rustls_peer
 
     # What the guest needs beyond the root filesystem, at the paths the
     # binaries expect, packed as a second cpio after the first.
@@ -83,7 +109,7 @@ arm64_prepare() {
         name=${t%%:*}
         [ -n "${seen[$name]:-}" ] && continue
         seen[$name]=1
-        bin=$(arm64_newest "$bin_dir/deps" "$name") ||
+        bin=$(arm64_newest "$bin_dir/deps" "$name" "${t#*:}") ||
             die "no $bin_dir/deps/$name-*: scripts/cross-build-arm64 --tests"
         arm64_stage "$bin"
     done
@@ -96,6 +122,10 @@ arm64_prepare() {
     mkdir -p "$STAGE$GO_DIR"
     cp -a "$GO_DIR"/tlspeer-go1.19-* "$STAGE$GO_DIR/"
     local guest_cmd="CLEARTAP_VM_BIN_DIR=$bin_dir CLEARTAP_TEST_GO_PREBUILT=$GO_DIR"
+    if [ -n "$rustls" ]; then
+        arm64_stage "$RUSTLS_DIR/release/rustlspeer"
+        guest_cmd+=" CLEARTAP_TEST_RUSTLS_PREBUILT=$RUSTLS_DIR"
+    fi
     guest_cmd+=" CLEARTAP_VM_TEST_TIMEOUT=$TEST_TIMEOUT $HERE/guest.sh /tmp/results ${ARM64_TESTS[*]}"
     cat >"$STAGE/init" <<INIT
 #!/bin/bash
