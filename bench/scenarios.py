@@ -15,6 +15,7 @@ import re
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -161,9 +162,10 @@ class Floor:
         self.out.close()
 
 
-def under(mode, env, fn, cleartap_args=(), out_name="cleartap.out"):
+def under(mode, env, fn, cleartap_args=(), out_name="cleartap.out", fmt="json"):
     """Runs fn() under `mode` (baseline, floor, cleartap); returns
-    (fn's result, cleartap's stop() or None, cleartap's ready time)."""
+    (fn's result, cleartap's stop() or None, cleartap's ready time).
+    cleartap writes `--format fmt` (json or binary)."""
     tracer = None
     if mode == "floor":
         tracer = Floor(env["floor_script"], env["scratch"])
@@ -174,7 +176,7 @@ def under(mode, env, fn, cleartap_args=(), out_name="cleartap.out"):
         return result, None
     elif mode == "cleartap":
         out = os.path.join(env["scratch"], out_name)
-        tracer = Cleartap(env["cleartap"], ["--lib", env["lib"], "--format", "json",
+        tracer = Cleartap(env["cleartap"], ["--lib", env["lib"], "--format", fmt,
                                             *ring_args(env, cleartap_args), *cleartap_args], out)
     result = fn()
     stats = tracer.stop() if tracer else None
@@ -201,36 +203,52 @@ def stream(env, total):
     size, and captured + lost = moved (both ends)."""
     chunk = 256 << 10
     rows = {}
-    for mode in ("baseline", "floor", "cleartap"):
+    # cleartap twice: JSON lines, and binary records (the bulk format).
+    modes = (("baseline", "json"), ("floor", "json"), ("cleartap", "json"), ("cleartap-binary", "binary"))
+    for row, fmt in modes:
+        mode = "cleartap" if row.startswith("cleartap") else row
         run = lambda: json.loads(subprocess.run(
             [env["stream"], env["cert"], env["key"], str(total), str(chunk)],
             check=True, capture_output=True, text=True).stdout)
         # The capture holds a whole 256 KiB call at once many times over.
-        result, stats = under(mode, env, run, ["--comm", "tls_stream", "--decode", "raw"], "stream.out")
-        rows[mode] = {"mib_s": result["mib_s"], "sha256": result["sha256"], "cleartap": stats}
-    c = rows["cleartap"]
-    c["capture"] = rebuild_stream(os.path.join(env["scratch"], "stream.out"), total, chunk)
-    os.unlink(os.path.join(env["scratch"], "stream.out"))
+        result, stats = under(mode, env, run, ["--comm", "tls_stream", "--decode", "raw"], "stream.out", fmt)
+        rows[row] = {"mib_s": result["mib_s"], "sha256": result["sha256"], "cleartap": stats}
+        if stats:
+            out = os.path.join(env["scratch"], "stream.out")
+            rows[row]["output_bytes"] = os.path.getsize(out)
+            rows[row]["capture"] = rebuild_stream(binary_records(out) if fmt == "binary" else json_records(out),
+                                                  total, chunk)
+            os.unlink(out)
+    for row in ("cleartap", "cleartap-binary"):
+        stream_checks(rows, row, total)
+    return rows
+
+
+def stream_checks(rows, row, total):
+    """The checks and the printed summary of one cleartap row of the stream."""
+    c = rows[row]
     got, s = c["capture"], c["cleartap"]
     c["captured_sha256_equal"] = got["sha256"] == c["sha256"]
     # Both ends: the client's writes and the server's reads, then the
     # server's 64-byte digest written and read back.
     moved = 2 * total + 2 * 64
     accounted = s.get("bytes", 0) + s.get("lost_bytes", 0) + s.get("truncated_bytes", 0)
+    name = "stream" if row == "cleartap" else "stream (binary)"
     c["checks"] = [
-        check("stream: captured stream (holes filled from the sent one) has the sent SHA-256",
+        check(f"{name}: captured stream (holes filled from the sent one) has the sent SHA-256",
               c["captured_sha256_equal"] and got["wrong_records"] == 0,
               f"{got['sha256']} vs sent {c['sha256']}; {got['records']} records, {got['wrong_records']} "
               f"with other bytes than sent there, {got['overlaps']} overlapping; {got['hole_bytes']} bytes in "
               f"{got['holes']} holes"),
-        check("stream: every hole marked by a gap of its size", got["unmarked_holes"] == 0,
+        check(f"{name}: every hole marked by a gap of its size", got["unmarked_holes"] == 0,
               f"{got['unmarked_holes']} of {got['holes']} holes not marked exactly"
               + "".join(f"; a {w} hole, which no record can mark, not counted" for w in got["unmarkable_holes"])),
-        check("stream: captured + lost = moved", accounted == moved,
+        check(f"{name}: captured + lost = moved", accounted == moved,
               f"{s.get('bytes')} captured + {s.get('lost_bytes')} lost + {s.get('truncated_bytes', 0)} "
               f"truncated = {accounted} vs {moved} moved"),
     ]
-    print(f"\nstream: {total >> 20} MiB over one connection (256 KiB SSL_write calls)")
+    print(f"\n{name}: {total >> 20} MiB over one connection (256 KiB SSL_write calls), "
+          f"{c['output_bytes'] / 2**20:.0f} MiB of output")
     print(f"  MiB/s: baseline {rows['baseline']['mib_s']:.0f}, floor {rows['floor']['mib_s']:.0f}, "
           f"cleartap {c['mib_s']:.0f} ({ratio(c['mib_s'], rows['floor']['mib_s'])} of the floor, "
           f"{ratio(c['mib_s'], rows['baseline']['mib_s'])} of the baseline)")
@@ -238,8 +256,35 @@ def stream(env, total):
           f"sent one (holes filled: {got['hole_bytes']} bytes in {got['holes']}); lost {s.get('lost_records')} "
           f"records ({s.get('lost_bytes')} bytes); "
           f"cleartap cpu {s['cpu_s']:.1f} s ({s['cpu_s'] * 1000 / (s.get('bytes', 0) / 2**20 or 1):.1f} ms per "
-          f"captured MiB), peak RSS {s['rss_kib'] / 1024:.0f} MiB")
-    return rows
+          f"captured MiB; {s['cpu_after_ready_s'] * 1000 / (s.get('bytes', 0) / 2**20 or 1):.2f} after ready), "
+          f"peak RSS {s['rss_kib'] / 1024:.0f} MiB")
+
+
+def json_records(path):
+    """The TLS records of a JSON lines file, each with its payload as `data`."""
+    with open(path, "rb") as f:
+        for line in f:
+            r = json.loads(line)
+            if r.get("event") == "tls":
+                r["data"] = base64.b64decode(r.pop("data_b64"))
+                yield r
+
+
+def binary_records(path):
+    """The TLS records of a --format binary file (src/output/binary.rs):
+    each `T` record's head is its JSON line up to the payload, its data
+    the payload."""
+    with open(path, "rb") as f:
+        magic = f.read(12 + 25)
+        assert magic[:1] == b"M" and magic[12:] == b"cleartap binary records 1", "not a binary capture"
+        while header := f.read(12):
+            kind, head_len, data_len = header[0:1], *struct.unpack("<II", header[4:12])
+            head, data = f.read(head_len), f.read(data_len)
+            assert len(head) == head_len and len(data) == data_len, "cut short"
+            if kind == b"T":
+                r = json.loads(head + b"}")
+                r["data"] = data
+                yield r
 
 
 def sent_bytes(call, length):
@@ -252,7 +297,7 @@ def sent_bytes(call, length):
     return bytes(data)
 
 
-def rebuild_stream(path, total, chunk):
+def rebuild_stream(captured, total, chunk):
     """The client's stream as captured: its SSL_write records placed by
     call_seq (from 1) and offset, holes filled from the sent bytes.
     Returns the SHA-256, how many records carry other bytes than were sent
@@ -272,35 +317,31 @@ def rebuild_stream(path, total, chunk):
             digest.update(sent_bytes(call, offset + n)[offset:])
             pos += n
 
-    with open(path, "rb") as f:
-        for line in f:
-            r = json.loads(line)
-            if r.get("event") != "tls":
-                continue
-            if r["function"] != "SSL_write":
-                if conn == (r["pid"], r["conn"]) and r.get("gap"):
-                    trailing_gap = r["gap"]  # the client's digest read, after the last write
-                continue
-            conn = (r["pid"], r["conn"])
-            records += 1
-            data = base64.b64decode(r["data_b64"])
-            at = (r["call_seq"] - 1) * chunk + r["offset"]
-            if at < pos:
-                overlaps += 1
-                continue
-            if at > pos:
-                gap = r.get("gap") or {}
-                marked = gap.get("calls_lost", 0) * chunk + gap.get("bytes_lost", 0)
-                holes, hole_bytes = holes + 1, hole_bytes + at - pos
-                if records == 1 and not gap:
-                    unmarkable.append("leading")  # no earlier record of the connection to compare with
-                else:
-                    unmarked += marked != at - pos
-                fill(at)
-            call, offset = divmod(at, chunk)
-            wrong += data != sent_bytes(call, offset + len(data))[offset:]
-            digest.update(data)
-            pos += len(data)
+    for r in captured:
+        if r["function"] != "SSL_write":
+            if conn == (r["pid"], r["conn"]) and r.get("gap"):
+                trailing_gap = r["gap"]  # the client's digest read, after the last write
+            continue
+        conn = (r["pid"], r["conn"])
+        records += 1
+        data = r["data"]
+        at = (r["call_seq"] - 1) * chunk + r["offset"]
+        if at < pos:
+            overlaps += 1
+            continue
+        if at > pos:
+            gap = r.get("gap") or {}
+            marked = gap.get("calls_lost", 0) * chunk + gap.get("bytes_lost", 0)
+            holes, hole_bytes = holes + 1, hole_bytes + at - pos
+            if records == 1 and not gap:
+                unmarkable.append("leading")  # no earlier record of the connection to compare with
+            else:
+                unmarked += marked != at - pos
+            fill(at)
+        call, offset = divmod(at, chunk)
+        wrong += data != sent_bytes(call, offset + len(data))[offset:]
+        digest.update(data)
+        pos += len(data)
     if pos < total:
         marked = (trailing_gap or {}).get("calls_lost", 0) * chunk + (trailing_gap or {}).get("bytes_lost", 0)
         holes, hole_bytes = holes + 1, hole_bytes + total - pos

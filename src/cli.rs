@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::output::Format;
+use crate::output::{Format, LineFormat};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -66,6 +66,7 @@ pub enum Command {
   sudo cleartap tls --library gnutls,nss         only these libraries
   sudo cleartap tls --lib /opt/app/bin/server    also an executable with OpenSSL linked in
   sudo cleartap tls --keylog keys.log            TLS secrets in SSLKEYLOGFILE format too
+  sudo cleartap tls --format binary -o cap.bin   bulk capture, raw payloads (cleartap read shows it)
   sudo cleartap tls -w cap.pcapng -i eth0 tcp port 443   packets with the secrets embedded")]
     Tls(TlsArgs),
     /// Every interactive command typed in bash or zsh, with user, tty and exit status.
@@ -104,6 +105,11 @@ pub enum Command {
   cleartap tail --from tls://nats.example:4222 --host web-1 --source shell --format text
   cleartap tail --from nats://127.0.0.1:4222 --since 10m --no-follow   the last ten minutes, then stop")]
     Tail(TailArgs),
+    /// Show a capture written with --format binary as JSON lines (those --format json writes) or text.
+    #[command(after_help = "Examples:
+  cleartap read cap.bin > cap.jsonl              the same JSON lines --format json writes
+  cleartap read cap.bin --format text --hex      as the live text output, payloads in hex")]
+    Read(ReadArgs),
 }
 
 impl Command {
@@ -115,7 +121,7 @@ impl Command {
             Command::Shell(_) => Some(SourceKind::Shell),
             Command::Mysql(_) => Some(SourceKind::Mysql),
             Command::Postgres(_) => Some(SourceKind::Postgres),
-            Command::Check | Command::Agent(_) | Command::Tail(_) => None,
+            Command::Check | Command::Agent(_) | Command::Tail(_) | Command::Read(_) => None,
         }
     }
 }
@@ -150,8 +156,21 @@ pub struct TailArgs {
     #[arg(long, value_name = "FILE")]
     pub creds: Option<PathBuf>,
     /// Output: json (as published) or text (as the live subcommands print).
-    #[arg(long, value_enum, default_value_t = Format::Json)]
-    pub format: Format,
+    #[arg(long, value_enum, default_value_t = LineFormat::Json)]
+    pub format: LineFormat,
+    /// Text: TLS payloads as a hex dump.
+    #[arg(long)]
+    pub hex: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ReadArgs {
+    /// A file written by a capture with --format binary (`-`: standard input).
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+    /// Output: json (the lines --format json writes) or text.
+    #[arg(long, value_enum, default_value_t = LineFormat::Json)]
+    pub format: LineFormat,
     /// Text: TLS payloads as a hex dump.
     #[arg(long)]
     pub hex: bool,
@@ -196,12 +215,17 @@ pub struct FilterArgs {
 
 #[derive(Debug, Args)]
 pub struct OutputArgs {
-    /// Output format: readable text, or one JSON object per line.
+    /// Output format: readable text, one JSON object per line, or binary records
+    /// (JSON fields with raw payloads, for bulk capture to a file; see `cleartap read`).
     #[arg(long, value_enum, default_value_t = Format::Text, help_heading = COMMAND_LINE_ONLY)]
     pub format: Format,
     /// Text format: show payloads as a hex dump.
     #[arg(long, help_heading = COMMAND_LINE_ONLY)]
     pub hex: bool,
+    /// Write the records to this file, created mode 0600, instead of standard output
+    /// (an existing file is refused; with `tls --force` it is replaced).
+    #[arg(short = 'o', long = "output", value_name = "FILE", help_heading = COMMAND_LINE_ONLY)]
+    pub output: Option<PathBuf>,
     /// Size of the kernel ring buffer (bytes; K/M/G or KiB/MiB/GiB suffixes; rounded up to a power of two).
     /// It is mapped twice into cleartap (records may wrap around), so it counts twice in its RSS.
     // 16M: the consumer keeps up with a 1 GiB stream (800 MiB/s of records,
@@ -214,6 +238,23 @@ pub struct OutputArgs {
 impl OutputArgs {
     pub fn style(&self, body_preview: usize) -> crate::output::Style {
         crate::output::Style { format: self.format, hex: self.hex, body_preview }
+    }
+
+    /// With `--output`: the file, created private, becomes standard
+    /// output, where the writers put records (so a file there gets the
+    /// same care: whole records only, written back as it grows).
+    pub fn redirect(&self, force: bool) -> anyhow::Result<()> {
+        use anyhow::Context;
+        use std::os::fd::AsRawFd;
+        let Some(path) = &self.output else { return Ok(()) };
+        let existing = if force { crate::output::Existing::Replace } else { crate::output::Existing::Refuse };
+        let file = crate::output::create_private(path, existing)
+            .with_context(|| format!("--output {}", path.display()))?;
+        // SAFETY: dup2 onto fd 1, which stays open for the process's life.
+        if unsafe { libc::dup2(file.as_raw_fd(), 1) } < 0 {
+            return Err(std::io::Error::last_os_error()).context("making --output standard output");
+        }
+        Ok(())
     }
 }
 

@@ -29,6 +29,7 @@ fn main() {
         cli::Command::Check => run::check::run(),
         cli::Command::Agent(args) => agent::run(args),
         cli::Command::Tail(args) => agent::tail::run(args),
+        cli::Command::Read(args) => run::read::run(args),
     };
     if let Err(e) = result {
         // A chain may name a path or quote a server: nothing in it drives

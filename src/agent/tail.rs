@@ -11,7 +11,7 @@ use async_nats::jetstream::{self, consumer::DeliverPolicy};
 use futures_util::StreamExt;
 
 use crate::cli::TailArgs;
-use crate::output::{json_to_text, Format};
+use crate::output::{json_to_text, LineFormat};
 
 pub fn run(args: &TailArgs) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -92,11 +92,11 @@ async fn tail(args: &TailArgs) -> Result<()> {
 
 fn print_event(out: &mut impl Write, payload: &[u8], args: &TailArgs) -> Result<()> {
     match args.format {
-        Format::Json => {
+        LineFormat::Json => {
             out.write_all(payload)?;
             out.write_all(b"\n")?;
         }
-        Format::Text => json_to_text::write_event(out, payload, args.hex)?,
+        LineFormat::Text => json_to_text::write_event(out, payload, args.hex)?,
     }
     Ok(())
 }

@@ -429,6 +429,19 @@ fn json_lines_are_byte_identical_to_the_golden_file() {
 }
 
 #[test]
+fn binary_records_read_back_as_the_golden_json_lines() {
+    let mut file = render(style(Format::Binary, false, 64), all);
+    file.extend(render(style(Format::Binary, false, 0), http));
+    let mut json = Vec::new();
+    super::binary::read_lines(&file[..], |line| {
+        json.extend_from_slice(line);
+        Ok(())
+    })
+    .unwrap();
+    assert_golden("events.jsonl", &json);
+}
+
+#[test]
 fn agent_lines_are_byte_identical_to_the_golden_file() {
     assert_golden("agent-events.jsonl", &agent_lines());
 }

@@ -61,7 +61,7 @@ impl<W: Write> JsonOutput<W> {
 /// come thousands a second, and formatting the calendar date for each was a
 /// tenth of the consumer's CPU per record.
 #[derive(Default)]
-struct TimeCache {
+pub(super) struct TimeCache {
     secs: Option<u64>,
     /// `2026-12-05T11:02:56.000000000Z`
     text: [u8; 30],
@@ -304,7 +304,7 @@ fn address(buf: &mut Vec<u8>, addr: Option<std::net::SocketAddr>) {
 /// connections and copied from there while every one of those fields is
 /// equal; any field that differs formats the line afresh.
 #[derive(Default)]
-struct ConnectionFields {
+pub(super) struct ConnectionFields {
     slots: Vec<Option<FieldsSlot>>,
 }
 
@@ -433,6 +433,19 @@ fn connection_fields(buf: &mut Vec<u8>, r: &TlsRecord) {
 /// formatted into Strings first) cost more than the rest of the consumer.
 /// The tests hold it to the bytes `TlsEvent` serializes to.
 fn tls_line(buf: &mut Vec<u8>, time: &mut TimeCache, fields: &mut ConnectionFields, r: &TlsRecord) {
+    tls_head(buf, time, fields, r);
+    tls_data(buf, r.data);
+}
+
+/// A TLS line up to its payload (every field before `data_b64`), as
+/// `tls_line` writes it: the binary output keeps this and the raw payload,
+/// and `tls_data` after it makes the JSON line again, byte for byte.
+pub(super) fn tls_head(
+    buf: &mut Vec<u8>,
+    time: &mut TimeCache,
+    fields: &mut ConnectionFields,
+    r: &TlsRecord,
+) {
     buf.extend_from_slice(b"{\"event\":\"tls\",\"time\":\"");
     buf.extend_from_slice(time.format(r.time));
     buf.push(b'"');
@@ -458,10 +471,14 @@ fn tls_line(buf: &mut Vec<u8>, time: &mut TimeCache, fields: &mut ConnectionFiel
         number(buf, g.bytes_lost);
         buf.push(b'}');
     }
+}
+
+/// The end of a TLS line after `tls_head`: its payload and the newline.
+pub(crate) fn tls_data(buf: &mut Vec<u8>, data: &[u8]) {
     // The payload is the bulk of the line: base64 (SIMD) straight into the
     // line; its alphabet never needs escaping.
     buf.extend_from_slice(b",\"data_b64\":\"");
-    base64_simd::STANDARD.encode_append(r.data, buf);
+    base64_simd::STANDARD.encode_append(data, buf);
     buf.extend_from_slice(b"\"}\n");
 }
 
@@ -470,7 +487,7 @@ fn tls_line(buf: &mut Vec<u8>, time: &mut TimeCache, fields: &mut ConnectionFiel
 /// hand like `tls_line`. Under a web server this is a line per request,
 /// and serde's way (a body preview made lossy UTF-8 into a String, then
 /// escaped a character at a time) cost more than decoding the exchange.
-fn http_line(buf: &mut Vec<u8>, time: &mut TimeCache, e: &HttpEvent) {
+pub(super) fn http_line(buf: &mut Vec<u8>, time: &mut TimeCache, e: &HttpEvent) {
     buf.extend_from_slice(b"{\"event\":\"http\",\"time\":\"");
     buf.extend_from_slice(time.format(e.time.0));
     buf.extend_from_slice(b"\",\"protocol\":");

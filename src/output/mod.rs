@@ -1,6 +1,7 @@
 //! Output writers. Each takes records and writes them; each flushes on
 //! idle and on shutdown (not per record).
 
+pub mod binary;
 pub mod escape;
 #[cfg(test)]
 mod golden;
@@ -27,6 +28,16 @@ pub trait Output {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
+    Text,
+    Json,
+    /// The JSON lines' fields with raw payloads, for bulk capture into a
+    /// file (`output::binary`); `cleartap read` makes JSON or text of it.
+    Binary,
+}
+
+/// What JSON lines read back (`cleartap tail`, `cleartap read`) are written as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LineFormat {
     Text,
     Json,
 }
@@ -89,8 +100,14 @@ pub fn create_private(path: &std::path::Path, existing: Existing) -> io::Result<
 
 /// Records in `style` on standard output: a regular file there is never
 /// left ending in half a record (see `stdout`).
-pub fn to_stdout(style: Style) -> Box<dyn Output> {
-    writer(style, stdout::RecordStdout::new())
+pub fn to_stdout(style: Style) -> io::Result<Box<dyn Output>> {
+    // SAFETY: isatty on fd 1 only reads its state.
+    if style.format == Format::Binary && unsafe { libc::isatty(1) } == 1 {
+        return Err(io::Error::other(
+            "--format binary writes raw payload bytes: redirect standard output to a file (cleartap read FILE shows it)",
+        ));
+    }
+    Ok(writer(style, stdout::RecordStdout::new()))
 }
 
 /// The writer for `style` on `out`.
@@ -99,6 +116,7 @@ pub fn writer<W: io::Write + 'static>(style: Style, out: W) -> Box<dyn Output> {
         Format::Text => Box::new(text::TextOutput::new(io::BufWriter::with_capacity(1 << 16, out), style)),
         // It builds its lines in a buffer of its own and writes them a MiB at a time.
         Format::Json => Box::new(json::JsonOutput::new(out, style)),
+        Format::Binary => Box::new(binary::BinaryOutput::new(out, style)),
     }
 }
 

@@ -16,6 +16,7 @@ use crate::output::Output;
 use crate::sources::exec::ExecProbes;
 
 pub fn run(args: &SourceArgs) -> Result<()> {
+    args.output.redirect(false)?;
     capture(args, Destination::stdout(args.output.style(0))?)
 }
 

@@ -7,6 +7,7 @@ pub mod check;
 pub mod exec;
 mod priority;
 mod queue;
+pub mod read;
 pub mod shell;
 pub mod sql;
 pub mod tls;
@@ -106,7 +107,7 @@ pub struct Destination {
 impl Destination {
     /// Records in `style` on standard output until a signal.
     pub fn stdout(style: crate::output::Style) -> Result<Destination> {
-        Self::signalled(crate::output::to_stdout(style))
+        Self::signalled(crate::output::to_stdout(style)?)
     }
 
     /// `out` until a signal.
@@ -297,7 +298,9 @@ pub fn capture(command: &crate::cli::Command, dest: Destination) -> Result<()> {
         Command::Shell(a) => shell::capture(a, dest),
         Command::Mysql(a) => sql::capture(a, Family::Mysql, dest),
         Command::Postgres(a) => sql::capture(a, Family::Postgres, dest),
-        Command::Check | Command::Agent(_) | Command::Tail(_) => anyhow::bail!("not a capture source"),
+        Command::Check | Command::Agent(_) | Command::Tail(_) | Command::Read(_) => {
+            anyhow::bail!("not a capture source")
+        }
     }
 }
 

@@ -13,6 +13,7 @@ use crate::sources::procwatch::{ProcWatch, SharedMaps};
 use crate::sources::shell::{self as shells, ShellBinary, ShellProbes};
 
 pub fn run(args: &SourceArgs) -> Result<()> {
+    args.output.redirect(false)?;
     capture(args, Destination::stdout(args.output.style(0))?)
 }
 

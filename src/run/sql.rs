@@ -13,6 +13,7 @@ use crate::sources::procwatch::{ProcWatch, SharedMaps};
 use crate::sources::sql::{self as servers, Family, SqlBinary, SqlProbes};
 
 pub fn run(args: &SourceArgs, family: Family) -> Result<()> {
+    args.output.redirect(false)?;
     capture(args, family, Destination::stdout(args.output.style(0))?)
 }
 

@@ -28,11 +28,16 @@ use crate::sources::tls::TlsProbes;
 use crate::sources::{gotls, TlsSource, TlsTarget, TLS_SOURCES};
 
 pub fn run(args: &TlsArgs) -> Result<()> {
+    let pcapng_on_stdout = args.write.as_deref() == Some(Path::new("-"));
+    if pcapng_on_stdout && args.output.output.is_some() {
+        anyhow::bail!("-w - writes the packets to standard output: records cannot go to --output as well");
+    }
+    args.output.redirect(args.force)?;
     // `-w -`: stdout carries the capture, so records are not printed.
-    let out = if args.write.as_deref() == Some(Path::new("-")) {
+    let out = if pcapng_on_stdout {
         output::writer(args.output.style(args.body), io::sink())
     } else {
-        output::to_stdout(args.output.style(args.body))
+        output::to_stdout(args.output.style(args.body))?
     };
     capture(args, Destination::signalled(out)?)
 }

@@ -113,7 +113,8 @@ pub struct Captured {
 }
 
 impl Capture {
-    /// Start `cleartap <args> --format json` and wait for `ready`.
+    /// Start `cleartap <args> --format json` (unless `args` name a format)
+    /// and wait for `ready`.
     pub fn start(args: &[&str]) -> Capture {
         Self::start_with_env(args, &[])
     }
@@ -130,9 +131,11 @@ impl Capture {
             }
             _ => Vec::new(),
         };
+        // JSON unless the test names a format of its own.
+        let format: &[&str] = if args.contains(&"--format") { &[] } else { &["--format", "json"] };
         let mut child = Command::new(env!("CARGO_BIN_EXE_cleartap"))
             .args(&args[..1])
-            .args(["--format", "json"])
+            .args(format)
             .args(&ring)
             .args(&args[1..])
             .envs(env.iter().copied())
