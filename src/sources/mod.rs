@@ -150,6 +150,12 @@ impl TlsSource {
 
 pub const TLS_SOURCES: [&TlsSource; 4] = [&openssl::SOURCE, &gnutls::SOURCE, &nss::SOURCE, &rustls::SOURCE];
 
+/// Every plaintext hook a library file can get: the registry's, and
+/// OpenSSL's internal functions that replace some of them.
+pub fn library_hooks() -> impl Iterator<Item = &'static TlsHook> {
+    TLS_SOURCES.iter().flat_map(|s| s.hooks.iter()).chain([&openssl::WRITE_INTERNAL, &openssl::READ_INTERNAL])
+}
+
 /// The function name of an `enum ct_tls_function` value, and its family.
 pub fn function_of(function_id: u8) -> (&'static str, &'static str) {
     TLS_SOURCES

@@ -57,9 +57,12 @@ impl Features {
         open.progs.emit_more.set_autoload(!self.has_loop);
         let object = open.open_object_mut();
         let names: Vec<String> = object.progs().map(|p| p.name().to_string_lossy().into_owned()).collect();
+        let unused_returns = self.unused_return_programs();
         for mut prog in object.progs_mut() {
             let name = prog.name().to_string_lossy().into_owned();
-            if name.ends_with(NOFETCH) {
+            if unused_returns.contains(&name) {
+                prog.set_autoload(false);
+            } else if name.ends_with(NOFETCH) {
                 prog.set_autoload(!self.has_fetch);
             } else if names.contains(&format!("{name}{NOFETCH}")) {
                 prog.set_autoload(self.has_fetch);
@@ -67,17 +70,45 @@ impl Features {
         }
         Ok(())
     }
+
+    /// With cookies one program (`tls_return`) serves every function the
+    /// per-function copies serve; without, the copies, for `tls_return`
+    /// needs the cookie. Not loading the other saves the verifier's time.
+    fn unused_return_programs(&self) -> Vec<String> {
+        if !self.has_cookie {
+            return vec![ANY_RETURN.to_string(), format!("{ANY_RETURN}{NOFETCH}")];
+        }
+        super::library_hooks()
+            .filter(|h| uses_any_return(h))
+            .flat_map(|h| [h.return_program(true), h.return_program(false)])
+            .collect()
+    }
+
+    /// The program that reads `hook`'s result.
+    fn return_program(&self, hook: &TlsHook) -> String {
+        if self.has_cookie && uses_any_return(hook) {
+            let suffix = if self.has_fetch { "" } else { NOFETCH };
+            return format!("{ANY_RETURN}{suffix}");
+        }
+        hook.return_program(self.has_fetch)
+    }
+}
+
+/// The return program that learns its function from the uprobe cookie.
+const ANY_RETURN: &str = "tls_return";
+
+/// rustls's returns read a Rust `io::Result` (two registers): programs of
+/// their own. Every other library function returns through `tls_return`.
+fn uses_any_return(hook: &TlsHook) -> bool {
+    hook.entry != Entry::Rustls
 }
 
 /// The loaded TLS programs. Attaching returns links; dropping a link
 /// detaches it (links close with their file descriptors).
 pub struct TlsProbes<'obj> {
     skel: TlsSkel<'obj>,
-    has_loop: bool,
-    has_cookie: bool,
-    /// Which variant of the programs that number calls is loaded: NAME
-    /// (atomic fetch-and-add, 5.12) or NAME_nofetch.
-    has_fetch: bool,
+    /// What was loaded, and so which programs to attach.
+    features: Features,
     /// Read TLS secrets too (`--keylog`, `-w`).
     secrets: bool,
 }
@@ -111,13 +142,7 @@ impl<'obj> TlsProbes<'obj> {
         rodata.wakeup_batch_bytes = u64::from(ringbuf_bytes / 32);
         features.prepare(&mut open)?;
         let skel = open.load().map_err(kernel::load_failed("the TLS BPF programs"))?;
-        let probes = TlsProbes {
-            skel,
-            has_loop: features.has_loop,
-            has_cookie: features.has_cookie,
-            has_fetch: features.has_fetch,
-            secrets,
-        };
+        let probes = TlsProbes { skel, features, secrets };
         probes.install_continuation()?;
         Ok(probes)
     }
@@ -129,7 +154,7 @@ impl<'obj> TlsProbes<'obj> {
     /// kernels without cookies (< 5.15), which refuse to attach a uprobe
     /// with any other value (EOPNOTSUPP).
     fn cookie(&self, target: &TlsTarget, function_id: Option<u8>) -> u64 {
-        if !self.has_cookie {
+        if !self.features.has_cookie {
             return 0;
         }
         let function = function_id.map_or(0, |id| u64::from(id) + 1);
@@ -140,7 +165,7 @@ impl<'obj> TlsProbes<'obj> {
     /// `emit_more` where the kernel has no bpf_loop).
     fn install_continuation(&self) -> Result<()> {
         let p = &self.skel.progs;
-        let continuation = if self.has_loop { &p.emit_more_loop } else { &p.emit_more };
+        let continuation = if self.features.has_loop { &p.emit_more_loop } else { &p.emit_more };
         let fd = continuation.as_fd().as_raw_fd();
         self.skel
             .maps
@@ -234,7 +259,7 @@ impl<'obj> TlsProbes<'obj> {
     /// Map key of per-library settings: the library id where probes carry
     /// it (5.15+), else one shared entry (the first library's).
     fn settings_key(&self, target: &TlsTarget) -> [u8; 4] {
-        let key = if self.has_cookie { u32::from(target.library_id) } else { 0 };
+        let key = if self.features.has_cookie { u32::from(target.library_id) } else { 0 };
         key.to_ne_bytes()
     }
 
@@ -252,7 +277,7 @@ impl<'obj> TlsProbes<'obj> {
         // Without cookies every library shares entry 0: a second library
         // is fine only if its layout is the same.
         match maps.ssl_layouts.lookup(&key, MapFlags::ANY)? {
-            Some(held) if !self.has_cookie && held != value => bail!(
+            Some(held) if !self.features.has_cookie && held != value => bail!(
                 "only one OpenSSL struct layout can give secrets on kernels without uprobe cookies (< 5.15)"
             ),
             _ => maps.ssl_layouts.update(&key, value, MapFlags::ANY).context("storing the OpenSSL layout")?,
@@ -308,7 +333,7 @@ impl<'obj> TlsProbes<'obj> {
         }
         let path = target.file.proc_path();
         let p = &self.skel.progs;
-        let (write, read_return) = if self.has_fetch {
+        let (write, read_return) = if self.features.has_fetch {
             (&p.go_write, &p.go_read_return)
         } else {
             (&p.go_write_nofetch, &p.go_read_return_nofetch)
@@ -330,7 +355,7 @@ impl<'obj> TlsProbes<'obj> {
     /// `Entry::program` and `TlsHook::return_program`).
     fn programs_for(&self, hook: &TlsHook) -> Result<(ProgramMut<'_>, ProgramMut<'_>)> {
         let entry = hook.entry.program().context("attached by attach_go")?;
-        let ret = hook.return_program(self.has_fetch);
+        let ret = self.features.return_program(hook);
         Ok((self.program(entry)?, self.program(&ret)?))
     }
 
@@ -389,7 +414,7 @@ const NO_OFFSET: u32 = u32::MAX;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sources::{gotls, openssl, rustls, TLS_SOURCES};
+    use crate::sources::{gotls, library_hooks, rustls};
 
     /// Every hook of the registry names an entry and a return program
     /// (both variants) that `bpf/tls.bpf.c` defines: a new library's
@@ -401,12 +426,9 @@ mod tests {
         let open = TlsSkelBuilder::default().open(&mut storage).unwrap();
         let names: Vec<String> =
             open.open_object().progs().map(|p| p.name().to_string_lossy().into_owned()).collect();
-        let hooks = TLS_SOURCES
-            .iter()
-            .flat_map(|s| s.hooks.iter())
-            .chain([&openssl::WRITE_INTERNAL, &openssl::READ_INTERNAL])
-            .chain(gotls::HOOKS.iter().filter(|h| h.entry.program().is_some()));
+        let hooks = library_hooks().chain(gotls::HOOKS.iter().filter(|h| h.entry.program().is_some()));
         assert!(names.iter().any(|n| n == rustls::MARKS[0].entry.program().unwrap()));
+        assert!(names.iter().any(|n| n == ANY_RETURN) && names.contains(&format!("{ANY_RETURN}{NOFETCH}")));
         let mut checked = 0;
         for hook in hooks {
             let entry = hook.entry.program().unwrap();
