@@ -283,7 +283,7 @@ impl TlsTarget {
                 names.join(", ")
             );
         }
-        let library = if source.name == openssl::SOURCE.name && openssl::is_boringssl(symbols) {
+        let library = if source.name == openssl::SOURCE.name && openssl::is_boringssl(symbols, &file) {
             "boringssl"
         } else {
             source.name
