@@ -258,3 +258,32 @@ fn stripped_programs_without_the_anchors_get_no_probe() {
     assert!(!got.stderr.contains(&true_copy.display().to_string()), "{}", got.stderr);
     assert_eq!(got.tls().filter(|r| r["pid"] == pid).count(), 0);
 }
+
+/// `--lib PATH` checks a stripped executable on demand: a BoringSSL found
+/// from its code is probed (its plaintext captured from the first
+/// connection), one whose anchors do not hold is an error naming why.
+#[test]
+fn lib_forces_the_check_of_a_stripped_executable() {
+    let Some(_one) = capture_test() else { return };
+    let (with_symbols, stripped) = boringpeer();
+    let dir = tempfile::tempdir().unwrap();
+    let patched = without_the_bad_length_anchor(&with_symbols, &stripped, dir.path());
+    let refused =
+        Command::new(env!("CARGO_BIN_EXE_cleartap")).arg("tls").arg("--lib").arg(&patched).output().unwrap();
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains(&format!("--lib {}", patched.display())) && err.contains("SSL_write"), "{err}");
+
+    let lib = dir.path().join("boringpeer-lib");
+    fs::copy(&stripped, &lib).unwrap();
+    let capture = Capture::start(&["tls", "--lib", lib.to_str().unwrap()]);
+    // Attached before `ready`.
+    let attached = format!("cleartap: attached to {} (boringssl: SSL_write, SSL_read)", lib.display());
+    assert!(capture.stderr_so_far().contains(&attached), "{}", capture.stderr_so_far());
+    let server = Server::start(&lib);
+    let (pid, truth) = client(&lib, &server, 1, 6000, "tls13");
+    let got = capture.stop();
+    got.assert_clean_exit();
+    assert_side_matches(&got, pid, truth.path(), "client given by --lib");
+    assert_side_matches(&got, server.child.id(), server.truth.path(), "server given by --lib");
+}
