@@ -287,3 +287,74 @@ fn lib_forces_the_check_of_a_stripped_executable() {
     assert_side_matches(&got, pid, truth.path(), "client given by --lib");
     assert_side_matches(&got, server.child.id(), server.truth.path(), "server given by --lib");
 }
+
+/// The non-comment lines of a key log file.
+fn key_lines(path: &Path) -> Vec<String> {
+    let text = fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()).map(String::from).collect()
+}
+
+/// The HTTP request URIs tshark decrypts in `pcap` (with nothing but the
+/// secrets the file embeds).
+fn decrypted_uris(pcap: &Path) -> Vec<String> {
+    let out = Command::new("tshark")
+        .arg("-r")
+        .arg(pcap)
+        .args(["-Y", "http.request", "-T", "fields", "-e", "http.request.uri"])
+        .output()
+        .expect("running tshark");
+    assert!(out.status.success(), "tshark: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().lines().map(String::from).collect()
+}
+
+/// TLS 1.2 and 1.3 secrets of BoringSSL programs with and without
+/// symbols: `--keylog` holds, once each, exactly the lines both programs
+/// gave their own key log callbacks, and tshark decrypts the `-w` pcapng
+/// with the secrets it embeds.
+#[test]
+fn boringssl_secrets_equal_the_programs_own_key_log() {
+    let Some(_one) = capture_test() else { return };
+    let (with_symbols, stripped) = boringpeer();
+    let server = Server::start(&with_symbols);
+    let dir = tempfile::tempdir().unwrap();
+    let (keys, pcap) = (dir.path().join("keys.log"), dir.path().join("capture.pcapng"));
+    let filter = format!("tcp port {}", server.port);
+    let mut args = vec!["tls", "--comm", "boringpeer", "--keylog", keys.to_str().unwrap()];
+    args.extend(["-w", pcap.to_str().unwrap(), "-i", "lo"]);
+    args.extend(filter.split(' '));
+    let capture = Capture::start(&args);
+    let (_, tls12) = client(&stripped, &server, 1, 7000, "tls12");
+    let (_, tls13) = client(&stripped, &server, 1, 9000, "tls13");
+    let got = capture.stop();
+    got.assert_clean_exit();
+    let lines = key_lines(&keys);
+    let unique: std::collections::BTreeSet<String> = lines.iter().cloned().collect();
+    assert_eq!(lines.len(), unique.len(), "a line written twice: {lines:#?}");
+    let mut want = std::collections::BTreeSet::new();
+    for truth in [tls12.path(), tls13.path(), server.truth.path()] {
+        want.extend(key_lines(&truth.join("keylog")));
+    }
+    let labels: std::collections::BTreeSet<&str> = want.iter().filter_map(|l| l.split(' ').next()).collect();
+    assert!(labels.contains("CLIENT_RANDOM") && labels.contains("SERVER_TRAFFIC_SECRET_0"), "{labels:?}");
+    assert_eq!(unique, want);
+    assert_eq!(decrypted_uris(&pcap), ["/echo", "/echo"]);
+}
+
+/// BoringSSL's key log function found from the code: the same in the
+/// build and its stripped copy, and the one its symbol table names.
+#[test]
+fn boringssl_key_log_function_is_found_from_the_code_alone() {
+    let (with_symbols, stripped) = boringpeer();
+    let bytes = fs::read(&with_symbols).unwrap();
+    let name = "_ZN4bssl14ssl_log_secretEPK6ssl_stPKcNS_4SpanIKhEE";
+    let log_secret = Symbols::parse(&bytes[..], &[name]).unwrap().get(name).expect("ssl_log_secret's symbol");
+    let points = boringssl::find_keylog(&bytes[..]).unwrap();
+    assert_eq!(points.log_secret.address, log_secret.address);
+    assert_eq!(boringssl::find_keylog(&fs::read(&stripped).unwrap()[..]).unwrap(), points);
+    let patched_dir = tempfile::tempdir().unwrap();
+    let patched = without_the_bad_length_anchor(&with_symbols, &stripped, patched_dir.path());
+    assert_eq!(boringssl::find_keylog(&fs::read(patched).unwrap()[..]).unwrap(), points);
+    for other in ["/bin/true", "/bin/bash"] {
+        assert!(boringssl::find_keylog(&fs::read(other).unwrap()[..]).is_err(), "{other}");
+    }
+}

@@ -459,3 +459,212 @@ fn parse_eh_frame_hdr(bytes: &[u8], base: u64) -> Result<Vec<u64>> {
     starts.dedup();
     Ok(starts)
 }
+
+/// Where BoringSSL's secrets are read: the entry of its internal
+/// `ssl_log_secret(ssl, label, Span secret)` and the client random's place,
+/// `*(ssl + s3_offset) + random_offset` (ssl->s3->client_random).
+///
+/// Why there (checked in BoringSSL's ssl/ssl_lib.cc, `boring` 4.22): every
+/// secret of TLS 1.2 (CLIENT_RANDOM) and 1.3 (the handshake and traffic
+/// secrets, EXPORTER_SECRET) goes through it, and it receives label and
+/// secret at entry whether or not a key log callback is set (it returns at
+/// once when none is). The exported `SSL_get_client_random`, which would
+/// give the client random's offset, is left out of executables that do not
+/// call it (the `boring` crate's programs): `ssl_log_secret`'s own code
+/// reads the same field to print it, which is where the offsets come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BoringsslKeylogPoints {
+    pub log_secret: Function,
+    pub s3_offset: u32,
+    pub random_offset: u32,
+}
+
+/// The labels `ssl_log_secret` is called with: each call site loads one
+/// (`lea rsi,[rip+label]`) right before the call, an anchor no build removes.
+const LABELS: [&[u8]; 5] = [
+    b"CLIENT_RANDOM",
+    b"CLIENT_HANDSHAKE_TRAFFIC_SECRET",
+    b"SERVER_HANDSHAKE_TRAFFIC_SECRET",
+    b"CLIENT_TRAFFIC_SECRET_0",
+    b"SERVER_TRAFFIC_SECRET_0",
+];
+/// Offsets larger than this are not struct fields.
+const MAX_FIELD_OFFSET: u64 = 0x1_0000;
+const RANDOM_SIZE: u64 = 32;
+
+pub fn find_keylog<'d, R: ReadRef<'d>>(data: R) -> Result<BoringsslKeylogPoints> {
+    let elf = ElfFile64::<Endianness, R>::parse(data).context("not a 64-bit ELF file")?;
+    if elf.architecture() != Architecture::X86_64 {
+        bail!("BoringSSL's key log function is found on x86-64 only");
+    }
+    let code = executable_segment(&elf, data)?;
+    let mut callees = HashSet::new();
+    for label in LABELS {
+        let strings = label_strings(&elf, data, label);
+        let found: HashSet<u64> = rip_relative_loads(&code, &strings)
+            .into_iter()
+            .filter_map(|site| call_after_label(&code, site))
+            .collect();
+        if found.is_empty() {
+            bail!("no call passes the label {} (BoringSSL's ssl_log_secret)", String::from_utf8_lossy(label));
+        }
+        callees.extend(found);
+    }
+    let log_secret = match callees.iter().collect::<Vec<_>>()[..] {
+        [one] => *one,
+        _ => bail!("the key log labels are passed to {} functions, not one ssl_log_secret", callees.len()),
+    };
+    let starts = function_starts(&elf, data)?;
+    let (start, end) =
+        containing(&starts, log_secret).filter(|(s, _)| *s == log_secret).with_context(|| {
+            format!("ssl_log_secret at {log_secret:#x} is not a function start in .eh_frame_hdr")
+        })?;
+    let (s3_offset, random_offset) =
+        client_random_place(code.at(start, end.min(start + MAX_FUNCTION)), start)?;
+    let file_offset =
+        file_offset_of(&load_segments(&elf)?, start).context("ssl_log_secret outside the file")?;
+    Ok(BoringsslKeylogPoints {
+        log_secret: Function { address: start, size: end - start, file_offset },
+        s3_offset,
+        random_offset,
+    })
+}
+
+/// Addresses of `label` as a NUL-terminated string in read-only data.
+fn label_strings<'d, R: ReadRef<'d>>(
+    elf: &ElfFile64<'d, Endianness, R>,
+    data: R,
+    label: &[u8],
+) -> HashSet<u64> {
+    let mut found = HashSet::new();
+    for (address, bytes) in segments(elf, data, false) {
+        for at in find_all(bytes, label) {
+            if bytes.get(at + label.len()) == Some(&0) {
+                found.insert(address + at as u64);
+            }
+        }
+    }
+    found
+}
+
+/// The callee of the first direct call after `lea rsi,[rip+label]` at
+/// `site`, when straight-line code that leaves rsi alone leads to it.
+fn call_after_label(code: &Text, site: u64) -> Option<u64> {
+    const WINDOW: usize = 8;
+    let bytes = code.at(site, site.saturating_add(WINDOW as u64 * 15));
+    let mut decoder = Decoder::with_ip(64, bytes, site, DecoderOptions::NONE);
+    let mut factory = InstructionInfoFactory::new();
+    let first = decoder.decode();
+    if first.code() != Code::Lea_r64_m || first.op0_register() != Register::RSI {
+        return None;
+    }
+    for _ in 0..WINDOW {
+        let instr = decoder.decode();
+        if instr.is_invalid() {
+            return None;
+        }
+        if instr.code() == Code::Call_rel32_64 {
+            return Some(instr.near_branch_target());
+        }
+        if instr.flow_control() != FlowControl::Next || writes(&instr, &mut factory, Register::RSI) {
+            return None;
+        }
+    }
+    None
+}
+
+fn writes(instr: &Instruction, factory: &mut InstructionInfoFactory, reg: Register) -> bool {
+    use iced_x86::OpAccess::{CondWrite, ReadCondWrite, ReadWrite, Write};
+    factory.info(instr).used_registers().iter().any(|used| {
+        matches!(used.access(), Write | CondWrite | ReadWrite | ReadCondWrite)
+            && used.register().full_register() == reg
+    })
+}
+
+/// In `ssl_log_secret`'s code, the hex encoding of `ssl->s3->client_random`:
+/// a load `s3 = [ssl + A]` (ssl: the first argument, or a register it was
+/// copied to) and the span's two ends `lea [s3 + B]`, `lea [s3 + B + 32]`.
+/// (A, B), when exactly one such pair is there.
+fn client_random_place(code: &[u8], address: u64) -> Result<(u32, u32)> {
+    let mut decoder = Decoder::with_ip(64, code, address, DecoderOptions::NONE);
+    let mut factory = InstructionInfoFactory::new();
+    let mut instr = Instruction::default();
+    let mut ssl: HashSet<Register> = [Register::RDI].into();
+    let mut loaded: BTreeMap<Register, u64> = BTreeMap::new();
+    let mut spans: Vec<(u64, u64)> = Vec::new();
+    while decoder.can_decode() {
+        decoder.decode_out(&mut instr);
+        if instr.is_invalid() {
+            break;
+        }
+        if matches!(instr.flow_control(), FlowControl::Call | FlowControl::IndirectCall) {
+            // The callee may change every register the ABI lets it.
+            CALL_CLOBBERED.iter().for_each(|r| forget(&mut ssl, &mut loaded, *r));
+            continue;
+        }
+        let dest = instr.op0_register().full_register();
+        let base = instr.memory_base().full_register();
+        let plain_memory = instr.memory_index() == Register::None && instr.op_count() == 2;
+        let disp = instr.memory_displacement64();
+        match instr.code() {
+            // Code is read in address order, and an epilogue's `pop`s come
+            // before blocks that branches reach with the registers as they
+            // were: a pop changes nothing for what follows it in the file.
+            Code::Pop_r64 => {}
+            // `mov r64, r64` has two encodings (89 and 8b).
+            Code::Mov_r64_rm64 | Code::Mov_rm64_r64
+                if instr.op0_kind() == iced_x86::OpKind::Register
+                    && instr.op1_kind() == iced_x86::OpKind::Register =>
+            {
+                let from_ssl = ssl.contains(&instr.op1_register());
+                forget(&mut ssl, &mut loaded, dest);
+                if from_ssl {
+                    ssl.insert(dest);
+                }
+            }
+            Code::Mov_r64_rm64 if plain_memory && ssl.contains(&base) && disp < MAX_FIELD_OFFSET => {
+                forget(&mut ssl, &mut loaded, dest);
+                loaded.insert(dest, disp);
+            }
+            Code::Lea_r64_m if plain_memory && loaded.contains_key(&base) && disp < MAX_FIELD_OFFSET => {
+                spans.push((loaded[&base], disp));
+                forget(&mut ssl, &mut loaded, dest);
+            }
+            _ => {
+                for used in factory.info(&instr).used_registers() {
+                    use iced_x86::OpAccess::{CondWrite, ReadCondWrite, ReadWrite, Write};
+                    if matches!(used.access(), Write | CondWrite | ReadWrite | ReadCondWrite) {
+                        forget(&mut ssl, &mut loaded, used.register().full_register());
+                    }
+                }
+            }
+        }
+    }
+    let pairs: HashSet<(u64, u64)> =
+        spans.iter().filter(|&&(a, b)| spans.contains(&(a, b + RANDOM_SIZE))).copied().collect();
+    match pairs.into_iter().collect::<Vec<_>>()[..] {
+        [(a, b)] => Ok((a as u32, b as u32)),
+        ref all => bail!(
+            "ssl_log_secret reads the client random {} ways, not one: its place is not known",
+            all.len()
+        ),
+    }
+}
+
+/// The System V caller-saved registers.
+const CALL_CLOBBERED: [Register; 9] = [
+    Register::RAX,
+    Register::RCX,
+    Register::RDX,
+    Register::RSI,
+    Register::RDI,
+    Register::R8,
+    Register::R9,
+    Register::R10,
+    Register::R11,
+];
+
+fn forget(ssl: &mut HashSet<Register>, loaded: &mut BTreeMap<Register, u64>, reg: Register) {
+    ssl.remove(&reg);
+    loaded.remove(&reg);
+}

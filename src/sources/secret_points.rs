@@ -8,6 +8,7 @@ use anyhow::{bail, Context, Result};
 
 use super::openssl_layout::{SslLayout, LAYOUTS};
 use super::TlsTarget;
+use crate::discover::boringssl::{self, BoringsslKeylogPoints};
 use crate::discover::elf::{Function, Symbols};
 use crate::discover::gnutls_keylog::{self, GnutlsKeylogPoints};
 
@@ -19,6 +20,8 @@ pub enum SecretPoints {
     Openssl { layout: SslLayout, do_handshake: Option<Function> },
     /// A probe on the default key log function.
     Gnutls(GnutlsKeylogPoints),
+    /// A probe on BoringSSL's `ssl_log_secret` (see `discover::boringssl`).
+    Boringssl(BoringsslKeylogPoints),
 }
 
 /// Where `target`'s secrets are read: its registry entry says how (Go
@@ -32,8 +35,10 @@ pub fn find(target: &TlsTarget) -> Result<Option<SecretPoints>> {
 
 /// OpenSSL: the struct offsets of its version, read after the handshake.
 pub fn openssl(target: &TlsTarget) -> Result<SecretPoints> {
+    // BoringSSL's structs are not OpenSSL's: its secrets are read where it
+    // logs them itself, found from its code (with or without symbols).
     if target.library == "boringssl" {
-        bail!("BoringSSL's structs are not supported for key log lines");
+        return Ok(SecretPoints::Boringssl(boringssl::find_keylog(target.file.data())?));
     }
     let version = target.version.as_deref().context("its OpenSSL version could not be read from the file")?;
     let layout = layout_for(version)?;
