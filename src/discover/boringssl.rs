@@ -40,6 +40,7 @@ use object::{Architecture, Endianness, Object, ReadRef};
 
 use super::calls;
 use super::elf::{file_offset_of, load_segments, Function};
+use super::pinned::PinnedFile;
 
 /// `ERR_LIB_SSL` (include/openssl/err.h).
 const ERR_LIB_SSL: u64 = 16;
@@ -111,9 +112,18 @@ impl Text<'_> {
 
 /// Is BoringSSL's ssl_lib.cc in this file (its source file name, which
 /// its error reports carry)? What tells BoringSSL from OpenSSL when the
-/// functions only BoringSSL has were left out by the linker.
-pub fn is_linked_in<'d, R: ReadRef<'d>>(data: R) -> bool {
-    ElfFile64::<Endianness, R>::parse(data).is_ok_and(|elf| !source_file_strings(&elf, data).is_empty())
+/// functions only BoringSSL has were left out by the linker. Read in
+/// chunks, none kept: an executable can be tens of MiB.
+pub fn is_linked_in(file: &PinnedFile) -> bool {
+    let names_it = |bytes: &[u8], at: usize| {
+        let before = &bytes[..at];
+        let whole = before.last().is_none_or(|&b| b == 0);
+        bytes.get(at + SOURCE_FILE.len()) == Some(&0) && (whole || before.ends_with(b"/ssl/"))
+    };
+    file.scan(MAX_PATH.min(256), |chunk| {
+        find_all(chunk.bytes, SOURCE_FILE).find(|&at| names_it(chunk.bytes, at))
+    })
+    .is_some()
 }
 
 /// `Ok(None)`: no BoringSSL ssl_lib.cc in this file. An error: it is there

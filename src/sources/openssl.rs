@@ -35,9 +35,10 @@ pub const SOURCE: TlsSource = TlsSource {
 pub const BORINGSSL_MARKER: &str = "SSL_CTX_set_strict_cipher_list";
 
 /// BoringSSL: its marker function, or, in an executable whose linker left
-/// that out (the `boring` crate's programs), its ssl_lib.cc.
-pub fn is_boringssl(symbols: &Symbols, file: &PinnedFile) -> bool {
-    symbols.get(BORINGSSL_MARKER).is_some() || boringssl::is_linked_in(file.data())
+/// that out (the `boring` crate's programs) and that names no OpenSSL
+/// version, its ssl_lib.cc (a scan of the file, spared to OpenSSL's).
+pub fn is_boringssl(symbols: &Symbols, file: &PinnedFile, version: Option<&str>) -> bool {
+    symbols.get(BORINGSSL_MARKER).is_some() || (version.is_none() && boringssl::is_linked_in(file))
 }
 
 /// BoringSSL linked into an executable without a symbol table: its
