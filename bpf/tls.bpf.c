@@ -1157,3 +1157,50 @@ int BPF_KPROBE(gnutls_keylog, void *session, const char *label, void *datum)
 	stat_add(CT_STAT_RECORDS, 1);
 	return 0;
 }
+
+/* BoringSSL passes every secret it derives to its internal
+ * ssl_log_secret(const SSL *ssl, const char *label, Span<const uint8_t>
+ * secret) (the Span in two registers: data, size), which returns at once
+ * when no key log callback is set: probed at its entry, it sees them all.
+ * The client random is ssl->s3->client_random; both offsets come from the
+ * function's own code (user space, discover::boringssl). */
+struct ct_boringssl_offsets {
+	__u32 s3;     /* of the s3 pointer in the SSL */
+	__u32 random; /* of client_random in the s3 struct */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 64);
+	__type(key, __u32); /* library id */
+	__type(value, struct ct_boringssl_offsets);
+} boringssl_random_offsets SEC(".maps");
+
+SEC("uprobe")
+int BPF_KPROBE(boringssl_keylog, void *ssl, const char *label, void *secret, __u64 secret_len)
+{
+	if (!current_task_wanted())
+		return 0;
+	__u32 lib = library_id(ctx);
+	struct ct_boringssl_offsets *offsets = bpf_map_lookup_elem(&boringssl_random_offsets, &lib);
+	if (!offsets)
+		return 0;
+	struct ct_tls_secret *e = reserve_secret();
+	if (!e)
+		return 0;
+	long n = bpf_probe_read_user_str(e->label, sizeof(e->label), label);
+	e->label_len = n > 0 ? n - 1 : 0;
+	if (n <= 1)
+		e->missing |= 1;
+	void *s3 = 0;
+	e->random_len = CT_RANDOM_LEN;
+	if (bpf_probe_read_user(&s3, sizeof(s3), (char *)ssl + offsets->s3) ||
+	    bpf_probe_read_user(e->client_random, CT_RANDOM_LEN, (char *)s3 + offsets->random))
+		e->missing |= 2;
+	e->secret_len = secret_len;
+	if (!copy_field(e->secret, sizeof(e->secret), secret_len, (__u64)secret))
+		e->missing |= 4;
+	bpf_ringbuf_submit(e, 0);
+	stat_add(CT_STAT_RECORDS, 1);
+	return 0;
+}

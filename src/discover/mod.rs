@@ -3,6 +3,7 @@
 //! nothing here touches BPF.
 
 pub mod aarch64;
+pub mod boringssl;
 pub mod calls;
 pub mod elf;
 pub mod gnutls_keylog;

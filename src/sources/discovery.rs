@@ -144,6 +144,17 @@ impl Discovery {
                 Err(e) => errors.push(format!("{e:#}")),
             }
         }
+        // No symbols: BoringSSL may still be found by its code.
+        if self.sources.iter().any(|s| s.name == openssl::SOURCE.name) {
+            match openssl::stripped_boringssl(file.clone(), path) {
+                Ok(Some(target)) => {
+                    self.seen.insert(file.id());
+                    return Ok(target);
+                }
+                Ok(None) => {}
+                Err(e) => errors.push(format!("{e:#}")),
+            }
+        }
         bail!("--lib {}: {}", path.display(), errors.join("; "))
     }
 
@@ -292,6 +303,7 @@ impl Discovery {
         };
         let target = self
             .linked_openssl(&file, &exe)
+            .or_else(|| self.stripped_boringssl(&file, &exe))
             .or_else(|| self.rustls_program(&file, &exe))
             .or_else(|| self.go_program(file, &exe))?;
         Some(self.ready(TlsTarget { display_path: exe.display_path, ..target }))
@@ -303,6 +315,25 @@ impl Discovery {
         }
         let symbols = Symbols::of(file, &wanted_symbols()).ok()?;
         TlsTarget::from_symbols(file.clone(), &exe.path, &symbols, &openssl::SOURCE).ok()
+    }
+
+    /// An executable with BoringSSL linked in and no symbol table (see
+    /// `discover::boringssl`); one where its functions cannot be found with
+    /// certainty gets a warning that says why, and no probe.
+    fn stripped_boringssl(&self, file: &Rc<PinnedFile>, exe: &Executable) -> Option<TlsTarget> {
+        if !self.sources.iter().any(|s| s.name == openssl::SOURCE.name) {
+            return None;
+        }
+        match openssl::stripped_boringssl(file.clone(), &exe.path) {
+            Ok(target) => target,
+            Err(e) => {
+                crate::eprintln_escaped!(
+                    "cleartap: warning: not capturing BoringSSL in {}: {e:#}",
+                    exe.display_path
+                );
+                None
+            }
+        }
     }
 
     /// An executable with rustls linked in: found by its symbols (see

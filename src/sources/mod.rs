@@ -289,14 +289,13 @@ impl TlsTarget {
                 names.join(", ")
             );
         }
-        let library = if source.name == openssl::SOURCE.name && openssl::is_boringssl(symbols) {
-            "boringssl"
-        } else {
-            source.name
-        };
+        let version = (source.version)(&file, path);
+        let is_boringssl = || openssl::is_boringssl(symbols, &file, version.as_deref());
+        let library =
+            if source.name == openssl::SOURCE.name && is_boringssl() { "boringssl" } else { source.name };
         let mut target = TlsTarget {
             id: file.id(),
-            version: (source.version)(&file, path),
+            version,
             file,
             path: path.to_path_buf(),
             display_path: path.to_string_lossy().into_owned(),

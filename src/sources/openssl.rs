@@ -2,12 +2,15 @@
 //! as `libssl.so*` or linked into an executable (node).
 
 use std::path::Path;
+use std::rc::Rc;
 
-use super::{Entry, TlsHook, TlsSource};
-use crate::discover::calls;
+use anyhow::Result;
+
+use super::{Entry, TlsHook, TlsSource, TlsTarget};
 use crate::discover::elf::{Function, Symbols};
 use crate::discover::pinned::PinnedFile;
 use crate::discover::version;
+use crate::discover::{boringssl, calls};
 use crate::events::tls_function;
 
 pub const SOURCE: TlsSource = TlsSource {
@@ -31,8 +34,42 @@ pub const SOURCE: TlsSource = TlsSource {
 /// A function only BoringSSL's libssl defines.
 pub const BORINGSSL_MARKER: &str = "SSL_CTX_set_strict_cipher_list";
 
-pub fn is_boringssl(symbols: &Symbols) -> bool {
-    symbols.get(BORINGSSL_MARKER).is_some()
+/// BoringSSL: its marker function, or, in an executable whose linker left
+/// that out (the `boring` crate's programs) and that names no OpenSSL
+/// version, its ssl_lib.cc (a scan of the file, spared to OpenSSL's).
+pub fn is_boringssl(symbols: &Symbols, file: &PinnedFile, version: Option<&str>) -> bool {
+    symbols.get(BORINGSSL_MARKER).is_some() || (version.is_none() && boringssl::is_linked_in(file))
+}
+
+/// BoringSSL linked into an executable without a symbol table: its
+/// `SSL_write` and `SSL_read` found from the code (see
+/// `discover::boringssl`). `Ok(None)`: there is no BoringSSL in it, or the
+/// file has a symbol table (then its symbols were what counts). An error
+/// says why a BoringSSL found there is not probed.
+pub fn stripped_boringssl(file: Rc<PinnedFile>, path: &Path) -> Result<Option<TlsTarget>> {
+    let data = file.data();
+    let Ok(elf) = object::read::elf::ElfFile64::<object::Endianness, _>::parse(data) else { return Ok(None) };
+    // Reading every executable's code would cost every exec'd program a
+    // scan: only files without symbols need it.
+    if object::Object::section_by_name(&elf, ".symtab").is_some() {
+        return Ok(None);
+    }
+    let Some(points) = boringssl::find(data)? else { return Ok(None) };
+    let hook = |symbol: &str| *SOURCE.hooks.iter().find(|h| h.symbol == symbol).expect("an OpenSSL hook");
+    Ok(Some(TlsTarget {
+        id: file.id(),
+        version: None,
+        file,
+        path: path.to_path_buf(),
+        display_path: path.to_string_lossy().into_owned(),
+        library: "boringssl",
+        source: Some(&SOURCE),
+        hooks: vec![(hook("SSL_write"), points.write), (hook("SSL_read"), points.read)],
+        go: None,
+        library_id: 0,
+        callers: Vec::new(),
+        secret_points: None,
+    }))
 }
 
 /// `OpenSSL 3.0.19 27 Jan 2026` lives in libcrypto, next to libssl; an

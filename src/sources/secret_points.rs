@@ -9,6 +9,7 @@ use anyhow::{bail, Context, Result};
 
 use super::openssl_layout::{SslLayout, LAYOUTS};
 use super::TlsTarget;
+use crate::discover::boringssl::{self, BoringsslKeylogPoints};
 use crate::discover::elf::{Function, Symbols};
 use crate::discover::gnutls_keylog::{self, GnutlsKeylogPoints};
 
@@ -22,6 +23,8 @@ pub enum SecretPoints {
     Gnutls(GnutlsKeylogPoints),
     /// Probes on the program's implementations of rustls's `KeyLog::log`.
     Rustls(Vec<(String, Function)>),
+    /// A probe on BoringSSL's `ssl_log_secret` (see `discover::boringssl`).
+    Boringssl(BoringsslKeylogPoints),
 }
 
 /// Where `target`'s secrets are read: its registry entry says how (Go
@@ -35,8 +38,10 @@ pub fn find(target: &TlsTarget) -> Result<Option<SecretPoints>> {
 
 /// OpenSSL: the struct offsets of its version, read after the handshake.
 pub fn openssl(target: &TlsTarget) -> Result<SecretPoints> {
+    // BoringSSL's structs are not OpenSSL's: its secrets are read where it
+    // logs them itself, found from its code (with or without symbols).
     if target.library == "boringssl" {
-        bail!("BoringSSL's structs are not supported for key log lines");
+        return Ok(SecretPoints::Boringssl(boringssl::find_keylog(target.file.data())?));
     }
     let version = target.version.as_deref().context("its OpenSSL version could not be read from the file")?;
     let layout = layout_for(version)?;

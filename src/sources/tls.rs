@@ -15,6 +15,7 @@ use super::secret_points::{self, SecretPoints};
 use super::{Entry, TlsHook, TlsTarget};
 use crate::bpf::tls::{OpenTlsSkel, TlsSkel, TlsSkelBuilder};
 use crate::bpf::types::ct_ssl_layout;
+use crate::discover::boringssl::BoringsslKeylogPoints;
 use crate::discover::elf::Function;
 use crate::discover::gnutls_keylog::GnutlsKeylogPoints;
 use crate::kernel::{self, Filters};
@@ -247,6 +248,7 @@ impl<'obj> TlsProbes<'obj> {
             }
             Ok(Some(SecretPoints::Gnutls(points))) => self.attach_gnutls_secrets(target, &points),
             Ok(Some(SecretPoints::Rustls(loggers))) => self.attach_rustls_secrets(target, &loggers),
+            Ok(Some(SecretPoints::Boringssl(points))) => self.attach_boringssl_secrets(target, &points),
             Ok(None) => return Vec::new(),
             Err(e) => Err(e),
         };
@@ -318,6 +320,27 @@ impl<'obj> TlsProbes<'obj> {
                     .with_context(|| format!("attaching to {name} in {}", target.display_path))
             })
             .collect()
+    }
+
+    fn attach_boringssl_secrets(
+        &self,
+        target: &TlsTarget,
+        points: &BoringsslKeylogPoints,
+    ) -> Result<Vec<Link>> {
+        // struct ct_boringssl_offsets: two u32s, s3 then random.
+        let mut offsets = points.s3_offset.to_ne_bytes().to_vec();
+        offsets.extend_from_slice(&points.random_offset.to_ne_bytes());
+        let maps = &self.skel.maps;
+        maps.boringssl_random_offsets.update(&self.settings_key(target), &offsets, MapFlags::ANY)?;
+        let opts = UprobeOpts { cookie: self.cookie(target, None), ..Default::default() };
+        let offset = points.log_secret.file_offset as usize;
+        let link = self
+            .skel
+            .progs
+            .boringssl_keylog
+            .attach_uprobe_with_opts(-1, target.file.proc_path(), offset, opts)
+            .with_context(|| format!("attaching to ssl_log_secret in {}", target.display_path))?;
+        Ok(vec![link])
     }
 
     /// A Go executable: plain uprobes only, at the points `gotls` found.
