@@ -1073,6 +1073,28 @@ static __always_inline struct ct_tls_secret *reserve_secret(void)
 	return e;
 }
 
+/* A secret record whose label is the C string at `label` (GnuTLS and
+ * BoringSSL pass one), with the 32-byte client random's length set; NULL
+ * when the ring buffer is full (counted lost). */
+static __always_inline struct ct_tls_secret *reserve_labelled_secret(const char *label)
+{
+	struct ct_tls_secret *e = reserve_secret();
+	if (!e)
+		return NULL;
+	long n = bpf_probe_read_user_str(e->label, sizeof(e->label), label);
+	e->label_len = n > 0 ? n - 1 : 0;
+	if (n <= 1)
+		e->missing |= 1;
+	e->random_len = CT_RANDOM_LEN;
+	return e;
+}
+
+static __always_inline void submit_secret(struct ct_tls_secret *e)
+{
+	bpf_ringbuf_submit(e, 0);
+	stat_add(CT_STAT_RECORDS, 1);
+}
+
 /* A key log line's three parts, each a (pointer, length) of the caller's:
  * one secret record. */
 static __always_inline int emit_secret(__u64 label, __u64 label_len, __u64 random, __u64 random_len,
@@ -1092,8 +1114,7 @@ static __always_inline int emit_secret(__u64 label, __u64 label_len, __u64 rando
 		e->missing |= 2;
 	if (!copy_field(e->secret, sizeof(e->secret), secret_len, secret))
 		e->missing |= 4;
-	bpf_ringbuf_submit(e, 0);
-	stat_add(CT_STAT_RECORDS, 1);
+	submit_secret(e);
 	return 0;
 }
 
@@ -1139,22 +1160,16 @@ int BPF_KPROBE(gnutls_keylog, void *session, const char *label, void *datum)
 	if (!random_offset)
 		return 0;
 	struct { __u64 data; __u32 size; } secret = {};
-	struct ct_tls_secret *e = reserve_secret();
+	struct ct_tls_secret *e = reserve_labelled_secret(label);
 	if (!e)
 		return 0;
-	long n = bpf_probe_read_user_str(e->label, sizeof(e->label), label);
-	e->label_len = n > 0 ? n - 1 : 0;
-	if (n <= 1)
-		e->missing |= 1;
-	e->random_len = CT_RANDOM_LEN;
 	if (bpf_probe_read_user(e->client_random, CT_RANDOM_LEN, (char *)session + *random_offset))
 		e->missing |= 2;
 	bpf_probe_read_user(&secret, sizeof(secret), datum);
 	e->secret_len = secret.size;
 	if (!copy_field(e->secret, sizeof(e->secret), secret.size, secret.data))
 		e->missing |= 4;
-	bpf_ringbuf_submit(e, 0);
-	stat_add(CT_STAT_RECORDS, 1);
+	submit_secret(e);
 	return 0;
 }
 
@@ -1185,22 +1200,16 @@ int BPF_KPROBE(boringssl_keylog, void *ssl, const char *label, void *secret, __u
 	struct ct_boringssl_offsets *offsets = bpf_map_lookup_elem(&boringssl_random_offsets, &lib);
 	if (!offsets)
 		return 0;
-	struct ct_tls_secret *e = reserve_secret();
+	struct ct_tls_secret *e = reserve_labelled_secret(label);
 	if (!e)
 		return 0;
-	long n = bpf_probe_read_user_str(e->label, sizeof(e->label), label);
-	e->label_len = n > 0 ? n - 1 : 0;
-	if (n <= 1)
-		e->missing |= 1;
 	void *s3 = 0;
-	e->random_len = CT_RANDOM_LEN;
 	if (bpf_probe_read_user(&s3, sizeof(s3), (char *)ssl + offsets->s3) ||
 	    bpf_probe_read_user(e->client_random, CT_RANDOM_LEN, (char *)s3 + offsets->random))
 		e->missing |= 2;
 	e->secret_len = secret_len;
 	if (!copy_field(e->secret, sizeof(e->secret), secret_len, (__u64)secret))
 		e->missing |= 4;
-	bpf_ringbuf_submit(e, 0);
-	stat_add(CT_STAT_RECORDS, 1);
+	submit_secret(e);
 	return 0;
 }

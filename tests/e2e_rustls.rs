@@ -11,9 +11,8 @@ mod support;
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 use support::*;
 
@@ -44,39 +43,6 @@ fn rustlspeer(profile: &str) -> PathBuf {
         String::from_utf8_lossy(&built.stderr)
     );
     target.join(profile).join("rustlspeer")
-}
-
-struct Server {
-    child: Child,
-    port: u16,
-    truth: tempfile::TempDir,
-    _cert: Certificate,
-}
-
-impl Server {
-    fn start(binary: &Path) -> Server {
-        let cert = Certificate::new();
-        let truth = tempfile::tempdir().unwrap();
-        let mut child = without_terminal(&mut Command::new(binary))
-            .arg("server")
-            .arg(cert.cert())
-            .arg(cert.key())
-            .arg(truth.path())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("starting the rustls server");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let port = line.trim().strip_prefix("port ").and_then(|p| p.parse().ok()).expect("port line");
-        Server { child, port, truth, _cert: cert }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// `count` POSTs of `size` bytes, one connection each; the client checks

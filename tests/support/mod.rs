@@ -807,6 +807,42 @@ impl Drop for Mariadb {
     }
 }
 
+/// A test peer's server (tests/rustls/rustlspeer, tests/boring/boringpeer):
+/// `PEER server CERT KEY TRUTHDIR` prints "port N" and records what it
+/// moved in TRUTHDIR. Killed when dropped.
+pub struct Server {
+    pub child: Child,
+    pub port: u16,
+    pub truth: tempfile::TempDir,
+    _cert: Certificate,
+}
+
+impl Server {
+    pub fn start(binary: &Path) -> Server {
+        let cert = Certificate::new();
+        let truth = tempfile::tempdir().unwrap();
+        let mut child = without_terminal(&mut Command::new(binary))
+            .arg("server")
+            .arg(cert.cert())
+            .arg(cert.key())
+            .arg(truth.path())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", binary.display()));
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let port = line.trim().strip_prefix("port ").and_then(|p| p.parse().ok()).expect("port line");
+        Server { child, port, truth, _cert: cert }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Starts `cmd`, a server whose first line of output is the port it
 /// listens on, and reads that port.
 pub fn spawn_listening(cmd: &mut Command) -> (Child, u16) {
