@@ -303,9 +303,11 @@ impl Discovery {
         };
         let target = self
             .linked_openssl(&file, &exe)
-            .or_else(|| self.stripped_boringssl(&file, &exe))
             .or_else(|| self.rustls_program(&file, &exe))
-            .or_else(|| self.go_program(file, &exe))?;
+            .or_else(|| self.go_program(file.clone(), &exe))
+            // Last: it scans the read-only data of every stripped
+            // executable, which would delay a stripped Go program's probes.
+            .or_else(|| self.stripped_boringssl(&file, &exe))?;
         Some(self.ready(TlsTarget { display_path: exe.display_path, ..target }))
     }
 
