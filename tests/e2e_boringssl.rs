@@ -12,7 +12,7 @@ mod support;
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use cleartap::discover::boringssl;
@@ -77,20 +77,7 @@ fn client(
     size: usize,
     version: &str,
 ) -> (u32, tempfile::TempDir) {
-    let truth = tempfile::tempdir().unwrap();
-    let child = without_terminal(&mut Command::new(binary))
-        .args(["client", &server.port.to_string(), &count.to_string(), &size.to_string()])
-        .arg(truth.path())
-        .arg(version)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "BoringSSL client: {}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(String::from_utf8_lossy(&out.stdout), format!("ok {count}\n"));
-    (pid, truth)
+    server.run_client(binary, count, size, &[version], &[])
 }
 
 /// Every connection a side recorded against what cleartap captured for

@@ -12,7 +12,7 @@ mod support;
 use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use support::*;
 
@@ -58,20 +58,7 @@ fn client_with_env(
     size: usize,
     env: &[(&str, &Path)],
 ) -> (u32, tempfile::TempDir) {
-    let truth = tempfile::tempdir().unwrap();
-    let child = without_terminal(&mut Command::new(binary))
-        .args(["client", &server.port.to_string(), &count.to_string(), &size.to_string()])
-        .arg(truth.path())
-        .envs(env.iter().copied())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "rustls client: {}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(String::from_utf8_lossy(&out.stdout), format!("ok {count}\n"));
-    (pid, truth)
+    server.run_client(binary, count, size, &[], env)
 }
 
 /// Every connection a side recorded (`<local port>-<remote port>.sent` and

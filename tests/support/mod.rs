@@ -834,6 +834,40 @@ impl Server {
         let port = line.trim().strip_prefix("port ").and_then(|p| p.parse().ok()).expect("port line");
         Server { child, port, truth, _cert: cert }
     }
+
+    /// The same peer's client, `PEER client PORT COUNT SIZE TRUTHDIR
+    /// [EXTRA...]`: `count` POSTs of `size` bytes, one connection each,
+    /// every answer checked by the client itself ("ok COUNT"). Its pid and
+    /// truth files.
+    pub fn run_client(
+        &self,
+        binary: &Path,
+        count: usize,
+        size: usize,
+        extra: &[&str],
+        env: &[(&str, &Path)],
+    ) -> (u32, tempfile::TempDir) {
+        let truth = tempfile::tempdir().unwrap();
+        let child = without_terminal(&mut Command::new(binary))
+            .args(["client", &self.port.to_string(), &count.to_string(), &size.to_string()])
+            .arg(truth.path())
+            .args(extra)
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", binary.display()));
+        let pid = child.id();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{} client: {}",
+            binary.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stdout), format!("ok {count}\n"));
+        (pid, truth)
+    }
 }
 
 impl Drop for Server {
