@@ -250,6 +250,9 @@ impl OutputArgs {
         let existing = if force { crate::output::Existing::Replace } else { crate::output::Existing::Refuse };
         let file = crate::output::create_private(path, existing)
             .with_context(|| format!("--output {}", path.display()))?;
+        // Ours alone (a shell's `>` may share its open file with stderr):
+        // written past the page cache (output::direct).
+        crate::output::direct::request(&file);
         // SAFETY: dup2 onto fd 1, which stays open for the process's life.
         if unsafe { libc::dup2(file.as_raw_fd(), 1) } < 0 {
             return Err(std::io::Error::last_os_error()).context("making --output standard output");

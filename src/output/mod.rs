@@ -2,6 +2,7 @@
 //! idle and on shutdown (not per record).
 
 pub mod binary;
+pub mod direct;
 pub mod escape;
 #[cfg(test)]
 mod golden;

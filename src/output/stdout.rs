@@ -6,6 +6,8 @@
 //! page cache behind the writer (see `Writeback`): a capture can write
 //! gigabytes that nobody reads soon, and they should neither push the
 //! host's own files out of its cache nor make each write find fresh memory.
+//! A file cleartap created itself (`-o FILE`) is written with direct I/O
+//! instead (`direct`), bypassing the page cache altogether.
 
 use std::fs::File;
 use std::io::{self, Seek, Write};
@@ -21,7 +23,9 @@ pub struct RecordStdout {
     /// A write failed: nothing more is written (a BufWriter flushing on
     /// drop would otherwise add half a record after the cut).
     failed: bool,
-    /// Regular files only.
+    /// Regular files opened `O_DIRECT`: everything goes through this.
+    direct: Option<super::direct::Direct>,
+    /// Other regular files.
     writeback: Option<Writeback>,
 }
 
@@ -78,8 +82,20 @@ impl RecordStdout {
         // SAFETY: F_GETFL on fd 1 reads its flags.
         let append = unsafe { libc::fcntl(1, libc::F_GETFL) } & libc::O_APPEND != 0;
         let offset = if append { committed } else { (&*file).stream_position().unwrap_or(committed) };
-        let writeback = regular.then_some(Writeback { window_start: offset, written: offset });
-        RecordStdout { file, regular, committed, failed: false, writeback }
+        let direct = if regular { super::direct::Direct::for_file(&file, offset) } else { None };
+        let writeback =
+            (regular && direct.is_none()).then_some(Writeback { window_start: offset, written: offset });
+        RecordStdout { file, regular, committed, failed: false, direct, writeback }
+    }
+
+    /// A write or flush failed: nothing more is written, and the file is
+    /// cut back to its last whole record.
+    fn fail(&mut self, e: io::Error) -> io::Error {
+        self.failed = true;
+        // Its writes in flight end first, so none lands after the cut.
+        self.direct = None;
+        self.cut_back();
+        e
     }
 
     /// Drop what was written after the last record boundary.
@@ -103,20 +119,22 @@ impl Write for RecordStdout {
         if self.failed {
             return Err(io::Error::other("output closed after a failed write"));
         }
-        let result = self.file.write(buf);
-        match &result {
+        if let Some(direct) = self.direct.as_mut() {
+            return match direct.write(buf) {
+                Ok(()) => Ok(buf.len()),
+                Err(e) => Err(self.fail(e)),
+            };
+        }
+        match self.file.write(buf) {
             Ok(n) => {
                 if let Some(w) = self.writeback.as_mut() {
-                    w.wrote(&self.file, *n);
+                    w.wrote(&self.file, n);
                 }
+                Ok(n)
             }
-            Err(e) if e.kind() != io::ErrorKind::Interrupted => {
-                self.failed = true;
-                self.cut_back();
-            }
-            Err(_) => {}
+            Err(e) if e.kind() != io::ErrorKind::Interrupted => Err(self.fail(e)),
+            Err(e) => Err(e),
         }
-        result
     }
 
     /// Only a record boundary flushes this writer: the outputs flush
@@ -124,6 +142,15 @@ impl Write for RecordStdout {
     fn flush(&mut self) -> io::Result<()> {
         if self.failed {
             return Err(io::Error::other("output closed after a failed write"));
+        }
+        if let Some(direct) = self.direct.as_mut() {
+            return match direct.flush() {
+                Ok(len) => {
+                    self.committed = len;
+                    Ok(())
+                }
+                Err(e) => Err(self.fail(e)),
+            };
         }
         if self.regular {
             self.committed = self.file.metadata()?.len();
