@@ -28,6 +28,20 @@ const volatile char filter_comm[CT_COMM_LEN] = {};
 const volatile __u64 filter_cgroup_id = 0;   /* cgroup v2 id of the subtree root */
 const volatile __u32 filter_cgroup_level = 0; /* its depth below the root */
 
+/* A map with keys and values, declared on one line:
+ *   CT_MAP(LRU_HASH, conns, struct conn_key, struct conn_state, 65536);
+ * is the map `conns` of type BPF_MAP_TYPE_LRU_HASH, at most 65536 entries
+ * (user space may resize it before load). The BTF-defined struct libbpf
+ * reads is the usual one; only ring buffers, which have no key, are
+ * written out. */
+#define CT_MAP(_kind, _name, _key, _value, _max_entries) \
+	struct {                                         \
+		__uint(type, BPF_MAP_TYPE_##_kind);      \
+		__uint(max_entries, _max_entries);       \
+		__type(key, _key);                       \
+		__type(value, _value);                   \
+	} _name SEC(".maps")
+
 /* One ring buffer for every event; its size is set by user space. */
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -35,12 +49,7 @@ struct {
 } events SEC(".maps");
 
 /* Per-CPU counters, summed by user space (see enum ct_stat). */
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, CT_STAT_MAX);
-	__type(key, __u32);
-	__type(value, __u64);
-} stats SEC(".maps");
+CT_MAP(PERCPU_ARRAY, stats, __u32, __u64, CT_STAT_MAX);
 
 static __always_inline void stat_add(__u32 which, __u64 n)
 {

@@ -98,12 +98,7 @@ int packet_egress(struct __sk_buff *skb)
 /* --- socket owners ---------------------------------------------------- */
 
 /* The fd of a connect() in progress, per thread. */
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 16384);
-	__type(key, __u64);
-	__type(value, __s32);
-} connecting SEC(".maps");
+CT_MAP(LRU_HASH, connecting, __u64, __s32, 16384);
 
 static __always_inline void report_owner(int fd)
 {

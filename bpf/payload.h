@@ -30,12 +30,7 @@ struct emit_state {
 	__u64 buf;              /* user address of the payload */
 };
 
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct emit_state);
-} emit_state SEC(".maps");
+CT_MAP(PERCPU_ARRAY, emit_state, __u32, struct emit_state, 1);
 
 static __always_inline struct emit_state *emit_state_get(void)
 {

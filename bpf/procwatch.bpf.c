@@ -47,23 +47,13 @@ struct file_key {
 /* Files user space has checked (attached or found nothing to attach):
  * their execs and opens are not held. LRU: one evicted is held once more,
  * and user space, which remembers it, continues the process at once. */
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 16384);
-	__type(key, struct file_key);
-	__type(value, __u8);
-} checked_files SEC(".maps");
+CT_MAP(LRU_HASH, checked_files, struct file_key, __u8, 16384);
 
 /* Processes stopped and not yet continued, by tgid: user space deletes
  * each as it continues it, and continues whatever is left when it exits
  * by any way but SIGKILL, held processes whose event it never read
  * included. Full (16384 held at once): no further hold. */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 16384);
-	__type(key, __u32);
-	__type(value, __u8);
-} held_processes SEC(".maps");
+CT_MAP(HASH, held_processes, __u32, __u8, 16384);
 
 static __always_inline bool has_controlling_tty(void)
 {
@@ -127,22 +117,12 @@ struct name_buf {
 	char path[CT_PATH_LEN];
 };
 
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct name_buf);
-} scratch SEC(".maps");
+CT_MAP(PERCPU_ARRAY, scratch, __u32, struct name_buf, 1);
 
 /* The name a thread is opening, kept from the syscall's entry (a copy:
  * the process could change its own memory before the exit) until its
  * result says whether the open succeeded. */
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 4096);
-	__type(key, __u32);
-	__type(value, struct name_buf);
-} pending_opens SEC(".maps");
+CT_MAP(LRU_HASH, pending_opens, __u32, struct name_buf, 4096);
 
 /* Library files already reported, per process and inode: a process
  * opening the same file again and again makes one event. The process is
@@ -155,12 +135,7 @@ struct lib_file {
 	__u32 tgid;
 };
 
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 8192);
-	__type(key, struct lib_file);
-	__type(value, __u8);
-} reported_libs SEC(".maps");
+CT_MAP(LRU_HASH, reported_libs, struct lib_file, __u8, 8192);
 
 SEC("tracepoint/syscalls/sys_enter_openat")
 int sys_enter_openat(struct trace_event_raw_sys_enter *ctx)

@@ -27,12 +27,7 @@ struct file_key {
 	__u32 _pad;
 };
 
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 256);
-	__type(key, struct file_key);
-	__type(value, struct shell_binary);
-} shell_binaries SEC(".maps");
+CT_MAP(HASH, shell_binaries, struct file_key, struct shell_binary, 256);
 
 struct prompt {
 	__s32 prev_status;
@@ -42,20 +37,10 @@ struct prompt {
 	__u8 done; /* its line was reported (the slot stays, marked) */
 };
 
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 4096);
-	__type(key, __u32); /* tid */
-	__type(value, struct prompt);
-} prompts SEC(".maps");
+CT_MAP(LRU_HASH, prompts, __u32 /* tid */, struct prompt, 4096);
 
 /* Shells that read at least one line: their exit is reported. */
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 4096);
-	__type(key, __u32); /* pid */
-	__type(value, __u8);
-} shells SEC(".maps");
+CT_MAP(LRU_HASH, shells, __u32 /* pid */, __u8, 4096);
 
 /* libreadline.so bash: its variables' addresses in this process, found by
  * the anchor probe before readline is called. */
@@ -64,12 +49,7 @@ struct shell_vars {
 	__u64 linecount_addr; /* 0 if unknown */
 };
 
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 4096);
-	__type(key, __u32); /* pid */
-	__type(value, struct shell_vars);
-} bash_vars SEC(".maps");
+CT_MAP(LRU_HASH, bash_vars, __u32 /* pid */, struct shell_vars, 4096);
 
 static __always_inline struct shell_binary *current_binary(void)
 {

@@ -16,20 +16,10 @@
 /* One scratch record per CPU (a per-CPU array cannot hold values over
  * 32 KiB). Uprobe programs run with migration disabled, so the slot of the
  * current CPU is ours until we return. Sized by user space to the CPUs. */
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct ct_query_start);
-} query_scratch SEC(".maps");
+CT_MAP(ARRAY, query_scratch, __u32, struct ct_query_start, 1);
 
 /* Threads inside a recorded MySQL/MariaDB dispatch_command: failed flag. */
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 16384);
-	__type(key, __u32); /* tid */
-	__type(value, __u8);
-} dispatching SEC(".maps");
+CT_MAP(LRU_HASH, dispatching, __u32 /* tid */, __u8, 16384);
 
 static __always_inline struct ct_query_start *start_record(__u8 server, __u8 command)
 {

@@ -89,22 +89,12 @@ static __always_inline __u8 call_dir(void *ctx)
 
 /* LRU: slots of threads that are gone (or idle the longest) are the ones
  * reused when it is full; a thread killed mid-call leaks nothing. */
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 16384);
-	__type(key, __u64); /* pid_tgid */
-	__type(value, struct active_call);
-} active_calls SEC(".maps");
+CT_MAP(LRU_HASH, active_calls, __u64 /* pid_tgid */, struct active_call, 16384);
 
 /* A call that another call started inside (see "Calls inside calls"),
  * waiting for that inner call's return. One per thread: a third level
  * drops both outer calls, counted. */
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 1024);
-	__type(key, __u64); /* pid_tgid */
-	__type(value, struct active_call);
-} parked_calls SEC(".maps");
+CT_MAP(LRU_HASH, parked_calls, __u64 /* pid_tgid */, struct active_call, 1024);
 
 struct conn_key {
 	__u64 handle;
@@ -125,19 +115,9 @@ struct conn_state {
 
 /* Per-connection state. The fd is cached because a read served from the
  * library's own buffer makes no system call. LRU: bounded, evicts idle. */
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 65536);
-	__type(key, struct conn_key);
-	__type(value, struct conn_state);
-} conns SEC(".maps");
+CT_MAP(LRU_HASH, conns, struct conn_key, struct conn_state, 65536);
 
-struct {
-	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, __u32);
-} emit_continue SEC(".maps");
+CT_MAP(PROG_ARRAY, emit_continue, __u32, __u32, 1);
 
 /* --- Calls inside calls ------------------------------------------------------
  * A thread has one slot, so a call that starts while another is running
@@ -420,21 +400,12 @@ static __always_inline int emit_call(void *ctx, struct active_call *c, __u64 n, 
 /* Set by user space when secrets are wanted (--keylog, -w). */
 const volatile bool capture_secrets = false;
 
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 256);
-	__type(key, __u32); /* library id; 0 on kernels without attach cookies */
-	__type(value, struct ct_ssl_layout);
-} ssl_layouts SEC(".maps");
+/* By library id (0 on kernels without attach cookies). */
+CT_MAP(HASH, ssl_layouts, __u32, struct ct_ssl_layout, 256);
 
 /* The first 8 bytes of the client random whose secrets a connection has
  * reported: a new handshake on the same SSL* reports again. */
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 65536);
-	__type(key, struct conn_key);
-	__type(value, __u64);
-} ssl_keys_sent SEC(".maps");
+CT_MAP(LRU_HASH, ssl_keys_sent, struct conn_key, __u64, 65536);
 
 #define TLS1_3_VERSION 0x0304
 
@@ -567,12 +538,7 @@ struct tied_sock {
 
 /* Connection (conn_key) -> the socket its thread wrote to right after a
  * write of it: the socket of its next writes. */
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 16384);
-	__type(key, struct conn_key);
-	__type(value, struct tied_sock);
-} tied_writers SEC(".maps");
+CT_MAP(LRU_HASH, tied_writers, struct conn_key, struct tied_sock, 16384);
 
 /* fd still names the socket sk (not closed, not reused for another). */
 static __always_inline bool sock_still_at(__u64 sk, int fd)
@@ -955,12 +921,7 @@ struct go_key {
 	__u32 _pad;
 };
 
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 16384);
-	__type(key, struct go_key);
-	__type(value, struct active_call);
-} go_reads SEC(".maps");
+CT_MAP(LRU_HASH, go_reads, struct go_key, struct active_call, 16384);
 
 /* tls.Conn starts with `conn net.Conn` (an interface: itab, data); its
  * data is a *net.TCPConn, whose first word is the *netFD; netFD starts
@@ -1143,12 +1104,8 @@ int rustls_keylog(struct pt_regs *ctx)
  * this probe sits on the default one gnutls_init installs: (session, label,
  * const gnutls_datum_t *secret). The client random's offset in the session
  * comes from disassembling gnutls_session_get_random (user space). */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 64);
-	__type(key, __u32);   /* library id */
-	__type(value, __u32); /* offset of the client random in the session */
-} gnutls_random_offsets SEC(".maps");
+/* Library id -> the offset of the client random in its session. */
+CT_MAP(HASH, gnutls_random_offsets, __u32, __u32, 64);
 
 SEC("uprobe")
 int BPF_KPROBE(gnutls_keylog, void *session, const char *label, void *datum)
@@ -1184,12 +1141,8 @@ struct ct_boringssl_offsets {
 	__u32 random; /* of client_random in the s3 struct */
 };
 
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 64);
-	__type(key, __u32); /* library id */
-	__type(value, struct ct_boringssl_offsets);
-} boringssl_random_offsets SEC(".maps");
+/* By library id. */
+CT_MAP(HASH, boringssl_random_offsets, __u32, struct ct_boringssl_offsets, 64);
 
 SEC("uprobe")
 int BPF_KPROBE(boringssl_keylog, void *ssl, const char *label, void *secret, __u64 secret_len)

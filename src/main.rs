@@ -2,7 +2,7 @@
 //! The binary is a thin shell over the library (`src/lib.rs`).
 
 use clap::Parser;
-use cleartap::{agent, cli, output, run, sources};
+use cleartap::{agent, cli, output, run};
 
 fn main() {
     // First thing: from here on a signal means a clean stop.
@@ -22,10 +22,10 @@ fn main() {
     cleartap::kernel::drop_unneeded_capabilities(net_admin);
     let result = match &cli.command {
         cli::Command::Tls(args) => run::tls::run(args),
-        cli::Command::Shell(args) => run::shell::run(args),
-        cli::Command::Exec(args) => run::exec::run(args),
-        cli::Command::Mysql(args) => run::sql::run(args, sources::sql::Family::Mysql),
-        cli::Command::Postgres(args) => run::sql::run(args, sources::sql::Family::Postgres),
+        cli::Command::Shell(args)
+        | cli::Command::Exec(args)
+        | cli::Command::Mysql(args)
+        | cli::Command::Postgres(args) => run::on_stdout(&cli.command, &args.output),
         cli::Command::Check => run::check::run(),
         cli::Command::Agent(args) => agent::run(args),
         cli::Command::Tail(args) => agent::tail::run(args),

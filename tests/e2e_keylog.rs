@@ -6,6 +6,7 @@
 mod support;
 
 use std::collections::BTreeSet;
+use std::ffi::OsStr;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -270,25 +271,7 @@ fn gnutls_secrets_equal_its_own_key_log() {
 /// version `version_flag` gives (`-tls1_2`, `-tls1_3`); returns it and
 /// the port.
 fn s_server_with_keylog(cert: &Certificate, version_flag: &str, log: &Path) -> (std::process::Child, u16) {
-    // Port 0: s_server binds a free port itself and prints it once it
-    // listens ("ACCEPT 127.0.0.1:PORT").
-    let mut server = Command::new("openssl")
-        .args(["s_server", version_flag, "-www", "-accept", "127.0.0.1:0", "-cert"])
-        .arg(cert.cert())
-        .arg("-key")
-        .arg(cert.key())
-        .arg("-keylogfile")
-        .arg(log)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("starting openssl s_server");
-    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(server.stdout.take().unwrap()));
-    let accept = lines.by_ref().map_while(Result::ok).find(|l| l.starts_with("ACCEPT "));
-    let accept = accept.expect("s_server did not print ACCEPT");
-    let port: u16 = accept.rsplit(':').next().and_then(|p| p.parse().ok()).expect(&accept);
-    thread::spawn(move || lines.for_each(drop));
-    (server, port)
+    openssl_s_server(cert, &[OsStr::new(version_flag), OsStr::new("-keylogfile"), log.as_os_str()])
 }
 
 /// GnuTLS's secrets against the other end's own record of them: wget (a

@@ -165,22 +165,7 @@ fn not_root_is_a_clear_error() {
 fn the_ssl_bio_of_openssl_s_server_is_captured_at_the_internal_functions() {
     let Some(_one) = capture_test() else { return };
     let cert = Certificate::new();
-    // Port 0: s_server binds a free port itself and prints it once it
-    // listens ("ACCEPT 127.0.0.1:PORT").
-    let mut server = Command::new("openssl")
-        .args(["s_server", "-www", "-accept", "127.0.0.1:0", "-cert"])
-        .arg(cert.cert())
-        .arg("-key")
-        .arg(cert.key())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("starting openssl s_server");
-    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(server.stdout.take().unwrap()));
-    let accept = lines.by_ref().map_while(Result::ok).find(|l| l.starts_with("ACCEPT "));
-    let accept = accept.expect("s_server did not print ACCEPT");
-    let port: u16 = accept.rsplit(':').next().and_then(|p| p.parse().ok()).expect(&accept);
-    let _drain = std::thread::spawn(move || lines.for_each(drop));
+    let (mut server, port) = openssl_s_server::<&str>(&cert, &[]);
     let capture = Capture::start(&["tls"]);
     let page = Command::new("curl")
         .args(["-sk", "--http1.1", &format!("https://127.0.0.1:{port}/bio-marker")])

@@ -88,9 +88,7 @@ impl Execs {
     }
 
     pub fn drain(&mut self) -> Vec<Exec> {
-        let mut all: Vec<_> = std::iter::from_fn(|| self.pending.pop_lru()).map(|(_, e)| e).collect();
-        all.sort_by_key(|e| e.time);
-        all
+        self.pending.drain_by_key(|e| e.time)
     }
 }
 

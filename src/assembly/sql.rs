@@ -114,9 +114,7 @@ impl Queries {
     }
 
     pub fn drain(&mut self) -> Vec<Query> {
-        let mut all: Vec<_> = std::iter::from_fn(|| self.pending.pop_lru()).map(|(_, q)| q).collect();
-        all.sort_by_key(|q| q.time);
-        all
+        self.pending.drain_by_key(|q| q.time)
     }
 }
 

@@ -177,6 +177,14 @@ impl<K: Hash + Eq + Clone, V> Bounded<K, V> {
         self.evicted
     }
 
+    /// Empties the table: every value, in the order of `key` (at shutdown,
+    /// what is still pending, oldest first).
+    pub fn drain_by_key<T: Ord>(&mut self, key: impl FnMut(&V) -> T) -> Vec<V> {
+        let mut all: Vec<V> = std::iter::from_fn(|| self.table.pop_lru()).map(|(_, v)| v).collect();
+        all.sort_by_key(key);
+        all
+    }
+
     /// Inserts `value` at `key`: the value it replaced (same key), or the
     /// entry evicted to make room (another key, counted).
     pub fn push(&mut self, key: K, value: V) -> Option<Replaced<K, V>> {

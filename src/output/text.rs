@@ -82,16 +82,30 @@ pub fn write_tls(out: &mut impl Write, r: &TlsEvent, hex: bool) -> io::Result<()
     }
 }
 
+/// `NAME[PID] ppid=PPID uid=UID(USER)`: who typed a command or started a
+/// program, the same way for both.
+struct Starter<'a> {
+    name: &'a str,
+    pid: u32,
+    ppid: u32,
+    uid: u32,
+    user: Option<&'a str>,
+}
+
+impl std::fmt::Display for Starter<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Starter { name, pid, ppid, uid, user } = self;
+        let user = escape::line(user.unwrap_or("?"));
+        write!(f, "{}[{pid}] ppid={ppid} uid={uid}({user})", escape::line(name))
+    }
+}
+
 pub fn write_command(out: &mut impl Write, c: &CommandEvent) -> io::Result<()> {
+    let shell = Starter { name: &c.shell, pid: c.pid, ppid: c.ppid, uid: c.uid, user: c.user.as_deref() };
     writeln!(
         out,
-        "{} {}[{}] ppid={} uid={}({}) tty={} status={}{}",
+        "{} {shell} tty={} status={}{}",
         humantime::format_rfc3339_micros(c.time.0),
-        escape::line(&c.shell),
-        c.pid,
-        c.ppid,
-        c.uid,
-        escape::line(c.user.as_deref().unwrap_or("?")),
         escape::line(if c.tty.is_empty() { "-" } else { &c.tty }),
         c.exit_status.map_or_else(|| "?".to_string(), |s| s.to_string()),
         if c.truncated { " (truncated)" } else { "" },
@@ -106,15 +120,11 @@ pub fn write_exec(out: &mut impl Write, e: &ExecEvent) -> io::Result<()> {
         Some(false) => e.error.as_deref().unwrap_or("?"),
         None => "?",
     };
+    let caller = Starter { name: &e.comm, pid: e.pid, ppid: e.ppid, uid: e.uid, user: e.user.as_deref() };
     writeln!(
         out,
-        "{} exec {}[{}] ppid={} uid={}({}) {} [{}{}] = {}",
+        "{} exec {caller} {} [{}{}] = {}",
         humantime::format_rfc3339_micros(e.time.0),
-        escape::line(&e.comm),
-        e.pid,
-        e.ppid,
-        e.uid,
-        escape::line(e.user.as_deref().unwrap_or("?")),
         escape::escape(e.exact_filename(), Layout::Line),
         argv.join(", "),
         if e.argv_truncated { ", ..." } else { "" },

@@ -15,11 +15,6 @@ use crate::kernel;
 use crate::output::Output;
 use crate::sources::exec::ExecProbes;
 
-pub fn run(args: &SourceArgs) -> Result<()> {
-    args.output.redirect(false)?;
-    capture(args, Destination::stdout(args.output.style(0))?)
-}
-
 /// The capture, into `dest`.
 pub fn capture(args: &SourceArgs, dest: Destination) -> Result<()> {
     kernel::preflight()?;

@@ -287,6 +287,13 @@ fn ring_map_failed(e: libbpf_rs::Error) -> anyhow::Error {
     )
 }
 
+/// A source subcommand other than `tls` (whose `-w -` decides where
+/// records go): its records on standard output until a signal.
+pub fn on_stdout(command: &crate::cli::Command, output: &crate::cli::OutputArgs) -> Result<()> {
+    output.redirect(false)?;
+    capture(command, Destination::stdout(output.style(0))?)
+}
+
 /// The capture a source subcommand runs, into `dest` (the agent runs each
 /// of its sources this way).
 pub fn capture(command: &crate::cli::Command, dest: Destination) -> Result<()> {

@@ -12,11 +12,6 @@ use crate::kernel;
 use crate::sources::procwatch::{ProcWatch, SharedMaps};
 use crate::sources::shell::{self as shells, ShellBinary, ShellProbes};
 
-pub fn run(args: &SourceArgs) -> Result<()> {
-    args.output.redirect(false)?;
-    capture(args, Destination::stdout(args.output.style(0))?)
-}
-
 /// The capture, into `dest`.
 pub fn capture(args: &SourceArgs, dest: Destination) -> Result<()> {
     kernel::preflight()?;

@@ -12,11 +12,6 @@ use crate::kernel;
 use crate::sources::procwatch::{ProcWatch, SharedMaps};
 use crate::sources::sql::{self as servers, Family, SqlBinary, SqlProbes};
 
-pub fn run(args: &SourceArgs, family: Family) -> Result<()> {
-    args.output.redirect(false)?;
-    capture(args, family, Destination::stdout(args.output.style(0))?)
-}
-
 /// The capture, into `dest`.
 pub fn capture(args: &SourceArgs, family: Family, dest: Destination) -> Result<()> {
     kernel::preflight()?;

@@ -145,7 +145,7 @@ impl Discovery {
             }
         }
         // No symbols: BoringSSL may still be found by its code.
-        if self.sources.iter().any(|s| s.name == openssl::SOURCE.name) {
+        if self.wants(&openssl::SOURCE) {
             match openssl::stripped_boringssl(file.clone(), path) {
                 Ok(Some(target)) => {
                     self.seen.insert(file.id());
@@ -312,7 +312,7 @@ impl Discovery {
     }
 
     fn linked_openssl(&self, file: &Rc<PinnedFile>, exe: &Executable) -> Option<TlsTarget> {
-        if !self.sources.iter().any(|s| s.name == openssl::SOURCE.name) {
+        if !self.wants(&openssl::SOURCE) {
             return None;
         }
         let symbols = Symbols::of(file, &wanted_symbols()).ok()?;
@@ -323,54 +323,32 @@ impl Discovery {
     /// `discover::boringssl`); one where its functions cannot be found with
     /// certainty gets a warning that says why, and no probe.
     fn stripped_boringssl(&self, file: &Rc<PinnedFile>, exe: &Executable) -> Option<TlsTarget> {
-        if !self.sources.iter().any(|s| s.name == openssl::SOURCE.name) {
+        if !self.wants(&openssl::SOURCE) {
             return None;
         }
-        match openssl::stripped_boringssl(file.clone(), &exe.path) {
-            Ok(target) => target,
-            Err(e) => {
-                crate::eprintln_escaped!(
-                    "cleartap: warning: not capturing BoringSSL in {}: {e:#}",
-                    exe.display_path
-                );
-                None
-            }
-        }
+        warn_unprobed("BoringSSL in", exe, openssl::stripped_boringssl(file.clone(), &exe.path))
     }
 
     /// An executable with rustls linked in: found by its symbols (see
     /// `sources::rustls`); one that has rustls but cannot be probed
     /// (stripped, LTO) gets a warning that says why.
     fn rustls_program(&self, file: &Rc<PinnedFile>, exe: &Executable) -> Option<TlsTarget> {
-        if !self.sources.iter().any(|s| s.name == rustls::SOURCE.name) {
+        if !self.wants(&rustls::SOURCE) {
             return None;
         }
-        match rustls::resolve(file.clone(), &exe.path) {
-            Ok(target) => target,
-            Err(e) => {
-                crate::eprintln_escaped!(
-                    "cleartap: warning: not capturing rustls in {}: {e:#}",
-                    exe.display_path
-                );
-                None
-            }
-        }
+        warn_unprobed("rustls in", exe, rustls::resolve(file.clone(), &exe.path))
     }
 
     fn go_program(&self, file: Rc<PinnedFile>, exe: &Executable) -> Option<TlsTarget> {
         if !self.go {
             return None;
         }
-        match gotls::resolve(file, &exe.path) {
-            Ok(target) => target,
-            Err(e) => {
-                crate::eprintln_escaped!(
-                    "cleartap: warning: not capturing Go program {}: {e:#}",
-                    exe.display_path
-                );
-                None
-            }
-        }
+        warn_unprobed("Go program", exe, gotls::resolve(file, &exe.path))
+    }
+
+    /// Whether `source` was asked for (`--library`).
+    fn wants(&self, source: &TlsSource) -> bool {
+        self.sources.iter().any(|s| s.name == source.name)
     }
 
     /// The last of the parse: where secrets are read, when they are wanted.
@@ -391,6 +369,16 @@ impl Discovery {
     pub fn forget(&mut self, id: FileId) {
         self.seen.remove(&id);
     }
+}
+
+/// A finder's answer for `exe`: the target it found, if any; where the
+/// library is there but cannot be probed, a warning that says why (`what`:
+/// "rustls in", "Go program") and no target.
+fn warn_unprobed(what: &str, exe: &Executable, found: Result<Option<TlsTarget>>) -> Option<TlsTarget> {
+    found.unwrap_or_else(|e| {
+        crate::eprintln_escaped!("cleartap: warning: not capturing {what} {}: {e:#}", exe.display_path);
+        None
+    })
 }
 
 /// What the ring buffer thread asks the discovery thread to look at.

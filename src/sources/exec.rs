@@ -21,13 +21,12 @@ impl<'obj> ExecProbes<'obj> {
 
     pub fn attach(&self) -> Result<Vec<Link>> {
         let p = &self.skel.progs;
-        let programs = [
-            (&p.sys_enter_execve, "sys_enter_execve"),
-            (&p.sys_enter_execveat, "sys_enter_execveat"),
-            (&p.sys_exit_execve, "sys_exit_execve"),
-            (&p.sys_exit_execveat, "sys_exit_execveat"),
-        ];
-        super::attach_syscall_tracepoints(&programs)
+        super::attach_tracepoints(&[
+            &p.sys_enter_execve,
+            &p.sys_enter_execveat,
+            &p.sys_exit_execve,
+            &p.sys_exit_execveat,
+        ])
     }
 
     pub fn events_map(&self) -> &libbpf_rs::MapMut<'obj> {

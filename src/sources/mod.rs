@@ -31,18 +31,22 @@ use crate::discover::pinned::PinnedFile;
 use crate::discover::procs::FileId;
 use secret_points::SecretPoints;
 
-/// Attach each program to its `syscalls:` tracepoint.
-pub fn attach_syscall_tracepoints(
-    programs: &[(&libbpf_rs::ProgramMut, &str)],
-) -> Result<Vec<libbpf_rs::Link>> {
+/// Attach `prog` to the tracepoint its section names
+/// (`SEC("tracepoint/syscalls/sys_enter_write")` in its .bpf.c): each
+/// tracepoint is written once, beside its program.
+pub fn attach_tracepoint(prog: &libbpf_rs::ProgramMut) -> Result<libbpf_rs::Link> {
     use anyhow::Context;
-    programs
-        .iter()
-        .map(|(prog, name)| {
-            prog.attach_tracepoint(libbpf_rs::TracepointCategory::Syscalls, name)
-                .with_context(|| format!("attaching tracepoint syscalls:{name}"))
-        })
-        .collect()
+    let section = prog.section().to_string_lossy();
+    let Some(tracepoint) = section.strip_prefix("tracepoint/") else {
+        bail!("program {} is not a tracepoint program (section {section})", prog.name().to_string_lossy());
+    };
+    let tracepoint = tracepoint.replacen('/', ":", 1);
+    prog.attach().with_context(|| format!("attaching tracepoint {tracepoint}"))
+}
+
+/// `attach_tracepoint` for each of `programs`.
+pub fn attach_tracepoints(programs: &[&libbpf_rs::ProgramMut]) -> Result<Vec<libbpf_rs::Link>> {
+    programs.iter().map(|prog| attach_tracepoint(prog)).collect()
 }
 
 /// The kernel entry program a hooked function needs.

@@ -122,13 +122,12 @@ impl<'obj> PacketProbes<'obj> {
     /// connect/accept tracepoints: which process owns which tuple.
     pub fn attach_owners(&self) -> Result<Vec<Link>> {
         let p = &self.skel.progs;
-        let programs = [
-            (&p.owner_connect_enter, "sys_enter_connect"),
-            (&p.owner_connect_exit, "sys_exit_connect"),
-            (&p.owner_accept4_exit, "sys_exit_accept4"),
-            (&p.owner_accept_exit, "sys_exit_accept"),
-        ];
-        super::attach_syscall_tracepoints(&programs)
+        super::attach_tracepoints(&[
+            &p.owner_connect_enter,
+            &p.owner_connect_exit,
+            &p.owner_accept4_exit,
+            &p.owner_accept_exit,
+        ])
     }
 
     /// Egress and (except on loopback) ingress of `iface`.

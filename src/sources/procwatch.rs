@@ -6,7 +6,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 
 use anyhow::{Context, Result};
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
-use libbpf_rs::{Link, OpenObject, TracepointCategory};
+use libbpf_rs::{Link, OpenObject};
 
 use super::TlsSource;
 use crate::bpf::procwatch::{ProcwatchSkel, ProcwatchSkelBuilder};
@@ -85,15 +85,6 @@ impl<'obj> ProcWatch<'obj> {
 
     pub fn attach(&self) -> Result<Vec<Link>> {
         let p = &self.skel.progs;
-        let exec = p
-            .sched_process_exec
-            .attach_tracepoint(TracepointCategory::Sched, "sched_process_exec")
-            .context("attaching tracepoint sched:sched_process_exec")?;
-        let mut links = vec![exec];
-        links.extend(super::attach_syscall_tracepoints(&[
-            (&p.sys_enter_openat, "sys_enter_openat"),
-            (&p.sys_exit_openat, "sys_exit_openat"),
-        ])?);
-        Ok(links)
+        super::attach_tracepoints(&[&p.sched_process_exec, &p.sys_enter_openat, &p.sys_exit_openat])
     }
 }

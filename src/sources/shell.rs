@@ -8,7 +8,7 @@ use std::rc::Rc;
 
 use anyhow::{bail, Context, Result};
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
-use libbpf_rs::{Link, MapCore, MapFlags, OpenObject, TracepointCategory, UprobeOpts};
+use libbpf_rs::{Link, MapCore, MapFlags, OpenObject, UprobeOpts};
 
 use super::attached::{AttachedFiles, FileLinks};
 use super::executables::ExecutableAttacher;
@@ -157,11 +157,7 @@ impl<'obj> ShellProbes<'obj> {
     }
 
     pub fn attach_exit(&self) -> Result<Link> {
-        self.skel
-            .progs
-            .shell_exit
-            .attach_tracepoint(TracepointCategory::Sched, "sched_process_exit")
-            .context("attaching tracepoint sched:sched_process_exit")
+        super::attach_tracepoint(&self.skel.progs.shell_exit)
     }
 
     /// The probes of `bin`'s file and, for a bash reading its lines

@@ -178,17 +178,16 @@ impl<'obj> TlsProbes<'obj> {
     /// The system call tracepoints that reveal the fd of an active call.
     pub fn attach_syscalls(&self) -> Result<Vec<Link>> {
         let p = &self.skel.progs;
-        let programs = [
-            (&p.sys_enter_write, "sys_enter_write"),
-            (&p.sys_enter_read, "sys_enter_read"),
-            (&p.sys_enter_sendto, "sys_enter_sendto"),
-            (&p.sys_enter_recvfrom, "sys_enter_recvfrom"),
-            (&p.sys_enter_sendmsg, "sys_enter_sendmsg"),
-            (&p.sys_enter_recvmsg, "sys_enter_recvmsg"),
-            (&p.sys_enter_writev, "sys_enter_writev"),
-            (&p.sys_enter_readv, "sys_enter_readv"),
-        ];
-        super::attach_syscall_tracepoints(&programs)
+        super::attach_tracepoints(&[
+            &p.sys_enter_write,
+            &p.sys_enter_read,
+            &p.sys_enter_sendto,
+            &p.sys_enter_recvfrom,
+            &p.sys_enter_sendmsg,
+            &p.sys_enter_recvmsg,
+            &p.sys_enter_writev,
+            &p.sys_enter_readv,
+        ])
     }
 
     /// Entry and return probes on every hook of `target`, and where its

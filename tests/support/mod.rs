@@ -352,6 +352,30 @@ impl Certificate {
     }
 }
 
+/// `openssl s_server -www` with `cert`, on a free port, with `options`
+/// besides (a version flag, `-keylogfile FILE`): the server and its port.
+/// Its output is drained in the background so that it never blocks.
+pub fn openssl_s_server<S: AsRef<OsStr>>(cert: &Certificate, options: &[S]) -> (Child, u16) {
+    // Port 0: s_server binds a free port itself and prints it once it
+    // listens ("ACCEPT 127.0.0.1:PORT").
+    let mut server = Command::new("openssl")
+        .args(["s_server", "-www", "-accept", "127.0.0.1:0", "-cert"])
+        .arg(cert.cert())
+        .arg("-key")
+        .arg(cert.key())
+        .args(options)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting openssl s_server");
+    let mut lines = BufReader::new(server.stdout.take().unwrap()).lines();
+    let accept = lines.by_ref().map_while(Result::ok).find(|l| l.starts_with("ACCEPT "));
+    let accept = accept.expect("s_server did not print ACCEPT");
+    let port: u16 = accept.rsplit(':').next().and_then(|p| p.parse().ok()).expect(&accept);
+    thread::spawn(move || lines.for_each(drop));
+    (server, port)
+}
+
 /// `tls_server.py`: a Python (libssl, SSL_*_ex) HTTPS server keeping
 /// ground truth of what it received and sent per peer port.
 pub struct TlsServer {

@@ -8,57 +8,23 @@
 //!
 //! Both sides write what they passed to BoringSSL (`SslStream::write`, i.e.
 //! SSL_write) and what they got from it (`SslStream::read`, SSL_read) into
-//! TRUTHDIR/<local port>-<remote port>.sent and .recv, and every line their
-//! key log callback (SSL_CTX_set_keylog_callback) is given into
-//! TRUTHDIR/keylog.
+//! TRUTHDIR/<local port>-<remote port>.sent and .recv (the exchange and its
+//! records: tests/support/peer_echo.rs), and every line their key log
+//! callback (SSL_CTX_set_keylog_callback) is given into TRUTHDIR/keylog.
 
-use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use boring::ssl::{
-    SslAcceptor, SslConnector, SslContextBuilder, SslFiletype, SslMethod, SslStream, SslVerifyMode, SslVersion,
+    SslAcceptor, SslConnector, SslContextBuilder, SslFiletype, SslMethod, SslVerifyMode, SslVersion,
 };
 
-/// A stream that records both directions of the plaintext.
-struct Recorded {
-    inner: SslStream<TcpStream>,
-    sent: File,
-    recv: File,
-}
-
-impl Recorded {
-    fn new(inner: SslStream<TcpStream>, truth: &Path) -> Self {
-        let tcp = inner.get_ref();
-        let name = format!("{}-{}", tcp.local_addr().unwrap().port(), tcp.peer_addr().unwrap().port());
-        Recorded {
-            inner,
-            sent: File::create(truth.join(format!("{name}.sent"))).unwrap(),
-            recv: File::create(truth.join(format!("{name}.recv"))).unwrap(),
-        }
-    }
-}
-
-impl Read for Recorded {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.recv.write_all(&buf[..n])?;
-        Ok(n)
-    }
-}
-
-impl Write for Recorded {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.sent.write_all(&buf[..n])?;
-        Ok(n)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
-}
+#[path = "../../../support/peer_echo.rs"]
+mod echo;
+use echo::Recorded;
 
 /// Every key log line the library gives the program, appended whole.
 fn log_keys(ctx: &mut SslContextBuilder, truth: &Path) {
@@ -70,50 +36,21 @@ fn log_keys(ctx: &mut SslContextBuilder, truth: &Path) {
     });
 }
 
-/// Reads one message: headers, then Content-Length bytes of body.
-fn read_message(s: &mut impl Read) -> (String, Vec<u8>) {
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        assert_eq!(s.read(&mut byte).unwrap(), 1, "connection closed in the headers");
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8(head).unwrap();
-    let len: usize = head
-        .lines()
-        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
-        .unwrap_or(0);
-    let mut body = vec![0u8; len];
-    s.read_exact(&mut body).unwrap();
-    (head, body)
-}
-
-fn body(size: usize, seed: usize) -> Vec<u8> {
-    (0..size).map(|i| ((i * 7 + seed * 13) % 251) as u8).collect()
-}
-
 fn server(cert: &Path, key: &Path, truth: PathBuf) {
     let mut builder = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls()).unwrap();
     builder.set_certificate_chain_file(cert).unwrap();
     builder.set_private_key_file(key, SslFiletype::PEM).unwrap();
     log_keys(&mut builder, &truth);
     let acceptor = Arc::new(builder.build());
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    println!("port {}", listener.local_addr().unwrap().port());
-    std::io::stdout().flush().unwrap();
-    for tcp in listener.incoming() {
+    for tcp in echo::listen().incoming() {
         let tcp = tcp.unwrap();
         let acceptor = acceptor.clone();
         let truth = truth.clone();
         std::thread::spawn(move || {
+            let copy = tcp.try_clone().unwrap();
             let Ok(stream) = acceptor.accept(tcp) else { return };
-            let mut s = Recorded::new(stream, &truth);
-            let (_, mut request) = read_message(&mut s);
-            request.reverse();
-            let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", request.len());
-            s.write_all(head.as_bytes()).unwrap();
-            s.write_all(&request).unwrap();
-            s.flush().unwrap();
+            let mut s = Recorded::new(stream, &copy, &truth);
+            echo::answer(&mut s);
             let _ = s.inner.shutdown();
         });
     }
@@ -128,18 +65,9 @@ fn client(port: u16, count: usize, size: usize, truth: PathBuf, version: SslVers
     let connector = builder.build();
     for i in 0..count {
         let tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let copy = tcp.try_clone().unwrap();
         let stream = connector.configure().unwrap().connect("localhost", tcp).unwrap();
-        let mut s = Recorded::new(stream, &truth);
-        let sent = body(size, i);
-        let head = format!("POST /echo HTTP/1.1\r\nHost: localhost\r\nContent-Length: {size}\r\n\r\n");
-        s.write_all(head.as_bytes()).unwrap();
-        s.write_all(&sent).unwrap();
-        s.flush().unwrap();
-        let (head, got) = read_message(&mut s);
-        assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
-        let mut want = sent;
-        want.reverse();
-        assert!(got == want, "connection {i}: the answer is not the request reversed");
+        echo::ask(&mut Recorded::new(stream, &copy, &truth), i, size);
     }
     println!("ok {count}");
 }
@@ -164,7 +92,9 @@ fn main() {
             version(&args[6]),
         ),
         _ => {
-            eprintln!("usage: boringpeer server CERT KEY TRUTHDIR | client PORT COUNT SIZE TRUTHDIR tls12|tls13");
+            eprintln!(
+                "usage: boringpeer server CERT KEY TRUTHDIR | client PORT COUNT SIZE TRUTHDIR tls12|tls13"
+            );
             std::process::exit(2);
         }
     }

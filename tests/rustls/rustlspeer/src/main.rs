@@ -8,7 +8,8 @@
 //!
 //! Both sides write what they passed to rustls (`Write::write` on a
 //! `rustls::StreamOwned`) and what they got from it (`Read::read`) into
-//! TRUTHDIR/<local port>-<remote port>.sent and .recv.
+//! TRUTHDIR/<local port>-<remote port>.sent and .recv (the exchange and its
+//! records: tests/support/peer_echo.rs).
 //!
 //! Key loggers, one of each kind a program has: the server's own `KeyLog`
 //! writes every secret rustls gives it to TRUTHDIR/keys; the client uses
@@ -16,8 +17,8 @@
 //! RUSTLSPEER_TLS12=1 makes the client offer TLS 1.2 only.
 
 use std::fs::File;
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::Write;
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -26,6 +27,10 @@ use rustls::crypto::{ring, verify_tls12_signature, verify_tls13_signature, Crypt
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
+
+#[path = "../../../support/peer_echo.rs"]
+mod echo;
+use echo::Recorded;
 
 /// The server's key logger: NSS key log lines into a file.
 #[derive(Debug)]
@@ -37,67 +42,6 @@ impl rustls::KeyLog for TruthKeyLog {
         let line = format!("{label} {} {}\n", hex(client_random), hex(secret));
         self.0.lock().unwrap().write_all(line.as_bytes()).unwrap();
     }
-}
-
-/// A stream that records both directions of the plaintext.
-struct Recorded<S> {
-    inner: S,
-    sent: File,
-    recv: File,
-}
-
-impl<S> Recorded<S> {
-    fn new(inner: S, tcp: &TcpStream, truth: &Path) -> Self {
-        let name = format!("{}-{}", tcp.local_addr().unwrap().port(), tcp.peer_addr().unwrap().port());
-        Recorded {
-            inner,
-            sent: File::create(truth.join(format!("{name}.sent"))).unwrap(),
-            recv: File::create(truth.join(format!("{name}.recv"))).unwrap(),
-        }
-    }
-}
-
-impl<S: Read> Read for Recorded<S> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.recv.write_all(&buf[..n])?;
-        Ok(n)
-    }
-}
-
-impl<S: Write> Write for Recorded<S> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.sent.write_all(&buf[..n])?;
-        Ok(n)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
-}
-
-/// Reads one message: headers, then Content-Length bytes of body.
-fn read_message(s: &mut impl Read) -> (String, Vec<u8>) {
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        assert_eq!(s.read(&mut byte).unwrap(), 1, "connection closed in the headers");
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8(head).unwrap();
-    let len: usize = head
-        .lines()
-        .find_map(|l| {
-            l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap())
-        })
-        .unwrap_or(0);
-    let mut body = vec![0u8; len];
-    s.read_exact(&mut body).unwrap();
-    (head, body)
-}
-
-fn body(size: usize, seed: usize) -> Vec<u8> {
-    (0..size).map(|i| ((i * 7 + seed * 13) % 251) as u8).collect()
 }
 
 fn provider() -> Arc<CryptoProvider> {
@@ -117,10 +61,7 @@ fn server(cert: &Path, key: &Path, truth: PathBuf) {
     let mut config = config;
     config.key_log = Arc::new(TruthKeyLog(File::create(truth.join("keys")).unwrap().into()));
     let config = Arc::new(config);
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    println!("port {}", listener.local_addr().unwrap().port());
-    std::io::stdout().flush().unwrap();
-    for tcp in listener.incoming() {
+    for tcp in echo::listen().incoming() {
         let tcp = tcp.unwrap();
         let config = config.clone();
         let truth = truth.clone();
@@ -128,12 +69,7 @@ fn server(cert: &Path, key: &Path, truth: PathBuf) {
             let conn = rustls::ServerConnection::new(config).unwrap();
             let copy = tcp.try_clone().unwrap();
             let mut s = Recorded::new(rustls::StreamOwned::new(conn, tcp), &copy, &truth);
-            let (_, mut request) = read_message(&mut s);
-            request.reverse();
-            let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", request.len());
-            s.write_all(head.as_bytes()).unwrap();
-            s.write_all(&request).unwrap();
-            s.flush().unwrap();
+            echo::answer(&mut s);
             s.inner.conn.send_close_notify();
             let _ = s.inner.conn.complete_io(&mut s.inner.sock);
         });
@@ -194,17 +130,7 @@ fn client(port: u16, count: usize, size: usize, truth: PathBuf) {
         let name = ServerName::try_from("localhost").unwrap();
         let conn = rustls::ClientConnection::new(config.clone(), name).unwrap();
         let copy = tcp.try_clone().unwrap();
-        let mut s = Recorded::new(rustls::StreamOwned::new(conn, tcp), &copy, &truth);
-        let sent = body(size, i);
-        let head = format!("POST /echo HTTP/1.1\r\nHost: localhost\r\nContent-Length: {size}\r\n\r\n");
-        s.write_all(head.as_bytes()).unwrap();
-        s.write_all(&sent).unwrap();
-        s.flush().unwrap();
-        let (head, got) = read_message(&mut s);
-        assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
-        let mut want = sent;
-        want.reverse();
-        assert!(got == want, "connection {i}: the answer is not the request reversed");
+        echo::ask(&mut Recorded::new(rustls::StreamOwned::new(conn, tcp), &copy, &truth), i, size);
     }
     println!("ok {count}");
 }
