@@ -1213,3 +1213,6 @@ int BPF_KPROBE(boringssl_keylog, void *ssl, const char *label, void *secret, __u
 	submit_secret(e);
 	return 0;
 }
+
+/* NSS: its secrets are computed inside its PKCS#11 token (docs/nss-secrets.md). */
+#include "nss_secrets.h"

@@ -421,7 +421,10 @@ impl Registers {
 /// Function start addresses, sorted, from `.eh_frame_hdr`'s search table
 /// (`PT_GNU_EH_FRAME`). The encodings every x86-64 linker writes (a
 /// 4-byte count, `datarel|sdata4` entries) are read; others are refused.
-pub(crate) fn function_starts<'d, R: ReadRef<'d>>(elf: &ElfFile64<'d, Endianness, R>, data: R) -> Result<Vec<u64>> {
+pub(crate) fn function_starts<'d, R: ReadRef<'d>>(
+    elf: &ElfFile64<'d, Endianness, R>,
+    data: R,
+) -> Result<Vec<u64>> {
     let endian = elf.endian();
     let header = elf
         .elf_program_headers()

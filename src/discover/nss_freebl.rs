@@ -120,7 +120,8 @@ pub fn find<'d, R: ReadRef<'d>>(data: R) -> Result<FreeblPoints> {
 /// `ret` without another write to rax. Exactly one such X.
 fn returned_address<'d, R: ReadRef<'d>>(data: R, f: Function) -> Result<u64> {
     let len = if f.size == 0 { MAX_GET_VECTOR } else { f.size.min(MAX_GET_VECTOR) };
-    let code = data.read_bytes_at(f.file_offset, len).ok().with_context(|| format!("reading {GET_VECTOR}"))?;
+    let code =
+        data.read_bytes_at(f.file_offset, len).ok().with_context(|| format!("reading {GET_VECTOR}"))?;
     let mut decoder = Decoder::with_ip(64, code, f.address, DecoderOptions::NONE);
     let mut factory = InstructionInfoFactory::new();
     let mut instr = Instruction::default();
@@ -131,7 +132,9 @@ fn returned_address<'d, R: ReadRef<'d>>(data: R, f: Function) -> Result<u64> {
         if instr.is_invalid() {
             break;
         }
-        if instr.code() == Code::Lea_r64_m && instr.op0_register() == Register::RAX && instr.is_ip_rel_memory_operand()
+        if instr.code() == Code::Lea_r64_m
+            && instr.op0_register() == Register::RAX
+            && instr.is_ip_rel_memory_operand()
         {
             held = Some(instr.ip_rel_memory_address());
             continue;
@@ -161,15 +164,16 @@ fn returned_address<'d, R: ReadRef<'d>>(data: R, f: Function) -> Result<u64> {
 fn writes_rax(instr: &Instruction, factory: &mut InstructionInfoFactory) -> bool {
     use iced_x86::OpAccess::{CondWrite, ReadCondWrite, ReadWrite, Write};
     factory.info(instr).used_registers().iter().any(|used| {
-            matches!(used.access(), Write | CondWrite | ReadWrite | ReadCondWrite)
-                && used.register().full_register() == Register::RAX
-        })
+        matches!(used.access(), Write | CondWrite | ReadWrite | ReadCondWrite)
+            && used.register().full_register() == Register::RAX
+    })
 }
 
 /// The table's `u16 length, u16 version`: version 3.x with x >= MIN_MINOR,
 /// and a length that covers the fields read.
 fn check_header<'d, R: ReadRef<'d>>(data: R, segments: &[(u64, u64, u64)], vector: u64) -> Result<u16> {
-    let at = file_offset_of(segments, vector).with_context(|| format!("the table ({vector:#x}) is outside the file"))?;
+    let at = file_offset_of(segments, vector)
+        .with_context(|| format!("the table ({vector:#x}) is outside the file"))?;
     let header = data.read_bytes_at(at, 4).ok().context("reading the table's header")?;
     let length = u16::from_le_bytes([header[0], header[1]]);
     let version = u16::from_le_bytes([header[2], header[3]]);
@@ -179,21 +183,33 @@ fn check_header<'d, R: ReadRef<'d>>(data: R, segments: &[(u64, u64, u64)], vecto
         version >> 8,
         version & 0xff
     );
-    ensure!(u64::from(length) >= TLS_P_HASH + 8, "the table is {length} bytes, too short for version {version:#x}");
+    ensure!(
+        u64::from(length) >= TLS_P_HASH + 8,
+        "the table is {length} bytes, too short for version {version:#x}"
+    );
     Ok(version)
 }
 
 /// The functions the table's fields point to: field offset -> address,
 /// from the dynamic relocations that fill them.
-fn table_fields<'d, R: ReadRef<'d>>(elf: &ElfFile64<'d, Endianness, R>, vector: u64) -> Result<HashMap<u64, u64>> {
+fn table_fields<'d, R: ReadRef<'d>>(
+    elf: &ElfFile64<'d, Endianness, R>,
+    vector: u64,
+) -> Result<HashMap<u64, u64>> {
     let relocations = elf.dynamic_relocations().context("no dynamic relocations")?;
     let wanted = [TLS_PRF, HMAC_CREATE, HMAC_BEGIN, HMAC_UPDATE, HMAC_FINISH, TLS_P_HASH];
     let mut fields = HashMap::new();
     for (place, relocation) in relocations.take(MAX_RELOCATIONS) {
         let Some(field) = place.checked_sub(vector).filter(|f| wanted.contains(f)) else { continue };
         let RelocationFlags::Elf { r_type } = relocation.flags() else { continue };
-        ensure!(r_type == R_X86_64_RELATIVE, "the table's field at {field} is filled by relocation type {r_type}");
-        ensure!(fields.insert(field, relocation.addend() as u64).is_none(), "two relocations fill field {field}");
+        ensure!(
+            r_type == R_X86_64_RELATIVE,
+            "the table's field at {field} is filled by relocation type {r_type}"
+        );
+        ensure!(
+            fields.insert(field, relocation.addend() as u64).is_none(),
+            "two relocations fill field {field}"
+        );
     }
     Ok(fields)
 }
