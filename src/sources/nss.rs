@@ -81,3 +81,20 @@ fn freebl_points(target: &TlsTarget) -> Result<SecretPoints> {
     let points = nss_freebl::find(target.file.data()).context("NSS's freebl not understood")?;
     Ok(SecretPoints::NssFreebl(points))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_files_are_named_within_the_watch_slot_and_without_check_files() {
+        // The process watch holds 15 bytes of a prefix (bpf/procwatch.bpf.c).
+        assert!(SECRET_SOURCES.iter().all(|s| s.file_prefix.len() < 16 && s.name == SOURCE.name));
+        assert!(FREEBL.is_library_path("/usr/lib/x86_64-linux-gnu/libfreeblpriv3.so"));
+        assert!(!FREEBL.is_library_path("/usr/lib/x86_64-linux-gnu/libfreeblpriv3.chk"));
+        assert!(!FREEBL.is_library_path("/usr/lib/x86_64-linux-gnu/libfreebl3.so"));
+        assert!(PK11.is_library_path("/lib/libnss3.so"));
+        assert!(!PK11.is_library_path("/lib/libnssutil3.so"));
+        assert!(SECRET_SOURCES.iter().all(|s| s.hooks.is_empty() && s.secrets.is_some()));
+    }
+}
