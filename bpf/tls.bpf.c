@@ -1166,3 +1166,6 @@ int BPF_KPROBE(boringssl_keylog, void *ssl, const char *label, void *secret, __u
 	submit_secret(e);
 	return 0;
 }
+
+/* NSS: its secrets are computed inside its PKCS#11 token (docs/nss-secrets.md). */
+#include "nss_secrets.h"

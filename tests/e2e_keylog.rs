@@ -447,3 +447,135 @@ fn an_existing_capture_file_or_a_symlink_is_refused() {
     assert_eq!(fs::read(&existing).unwrap(), b"keep me");
     assert!(!dir.path().join("elsewhere").exists());
 }
+
+/// NSS's secrets against the other end's own record of them (Debian's NSS
+/// writes no SSLKEYLOGFILE): tstclnt (an NSS client) against `openssl
+/// s_server -keylogfile`, TLS 1.2 and 1.3, only NSS probed. The capture
+/// must decrypt with its embedded secrets alone.
+#[test]
+fn nss_client_tls12_and_tls13_secrets_equal_the_servers_key_log() {
+    let Some(_one) = capture_test() else { return };
+    let cert = Certificate::new();
+    for (version_flag, label) in
+        [("-tls1_2", "CLIENT_RANDOM "), ("-tls1_3", "CLIENT_HANDSHAKE_TRAFFIC_SECRET ")]
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let server_log = dir.path().join("server-keys.log");
+        let (mut server, port) = s_server_with_keylog(&cert, version_flag, &server_log);
+        let recording = Recording::start(port, &["--library", "nss"]);
+        let uri = format!("/nss-client{version_flag}");
+        let request = dir.path().join("request");
+        fs::write(&request, format!("GET {uri} HTTP/1.0\r\n\r\n")).unwrap();
+        // A file on stdin: tstclnt sends it, prints the answer and exits
+        // when the server closes (on a pipe it spins after EOF).
+        let out = Command::new("tstclnt")
+            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-o", "-D"])
+            .stdin(fs::File::open(&request).unwrap())
+            .output()
+            .expect("running tstclnt (scripts/install-deps --test: libnss3-tools)");
+        let done = recording.stop();
+        let _ = server.kill();
+        let _ = server.wait();
+        assert!(out.status.success(), "tstclnt {version_flag}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(out.stdout.starts_with(b"HTTP/1.0 200 ok\r\n"), "{}", String::from_utf8_lossy(&out.stdout));
+        let got = done.key_lines();
+        assert!(got.iter().any(|l| l.starts_with(label)), "{version_flag}: no {label}line in {got:#?}");
+        assert_same_key_lines(&got, &server_log);
+        // Both directions decrypt (the server's page has no length, so
+        // tshark's HTTP view shows only the request: follow the stream).
+        let both_ways = decrypted_stream(&done.pcap(), 0);
+        assert!(both_ways.contains(&format!("GET {uri} HTTP/1.0")), "{version_flag}: {both_ways}");
+        assert!(both_ways.contains("HTTP/1.0 200 ok"), "{version_flag}: {both_ways}");
+    }
+}
+
+/// An NSS server: selfserv (its own certificate database, made here)
+/// answering `openssl s_client -keylogfile`, TLS 1.2 and 1.3.
+#[test]
+fn nss_server_tls12_and_tls13_secrets_equal_the_clients_key_log() {
+    let Some(_one) = capture_test() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let db = nss_server_db(dir.path());
+    let port = free_port();
+    let mut server = Command::new("selfserv")
+        .args(["-d", &db, "-n", "server", "-p", &port.to_string(), "-V", "tls1.2:tls1.3"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("starting selfserv (scripts/install-deps --test: libnss3-tools)");
+    wait_until_listening(port, &mut server);
+    let recording = Recording::start(port, &["--library", "nss"]);
+    let client_log = dir.path().join("client-keys.log");
+    let mut uris = Vec::new();
+    for version_flag in ["-tls1_2", "-tls1_3"] {
+        let uri = format!("/nss-server{version_flag}");
+        let request = format!("GET {uri} HTTP/1.0\r\n\r\n");
+        let out = run(
+            Command::new("openssl")
+                .args(["s_client", "-quiet", "-ign_eof", version_flag, "-connect"])
+                .arg(format!("127.0.0.1:{port}"))
+                .arg("-keylogfile")
+                .arg(&client_log),
+            request.as_bytes(),
+        );
+        assert!(out.stdout.starts_with(b"HTTP/1.0 200 OK\r\n"), "{}", String::from_utf8_lossy(&out.stdout));
+        uris.push(uri);
+    }
+    let done = recording.stop();
+    let _ = server.kill();
+    let _ = server.wait();
+    let got = done.key_lines();
+    for label in ["CLIENT_RANDOM ", "SERVER_TRAFFIC_SECRET_0 "] {
+        assert!(got.iter().any(|l| l.starts_with(label)), "no {label}line in {got:#?}");
+    }
+    assert_same_key_lines(&got, &client_log);
+    for (stream, uri) in uris.iter().enumerate() {
+        let both_ways = decrypted_stream(&done.pcap(), stream);
+        assert!(both_ways.contains(&format!("GET {uri} HTTP/1.0")), "{both_ways}");
+        assert!(both_ways.contains("HTTP/1.0 200 OK"), "{both_ways}");
+    }
+}
+
+/// The plaintext tshark decrypts from TCP stream `stream` of `pcap` with
+/// the secrets the file holds, both directions.
+fn decrypted_stream(pcap: &Path, stream: usize) -> String {
+    let follow = format!("follow,tls,ascii,{stream}");
+    let out = Command::new("tshark").arg("-r").arg(pcap).args(["-q", "-z", &follow]).output().unwrap();
+    assert!(out.status.success(), "tshark: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// An NSS certificate database in `dir` holding a self-signed server
+/// certificate named "server"; its `-d` argument.
+fn nss_server_db(dir: &Path) -> String {
+    let db = format!("sql:{}", dir.display());
+    let noise = dir.join("noise");
+    fs::write(&noise, (0..64u8).map(|i| i.wrapping_mul(37) ^ 0x5a).collect::<Vec<u8>>()).unwrap();
+    let certutil = |args: &[&str]| {
+        let out = Command::new("certutil")
+            .args(args)
+            .output()
+            .expect("running certutil (scripts/install-deps --test: libnss3-tools)");
+        assert!(out.status.success(), "certutil {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    certutil(&["-N", "-d", &db, "--empty-password"]);
+    let noise = noise.to_str().unwrap();
+    let subject = ["-s", "CN=localhost", "-x", "-t", "CT,,", "-k", "ec", "-q", "nistp256", "-v", "12"];
+    certutil(&[&["-S", "-d", &db, "-n", "server", "-z", noise][..], &subject[..]].concat());
+    db
+}
+
+/// A port nothing listens on now (the kernel's choice).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Until `port` accepts connections; fails if `server` exits first.
+fn wait_until_listening(port: u16, server: &mut std::process::Child) {
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Some(status) = server.try_wait().unwrap() {
+            panic!("the server exited ({status}) before listening on {port}");
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -334,7 +334,7 @@ fn direct_calls_to(code: &Text, target: u64) -> Vec<u64> {
 
 /// The function around `address`: [start, end) between two entries of
 /// the sorted `starts`.
-fn containing(starts: &[u64], address: u64) -> Option<(u64, u64)> {
+pub(crate) fn containing(starts: &[u64], address: u64) -> Option<(u64, u64)> {
     let next = starts.partition_point(|&s| s <= address);
     let start = *starts.get(next.checked_sub(1)?)?;
     let end = starts.get(next).copied().unwrap_or(start.saturating_add(MAX_FUNCTION));
@@ -421,7 +421,10 @@ impl Registers {
 /// Function start addresses, sorted, from `.eh_frame_hdr`'s search table
 /// (`PT_GNU_EH_FRAME`). The encodings every x86-64 linker writes (a
 /// 4-byte count, `datarel|sdata4` entries) are read; others are refused.
-fn function_starts<'d, R: ReadRef<'d>>(elf: &ElfFile64<'d, Endianness, R>, data: R) -> Result<Vec<u64>> {
+pub(crate) fn function_starts<'d, R: ReadRef<'d>>(
+    elf: &ElfFile64<'d, Endianness, R>,
+    data: R,
+) -> Result<Vec<u64>> {
     let endian = elf.endian();
     let header = elf
         .elf_program_headers()

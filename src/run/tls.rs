@@ -25,7 +25,7 @@ use crate::sources::discovery::Discovery;
 use crate::sources::packets::{self, PacketProbes};
 use crate::sources::procwatch::{ProcWatch, SharedMaps};
 use crate::sources::tls::TlsProbes;
-use crate::sources::{gotls, TlsSource, TlsTarget, TLS_SOURCES};
+use crate::sources::{gotls, nss, TlsSource, TlsTarget, TLS_SOURCES};
 
 pub fn run(args: &TlsArgs) -> Result<()> {
     let pcapng_on_stdout = args.write.as_deref() == Some(Path::new("-"));
@@ -49,8 +49,8 @@ pub fn capture(args: &TlsArgs, dest: Destination) -> Result<()> {
         kernel::require_capabilities(&[kernel::CAP_NET_ADMIN])?;
     }
     let filters = filters(&args.filters)?;
-    let sources = selected_sources(&args.libraries);
     let secrets = args.keylog.is_some() || args.write.is_some();
+    let sources = selected_sources(&args.libraries, secrets);
     // Output files first: an existing one is refused before anything is loaded.
     let keylog = args.keylog.as_deref().map(|p| KeyLog::create(p, args.force)).transpose()?;
 
@@ -176,8 +176,14 @@ fn attach_interfaces(
 
 /// The registry's libraries named by `--library` (Go is not a library
 /// file: its executables are found by discovery, see `Discovery::new`).
-fn selected_sources(libraries: &[String]) -> Vec<&'static TlsSource> {
-    TLS_SOURCES.into_iter().filter(|s| libraries.iter().any(|l| l == s.name)).collect()
+/// With `secrets`, the files some libraries' secrets come from as well.
+fn selected_sources(libraries: &[String], secrets: bool) -> Vec<&'static TlsSource> {
+    let secret_files = if secrets { &nss::SECRET_SOURCES[..] } else { &[] };
+    TLS_SOURCES
+        .into_iter()
+        .chain(secret_files.iter().copied())
+        .filter(|s| libraries.iter().any(|l| l == s.name))
+        .collect()
 }
 
 /// Where secrets go: the key log file and the capture, each line once.

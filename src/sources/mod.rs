@@ -148,7 +148,9 @@ pub struct TlsSource {
 impl TlsSource {
     pub fn is_library_path(&self, path: &str) -> bool {
         let name = path.rsplit('/').next().unwrap_or(path);
-        !self.file_prefix.is_empty() && name.starts_with(self.file_prefix)
+        // NSS's integrity check files (libfreeblpriv3.chk) sit beside its
+        // libraries and share their names' prefixes; they are not ELF.
+        !self.file_prefix.is_empty() && name.starts_with(self.file_prefix) && !name.ends_with(".chk")
     }
 }
 
@@ -284,7 +286,9 @@ impl TlsTarget {
     ) -> Result<TlsTarget> {
         let found: Vec<_> =
             source.hooks.iter().filter_map(|h| symbols.get(h.symbol).map(|f| (*h, f))).collect();
-        if found.is_empty() {
+        // A file probed for secrets only (NSS's libnss3 and freebl) has no
+        // plaintext hooks to find.
+        if found.is_empty() && !source.hooks.is_empty() {
             let names: Vec<_> = source.hooks.iter().map(|h| h.symbol).collect();
             bail!(
                 "{} defines none of the {} functions cleartap hooks ({})",
@@ -339,6 +343,9 @@ impl TlsTarget {
                 format!("{} via {}@{:#x}", callers.join("+"), h.symbol, f.address)
             }
         };
+        if self.hooks.is_empty() {
+            return "secrets only".to_string();
+        }
         self.hooks.iter().map(name).collect::<Vec<_>>().join(", ")
     }
 }

@@ -12,19 +12,30 @@ use super::TlsTarget;
 use crate::discover::boringssl::{self, BoringsslKeylogPoints};
 use crate::discover::elf::{Function, Symbols};
 use crate::discover::gnutls_keylog::{self, GnutlsKeylogPoints};
+use crate::discover::nss_freebl::FreeblPoints;
 
 /// How secrets are read from one probed file.
 #[derive(Debug, Clone)]
 pub enum SecretPoints {
     /// Read the structs after `SSL_do_handshake` (and at the first
     /// SSL_read/SSL_write after a handshake).
-    Openssl { layout: SslLayout, do_handshake: Option<Function> },
+    Openssl {
+        layout: SslLayout,
+        do_handshake: Option<Function>,
+    },
     /// A probe on the default key log function.
     Gnutls(GnutlsKeylogPoints),
     /// Probes on the program's implementations of rustls's `KeyLog::log`.
     Rustls(Vec<(String, Function)>),
     /// A probe on BoringSSL's `ssl_log_secret` (see `discover::boringssl`).
     Boringssl(BoringsslKeylogPoints),
+    /// NSS's libnss3: where TLS 1.3 secrets are named and the ClientHello
+    /// hashed; and its freebl, where secrets are computed (`sources::nss`).
+    NssPk11 {
+        derive: Function,
+        digest_op: Function,
+    },
+    NssFreebl(FreeblPoints),
 }
 
 /// Where `target`'s secrets are read: its registry entry says how (Go

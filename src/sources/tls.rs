@@ -248,6 +248,25 @@ impl<'obj> TlsProbes<'obj> {
             Ok(Some(SecretPoints::Gnutls(points))) => self.attach_gnutls_secrets(target, &points),
             Ok(Some(SecretPoints::Rustls(loggers))) => self.attach_rustls_secrets(target, &loggers),
             Ok(Some(SecretPoints::Boringssl(points))) => self.attach_boringssl_secrets(target, &points),
+            Ok(Some(SecretPoints::NssPk11 { derive, digest_op })) => {
+                let p = &self.skel.progs;
+                let probes = [
+                    (&p.nss_digest_op, digest_op, false, "PK11_DigestOp"),
+                    (&p.nss_derive, derive, false, "PK11_DeriveWithFlags"),
+                    (&p.nss_derive_return, derive, true, "PK11_DeriveWithFlags"),
+                ];
+                self.attach_secret_probes(target, &probes)
+            }
+            Ok(Some(SecretPoints::NssFreebl(f))) => {
+                let p = &self.skel.progs;
+                let probes = [
+                    (&p.nss_p_hash, f.tls_p_hash, false, "TLS_P_hash"),
+                    (&p.nss_prf, f.tls_prf, false, "TLS_PRF"),
+                    (&p.nss_hmac_finish, f.hmac_finish, false, "HMAC_Finish"),
+                    (&p.nss_hmac_finish_return, f.hmac_finish, true, "HMAC_Finish"),
+                ];
+                self.attach_secret_probes(target, &probes)
+            }
             Ok(None) => return Vec::new(),
             Err(e) => Err(e),
         };
@@ -340,6 +359,27 @@ impl<'obj> TlsProbes<'obj> {
             .attach_uprobe_with_opts(-1, target.file.proc_path(), offset, opts)
             .with_context(|| format!("attaching to ssl_log_secret in {}", target.display_path))?;
         Ok(vec![link])
+    }
+
+    /// Probes that read secrets only: (program, function, return probe,
+    /// the function's name for errors).
+    fn attach_secret_probes(
+        &self,
+        target: &TlsTarget,
+        probes: &[(&ProgramMut<'_>, Function, bool, &str)],
+    ) -> Result<Vec<Link>> {
+        probes
+            .iter()
+            .map(|(prog, f, retprobe, name)| {
+                let opts = UprobeOpts {
+                    retprobe: *retprobe,
+                    cookie: self.cookie(target, None),
+                    ..Default::default()
+                };
+                prog.attach_uprobe_with_opts(-1, target.file.proc_path(), f.file_offset as usize, opts)
+                    .with_context(|| format!("attaching to {name} in {}", target.display_path))
+            })
+            .collect()
     }
 
     /// A Go executable: plain uprobes only, at the points `gotls` found.

@@ -1,0 +1,274 @@
+// SPDX-License-Identifier: GPL-2.0 OR MIT
+/* NSS's TLS secrets (included by tls.bpf.c; design: docs/nss-secrets.md).
+ *
+ * NSS keeps its secrets inside its PKCS#11 token (softoken), which
+ * computes them with freebl. So they are read where freebl computes them,
+ * and named where libssl asks for them:
+ * - TLS 1.2: freebl's TLS_P_hash/TLS_PRF(master, "key expansion",
+ *   server_random || client_random, ...) has the master secret and the
+ *   client random at entry: one probe, one line.
+ * - TLS 1.3: libnss3's PK11_DeriveWithFlags(base, CKM_HKDF_DERIVE, params)
+ *   carries the HKDF label ("tls13 c hs traffic", ...) in params.pInfo;
+ *   the one freebl HMAC_Finish that runs inside that call computes the
+ *   secret (read at its return). The client random is the ClientHello's,
+ *   which libssl hashes into the transcript with PK11_DigestOp, on the same
+ *   thread, before any secret: remembered per thread. */
+
+#define NSS_CKM_HKDF_DERIVE 0x402a
+#define NSS_MASTER_SECRET_LEN 48
+#define NSS_HKDF_LABEL_AT 9 /* u16 length, u8 label length, "tls13 " */
+#define NSS_INFO_READ 24    /* enough for the prefix and the longest label */
+
+/* What a thread's NSS is doing: its last ClientHello's random, and the
+ * TLS 1.3 secret being derived (0: none). */
+struct nss_thread {
+	__u8 client_random[CT_RANDOM_LEN];
+	__u32 has_random;
+	__u32 label;       /* enum nss_label */
+	__u32 key_size;    /* what the derive asked for */
+	__u32 _pad;
+	__u64 result;      /* HMAC_Finish's output buffer (0: not reached yet) */
+	__u64 result_len;  /* where HMAC_Finish writes the output's length */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32); /* thread id */
+	__type(value, struct nss_thread);
+} nss_threads SEC(".maps");
+
+enum nss_label {
+	NSS_NONE,
+	NSS_C_HS,
+	NSS_S_HS,
+	NSS_C_AP,
+	NSS_S_AP,
+	NSS_EXP,
+	NSS_C_E,
+};
+
+static __always_inline bool nss_same(const __u8 *have, const char *want, int n)
+{
+#pragma unroll
+	for (int i = 0; i < 12; i++) {
+		if (i < n && have[i] != (__u8)want[i])
+			return false;
+	}
+	return true;
+}
+
+/* The secret an HKDF info names: "tls13 " then the label, whose length the
+ * byte before says. */
+static __always_inline __u32 nss_label_of(const __u8 *info)
+{
+	static const char prefix[] = "tls13 ";
+	if (!nss_same(info + 3, prefix, 6))
+		return NSS_NONE;
+	const __u8 *label = info + NSS_HKDF_LABEL_AT;
+	switch (info[2]) {
+	case 6 + 12:
+		if (nss_same(label, "c hs traffic", 12))
+			return NSS_C_HS;
+		if (nss_same(label, "s hs traffic", 12))
+			return NSS_S_HS;
+		if (nss_same(label, "c ap traffic", 12))
+			return NSS_C_AP;
+		if (nss_same(label, "s ap traffic", 12))
+			return NSS_S_AP;
+		return NSS_NONE;
+	case 6 + 10:
+		return nss_same(label, "exp master", 10) ? NSS_EXP : NSS_NONE;
+	case 6 + 11:
+		return nss_same(label, "c e traffic", 11) ? NSS_C_E : NSS_NONE;
+	}
+	return NSS_NONE;
+}
+
+/* The key log line's label for a secret. */
+static __always_inline void nss_keylog_label(struct ct_tls_secret *e, __u32 label)
+{
+	switch (label) {
+	case NSS_C_HS:
+		__builtin_memcpy(e->label, "CLIENT_HANDSHAKE_TRAFFIC_SECRET", 31);
+		e->label_len = 31;
+		break;
+	case NSS_S_HS:
+		__builtin_memcpy(e->label, "SERVER_HANDSHAKE_TRAFFIC_SECRET", 31);
+		e->label_len = 31;
+		break;
+	case NSS_C_AP:
+		__builtin_memcpy(e->label, "CLIENT_TRAFFIC_SECRET_0", 23);
+		e->label_len = 23;
+		break;
+	case NSS_S_AP:
+		__builtin_memcpy(e->label, "SERVER_TRAFFIC_SECRET_0", 23);
+		e->label_len = 23;
+		break;
+	case NSS_EXP:
+		__builtin_memcpy(e->label, "EXPORTER_SECRET", 15);
+		e->label_len = 15;
+		break;
+	default:
+		__builtin_memcpy(e->label, "CLIENT_EARLY_TRAFFIC_SECRET", 27);
+		e->label_len = 27;
+	}
+}
+
+static __always_inline struct nss_thread *nss_thread_slot(__u32 tid, bool create)
+{
+	struct nss_thread *t = bpf_map_lookup_elem(&nss_threads, &tid);
+	if (t || !create)
+		return t;
+	struct nss_thread fresh = {};
+	bpf_map_update_elem(&nss_threads, &tid, &fresh, BPF_NOEXIST);
+	return bpf_map_lookup_elem(&nss_threads, &tid);
+}
+
+/* PK11_DigestOp(ctx, data, len): a ClientHello (type 1, a 3-byte length
+ * that fits, legacy version 3.3) starts a transcript; its random follows. */
+SEC("uprobe")
+int BPF_KPROBE(nss_digest_op, void *context, const __u8 *data, __u32 len)
+{
+	__u8 head[6 + CT_RANDOM_LEN];
+	if (len < sizeof(head) || !current_task_wanted())
+		return 0;
+	if (bpf_probe_read_user(head, sizeof(head), data))
+		return 0;
+	__u32 body = (__u32)head[1] << 16 | (__u32)head[2] << 8 | head[3];
+	if (head[0] != 1 || head[4] != 3 || head[5] != 3 || body > len - 4 || body < 2 + CT_RANDOM_LEN)
+		return 0;
+	struct nss_thread *t = nss_thread_slot((__u32)bpf_get_current_pid_tgid(), true);
+	if (!t)
+		return 0;
+	__builtin_memcpy(t->client_random, head + 6, CT_RANDOM_LEN);
+	t->has_random = 1;
+	return 0;
+}
+
+/* PK11_DeriveWithFlags(base, mechanism, SECItem *params, target, op,
+ * keySize, flags): an HKDF expand naming a secret is remembered until it
+ * returns. params->data is a CK_HKDF_PARAMS (PKCS#11 3.0): pInfo at 48,
+ * ulInfoLen at 56. */
+SEC("uprobe")
+int BPF_KPROBE(nss_derive, void *base, __u64 mechanism, void *params, __u64 target, __u64 op, int key_size)
+{
+	if (mechanism != NSS_CKM_HKDF_DERIVE || key_size <= 0 || key_size > CT_SECRET_MAX || !current_task_wanted())
+		return 0;
+	struct { __u32 type; __u32 _pad; __u64 data; __u32 len; } item;
+	struct { __u64 info; __u64 info_len; } hkdf;
+	__u8 info[NSS_INFO_READ];
+	if (bpf_probe_read_user(&item, sizeof(item), params) || item.len < 64 ||
+	    bpf_probe_read_user(&hkdf, sizeof(hkdf), (void *)(item.data + 48)) || hkdf.info_len < sizeof(info) ||
+	    bpf_probe_read_user(info, sizeof(info), (void *)hkdf.info))
+		return 0;
+	__u32 label = nss_label_of(info);
+	if (label == NSS_NONE)
+		return 0;
+	struct nss_thread *t = nss_thread_slot((__u32)bpf_get_current_pid_tgid(), true);
+	if (!t)
+		return 0;
+	t->label = label;
+	t->key_size = key_size;
+	t->result = 0;
+	return 0;
+}
+
+/* The derive is over: a label must not outlive it (a derive that computed
+ * nothing would hand it to the next unrelated HMAC). */
+SEC("uretprobe")
+int BPF_KRETPROBE(nss_derive_return)
+{
+	struct nss_thread *t = nss_thread_slot((__u32)bpf_get_current_pid_tgid(), false);
+	if (t)
+		t->label = NSS_NONE;
+	return 0;
+}
+
+/* freebl's HMAC_Finish(cx, result, &len, max), inside a derive: where
+ * the output goes. */
+SEC("uprobe")
+int BPF_KPROBE(nss_hmac_finish, void *cx, void *result, void *result_len)
+{
+	struct nss_thread *t = nss_thread_slot((__u32)bpf_get_current_pid_tgid(), false);
+	if (!t || t->label == NSS_NONE || t->result)
+		return 0;
+	t->result = (__u64)result;
+	t->result_len = (__u64)result_len;
+	return 0;
+}
+
+SEC("uretprobe")
+int BPF_KRETPROBE(nss_hmac_finish_return)
+{
+	struct nss_thread *t = nss_thread_slot((__u32)bpf_get_current_pid_tgid(), false);
+	if (!t || t->label == NSS_NONE || !t->result)
+		return 0;
+	__u32 label = t->label;
+	t->label = NSS_NONE;
+	__u32 len = 0;
+	/* One HMAC block is the whole secret: its length is what was asked. */
+	if (bpf_probe_read_user(&len, sizeof(len), (void *)t->result_len) || len != t->key_size)
+		return 0;
+	struct ct_tls_secret *e = reserve_secret();
+	if (!e)
+		return 0;
+	nss_keylog_label(e, label);
+	e->random_len = CT_RANDOM_LEN;
+	if (t->has_random)
+		__builtin_memcpy(e->client_random, t->client_random, CT_RANDOM_LEN);
+	else
+		e->missing |= 2;
+	e->secret_len = len;
+	if (!copy_field(e->secret, sizeof(e->secret), len, t->result))
+		e->missing |= 4;
+	submit_secret(e);
+	return 0;
+}
+
+/* TLS 1.2 and older: the key block's PRF, whose secret is the master
+ * secret and whose seed is server_random || client_random. */
+static __always_inline int nss_key_expansion(const void *secret, const char *label, const void *seed)
+{
+	static const char wanted[] = "key expansion";
+	struct { __u32 type; __u32 _pad; __u64 data; __u32 len; } master, randoms;
+	char have[sizeof(wanted)];
+	if (!current_task_wanted() || bpf_probe_read_user(have, sizeof(have), label))
+		return 0;
+#pragma unroll
+	for (int i = 0; i < sizeof(wanted); i++) {
+		if (have[i] != wanted[i])
+			return 0;
+	}
+	if (bpf_probe_read_user(&master, sizeof(master), secret) ||
+	    bpf_probe_read_user(&randoms, sizeof(randoms), seed) || randoms.len != 2 * CT_RANDOM_LEN)
+		return 0;
+	struct ct_tls_secret *e = reserve_secret();
+	if (!e)
+		return 0;
+	__builtin_memcpy(e->label, "CLIENT_RANDOM", 13);
+	e->label_len = 13;
+	e->random_len = CT_RANDOM_LEN;
+	if (bpf_probe_read_user(e->client_random, CT_RANDOM_LEN, (void *)(randoms.data + CT_RANDOM_LEN)))
+		e->missing |= 2;
+	e->secret_len = master.len;
+	if (master.len != NSS_MASTER_SECRET_LEN ||
+	    !copy_field(e->secret, sizeof(e->secret), master.len, master.data))
+		e->missing |= 4;
+	submit_secret(e);
+	return 0;
+}
+
+/* TLS_P_hash(hash, secret, label, seed, out, isFIPS) */
+SEC("uprobe")
+int BPF_KPROBE(nss_p_hash, __u64 hash, void *secret, const char *label, void *seed)
+{
+	return nss_key_expansion(secret, label, seed);
+}
+
+/* TLS_PRF(secret, label, seed, out, isFIPS) */
+SEC("uprobe")
+int BPF_KPROBE(nss_prf, void *secret, const char *label, void *seed)
+{
+	return nss_key_expansion(secret, label, seed);
+}
