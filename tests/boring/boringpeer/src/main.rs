@@ -5,6 +5,12 @@
 //! boringpeer client PORT COUNT SIZE TRUTHDIR VERSION
 //!     COUNT connections in turn (VERSION: tls12 or tls13), each a POST of
 //!     SIZE bytes; checks the answer and prints "ok COUNT".
+//! boringpeer pingpong CERT KEY SIZE ITERATIONS
+//!     bench/libraries.py's workload: a client and a server thread over one
+//!     loopback connection, SIZE-byte messages echoed back ITERATIONS/10+1
+//!     times to warm up, then ITERATIONS timed times; prints one JSON line
+//!     as bench/tls_pair.c does (ssl_calls: every SSL_write and SSL_read of
+//!     both sides in the timed rounds).
 //!
 //! Both sides write what they passed to BoringSSL (`SslStream::write`, i.e.
 //! SSL_write) and what they got from it (`SslStream::read`, SSL_read) into
@@ -16,10 +22,13 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use boring::ssl::{
-    SslAcceptor, SslConnector, SslContextBuilder, SslFiletype, SslMethod, SslStream, SslVerifyMode, SslVersion,
+    SslAcceptor, SslAcceptorBuilder, SslConnector, SslContextBuilder, SslFiletype, SslMethod, SslStream,
+    SslVerifyMode, SslVersion,
 };
 
 /// A stream that records both directions of the plaintext.
@@ -92,10 +101,15 @@ fn body(size: usize, seed: usize) -> Vec<u8> {
     (0..size).map(|i| ((i * 7 + seed * 13) % 251) as u8).collect()
 }
 
-fn server(cert: &Path, key: &Path, truth: PathBuf) {
+fn acceptor_builder(cert: &Path, key: &Path) -> SslAcceptorBuilder {
     let mut builder = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls()).unwrap();
     builder.set_certificate_chain_file(cert).unwrap();
     builder.set_private_key_file(key, SslFiletype::PEM).unwrap();
+    builder
+}
+
+fn server(cert: &Path, key: &Path, truth: PathBuf) {
+    let mut builder = acceptor_builder(cert, key);
     log_keys(&mut builder, &truth);
     let acceptor = Arc::new(builder.build());
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -144,6 +158,75 @@ fn client(port: u16, count: usize, size: usize, truth: PathBuf, version: SslVers
     println!("ok {count}");
 }
 
+/// `read_exact` and `write_all`, counting every SSL_read and SSL_write.
+struct Counted<'a> {
+    inner: SslStream<TcpStream>,
+    calls: &'a AtomicU64,
+}
+
+impl Counted<'_> {
+    fn read_all(&mut self, buf: &mut [u8]) {
+        let mut got = 0;
+        while got < buf.len() {
+            let n = self.inner.read(&mut buf[got..]).unwrap();
+            self.calls.fetch_add(1, Ordering::Relaxed);
+            assert!(n > 0, "the peer closed the connection");
+            got += n;
+        }
+    }
+
+    fn write_all(&mut self, buf: &[u8]) {
+        let mut sent = 0;
+        while sent < buf.len() {
+            sent += self.inner.write(&buf[sent..]).unwrap();
+            self.calls.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+fn pingpong(cert: &Path, key: &Path, size: usize, iterations: usize) {
+    let warmup = iterations / 10 + 1;
+    let calls = Arc::new(AtomicU64::new(0));
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let acceptor = acceptor_builder(cert, key).build();
+    let server_calls = calls.clone();
+    let server = std::thread::spawn(move || {
+        let (tcp, _) = listener.accept().unwrap();
+        tcp.set_nodelay(true).unwrap();
+        let mut s = Counted { inner: acceptor.accept(tcp).unwrap(), calls: &server_calls };
+        let mut buf = vec![0u8; size];
+        for _ in 0..warmup + iterations {
+            s.read_all(&mut buf);
+            s.write_all(&buf);
+        }
+    });
+    let tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    tcp.set_nodelay(true).unwrap();
+    let mut builder = SslConnector::builder(SslMethod::tls()).unwrap();
+    builder.set_verify(SslVerifyMode::NONE);
+    let stream = builder.build().configure().unwrap().connect("localhost", tcp).unwrap();
+    let mut c = Counted { inner: stream, calls: &calls };
+    let (message, mut echo) = (body(size, 0), vec![0u8; size]);
+    let mut round = |c: &mut Counted| {
+        c.write_all(&message);
+        c.read_all(&mut echo);
+        assert!(echo == message, "the echo differs from the message");
+    };
+    (0..warmup).for_each(|_| round(&mut c));
+    let before = calls.load(Ordering::Relaxed);
+    let start = Instant::now();
+    (0..iterations).for_each(|_| round(&mut c));
+    let seconds = start.elapsed().as_secs_f64();
+    let timed = calls.load(Ordering::Relaxed) - before;
+    server.join().unwrap();
+    println!(
+        "{{\"size\": {size}, \"iterations\": {iterations}, \"seconds\": {seconds:.6}, \"ssl_calls\": {timed}, \
+         \"plaintext_bytes\": {}}}",
+        4 * size * (iterations + warmup)
+    );
+}
+
 fn version(name: &str) -> SslVersion {
     match name {
         "tls12" => SslVersion::TLS1_2,
@@ -163,8 +246,17 @@ fn main() {
             PathBuf::from(&args[5]),
             version(&args[6]),
         ),
+        Some("pingpong") if args.len() == 6 => pingpong(
+            Path::new(&args[2]),
+            Path::new(&args[3]),
+            args[4].parse().unwrap(),
+            args[5].parse().unwrap(),
+        ),
         _ => {
-            eprintln!("usage: boringpeer server CERT KEY TRUTHDIR | client PORT COUNT SIZE TRUTHDIR tls12|tls13");
+            eprintln!(
+                "usage: boringpeer server CERT KEY TRUTHDIR | client PORT COUNT SIZE TRUTHDIR tls12|tls13 | \
+                 pingpong CERT KEY SIZE ITERATIONS"
+            );
             std::process::exit(2);
         }
     }

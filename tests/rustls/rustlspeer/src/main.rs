@@ -5,6 +5,12 @@
 //! rustlspeer client PORT COUNT SIZE TRUTHDIR
 //!     COUNT connections in turn, each a POST of SIZE bytes; checks the
 //!     answer and prints "ok COUNT".
+//! rustlspeer pingpong CERT KEY SIZE ITERATIONS
+//!     bench/libraries.py's workload: a client and a server thread over one
+//!     loopback connection, SIZE-byte messages echoed back ITERATIONS/10+1
+//!     times to warm up, then ITERATIONS timed times; prints one JSON line
+//!     as bench/tls_pair.c does (ssl_calls: every `read` and `write` on the
+//!     two `StreamOwned`s in the timed rounds).
 //!
 //! Both sides write what they passed to rustls (`Write::write` on a
 //! `rustls::StreamOwned`) and what they got from it (`Read::read`) into
@@ -19,7 +25,9 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{ring, verify_tls12_signature, verify_tls13_signature, CryptoProvider};
@@ -104,17 +112,20 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(ring::default_provider())
 }
 
-fn server(cert: &Path, key: &Path, truth: PathBuf) {
+fn server_config(cert: &Path, key: &Path) -> rustls::ServerConfig {
     let certs: Vec<CertificateDer> =
         CertificateDer::pem_file_iter(cert).unwrap().map(|c| c.unwrap()).collect();
     let key = PrivateKeyDer::from_pem_file(key).unwrap();
-    let config = rustls::ServerConfig::builder_with_provider(provider())
+    rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_no_client_auth()
         .with_single_cert(certs, key)
-        .unwrap();
-    let mut config = config;
+        .unwrap()
+}
+
+fn server(cert: &Path, key: &Path, truth: PathBuf) {
+    let mut config = server_config(cert, key);
     config.key_log = Arc::new(TruthKeyLog(File::create(truth.join("keys")).unwrap().into()));
     let config = Arc::new(config);
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -175,18 +186,18 @@ impl ServerCertVerifier for AcceptAny {
     }
 }
 
-fn client(port: u16, count: usize, size: usize, truth: PathBuf) {
+fn client_config() -> rustls::ClientConfig {
     let builder = rustls::ClientConfig::builder_with_provider(provider());
     let builder = if std::env::var_os("RUSTLSPEER_TLS12").is_some() {
         builder.with_protocol_versions(&[&rustls::version::TLS12])
     } else {
         builder.with_safe_default_protocol_versions()
     };
-    let mut config = builder
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AcceptAny))
-        .with_no_client_auth();
+    builder.unwrap().dangerous().with_custom_certificate_verifier(Arc::new(AcceptAny)).with_no_client_auth()
+}
+
+fn client(port: u16, count: usize, size: usize, truth: PathBuf) {
+    let mut config = client_config();
     config.key_log = Arc::new(rustls::KeyLogFile::new());
     let config = Arc::new(config);
     for i in 0..count {
@@ -209,6 +220,75 @@ fn client(port: u16, count: usize, size: usize, truth: PathBuf) {
     println!("ok {count}");
 }
 
+/// `read_exact` and `write_all`, counting every call that reaches rustls.
+struct Counted<'a, S> {
+    inner: S,
+    calls: &'a AtomicU64,
+}
+
+impl<S: Read + Write> Counted<'_, S> {
+    fn read_all(&mut self, buf: &mut [u8]) {
+        let mut got = 0;
+        while got < buf.len() {
+            let n = self.inner.read(&mut buf[got..]).unwrap();
+            self.calls.fetch_add(1, Ordering::Relaxed);
+            assert!(n > 0, "the peer closed the connection");
+            got += n;
+        }
+    }
+
+    fn write_all(&mut self, buf: &[u8]) {
+        let mut sent = 0;
+        while sent < buf.len() {
+            sent += self.inner.write(&buf[sent..]).unwrap();
+            self.calls.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+fn pingpong(cert: &Path, key: &Path, size: usize, iterations: usize) {
+    let warmup = iterations / 10 + 1;
+    let calls = Arc::new(AtomicU64::new(0));
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let config = Arc::new(server_config(cert, key));
+    let server_calls = calls.clone();
+    let server = std::thread::spawn(move || {
+        let (tcp, _) = listener.accept().unwrap();
+        tcp.set_nodelay(true).unwrap();
+        let conn = rustls::ServerConnection::new(config).unwrap();
+        let mut s = Counted { inner: rustls::StreamOwned::new(conn, tcp), calls: &server_calls };
+        let mut buf = vec![0u8; size];
+        for _ in 0..warmup + iterations {
+            s.read_all(&mut buf);
+            s.write_all(&buf);
+        }
+    });
+    let tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    tcp.set_nodelay(true).unwrap();
+    let name = ServerName::try_from("localhost").unwrap();
+    let conn = rustls::ClientConnection::new(Arc::new(client_config()), name).unwrap();
+    let mut c = Counted { inner: rustls::StreamOwned::new(conn, tcp), calls: &calls };
+    let (message, mut echo) = (body(size, 0), vec![0u8; size]);
+    let mut round = |c: &mut Counted<_>| {
+        c.write_all(&message);
+        c.read_all(&mut echo);
+        assert!(echo == message, "the echo differs from the message");
+    };
+    (0..warmup).for_each(|_| round(&mut c));
+    let before = calls.load(Ordering::Relaxed);
+    let start = Instant::now();
+    (0..iterations).for_each(|_| round(&mut c));
+    let seconds = start.elapsed().as_secs_f64();
+    let timed = calls.load(Ordering::Relaxed) - before;
+    server.join().unwrap();
+    println!(
+        "{{\"size\": {size}, \"iterations\": {iterations}, \"seconds\": {seconds:.6}, \"ssl_calls\": {timed}, \
+         \"plaintext_bytes\": {}}}",
+        4 * size * (iterations + warmup)
+    );
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
@@ -219,8 +299,17 @@ fn main() {
             args[4].parse().unwrap(),
             PathBuf::from(&args[5]),
         ),
+        Some("pingpong") if args.len() == 6 => pingpong(
+            Path::new(&args[2]),
+            Path::new(&args[3]),
+            args[4].parse().unwrap(),
+            args[5].parse().unwrap(),
+        ),
         _ => {
-            eprintln!("usage: rustlspeer server CERT KEY TRUTHDIR | client PORT COUNT SIZE TRUTHDIR");
+            eprintln!(
+                "usage: rustlspeer server CERT KEY TRUTHDIR | client PORT COUNT SIZE TRUTHDIR | \
+                 pingpong CERT KEY SIZE ITERATIONS"
+            );
             std::process::exit(2);
         }
     }
