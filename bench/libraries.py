@@ -341,7 +341,7 @@ def table(rows):
     lines = ["Per call, per library: CPU time of the workload's processes per data call (median of the "
              "repetitions). baseline: us per call; ct-floor, cleartap: ns added per call over the baseline; "
              "ct-ctfl: cleartap over its own floor (its programs' work); consumer: cleartap's own CPU per call "
-             "after ready.",
+             "from the attach on.",
              f"{'library':>21} {'size':>6} {'calls/rd':>8} {'baseline':>9} {'ct-floor':>8} {'cleartap':>8} "
              f"{'ct-ctfl':>8} {'ct/ctfl':>8} {'consumer':>8}"]
     for r in rows:
