@@ -48,15 +48,16 @@ def _uprobe_pmu():
 
 
 class EmptyProbes:
-    """An empty uprobe and uretprobe on each (path, file offset), live
-    until `remove()`."""
+    """An empty uprobe and uretprobe on each (path, file offset), or only
+    the one a (path, file offset, is_retprobe) point names, live until
+    `remove()`."""
 
     def __init__(self, points):
         pmu, retprobe = _uprobe_pmu()
         self.fds = [_load_empty_program()]
-        for path, offset in points:
+        for path, offset, *kind in points:
             name = ctypes.create_string_buffer(path.encode())
-            for config in (0, retprobe):
+            for config in [retprobe if k else 0 for k in kind] or (0, retprobe):
                 attr = ctypes.create_string_buffer(128)
                 struct.pack_into("<IIQ", attr, 0, pmu, 128, config)
                 struct.pack_into("<QQ", attr, 56, ctypes.addressof(name), offset)  # config1, config2

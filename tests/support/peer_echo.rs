@@ -12,6 +12,9 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
 
 /// A library's stream (`inner`) that records both directions of the
 /// plaintext.
@@ -108,6 +111,83 @@ fn read_message(s: &mut impl Read) -> (String, Vec<u8>) {
 }
 
 /// Connection `seed`'s request body: bytes that differ per connection.
-fn body(size: usize, seed: usize) -> Vec<u8> {
+pub fn body(size: usize, seed: usize) -> Vec<u8> {
     (0..size).map(|i| ((i * 7 + seed * 13) % 251) as u8).collect()
+}
+
+/// `read_exact` and `write_all`, counting every library read and write.
+struct Counted<S> {
+    inner: S,
+    calls: Arc<AtomicU64>,
+}
+
+impl<S: Read + Write> Counted<S> {
+    fn read_all(&mut self, buf: &mut [u8]) {
+        let mut got = 0;
+        while got < buf.len() {
+            let n = self.inner.read(&mut buf[got..]).unwrap();
+            self.calls.fetch_add(1, Ordering::Relaxed);
+            assert!(n > 0, "the peer closed the connection");
+            got += n;
+        }
+    }
+
+    fn write_all(&mut self, buf: &[u8]) {
+        let mut sent = 0;
+        while sent < buf.len() {
+            sent += self.inner.write(&buf[sent..]).unwrap();
+            self.calls.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The per-call benchmark's workload (bench/libraries.py): a client and a
+/// server in this process ping-pong `size`-byte messages, `iterations`
+/// timed rounds after a tenth as many untimed; prints tls_pair's JSON
+/// line. `accept` and `connect` make the library's stream over a socket.
+pub fn pingpong<S, C>(
+    size: usize,
+    iterations: usize,
+    accept: impl FnOnce(TcpStream) -> S + Send + 'static,
+    connect: impl FnOnce(TcpStream) -> C,
+) where
+    S: Read + Write,
+    C: Read + Write,
+{
+    let warmup = iterations / 10 + 1;
+    let calls = Arc::new(AtomicU64::new(0));
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server_calls = calls.clone();
+    let server = std::thread::spawn(move || {
+        let (tcp, _) = listener.accept().unwrap();
+        tcp.set_nodelay(true).unwrap();
+        let mut s = Counted { inner: accept(tcp), calls: server_calls };
+        let mut buf = vec![0u8; size];
+        for _ in 0..warmup + iterations {
+            s.read_all(&mut buf);
+            s.write_all(&buf);
+        }
+    });
+    let tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    tcp.set_nodelay(true).unwrap();
+    let mut c = Counted { inner: connect(tcp), calls: calls.clone() };
+    let (message, mut echo) = (body(size, 0), vec![0u8; size]);
+    let mut round = |c: &mut Counted<C>| {
+        c.write_all(&message);
+        c.read_all(&mut echo);
+        assert!(echo == message, "the echo differs from the message");
+    };
+    (0..warmup).for_each(|_| round(&mut c));
+    let before = calls.load(Ordering::Relaxed);
+    let start = Instant::now();
+    (0..iterations).for_each(|_| round(&mut c));
+    let seconds = start.elapsed().as_secs_f64();
+    let timed = calls.load(Ordering::Relaxed) - before;
+    server.join().unwrap();
+    println!(
+        "{{\"size\": {size}, \"iterations\": {iterations}, \"seconds\": {seconds:.6}, \"ssl_calls\": {timed}, \
+         \"plaintext_bytes\": {}}}",
+        4 * size * (iterations + warmup)
+    );
 }

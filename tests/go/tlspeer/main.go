@@ -6,6 +6,7 @@
 //
 //	tlspeer server CERT KEY TRUTHDIR KEYLOG          prints "port N", serves until killed
 //	tlspeer client URL COUNT SIZE WORKERS TRUTHDIR KEYLOG
+//	tlspeer pingpong CERT KEY SIZE ITERATIONS        bench/libraries.py's workload
 //
 // The server echoes each POST body after a line giving its length and
 // SHA-256; the client checks every response and exits 1 on a mismatch.
@@ -28,6 +29,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
+	"sync/atomic"
+	"time"
 )
 
 // recorded appends what passes through a *tls.Conn to truth files.
@@ -213,6 +216,88 @@ func exchange(c *http.Client, url string, sent []byte) (string, error) {
 	return summary, nil
 }
 
+// pingpong: a client and a server goroutine in this process over one
+// loopback connection, ping-ponging SIZE-byte messages (the server echoes
+// each back); after ITERATIONS/10+1 warm-up rounds, ITERATIONS timed ones.
+// Prints one JSON line as bench/tls_pair.c does: calls counts every
+// (*tls.Conn).Read and Write of both sides in the timed rounds,
+// plaintext_bytes what a capture of both sides sees, warm-up included.
+func pingpong(args []string) {
+	cert, err := tls.LoadX509KeyPair(args[0], args[1])
+	if err != nil {
+		fail(err)
+	}
+	size, _ := strconv.Atoi(args[2])
+	iterations, _ := strconv.Atoi(args[3])
+	warmup := iterations/10 + 1
+	raw, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		fail(err)
+	}
+	var calls atomic.Int64
+	go func() {
+		conn, err := raw.Accept()
+		if err != nil {
+			fail(err)
+		}
+		server := tls.Server(conn, &tls.Config{Certificates: []tls.Certificate{cert}})
+		echoRounds(server, size, warmup+iterations, &calls)
+	}()
+	c, err := tls.Dial("tcp", raw.Addr().String(), &tls.Config{InsecureSkipVerify: true})
+	if err != nil {
+		fail(err)
+	}
+	msg := body(0, size)
+	clientRounds(c, msg, warmup, &calls)
+	before := calls.Load()
+	start := time.Now()
+	clientRounds(c, msg, iterations, &calls)
+	seconds := time.Since(start).Seconds()
+	timed := calls.Load() - before
+	c.Close()
+	fmt.Printf("{\"size\": %d, \"iterations\": %d, \"seconds\": %.6f, \"ssl_calls\": %d, "+
+		"\"plaintext_bytes\": %d}\n", size, iterations, seconds, timed, 4*size*(iterations+warmup))
+}
+
+// readFull is io.ReadFull, counting each Read.
+func readFull(c *tls.Conn, buf []byte, calls *atomic.Int64) {
+	for got := 0; got < len(buf); {
+		n, err := c.Read(buf[got:])
+		calls.Add(1)
+		if err != nil {
+			fail(err)
+		}
+		got += n
+	}
+}
+
+func writeAll(c *tls.Conn, buf []byte, calls *atomic.Int64) {
+	_, err := c.Write(buf)
+	calls.Add(1)
+	if err != nil {
+		fail(err)
+	}
+}
+
+func echoRounds(c *tls.Conn, size, rounds int, calls *atomic.Int64) {
+	buf := make([]byte, size)
+	for i := 0; i < rounds; i++ {
+		readFull(c, buf, calls)
+		writeAll(c, buf, calls)
+	}
+}
+
+func clientRounds(c *tls.Conn, msg []byte, rounds int, calls *atomic.Int64) {
+	buf := make([]byte, len(msg))
+	for i := 0; i < rounds; i++ {
+		writeAll(c, msg, calls)
+		readFull(c, buf, calls)
+		if !bytes.Equal(buf, msg) {
+			fail(fmt.Errorf("round %d: the echo differs", i))
+		}
+	}
+}
+
 func fail(err error) {
 	fmt.Fprintln(os.Stderr, "tlspeer:", err)
 	os.Exit(1)
@@ -227,6 +312,8 @@ func main() {
 		server(os.Args[2:])
 	case "client":
 		client(os.Args[2:])
+	case "pingpong":
+		pingpong(os.Args[2:])
 	default:
 		fail(fmt.Errorf("unknown mode %q", os.Args[1]))
 	}

@@ -5,6 +5,12 @@
 //! boringpeer client PORT COUNT SIZE TRUTHDIR VERSION
 //!     COUNT connections in turn (VERSION: tls12 or tls13), each a POST of
 //!     SIZE bytes; checks the answer and prints "ok COUNT".
+//! boringpeer pingpong CERT KEY SIZE ITERATIONS
+//!     bench/libraries.py's workload: a client and a server thread over one
+//!     loopback connection, SIZE-byte messages echoed back ITERATIONS/10+1
+//!     times to warm up, then ITERATIONS timed times; prints one JSON line
+//!     as bench/tls_pair.c does (ssl_calls: every SSL_write and SSL_read of
+//!     both sides in the timed rounds).
 //!
 //! Both sides write what they passed to BoringSSL (`SslStream::write`, i.e.
 //! SSL_write) and what they got from it (`SslStream::read`, SSL_read) into
@@ -19,7 +25,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use boring::ssl::{
-    SslAcceptor, SslConnector, SslContextBuilder, SslFiletype, SslMethod, SslVerifyMode, SslVersion,
+    SslAcceptor, SslAcceptorBuilder, SslConnector, SslContextBuilder, SslFiletype, SslMethod, SslVerifyMode,
+    SslVersion,
 };
 
 #[path = "../../../support/peer_echo.rs"]
@@ -36,10 +43,15 @@ fn log_keys(ctx: &mut SslContextBuilder, truth: &Path) {
     });
 }
 
-fn server(cert: &Path, key: &Path, truth: PathBuf) {
+fn acceptor_builder(cert: &Path, key: &Path) -> SslAcceptorBuilder {
     let mut builder = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls()).unwrap();
     builder.set_certificate_chain_file(cert).unwrap();
     builder.set_private_key_file(key, SslFiletype::PEM).unwrap();
+    builder
+}
+
+fn server(cert: &Path, key: &Path, truth: PathBuf) {
+    let mut builder = acceptor_builder(cert, key);
     log_keys(&mut builder, &truth);
     let acceptor = Arc::new(builder.build());
     for tcp in echo::listen().incoming() {
@@ -72,6 +84,20 @@ fn client(port: u16, count: usize, size: usize, truth: PathBuf, version: SslVers
     println!("ok {count}");
 }
 
+fn pingpong(cert: &Path, key: &Path, size: usize, iterations: usize) {
+    let acceptor = acceptor_builder(cert, key).build();
+    echo::pingpong(
+        size,
+        iterations,
+        move |tcp| acceptor.accept(tcp).unwrap(),
+        |tcp| {
+            let mut builder = SslConnector::builder(SslMethod::tls()).unwrap();
+            builder.set_verify(SslVerifyMode::NONE);
+            builder.build().configure().unwrap().connect("localhost", tcp).unwrap()
+        },
+    );
+}
+
 fn version(name: &str) -> SslVersion {
     match name {
         "tls12" => SslVersion::TLS1_2,
@@ -91,9 +117,16 @@ fn main() {
             PathBuf::from(&args[5]),
             version(&args[6]),
         ),
+        Some("pingpong") if args.len() == 6 => pingpong(
+            Path::new(&args[2]),
+            Path::new(&args[3]),
+            args[4].parse().unwrap(),
+            args[5].parse().unwrap(),
+        ),
         _ => {
             eprintln!(
-                "usage: boringpeer server CERT KEY TRUTHDIR | client PORT COUNT SIZE TRUTHDIR tls12|tls13"
+                "usage: boringpeer server CERT KEY TRUTHDIR | client PORT COUNT SIZE TRUTHDIR tls12|tls13 | \
+                 pingpong CERT KEY SIZE ITERATIONS"
             );
             std::process::exit(2);
         }

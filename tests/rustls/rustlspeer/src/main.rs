@@ -5,6 +5,12 @@
 //! rustlspeer client PORT COUNT SIZE TRUTHDIR
 //!     COUNT connections in turn, each a POST of SIZE bytes; checks the
 //!     answer and prints "ok COUNT".
+//! rustlspeer pingpong CERT KEY SIZE ITERATIONS
+//!     bench/libraries.py's workload: a client and a server thread over one
+//!     loopback connection, SIZE-byte messages echoed back ITERATIONS/10+1
+//!     times to warm up, then ITERATIONS timed times; prints one JSON line
+//!     as bench/tls_pair.c does (ssl_calls: every `read` and `write` on the
+//!     two `StreamOwned`s in the timed rounds).
 //!
 //! Both sides write what they passed to rustls (`Write::write` on a
 //! `rustls::StreamOwned`) and what they got from it (`Read::read`) into
@@ -48,17 +54,20 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(ring::default_provider())
 }
 
-fn server(cert: &Path, key: &Path, truth: PathBuf) {
+fn server_config(cert: &Path, key: &Path) -> rustls::ServerConfig {
     let certs: Vec<CertificateDer> =
         CertificateDer::pem_file_iter(cert).unwrap().map(|c| c.unwrap()).collect();
     let key = PrivateKeyDer::from_pem_file(key).unwrap();
-    let config = rustls::ServerConfig::builder_with_provider(provider())
+    rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_no_client_auth()
         .with_single_cert(certs, key)
-        .unwrap();
-    let mut config = config;
+        .unwrap()
+}
+
+fn server(cert: &Path, key: &Path, truth: PathBuf) {
+    let mut config = server_config(cert, key);
     config.key_log = Arc::new(TruthKeyLog(File::create(truth.join("keys")).unwrap().into()));
     let config = Arc::new(config);
     for tcp in echo::listen().incoming() {
@@ -111,18 +120,18 @@ impl ServerCertVerifier for AcceptAny {
     }
 }
 
-fn client(port: u16, count: usize, size: usize, truth: PathBuf) {
+fn client_config() -> rustls::ClientConfig {
     let builder = rustls::ClientConfig::builder_with_provider(provider());
     let builder = if std::env::var_os("RUSTLSPEER_TLS12").is_some() {
         builder.with_protocol_versions(&[&rustls::version::TLS12])
     } else {
         builder.with_safe_default_protocol_versions()
     };
-    let mut config = builder
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AcceptAny))
-        .with_no_client_auth();
+    builder.unwrap().dangerous().with_custom_certificate_verifier(Arc::new(AcceptAny)).with_no_client_auth()
+}
+
+fn client(port: u16, count: usize, size: usize, truth: PathBuf) {
+    let mut config = client_config();
     config.key_log = Arc::new(rustls::KeyLogFile::new());
     let config = Arc::new(config);
     for i in 0..count {
@@ -135,6 +144,16 @@ fn client(port: u16, count: usize, size: usize, truth: PathBuf) {
     println!("ok {count}");
 }
 
+fn pingpong(cert: &Path, key: &Path, size: usize, iterations: usize) {
+    let config = Arc::new(server_config(cert, key));
+    let accept = move |tcp| rustls::StreamOwned::new(rustls::ServerConnection::new(config).unwrap(), tcp);
+    echo::pingpong(size, iterations, accept, |tcp| {
+        let name = ServerName::try_from("localhost").unwrap();
+        let conn = rustls::ClientConnection::new(Arc::new(client_config()), name).unwrap();
+        rustls::StreamOwned::new(conn, tcp)
+    });
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
@@ -145,8 +164,17 @@ fn main() {
             args[4].parse().unwrap(),
             PathBuf::from(&args[5]),
         ),
+        Some("pingpong") if args.len() == 6 => pingpong(
+            Path::new(&args[2]),
+            Path::new(&args[3]),
+            args[4].parse().unwrap(),
+            args[5].parse().unwrap(),
+        ),
         _ => {
-            eprintln!("usage: rustlspeer server CERT KEY TRUTHDIR | client PORT COUNT SIZE TRUTHDIR");
+            eprintln!(
+                "usage: rustlspeer server CERT KEY TRUTHDIR | client PORT COUNT SIZE TRUTHDIR | \
+                 pingpong CERT KEY SIZE ITERATIONS"
+            );
             std::process::exit(2);
         }
     }
