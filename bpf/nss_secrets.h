@@ -88,31 +88,19 @@ static __always_inline __u32 nss_label_of(const __u8 *info)
 /* The key log line's label for a secret. */
 static __always_inline void nss_keylog_label(struct ct_tls_secret *e, __u32 label)
 {
+#define NSS_LABEL(text) do { \
+	__builtin_memcpy(e->label, text, sizeof(text) - 1); \
+	e->label_len = sizeof(text) - 1; \
+} while (0)
 	switch (label) {
-	case NSS_C_HS:
-		__builtin_memcpy(e->label, "CLIENT_HANDSHAKE_TRAFFIC_SECRET", 31);
-		e->label_len = 31;
-		break;
-	case NSS_S_HS:
-		__builtin_memcpy(e->label, "SERVER_HANDSHAKE_TRAFFIC_SECRET", 31);
-		e->label_len = 31;
-		break;
-	case NSS_C_AP:
-		__builtin_memcpy(e->label, "CLIENT_TRAFFIC_SECRET_0", 23);
-		e->label_len = 23;
-		break;
-	case NSS_S_AP:
-		__builtin_memcpy(e->label, "SERVER_TRAFFIC_SECRET_0", 23);
-		e->label_len = 23;
-		break;
-	case NSS_EXP:
-		__builtin_memcpy(e->label, "EXPORTER_SECRET", 15);
-		e->label_len = 15;
-		break;
-	default:
-		__builtin_memcpy(e->label, "CLIENT_EARLY_TRAFFIC_SECRET", 27);
-		e->label_len = 27;
+	case NSS_C_HS: NSS_LABEL("CLIENT_HANDSHAKE_TRAFFIC_SECRET"); break;
+	case NSS_S_HS: NSS_LABEL("SERVER_HANDSHAKE_TRAFFIC_SECRET"); break;
+	case NSS_C_AP: NSS_LABEL("CLIENT_TRAFFIC_SECRET_0"); break;
+	case NSS_S_AP: NSS_LABEL("SERVER_TRAFFIC_SECRET_0"); break;
+	case NSS_EXP: NSS_LABEL("EXPORTER_SECRET"); break;
+	default: NSS_LABEL("CLIENT_EARLY_TRAFFIC_SECRET");
 	}
+#undef NSS_LABEL
 }
 
 static __always_inline struct nss_thread *nss_thread_slot(__u32 tid, bool create)

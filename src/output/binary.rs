@@ -23,6 +23,7 @@
 
 use std::io::{self, Read, Write};
 
+use super::batched::Batched;
 use super::json::{self, ConnectionFields, TimeCache};
 use super::schema::{CommandEvent, ExecEvent, HttpEvent, QueryEvent};
 use super::{Output, Style};
@@ -42,41 +43,21 @@ const KIND_TLS: u8 = b'T';
 /// file from anywhere is ready to hold in memory for one record.
 pub const MAX_PART: usize = 64 << 20;
 
-/// Like `JsonOutput`: records are built in one buffer and handed to `out`
-/// a MiB at a time, whole records only.
 pub struct BinaryOutput<W: Write> {
-    out: W,
-    buf: Vec<u8>,
+    out: Batched<W>,
     time: TimeCache,
     fields: ConnectionFields,
     style: Style,
 }
 
-const WRITE_AT: usize = 1 << 20;
-
 impl<W: Write> BinaryOutput<W> {
     pub fn new(out: W, style: Style) -> Self {
-        let mut buf = Vec::with_capacity(WRITE_AT + (256 << 10));
-        let start = begin(&mut buf, KIND_MAGIC);
+        let mut out = Batched::new(out, 256 << 10);
+        let buf = out.buf();
+        let start = begin(buf, KIND_MAGIC);
         buf.extend_from_slice(MAGIC);
-        end_head(&mut buf, start);
-        BinaryOutput { out, buf, time: TimeCache::default(), fields: ConnectionFields::default(), style }
-    }
-
-    fn maybe_write(&mut self) -> io::Result<()> {
-        if self.buf.len() >= WRITE_AT {
-            self.write_out()?;
-        }
-        Ok(())
-    }
-
-    fn write_out(&mut self) -> io::Result<()> {
-        if !self.buf.is_empty() {
-            let result = self.out.write_all(&self.buf);
-            self.buf.clear();
-            result?;
-        }
-        Ok(())
+        end_head(buf, start);
+        BinaryOutput { out, time: TimeCache::default(), fields: ConnectionFields::default(), style }
     }
 
     /// A `J` record from a line writer that appends one line to the buffer.
@@ -84,10 +65,11 @@ impl<W: Write> BinaryOutput<W> {
         &mut self,
         line: impl FnOnce(&mut Vec<u8>, &mut TimeCache) -> io::Result<()>,
     ) -> io::Result<()> {
-        let start = begin(&mut self.buf, KIND_JSON);
-        line(&mut self.buf, &mut self.time)?;
-        if self.buf.last() == Some(&b'\n') {
-            self.buf.pop();
+        let buf = self.out.buf();
+        let start = begin(buf, KIND_JSON);
+        line(buf, &mut self.time)?;
+        if buf.last() == Some(&b'\n') {
+            buf.pop();
         }
         self.finish(start, 0)
     }
@@ -95,15 +77,16 @@ impl<W: Write> BinaryOutput<W> {
     /// Fills in the record at `start` once its head and `data_len` bytes
     /// of data follow its header; refuses (and drops) one too large to read back.
     fn finish(&mut self, start: usize, data_len: usize) -> io::Result<()> {
-        let head_len = self.buf.len() - start - HEADER_LEN - data_len;
+        let buf = self.out.buf();
+        let head_len = buf.len() - start - HEADER_LEN - data_len;
         if head_len > MAX_PART || data_len > MAX_PART {
-            self.buf.truncate(start);
+            buf.truncate(start);
             return Err(io::Error::other(format!(
                 "a record of {head_len} + {data_len} bytes is larger than the binary format's {MAX_PART}"
             )));
         }
-        set_lengths(&mut self.buf[start..], head_len, data_len);
-        self.maybe_write()
+        set_lengths(&mut buf[start..], head_len, data_len);
+        self.out.record_done()
     }
 }
 
@@ -127,9 +110,10 @@ fn set_lengths(record: &mut [u8], head_len: usize, data_len: usize) {
 
 impl<W: Write> Output for BinaryOutput<W> {
     fn tls(&mut self, r: &TlsRecord) -> io::Result<()> {
-        let start = begin(&mut self.buf, KIND_TLS);
-        json::tls_head(&mut self.buf, &mut self.time, &mut self.fields, r);
-        self.buf.extend_from_slice(r.data);
+        let buf = self.out.buf();
+        let start = begin(buf, KIND_TLS);
+        json::tls_head(buf, &mut self.time, &mut self.fields, r);
+        buf.extend_from_slice(r.data);
         self.finish(start, r.data.len())
     }
 
@@ -154,7 +138,6 @@ impl<W: Write> Output for BinaryOutput<W> {
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.write_out()?;
         self.out.flush()
     }
 }

@@ -4,55 +4,28 @@ use std::io::{self, Write};
 
 use serde::Serialize;
 
+use super::batched::Batched;
 use super::schema::{CommandEvent, ExecEvent, HttpEvent, QueryEvent};
 use super::{Output, Style};
 use crate::context::{CommandRecord, Direction, ExecRecord, HttpRecord, QueryRecord, TlsRecord};
 use crate::events::flag;
 
 pub struct JsonOutput<W: Write> {
-    out: W,
-    /// Whole lines not yet handed to `out`: written in one piece once past
-    /// `WRITE_AT`, and at every flush. Records are built here in place
-    /// (no per-record String or Vec), and `out` only ever sees whole
-    /// lines, so a failed write never leaves half a record behind a
-    /// complete one.
-    buf: Vec<u8>,
+    out: Batched<W>,
     time: TimeCache,
     fields: ConnectionFields,
     style: Style,
 }
 
-/// A write per MiB of lines: on a stream, the write system calls and the
-/// page cache copy are most of the consumer's CPU, and fewer, larger writes
-/// cost less per byte than 64 KiB ones.
-const WRITE_AT: usize = 1 << 20;
-
 impl<W: Write> JsonOutput<W> {
     /// `out` is written in pieces of about a MiB: it needs no buffer of its own.
     pub fn new(out: W, style: Style) -> Self {
         JsonOutput {
-            out,
-            buf: Vec::with_capacity(WRITE_AT + (64 << 10)),
+            out: Batched::new(out, 64 << 10),
             time: TimeCache::default(),
             fields: ConnectionFields::default(),
             style,
         }
-    }
-
-    fn maybe_write(&mut self) -> io::Result<()> {
-        if self.buf.len() >= WRITE_AT {
-            self.write_out()?;
-        }
-        Ok(())
-    }
-
-    fn write_out(&mut self) -> io::Result<()> {
-        if !self.buf.is_empty() {
-            let result = self.out.write_all(&self.buf);
-            self.buf.clear();
-            result?;
-        }
-        Ok(())
     }
 }
 
@@ -570,8 +543,8 @@ pub(super) fn http_line(buf: &mut Vec<u8>, time: &mut TimeCache, e: &HttpEvent) 
 
 impl<W: Write> Output for JsonOutput<W> {
     fn tls(&mut self, r: &TlsRecord) -> io::Result<()> {
-        tls_line(&mut self.buf, &mut self.time, &mut self.fields, r);
-        self.maybe_write()
+        tls_line(self.out.buf(), &mut self.time, &mut self.fields, r);
+        self.out.record_done()
     }
 
     fn command(&mut self, r: &CommandRecord) -> io::Result<()> {
@@ -587,20 +560,19 @@ impl<W: Write> Output for JsonOutput<W> {
     }
 
     fn http(&mut self, r: &HttpRecord) -> io::Result<()> {
-        http_line(&mut self.buf, &mut self.time, &HttpEvent::of(r, self.style.body_preview));
-        self.maybe_write()
+        http_line(self.out.buf(), &mut self.time, &HttpEvent::of(r, self.style.body_preview));
+        self.out.record_done()
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.write_out()?;
         self.out.flush()
     }
 }
 
 impl<W: Write> JsonOutput<W> {
     fn line(&mut self, value: &impl Serialize) -> io::Result<()> {
-        write_line(&mut self.buf, value)?;
-        self.maybe_write()
+        write_line(self.out.buf(), value)?;
+        self.out.record_done()
     }
 }
 
