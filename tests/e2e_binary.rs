@@ -43,6 +43,11 @@ fn binary_capture_reads_back_byte_exact_and_as_the_json_lines() {
     let pid = client.pid().to_string();
     let json = Capture::start(&["tls", "--pid", &pid]);
     let binary = Capture::start(&["tls", "--pid", &pid, "--format", "binary", "-o", file.to_str().unwrap()]);
+    assert_ne!(
+        open_flags(binary.pid(), 1) & libc::O_DIRECT,
+        0,
+        "a file of its own is written past the page cache"
+    );
     client.exchange_in_writes(32 << 20, 1 << 20, Some(256 << 10));
     let from_binary = binary.stop();
     let from_json = json.stop();
@@ -80,4 +85,11 @@ fn binary_capture_reads_back_byte_exact_and_as_the_json_lines() {
         "{}",
         String::from_utf8_lossy(&again.stderr)
     );
+}
+
+/// The flags `fd` of process `pid` is open with, from /proc/PID/fdinfo (octal).
+fn open_flags(pid: u32, fd: u32) -> i32 {
+    let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).unwrap();
+    let flags = info.lines().find_map(|l| l.strip_prefix("flags:")).expect("fdinfo has flags");
+    i32::from_str_radix(flags.trim(), 8).unwrap()
 }
