@@ -226,6 +226,9 @@ pub struct Direct {
     flushed: u64,
     /// Stages written through the page cache.
     cached_stages: u64,
+    /// A write failed: the caller cuts the file back, and nothing more is
+    /// written, not even at drop.
+    failed: bool,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -275,6 +278,7 @@ impl Direct {
             stages,
             flushed: offset,
             cached_stages: 0,
+            failed: false,
             thread: Some(thread),
         })
     }
@@ -327,6 +331,7 @@ impl Direct {
         self.offset += whole as u64;
         let sent = self.jobs.as_ref().is_some_and(|jobs| jobs.send(job).is_ok());
         if !sent {
+            self.failed = true;
             return Err(io::Error::other("the output's writing thread ended"));
         }
         self.in_flight += 1;
@@ -334,7 +339,10 @@ impl Direct {
     }
 
     fn take_done(&mut self) -> io::Result<()> {
-        let done = self.done.recv().map_err(|_| io::Error::other("the output's writing thread ended"))?;
+        let Ok(done) = self.done.recv() else {
+            self.failed = true;
+            return Err(io::Error::other("the output's writing thread ended"));
+        };
         self.finished(done)
     }
 
@@ -343,7 +351,10 @@ impl Direct {
         done.stage.len = 0;
         self.free.push(done.stage);
         self.cached_stages += u64::from(done.cached);
-        done.result?;
+        if let Err(e) = done.result {
+            self.failed = true;
+            return Err(e);
+        }
         if let Some(flushed) = done.flushed {
             self.flushed = flushed;
         }
@@ -353,8 +364,10 @@ impl Direct {
 
 impl Drop for Direct {
     fn drop(&mut self) {
-        if let Err(e) = self.flush() {
-            eprintln!("cleartap: error: writing the end of the output: {e}");
+        if !self.failed {
+            if let Err(e) = self.flush() {
+                eprintln!("cleartap: error: writing the end of the output: {e}");
+            }
         }
         if self.cached_stages > 0 {
             eprintln!(
