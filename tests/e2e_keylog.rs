@@ -286,23 +286,42 @@ fn gnutls_tls12_and_tls13_secrets_equal_the_servers_key_log() {
     let Some(_one) = capture_test() else { return };
     let cert = Certificate::new();
     for (version_flag, label) in [("-tls1_2", "CLIENT_RANDOM "), ("-tls1_3", "CLIENT_TRAFFIC_SECRET_0 ")] {
-        let dir = tempfile::tempdir().unwrap();
-        let server_log = dir.path().join("server-keys.log");
-        let (mut server, port) = s_server_with_keylog(&cert, version_flag, &server_log);
-        let recording = Recording::start(port, &["--library", "gnutls"]);
-        let out = Command::new("wget")
-            .args(["-q", "--no-check-certificate", "-O", "/dev/null"])
-            .arg(format!("https://127.0.0.1:{port}/"))
-            .output()
-            .expect("running wget (scripts/install-deps --test)");
-        let done = recording.stop();
-        let _ = server.kill();
-        let _ = server.wait();
-        assert!(out.status.success(), "wget {version_flag}: {}", String::from_utf8_lossy(&out.stderr));
-        let got = done.key_lines();
-        assert!(got.iter().any(|l| l.starts_with(label)), "{version_flag}: no {label}line in {got:#?}");
-        assert_same_key_lines(&got, &server_log);
+        client_against_s_server(&cert, version_flag, label, "gnutls", "wget", |port| {
+            Command::new("wget")
+                .args(["-q", "--no-check-certificate", "-O", "/dev/null"])
+                .arg(format!("https://127.0.0.1:{port}/"))
+                .output()
+                .expect("running wget (scripts/install-deps --test)")
+        });
     }
+}
+
+/// `client(port)`, a `library` client, against `openssl s_server
+/// -keylogfile` speaking only `version_flag`'s TLS version, captured with
+/// only `library` probed. Checks the client succeeded, a `label` line was
+/// written, and the lines equal the server's own; returns the capture and
+/// the client's output.
+fn client_against_s_server(
+    cert: &Certificate,
+    version_flag: &str,
+    label: &str,
+    library: &str,
+    client_name: &str,
+    client: impl FnOnce(u16) -> std::process::Output,
+) -> (Recorded, std::process::Output) {
+    let dir = tempfile::tempdir().unwrap();
+    let server_log = dir.path().join("server-keys.log");
+    let (mut server, port) = s_server_with_keylog(cert, version_flag, &server_log);
+    let recording = Recording::start(port, &["--library", library]);
+    let out = client(port);
+    let done = recording.stop();
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(out.status.success(), "{client_name} {version_flag}: {}", String::from_utf8_lossy(&out.stderr));
+    let got = done.key_lines();
+    assert!(got.iter().any(|l| l.starts_with(label)), "{version_flag}: no {label}line in {got:#?}");
+    assert_same_key_lines(&got, &server_log);
+    (done, out)
 }
 
 #[test]
@@ -459,28 +478,20 @@ fn nss_client_tls12_and_tls13_secrets_equal_the_servers_key_log() {
     for (version_flag, label) in
         [("-tls1_2", "CLIENT_RANDOM "), ("-tls1_3", "CLIENT_HANDSHAKE_TRAFFIC_SECRET ")]
     {
-        let dir = tempfile::tempdir().unwrap();
-        let server_log = dir.path().join("server-keys.log");
-        let (mut server, port) = s_server_with_keylog(&cert, version_flag, &server_log);
-        let recording = Recording::start(port, &["--library", "nss"]);
         let uri = format!("/nss-client{version_flag}");
-        let request = dir.path().join("request");
-        fs::write(&request, format!("GET {uri} HTTP/1.0\r\n\r\n")).unwrap();
-        // A file on stdin: tstclnt sends it, prints the answer and exits
-        // when the server closes (on a pipe it spins after EOF).
-        let out = Command::new("tstclnt")
-            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-o", "-D"])
-            .stdin(fs::File::open(&request).unwrap())
-            .output()
-            .expect("running tstclnt (scripts/install-deps --test: libnss3-tools)");
-        let done = recording.stop();
-        let _ = server.kill();
-        let _ = server.wait();
-        assert!(out.status.success(), "tstclnt {version_flag}: {}", String::from_utf8_lossy(&out.stderr));
+        let (done, out) = client_against_s_server(&cert, version_flag, label, "nss", "tstclnt", |port| {
+            let dir = tempfile::tempdir().unwrap();
+            let request = dir.path().join("request");
+            fs::write(&request, format!("GET {uri} HTTP/1.0\r\n\r\n")).unwrap();
+            // A file on stdin: tstclnt sends it, prints the answer and exits
+            // when the server closes (on a pipe it spins after EOF).
+            Command::new("tstclnt")
+                .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-o", "-D"])
+                .stdin(fs::File::open(&request).unwrap())
+                .output()
+                .expect("running tstclnt (scripts/install-deps --test: libnss3-tools)")
+        });
         assert!(out.stdout.starts_with(b"HTTP/1.0 200 ok\r\n"), "{}", String::from_utf8_lossy(&out.stdout));
-        let got = done.key_lines();
-        assert!(got.iter().any(|l| l.starts_with(label)), "{version_flag}: no {label}line in {got:#?}");
-        assert_same_key_lines(&got, &server_log);
         // Both directions decrypt (the server's page has no length, so
         // tshark's HTTP view shows only the request: follow the stream).
         let both_ways = decrypted_stream(&done.pcap(), 0);
