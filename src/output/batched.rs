@@ -5,6 +5,19 @@
 
 use std::io::{self, Write};
 
+/// Where the JSON and binary outputs build their records: `Batched` over
+/// any writer, or the direct-I/O stages of an output file
+/// (`stdout::DirectRecords`).
+pub trait Records {
+    /// Where the next record is built, after the ones before it. Only
+    /// appended to, or cut back to a length it had during this record.
+    fn buf(&mut self) -> &mut Vec<u8>;
+    /// The record just built in `buf` is whole.
+    fn record_done(&mut self) -> io::Result<()>;
+    /// A record boundary: everything built so far is written out.
+    fn flush(&mut self) -> io::Result<()>;
+}
+
 /// A write per MiB of records: on a stream, the write system calls and the
 /// copy into the page cache are most of the consumer's CPU, and fewer,
 /// larger writes cost less per byte than 64 KiB ones.
@@ -21,24 +34,6 @@ impl<W: Write> Batched<W> {
         Batched { out, buf: Vec::with_capacity(WRITE_AT + slack) }
     }
 
-    /// Where the next record is built, after the ones before it.
-    pub fn buf(&mut self) -> &mut Vec<u8> {
-        &mut self.buf
-    }
-
-    /// A record is whole in the buffer: written out once there is a MiB.
-    pub fn record_done(&mut self) -> io::Result<()> {
-        if self.buf.len() >= WRITE_AT {
-            self.write_out()?;
-        }
-        Ok(())
-    }
-
-    pub fn flush(&mut self) -> io::Result<()> {
-        self.write_out()?;
-        self.out.flush()
-    }
-
     fn write_out(&mut self) -> io::Result<()> {
         if !self.buf.is_empty() {
             let result = self.out.write_all(&self.buf);
@@ -46,5 +41,24 @@ impl<W: Write> Batched<W> {
             result?;
         }
         Ok(())
+    }
+}
+
+impl<W: Write> Records for Batched<W> {
+    fn buf(&mut self) -> &mut Vec<u8> {
+        &mut self.buf
+    }
+
+    /// Written out once there is a MiB.
+    fn record_done(&mut self) -> io::Result<()> {
+        if self.buf.len() >= WRITE_AT {
+            self.write_out()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.write_out()?;
+        self.out.flush()
     }
 }

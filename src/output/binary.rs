@@ -23,7 +23,7 @@
 
 use std::io::{self, Read, Write};
 
-use super::batched::Batched;
+use super::batched::{Batched, Records};
 use super::json::{self, ConnectionFields, TimeCache};
 use super::schema::{CommandEvent, ExecEvent, HttpEvent, QueryEvent};
 use super::{Output, Style};
@@ -43,16 +43,22 @@ const KIND_TLS: u8 = b'T';
 /// file from anywhere is ready to hold in memory for one record.
 pub const MAX_PART: usize = 64 << 20;
 
-pub struct BinaryOutput<W: Write> {
-    out: Batched<W>,
+pub struct BinaryOutput<O: Records> {
+    out: O,
     time: TimeCache,
     fields: ConnectionFields,
     style: Style,
 }
 
-impl<W: Write> BinaryOutput<W> {
+impl<W: Write> BinaryOutput<Batched<W>> {
     pub fn new(out: W, style: Style) -> Self {
-        let mut out = Batched::new(out, 256 << 10);
+        Self::over(Batched::new(out, 256 << 10), style)
+    }
+}
+
+impl<O: Records> BinaryOutput<O> {
+    /// Records built in `out`'s memory, after the file's magic record.
+    pub fn over(mut out: O, style: Style) -> Self {
         let buf = out.buf();
         let start = begin(buf, KIND_MAGIC);
         buf.extend_from_slice(MAGIC);
@@ -108,7 +114,7 @@ fn set_lengths(record: &mut [u8], head_len: usize, data_len: usize) {
     record[8..12].copy_from_slice(&(data_len as u32).to_le_bytes());
 }
 
-impl<W: Write> Output for BinaryOutput<W> {
+impl<O: Records> Output for BinaryOutput<O> {
     fn tls(&mut self, r: &TlsRecord) -> io::Result<()> {
         let buf = self.out.buf();
         let start = begin(buf, KIND_TLS);

@@ -4,28 +4,30 @@ use std::io::{self, Write};
 
 use serde::Serialize;
 
-use super::batched::Batched;
+use super::batched::{Batched, Records};
 use super::schema::{CommandEvent, ExecEvent, HttpEvent, QueryEvent};
 use super::{Output, Style};
 use crate::context::{CommandRecord, Direction, ExecRecord, HttpRecord, QueryRecord, TlsRecord};
 use crate::events::flag;
 
-pub struct JsonOutput<W: Write> {
-    out: Batched<W>,
+pub struct JsonOutput<O: Records> {
+    out: O,
     time: TimeCache,
     fields: ConnectionFields,
     style: Style,
 }
 
-impl<W: Write> JsonOutput<W> {
+impl<W: Write> JsonOutput<Batched<W>> {
     /// `out` is written in pieces of about a MiB: it needs no buffer of its own.
     pub fn new(out: W, style: Style) -> Self {
-        JsonOutput {
-            out: Batched::new(out, 64 << 10),
-            time: TimeCache::default(),
-            fields: ConnectionFields::default(),
-            style,
-        }
+        Self::over(Batched::new(out, 64 << 10), style)
+    }
+}
+
+impl<O: Records> JsonOutput<O> {
+    /// Lines built in `out`'s memory.
+    pub fn over(out: O, style: Style) -> Self {
+        JsonOutput { out, time: TimeCache::default(), fields: ConnectionFields::default(), style }
     }
 }
 
@@ -541,7 +543,7 @@ pub(super) fn http_line(buf: &mut Vec<u8>, time: &mut TimeCache, e: &HttpEvent) 
     buf.extend_from_slice(b"}\n");
 }
 
-impl<W: Write> Output for JsonOutput<W> {
+impl<O: Records> Output for JsonOutput<O> {
     fn tls(&mut self, r: &TlsRecord) -> io::Result<()> {
         tls_line(self.out.buf(), &mut self.time, &mut self.fields, r);
         self.out.record_done()
@@ -569,7 +571,7 @@ impl<W: Write> Output for JsonOutput<W> {
     }
 }
 
-impl<W: Write> JsonOutput<W> {
+impl<O: Records> JsonOutput<O> {
     fn line(&mut self, value: &impl Serialize) -> io::Result<()> {
         write_line(self.out.buf(), value)?;
         self.out.record_done()

@@ -109,7 +109,18 @@ pub fn to_stdout(style: Style) -> io::Result<Box<dyn Output>> {
             "--format binary writes raw payload bytes: redirect standard output to a file (cleartap read FILE shows it)",
         ));
     }
-    Ok(writer(style, stdout::RecordStdout::new()))
+    let stdout = stdout::RecordStdout::new();
+    // Where the file is written with direct I/O, records are built in its
+    // stages themselves; text goes through a BufWriter (`writer`).
+    Ok(match style.format {
+        Format::Json if stdout.is_direct() => {
+            Box::new(json::JsonOutput::over(stdout::DirectRecords::new(stdout), style))
+        }
+        Format::Binary if stdout.is_direct() => {
+            Box::new(binary::BinaryOutput::over(stdout::DirectRecords::new(stdout), style))
+        }
+        _ => writer(style, stdout),
+    })
 }
 
 /// The writer for `style` on `out`.

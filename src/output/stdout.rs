@@ -108,6 +108,50 @@ impl RecordStdout {
     }
 }
 
+/// Records built straight in the direct-I/O stages of standard output
+/// (`Direct::buffer`), for the JSON and binary outputs: no buffer between
+/// the record and the disk.
+pub struct DirectRecords {
+    stdout: RecordStdout,
+    /// Where records go after a failed write (never written).
+    closed: Vec<u8>,
+}
+
+impl RecordStdout {
+    /// Written with direct I/O: `DirectRecords` can build records in it.
+    pub fn is_direct(&self) -> bool {
+        self.direct.is_some()
+    }
+}
+
+impl DirectRecords {
+    /// `stdout` is direct (`is_direct`); if not, every record is refused.
+    pub fn new(stdout: RecordStdout) -> Self {
+        DirectRecords { stdout, closed: Vec::new() }
+    }
+}
+
+impl super::batched::Records for DirectRecords {
+    fn buf(&mut self) -> &mut Vec<u8> {
+        match self.stdout.direct.as_mut() {
+            Some(direct) => direct.buffer(),
+            None => &mut self.closed,
+        }
+    }
+
+    fn record_done(&mut self) -> io::Result<()> {
+        let Some(direct) = self.stdout.direct.as_mut() else {
+            self.closed.clear();
+            return Err(io::Error::other("output closed after a failed write"));
+        };
+        direct.record_done().map_err(|e| self.stdout.fail(e))
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.stdout.flush()
+    }
+}
+
 impl Default for RecordStdout {
     fn default() -> Self {
         Self::new()
