@@ -1,5 +1,6 @@
 //! BoringSSL linked into executables (the `boring` crate 4.22.0, which
-//! vendors BoringSSL and links it statically): a client and a server built
+//! vendors BoringSSL and links it statically), and BoringSSL as a shared
+//! library (Debian's android-libboringssl, at the end). A client and a server built
 //! from tests/boring/boringpeer, once, and a `strip --strip-all` copy of
 //! that build (the same code without a symbol table). Both sides record
 //! every byte they pass to SSL_write and get from SSL_read, per
@@ -13,10 +14,14 @@ mod support;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::rc::Rc;
 use std::time::Duration;
 
 use cleartap::discover::boringssl;
 use cleartap::discover::elf::Symbols;
+use cleartap::discover::pinned::PinnedFile;
+use cleartap::sources::secret_points::{self, SecretPoints};
+use cleartap::sources::{openssl, TlsTarget};
 use support::*;
 
 /// tests/boring/boringpeer built once (BoringSSL's C++ build is a few
@@ -309,5 +314,214 @@ fn boringssl_key_log_function_is_found_from_the_code_alone() {
     assert_eq!(boringssl::find_keylog(&fs::read(patched).unwrap()[..]).unwrap(), points);
     for other in ["/bin/true", "/bin/bash"] {
         assert!(boringssl::find_keylog(&fs::read(other).unwrap()[..]).is_err(), "{other}");
+    }
+}
+
+/// Debian's android-libboringssl-dev (scripts/install-deps --test): the
+/// headers of BoringSSL as Android 13 ships it, and the link names of the
+/// shared libssl and libcrypto that android-libboringssl installs.
+const ANDROID_INCLUDE: &str = "/usr/include/android";
+const ANDROID_LIB: &str = "/usr/lib/x86_64-linux-gnu/android";
+
+/// tests/support/boring_so_peer.c (boringpeer's exchange and records in
+/// C) built in `dir` against Debian's shared BoringSSL, loading it from
+/// where the package put it.
+fn boring_so_peer(dir: &Path) -> PathBuf {
+    // A header only BoringSSL has: these are its headers, not OpenSSL's.
+    let header = Path::new(ANDROID_INCLUDE).join("openssl/is_boringssl.h");
+    assert!(
+        header.exists(),
+        "{} is missing: install android-libboringssl-dev (scripts/install-deps --test)",
+        header.display()
+    );
+    build_against_libssl("boring_so_peer", ANDROID_INCLUDE, ANDROID_LIB, ANDROID_LIB, dir)
+}
+
+/// The same peer with its own copies of the libraries beside it in `dir`
+/// (rpath `$ORIGIN`): files no process maps when cleartap starts. The
+/// peer and its copy of libssl.
+fn boring_so_peer_with_private_copy(dir: &Path) -> (PathBuf, PathBuf) {
+    let peer = build_against_libssl("boring_so_peer", ANDROID_INCLUDE, ANDROID_LIB, "$ORIGIN", dir);
+    let copies =
+        ["libssl.so", "libcrypto.so"].map(|name| copy_beside(&Path::new(ANDROID_LIB).join(name), dir));
+    (peer, copies[0].clone())
+}
+
+/// The file the link name `link` points to (the soname programs load),
+/// copied into `dir` under that name.
+fn copy_beside(link: &Path, dir: &Path) -> PathBuf {
+    let target = fs::read_link(link).unwrap_or_else(|e| panic!("{}: {e}", link.display()));
+    let copy = dir.join(target.file_name().unwrap());
+    fs::copy(link.parent().unwrap().join(&target), &copy).unwrap();
+    copy
+}
+
+/// The libssl `pid` maps, from /proc/PID/maps (exactly one).
+fn mapped_libssl(pid: u32) -> PathBuf {
+    let maps = fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let mut files: Vec<&str> = maps
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .filter(|f| f.rsplit('/').next().is_some_and(|n| n.starts_with("libssl.so")))
+        .collect();
+    files.dedup();
+    assert_eq!(files.len(), 1, "{pid} maps {files:?}");
+    PathBuf::from(files[0])
+}
+
+/// What cleartap says when it attaches to `libssl` as BoringSSL.
+fn attached_as_boringssl(libssl: &Path) -> String {
+    format!("cleartap: attached to {} (boringssl: ", libssl.display())
+}
+
+/// Servers using the shared BoringSSL: one running before cleartap (its
+/// libssl attached at start) and one started after from a private copy of
+/// the library (found when the process opens it); the peer directories
+/// are kept while they run.
+struct SharedServers {
+    peer: PathBuf,
+    private_peer: PathBuf,
+    before: Server,
+    system_libssl: PathBuf,
+    _dirs: [tempfile::TempDir; 2],
+}
+
+impl SharedServers {
+    fn before_capture() -> SharedServers {
+        let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+        let peer = boring_so_peer(dirs[0].path());
+        let (private_peer, _) = boring_so_peer_with_private_copy(dirs[1].path());
+        let before = Server::start(&peer);
+        let system_libssl = mapped_libssl(before.child.id());
+        SharedServers { peer, private_peer, before, system_libssl, _dirs: dirs }
+    }
+
+    /// The server from the private copy, once cleartap attached to it.
+    fn after_capture(&self, capture: &mut Capture) -> Server {
+        // Attached at start: before `ready`, which `Capture::start` waited for.
+        let attached = attached_as_boringssl(&self.system_libssl);
+        assert!(capture.stderr_so_far().contains(&attached), "{}", capture.stderr_so_far());
+        let after = Server::start(&self.private_peer);
+        let private_libssl = mapped_libssl(after.child.id());
+        assert_eq!(private_libssl.parent(), self.private_peer.parent(), "the private copy is loaded");
+        let attached = attached_as_boringssl(&private_libssl);
+        assert!(capture.wait_for_stderr(&attached, Duration::from_secs(30)), "{}", capture.stderr_so_far());
+        after
+    }
+}
+
+/// BoringSSL as a shared library (Debian's android-libboringssl): programs
+/// calling its exported SSL_write and SSL_read, byte-exact both ways with
+/// pid, fd and both ends, over TLS 1.2 and 1.3: a server running before
+/// cleartap, one started after from a private copy of the library, and
+/// clients of both builds. Clients are started from files already
+/// attached (a client's exec races with its attach, which is not what
+/// this tests).
+#[test]
+fn boringssl_shared_library_both_ways() {
+    let Some(_one) = capture_test() else { return };
+    let servers = SharedServers::before_capture();
+    let mut capture = Capture::start(&["tls", "--library", "openssl"]);
+    let after = servers.after_capture(&mut capture);
+    let (peer, private_peer, before) = (&servers.peer, &servers.private_peer, &servers.before);
+    let (client_a, truth_a) = before.run_client(peer, 2, 40_000, &["tls13"], &[]);
+    let (client_b, truth_b) = after.run_client(peer, 1, 300_000, &["tls12"], &[]);
+    let (client_c, truth_c) = before.run_client(private_peer, 1, 20_000, &["tls12"], &[]);
+    let (client_d, truth_d) = after.run_client(private_peer, 1, 9_000, &["tls13"], &[]);
+    let got = capture.stop();
+    got.assert_clean_exit();
+    assert_side_matches(&got, client_a, truth_a.path(), "client, TLS 1.3");
+    assert_side_matches(&got, client_b, truth_b.path(), "client to the server started after, TLS 1.2");
+    assert_side_matches(&got, client_c, truth_c.path(), "client of the private copy, TLS 1.2");
+    assert_side_matches(&got, client_d, truth_d.path(), "client of the private copy, TLS 1.3");
+    assert_side_matches(&got, before.child.id(), before.truth.path(), "server running before");
+    assert_side_matches(&got, after.child.id(), after.truth.path(), "server started after");
+}
+
+/// TLS 1.2 and 1.3 secrets of programs using the shared BoringSSL, read
+/// where BoringSSL logs them (its internal ssl_log_secret, found from the
+/// library's code as in executables), from the library attached at start
+/// and from a private copy found after: `--keylog` holds, once each,
+/// exactly the lines the programs' own key log callbacks were given, and
+/// tshark decrypts the `-w` capture with the secrets it embeds.
+#[test]
+fn boringssl_shared_library_secrets_equal_the_programs_own_key_log() {
+    let Some(_one) = capture_test() else { return };
+    let servers = SharedServers::before_capture();
+    let dir = tempfile::tempdir().unwrap();
+    let (keys, pcap) = (dir.path().join("keys.log"), dir.path().join("capture.pcapng"));
+    let filter = format!("tcp port {}", servers.before.port);
+    let mut args = vec!["tls", "--comm", "boring_so_peer", "--keylog", keys.to_str().unwrap()];
+    args.extend(["-w", pcap.to_str().unwrap(), "-i", "lo"]);
+    args.extend(filter.split(' '));
+    let mut capture = Capture::start(&args);
+    let after = servers.after_capture(&mut capture);
+    let (peer, private_peer, before) = (&servers.peer, &servers.private_peer, &servers.before);
+    let truths = [
+        before.run_client(peer, 1, 7000, &["tls12"], &[]).1,
+        before.run_client(peer, 1, 9000, &["tls13"], &[]).1,
+        after.run_client(private_peer, 1, 5000, &["tls13"], &[]).1,
+        after.run_client(peer, 1, 3000, &["tls12"], &[]).1,
+    ];
+    let got = capture.stop();
+    got.assert_clean_exit();
+    assert!(!got.stderr.contains("no TLS secrets from"), "{}", got.stderr);
+    let lines = key_lines(&keys);
+    let unique: std::collections::BTreeSet<String> = lines.iter().cloned().collect();
+    assert_eq!(lines.len(), unique.len(), "a line written twice: {lines:#?}");
+    let mut want = std::collections::BTreeSet::new();
+    for truth in truths.iter().map(|t| t.path()).chain([before.truth.path(), after.truth.path()]) {
+        want.extend(key_lines(&truth.join("keylog")));
+    }
+    let labels: std::collections::BTreeSet<&str> = want.iter().filter_map(|l| l.split(' ').next()).collect();
+    assert!(labels.contains("CLIENT_RANDOM") && labels.contains("SERVER_TRAFFIC_SECRET_0"), "{labels:?}");
+    assert_eq!(unique, want);
+    assert_eq!(decrypted_uris(&pcap), ["/echo", "/echo"]);
+}
+
+/// The registry's view of a libssl file, as discovery makes it.
+fn resolve(libssl: &Path) -> TlsTarget {
+    let file = Rc::new(PinnedFile::open(libssl).unwrap());
+    TlsTarget::resolve(file, libssl, &openssl::SOURCE).unwrap()
+}
+
+/// A libssl is BoringSSL by its content, not its name: Debian's shared
+/// BoringSSL copied under OpenSSL 3's file names is BoringSSL (its secrets
+/// read at ssl_log_secret), Debian's OpenSSL is not; and a BoringSSL whose
+/// key log anchors do not hold gives no secret points (an error naming
+/// why), never a guess.
+#[test]
+fn a_shared_boringssl_is_told_from_openssl_by_its_content() {
+    let dir = tempfile::tempdir().unwrap();
+    let renamed = dir.path().join("libssl.so.3");
+    fs::copy(Path::new(ANDROID_LIB).join("libssl.so"), &renamed)
+        .expect("android-libboringssl-dev (scripts/install-deps --test)");
+    fs::copy(Path::new(ANDROID_LIB).join("libcrypto.so"), dir.path().join("libcrypto.so.3")).unwrap();
+    let boring = resolve(&renamed);
+    assert_eq!(boring.library, "boringssl");
+    assert!(boring.callers.is_empty(), "OpenSSL's internal functions are not BoringSSL's");
+    let hooked: Vec<&str> = boring.hooks.iter().map(|(h, _)| h.symbol).collect();
+    assert!(hooked.contains(&"SSL_write") && hooked.contains(&"SSL_read"), "{hooked:?}");
+    match secret_points::find(&boring) {
+        Ok(Some(SecretPoints::Boringssl(points))) => {
+            assert!(points.log_secret.size > 0, "{points:?}");
+        }
+        other => panic!("{}: {other:?}", renamed.display()),
+    }
+    let openssl = resolve(&system_library("libssl.so.3"));
+    assert_eq!(openssl.library, "openssl");
+    assert!(matches!(secret_points::find(&openssl), Ok(Some(SecretPoints::Openssl { .. }))));
+
+    // No label CLIENT_RANDOM left: not one function passes all five.
+    let mut bytes = fs::read(&renamed).unwrap();
+    let label = b"CLIENT_RANDOM\0";
+    let found: Vec<usize> =
+        bytes.windows(label.len()).enumerate().filter(|(_, w)| w == label).map(|(at, _)| at).collect();
+    assert!(!found.is_empty(), "no CLIENT_RANDOM label in {}", renamed.display());
+    found.into_iter().for_each(|at| bytes[at] = b'X');
+    let error = boringssl::find_keylog(&bytes[..]).unwrap_err();
+    assert!(format!("{error:#}").contains("CLIENT_RANDOM"), "{error:#}");
+    for cut in [0, 64, 4096, bytes.len() / 3, bytes.len() / 2, bytes.len() - 1] {
+        let _ = boringssl::find_keylog(&bytes[..cut]);
     }
 }

@@ -1,5 +1,8 @@
 //! BoringSSL linked into an executable without a symbol table (x86-64):
 //! `SSL_write`, `SSL_read` and `SSL_do_handshake` found from the code.
+//! Where it logs its secrets (`find_keylog`) is found from the code too,
+//! in executables and in BoringSSL's shared libssl (which exports its
+//! plaintext functions, but not that one).
 //!
 //! The anchor BoringSSL cannot remove: every error it reports is a call
 //! `ERR_put_error(ERR_LIB_SSL, 0, reason, __FILE__, __LINE__)`
@@ -596,8 +599,8 @@ fn writes(instr: &Instruction, factory: &mut InstructionInfoFactory, reg: Regist
 
 /// In `ssl_log_secret`'s code, the hex encoding of `ssl->s3->client_random`:
 /// a load `s3 = [ssl + A]` (ssl: the first argument, or a register it was
-/// copied to) and the span's two ends `lea [s3 + B]`, `lea [s3 + B + 32]`.
-/// (A, B), when exactly one such pair is there.
+/// copied to) and the span's two ends `lea [s3 + B]`, `lea [s3 + B + 32]`
+/// (or `add s3, B + 32`). (A, B), when exactly one such pair is there.
 fn client_random_place(code: &[u8], address: u64) -> Result<(u32, u32)> {
     let mut decoder = Decoder::with_ip(64, code, address, DecoderOptions::NONE);
     let mut factory = InstructionInfoFactory::new();
@@ -643,6 +646,19 @@ fn client_random_place(code: &[u8], address: u64) -> Result<(u32, u32)> {
                 spans.push((loaded[&base], disp));
                 forget(&mut ssl, &mut loaded, dest);
             }
+            // `add s3, imm` is `lea s3, [s3 + imm]`: how clang formed the
+            // span's end in place in Android 13's BoringSSL (Debian's
+            // android-libboringssl), where the `boring` crate's has a `lea`.
+            Code::Add_rm64_imm8 | Code::Add_rm64_imm32
+                if instr.op0_kind() == iced_x86::OpKind::Register && loaded.contains_key(&dest) =>
+            {
+                // Sign-extended: a negative one is far above any field.
+                let imm = instr.immediate(1);
+                if imm < MAX_FIELD_OFFSET {
+                    spans.push((loaded[&dest], imm));
+                }
+                forget(&mut ssl, &mut loaded, dest);
+            }
             _ => {
                 for used in factory.info(&instr).used_registers() {
                     use iced_x86::OpAccess::{CondWrite, ReadCondWrite, ReadWrite, Write};
@@ -680,4 +696,45 @@ const CALL_CLOBBERED: [Register; 9] = [
 fn forget(ssl: &mut HashSet<Register>, loaded: &mut BTreeMap<Register, u64>, reg: Register) {
     ssl.remove(&reg);
     loaded.remove(&reg);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MOV_R15_RDI: [u8; 3] = [0x49, 0x89, 0xff];
+    /// mov rbp, [r15 + 0x30]: s3 = ssl->s3.
+    const LOAD_S3: [u8; 4] = [0x49, 0x8b, 0x6f, 0x30];
+    /// lea rax, [rbp + 0x30]: the span's start.
+    const LEA_START: [u8; 4] = [0x48, 0x8d, 0x45, 0x30];
+    const RET: u8 = 0xc3;
+
+    fn place(parts: &[&[u8]]) -> Result<(u32, u32)> {
+        let mut code = parts.concat();
+        code.push(RET);
+        client_random_place(&code, 0x1000)
+    }
+
+    /// The span's end as a `lea` (the `boring` crate's BoringSSL) or as an
+    /// `add` to the s3 register itself (Android 13's): the same place.
+    #[test]
+    fn the_client_random_span_ends_by_lea_or_add() {
+        let lea_end = [0x48, 0x8d, 0x4d, 0x50]; // lea rcx, [rbp + 0x50]
+        let add_end = [0x48, 0x83, 0xc5, 0x50]; // add rbp, 0x50
+        assert_eq!(place(&[&MOV_R15_RDI, &LOAD_S3, &LEA_START, &lea_end]).unwrap(), (0x30, 0x30));
+        assert_eq!(place(&[&MOV_R15_RDI, &LOAD_S3, &LEA_START, &add_end]).unwrap(), (0x30, 0x30));
+    }
+
+    /// An end that is not 32 bytes on, an `add` to a register that holds
+    /// no s3, or a negative `add`: no place, an error.
+    #[test]
+    fn other_spans_give_no_place() {
+        let add_40 = [0x48, 0x83, 0xc5, 0x40]; // add rbp, 0x40
+        let add_rsi = [0x48, 0x83, 0xc6, 0x50]; // add rsi, 0x50
+        let add_minus = [0x48, 0x83, 0xc5, 0xf0]; // add rbp, -0x10
+        for end in [&add_40, &add_rsi, &add_minus] {
+            assert!(place(&[&MOV_R15_RDI, &LOAD_S3, &LEA_START, end]).is_err(), "{end:x?}");
+        }
+        assert!(place(&[&LOAD_S3, &LEA_START, &[0x48, 0x83, 0xc5, 0x50]]).is_err(), "r15 is not ssl");
+    }
 }

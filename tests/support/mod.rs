@@ -47,15 +47,22 @@ pub fn require_bpf() -> bool {
 /// `tests/support/<name>.c` built as `<dir>/<name>` against the OpenSSL
 /// installed under `prefix` (headers, libraries, and an rpath to them).
 pub fn build_against_openssl(name: &str, prefix: &str, dir: &Path) -> PathBuf {
-    let binary = dir.join(name);
     let lib = format!("{prefix}/lib");
+    build_against_libssl(name, &format!("{prefix}/include"), &lib, &lib, dir)
+}
+
+/// `tests/support/<name>.c` built as `<dir>/<name>` with the `openssl/`
+/// headers of `include`, linked to the libssl and libcrypto of `lib`, and
+/// loading them at run time from `rpath` (`$ORIGIN`: beside the program).
+pub fn build_against_libssl(name: &str, include: &str, lib: &str, rpath: &str, dir: &Path) -> PathBuf {
+    let binary = dir.join(name);
     let out = Command::new("cc")
         .args(["-O1", "-Wall", "-Werror", "-o"])
         .arg(&binary)
         .arg(support_dir().join(format!("{name}.c")))
-        .arg(format!("-I{prefix}/include"))
+        .arg(format!("-I{include}"))
         .arg(format!("-L{lib}"))
-        .arg(format!("-Wl,-rpath,{lib}"))
+        .arg(format!("-Wl,-rpath,{rpath}"))
         .args(["-lssl", "-lcrypto"])
         .output()
         .expect("running cc (scripts/install-deps --test)");
