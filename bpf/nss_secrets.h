@@ -11,25 +11,54 @@
  *   carries the HKDF label ("tls13 c hs traffic", ...) in params.pInfo;
  *   the one freebl HMAC_Finish that runs inside that call computes the
  *   secret (read at its return). The client random is the ClientHello's,
- *   which libssl hashes into the transcript with PK11_DigestOp, on the same
- *   thread, before any secret: remembered per thread. */
+ *   which libssl hashes into the connection's transcript context with
+ *   PK11_DigestOp: remembered per context; and libssl clones that context
+ *   (PK11_CloneContext) for the transcript hash right before each secret's
+ *   derive, on the same thread, so the thread's last clone names the
+ *   connection. The thread's last ClientHello is the fallback. */
 
 #define NSS_CKM_HKDF_DERIVE 0x402a
 #define NSS_MASTER_SECRET_LEN 48
 #define NSS_HKDF_LABEL_AT 9 /* u16 length, u8 label length, "tls13 " */
 #define NSS_INFO_READ 24    /* enough for the prefix and the longest label */
+#define NSS_CLIENT_HELLO 1
+#define NSS_SERVER_HELLO 2  /* and HelloRetryRequest, a ServerHello */
+#define NSS_MESSAGE_HASH 0xfe
 
-/* What a thread's NSS is doing: its last ClientHello's random, and the
- * TLS 1.3 secret being derived (0: none). */
+/* What a thread's NSS is doing: its last ClientHello's random, the last
+ * context it cloned, and the TLS 1.3 secret being derived (0: none) with
+ * its client random. */
 struct nss_thread {
 	__u8 client_random[CT_RANDOM_LEN];
 	__u32 has_random;
 	__u32 label;       /* enum nss_label */
 	__u32 key_size;    /* what the derive asked for */
-	__u32 _pad;
+	__u32 has_label_random;
+	__u8 label_random[CT_RANDOM_LEN]; /* the derived secret's connection's */
+	__u64 cloned;      /* PK11_CloneContext's argument (0: used or none) */
 	__u64 result;      /* HMAC_Finish's output buffer (0: not reached yet) */
 	__u64 result_len;  /* where HMAC_Finish writes the output's length */
 };
+
+/* The client random of a transcript context, by its address in its
+ * process. Contexts are freed and their addresses reused: an entry is
+ * overwritten when a ClientHello is hashed at the start of a context at
+ * the same address, dropped when a transcript restarts there without one
+ * (HelloRetryRequest), and evicted when least used. A stale entry stays
+ * only for a context that hashes no ClientHello first: not a transcript
+ * (a signature's or a PRF's hash), whose clones no labelled derive
+ * follows. */
+struct nss_context_key {
+	__u64 context;
+	__u32 tgid;
+	__u32 _pad;
+};
+
+struct nss_random {
+	__u8 bytes[CT_RANDOM_LEN];
+};
+
+CT_MAP(LRU_HASH, nss_contexts, struct nss_context_key, struct nss_random, 16384);
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -113,25 +142,90 @@ static __always_inline struct nss_thread *nss_thread_slot(__u32 tid, bool create
 	return bpf_map_lookup_elem(&nss_threads, &tid);
 }
 
+/* A handshake message's length: its 3-byte big-endian field. */
+static __always_inline __u32 nss_message_len(const __u8 *head)
+{
+	return (__u32)head[1] << 16 | (__u32)head[2] << 8 | head[3];
+}
+
+/* Where the second ClientHello starts in bytes that restart a transcript
+ * after a HelloRetryRequest (head: their first bytes): after the
+ * message_hash that stands for the first ClientHello, and after the
+ * HelloRetryRequest when it is hashed in the same call (NSS does so on
+ * both sides: seen with tstclnt and selfserv). */
+static __always_inline __u32 nss_after_retry(const __u8 *data, __u32 len, const __u8 *head)
+{
+	__u8 next[4];
+	__u32 at = 4 + nss_message_len(head);
+	if (at <= len - sizeof(next) && !bpf_probe_read_user(next, sizeof(next), data + at) &&
+	    next[0] == NSS_SERVER_HELLO)
+		at += 4 + nss_message_len(next);
+	return at;
+}
+
 /* PK11_DigestOp(ctx, data, len): a ClientHello (type 1, a 3-byte length
- * that fits, legacy version 3.3) starts a transcript; its random follows. */
+ * that fits, legacy version 3.3) starts a transcript; its random follows.
+ * Remembered for the context (the connection's transcript) and the
+ * thread. */
 SEC("uprobe")
 int BPF_KPROBE(nss_digest_op, void *context, const __u8 *data, __u32 len)
 {
 	__u8 head[6 + CT_RANDOM_LEN];
-	if (len < sizeof(head) || !current_task_wanted())
+	__u32 at = 0;
+	if (len < sizeof(head) || !current_task_wanted() || bpf_probe_read_user(head, sizeof(head), data))
 		return 0;
-	if (bpf_probe_read_user(head, sizeof(head), data))
-		return 0;
-	__u32 body = (__u32)head[1] << 16 | (__u32)head[2] << 8 | head[3];
-	if (head[0] != 1 || head[4] != 3 || head[5] != 3 || body > len - 4 || body < 2 + CT_RANDOM_LEN)
-		return 0;
-	struct nss_thread *t = nss_thread_slot((__u32)bpf_get_current_pid_tgid(), true);
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	struct nss_context_key key = { .context = (__u64)context, .tgid = pid_tgid >> 32 };
+	bool restarted = head[0] == NSS_MESSAGE_HASH;
+	if (restarted) {
+		at = nss_after_retry(data, len, head);
+		if (at > len - sizeof(head) || bpf_probe_read_user(head, sizeof(head), data + at))
+			goto not_hello;
+	}
+	__u32 body = nss_message_len(head);
+	if (head[0] != NSS_CLIENT_HELLO || head[4] != 3 || head[5] != 3 || body > len - at - 4 ||
+	    body < 2 + CT_RANDOM_LEN)
+		goto not_hello;
+	bpf_map_update_elem(&nss_contexts, &key, head + 6, BPF_ANY);
+	struct nss_thread *t = nss_thread_slot((__u32)pid_tgid, true);
 	if (!t)
 		return 0;
 	__builtin_memcpy(t->client_random, head + 6, CT_RANDOM_LEN);
 	t->has_random = 1;
 	return 0;
+not_hello:
+	/* A restarted transcript without its ClientHello yet (it comes in a
+	 * later call): what the address held before is another transcript's. */
+	if (restarted)
+		bpf_map_delete_elem(&nss_contexts, &key);
+	return 0;
+}
+
+/* PK11_CloneContext(ctx): libssl's transcript hash for a secret clones the
+ * connection's transcript context just before the secret's derive. */
+SEC("uprobe")
+int BPF_KPROBE(nss_clone_context, void *context)
+{
+	if (!current_task_wanted())
+		return 0;
+	struct nss_thread *t = nss_thread_slot((__u32)bpf_get_current_pid_tgid(), true);
+	if (t)
+		t->cloned = (__u64)context;
+	return 0;
+}
+
+/* The client random of the secret a derive starts: its transcript's, else
+ * the thread's last ClientHello's. */
+static __always_inline void nss_take_random(struct nss_thread *t, __u64 pid_tgid)
+{
+	struct nss_context_key key = { .context = t->cloned, .tgid = pid_tgid >> 32 };
+	struct nss_random *r = t->cloned ? bpf_map_lookup_elem(&nss_contexts, &key) : NULL;
+	t->cloned = 0;
+	t->has_label_random = r || t->has_random;
+	if (r)
+		__builtin_memcpy(t->label_random, r->bytes, CT_RANDOM_LEN);
+	else if (t->has_random)
+		__builtin_memcpy(t->label_random, t->client_random, CT_RANDOM_LEN);
 }
 
 /* PK11_DeriveWithFlags(base, mechanism, SECItem *params, target, op,
@@ -153,9 +247,11 @@ int BPF_KPROBE(nss_derive, void *base, __u64 mechanism, void *params, __u64 targ
 	__u32 label = nss_label_of(info);
 	if (label == NSS_NONE)
 		return 0;
-	struct nss_thread *t = nss_thread_slot((__u32)bpf_get_current_pid_tgid(), true);
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	struct nss_thread *t = nss_thread_slot((__u32)pid_tgid, true);
 	if (!t)
 		return 0;
+	nss_take_random(t, pid_tgid);
 	t->label = label;
 	t->key_size = key_size;
 	t->result = 0;
@@ -203,8 +299,8 @@ int BPF_KRETPROBE(nss_hmac_finish_return)
 		return 0;
 	nss_keylog_label(e, label);
 	e->random_len = CT_RANDOM_LEN;
-	if (t->has_random)
-		__builtin_memcpy(e->client_random, t->client_random, CT_RANDOM_LEN);
+	if (t->has_label_random)
+		__builtin_memcpy(e->client_random, t->label_random, CT_RANDOM_LEN);
 	else
 		e->missing |= 2;
 	e->secret_len = len;

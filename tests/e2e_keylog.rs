@@ -501,7 +501,10 @@ fn nss_client_tls12_and_tls13_secrets_equal_the_servers_key_log() {
 }
 
 /// An NSS server: selfserv (its own certificate database, made here)
-/// answering `openssl s_client -keylogfile`, TLS 1.2 and 1.3.
+/// answering `openssl s_client -keylogfile`, TLS 1.2 and 1.3, and TLS 1.3
+/// with a HelloRetryRequest (the client's key share is for ffdhe2048,
+/// which NSS does not take by default), whose transcript restarts without
+/// a ClientHello at its start.
 #[test]
 fn nss_server_tls12_and_tls13_secrets_equal_the_clients_key_log() {
     let Some(_one) = capture_test() else { return };
@@ -518,13 +521,16 @@ fn nss_server_tls12_and_tls13_secrets_equal_the_clients_key_log() {
     let recording = Recording::start(port, &["--library", "nss"]);
     let client_log = dir.path().join("client-keys.log");
     let mut uris = Vec::new();
-    for version_flag in ["-tls1_2", "-tls1_3"] {
-        let uri = format!("/nss-server{version_flag}");
+    for (version_flag, groups) in
+        [("-tls1_2", None), ("-tls1_3", None), ("-tls1_3", Some("ffdhe2048:X25519"))]
+    {
+        let uri = format!("/nss-server{version_flag}{}", if groups.is_some() { "-retry" } else { "" });
         let request = format!("GET {uri} HTTP/1.0\r\n\r\n");
         let out = run(
             Command::new("openssl")
                 .args(["s_client", "-quiet", "-ign_eof", version_flag, "-connect"])
                 .arg(format!("127.0.0.1:{port}"))
+                .args(groups.iter().flat_map(|g| ["-groups", g]))
                 .arg("-keylogfile")
                 .arg(&client_log),
             request.as_bytes(),
@@ -545,6 +551,52 @@ fn nss_server_tls12_and_tls13_secrets_equal_the_clients_key_log() {
         assert!(both_ways.contains(&format!("GET {uri} HTTP/1.0")), "{both_ways}");
         assert!(both_ways.contains("HTTP/1.0 200 OK"), "{both_ways}");
     }
+}
+
+/// One thread, two NSS client connections, their TLS 1.3 handshakes
+/// interleaved as an event loop interleaves them (tests/support/
+/// nss_interleave.c): A's application secrets are derived after B's
+/// ClientHello was hashed on the same thread. Each connection has its own
+/// `openssl s_server -keylogfile`: the lines must equal both servers' key
+/// logs together (a secret tied to the thread's last ClientHello would
+/// carry B's client random), and A's capture must decrypt. Once more with
+/// a HelloRetryRequest for A (its server wants a group NSS sends no key
+/// share for), whose transcript restarts without a ClientHello at its
+/// start.
+#[test]
+fn nss_client_handshakes_interleaved_on_one_thread_give_each_its_own_client_random() {
+    let Some(_one) = capture_test() else { return };
+    let cert = Certificate::new();
+    let dir = tempfile::tempdir().unwrap();
+    let client = build_against_nss("nss_interleave", dir.path());
+    interleaved_against_s_servers(&client, &cert, &[]);
+    interleaved_against_s_servers(&client, &cert, &["-groups", "P-521"]);
+}
+
+/// `nss_interleave` against two `openssl s_server -tls1_3 -keylogfile`,
+/// A's with `a_options`, captured with only NSS probed: the checks above.
+fn interleaved_against_s_servers(client: &Path, cert: &Certificate, a_options: &[&str]) {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = [dir.path().join("a-keys.log"), dir.path().join("b-keys.log")];
+    let a_args = [&["-tls1_3", "-keylogfile", logs[0].to_str().unwrap()][..], a_options].concat();
+    let b_args = ["-tls1_3", "-keylogfile", logs[1].to_str().unwrap()];
+    let mut servers = [openssl_s_server(cert, &a_args), openssl_s_server(cert, &b_args)];
+    let recording = Recording::start(servers[0].1, &["--library", "nss"]);
+    let out = Command::new(client).args(servers.iter().map(|(_, port)| port.to_string())).output().unwrap();
+    let done = recording.stop();
+    for (server, _) in &mut servers {
+        let _ = server.kill();
+        let _ = server.wait();
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "nss_interleave {a_options:?}: {stderr}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "a: HTTP/1.0 200 ok\nb: HTTP/1.0 200 ok\n");
+    let both = dir.path().join("both-keys.log");
+    fs::write(&both, logs.iter().map(|log| fs::read_to_string(log).unwrap()).collect::<String>()).unwrap();
+    assert_eq!(lines_of(&both).len(), 10, "five TLS 1.3 lines from each server");
+    assert_same_key_lines(&done.key_lines(), &both);
+    let a = decrypted_stream(&done.pcap(), 0);
+    assert!(a.contains("GET /a HTTP/1.0") && a.contains("HTTP/1.0 200 ok"), "{a_options:?}: {a}");
 }
 
 /// The plaintext tshark decrypts from TCP stream `stream` of `pcap` with

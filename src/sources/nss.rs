@@ -38,8 +38,8 @@ fn nspr_version(file: &PinnedFile, _path: &Path) -> Option<String> {
 
 /// NSS's secrets come from two more of its files (docs/nss-secrets.md),
 /// probed only for `--keylog` and `-w`: libnss3, where libssl asks for
-/// each TLS 1.3 secret by its label and hashes the ClientHello, and
-/// freebl, which computes them (and TLS 1.2's key block).
+/// each TLS 1.3 secret by its label, hashes the ClientHello and clones the
+/// transcript, and freebl, which computes them (and TLS 1.2's key block).
 pub const SECRET_SOURCES: [&TlsSource; 2] = [&PK11, &FREEBL];
 
 const PK11: TlsSource = TlsSource {
@@ -70,11 +70,18 @@ fn no_version(_: &PinnedFile, _: &Path) -> Option<String> {
 /// The exported functions libssl calls for TLS 1.3 secrets.
 pub const DERIVE: &str = "PK11_DeriveWithFlags";
 pub const DIGEST_OP: &str = "PK11_DigestOp";
+/// Cloned for the transcript hash before each secret's derive: names the
+/// connection the secret is for.
+pub const CLONE_CONTEXT: &str = "PK11_CloneContext";
 
 fn pk11_points(target: &TlsTarget) -> Result<SecretPoints> {
-    let symbols = Symbols::of(&target.file, &[DERIVE, DIGEST_OP])?;
+    let symbols = Symbols::of(&target.file, &[DERIVE, DIGEST_OP, CLONE_CONTEXT])?;
     let get = |name| symbols.get(name).with_context(|| format!("{name} is not exported"));
-    Ok(SecretPoints::NssPk11 { derive: get(DERIVE)?, digest_op: get(DIGEST_OP)? })
+    Ok(SecretPoints::NssPk11 {
+        derive: get(DERIVE)?,
+        digest_op: get(DIGEST_OP)?,
+        clone_context: get(CLONE_CONTEXT)?,
+    })
 }
 
 fn freebl_points(target: &TlsTarget) -> Result<SecretPoints> {

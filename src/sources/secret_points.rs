@@ -29,11 +29,13 @@ pub enum SecretPoints {
     Rustls(Vec<(String, Function)>),
     /// A probe on BoringSSL's `ssl_log_secret` (see `discover::boringssl`).
     Boringssl(BoringsslKeylogPoints),
-    /// NSS's libnss3: where TLS 1.3 secrets are named and the ClientHello
-    /// hashed; and its freebl, where secrets are computed (`sources::nss`).
+    /// NSS's libnss3: where TLS 1.3 secrets are named, the ClientHello
+    /// hashed and the transcript cloned; and its freebl, where secrets are
+    /// computed (`sources::nss`).
     NssPk11 {
         derive: Function,
         digest_op: Function,
+        clone_context: Function,
     },
     NssFreebl(FreeblPoints),
 }

@@ -248,10 +248,11 @@ impl<'obj> TlsProbes<'obj> {
             Ok(Some(SecretPoints::Gnutls(points))) => self.attach_gnutls_secrets(target, &points),
             Ok(Some(SecretPoints::Rustls(loggers))) => self.attach_rustls_secrets(target, &loggers),
             Ok(Some(SecretPoints::Boringssl(points))) => self.attach_boringssl_secrets(target, &points),
-            Ok(Some(SecretPoints::NssPk11 { derive, digest_op })) => {
+            Ok(Some(SecretPoints::NssPk11 { derive, digest_op, clone_context })) => {
                 let p = &self.skel.progs;
                 let probes = [
                     (&p.nss_digest_op, digest_op, false, "PK11_DigestOp"),
+                    (&p.nss_clone_context, clone_context, false, "PK11_CloneContext"),
                     (&p.nss_derive, derive, false, "PK11_DeriveWithFlags"),
                     (&p.nss_derive_return, derive, true, "PK11_DeriveWithFlags"),
                 ];

@@ -70,6 +70,27 @@ pub fn build_against_libssl(name: &str, include: &str, lib: &str, rpath: &str, d
     binary
 }
 
+/// `tests/support/<name>.c` built as `<dir>/<name>` against the system's
+/// NSS (its flags from `pkg-config nss`).
+pub fn build_against_nss(name: &str, dir: &Path) -> PathBuf {
+    let flags = Command::new("pkg-config")
+        .args(["--cflags", "--libs", "nss"])
+        .output()
+        .expect("running pkg-config (scripts/install-deps --test)");
+    assert!(flags.status.success(), "pkg-config nss: install libnss3-dev (scripts/install-deps --test)");
+    let flags = String::from_utf8(flags.stdout).expect("pkg-config's flags are text");
+    let binary = dir.join(name);
+    let out = Command::new("cc")
+        .args(["-O1", "-Wall", "-Werror", "-o"])
+        .arg(&binary)
+        .arg(support_dir().join(format!("{name}.c")))
+        .args(flags.split_whitespace())
+        .output()
+        .expect("running cc (scripts/install-deps --test)");
+    assert!(out.status.success(), "building {name}: {}", String::from_utf8_lossy(&out.stderr));
+    binary
+}
+
 pub fn support_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support")
 }
