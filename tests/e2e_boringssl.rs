@@ -295,7 +295,9 @@ fn boringssl_secrets_equal_the_programs_own_key_log() {
     let labels: std::collections::BTreeSet<&str> = want.iter().filter_map(|l| l.split(' ').next()).collect();
     assert!(labels.contains("CLIENT_RANDOM") && labels.contains("SERVER_TRAFFIC_SECRET_0"), "{labels:?}");
     assert_eq!(unique, want);
-    assert_eq!(decrypted_uris(&pcap), ["/echo", "/echo"]);
+    // With cleartap's summary of what the packet capture saw: this failed
+    // once in a full suite run (one "/echo" of two), and not in 7 runs alone.
+    assert_eq!(decrypted_uris(&pcap), ["/echo", "/echo"], "cleartap's stderr:\n{}", got.stderr);
 }
 
 /// BoringSSL's key log function found from the code: the same in the
@@ -476,7 +478,8 @@ fn boringssl_shared_library_secrets_equal_the_programs_own_key_log() {
     let labels: std::collections::BTreeSet<&str> = want.iter().filter_map(|l| l.split(' ').next()).collect();
     assert!(labels.contains("CLIENT_RANDOM") && labels.contains("SERVER_TRAFFIC_SECRET_0"), "{labels:?}");
     assert_eq!(unique, want);
-    assert_eq!(decrypted_uris(&pcap), ["/echo", "/echo"]);
+    // With cleartap's summary of what the packet capture saw.
+    assert_eq!(decrypted_uris(&pcap), ["/echo", "/echo"], "cleartap's stderr:\n{}", got.stderr);
 }
 
 /// The registry's view of a libssl file, as discovery makes it.
