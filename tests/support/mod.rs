@@ -200,9 +200,14 @@ impl Capture {
         capture
     }
 
+    /// A liveness guard, not a timing: 60 s, or CLEARTAP_TEST_READY_TIMEOUT
+    /// seconds (tests/vm/guest.sh: a 5.10 guest under software emulation
+    /// verifies the programs many times slower, and missed 60 s there).
     fn wait_ready(&mut self) {
+        let patience =
+            std::env::var("CLEARTAP_TEST_READY_TIMEOUT").ok().and_then(|s| s.parse().ok()).unwrap_or(60);
         loop {
-            match self.stderr.recv_timeout(Duration::from_secs(60)) {
+            match self.stderr.recv_timeout(Duration::from_secs(patience)) {
                 Ok(line) if line == "ready" => return,
                 Ok(line) => self.before_ready += &(line + "\n"),
                 Err(_) => {
