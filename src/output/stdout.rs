@@ -142,7 +142,7 @@ impl super::batched::Records for DirectRecords {
     fn record_done(&mut self) -> io::Result<()> {
         let Some(direct) = self.stdout.direct.as_mut() else {
             self.closed.clear();
-            return Err(io::Error::other("output closed after a failed write"));
+            return Err(closed());
         };
         direct.record_done().map_err(|e| self.stdout.fail(e))
     }
@@ -150,6 +150,11 @@ impl super::batched::Records for DirectRecords {
     fn flush(&mut self) -> io::Result<()> {
         self.stdout.flush()
     }
+}
+
+/// What every write after a failed one gets.
+fn closed() -> io::Error {
+    io::Error::other("output closed after a failed write")
 }
 
 impl Default for RecordStdout {
@@ -161,7 +166,7 @@ impl Default for RecordStdout {
 impl Write for RecordStdout {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         if self.failed {
-            return Err(io::Error::other("output closed after a failed write"));
+            return Err(closed());
         }
         if let Some(direct) = self.direct.as_mut() {
             return match direct.write(buf) {
@@ -185,7 +190,7 @@ impl Write for RecordStdout {
     /// between records, and a full BufWriter above only calls `write`.
     fn flush(&mut self) -> io::Result<()> {
         if self.failed {
-            return Err(io::Error::other("output closed after a failed write"));
+            return Err(closed());
         }
         if let Some(direct) = self.direct.as_mut() {
             return match direct.flush() {
