@@ -450,10 +450,10 @@ pub(super) fn tls_head(
 
 /// The end of a TLS line after `tls_head`: its payload and the newline.
 pub(crate) fn tls_data(buf: &mut Vec<u8>, data: &[u8]) {
-    // The payload is the bulk of the line: base64 (SIMD) straight into the
+    // The payload is the bulk of the line: base64 (`output::base64`) straight into the
     // line; its alphabet never needs escaping.
     buf.extend_from_slice(b",\"data_b64\":\"");
-    base64_simd::STANDARD.encode_append(data, buf);
+    super::base64::encode_append(data, buf);
     buf.extend_from_slice(b"\"}\n");
 }
 

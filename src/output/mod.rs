@@ -1,6 +1,7 @@
 //! Output writers. Each takes records and writes them; each flushes on
 //! idle and on shutdown (not per record).
 
+mod base64;
 mod batched;
 pub mod binary;
 pub mod direct;
