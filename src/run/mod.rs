@@ -8,18 +8,18 @@ pub mod exec;
 mod priority;
 mod queue;
 pub mod read;
+mod ring;
 pub mod shell;
 pub mod sql;
 pub mod tls;
 
-use std::cell::RefCell;
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use libbpf_rs::{Link, MapCore, MapHandle, RingBufferBuilder};
+use libbpf_rs::{Link, MapCore, MapHandle};
 
 use crate::events::{self, Event};
 use crate::kernel::{Filters, KernelStats};
@@ -128,15 +128,25 @@ impl Destination {
 const QUEUE_BATCHES: usize = 16;
 const BATCH_BYTES: usize = 1 << 20;
 
+/// The most of a ring handed over as one span (a record may pass it): the
+/// writer gives the space back span by span.
+const SPAN_BYTES: u64 = 1 << 20;
+
+/// While the writer holds part of a ring in place, the drain thread looks
+/// again this often (the writer wakes it as it gives space back; this
+/// bounds how late it notices a writer stuck in a write, and copies out).
+const HELD_WAIT: Duration = Duration::from_millis(2);
+
 /// Run until `dest.stop` (a signal): tells `dest` it is ready, streams
 /// events from every ring buffer in `rings`, reports kernel losses while
 /// they happen and a summary at the end.
 ///
-/// Two threads: one drains the ring buffers and does nothing else (it
-/// copies each record into a queue, which frees its space in the kernel's
-/// buffer at once); this one decodes, formats and writes. A write that
-/// takes a while (a full pipe, a page cache allocation) then no longer
-/// leaves the kernel's buffer unread meanwhile.
+/// Two threads: one drains the ring buffers and does nothing else; this
+/// one decodes, formats and writes. The drain thread hands over spans of
+/// the rings, which this one reads in place and then gives back; when more
+/// than a quarter of a ring is held that way (a write that takes a while: a full
+/// pipe, a page cache allocation), it copies the records that follow into
+/// a queue instead, so the kernel's buffer is not left full meanwhile.
 pub fn pump(
     rings: &[&libbpf_rs::MapMut],
     stats_map: &dyn MapCore,
@@ -145,27 +155,26 @@ pub fn pump(
     dest: Destination,
 ) -> Result<()> {
     let Destination { out, stop, on_ready, mut on_stats } = dest;
-    let handles = rings.iter().map(|r| MapHandle::try_from(*r)).collect::<Result<Vec<_>, _>>()?;
+    let rings = (rings.iter())
+        .map(|r| ring::Ring::map(MapHandle::try_from(*r)?).map_err(|e| ring_map_failed(e.into())))
+        .collect::<Result<Vec<_>>>()?;
+    let waiter = ring::Waiter::new(&rings).context("waiting for the ring buffers (epoll, eventfd)")?;
     let (filler, drainer) = queue::queue(QUEUE_BATCHES, BATCH_BYTES);
     let finish_draining = AtomicBool::new(false);
     let mut sink = Sink::new(handler, out);
     let mut links = Some(links);
     let mut reported = KernelStats::default();
     let raises = std::thread::scope(|scope| -> Result<u64> {
-        let (mapped_tx, mapped_rx) = std::sync::mpsc::channel();
+        let (started_tx, started_rx) = std::sync::mpsc::channel();
         let finish = &finish_draining;
+        let (rings, waiter) = (&rings, &waiter);
         let drain = std::thread::Builder::new()
             .name("cleartap-drain".into())
-            .spawn_scoped(scope, move || drain_rings(&handles, filler, finish, mapped_tx))
+            .spawn_scoped(scope, move || drain_rings(rings, waiter, filler, finish, started_tx))
             .context("starting the thread that drains the ring buffer")?;
-        // Mapping errors (address space) come before `ready`.
-        let drain_tid = match mapped_rx.recv() {
-            Ok(Ok(tid)) => tid,
-            Ok(Err(e)) => return Err(ring_map_failed(e)),
-            Err(_) => {
-                let _ = drain.join();
-                anyhow::bail!("the thread that drains the ring buffer ended before it started");
-            }
+        let Ok(drain_tid) = started_rx.recv() else {
+            let _ = drain.join();
+            anyhow::bail!("the thread that drains the ring buffer ended before it started");
         };
         on_ready();
 
@@ -181,6 +190,15 @@ pub fn pump(
                         sink.handle(raw);
                     }
                     drainer.recycle(batch);
+                    sink.after_batch(false);
+                }
+                queue::Next::InPlace(span) => {
+                    let ring = &rings[span.ring];
+                    for raw in ring.records(span.start, span.end) {
+                        sink.handle(raw);
+                    }
+                    ring.handled(span.end);
+                    waiter.wake();
                     sink.after_batch(false);
                 }
                 // Nothing for a while: the output is flushed, so a reader
@@ -231,51 +249,72 @@ pub fn pump(
     sink.result()
 }
 
-/// The drain thread: every record of `rings` into the queue, until told to
-/// finish, then what the rings still hold. Says first whether the rings
-/// could be mapped.
+/// The drain thread: every record of `rings` handed over (in place, or
+/// copied when more than a quarter of a ring is held), until told to finish, then
+/// what the rings still hold. Says first that it started (its thread id).
 fn drain_rings(
-    rings: &[MapHandle],
-    filler: queue::Filler,
+    rings: &[ring::Ring],
+    waiter: &ring::Waiter,
+    mut filler: queue::Filler,
     finish: &AtomicBool,
-    mapped: std::sync::mpsc::Sender<Result<libc::pid_t, libbpf_rs::Error>>,
+    started: std::sync::mpsc::Sender<libc::pid_t>,
 ) {
-    let filler = RefCell::new(filler);
-    // The writer is gone only when it stopped: records after that are not
-    // wanted, and a negative return ends the consume early.
-    // Only the bytes a record's decoder reads are copied (see `used_len`).
-    let copy =
-        |raw: &[u8]| if filler.borrow_mut().push(&raw[..events::used_len(raw)]).is_ok() { 0 } else { -1 };
-    let mut builder = RingBufferBuilder::new();
-    for ring in rings {
-        if let Err(e) = builder.add(ring, copy) {
-            let _ = mapped.send(Err(e));
+    let _ = started.send(priority::this_thread());
+    let mut walked: Vec<u64> = rings.iter().map(ring::Ring::consumer).collect();
+    loop {
+        let finishing = finish.load(Ordering::Relaxed);
+        for (index, ring) in rings.iter().enumerate() {
+            loop {
+                let start = walked[index];
+                let end = ring.committed(start, SPAN_BYTES);
+                if end == start {
+                    break;
+                }
+                walked[index] = end;
+                let handed = if ring.held(end) > ring.size() / 4 {
+                    copy_out(ring, start, end, &mut filler)
+                } else {
+                    ring.handed_in_place(end);
+                    filler.hand(queue::Span { ring: index, start, end })
+                };
+                // The writer stopped: nothing more is wanted.
+                if handed.is_err() {
+                    return;
+                }
+            }
+        }
+        // Records never wait for a batch to fill.
+        if filler.send().is_err() || finishing {
             return;
+        }
+        // A timeout must still read the rings: records submitted without a
+        // wake-up (TLS batches, see bpf/payload.h) would otherwise wait for
+        // the next one, and while one waits unread, the kernel wakes nobody
+        // for any later record either (it only wakes a consumer that had
+        // caught up). A ring held in place reads as ready: then only the
+        // writer's wake-up or a short timeout.
+        if rings.iter().zip(&walked).any(|(ring, &walked)| ring.held(walked) > 0) {
+            waiter.woken(HELD_WAIT);
+        } else {
+            waiter.any(POLL_INTERVAL);
         }
     }
-    let ring = match builder.build() {
-        Ok(ring) => ring,
-        Err(e) => {
-            let _ = mapped.send(Err(e));
-            return;
-        }
-    };
-    let _ = mapped.send(Ok(priority::this_thread()));
-    while !finish.load(Ordering::Relaxed) {
-        // EINTR on a signal is expected. A timeout must still read the
-        // rings: records submitted without a wake-up (TLS batches, see
-        // bpf/payload.h) would otherwise wait for the next one, and while
-        // one waits unread, the kernel wakes nobody for any later record
-        // either (it only wakes a consumer that had caught up).
-        if ring.poll_raw(POLL_INTERVAL) == 0 {
-            let _ = ring.consume_raw();
-        }
-        if filler.borrow_mut().send().is_err() {
-            return;
-        }
+}
+
+/// Copies the records of `[start, end)` into the queue, which gives their
+/// space back (once what was handed before them in place is handled).
+/// Only the bytes a record's decoder reads are copied (see `used_len`).
+fn copy_out(
+    ring: &ring::Ring,
+    start: u64,
+    end: u64,
+    filler: &mut queue::Filler,
+) -> Result<(), queue::Disconnected> {
+    for raw in ring.records(start, end) {
+        filler.push(&raw[..events::used_len(raw)])?;
     }
-    let _ = ring.consume_raw();
-    let _ = filler.borrow_mut().send();
+    ring.copied(end);
+    Ok(())
 }
 
 /// Mapping a ring buffer takes twice its size of address space (its data

@@ -1,14 +1,16 @@
 //! Between the thread that drains the kernel's ring buffers and the thread
-//! that decodes, formats and writes: records copied out in order, in
-//! batches, bounded in bytes.
+//! that decodes, formats and writes, in order: spans of a ring buffer the
+//! writer reads in place (`run::ring`), or records copied out, in batches
+//! bounded in bytes.
 //!
-//! The drain thread only copies: a ring buffer's space is released as soon
-//! as a record is copied, so the kernel has room while the other thread
-//! writes. When every batch is in flight (the writer is behind by the whole
-//! queue), the drain thread waits for one to come back: the ring buffer then
-//! fills, and what the kernel cannot place is counted and marked as lost by
-//! the kernel, exactly as with no queue (`lost in the kernel`, the `gap` of
-//! the next record). Nothing is dropped here.
+//! The drain thread copies only when the writer holds too much of a ring
+//! in place: copied records' space goes back to the kernel at once, so it
+//! has room while the writer catches up. When every batch is in flight
+//! (the writer is behind by the whole queue), the drain thread waits for
+//! one to come back: the ring buffer then fills, and what the kernel cannot
+//! place is counted and marked as lost by the kernel, exactly as with no
+//! queue (`lost in the kernel`, the `gap` of the next record). Nothing is
+//! dropped here.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -83,11 +85,24 @@ impl<'a> Iterator for Records<'a> {
     }
 }
 
+/// Records of ring `ring` between two positions, to be read in place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span {
+    pub ring: usize,
+    pub start: u64,
+    pub end: u64,
+}
+
+enum Item {
+    Copied(Batch),
+    InPlace(Span),
+}
+
 /// The drain thread's end: fills batches and hands them over.
 pub struct Filler {
     current: Batch,
     capacity: usize,
-    full: Sender<Batch>,
+    full: Sender<Item>,
     free: Receiver<Batch>,
     /// Times the drain thread found every batch in flight and waited.
     waits: Arc<AtomicU64>,
@@ -95,7 +110,7 @@ pub struct Filler {
 
 /// The writer's end.
 pub struct Drainer {
-    full: Receiver<Batch>,
+    full: Receiver<Item>,
     free: Sender<Batch>,
     waits: Arc<AtomicU64>,
 }
@@ -151,13 +166,20 @@ impl Filler {
             }
         };
         let full = std::mem::replace(&mut self.current, next);
-        self.full.send(full).map_err(|_| Disconnected)
+        self.full.send(Item::Copied(full)).map_err(|_| Disconnected)
+    }
+
+    /// Hands over a span to read in place, after the records copied before it.
+    pub fn hand(&mut self, span: Span) -> Result<(), Disconnected> {
+        self.send()?;
+        self.full.send(Item::InPlace(span)).map_err(|_| Disconnected)
     }
 }
 
 /// What `Drainer::next` found.
 pub enum Next {
     Batch(Batch),
+    InPlace(Span),
     /// Nothing within the timeout.
     Idle,
     /// The wake-up channel `next` was given had a message (taken).
@@ -172,7 +194,11 @@ impl Drainer {
     /// The next batch, or `Woken` as soon as `wake` has a message, or
     /// `Idle` after `timeout`.
     pub fn next(&self, timeout: Duration, wake: Option<&Receiver<()>>) -> Next {
-        let batch = |r: Result<Batch, RecvError>| r.map_or(Next::Done, Next::Batch);
+        let batch = |r: Result<Item, RecvError>| match r {
+            Ok(Item::Copied(batch)) => Next::Batch(batch),
+            Ok(Item::InPlace(span)) => Next::InPlace(span),
+            Err(RecvError) => Next::Done,
+        };
         match wake {
             Some(wake) => select! {
                 recv(self.full) -> r => batch(r),
@@ -186,7 +212,7 @@ impl Drainer {
         }
     }
 
-    /// Batches handed over and not yet taken.
+    /// Batches and spans handed over and not yet taken.
     pub fn backlog(&self) -> usize {
         self.full.len()
     }
@@ -233,7 +259,7 @@ mod tests {
                     }
                     drainer.recycle(b);
                 }
-                Next::Idle | Next::Woken | Next::WakerGone => panic!("the filler stalled"),
+                Next::InPlace(_) | Next::Idle | Next::Woken | Next::WakerGone => panic!("the filler stalled"),
                 Next::Done => break,
             }
         }
@@ -241,6 +267,23 @@ mod tests {
         let mut want = records;
         want.push(vec![7; 200]);
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn a_span_follows_the_records_copied_before_it() {
+        let (mut filler, drainer) = queue(4, 64);
+        let span = Span { ring: 1, start: 64, end: 128 };
+        filler.push(b"copied first").unwrap();
+        filler.hand(span).unwrap();
+        filler.push(b"copied after").unwrap();
+        filler.send().unwrap();
+        drop(filler);
+        let Next::Batch(first) = drainer.next(Duration::from_secs(60), None) else { panic!("not the copy") };
+        assert_eq!(first.records().next(), Some(&b"copied first"[..]));
+        assert!(matches!(drainer.next(Duration::from_secs(60), None), Next::InPlace(s) if s == span));
+        let Next::Batch(last) = drainer.next(Duration::from_secs(60), None) else { panic!("not the copy") };
+        assert_eq!(last.records().next(), Some(&b"copied after"[..]));
+        assert!(matches!(drainer.next(Duration::from_secs(60), None), Next::Done));
     }
 
     /// With every batch in flight, the filler waits for one to come back

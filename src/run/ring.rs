@@ -1,0 +1,361 @@
+//! A kernel BPF ring buffer read in place: the records stay where the
+//! kernel wrote them until the writer has handled them, and only then is
+//! their space given back (the consumer position).
+//!
+//! libbpf's `ring_buffer__consume` gives a record's space back as soon as
+//! its callback returns, so the records had to be copied out first: that
+//! copy was a fifth of the JSON stream's CPU. libbpf has no call that
+//! walks records without consuming them, so this maps the ring itself, as
+//! libbpf does (`bpf/ringbuf.c` in the kernel describes the layout): a
+//! page with the consumer position (read-write), a page with the producer
+//! position, then the data twice in a row (read-only), so that a record
+//! that wraps around reads as one piece. Each record starts with an 8-byte
+//! header: its length, with bit 31 set while the kernel still writes it
+//! and bit 30 if it was discarded.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use libbpf_rs::{MapCore, MapHandle};
+
+const BUSY: u32 = 1 << 31;
+const DISCARDED: u32 = 1 << 30;
+const HEADER: u64 = 8;
+
+/// One mapped ring buffer.
+pub struct Ring {
+    map: MapHandle,
+    consumer: Mapping,
+    /// The producer page then the data, twice.
+    data: Mapping,
+    page: usize,
+    mask: u64,
+    release: Mutex<Release>,
+}
+
+/// Who may give back which part of the ring, when some of its records are
+/// handled in place by the writer and later ones were copied out by the
+/// drain thread (the consumer position is one number: copied records'
+/// space comes back only after every record before them was handled).
+#[derive(Default)]
+struct Release {
+    /// The end of the last span handed over in place.
+    in_place_end: u64,
+    /// How far the writer has handled what was handed in place.
+    handled: u64,
+    /// The end of the last record copied out.
+    copied_end: u64,
+}
+
+struct Mapping {
+    addr: *mut libc::c_void,
+    len: usize,
+}
+
+// SAFETY: the mappings are plain shared memory, alive as long as the
+// `Ring`; the positions in them are read and written atomically.
+unsafe impl Send for Ring {}
+unsafe impl Sync for Ring {}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: `addr` and `len` are a mapping this struct owns.
+        unsafe { libc::munmap(self.addr, self.len) };
+    }
+}
+
+fn map(fd: BorrowedFd, len: usize, prot: libc::c_int, offset: usize) -> io::Result<Mapping> {
+    // SAFETY: a new shared mapping of the ring buffer's file at an address
+    // the kernel chooses; nothing else refers to that range.
+    let addr =
+        unsafe { libc::mmap(std::ptr::null_mut(), len, prot, libc::MAP_SHARED, fd.as_raw_fd(), offset as _) };
+    if addr == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(Mapping { addr, len })
+}
+
+impl Ring {
+    /// Maps `ring` (a `BPF_MAP_TYPE_RINGBUF`): twice its size of address space.
+    pub fn map(ring: MapHandle) -> io::Result<Ring> {
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+        let size = ring.max_entries() as usize;
+        let consumer = map(ring.as_fd(), page, libc::PROT_READ | libc::PROT_WRITE, 0)?;
+        let data = map(ring.as_fd(), page + 2 * size, libc::PROT_READ, page)?;
+        Ok(Ring { map: ring, consumer, data, page, mask: size as u64 - 1, release: Mutex::default() })
+    }
+
+    /// Its data's size in bytes.
+    pub fn size(&self) -> u64 {
+        self.mask + 1
+    }
+
+    fn position(mapping: &Mapping) -> &AtomicU64 {
+        // SAFETY: each position is the first 8 bytes of its page, aligned,
+        // and lives as long as the mapping.
+        unsafe { &*mapping.addr.cast::<AtomicU64>() }
+    }
+
+    fn producer(&self) -> u64 {
+        Self::position(&self.data).load(Ordering::Acquire)
+    }
+
+    pub fn consumer(&self) -> u64 {
+        Self::position(&self.consumer).load(Ordering::Acquire)
+    }
+
+    fn data(&self) -> *const u8 {
+        // SAFETY: the data starts one page into the mapping.
+        unsafe { self.data.addr.cast::<u8>().add(self.page) }
+    }
+
+    /// The end of the records after `from` that the kernel has finished
+    /// writing (it stops at the first one still being written), and once
+    /// `max` bytes are passed.
+    pub fn committed(&self, from: u64, max: u64) -> u64 {
+        walk_committed(self.data(), self.mask, from, self.producer().min(from + max))
+    }
+
+    /// The records in `[from, to)` (positions `committed` returned),
+    /// discarded ones left out. They stay valid until `handled` gives
+    /// their space back.
+    pub fn records(&self, from: u64, to: u64) -> Records<'_> {
+        Records { data: self.data(), mask: self.mask, pos: from, end: to, _ring: std::marker::PhantomData }
+    }
+
+    /// Bytes the kernel cannot use: written and not yet given back.
+    pub fn held(&self, walked: u64) -> u64 {
+        walked - self.consumer()
+    }
+
+    /// The drain thread handed `[.., end)` to the writer in place.
+    pub fn handed_in_place(&self, end: u64) {
+        self.release.lock().unwrap_or_else(|p| p.into_inner()).in_place_end = end;
+    }
+
+    /// The drain thread copied out every record up to `end`: their space
+    /// comes back now if nothing before them is still held in place.
+    pub fn copied(&self, end: u64) {
+        let mut r = self.release.lock().unwrap_or_else(|p| p.into_inner());
+        r.copied_end = end;
+        if r.handled >= r.in_place_end {
+            self.give_back(end);
+        }
+    }
+
+    /// The writer handled the span in place that ends at `end`.
+    pub fn handled(&self, end: u64) {
+        let mut r = self.release.lock().unwrap_or_else(|p| p.into_inner());
+        r.handled = end;
+        let to = if end >= r.in_place_end { end.max(r.copied_end) } else { end };
+        self.give_back(to);
+    }
+
+    fn give_back(&self, to: u64) {
+        let consumer = Self::position(&self.consumer);
+        if to > consumer.load(Ordering::Relaxed) {
+            consumer.store(to, Ordering::Release);
+        }
+    }
+}
+
+/// Where the drain thread sleeps: until a ring has records or the writer
+/// gave space back (`wake`), or a timeout.
+pub struct Waiter {
+    epoll: OwnedFd,
+    wake: OwnedFd,
+}
+
+fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+fn millis(timeout: Duration) -> libc::c_int {
+    timeout.as_millis().try_into().unwrap_or(libc::c_int::MAX)
+}
+
+impl Waiter {
+    pub fn new(rings: &[Ring]) -> io::Result<Waiter> {
+        // SAFETY: plain syscalls; each fd returned is owned from here on.
+        let (epoll, wake) = unsafe {
+            let epoll = OwnedFd::from_raw_fd(check(libc::epoll_create1(libc::EPOLL_CLOEXEC))?);
+            let wake = OwnedFd::from_raw_fd(check(libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK))?);
+            (epoll, wake)
+        };
+        let fds = rings.iter().map(|r| r.map.as_fd().as_raw_fd()).chain([wake.as_raw_fd()]);
+        for fd in fds {
+            let mut event = libc::epoll_event { events: libc::EPOLLIN as u32, u64: 0 };
+            // SAFETY: both fds are open; `event` is read during the call.
+            check(unsafe { libc::epoll_ctl(epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut event) })?;
+        }
+        Ok(Waiter { epoll, wake })
+    }
+
+    /// The writer gave space back: the drain thread should look again.
+    pub fn wake(&self) {
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: writes 8 bytes from `one` to the eventfd. A failure can
+        // only be a counter at its maximum, which already wakes.
+        unsafe { libc::write(self.wake.as_raw_fd(), one.as_ptr().cast(), 8) };
+    }
+
+    /// Until a ring has records, `wake`, or `timeout`. Only when no ring
+    /// is held in place: a held ring always reads as ready.
+    pub fn any(&self, timeout: Duration) {
+        let mut events = [libc::epoll_event { events: 0, u64: 0 }; 4];
+        // SAFETY: `events` has room for the 4 events the call may write.
+        unsafe { libc::epoll_wait(self.epoll.as_raw_fd(), events.as_mut_ptr(), 4, millis(timeout)) };
+        self.clear();
+    }
+
+    /// Until `wake` or `timeout`.
+    pub fn woken(&self, timeout: Duration) {
+        let mut fd = libc::pollfd { fd: self.wake.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: one pollfd, read and written during the call.
+        unsafe { libc::poll(&mut fd, 1, millis(timeout)) };
+        self.clear();
+    }
+
+    fn clear(&self) {
+        let mut count = [0u8; 8];
+        // SAFETY: reads at most 8 bytes into `count`; non-blocking.
+        unsafe { libc::read(self.wake.as_raw_fd(), count.as_mut_ptr().cast(), 8) };
+    }
+}
+
+fn header(data: *const u8, mask: u64, pos: u64) -> u32 {
+    // SAFETY: `pos & mask` is inside the data and 8-aligned (every record
+    // is a multiple of 8 long); the kernel sets the header atomically.
+    unsafe { (*data.add((pos & mask) as usize).cast::<AtomicU32>()).load(Ordering::Acquire) }
+}
+
+fn record_span(header: u32) -> u64 {
+    (u64::from(header & !(BUSY | DISCARDED)) + HEADER).next_multiple_of(8)
+}
+
+fn walk_committed(data: *const u8, mask: u64, from: u64, producer: u64) -> u64 {
+    let mut pos = from;
+    while pos < producer {
+        let h = header(data, mask, pos);
+        if h & BUSY != 0 {
+            break;
+        }
+        pos += record_span(h);
+    }
+    pos
+}
+
+pub struct Records<'a> {
+    data: *const u8,
+    mask: u64,
+    pos: u64,
+    end: u64,
+    _ring: std::marker::PhantomData<&'a Ring>,
+}
+
+impl<'a> Iterator for Records<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        while self.pos < self.end {
+            let h = header(self.data, self.mask, self.pos);
+            let at = ((self.pos + HEADER) & self.mask) as usize;
+            self.pos += record_span(h);
+            if h & DISCARDED == 0 {
+                let len = (h & !(BUSY | DISCARDED)) as usize;
+                // SAFETY: a committed record of `len` bytes starts at `at`;
+                // the data is mapped twice in a row, so it is contiguous
+                // even when it wraps, and the kernel leaves it alone until
+                // the consumer position passes it.
+                return Some(unsafe { std::slice::from_raw_parts(self.data.add(at), len) });
+            }
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A ring of `size` bytes laid out as mapped (the data twice), in memory.
+    struct FakeRing {
+        words: Vec<u64>,
+        size: u64,
+        producer: u64,
+    }
+
+    impl FakeRing {
+        fn new(size: u64, start: u64) -> Self {
+            FakeRing { words: vec![0; (2 * size / 8) as usize], size, producer: start }
+        }
+
+        fn put(&mut self, payload: &[u8], flags: u32) {
+            let span = record_span(payload.len() as u32);
+            let mut bytes = vec![0u8; span as usize];
+            bytes[..4].copy_from_slice(&(payload.len() as u32 | flags).to_ne_bytes());
+            bytes[8..8 + payload.len()].copy_from_slice(payload);
+            let mem: &mut [u8] = bytemuck::cast_slice_mut(&mut self.words);
+            for (i, b) in bytes.iter().enumerate() {
+                let at = ((self.producer + i as u64) % self.size) as usize;
+                mem[at] = *b;
+                mem[at + self.size as usize] = *b;
+            }
+            self.producer += span;
+        }
+
+        fn walk(&self, from: u64) -> (u64, Vec<Vec<u8>>) {
+            let data = self.words.as_ptr().cast::<u8>();
+            let end = walk_committed(data, self.size - 1, from, self.producer);
+            let records =
+                Records { data, mask: self.size - 1, pos: from, end, _ring: std::marker::PhantomData };
+            (end, records.map(|r| r.to_vec()).collect())
+        }
+    }
+
+    #[test]
+    fn records_come_out_whole_across_the_wrap_and_discarded_ones_are_skipped() {
+        let start = 4096 - 24; // the second record wraps around
+        let mut ring = FakeRing::new(4096, start);
+        ring.put(b"first", 0);
+        ring.put(&[7u8; 100], 0);
+        ring.put(b"thrown away", DISCARDED);
+        ring.put(b"last", 0);
+        let (end, records) = ring.walk(start);
+        assert_eq!(end, ring.producer);
+        assert_eq!(records, [b"first".to_vec(), vec![7u8; 100], b"last".to_vec()]);
+    }
+
+    #[test]
+    fn a_bounded_walk_ends_after_whole_records() {
+        let mut ring = FakeRing::new(4096, 0);
+        ring.put(&[1; 100], 0);
+        let first_end = ring.producer;
+        ring.put(&[2; 100], 0);
+        let data = ring.words.as_ptr().cast::<u8>();
+        // One byte of room still takes the whole first record, not the second.
+        assert_eq!(walk_committed(data, 4095, 0, ring.producer.min(1)), first_end);
+        assert_eq!(walk_committed(data, 4095, 0, ring.producer.min(first_end)), first_end);
+        assert_eq!(walk_committed(data, 4095, 0, ring.producer.min(first_end + 1)), ring.producer);
+    }
+
+    #[test]
+    fn the_walk_stops_at_a_record_still_being_written() {
+        let mut ring = FakeRing::new(4096, 0);
+        ring.put(b"done", 0);
+        let first_end = ring.producer;
+        ring.put(b"in progress", BUSY);
+        ring.put(b"after", 0);
+        let (end, records) = ring.walk(0);
+        assert_eq!(end, first_end);
+        assert_eq!(records, [b"done".to_vec()]);
+    }
+}
