@@ -226,16 +226,28 @@ pub struct OutputArgs {
     /// (an existing file is refused; with `tls --force` it is replaced).
     #[arg(short = 'o', long = "output", value_name = "FILE", help_heading = COMMAND_LINE_ONLY)]
     pub output: Option<PathBuf>,
-    /// Size of the kernel ring buffer (bytes; K/M/G or KiB/MiB/GiB suffixes; rounded up to a power of two).
-    /// It is mapped twice into cleartap (records may wrap around), so it counts twice in its RSS.
-    // 16M: the consumer keeps up with a 1 GiB stream (800 MiB/s of records,
-    // both ends) from 16 MiB here; a single call larger than the ring is the
-    // case to raise it for.
-    #[arg(long, default_value = "16M", value_parser = ring_size)]
-    pub ringbuf_size: u32,
+    /// Size of the kernel ring buffer (bytes; K/M/G or KiB/MiB/GiB suffixes; rounded up to a power of two;
+    /// default 32M for `tls`, 16M for the other sources). It is mapped into cleartap, so it counts in its RSS.
+    #[arg(long, value_parser = ring_size)]
+    pub ringbuf_size: Option<u32>,
 }
 
+/// The ring buffer of the sources other than `tls`: a few records per
+/// command or statement.
+pub const RING_DEFAULT: u32 = 16 << 20;
+/// `tls`'s: its writer reads records in place in the ring (`run::ring`),
+/// so while a write waits for the disk the ring alone absorbs the traffic
+/// (a 1 GiB stream, 800 MiB/s of records on both ends, lost records in
+/// disk stalls here with 16 MiB, none in the runs with 32: bench/README.md);
+/// a single call larger than the ring is the case to raise it for.
+pub const TLS_RING_DEFAULT: u32 = 32 << 20;
+
 impl OutputArgs {
+    /// The ring buffer's size: as given, else `default`.
+    pub fn ring_bytes(&self, default: u32) -> u32 {
+        self.ringbuf_size.unwrap_or(default)
+    }
+
     pub fn style(&self, body_preview: usize) -> crate::output::Style {
         crate::output::Style { format: self.format, hex: self.hex, body_preview }
     }
@@ -431,7 +443,7 @@ mod tests {
             // The option parses as the function does.
             let parsed = Cli::try_parse_from(["cleartap", "exec", "--ringbuf-size", text]);
             match parsed.map(|c| c.command) {
-                Ok(Command::Exec(a)) => assert_eq!(Some(u64::from(a.output.ringbuf_size)), ring, "{text:?}"),
+                Ok(Command::Exec(a)) => assert_eq!(a.output.ringbuf_size.map(u64::from), ring, "{text:?}"),
                 Ok(_) => unreachable!(),
                 Err(_) => assert_eq!(ring, None, "{text:?}"),
             }

@@ -545,7 +545,7 @@ max_bytes = "10MiB"
             // A source's ringbuf_size goes to the command line's parser.
             let ring = AgentConfig::parse(&format!("[sources.exec]\nringbuf_size = {text:?}\n{sink}"))
                 .map(|c| match &c.sources[0].command {
-                    cli::Command::Exec(a) => u64::from(a.output.ringbuf_size),
+                    cli::Command::Exec(a) => a.output.ring_bytes(0).into(),
                     _ => unreachable!(),
                 })
                 .ok();

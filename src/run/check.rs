@@ -50,12 +50,16 @@ pub fn run() -> Result<()> {
         Ok(crate::cli::Command::Tls(args)) => args,
         _ => anyhow::bail!("the defaults of `cleartap tls` do not parse"),
     };
-    let (filters, ring) = (Filters::default(), defaults.output.ringbuf_size);
+    let filters = Filters::default();
+    let (tls_ring, ring) = (
+        defaults.output.ring_bytes(crate::cli::TLS_RING_DEFAULT),
+        defaults.output.ring_bytes(crate::cli::RING_DEFAULT),
+    );
     let refused = |what: &str| format!("the kernel refused the {what} programs (CLEARTAP_DEBUG=1 shows why)");
     let mut counted = false;
     // The secrets path too (--keylog, -w): the largest programs.
     let mut tls_storage = MaybeUninit::uninit();
-    let tls = TlsProbes::load(&mut tls_storage, &filters, ring, defaults.max_connections, true)
+    let tls = TlsProbes::load(&mut tls_storage, &filters, tls_ring, defaults.max_connections, true)
         .with_context(|| refused("TLS"))?;
     counted |= report(tls.object());
     let shared = SharedMaps::of(tls.events_map(), tls.stats_map());
@@ -84,8 +88,8 @@ pub fn run() -> Result<()> {
     {
         // As `-w` without --snaplen loads it.
         let mut storage = MaybeUninit::uninit();
-        let packets =
-            PacketProbes::load(&mut storage, shared, u32::MAX, ring).with_context(|| refused("packet"))?;
+        let packets = PacketProbes::load(&mut storage, shared, u32::MAX, tls_ring)
+            .with_context(|| refused("packet"))?;
         counted |= report(packets.object());
     }
     if !counted {

@@ -20,7 +20,7 @@ pub fn capture(args: &SourceArgs, dest: Destination) -> Result<()> {
     kernel::preflight()?;
     let filters = filters(&args.filters)?;
     let mut storage = MaybeUninit::uninit();
-    let probes = ExecProbes::load(&mut storage, &filters, args.output.ringbuf_size)?;
+    let probes = ExecProbes::load(&mut storage, &filters, args.output.ring_bytes(crate::cli::RING_DEFAULT))?;
     let links = probes.attach()?;
     let mut handler = ExecHandler { assembler: ExecAssembler::default() };
     pump(&[probes.events_map()], probes.stats_map(), links, &mut handler, dest)

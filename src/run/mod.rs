@@ -122,10 +122,11 @@ impl Destination {
 }
 
 /// Batches in the queue between the drain thread and the writer, and the
-/// bytes of records each holds: at most 16 MiB of records in memory, taken
+/// bytes of records each holds: at most 8 MiB of records in memory, taken
 /// only as the queue fills. Besides the ring buffer, this is what absorbs a
-/// writer that falls behind for a moment (a slow write, a burst).
-const QUEUE_BATCHES: usize = 16;
+/// writer that falls behind for a moment (a slow write, a burst), once it
+/// holds a quarter of a ring in place (see `pump`).
+const QUEUE_BATCHES: usize = 8;
 const BATCH_BYTES: usize = 1 << 20;
 
 /// The most of a ring handed over as one span (a record may pass it): the
@@ -183,6 +184,8 @@ pub fn pump(
         // A file parsed on the discovery thread is attached by `idle`:
         // every ms it waits is a ms of a new program's TLS missed.
         let mut wakeup = sink.handler.wakeup();
+        // A record that wraps around a ring's end is copied here to be read.
+        let mut scratch = Vec::new();
         loop {
             match drainer.next(POLL_INTERVAL, wakeup.as_ref()) {
                 queue::Next::Batch(batch) => {
@@ -194,9 +197,10 @@ pub fn pump(
                 }
                 queue::Next::InPlace(span) => {
                     let ring = &rings[span.ring];
-                    for raw in ring.records(span.start, span.end) {
+                    let _ = ring.try_for_each(span.start, span.end, &mut scratch, |raw| {
                         sink.handle(raw);
-                    }
+                        Ok::<(), ()>(())
+                    });
                     ring.handled(span.end);
                     waiter.wake();
                     sink.after_batch(false);
@@ -261,6 +265,8 @@ fn drain_rings(
 ) {
     let _ = started.send(priority::this_thread());
     let mut walked: Vec<u64> = rings.iter().map(ring::Ring::consumer).collect();
+    // A record that wraps around a ring's end is copied here to be read.
+    let mut scratch = Vec::new();
     loop {
         let finishing = finish.load(Ordering::Relaxed);
         for (index, ring) in rings.iter().enumerate() {
@@ -272,7 +278,7 @@ fn drain_rings(
                 }
                 walked[index] = end;
                 let handed = if ring.held(end) > ring.size() / 4 {
-                    copy_out(ring, start, end, &mut filler)
+                    copy_out(ring, start, end, &mut filler, &mut scratch)
                 } else {
                     ring.handed_in_place(end);
                     filler.hand(queue::Span { ring: index, start, end })
@@ -309,20 +315,18 @@ fn copy_out(
     start: u64,
     end: u64,
     filler: &mut queue::Filler,
+    scratch: &mut Vec<u64>,
 ) -> Result<(), queue::Disconnected> {
-    for raw in ring.records(start, end) {
-        filler.push(&raw[..events::used_len(raw)])?;
-    }
+    ring.try_for_each(start, end, scratch, |raw| filler.push(&raw[..events::used_len(raw)]))?;
     ring.copied(end);
     Ok(())
 }
 
-/// Mapping a ring buffer takes twice its size of address space (its data
-/// is mapped twice, so that records wrapping around read as one piece).
+/// Mapping a ring buffer takes its size of address space.
 fn ring_map_failed(e: libbpf_rs::Error) -> anyhow::Error {
     anyhow::Error::new(e).context(
         "mapping the kernel ring buffer into cleartap failed: lower --ringbuf-size \
-         (it needs twice its size of address space) or raise cleartap's memory limits",
+         (it needs its size of address space) or raise cleartap's memory limits",
     )
 }
 

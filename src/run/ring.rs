@@ -5,13 +5,18 @@
 //! libbpf's `ring_buffer__consume` gives a record's space back as soon as
 //! its callback returns, so the records had to be copied out first: that
 //! copy was a fifth of the JSON stream's CPU. libbpf has no call that
-//! walks records without consuming them, so this maps the ring itself, as
-//! libbpf does (`bpf/ringbuf.c` in the kernel describes the layout): a
-//! page with the consumer position (read-write), a page with the producer
-//! position, then the data twice in a row (read-only), so that a record
-//! that wraps around reads as one piece. Each record starts with an 8-byte
-//! header: its length, with bit 31 set while the kernel still writes it
-//! and bit 30 if it was discarded.
+//! walks records without consuming them, so this maps the ring itself
+//! (`kernel/bpf/ringbuf.c` describes the layout): a page with the consumer
+//! position (read-write), a page with the producer position, then the data
+//! (read-only). Each record starts with an 8-byte header: its length, with
+//! bit 31 set while the kernel still writes it and bit 30 if it was
+//! discarded.
+//!
+//! libbpf maps the data twice in a row so that a record that wraps around
+//! the end reads as one piece; every page of both mappings counts in the
+//! RSS (the kernel maps them all at once). This maps it once and copies
+//! the one record per lap of the ring that wraps (a record is at most
+//! 32 KiB; a lap is the ring's size, 16 MiB by default).
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
@@ -29,7 +34,7 @@ const HEADER: u64 = 8;
 pub struct Ring {
     map: MapHandle,
     consumer: Mapping,
-    /// The producer page then the data, twice.
+    /// The producer page then the data.
     data: Mapping,
     page: usize,
     mask: u64,
@@ -79,13 +84,13 @@ fn map(fd: BorrowedFd, len: usize, prot: libc::c_int, offset: usize) -> io::Resu
 }
 
 impl Ring {
-    /// Maps `ring` (a `BPF_MAP_TYPE_RINGBUF`): twice its size of address space.
+    /// Maps `ring` (a `BPF_MAP_TYPE_RINGBUF`).
     pub fn map(ring: MapHandle) -> io::Result<Ring> {
         // SAFETY: sysconf has no preconditions.
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
         let size = ring.max_entries() as usize;
         let consumer = map(ring.as_fd(), page, libc::PROT_READ | libc::PROT_WRITE, 0)?;
-        let data = map(ring.as_fd(), page + 2 * size, libc::PROT_READ, page)?;
+        let data = map(ring.as_fd(), page + size, libc::PROT_READ, page)?;
         Ok(Ring { map: ring, consumer, data, page, mask: size as u64 - 1, release: Mutex::default() })
     }
 
@@ -120,11 +125,18 @@ impl Ring {
         walk_committed(self.data(), self.mask, from, self.producer().min(from + max))
     }
 
-    /// The records in `[from, to)` (positions `committed` returned),
-    /// discarded ones left out. They stay valid until `handled` gives
-    /// their space back.
-    pub fn records(&self, from: u64, to: u64) -> Records<'_> {
-        Records { data: self.data(), mask: self.mask, pos: from, end: to, _ring: std::marker::PhantomData }
+    /// Calls `f` with each record in `[from, to)` (positions `committed`
+    /// returned), discarded ones left out, until it fails. A record is
+    /// valid until `handled` gives its space back; one that wraps around
+    /// the end is copied into `scratch` first.
+    pub fn try_for_each<E>(
+        &self,
+        from: u64,
+        to: u64,
+        scratch: &mut Vec<u64>,
+        f: impl FnMut(&[u8]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        for_each_record(self.data(), self.mask, from, to, scratch, f)
     }
 
     /// Bytes the kernel cannot use: written and not yet given back.
@@ -253,40 +265,52 @@ fn walk_committed(data: *const u8, mask: u64, from: u64, producer: u64) -> u64 {
     pos
 }
 
-pub struct Records<'a> {
+fn for_each_record<E>(
     data: *const u8,
     mask: u64,
-    pos: u64,
-    end: u64,
-    _ring: std::marker::PhantomData<&'a Ring>,
-}
-
-impl<'a> Iterator for Records<'a> {
-    type Item = &'a [u8];
-
-    fn next(&mut self) -> Option<&'a [u8]> {
-        while self.pos < self.end {
-            let h = header(self.data, self.mask, self.pos);
-            let at = ((self.pos + HEADER) & self.mask) as usize;
-            self.pos += record_span(h);
-            if h & DISCARDED == 0 {
-                let len = (h & !(BUSY | DISCARDED)) as usize;
-                // SAFETY: a committed record of `len` bytes starts at `at`;
-                // the data is mapped twice in a row, so it is contiguous
-                // even when it wraps, and the kernel leaves it alone until
-                // the consumer position passes it.
-                return Some(unsafe { std::slice::from_raw_parts(self.data.add(at), len) });
-            }
+    from: u64,
+    to: u64,
+    scratch: &mut Vec<u64>,
+    mut f: impl FnMut(&[u8]) -> Result<(), E>,
+) -> Result<(), E> {
+    let size = (mask + 1) as usize;
+    let mut pos = from;
+    while pos < to {
+        let h = header(data, mask, pos);
+        let at = ((pos + HEADER) & mask) as usize;
+        pos += record_span(h);
+        if h & DISCARDED != 0 {
+            continue;
         }
-        None
+        let len = (h & !(BUSY | DISCARDED)) as usize;
+        // SAFETY: a committed record of `len` bytes starts at `at`, inside
+        // the `size` bytes of data (the part past the end continues at the
+        // start); the kernel leaves it alone until the consumer position
+        // passes it. `scratch` is resized to hold `len` bytes before the
+        // two pieces are copied into it.
+        let record = unsafe {
+            if at + len <= size {
+                std::slice::from_raw_parts(data.add(at), len)
+            } else {
+                scratch.clear();
+                scratch.resize(len.div_ceil(8), 0);
+                let to = scratch.as_mut_ptr().cast::<u8>();
+                let head = size - at;
+                std::ptr::copy_nonoverlapping(data.add(at), to, head);
+                std::ptr::copy_nonoverlapping(data, to.add(head), len - head);
+                std::slice::from_raw_parts(to, len)
+            }
+        };
+        f(record)?;
     }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// A ring of `size` bytes laid out as mapped (the data twice), in memory.
+    /// A ring of `size` bytes laid out as mapped, in memory.
     struct FakeRing {
         words: Vec<u64>,
         size: u64,
@@ -295,7 +319,7 @@ mod tests {
 
     impl FakeRing {
         fn new(size: u64, start: u64) -> Self {
-            FakeRing { words: vec![0; (2 * size / 8) as usize], size, producer: start }
+            FakeRing { words: vec![0; (size / 8) as usize], size, producer: start }
         }
 
         fn put(&mut self, payload: &[u8], flags: u32) {
@@ -307,7 +331,6 @@ mod tests {
             for (i, b) in bytes.iter().enumerate() {
                 let at = ((self.producer + i as u64) % self.size) as usize;
                 mem[at] = *b;
-                mem[at + self.size as usize] = *b;
             }
             self.producer += span;
         }
@@ -315,23 +338,32 @@ mod tests {
         fn walk(&self, from: u64) -> (u64, Vec<Vec<u8>>) {
             let data = self.words.as_ptr().cast::<u8>();
             let end = walk_committed(data, self.size - 1, from, self.producer);
-            let records =
-                Records { data, mask: self.size - 1, pos: from, end, _ring: std::marker::PhantomData };
-            (end, records.map(|r| r.to_vec()).collect())
+            let mut records = Vec::new();
+            let mut scratch = Vec::new();
+            let _: Result<(), ()> = for_each_record(data, self.size - 1, from, end, &mut scratch, |r| {
+                assert_eq!(r.as_ptr() as usize % 8, 0, "aligned");
+                records.push(r.to_vec());
+                Ok(())
+            });
+            (end, records)
         }
     }
 
     #[test]
     fn records_come_out_whole_across_the_wrap_and_discarded_ones_are_skipped() {
-        let start = 4096 - 24; // the second record wraps around
-        let mut ring = FakeRing::new(4096, start);
-        ring.put(b"first", 0);
-        ring.put(&[7u8; 100], 0);
-        ring.put(b"thrown away", DISCARDED);
-        ring.put(b"last", 0);
-        let (end, records) = ring.walk(start);
-        assert_eq!(end, ring.producer);
-        assert_eq!(records, [b"first".to_vec(), vec![7u8; 100], b"last".to_vec()]);
+        // The second record's payload crosses the end; then its header is
+        // the ring's last 8 bytes and the payload starts at 0.
+        for start in [4096 - 40, 4096 - 24] {
+            let mut ring = FakeRing::new(4096, start);
+            ring.put(b"first", 0);
+            let second: Vec<u8> = (0..100).collect();
+            ring.put(&second, 0);
+            ring.put(b"thrown away", DISCARDED);
+            ring.put(b"last", 0);
+            let (end, records) = ring.walk(start);
+            assert_eq!(end, ring.producer);
+            assert_eq!(records, [b"first".to_vec(), second, b"last".to_vec()]);
+        }
     }
 
     #[test]

@@ -17,7 +17,7 @@ pub fn capture(args: &SourceArgs, dest: Destination) -> Result<()> {
     kernel::preflight()?;
     let filters = filters(&args.filters)?;
     let mut storage = MaybeUninit::uninit();
-    let probes = ShellProbes::load(&mut storage, &filters, args.output.ringbuf_size)?;
+    let probes = ShellProbes::load(&mut storage, &filters, args.output.ring_bytes(crate::cli::RING_DEFAULT))?;
     let mut watch_storage = MaybeUninit::uninit();
     let shared = SharedMaps::of(probes.events_map(), probes.stats_map());
     let watch = ProcWatch::load(&mut watch_storage, &filters, &[], shared, false)?;

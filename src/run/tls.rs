@@ -55,8 +55,13 @@ pub fn capture(args: &TlsArgs, dest: Destination) -> Result<()> {
     let keylog = args.keylog.as_deref().map(|p| KeyLog::create(p, args.force)).transpose()?;
 
     let mut tls_storage = MaybeUninit::uninit();
-    let probes =
-        TlsProbes::load(&mut tls_storage, &filters, args.output.ringbuf_size, args.max_connections, secrets)?;
+    let probes = TlsProbes::load(
+        &mut tls_storage,
+        &filters,
+        args.output.ring_bytes(crate::cli::TLS_RING_DEFAULT),
+        args.max_connections,
+        secrets,
+    )?;
     let shared = SharedMaps::of(probes.events_map(), probes.stats_map());
     let mut watch_storage = MaybeUninit::uninit();
     let watch = ProcWatch::load(&mut watch_storage, &filters, &sources, shared, args.hold_unchecked)?;
@@ -153,7 +158,8 @@ fn start_capture<'obj>(
     // limit too) bounds the snap length the file declares.
     let capture = PacketCapture::new(out, interfaces.clone(), snaplen.min(262_144), filter.as_deref())
         .with_context(|| format!("-w {}", path.display()))?;
-    let probes = PacketProbes::load(storage, shared, snaplen, args.output.ringbuf_size)?;
+    let probes =
+        PacketProbes::load(storage, shared, snaplen, args.output.ring_bytes(crate::cli::TLS_RING_DEFAULT))?;
     let names: Vec<&str> = interfaces.iter().map(|i| i.name.as_str()).collect();
     eprintln!(
         "cleartap: capturing packets on {}{}",
