@@ -13,10 +13,10 @@
 //! discarded.
 //!
 //! libbpf maps the data twice in a row so that a record that wraps around
-//! the end reads as one piece; every page of both mappings counts in the
-//! RSS (the kernel maps them all at once). This maps it once and copies
-//! the one record per lap of the ring that wraps (a record is at most
-//! 32 KiB; a lap is the ring's size, 16 MiB by default).
+//! the end reads as one piece; the pages of both mappings count in the RSS
+//! (16 MiB more for a 16 MiB ring, measured). This maps it once and copies
+//! the one record per lap of the ring that wraps (a TLS record is at most
+//! 32 KiB; a lap is the ring's size, 16 or 32 MiB by default).
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
@@ -53,6 +53,27 @@ struct Release {
     handled: u64,
     /// The end of the last record copied out.
     copied_end: u64,
+}
+
+impl Release {
+    /// Copied records' space comes back at once if nothing before them is
+    /// still held in place.
+    fn copied(&mut self, end: u64) -> Option<u64> {
+        self.copied_end = end;
+        (self.handled >= self.in_place_end).then_some(end)
+    }
+
+    /// Where the consumer position may go once the span in place that
+    /// ends at `end` is handled: past the records copied after it too, if
+    /// it was the last span in place.
+    fn handled(&mut self, end: u64) -> u64 {
+        self.handled = end;
+        if end >= self.in_place_end {
+            end.max(self.copied_end)
+        } else {
+            end
+        }
+    }
 }
 
 struct Mapping {
@@ -144,26 +165,27 @@ impl Ring {
         walked - self.consumer()
     }
 
-    /// The drain thread handed `[.., end)` to the writer in place.
-    pub fn handed_in_place(&self, end: u64) {
-        self.release.lock().unwrap_or_else(|p| p.into_inner()).in_place_end = end;
+    fn release(&self) -> std::sync::MutexGuard<'_, Release> {
+        self.release.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The drain thread copied out every record up to `end`: their space
-    /// comes back now if nothing before them is still held in place.
+    /// The drain thread handed `[.., end)` to the writer in place.
+    pub fn handed_in_place(&self, end: u64) {
+        self.release().in_place_end = end;
+    }
+
+    /// The drain thread copied out every record up to `end`.
     pub fn copied(&self, end: u64) {
-        let mut r = self.release.lock().unwrap_or_else(|p| p.into_inner());
-        r.copied_end = end;
-        if r.handled >= r.in_place_end {
-            self.give_back(end);
+        let mut release = self.release();
+        if let Some(to) = release.copied(end) {
+            self.give_back(to);
         }
     }
 
     /// The writer handled the span in place that ends at `end`.
     pub fn handled(&self, end: u64) {
-        let mut r = self.release.lock().unwrap_or_else(|p| p.into_inner());
-        r.handled = end;
-        let to = if end >= r.in_place_end { end.max(r.copied_end) } else { end };
+        let mut release = self.release();
+        let to = release.handled(end);
         self.give_back(to);
     }
 
@@ -364,6 +386,24 @@ mod tests {
             assert_eq!(end, ring.producer);
             assert_eq!(records, [b"first".to_vec(), second, b"last".to_vec()]);
         }
+    }
+
+    #[test]
+    fn copied_records_come_back_only_after_the_spans_before_them() {
+        let mut r = Release::default();
+        // Copied with nothing held in place: at once.
+        assert_eq!(r.copied(100), Some(100));
+        // Two spans in place, then copies: those wait for both spans.
+        r.in_place_end = 200;
+        r.in_place_end = 300;
+        assert_eq!(r.copied(400), None);
+        assert_eq!(r.handled(200), 200);
+        assert_eq!(r.copied(500), None);
+        assert_eq!(r.handled(300), 500);
+        // Another span in place after the copies: its end alone.
+        r.in_place_end = 600;
+        assert_eq!(r.handled(600), 600);
+        assert_eq!(r.copied(700), Some(700));
     }
 
     #[test]
