@@ -238,7 +238,8 @@ pub const RING_DEFAULT: u32 = 16 << 20;
 /// `tls`'s: its writer reads records in place in the ring (`run::ring`),
 /// so while a write waits for the disk the ring alone absorbs the traffic
 /// (a 1 GiB stream, 800 MiB/s of records on both ends, lost records in
-/// disk stalls here with 16 MiB, none in the runs with 32: bench/README.md);
+/// disk stalls in 7 of 16 hand runs here with 16 MiB, 1 of 4 with 32:
+/// bench/README.md);
 /// a single call larger than the ring is the case to raise it for.
 pub const TLS_RING_DEFAULT: u32 = 32 << 20;
 
