@@ -157,7 +157,7 @@ pub fn pump(
 ) -> Result<()> {
     let Destination { out, stop, on_ready, mut on_stats } = dest;
     let rings = (rings.iter())
-        .map(|r| ring::Ring::map(MapHandle::try_from(*r)?).map_err(|e| ring_map_failed(e.into())))
+        .map(|r| ring::Ring::map(MapHandle::try_from(*r)?).map_err(ring_map_failed))
         .collect::<Result<Vec<_>>>()?;
     let waiter = ring::Waiter::new(&rings).context("waiting for the ring buffers (epoll, eventfd)")?;
     let (filler, drainer) = queue::queue(QUEUE_BATCHES, BATCH_BYTES);
@@ -323,7 +323,7 @@ fn copy_out(
 }
 
 /// Mapping a ring buffer takes its size of address space.
-fn ring_map_failed(e: libbpf_rs::Error) -> anyhow::Error {
+fn ring_map_failed(e: io::Error) -> anyhow::Error {
     anyhow::Error::new(e).context(
         "mapping the kernel ring buffer into cleartap failed: lower --ringbuf-size \
          (it needs its size of address space) or raise cleartap's memory limits",
