@@ -165,7 +165,13 @@ pub fn pump(
     let mut sink = Sink::new(handler, out);
     let mut links = Some(links);
     let mut reported = KernelStats::default();
-    let raises = std::thread::scope(|scope| -> Result<u64> {
+    let (raises, waits) = std::thread::scope(|scope| -> Result<(u64, u64)> {
+        // Owned here, and the drain thread told to finish when this ends,
+        // however it ends: the scope waits for the drain thread, which a
+        // panic here (a write to a closed stderr) would otherwise leave
+        // looping, or waiting for a batch back, for ever.
+        let drainer = drainer;
+        let _finish_on_exit = SetOnDrop(&finish_draining);
         let (started_tx, started_rx) = std::sync::mpsc::channel();
         let finish = &finish_draining;
         let (rings, waiter) = (&rings, &waiter);
@@ -229,15 +235,15 @@ pub fn pump(
             }
         }
         drain.join().map_err(|_| anyhow::anyhow!("the thread that drains the ring buffer panicked"))?;
-        Ok(priority.raises)
+        Ok((priority.raises, drainer.waits()))
     })?;
 
     sink.finish();
-    if drainer.waits() > 0 {
+    if waits > 0 {
         eprintln!(
             "cleartap: the output fell behind the whole in-memory queue {} times (records waited in the \
              kernel's ring buffer meanwhile; what it could not hold is counted as lost there)",
-            drainer.waits()
+            waits
         );
     }
     if raises > 0 {
@@ -251,6 +257,15 @@ pub fn pump(
     on_stats(&stats);
     eprintln!("{}", sink.summary(&stats));
     sink.result()
+}
+
+/// Sets its flag when dropped, on every way out of a scope.
+struct SetOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for SetOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }
 
 /// The drain thread: every record of `rings` handed over (in place, or
