@@ -441,7 +441,7 @@ fn a_tls_exchange_arrives_once_byte_exact_on_its_subject() {
     assert_eq!(http_body(&server.received_from(peer)), body);
     assert_eq!(http_body(&server.sent_to(peer)), response);
     let sent = got.stream("send", |r| r["comm"] == "curl");
-    if sent != server.received_from(peer) {
+    if *sent != server.received_from(peer) {
         eprintln!("agent printed:\n{printed}\nevents: {events:?}");
     }
     assert_same_bytes(&sent, &server.received_from(peer), "send stream");

@@ -314,23 +314,26 @@ impl Captured {
     /// The bytes of one direction of the records matching `filter`,
     /// concatenated in capture order. Checks that chunks of each call are
     /// contiguous, so a lost or reordered chunk fails the test.
-    pub fn stream(&self, direction: &str, filter: impl Fn(&Value) -> bool) -> Vec<u8> {
+    pub fn stream(&self, direction: &str, filter: impl Fn(&Value) -> bool) -> Stream {
         let mut out = Vec::new();
+        let mut unreadable = Vec::new();
         let mut expected_offset = 0u64;
         for r in self.records.iter().filter(|r| r["direction"] == direction && filter(r)) {
             let offset = r["offset"].as_u64().unwrap();
             assert_eq!(offset, expected_offset, "chunk out of order in {r}");
-            // Said apart from a wrong byte: the kernel could not read the
-            // caller's memory (its data is zeros), which is not a decoding bug.
-            assert!(
-                r["unreadable"] != true,
-                "unreadable record (data zeros): pid {} offset {offset} len {} of call_len {}",
-                r["pid"],
-                r["len"],
-                r["call_len"]
-            );
             let data = base64_simd::STANDARD.decode_to_vec(r["data_b64"].as_str().unwrap()).unwrap();
             assert_eq!(data.len() as u64, r["len"].as_u64().unwrap());
+            if r["unreadable"] == true {
+                // Said apart from a wrong byte: the kernel could not read the
+                // caller's memory (its data is zeros), not a decoding bug.
+                let what = format!(
+                    "unreadable record (data zeros): pid {} offset {offset} len {} of call_len {}",
+                    r["pid"], r["len"], r["call_len"]
+                );
+                assert!(unreadable.is_empty() && tolerate_one_unreadable(), "{what}");
+                eprintln!("tolerated under CLEARTAP_TEST_TOLERATE_UNREADABLE: {what}");
+                unreadable.push(out.len()..out.len() + data.len());
+            }
             out.extend_from_slice(&data);
             expected_offset = offset + data.len() as u64;
             if expected_offset == r["call_len"].as_u64().unwrap() {
@@ -338,7 +341,7 @@ impl Captured {
             }
         }
         assert_eq!(expected_offset, 0, "the last call of the stream is incomplete");
-        out
+        Stream { bytes: out, unreadable }
     }
 
     pub fn assert_clean_exit(&self) {
@@ -701,10 +704,82 @@ pub fn assert_recorded_connections(
     connections
 }
 
+/// One direction of a capture, reassembled: its bytes, and where the
+/// kernel could not read the caller's memory (at most one record, and only
+/// under `CLEARTAP_TEST_TOLERATE_UNREADABLE`).
+pub struct Stream {
+    pub bytes: Vec<u8>,
+    pub unreadable: Vec<std::ops::Range<usize>>,
+}
+
+impl std::ops::Deref for Stream {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+/// Whether a test may accept one record the kernel could not read, flagged
+/// `unreadable`. Set by the VM guest only: under software emulation a page
+/// can be briefly unmapped while the kernel rearranges memory (a huge-page
+/// collapse, a migration) for long enough that a probe, which cannot fault
+/// pages in, finds it absent; the bytes around it are still compared.
+fn tolerate_one_unreadable() -> bool {
+    std::env::var_os("CLEARTAP_TEST_TOLERATE_UNREADABLE").is_some_and(|v| v == "1")
+}
+
+/// What `assert_same_bytes` compares: captured bytes, with the ranges the
+/// capture flagged as unreadable (their bytes are not compared).
+pub trait CapturedBytes {
+    fn bytes(&self) -> &[u8];
+    fn unreadable(&self) -> &[std::ops::Range<usize>] {
+        &[]
+    }
+}
+
+impl CapturedBytes for [u8] {
+    fn bytes(&self) -> &[u8] {
+        self
+    }
+}
+
+impl<const N: usize> CapturedBytes for [u8; N] {
+    fn bytes(&self) -> &[u8] {
+        self
+    }
+}
+
+impl CapturedBytes for Vec<u8> {
+    fn bytes(&self) -> &[u8] {
+        self
+    }
+}
+
+impl CapturedBytes for Stream {
+    fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+    fn unreadable(&self) -> &[std::ops::Range<usize>] {
+        &self.unreadable
+    }
+}
+
 /// Byte-exact comparison that reports lengths and the first difference
-/// instead of dumping megabytes.
+/// instead of dumping megabytes. Ranges the capture flagged unreadable take
+/// the expected bytes (their length still counts).
 #[track_caller]
-pub fn assert_same_bytes(got: &[u8], want: &[u8], what: &str) {
+pub fn assert_same_bytes<G: CapturedBytes + ?Sized>(got: &G, want: &[u8], what: &str) {
+    let holes = got.unreadable();
+    let masked;
+    let mut got = got.bytes();
+    if !holes.is_empty() {
+        let mut copy = got.to_vec();
+        for hole in holes.iter().filter(|h| h.end <= want.len()) {
+            copy[hole.clone()].copy_from_slice(&want[hole.clone()]);
+        }
+        masked = copy;
+        got = &masked;
+    }
     if got == want {
         return;
     }

@@ -24,6 +24,13 @@ export CLEARTAP_TEST_RINGBUF_SIZE=128M
 # slower than 6.x (cleartap check: 38-62 s against 7 s), and a capture
 # started beside a test's server missed the tests' default 60 s.
 export CLEARTAP_TEST_READY_TIMEOUT=300
+# Under emulation a page of a traced program can be unmapped for a while
+# (a huge-page collapse or migration copies 2 MiB many times slower than
+# hardware), and a probe, which cannot fault pages in, then finds it absent:
+# cleartap flags that record `unreadable` and counts it. Seen once in about
+# thirty arm64 runs (a Go Read of 16 KiB). The tests accept one such record
+# per stream here, comparing every byte around it; natively none.
+export CLEARTAP_TEST_TOLERATE_UNREADABLE=1
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
 RESULTS=${1:?usage: guest.sh RESULTS_DIR [BINARY:TEST ...]}
 shift
