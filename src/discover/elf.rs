@@ -68,20 +68,33 @@ pub struct Symbols {
 
 impl Symbols {
     /// Read by ranges: executables with a TLS library inside (node) are
-    /// tens of MiB and only their symbol tables are touched.
+    /// tens of MiB and only their symbol tables are touched. Only for a file of the host's instruction set: a uprobe on another's
+    /// code (a multiarch library, a program run by an emulator) would
+    /// write this machine's breakpoint into it.
     pub fn of(file: &PinnedFile, wanted: &[&str]) -> Result<Symbols> {
-        Self::parse(file.data(), wanted).context("reading ELF symbols")
+        let data = file.data();
+        let elf = ElfFile64::<Endianness, _>::parse(data).context("not a 64-bit ELF file")?;
+        Isa::of_elf(&elf)?;
+        Self::of_elf(&elf, data, wanted).context("reading ELF symbols")
     }
 
     pub fn parse<'d, R: ReadRef<'d>>(data: R, wanted: &[&str]) -> Result<Symbols> {
         let elf = ElfFile64::<Endianness, R>::parse(data).context("not a 64-bit ELF file")?;
-        let segments = load_segments(&elf)?;
+        Self::of_elf(&elf, data, wanted)
+    }
+
+    fn of_elf<'d, R: ReadRef<'d>>(
+        elf: &ElfFile64<'d, Endianness, R>,
+        data: R,
+        wanted: &[&str],
+    ) -> Result<Symbols> {
+        let segments = load_segments(elf)?;
         let mut functions = HashMap::new();
-        collect_table(&elf, data, SHT_DYNSYM, &segments, wanted, &mut functions)?;
+        collect_table(elf, data, SHT_DYNSYM, &segments, wanted, &mut functions)?;
         // Exported names are the common case and .dynsym is small; the full
         // .symtab (when not stripped) only for binaries that export none.
         if functions.is_empty() {
-            collect_table(&elf, data, SHT_SYMTAB, &segments, wanted, &mut functions)?;
+            collect_table(elf, data, SHT_SYMTAB, &segments, wanted, &mut functions)?;
         }
         Ok(Symbols { functions })
     }
@@ -302,6 +315,22 @@ mod tests {
         assert!(write.size > 0);
         assert!(write.file_offset > 0);
         assert!(symbols.get("no_such_function_here").is_none());
+    }
+
+    /// The host's libc relabelled as the other instruction set (its
+    /// `e_machine`): its symbols still read from bytes, but a file is
+    /// refused, so no probe is ever placed on another machine's code.
+    #[test]
+    fn a_file_of_another_instruction_set_is_refused() {
+        let mut bytes = fs::read(libc_path()).unwrap();
+        let other: u16 = if Isa::HOST == Isa::X86_64 { 183 } else { 62 }; // EM_AARCH64, EM_X86_64
+        bytes[18..20].copy_from_slice(&other.to_le_bytes());
+        assert!(Symbols::parse(&bytes[..], &["write"]).unwrap().get("write").is_some());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("libc.so.6");
+        fs::write(&path, &bytes).unwrap();
+        let err = Symbols::of(&PinnedFile::open(&path).unwrap(), &["write"]).unwrap_err();
+        assert!(format!("{err:#}").contains("cannot be probed from here"), "{err:#}");
     }
 
     #[test]

@@ -116,6 +116,11 @@ pub fn resolve(file: Rc<PinnedFile>, path: &Path) -> Result<Option<TlsTarget>> {
         return Ok(None);
     }
     let Ok(elf) = ElfFile64::<Endianness, _>::parse(bytes) else { return Ok(None) };
+    // A program of another instruction set (run by an emulator) is not
+    // probed: see `Symbols::of`.
+    if elf::Isa::of_elf(&elf).is_err() {
+        return Ok(None);
+    }
     let wanted: Vec<&str> = SOURCE.hooks.iter().chain(MARKS.iter()).map(|h| h.symbol).collect();
     let found = elf::rust_functions(&elf, "rustls", &wanted)?;
     let get = |name: &str| found.iter().find(|(n, _)| n == name).map(|(_, f)| *f);
