@@ -7,7 +7,7 @@ use cleartap::{agent, cli, output, run};
 fn main() {
     // First thing: from here on a signal means a clean stop.
     if let Err(e) = run::stop_on_signals() {
-        eprintln!("cleartap: error: {}", output::escape::block(&format!("{e:#}")));
+        cleartap::note!("cleartap: error: {}", output::escape::block(&format!("{e:#}")));
         std::process::exit(1);
     }
     run::raise_fd_limit();
@@ -34,7 +34,7 @@ fn main() {
     if let Err(e) = result {
         // A chain may name a path or quote a server: nothing in it drives
         // the terminal (its lines kept: a TOML error shows the bad line).
-        eprintln!("cleartap: error: {}", output::escape::block(&format!("{e:#}")));
+        cleartap::note!("cleartap: error: {}", output::escape::block(&format!("{e:#}")));
         // A configuration that cannot be used: 2, as for bad arguments.
         let config = e.chain().any(|c| c.is::<agent::config::ConfigError>());
         std::process::exit(if config { 2 } else { 1 });

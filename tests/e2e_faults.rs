@@ -341,3 +341,35 @@ fn a_call_evicted_from_the_per_thread_table_is_counted() {
         .unwrap_or_else(|| panic!("no count of calls not captured: {}", got.stderr));
     assert!(unseen >= 1, "{}", got.stderr);
 }
+
+/// Its stderr closed under it (`cleartap tls ... 2>&1 | head` does that):
+/// cleartap goes on capturing and stops cleanly on SIGINT. Its messages
+/// (attach lines, the summary at the stop) panicked when written to the
+/// closed pipe, and a panic in the writer's scope left the capture hung.
+#[test]
+fn a_closed_stderr_neither_stops_nor_crashes_the_capture() {
+    let Some(_one) = capture_test() else { return };
+    let server = TlsServer::start();
+    let out = tempfile::NamedTempFile::new().unwrap();
+    let mut child = cleartap()
+        .args(["tls", "--decode", "raw", "--format", "json"])
+        .stdout(out.reopen().unwrap())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut capture = StopOnDrop(child);
+    let ready = BufReader::new(stderr).lines().map_while(Result::ok).any(|l| l == "ready");
+    assert!(ready, "cleartap did not start");
+    // The reader and its pipe are gone here: the read end is closed.
+    curl(&server, b"after stderr closed", 50_000);
+    let status = capture.stop();
+    assert!(status.success(), "cleartap exited with {status} (101: a panic)");
+    let records = std::fs::read_to_string(out.path()).unwrap();
+    let records = records.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let got = Captured { records, stderr: String::new(), status };
+    let port = single_peer(&server);
+    let curl = |r: &serde_json::Value| r["comm"] == "curl";
+    assert_same_bytes(&got.stream("send", curl), &server.received_from(port), "curl send stream");
+    assert_same_bytes(&got.stream("recv", curl), &server.sent_to(port), "curl recv stream");
+}

@@ -273,7 +273,7 @@ fn check_nats(nats: &NatsSink) -> Result<(), ConfigError> {
                 .parse::<std::net::IpAddr>()
                 .is_ok_and(|ip| ip.is_loopback());
         if nats.plaintext && !loopback {
-            eprintln!(
+            crate::note!(
                 "cleartap: warning: sinks.nats.plaintext: events (captured plaintext, TLS secrets) go to {} \
                  unencrypted",
                 addr.host()

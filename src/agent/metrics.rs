@@ -29,7 +29,7 @@ impl Metrics {
     /// Says where on stderr: port 0 takes a free port.
     pub fn serve(self: &Arc<Self>, addr: SocketAddr) -> Result<()> {
         let listener = TcpListener::bind(addr).with_context(|| format!("--metrics {addr}"))?;
-        eprintln!("cleartap: metrics on http://{}/metrics", listener.local_addr()?);
+        crate::note!("cleartap: metrics on http://{}/metrics", listener.local_addr()?);
         let metrics = Arc::clone(self);
         std::thread::Builder::new().name("metrics".into()).spawn(move || {
             for conn in listener.incoming().flatten() {

@@ -45,7 +45,7 @@ pub fn run(args: &AgentArgs) -> Result<()> {
     }
     let mut agent = Agent::new(&config, sinks, metrics);
     let outcome = agent.start(config.sources).and_then(|()| {
-        eprintln!("ready");
+        crate::note!("ready");
         agent.serve(&args.config)
     });
     // Whatever ended the run, the sources detach and the sinks keep what

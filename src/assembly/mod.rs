@@ -30,6 +30,6 @@ pub trait Assembler {
 /// once (nothing when none was).
 fn report_evicted(evicted: u64, what: impl FnOnce() -> String) {
     if evicted > 0 {
-        eprintln!("cleartap: {evicted} {}", what());
+        crate::note!("cleartap: {evicted} {}", what());
     }
 }

@@ -79,7 +79,7 @@ impl TlsAssembler {
         }
         let (refusals, bytes) = self.streams.refused();
         if refusals > 0 {
-            eprintln!(
+            crate::note!(
                 "cleartap: HTTP decoding: {refusals} allocations ({bytes} bytes) refused by the decoders' \
                  memory budget; the exchanges affected carry a note"
             );

@@ -205,7 +205,7 @@ pub(crate) fn test_delay(path: &Path) {
     if let Some((text, ms)) = delay {
         if path.to_string_lossy().contains(text.as_str()) {
             // The test's cue to swap the file.
-            eprintln!("test: waiting {ms} ms before opening {}", path.display());
+            crate::note!("test: waiting {ms} ms before opening {}", path.display());
             std::thread::sleep(std::time::Duration::from_millis(*ms));
         }
     }

@@ -293,7 +293,7 @@ impl Direct {
         let tried = file.write_all_at(current.bytes(), offset).and_then(|()| file.set_len(offset));
         current.clear();
         if let Err(e) = tried {
-            eprintln!("cleartap: the output file does not take direct writes ({e}); writing it through the page cache");
+            crate::note!("cleartap: the output file does not take direct writes ({e}); writing it through the page cache");
             // SAFETY: as above; clearing the flag only changes how it is written.
             unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETFL, flags & !libc::O_DIRECT) };
             return None;
@@ -429,11 +429,11 @@ impl Drop for Direct {
     fn drop(&mut self) {
         if !self.failed {
             if let Err(e) = self.flush() {
-                eprintln!("cleartap: error: writing the end of the output: {e}");
+                crate::note!("cleartap: error: writing the end of the output: {e}");
             }
         }
         if self.cached_stages > 0 {
-            eprintln!(
+            crate::note!(
                 "cleartap: {} MiB of the output went through the page cache: the disk was behind the capture",
                 (self.cached_stages * STAGE as u64) >> 20
             );

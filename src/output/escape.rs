@@ -60,12 +60,25 @@ pub fn for_terminal(text: &str) -> Cow<'_, str> {
     line(text)
 }
 
-/// `eprintln!` for a message that quotes host-controlled text (a path, a
+/// `eprintln!` that never panics: cleartap's stderr can go away under it
+/// (`cleartap tls ... 2>&1 | head` closes the pipe), and `eprintln!` then
+/// panics in whichever thread speaks next, a drain or discovery thread
+/// included. A line that cannot be written is dropped; the capture goes on,
+/// or stops through its output, as it would have anyway.
+#[macro_export]
+macro_rules! note {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
+/// `note!` for a message that quotes host-controlled text (a path, a
 /// name, an error from a library or a server): the whole line is escaped.
 #[macro_export]
 macro_rules! eprintln_escaped {
     ($($arg:tt)*) => {
-        eprintln!("{}", $crate::output::escape::for_terminal(&format!($($arg)*)))
+        $crate::note!("{}", $crate::output::escape::for_terminal(&format!($($arg)*)))
     };
 }
 

@@ -102,7 +102,9 @@ impl RecordStdout {
     fn cut_back(&mut self) {
         if self.regular {
             if let Err(e) = self.file.set_len(self.committed) {
-                eprintln!("cleartap: warning: could not cut the output back to its last whole record: {e}");
+                crate::note!(
+                    "cleartap: warning: could not cut the output back to its last whole record: {e}"
+                );
             }
         }
     }

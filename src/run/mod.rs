@@ -115,7 +115,7 @@ impl Destination {
         Ok(Destination {
             out,
             stop: stop_on_signals()?,
-            on_ready: Box::new(|| eprintln!("ready")),
+            on_ready: Box::new(|| crate::note!("ready")),
             on_stats: Box::new(|_| {}),
         })
     }
@@ -240,14 +240,14 @@ pub fn pump(
 
     sink.finish();
     if waits > 0 {
-        eprintln!(
+        crate::note!(
             "cleartap: the output fell behind the whole in-memory queue {} times (records waited in the \
              kernel's ring buffer meanwhile; what it could not hold is counted as lost there)",
             waits
         );
     }
     if raises > 0 {
-        eprintln!(
+        crate::note!(
             "cleartap: the capture ran at raised priority {raises} times, while its output was behind \
              (see docs/capture.md, \"When the output falls behind\")"
         );
@@ -255,7 +255,7 @@ pub fn pump(
     let stats = KernelStats::read(stats_map);
     report_new_losses(stats, reported);
     on_stats(&stats);
-    eprintln!("{}", sink.summary(&stats));
+    crate::note!("{}", sink.summary(&stats));
     sink.result()
 }
 
@@ -445,20 +445,21 @@ pub fn take_hangup() -> bool {
 
 fn report_new_losses(now: KernelStats, before: KernelStats) -> KernelStats {
     if now.lost_records > before.lost_records {
-        eprintln!(
+        crate::note!(
             "cleartap: warning: lost {} records ({} bytes) so far: the ring buffer was full; \
              raise --ringbuf-size",
-            now.lost_records, now.lost_bytes
+            now.lost_records,
+            now.lost_bytes
         );
     }
     if now.lost_packets > before.lost_packets {
-        eprintln!(
+        crate::note!(
             "cleartap: warning: lost {} packets so far: the packet ring buffer was full; raise --ringbuf-size",
             now.lost_packets
         );
     }
     if now.truncated_bytes > before.truncated_bytes {
-        eprintln!(
+        crate::note!(
             "cleartap: warning: {} bytes of calls larger than the per-call limit were not captured",
             now.truncated_bytes
         );
@@ -506,7 +507,7 @@ impl<'h> Sink<'h> {
             Err(e) => {
                 self.undecodable += 1;
                 if self.undecodable == 1 {
-                    eprintln!("cleartap: warning: undecodable record: {e}");
+                    crate::note!("cleartap: warning: undecodable record: {e}");
                 }
             }
         }

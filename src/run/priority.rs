@@ -68,7 +68,7 @@ impl Priority {
             all &= rc == 0;
             if rc != 0 && !self.warned {
                 self.warned = true;
-                eprintln!(
+                crate::note!(
                     "cleartap: warning: could not raise the capture's priority while its output fell behind \
                      ({}; it needs CAP_SYS_NICE): records may be lost on a busy host",
                     std::io::Error::last_os_error()

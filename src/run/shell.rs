@@ -28,7 +28,7 @@ pub fn capture(args: &SourceArgs, dest: Destination) -> Result<()> {
     let mut found = attacher.scan_paths(&registered_shells());
     found.extend(attacher.scan_host());
     if found.is_empty() {
-        eprintln!("cleartap: no bash or zsh found yet; watching for shells that start");
+        crate::note!("cleartap: no bash or zsh found yet; watching for shells that start");
     }
     for bin in &found {
         announce(bin);
@@ -45,12 +45,12 @@ fn registered_shells() -> Vec<String> {
 
 fn announce(bin: &ShellBinary) {
     match &bin.readline_lib {
-        None => eprintln!(
+        None => crate::note!(
             "cleartap: attached to {} ({})",
             crate::output::escape::for_terminal(&bin.display_path),
             bin.name
         ),
-        Some(lib) => eprintln!(
+        Some(lib) => crate::note!(
             "cleartap: attached to {} ({}, reading lines from {})",
             crate::output::escape::for_terminal(&bin.display_path),
             bin.name,

@@ -25,7 +25,7 @@ pub fn capture(args: &SourceArgs, family: Family, dest: Destination) -> Result<(
     let mut attacher = servers::attacher(&probes, family);
     let found = attacher.scan_host();
     if found.is_empty() {
-        eprintln!("cleartap: no {family:?} server running yet; watching for servers that start");
+        crate::note!("cleartap: no {family:?} server running yet; watching for servers that start");
     }
     found.iter().for_each(announce);
     let mut handler = ExecutableHandler { attacher, assembler: SqlAssembler::default(), announce };
@@ -33,7 +33,7 @@ pub fn capture(args: &SourceArgs, family: Family, dest: Destination) -> Result<(
 }
 
 fn announce(bin: &SqlBinary) {
-    eprintln!(
+    crate::note!(
         "cleartap: attached to {} ({})",
         crate::output::escape::for_terminal(&bin.display_path),
         bin.server

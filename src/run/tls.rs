@@ -99,7 +99,7 @@ pub fn capture(args: &TlsArgs, dest: Destination) -> Result<()> {
     targets.extend(attacher.scan_host());
     targets.extend(attacher.scan_library_dirs());
     if targets.is_empty() {
-        eprintln!("cleartap: no TLS library found yet; watching for processes that start");
+        crate::note!("cleartap: no TLS library found yet; watching for processes that start");
     }
     // Files found from now on are opened and parsed on a thread of their
     // own, never on the one that drains the ring buffer (see `discovery`).
@@ -120,7 +120,7 @@ pub fn capture(args: &TlsArgs, dest: Destination) -> Result<()> {
     drop(tc);
     let created = KernelStats::read(probes.stats_map()).conn_entries;
     let evicted = created.saturating_sub(probes.connections_held());
-    eprintln!(
+    crate::note!(
         "cleartap: connection table: {created} entries created, {evicted} evicted (--max-connections {})",
         args.max_connections
     );
@@ -161,7 +161,7 @@ fn start_capture<'obj>(
     let probes =
         PacketProbes::load(storage, shared, snaplen, args.output.ring_bytes(crate::cli::TLS_RING_DEFAULT))?;
     let names: Vec<&str> = interfaces.iter().map(|i| i.name.as_str()).collect();
-    eprintln!(
+    crate::note!(
         "cleartap: capturing packets on {}{}",
         names.join(", "),
         filter.map_or(String::new(), |f| format!(" matching `{f}`"))
@@ -219,18 +219,24 @@ impl Secrets {
     fn summary(&self) {
         let refused: u64 = self.refused.values().sum();
         if let Some(keylog) = &self.keylog {
-            eprintln!(
+            crate::note!(
                 "cleartap: {} TLS secrets written to the key log; {} could not be read whole; {} OpenSSL \
                  handshakes refused by the sanity check; {} refused for an unknown label or length",
-                keylog.written, self.unreadable, refused, self.lines.invalid
+                keylog.written,
+                self.unreadable,
+                refused,
+                self.lines.invalid
             );
         }
         if let Some(c) = &self.capture {
             let s = c.stats;
-            eprintln!(
+            crate::note!(
                 "cleartap: pcapng: {} packets written, {} filtered out, {} secrets embedded; {} handshakes \
                  got no secrets in time",
-                s.written, s.filtered_out, s.secrets, s.handshakes_without_secrets
+                s.written,
+                s.filtered_out,
+                s.secrets,
+                s.handshakes_without_secrets
             );
         }
     }
@@ -252,7 +258,7 @@ impl TlsHandler<'_, '_> {
             crate::output::escape::for_terminal(&t.display_path),
             crate::output::escape::for_terminal(&version),
         );
-        eprintln!("cleartap: attached to {path} ({}{version}: {})", t.library, t.hook_names());
+        crate::note!("cleartap: attached to {path} ({}{version}: {})", t.library, t.hook_names());
         self.assembler.add_library(KnownLibrary {
             id: t.library_id,
             inode: t.id.ino,
@@ -277,7 +283,7 @@ impl TlsHandler<'_, '_> {
             }
             _ => {
                 if self.secrets.unreadable == 0 {
-                    eprintln!(
+                    crate::note!(
                         "cleartap: warning: a TLS secret of pid {} could not be read whole; it is not \
                          written (counted in the summary)",
                         s.pid
@@ -304,7 +310,7 @@ impl TlsHandler<'_, '_> {
                 if *count == 1 {
                     let library = self.assembler.library_name(id);
                     let library = crate::output::escape::for_terminal(&library);
-                    eprintln!(
+                    crate::note!(
                         "cleartap: warning: the secrets read from {library} (pid {}) fail a sanity check \
                          ({why}): its struct offsets do not match; no key log lines from it",
                         k.pid
@@ -386,7 +392,7 @@ impl Handler for TlsHandler<'_, '_> {
         }
         self.secrets.summary();
         if let Some((held, early)) = self.attacher.hold_counts() {
-            eprintln!(
+            crate::note!(
                 "cleartap: --hold-unchecked: {held} processes held until their file was checked, {early} of them \
                  continued before the check finished"
             );

@@ -123,7 +123,7 @@ impl<L> AttachedFiles<L> {
 /// The line a subcommand prints for a file detached by `detach_replaced`.
 pub fn report_detached(display_path: &str) {
     let name = crate::output::escape::for_terminal(display_path);
-    eprintln!("cleartap: detached from {name}: the file was replaced or removed and no process maps it");
+    crate::note!("cleartap: detached from {name}: the file was replaced or removed and no process maps it");
 }
 
 #[cfg(test)]

@@ -88,7 +88,7 @@ impl FileQuota {
         let n = counts.entry(key).or_default();
         *n += 1;
         if *n == max + 1 {
-            eprintln!(
+            crate::note!(
                 "cleartap: warning: {} made cleartap check {max} files named like TLS libraries or \
                  new executables; its further files are not checked or probed",
                 who()
@@ -450,7 +450,7 @@ impl Worker {
         };
         self.dropped += 1;
         if self.dropped == 1 {
-            eprintln!(
+            crate::note!(
                 "cleartap: warning: a new process or library was not checked for TLS: {why}; \
                  such misses are counted at the end"
             );
@@ -485,7 +485,7 @@ impl Drop for Worker {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if self.dropped > 0 {
-            eprintln!(
+            crate::note!(
                 "cleartap: warning: {} new processes or libraries were not checked for TLS (see the first \
                  warning about it)",
                 self.dropped

@@ -86,7 +86,7 @@ impl<'m> Holds<'m> {
             } else {
                 self.released_unchecked += 1;
                 if self.released_unchecked == 1 {
-                    eprintln!(
+                    crate::note!(
                         "cleartap: warning: a process held for its check was continued after {} ms before \
                          the check finished (a file slow to open or parse); its first TLS bytes may be missed",
                         HOLD_LIMIT.as_millis()
