@@ -65,13 +65,21 @@ impl Priority {
             let nice = if raise { own.min(BOOST) } else { own };
             // SAFETY: setpriority on a thread id of this process.
             let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice) };
-            all &= rc == 0;
-            if rc != 0 && !self.warned {
+            if rc == 0 {
+                continue;
+            }
+            let error = std::io::Error::last_os_error();
+            // A thread that has ended (the drain thread, while the capture
+            // stops) has no priority left to set: not a refusal.
+            if error.raw_os_error() == Some(libc::ESRCH) {
+                continue;
+            }
+            all = false;
+            if !self.warned {
                 self.warned = true;
                 crate::note!(
                     "cleartap: warning: could not raise the capture's priority while its output fell behind \
-                     ({}; it needs CAP_SYS_NICE): records may be lost on a busy host",
-                    std::io::Error::last_os_error()
+                     ({error}; it needs CAP_SYS_NICE): records may be lost on a busy host"
                 );
             }
         }
@@ -108,6 +116,25 @@ fn nice_of(tid: libc::pid_t) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A thread that ended after it was counted in (the drain thread, while
+    /// the capture stops) is no refusal to warn about. It was: "could not
+    /// raise the capture's priority (No such process)" at the end of runs.
+    #[test]
+    fn a_thread_that_ended_is_no_refusal() {
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+        let (end_tx, end_rx) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            tid_tx.send(this_thread()).unwrap();
+            let _ = end_rx.recv();
+        });
+        let tid = tid_rx.recv().unwrap();
+        let mut p = Priority::new(&[tid]);
+        drop(end_tx);
+        thread.join().unwrap();
+        p.update(RAISE_AT);
+        assert!(!p.warned, "warned about a thread that had ended");
+    }
 
     #[test]
     fn raised_while_behind_and_lowered_once_calm() {
