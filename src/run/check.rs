@@ -5,6 +5,7 @@
 //! The programs are loaded by the capture's own loaders (`sources::*::load`),
 //! with the defaults of the subcommands' options.
 
+use std::io::Write as _;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, AsRawFd};
 
@@ -21,29 +22,28 @@ use crate::sources::sql::SqlProbes;
 use crate::sources::tls::{Features, TlsProbes};
 use crate::sources::TLS_SOURCES;
 
+/// `println!` that returns the error instead of panicking: `cleartap check
+/// | head -3` closes the pipe under it.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        writeln!(std::io::stdout(), $($arg)*)?
+    };
+}
+
 pub fn run() -> Result<()> {
     kernel::preflight()?;
-    println!("kernel {}", kernel_release());
+    say!("kernel {}", kernel_release());
     // What the TLS programs adapt to, and how (sources::tls::Features).
     let features = Features::probe();
-    println!("bpf_loop (5.17): {}", yes_no(features.has_loop, "large calls continue through tail calls"));
-    println!(
-        "uprobe cookies (5.15): {}",
-        yes_no(features.has_cookie, "libraries named from the process's maps")
-    );
-    println!(
+    say!("bpf_loop (5.17): {}", yes_no(features.has_loop, "large calls continue through tail calls"));
+    say!("uprobe cookies (5.15): {}", yes_no(features.has_cookie, "libraries named from the process's maps"));
+    say!(
         "atomic fetch-and-add (5.12): {}",
         yes_no(features.has_fetch, "the *_nofetch programs, plain per-connection call numbering")
     );
-    println!(
-        "TCX links (6.6): {}",
-        yes_no(has_tcx(), "-w attaches a netlink clsact qdisc and cls_bpf filter")
-    );
-    println!(
-        "ancestor cgroup id in uprobes: {}",
-        yes_no(kernel::has_ancestor_cgroup_id(), "--cgroup refused")
-    );
-    println!("{:<38} {:>12}", "program", "verified insns");
+    say!("TCX links (6.6): {}", yes_no(has_tcx(), "-w attaches a netlink clsact qdisc and cls_bpf filter"));
+    say!("ancestor cgroup id in uprobes: {}", yes_no(kernel::has_ancestor_cgroup_id(), "--cgroup refused"));
+    say!("{:<38} {:>12}", "program", "verified insns");
     // Through the loaders the subcommands use, with the defaults of their
     // options: the same map sizes and `.rodata` settings as a capture.
     let defaults = match crate::cli::Cli::try_parse_from(["cleartap", "tls"]).map(|c| c.command) {
@@ -61,48 +61,48 @@ pub fn run() -> Result<()> {
     let mut tls_storage = MaybeUninit::uninit();
     let tls = TlsProbes::load(&mut tls_storage, &filters, tls_ring, defaults.max_connections, true)
         .with_context(|| refused("TLS"))?;
-    counted |= report(tls.object());
+    counted |= report(tls.object())?;
     let shared = SharedMaps::of(tls.events_map(), tls.stats_map());
     {
         // As `cleartap tls --hold-unchecked` loads it: every library watched.
         let mut storage = MaybeUninit::uninit();
         let watch = ProcWatch::load(&mut storage, &filters, &TLS_SOURCES, shared, true)
             .with_context(|| refused("process watch"))?;
-        counted |= report(watch.object());
+        counted |= report(watch.object())?;
     }
     {
         let mut storage = MaybeUninit::uninit();
         let shell = ShellProbes::load(&mut storage, &filters, ring).with_context(|| refused("shell"))?;
-        counted |= report(shell.object());
+        counted |= report(shell.object())?;
     }
     {
         let mut storage = MaybeUninit::uninit();
         let exec = ExecProbes::load(&mut storage, &filters, ring).with_context(|| refused("exec"))?;
-        counted |= report(exec.object());
+        counted |= report(exec.object())?;
     }
     {
         let mut storage = MaybeUninit::uninit();
         let sql = SqlProbes::load(&mut storage, &filters, ring).with_context(|| refused("SQL"))?;
-        counted |= report(sql.object());
+        counted |= report(sql.object())?;
     }
     {
         // As `-w` without --snaplen loads it.
         let mut storage = MaybeUninit::uninit();
         let packets = PacketProbes::load(&mut storage, shared, u32::MAX, tls_ring)
             .with_context(|| refused("packet"))?;
-        counted |= report(packets.object());
+        counted |= report(packets.object())?;
     }
     if !counted {
-        println!("verified instruction counts (5.16): no (this kernel does not report them: -)");
+        say!("verified instruction counts (5.16): no (this kernel does not report them: -)");
     }
-    println!("every program loaded");
+    say!("every program loaded");
     Ok(())
 }
 
 /// One line per program: its name and the instructions the verifier
 /// processed (bpf_prog_info.verified_insns, 5.16+; "-" before). True when
 /// the kernel gave any count.
-fn report(object: &Object) -> bool {
+fn report(object: &Object) -> Result<bool> {
     let mut counted = false;
     for prog in object.progs() {
         if !prog.autoload() {
@@ -112,9 +112,9 @@ fn report(object: &Object) -> bool {
         let insns = verified_insns(prog.as_fd().as_raw_fd());
         counted |= insns.is_some();
         let insns = insns.map_or("-".to_string(), |n| n.to_string());
-        println!("{name:<38} {insns:>12}");
+        say!("{name:<38} {insns:>12}");
     }
-    counted
+    Ok(counted)
 }
 
 /// Does the kernel know TCX links (6.6)? Its BTF has `struct tcx_entry`
