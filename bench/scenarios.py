@@ -416,12 +416,17 @@ def nginx(env, seconds):
     proc, port = start_nginx(env)
     rows = {}
     modes = ("baseline", "floor", "ct-floor", "cleartap") if env.get("ct_points") else ("baseline", "floor", "cleartap")
+    # Also `--decode raw` (records only, no HTTP exchanges): what decoding
+    # and printing HTTP costs, against the same floors.
+    modes += ("cleartap-raw",)
     try:
         for size in (1024, 65536):
             row = {}
             for mode in modes:
                 env_out = dict(env, scratch=env["scratch"])
-                rps, stats = under(mode, env_out, lambda: wrk(port, size, seconds), out_name="/dev/null")
+                args = ["--decode", "raw"] if mode == "cleartap-raw" else []
+                rps, stats = under(mode.removesuffix("-raw"), env_out, lambda: wrk(port, size, seconds), args,
+                                   out_name="/dev/null")
                 row[mode] = {"req_s": rps, "cleartap": stats}
             rows[size] = row
     finally:
@@ -435,8 +440,19 @@ def nginx(env, seconds):
         at_ct = f", ct-floor {ct:>8.0f}" if ct else ""
         print(f"  {size // 1024:>3} KiB body: baseline {b:>8.0f}, floor {f:>8.0f}{at_ct}, cleartap {c:>8.0f}: "
               f"{ratio(c, f)} of the floor, {ratio(c, ct)} of the ct-floor, {ratio(c, b)} of the baseline; "
-              f"lost {s.get('lost_records')} records; peak RSS {s['rss_kib'] / 1024:.0f} MiB")
+              f"lost {s.get('lost_records')} records; {us_per_record(s)} us per record; "
+              f"peak RSS {s['rss_kib'] / 1024:.0f} MiB")
+        raw = row["cleartap-raw"]
+        r = raw["cleartap"]
+        print(f"           --decode raw: {raw['req_s']:>8.0f}: {ratio(raw['req_s'], ct)} of the ct-floor; "
+              f"lost {r.get('lost_records')} records; {us_per_record(r)} us per record")
     return rows
+
+
+def us_per_record(stats):
+    """cleartap's CPU after ready per record it captured."""
+    records = stats.get("records") or 0
+    return f"{stats['cpu_after_ready_s'] / records * 1e6:.2f}" if records else "n/a"
 
 
 # --- burst ---------------------------------------------------------------
