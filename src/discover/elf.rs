@@ -68,9 +68,10 @@ pub struct Symbols {
 
 impl Symbols {
     /// Read by ranges: executables with a TLS library inside (node) are
-    /// tens of MiB and only their symbol tables are touched. Only for a file of the host's instruction set: a uprobe on another's
-    /// code (a multiarch library, a program run by an emulator) would
-    /// write this machine's breakpoint into it.
+    /// tens of MiB and only their symbol tables are touched. Only for a
+    /// file of the host's instruction set: a uprobe on another's code (a
+    /// multiarch library, a program run by an emulator) would write this
+    /// machine's breakpoint into it.
     pub fn of(file: &PinnedFile, wanted: &[&str]) -> Result<Symbols> {
         let data = file.data();
         let elf = ElfFile64::<Endianness, _>::parse(data).context("not a 64-bit ELF file")?;
