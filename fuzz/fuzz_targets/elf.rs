@@ -1,15 +1,24 @@
 #![no_main]
 // Any file on a host may be handed to the ELF readers: symbols,
 // dependencies, Go build info and pclntab, RET offsets, BoringSSL found in
-// stripped code. None may panic.
-use cleartap::discover::boringssl;
+// stripped code and its key log function, NSS freebl's secret points,
+// OpenSSL's internal probe points. None may panic.
 use cleartap::discover::elf::{Dependencies, Isa, Symbols};
 use cleartap::discover::golang::{self, GoBinary};
+use cleartap::discover::{boringssl, nss_freebl};
+use cleartap::sources::openssl;
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    let _ = Symbols::parse(data, &["SSL_write", "gnutls_init", "readline"]);
+    if let Ok(symbols) = Symbols::parse(data, &["SSL_write", "SSL_read", "gnutls_init", "readline"]) {
+        // The versions whose internal functions cleartap decodes calls to.
+        for version in ["3.0.2", "1.1.1w"] {
+            let _ = openssl::internal_points(data, &symbols, Some(version));
+        }
+    }
     let _ = Dependencies::parse(data);
     let _ = boringssl::find(data);
+    let _ = boringssl::find_keylog(data);
+    let _ = nss_freebl::find(data);
     if let Ok(Some(go)) = GoBinary::parse(data, &["crypto/tls.(*Conn).Read", "crypto/tls.(*Conn).Write"]) {
         for name in ["crypto/tls.(*Conn).Read", "crypto/tls.(*Conn).Write"] {
             if let Some(f) = go.function(name) {

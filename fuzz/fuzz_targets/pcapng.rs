@@ -4,8 +4,10 @@
 use cleartap::output::pcapng::{Interface, Packet, PcapngWriter};
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    let interfaces =
-        [Interface { name: "lo".into(), linktype: 1, snaplen: 262_144 }, Interface { name: "x".into(), linktype: 101, snaplen: 0 }];
+    let interfaces = [
+        Interface { name: "lo".into(), linktype: 1, snaplen: 262_144 },
+        Interface { name: "x".into(), linktype: 101, snaplen: 0 },
+    ];
     let Ok(mut writer) = PcapngWriter::new(Vec::new(), &interfaces) else { return };
     for chunk in data.split(|&b| b == 0xff) {
         let (head, rest) = chunk.split_at(chunk.len().min(1));
