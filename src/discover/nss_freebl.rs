@@ -331,6 +331,60 @@ mod tests {
         assert!(err.contains("does not call") || err.contains("neither calls"), "{err}");
     }
 
+    /// 2,000 copies of the installed freebl, each with one to four bytes
+    /// changed where the search reads (FREEBL_GetVector's code, the
+    /// table, the functions it checks): refused, or answered with the same
+    /// functions; never a panic.
+    #[test]
+    fn mutated_freebl_never_panics() {
+        let mut bytes = std::fs::read(installed_freebl()).unwrap();
+        let found = find(&bytes[..]).unwrap();
+        let get_vector = Symbols::parse(&bytes[..], &[GET_VECTOR]).unwrap().get(GET_VECTOR).unwrap();
+        let vector = returned_address(&bytes[..], get_vector).unwrap();
+        let elf = ElfFile64::<Endianness, &[u8]>::parse(&bytes[..]).unwrap();
+        let table = file_offset_of(&load_segments(&elf).unwrap(), vector).unwrap() as usize;
+        let code = |f: Function| (f.file_offset as usize, f.size.clamp(1, 256) as usize);
+        let ranges = [
+            code(get_vector),
+            (table, 512),
+            code(found.tls_p_hash),
+            code(found.tls_prf),
+            code(found.hmac_finish),
+        ];
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let (mut answered, mut different) = (0, 0);
+        for _ in 0..2_000 {
+            let mut changed = Vec::new();
+            for _ in 0..1 + next() % 4 {
+                let (start, len) = ranges[(next() % ranges.len() as u64) as usize];
+                let at = (start + (next() % len as u64) as usize).min(bytes.len() - 1);
+                changed.push((at, bytes[at]));
+                bytes[at] = next() as u8;
+            }
+            if let Ok(got) = find(&bytes[..]) {
+                answered += 1;
+                let same = (got.tls_p_hash, got.tls_prf, got.hmac_finish)
+                    == (found.tls_p_hash, found.tls_prf, found.hmac_finish);
+                different += usize::from(!same);
+            }
+            for &(at, old) in changed.iter().rev() {
+                bytes[at] = old;
+            }
+        }
+        eprintln!("{answered} of 2000 changed copies still answered, {different} of them differently");
+        // Most changes miss what the search checks; some must be refused,
+        // and none may give other functions (a probe on a wrong one).
+        assert!(answered < 2_000, "no change was ever refused: the test reaches nothing");
+        assert_eq!(different, 0, "changed copies answered with other functions");
+        assert_eq!(find(&bytes[..]).unwrap().tls_prf, found.tls_prf);
+    }
+
     /// `bytes` with the relocation addends of two table fields exchanged.
     fn swap_field_addends(bytes: &[u8], vector: u64, a: u64, b: u64) -> Vec<u8> {
         let elf = ElfFile64::<Endianness, &[u8]>::parse(bytes).unwrap();
