@@ -268,6 +268,55 @@ mod tests {
         assert_consistent(path, &points);
     }
 
+    /// 2,000 copies of the 1.1.1w with one to four bytes changed in the
+    /// code the search decodes (the exported functions and the internal
+    /// ones' entries): each point is found as it was, or not at all (its
+    /// exported functions stay probed); never one elsewhere, where a probe
+    /// would land inside another instruction.
+    #[test]
+    fn mutated_code_gives_the_same_internal_points_or_none() {
+        let path = "/opt/cleartap-test/openssl-1.1.1w/lib/libssl.so.1.1";
+        assert!(Path::new(path).exists(), "{path} is missing: run scripts/install-deps --test");
+        let mut bytes = std::fs::read(path).unwrap();
+        let symbols = Symbols::parse(&bytes[..], &super::super::wanted_symbols()).unwrap();
+        let original = internal_points(&bytes[..], &symbols, Some("1.1.1w"));
+        assert_eq!(original.len(), 2, "{path}");
+        let mut ranges: Vec<(usize, usize)> = ["SSL_write", "SSL_write_ex", "SSL_read", "SSL_read_ex"]
+            .iter()
+            .map(|name| symbols.get(name).unwrap())
+            .map(|f| (f.file_offset as usize, f.size.clamp(1, 512) as usize))
+            .collect();
+        ranges.extend(original.iter().map(|p| (p.function.file_offset as usize, 16)));
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let (mut kept, mut dropped) = (0, 0);
+        for _ in 0..2_000 {
+            let mut changed = Vec::new();
+            for _ in 0..1 + next() % 4 {
+                let (start, len) = ranges[(next() % ranges.len() as u64) as usize];
+                let at = start + (next() % len as u64) as usize;
+                changed.push((at, bytes[at]));
+                bytes[at] = next() as u8;
+            }
+            let points = internal_points(&bytes[..], &symbols, Some("1.1.1w"));
+            for p in &points {
+                assert!(original.contains(p), "a changed copy gave another point: {p:?}");
+            }
+            kept += points.len();
+            dropped += 2 - points.len();
+            for &(at, old) in changed.iter().rev() {
+                bytes[at] = old;
+            }
+        }
+        eprintln!("{kept} points kept, {dropped} dropped over 2000 changed copies");
+        assert!(dropped > 0, "no change ever dropped a point: the test reaches nothing");
+    }
+
     /// OpenSSL 3.3+ (scripts/build-openssl3): SSL_write_ex2 is probed,
     /// at itself (its `written` in the 5th argument) or, where the internal
     /// function is probed instead, through its call site. OpenSSL's own
