@@ -151,6 +151,54 @@ fn a_boringssl_whose_anchors_do_not_hold_is_refused_and_garbage_never_panics() {
     }
 }
 
+/// The stripped build with one to four bytes changed in the functions the
+/// search finds (their code holds its anchors), 1,000 times: the same
+/// functions or a refusal, never others (a probe there would land inside
+/// another instruction), and never a panic.
+#[test]
+fn changed_code_gives_the_same_boringssl_functions_or_none() {
+    let (with_symbols, stripped) = boringpeer();
+    let symbols =
+        Symbols::parse(&fs::read(&with_symbols).unwrap()[..], &["SSL_write", "SSL_read", "SSL_do_handshake"])
+            .unwrap();
+    let mut bytes = fs::read(&stripped).unwrap();
+    let original = boringssl::find(&bytes[..]).unwrap().expect("BoringSSL found");
+    let ranges: Vec<(usize, usize)> = ["SSL_write", "SSL_read", "SSL_do_handshake"]
+        .iter()
+        .map(|name| symbols.get(name).unwrap())
+        .map(|f| (f.file_offset as usize, f.size.clamp(1, 1024) as usize))
+        .collect();
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let (mut same, mut refused) = (0, 0);
+    for _ in 0..1_000 {
+        let mut changed = Vec::new();
+        for _ in 0..1 + next() % 4 {
+            let (start, len) = ranges[(next() % ranges.len() as u64) as usize];
+            let at = start + (next() % len as u64) as usize;
+            changed.push((at, bytes[at]));
+            bytes[at] = next() as u8;
+        }
+        match boringssl::find(&bytes[..]) {
+            Ok(Some(points)) => {
+                assert_eq!(points, original, "a changed copy gave other functions");
+                same += 1;
+            }
+            Ok(None) | Err(_) => refused += 1,
+        }
+        for &(at, old) in changed.iter().rev() {
+            bytes[at] = old;
+        }
+    }
+    eprintln!("{same} found the same, {refused} refused, of 1,000 changed copies");
+    assert!(refused > 0, "no change was ever refused: the test reaches nothing");
+}
+
 /// Both sides, byte-exact both ways, with symbols and without: servers of
 /// both builds running before cleartap (attached at start), a stripped
 /// server from a file first seen at its exec after cleartap started, and
