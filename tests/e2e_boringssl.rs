@@ -17,9 +17,9 @@ use std::process::Command;
 use std::rc::Rc;
 use std::time::Duration;
 
-use cleartap::discover::boringssl;
 use cleartap::discover::elf::Symbols;
 use cleartap::discover::pinned::PinnedFile;
+use cleartap::discover::{boringssl, mutate};
 use cleartap::sources::secret_points::{self, SecretPoints};
 use cleartap::sources::{openssl, TlsTarget};
 use support::*;
@@ -168,33 +168,14 @@ fn changed_code_gives_the_same_boringssl_functions_or_none() {
         .map(|name| symbols.get(name).unwrap())
         .map(|f| (f.file_offset as usize, f.size.clamp(1, 1024) as usize))
         .collect();
-    let mut x = 0x9e37_79b9_7f4a_7c15u64;
-    let mut next = move || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x
-    };
     let (mut same, mut refused) = (0, 0);
-    for _ in 0..1_000 {
-        let mut changed = Vec::new();
-        for _ in 0..1 + next() % 4 {
-            let (start, len) = ranges[(next() % ranges.len() as u64) as usize];
-            let at = start + (next() % len as u64) as usize;
-            changed.push((at, bytes[at]));
-            bytes[at] = next() as u8;
+    mutate::with_changed_bytes(&mut bytes, &ranges, 1_000, |copy| match boringssl::find(copy) {
+        Ok(Some(points)) => {
+            assert_eq!(points, original, "a changed copy gave other functions");
+            same += 1;
         }
-        match boringssl::find(&bytes[..]) {
-            Ok(Some(points)) => {
-                assert_eq!(points, original, "a changed copy gave other functions");
-                same += 1;
-            }
-            Ok(None) | Err(_) => refused += 1,
-        }
-        for &(at, old) in changed.iter().rev() {
-            bytes[at] = old;
-        }
-    }
+        Ok(None) | Err(_) => refused += 1,
+    });
     eprintln!("{same} found the same, {refused} refused, of 1,000 changed copies");
     assert!(refused > 0, "no change was ever refused: the test reaches nothing");
 }

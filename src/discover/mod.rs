@@ -9,6 +9,7 @@ pub mod elf;
 pub mod gnutls_keylog;
 pub mod golang;
 pub mod ldpath;
+pub mod mutate;
 pub mod nss_freebl;
 pub mod pinned;
 pub mod procs;

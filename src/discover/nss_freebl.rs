@@ -351,32 +351,15 @@ mod tests {
             code(found.tls_prf),
             code(found.hmac_finish),
         ];
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
         let (mut answered, mut different) = (0, 0);
-        for _ in 0..2_000 {
-            let mut changed = Vec::new();
-            for _ in 0..1 + next() % 4 {
-                let (start, len) = ranges[(next() % ranges.len() as u64) as usize];
-                let at = (start + (next() % len as u64) as usize).min(bytes.len() - 1);
-                changed.push((at, bytes[at]));
-                bytes[at] = next() as u8;
-            }
-            if let Ok(got) = find(&bytes[..]) {
+        crate::discover::mutate::with_changed_bytes(&mut bytes, &ranges, 2_000, |copy| {
+            if let Ok(got) = find(copy) {
                 answered += 1;
                 let same = (got.tls_p_hash, got.tls_prf, got.hmac_finish)
                     == (found.tls_p_hash, found.tls_prf, found.hmac_finish);
                 different += usize::from(!same);
             }
-            for &(at, old) in changed.iter().rev() {
-                bytes[at] = old;
-            }
-        }
+        });
         eprintln!("{answered} of 2000 changed copies still answered, {different} of them differently");
         // Most changes miss what the search checks; some must be refused,
         // and none may give other functions (a probe on a wrong one).

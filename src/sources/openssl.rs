@@ -287,32 +287,15 @@ mod tests {
             .map(|f| (f.file_offset as usize, f.size.clamp(1, 512) as usize))
             .collect();
         ranges.extend(original.iter().map(|p| (p.function.file_offset as usize, 16)));
-        let mut x = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
         let (mut kept, mut dropped) = (0, 0);
-        for _ in 0..2_000 {
-            let mut changed = Vec::new();
-            for _ in 0..1 + next() % 4 {
-                let (start, len) = ranges[(next() % ranges.len() as u64) as usize];
-                let at = start + (next() % len as u64) as usize;
-                changed.push((at, bytes[at]));
-                bytes[at] = next() as u8;
-            }
-            let points = internal_points(&bytes[..], &symbols, Some("1.1.1w"));
+        crate::discover::mutate::with_changed_bytes(&mut bytes, &ranges, 2_000, |copy| {
+            let points = internal_points(copy, &symbols, Some("1.1.1w"));
             for p in &points {
                 assert!(original.contains(p), "a changed copy gave another point: {p:?}");
             }
             kept += points.len();
             dropped += 2 - points.len();
-            for &(at, old) in changed.iter().rev() {
-                bytes[at] = old;
-            }
-        }
+        });
         eprintln!("{kept} points kept, {dropped} dropped over 2000 changed copies");
         assert!(dropped > 0, "no change ever dropped a point: the test reaches nothing");
     }

@@ -890,21 +890,11 @@ mod tests {
     }
 
     /// A few bytes of noise, the same on every run.
-    fn noise(seed: u64) -> impl FnMut() -> u64 {
-        let mut state = seed;
-        move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        }
-    }
-
     #[test]
     fn garbage_is_an_error_not_a_panic() {
         assert!(find_in(&b""[..]).is_err());
         assert!(find_in(&b"\x7fELF garbage that is not an elf file at all"[..]).is_err());
-        let mut next = noise(0x9e37_79b9_7f4a_7c15);
+        let mut next = crate::discover::mutate::noise(0x9e37_79b9_7f4a_7c15);
         for len in [1usize, 7, 64, 4096] {
             let bytes: Vec<u8> = (0..len).map(|_| next() as u8).collect();
             let _ = client_random_offset::<X86_64>(&bytes, 0x1000);
@@ -951,23 +941,10 @@ mod tests {
         ranges.push((file_offset_of(&segments, stub).unwrap() as usize, PLT_STUB_BYTES as usize));
         let points = find_in(&bytes[..]).unwrap();
         ranges.push((points.keylog_function as usize, 64));
-        let mut next = noise(0x2545_f491_4f6c_dd1d);
         let mut found = 0;
-        for _ in 0..2_000 {
-            let mut changed = Vec::new();
-            for _ in 0..1 + next() % 4 {
-                let (start, len) = ranges[(next() % ranges.len() as u64) as usize];
-                let at = start + (next() % len as u64) as usize;
-                changed.push((at, bytes[at]));
-                bytes[at] = next() as u8;
-            }
-            if find_in(&bytes[..]).is_ok() {
-                found += 1;
-            }
-            for &(at, old) in changed.iter().rev() {
-                bytes[at] = old;
-            }
-        }
+        crate::discover::mutate::with_changed_bytes(&mut bytes, &ranges, 2_000, |copy| {
+            found += usize::from(find_in(copy).is_ok());
+        });
         // Most mutations miss the few instructions that matter.
         eprintln!("{found} of 2000 mutated copies still give the key log points");
         assert!(found > 0 && found < 2_000);
