@@ -285,3 +285,43 @@ fn every_thread_keeps_only_the_capabilities_it_uses() {
         capture.stop().assert_clean_exit();
     }
 }
+
+/// The names (15 bytes, as the kernel keeps them) of the programs `pid`
+/// holds open: the `prog_id` of each of its fds (bpftool here cannot name
+/// a program's owners), then bpftool's list for their names.
+fn programs_of(pid: u32) -> Vec<String> {
+    let ids: Vec<u64> = std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .unwrap()
+        .filter_map(|fd| std::fs::read_to_string(fd.unwrap().path()).ok())
+        .filter_map(|info| info.lines().find_map(|l| l.strip_prefix("prog_id:")?.trim().parse().ok()))
+        .collect();
+    let out = Command::new("bpftool").args(["prog", "show", "--json"]).output().expect("running bpftool");
+    assert!(out.status.success(), "bpftool: {}", String::from_utf8_lossy(&out.stderr));
+    let progs: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    progs
+        .iter()
+        .filter(|p| p["id"].as_u64().is_some_and(|id| ids.contains(&id)))
+        .filter_map(|p| p["name"].as_str().map(String::from))
+        .collect()
+}
+
+/// A source that needs only exec events (shells) traces no openat: those
+/// programs would run on every open of the host for nothing. `tls`, which
+/// watches library opens, has them (the names below are the right ones).
+#[test]
+fn only_a_watch_of_libraries_traces_opens() {
+    let Some(_one) = capture_test() else { return };
+    // bpftool prints the kernel's 15 bytes where it has no BTF for the name.
+    let has = |names: &[String], full: &str| {
+        names.iter().any(|n| full.starts_with(n.as_str()) && n.len() >= 15.min(full.len()))
+    };
+    for (source, traces_opens) in [("shell", false), ("tls", true)] {
+        let capture = Capture::start(&[source]);
+        let names = programs_of(capture.pid());
+        assert!(has(&names, "sched_process_exec"), "{source}: {names:?}");
+        for open in ["sys_enter_openat", "sys_exit_openat"] {
+            assert_eq!(has(&names, open), traces_opens, "{source}: {open} in {names:?}");
+        }
+        capture.stop().assert_clean_exit();
+    }
+}

@@ -67,10 +67,22 @@ impl<'obj> ProcWatch<'obj> {
         let rodata = open.maps.rodata_data.as_deref_mut().context("no .rodata in the BPF object")?;
         crate::set_filters!(rodata, filters);
         configure(rodata, sources, hold)?;
+        // A watch of execs only (shells, database servers) leaves every
+        // openat on the host untraced: its programs would return at once,
+        // but each open would still run two programs (40 and 50 ns each
+        // with kernel.bpf_stats_enabled, plus the tracepoint itself).
+        let libraries = rodata.watch_count > 0;
+        open.progs.sys_enter_openat.set_autoload(libraries);
+        open.progs.sys_exit_openat.set_autoload(libraries);
         open.maps.events.reuse_fd(maps.events).context("sharing the ring buffer")?;
         open.maps.stats.reuse_fd(maps.stats).context("sharing the counters")?;
         let skel = open.load().map_err(kernel::load_failed("the process watch BPF programs"))?;
         Ok(ProcWatch { skel })
+    }
+
+    /// Whether library opens are watched (see `load`).
+    fn watches_libraries(&self) -> bool {
+        self.skel.maps.rodata_data.as_ref().is_some_and(|r| r.watch_count > 0)
     }
 
     /// Files checked: their execs and opens are not held (see `load`).
@@ -85,6 +97,9 @@ impl<'obj> ProcWatch<'obj> {
 
     pub fn attach(&self) -> Result<Vec<Link>> {
         let p = &self.skel.progs;
+        if !self.watches_libraries() {
+            return super::attach_tracepoints(&[&p.sched_process_exec]);
+        }
         super::attach_tracepoints(&[&p.sched_process_exec, &p.sys_enter_openat, &p.sys_exit_openat])
     }
 }
