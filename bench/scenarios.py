@@ -162,25 +162,76 @@ class Floor:
         self.out.close()
 
 
-def under(mode, env, fn, cleartap_args=(), out_name="cleartap.out", fmt="json"):
+def under(mode, env, fn, cleartap_args=(), out_name="cleartap.out", fmt="json", kernel_cpu=False):
     """Runs fn() under `mode` (baseline, floor, cleartap); returns
     (fn's result, cleartap's stop() or None, cleartap's ready time).
-    cleartap writes `--format fmt` (json or binary)."""
+    cleartap writes `--format fmt` (json or binary). kernel_cpu: the
+    stats also say how much CPU the BPF programs of the ct-floor or of
+    cleartap took while fn() ran (`bpf_cpu_s`, see `BpfCpu`)."""
     tracer = None
     if mode == "floor":
         tracer = Floor(env["floor_script"], env["scratch"])
     elif mode == "ct-floor":
         probes = EmptyProbes(env["ct_points"])
+        cpu = BpfCpu(os.getpid()) if kernel_cpu else None
         result = fn()
+        stats = {"bpf_cpu_s": cpu.seconds()} if cpu else None
         probes.remove()
-        return result, None
+        return result, stats
     elif mode == "cleartap":
         out = os.path.join(env["scratch"], out_name)
         tracer = Cleartap(env["cleartap"], ["--lib", env["lib"], "--format", fmt,
                                             *ring_args(env, cleartap_args), *cleartap_args], out)
+    cpu = BpfCpu(tracer.proc.pid) if kernel_cpu and mode == "cleartap" else None
     result = fn()
+    bpf_cpu_s = cpu.seconds() if cpu else None
     stats = tracer.stop() if tracer else None
+    if bpf_cpu_s is not None:
+        stats["bpf_cpu_s"] = bpf_cpu_s
     return result, stats
+
+
+class BpfCpu:
+    """The CPU the BPF programs held by `pid` took from now until
+    seconds(): the kernel's own count (run_time_ns, kept while
+    kernel.bpf_stats_enabled is 1). That time is spent in the traced
+    programs' threads, so it shows in neither side's own process CPU."""
+
+    def __init__(self, pid):
+        self.pid = pid
+        self.start = self._run_time_ns()
+
+    def _run_time_ns(self):
+        ids = set()
+        for fd in os.listdir(f"/proc/{self.pid}/fdinfo"):
+            try:
+                with open(f"/proc/{self.pid}/fdinfo/{fd}") as f:
+                    ids.update(int(l.split()[1]) for l in f if l.startswith("prog_id:"))
+            except OSError:
+                continue
+        progs = json.loads(subprocess.run(["bpftool", "prog", "show", "--json"], check=True,
+                                          capture_output=True, text=True).stdout)
+        return {p["id"]: p.get("run_time_ns", 0) for p in progs if p["id"] in ids}
+
+    def seconds(self):
+        now = self._run_time_ns()
+        return sum(t - self.start.get(i, 0) for i, t in now.items()) / 1e9
+
+
+class BpfStats:
+    """kernel.bpf_stats_enabled on for a block (it costs each program run
+    two clock reads, so the whole scenario runs with it, every mode alike)."""
+    PATH = "/proc/sys/kernel/bpf_stats_enabled"
+
+    def __enter__(self):
+        with open(self.PATH) as f:
+            self.before = f.read().strip()
+        with open(self.PATH, "w") as f:
+            f.write("1")
+
+    def __exit__(self, *_):
+        with open(self.PATH, "w") as f:
+            f.write(self.before)
 
 
 def ring_args(env, args=()):
@@ -420,15 +471,16 @@ def nginx(env, seconds):
     # and printing HTTP costs, against the same floors.
     modes += ("cleartap-raw",)
     try:
-        for size in (1024, 65536):
-            row = {}
-            for mode in modes:
-                env_out = dict(env, scratch=env["scratch"])
-                args = ["--decode", "raw"] if mode == "cleartap-raw" else []
-                rps, stats = under(mode.removesuffix("-raw"), env_out, lambda: wrk(port, size, seconds), args,
-                                   out_name="/dev/null")
-                row[mode] = {"req_s": rps, "cleartap": stats}
-            rows[size] = row
+        with BpfStats():
+            for size in (1024, 65536):
+                row = {}
+                for mode in modes:
+                    env_out = dict(env, scratch=env["scratch"])
+                    args = ["--decode", "raw"] if mode == "cleartap-raw" else []
+                    rps, stats = under(mode.removesuffix("-raw"), env_out, lambda: wrk(port, size, seconds), args,
+                                       out_name="/dev/null", kernel_cpu=True)
+                    row[mode] = {"req_s": rps, "cleartap": stats}
+                rows[size] = row
     finally:
         proc.send_signal(signal.SIGQUIT)
         proc.wait()
@@ -446,7 +498,27 @@ def nginx(env, seconds):
         r = raw["cleartap"]
         print(f"           --decode raw: {raw['req_s']:>8.0f}: {ratio(raw['req_s'], ct)} of the ct-floor; "
               f"lost {r.get('lost_records')} records; {us_per_record(r)} us per record")
+        print(f"           CPU per request: {cpu_per_request(row, seconds)}")
     return rows
+
+
+def cpu_per_request(row, seconds):
+    """Where the CPU of each request goes beyond the traced programs' own
+    work: the kernel programs (run in nginx's and wrk's threads) and
+    cleartap's process after ready, in us, for the ct-floor and both
+    cleartap modes."""
+    parts = []
+    for mode in ("ct-floor", "cleartap", "cleartap-raw"):
+        r = row.get(mode)
+        stats = (r or {}).get("cleartap") or {}
+        if not r or stats.get("bpf_cpu_s") is None:
+            continue
+        requests = r["req_s"] * seconds
+        text = f"{mode}: programs {stats['bpf_cpu_s'] / requests * 1e6:.2f}"
+        if "cpu_after_ready_s" in stats:
+            text += f" + cleartap {stats['cpu_after_ready_s'] / requests * 1e6:.2f}"
+        parts.append(text)
+    return "; ".join(parts) + " us"
 
 
 def us_per_record(stats):
