@@ -138,7 +138,11 @@ impl Exchange {
 }
 
 fn is_grpc(headers: &[(String, String)]) -> bool {
-    header(headers, "content-type").is_some_and(|ct| ct.to_ascii_lowercase().starts_with("application/grpc"))
+    // Compared in place: this runs for every message, and a lowercased
+    // copy of the value was an allocation each time.
+    const GRPC: &[u8] = b"application/grpc";
+    header(headers, "content-type")
+        .is_some_and(|ct| ct.as_bytes().get(..GRPC.len()).is_some_and(|p| p.eq_ignore_ascii_case(GRPC)))
 }
 
 /// Bytes to keep of a body with headers `own` (the other side's: `other`):

@@ -292,3 +292,30 @@ fn binary_is_not_http() {
     }
     assert!(c.is_not_http());
 }
+
+/// gRPC is recognised by a content type starting with "application/grpc"
+/// in any case, and nothing shorter or merely alike (a multi-byte
+/// character where the prefix would end included); a header value that is
+/// not UTF-8 reads with U+FFFD in place of each invalid part.
+#[test]
+fn grpc_content_types_and_header_values_not_utf8() {
+    let limits = crate::Limits { max_body: 1 << 20, max_plain_body: 3, max_header_list: 1 << 16 };
+    let cases: [(&[u8], bool); 5] = [
+        (b"Application/GRPC+proto", true),
+        (b"application/grpc", true),
+        (b"application/grp", false),
+        ("application/grp\u{e9}".as_bytes(), false),
+        (b"text/application/grpc", false),
+    ];
+    for (content_type, grpc) in cases {
+        let mut request = b"POST /s/M HTTP/1.1\r\nContent-Type: ".to_vec();
+        request.extend_from_slice(content_type);
+        request.extend_from_slice(b"\r\nX-Raw: a\xffb\xc3\r\nContent-Length: 6\r\n\r\nabcdef");
+        let mut c = Connection::with_limits(limits);
+        let ex = run(&mut c, &[(Send, &request), (Recv, OK)]);
+        let kept: &[u8] = if grpc { b"hello" } else { b"hel" };
+        assert_eq!(ex[0].response_body.raw, kept, "{}", String::from_utf8_lossy(content_type));
+        let raw = ex[0].request_headers.iter().find(|(n, _)| n == "X-Raw").map(|(_, v)| v.as_str());
+        assert_eq!(raw, Some("a\u{fffd}b\u{fffd}"));
+    }
+}
