@@ -2,6 +2,7 @@
 
 use std::io::{self, Write};
 
+use httpdecode::Headers;
 use serde::Serialize;
 
 use super::batched::{Batched, Records};
@@ -234,7 +235,7 @@ fn optional_number(buf: &mut Vec<u8>, n: Option<impl itoa::Integer>) {
 }
 
 /// `[["name","value"],...]`
-fn headers(buf: &mut Vec<u8>, headers: &[(String, String)]) {
+fn headers(buf: &mut Vec<u8>, headers: &Headers) {
     buf.push(b'[');
     for (i, (name, value)) in headers.iter().enumerate() {
         if i > 0 {
@@ -877,8 +878,7 @@ mod tests {
                 _ => Vec::new(),
             };
             let some = |on: bool, s: &'static str| on.then_some(Cow::Borrowed(s));
-            let headers: Vec<(String, String)> =
-                (0..i % 3).map(|k| (pick(i + k).to_string(), pick(i + k + 1).to_string())).collect();
+            let headers: Headers = (0..i % 3).map(|k| (pick(i + k), pick(i + k + 1))).collect();
             let event = HttpEvent {
                 event: Default::default(),
                 time: Time(
@@ -891,7 +891,7 @@ mod tests {
                 path: (i % 4 != 1).then(|| Cow::Owned(pick(i + 3).to_string())),
                 status: (i % 3 != 2).then_some(200 + i as u16),
                 request_headers: Cow::Owned(headers.clone()),
-                response_headers: Cow::Owned(headers.into_iter().rev().collect()),
+                response_headers: Cow::Owned(headers.iter().rev().collect()),
                 request_body_size: i as u64 * 1000,
                 response_body_size: u64::MAX - i as u64,
                 request_body_decoded_size: (i % 4 == 0).then_some(i as u64),

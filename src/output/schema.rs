@@ -28,6 +28,7 @@ use std::fmt;
 use std::time::{Duration, SystemTime};
 
 use base64_simd::STANDARD;
+use httpdecode::Headers;
 use serde::de::{self, Deserializer, Unexpected, Visitor};
 use serde::ser::Serializer;
 use serde::{Deserialize, Serialize};
@@ -323,8 +324,8 @@ pub struct HttpEvent<'a> {
     pub path: Option<Cow<'a, str>>,
     pub status: Option<u16>,
     /// `[name, value]` pairs, in order.
-    pub request_headers: Cow<'a, [(String, String)]>,
-    pub response_headers: Cow<'a, [(String, String)]>,
+    pub request_headers: Cow<'a, Headers>,
+    pub response_headers: Cow<'a, Headers>,
     /// Bytes on the wire, after de-chunking.
     pub request_body_size: u64,
     pub response_body_size: u64,

@@ -414,7 +414,7 @@ mod tests {
         request_headers: &[(&str, &str)],
         response_headers: &[(&str, &str)],
     ) -> HttpEvent<'static> {
-        let headers = |h: &[(&str, &str)]| h.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect();
+        let headers = |h: &[(&str, &str)]| h.iter().copied().collect();
         HttpEvent {
             event: tag::Http,
             time: at(),

@@ -5,7 +5,7 @@ use std::time::SystemTime;
 
 use crate::budget::Budget;
 use crate::grpc::Grpc;
-use crate::Body;
+use crate::{Body, Headers};
 
 /// Notes kept per list (a message half, an exchange): a peer repeating what
 /// causes one (interim responses, broken frames) must not grow them.
@@ -51,11 +51,11 @@ pub struct Exchange {
     pub authority: Option<String>,
     pub path: Option<String>,
     pub status: Option<u16>,
-    pub request_headers: Vec<(String, String)>,
-    pub response_headers: Vec<(String, String)>,
+    pub request_headers: Headers,
+    pub response_headers: Headers,
     /// Trailers (chunked trailer section, HTTP/2 trailing HEADERS).
-    pub request_trailers: Vec<(String, String)>,
-    pub response_trailers: Vec<(String, String)>,
+    pub request_trailers: Headers,
+    pub response_trailers: Headers,
     pub request_body: Body,
     pub response_body: Body,
     /// HTTP/2 stream id.
@@ -78,10 +78,10 @@ impl Exchange {
             authority: None,
             path: None,
             status: None,
-            request_headers: Vec::new(),
-            response_headers: Vec::new(),
-            request_trailers: Vec::new(),
-            response_trailers: Vec::new(),
+            request_headers: Headers::new(),
+            response_headers: Headers::new(),
+            request_trailers: Headers::new(),
+            response_trailers: Headers::new(),
             request_body: Body::default(),
             response_body: Body::default(),
             stream_id: None,
@@ -113,8 +113,8 @@ impl Exchange {
     /// in: each decompressed body within `body_limit`, and within what
     /// `budget` has left.
     pub(crate) fn finish(&mut self, body_limit: usize, budget: &Budget) {
-        let req_enc = header(&self.request_headers, "content-encoding").map(str::to_owned);
-        let resp_enc = header(&self.response_headers, "content-encoding").map(str::to_owned);
+        let req_enc = self.request_headers.get("content-encoding").map(str::to_owned);
+        let resp_enc = self.response_headers.get("content-encoding").map(str::to_owned);
         for (side, enc) in [("request", req_enc), ("response", resp_enc)] {
             let body = if side == "request" { &mut self.request_body } else { &mut self.response_body };
             let room = budget.available();
@@ -137,32 +137,23 @@ impl Exchange {
     }
 }
 
-fn is_grpc(headers: &[(String, String)]) -> bool {
+fn is_grpc(headers: &Headers) -> bool {
     // Compared in place: this runs for every message, and a lowercased
     // copy of the value was an allocation each time.
     const GRPC: &[u8] = b"application/grpc";
-    header(headers, "content-type")
+    headers
+        .get("content-type")
         .is_some_and(|ct| ct.as_bytes().get(..GRPC.len()).is_some_and(|p| p.eq_ignore_ascii_case(GRPC)))
 }
 
 /// Bytes to keep of a body with headers `own` (the other side's: `other`):
 /// all `max_body` when it will be decompressed or parsed as gRPC, else
 /// `max_plain_body`.
-pub(crate) fn body_limit(
-    limits: crate::Limits,
-    own: &[(String, String)],
-    other: &[(String, String)],
-) -> usize {
-    let compressed =
-        header(own, "content-encoding").is_some_and(|e| !e.trim().eq_ignore_ascii_case("identity"));
+pub(crate) fn body_limit(limits: crate::Limits, own: &Headers, other: &Headers) -> usize {
+    let compressed = own.get("content-encoding").is_some_and(|e| !e.trim().eq_ignore_ascii_case("identity"));
     if compressed || is_grpc(own) || is_grpc(other) {
         limits.max_body
     } else {
         limits.max_plain_body.min(limits.max_body)
     }
-}
-
-/// First value of a header, case-insensitively.
-pub(crate) fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
 }

@@ -1,7 +1,7 @@
 //! gRPC message framing: each message is a compressed flag, a big-endian u32
 //! length and the message bytes.
 
-use crate::exchange::{header, Exchange};
+use crate::exchange::Exchange;
 use crate::Body;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -26,8 +26,7 @@ pub struct GrpcMessage {
 
 impl Grpc {
     pub(crate) fn from_exchange(ex: &Exchange) -> Grpc {
-        let trailer =
-            |name| header(&ex.response_trailers, name).or_else(|| header(&ex.response_headers, name));
+        let trailer = |name| ex.response_trailers.get(name).or_else(|| ex.response_headers.get(name));
         Grpc {
             request_messages: split_messages(&ex.request_body),
             response_messages: split_messages(&ex.response_body),

@@ -15,6 +15,7 @@ mod detect;
 mod exchange;
 mod fuzz;
 mod grpc;
+mod headers;
 mod http1;
 mod http2;
 #[cfg(test)]
@@ -29,6 +30,7 @@ pub use budget::{Budget, DEFAULT_BUDGET, OVER_BUDGET};
 pub use exchange::{Exchange, Protocol};
 pub use fuzz::{fuzz_body, fuzz_hpack, fuzz_hpack_seeds, fuzz_http1, fuzz_http2, fuzz_http2_seeds};
 pub use grpc::{Grpc, GrpcMessage};
+pub use headers::Headers;
 
 /// Direction of captured bytes, from the point of view of the captured process.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -10,8 +10,9 @@ use std::time::SystemTime;
 
 use crate::budget::{Budget, Charge};
 use crate::detect::Start;
-use crate::exchange::{body_limit, header, note, Exchange, Protocol};
-use crate::{over_budget_note, Direction, Limits, GAP_NOTE};
+use crate::exchange::{body_limit, note, Exchange, Protocol};
+use crate::headers::NO_HEADERS;
+use crate::{over_budget_note, Direction, Headers, Limits, GAP_NOTE};
 use reader::{Framing, Reader};
 
 /// Requests awaiting their response; more is not plausible pipelining.
@@ -102,18 +103,12 @@ impl Slot {
 }
 
 /// Charges the fields of a head, or drops them (noted) without room.
-fn charge_head(
-    charge: &mut Charge,
-    headers: Vec<(String, String)>,
-    notes: &mut Vec<String>,
-    side: &str,
-) -> Vec<(String, String)> {
-    let size = headers.iter().map(|(n, v)| n.len() + v.len() + 32).sum();
-    if charge.grow(size) {
+fn charge_head(charge: &mut Charge, headers: Headers, notes: &mut Vec<String>, side: &str) -> Headers {
+    if charge.grow(headers.list_size()) {
         return headers;
     }
     note(notes, format!("{side}: {}", over_budget_note(&format!("{} header fields", headers.len()))));
-    Vec::new()
+    Headers::new()
 }
 
 pub(crate) struct Http1 {
@@ -137,14 +132,14 @@ pub(crate) struct Head {
     pub method: Option<String>,
     pub path: Option<String>,
     pub status: Option<u16>,
-    pub headers: Vec<(String, String)>,
+    pub headers: Headers,
 }
 
 /// What a reader reports to the connection.
 pub(crate) enum Event {
     Head(Head),
     Body(Vec<u8>),
-    Trailers(Vec<(String, String)>),
+    Trailers(Headers),
     End,
     /// Bytes were lost or unparsable inside the current message.
     Broken(String),
@@ -255,7 +250,7 @@ impl Http1 {
         let Some(slot) = self.slots.back_mut().filter(|s| !s.req_done) else {
             return;
         };
-        let limit = body_limit(self.limits, &slot.ex.request_headers, &[]);
+        let limit = body_limit(self.limits, &slot.ex.request_headers, &NO_HEADERS);
         slot.body_event(event, Side::Request, limit);
     }
 
@@ -278,7 +273,7 @@ impl Http1 {
         self.readers[self.request_dir.idx()].set_framing(framing);
         set_target(&mut ex, head.path.unwrap_or_default());
         if ex.authority.is_none() {
-            ex.authority = header(&head.headers, "host").map(str::to_owned);
+            ex.authority = head.headers.get("host").map(str::to_owned);
         }
         let mut slot = Slot::new(ex, self.seq, &self.budget);
         slot.head = method == "HEAD";
@@ -289,7 +284,7 @@ impl Http1 {
             charge_head(&mut slot.charge, head.headers, &mut slot.ex.notes, "request")
         } else {
             note(&mut slot.ex.notes, format!("request: {}", over_budget_note("header fields")));
-            Vec::new()
+            Headers::new()
         };
         self.slots.push_back(slot);
     }

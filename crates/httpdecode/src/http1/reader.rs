@@ -5,7 +5,7 @@
 use super::{Event, Head, MAX_HEADERS};
 use crate::buffer;
 use crate::detect::{h1_message_start, Cand};
-use crate::exchange::header;
+use crate::Headers;
 
 /// Longest head or trailer section buffered.
 const MAX_HEAD: usize = 64 * 1024;
@@ -23,8 +23,8 @@ pub(crate) enum Framing {
 
 impl Framing {
     /// RFC 9112 section 6.3, for messages that may have a body.
-    pub(crate) fn from_headers(headers: &[(String, String)], is_response: bool) -> Framing {
-        if let Some(te) = header(headers, "transfer-encoding") {
+    pub(crate) fn from_headers(headers: &Headers, is_response: bool) -> Framing {
+        if let Some(te) = headers.get("transfer-encoding") {
             let last = te.rsplit(',').next().unwrap_or("").trim();
             return if last.eq_ignore_ascii_case("chunked") {
                 Framing::Chunked
@@ -34,7 +34,7 @@ impl Framing {
                 Framing::None
             };
         }
-        match header(headers, "content-length").map(|v| v.trim().parse::<u64>()) {
+        match headers.get("content-length").map(|v| v.trim().parse::<u64>()) {
             Some(Ok(n)) => Framing::Length(n),
             _ if is_response => Framing::UntilClose,
             _ => Framing::None,
@@ -353,17 +353,11 @@ fn complete(status: httparse::Status<usize>) -> Option<usize> {
     }
 }
 
-fn convert_headers(headers: &[httparse::Header]) -> Vec<(String, String)> {
-    headers.iter().map(|h| (h.name.to_owned(), lossy(h.value))).collect()
-}
-
-/// A header value as text, invalid UTF-8 replaced. The usual value is
-/// ASCII: checked at once (`from_utf8` is vectorised), while
-/// `from_utf8_lossy` walks it in chunks, a tenth of this decoder's time
-/// under many small exchanges.
-fn lossy(value: &[u8]) -> String {
-    match std::str::from_utf8(value) {
-        Ok(text) => text.to_owned(),
-        Err(_) => String::from_utf8_lossy(value).into_owned(),
+fn convert_headers(headers: &[httparse::Header]) -> Headers {
+    let bytes = headers.iter().map(|h| h.name.len() + h.value.len()).sum();
+    let mut converted = Headers::with_capacity(headers.len(), bytes);
+    for h in headers {
+        converted.push_with_lossy_value(h.name, h.value);
     }
+    converted
 }

@@ -15,7 +15,8 @@ use std::time::SystemTime;
 use crate::budget::{Budget, Charge};
 use crate::detect::Start;
 use crate::exchange::{body_limit, note, Exchange, Protocol};
-use crate::{over_budget_note, Body, Direction, Limits};
+use crate::headers::NO_HEADERS;
+use crate::{over_budget_note, Body, Direction, Headers, Limits};
 use frame::FrameHeader;
 use hpack::{field_size, truncated_note, DecodedBlock, HpackDecoder};
 use reader::{FrameReader, Item};
@@ -29,8 +30,8 @@ const MAX_CLOSED: usize = 1024;
 
 /// One direction of a stream: a request or a response.
 struct Half {
-    headers: Option<Vec<(String, String)>>,
-    trailers: Vec<(String, String)>,
+    headers: Option<Headers>,
+    trailers: Headers,
     /// HPACK size of `trailers`: all trailer blocks share one budget.
     trailers_size: usize,
     body: Body,
@@ -47,7 +48,7 @@ impl Half {
     fn new(budget: &Budget) -> Self {
         Half {
             headers: None,
-            trailers: Vec::new(),
+            trailers: Headers::new(),
             trailers_size: 0,
             body: Body::default(),
             ended: false,
@@ -59,8 +60,8 @@ impl Half {
     }
 }
 
-fn headers_of(half: &Half) -> &[(String, String)] {
-    half.headers.as_deref().unwrap_or_default()
+fn headers_of(half: &Half) -> &Headers {
+    half.headers.as_ref().unwrap_or(&NO_HEADERS)
 }
 
 struct Stream {
@@ -299,11 +300,14 @@ impl Http2 {
     fn complete_block(&mut self, dir: Direction, block: Block, time: SystemTime) {
         let decoded = if block.overflow {
             self.lost(dir, "header block too large, not decoded");
-            DecodedBlock { headers: Vec::new(), notes: vec!["header block too large, not decoded".into()] }
+            DecodedBlock {
+                headers: Headers::new(),
+                notes: vec!["header block too large, not decoded".into()],
+            }
         } else if block.over_budget {
             let why = over_budget_note("header block");
             self.lost(dir, &why);
-            DecodedBlock { headers: Vec::new(), notes: vec![why] }
+            DecodedBlock { headers: Headers::new(), notes: vec![why] }
         } else {
             self.hpack[dir.idx()].decode(&block.data)
         };
@@ -334,7 +338,7 @@ impl Http2 {
             return;
         }
         for (name, _) in &decoded.headers {
-            match name.as_str() {
+            match name {
                 ":status" => self.client_dir = Some(dir.opposite()),
                 ":method" | ":path" | ":scheme" => self.client_dir = Some(dir),
                 _ => continue,
@@ -451,25 +455,24 @@ impl Http2 {
 /// First header block of a half is its headers, later ones its trailers
 /// (within one header list budget for all of them); informational responses
 /// (1xx) are noted and dropped.
-fn deliver_headers(half: &mut Half, headers: Vec<(String, String)>, max_list: usize) {
-    let status = headers.iter().find(|(n, _)| n == ":status").map(|(_, v)| v.as_str());
+fn deliver_headers(half: &mut Half, headers: Headers, max_list: usize) {
+    let status = headers.iter().find(|(n, _)| *n == ":status").map(|(_, v)| v);
     if let Some(s) = status.filter(|s| s.starts_with('1') && s.len() == 3) {
         note(&mut half.notes, format!("interim response {s}"));
         return;
     }
     if half.headers.is_none() {
-        let size = headers.iter().map(|(n, v)| field_size(n, v)).sum();
-        if half.charge.grow(size) {
+        if half.charge.grow(headers.list_size()) {
             half.headers = Some(headers);
         } else {
-            half.headers = Some(Vec::new());
+            half.headers = Some(Headers::new());
             note(&mut half.notes, over_budget_note(&format!("{} header fields", headers.len())));
         }
         return;
     }
     let (mut dropped, mut refused) = (0, false);
-    for (name, value) in headers {
-        let size = field_size(&name, &value);
+    for (name, value) in &headers {
+        let size = field_size(name, value);
         if dropped > 0 || half.trailers_size + size > max_list {
             dropped += 1;
             continue;
@@ -479,7 +482,7 @@ fn deliver_headers(half: &mut Half, headers: Vec<(String, String)>, max_list: us
             continue;
         }
         half.trailers_size += size;
-        half.trailers.push((name, value));
+        half.trailers.push(name, value);
     }
     if refused {
         note(&mut half.notes, format!("trailers: {}", over_budget_note(&format!("{dropped} fields"))));
@@ -495,13 +498,13 @@ fn fill_request(ex: &mut Exchange, req: Half, notes: &mut Vec<String>) {
         ex.request_body = req.body;
         return;
     };
-    for (name, value) in headers {
-        match name.as_str() {
-            ":method" => ex.method = Some(value),
-            ":scheme" => ex.scheme = Some(value),
-            ":authority" => ex.authority = Some(value),
-            ":path" => ex.path = Some(value),
-            _ => ex.request_headers.push((name, value)),
+    for (name, value) in &headers {
+        match name {
+            ":method" => ex.method = Some(value.to_owned()),
+            ":scheme" => ex.scheme = Some(value.to_owned()),
+            ":authority" => ex.authority = Some(value.to_owned()),
+            ":path" => ex.path = Some(value.to_owned()),
+            _ => ex.request_headers.push(name, value),
         }
     }
     ex.request_trailers = req.trailers;
@@ -515,11 +518,11 @@ fn fill_response(ex: &mut Exchange, resp: Half, notes: &mut Vec<String>) {
         ex.response_body = resp.body;
         return;
     };
-    for (name, value) in headers {
+    for (name, value) in &headers {
         if name == ":status" {
             ex.status = value.parse().ok();
         } else if !name.starts_with(':') {
-            ex.response_headers.push((name, value));
+            ex.response_headers.push(name, value);
         }
     }
     ex.response_trailers = resp.trailers;

@@ -101,7 +101,7 @@ fn hpack_dynamic_table_reused_and_continuation() {
     assert_eq!(out.len(), 3);
     for (i, e) in out.iter().enumerate() {
         assert_eq!(e.path.as_deref(), Some(format!("/r{i}").as_str()));
-        assert!(e.request_headers.contains(&("x-trace".into(), "abcdef".into())));
+        assert!(e.request_headers.iter().any(|f| f == ("x-trace", "abcdef")));
         assert_eq!(e.response_body.decoded.as_deref(), Some(&b"zipped"[..]));
     }
 }
@@ -295,7 +295,7 @@ fn attack_then_next_on(c: &mut Connection, id: u32, attack: &[u8], next: &[u8]) 
     (out.pop().unwrap(), second)
 }
 
-fn fields_size(headers: &[(String, String)]) -> usize {
+fn fields_size(headers: &crate::Headers) -> usize {
     headers.iter().map(|(n, v)| n.len() + v.len() + 32).sum()
 }
 
@@ -346,7 +346,7 @@ fn many_literal_fields_stop_at_the_budget_and_keep_the_table_in_sync() {
     assert_truncated(&first);
     // (65536 - 124) / 38 fields of 38 bytes.
     assert_eq!(first.request_headers.len(), 1721);
-    assert_eq!(first.request_headers[1720], ("k".into(), "01720".into()));
+    assert_eq!(first.request_headers.iter().nth(1720), Some(("k", "01720")));
     let expected = [("k", "24999"), ("k", "24998"), ("y", "z")];
     let expected: Vec<(String, String)> = expected.iter().map(|&(n, v)| (n.into(), v.into())).collect();
     assert_eq!(next.request_headers, expected);
