@@ -146,16 +146,9 @@ mod tests {
 
     #[test]
     fn garbage_gives_no_calls_and_no_panic() {
-        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = crate::discover::mutate::noise(0x2545_f491_4f6c_dd1d);
         for _ in 0..2000 {
-            let bytes: Vec<u8> = (0..64)
-                .map(|_| {
-                    seed ^= seed << 13;
-                    seed ^= seed >> 7;
-                    seed ^= seed << 17;
-                    seed as u8
-                })
-                .collect();
+            let bytes: Vec<u8> = (0..64).map(|_| next() as u8).collect();
             for call in direct_calls(&bytes, 0x1000) {
                 assert!((0x1005..=0x1040).contains(&call.return_address), "{call:?}");
             }

@@ -359,13 +359,12 @@ mod tests {
     fn pclntab_garbage_never_panics() {
         let segments = [(0x400000, 0x10000, 0)];
         let good = table();
-        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = crate::discover::mutate::noise(0x2545_f491_4f6c_dd1d);
         for _ in 0..200_000 {
             let mut t = good.clone();
+            let mut state = 0;
             for _ in 0..3 {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
+                state = next();
                 let at = (state % t.len() as u64) as usize;
                 t[at] = (state >> 32) as u8;
             }

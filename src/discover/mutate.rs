@@ -4,7 +4,8 @@
 //! the host is hostile input; a few changed bytes where a reader looks are
 //! what a fuzzer needs hours to reach from scratch.
 
-/// A deterministic generator (xorshift64), so that a failure repeats.
+/// A deterministic generator (xorshift64), so that a failure repeats: the
+/// noise of every test that feeds readers changed or random bytes.
 pub fn noise(seed: u64) -> impl FnMut() -> u64 {
     let mut state = seed;
     move || {

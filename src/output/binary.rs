@@ -350,13 +350,8 @@ mod tests {
     fn damaged_files_never_panic() {
         let mut binary = Vec::new();
         write_all(&mut BinaryOutput::new(&mut binary, style(Format::Binary)), &records()[..3]);
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed as usize
-        };
+        let mut noise = crate::discover::mutate::noise(0x9e37_79b9_7f4a_7c15);
+        let mut next = move || noise() as usize;
         for _ in 0..20_000 {
             let mut file = binary.clone();
             for _ in 0..1 + next() % 3 {

@@ -889,7 +889,6 @@ mod tests {
         assert!(!reads_a_datum_through_its_third_argument::<Aarch64>(&words(&second), 0x558f0));
     }
 
-    /// A few bytes of noise, the same on every run.
     #[test]
     fn garbage_is_an_error_not_a_panic() {
         assert!(find_in(&b""[..]).is_err());
