@@ -6,7 +6,7 @@ use httpdecode::Headers;
 use serde::Serialize;
 
 use super::batched::{Batched, Records};
-use super::schema::{CommandEvent, ExecEvent, HttpEvent, QueryEvent};
+use super::schema::{push_address, CommandEvent, ExecEvent, HttpEvent, QueryEvent};
 use super::{Output, Style};
 use crate::context::{CommandRecord, Direction, ExecRecord, HttpRecord, QueryRecord, TlsRecord};
 use crate::events::flag;
@@ -253,21 +253,10 @@ fn headers(buf: &mut Vec<u8>, headers: &Headers) {
 /// Appends `"ip:port"` (as `SocketAddr`'s Display writes it) or `null`.
 fn address(buf: &mut Vec<u8>, addr: Option<std::net::SocketAddr>) {
     match addr {
-        Some(std::net::SocketAddr::V4(a)) => {
-            buf.push(b'"');
-            for (i, octet) in a.ip().octets().into_iter().enumerate() {
-                if i > 0 {
-                    buf.push(b'.');
-                }
-                number(buf, octet);
-            }
-            buf.push(b':');
-            number(buf, a.port());
-            buf.push(b'"');
-        }
-        // IPv6 needs its zero-run compression: the standard library's, rarely.
         Some(a) => {
-            let _ = write!(buf, "\"{a}\"");
+            buf.push(b'"');
+            push_address(buf, a);
+            buf.push(b'"');
         }
         None => buf.extend_from_slice(b"null"),
     }

@@ -474,7 +474,35 @@ pub fn micros(d: Duration) -> f64 {
 }
 
 fn address(addr: Option<std::net::SocketAddr>) -> Option<Cow<'static, str>> {
-    addr.map(|a| a.to_string().into())
+    addr.map(|a| {
+        let mut text = Vec::with_capacity(24);
+        push_address(&mut text, a);
+        String::from_utf8_lossy(&text).into_owned().into()
+    })
+}
+
+/// `a` as its `Display` writes it: IPv4 without the formatting machinery
+/// (every record and exchange names two addresses; `to_string` was 6% of
+/// the CPU of a capture of nginx), IPv6, with its zero-run compression,
+/// through the standard library's.
+pub(super) fn push_address(buf: &mut Vec<u8>, a: std::net::SocketAddr) {
+    match a {
+        std::net::SocketAddr::V4(a) => {
+            let mut digits = itoa::Buffer::new();
+            for (i, octet) in a.ip().octets().into_iter().enumerate() {
+                if i > 0 {
+                    buf.push(b'.');
+                }
+                buf.extend_from_slice(digits.format(octet).as_bytes());
+            }
+            buf.push(b':');
+            buf.extend_from_slice(digits.format(a.port()).as_bytes());
+        }
+        std::net::SocketAddr::V6(_) => {
+            use std::io::Write;
+            let _ = write!(buf, "{a}");
+        }
+    }
 }
 
 // The events of the capture's records.
@@ -625,6 +653,26 @@ impl<'a> HttpEvent<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Written as `Display` writes them, IPv4 by hand included.
+    #[test]
+    fn addresses_are_written_as_display_writes_them() {
+        let mut next = crate::discover::mutate::noise(0x5eed_add5);
+        let mut addrs: Vec<std::net::SocketAddr> =
+            ["0.0.0.0:0", "255.255.255.255:65535", "[::1]:443", "[fe80::1%2]:8080"]
+                .iter()
+                .map(|a| a.parse().unwrap())
+                .collect();
+        addrs.extend((0..1000).map(|_| {
+            let (ip, port) = (next(), next());
+            std::net::SocketAddr::from(((ip as u32).to_be_bytes(), port as u16 >> (port % 16)))
+        }));
+        for a in addrs {
+            let mut written = Vec::new();
+            push_address(&mut written, a);
+            assert_eq!(String::from_utf8(written).unwrap(), a.to_string());
+        }
+    }
 
     #[test]
     fn micros_print_at_most_three_decimals() {

@@ -317,24 +317,9 @@ mod tests {
     }
 
     /// A small, fixed-seed PRNG: reproducible cases without a crate.
-    struct XorShift(u64);
-
-    impl XorShift {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-
-        fn bytes(&mut self, len: usize) -> Vec<u8> {
-            (0..len).map(|_| self.next() as u8).collect()
-        }
-    }
-
     #[test]
     fn random_bytes_never_panic() {
-        let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
+        let mut next = crate::discover::mutate::noise(0x9e37_79b9_7f4a_7c15);
         // Valid headers (with lengths of 0: "what was captured") before
         // the noise reach the deeper layers that pure noise seldom does.
         let mut ipv4_header = ipv4(PROTOCOL_TCP, &[], &[]);
@@ -352,8 +337,8 @@ mod tests {
         let mut frames = 0;
         for case in 0..100_000 {
             let mut data = prefixes[case % prefixes.len()].clone();
-            let len = (rng.next() % 160) as usize;
-            data.extend(rng.bytes(len));
+            let len = next() % 160;
+            data.extend((0..len).map(|_| next() as u8));
             for linktype in [LINKTYPE_ETHERNET, LINKTYPE_RAW] {
                 if let Some(frame) = parse(linktype, &data) {
                     assert!(frame.payload.len() <= data.len());
