@@ -724,6 +724,37 @@ fn metrics_are_served_in_prometheus_text_format() {
     }
 }
 
+/// Each source has a ring buffer of its own (`agent::capture`): a TLS
+/// source that loses records (here every record larger than its 4 KiB
+/// ring, counted) costs the exec source beside it none of its events.
+#[test]
+fn a_source_losing_records_costs_the_others_none() {
+    let Some(_one) = capture_test() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::started(dir.path());
+    let sink = nats_sink(&nats);
+    let config = write_config(
+        dir.path(),
+        &format!("[sources.tls]\ncomm = \"curl\"\nringbuf_size = \"4K\"\n[sources.exec]\n{sink}"),
+    );
+    let server = TlsServer::start();
+    let agent = Agent::start_with(&config, &["--metrics", "127.0.0.1:0"]);
+    let steady = Steady::start("isolated");
+    let body = vec![b'x'; 1 << 20];
+    for _ in 0..3 {
+        assert_eq!(curl(&server, &body, 1 << 20).len(), 1 << 20);
+    }
+    steady.wait_for_more(10);
+    let count = steady.stop();
+    let response = scrape_until(agent.metrics_port(), Duration::from_secs(30), |m| {
+        metric(m, "cleartap_kernel_lost_records_total{source=\"tls\"}") > 0.0
+    });
+    let printed = agent.stop();
+    assert_eq!(metric(&response, "cleartap_kernel_lost_records_total{source=\"exec\"}"), 0.0, "{printed}");
+    let events = nats.events(&[]);
+    assert_eq!(marked(&events, "isolated"), expected("isolated", 0..count), "{printed}");
+}
+
 /// The file sink alone: every exec event once, as JSON lines led by host
 /// and a contiguous seq, in a private file that rotates between lines.
 #[test]

@@ -368,7 +368,8 @@ impl Agent {
 /// (libbpf-rs maps and links are not `Send`), so one watch or ring would
 /// tie every source's lifetime to one thread; and a ring of its own keeps
 /// a flood of one source from costing another its records (losses stay
-/// per source, as the metrics count them).
+/// per source, as the metrics count them; tested by
+/// `e2e_agent::a_source_losing_records_costs_the_others_none`).
 fn capture(
     command: &Command,
     counters: Arc<SourceCounters>,
