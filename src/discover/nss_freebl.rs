@@ -1,5 +1,5 @@
-//! NSS's freebl (`libfreeblpriv3.so`, x86-64): where its TLS PRF and HMAC
-//! functions are, in a file that exports none of them.
+//! NSS's freebl (`libfreeblpriv3.so`, x86-64 and aarch64): where its TLS
+//! PRF and HMAC functions are, in a file that exports none of them.
 //!
 //! Softoken loads freebl at run time and calls it only through the table
 //! `FREEBL_GetVector()` returns (`FREEBLVector`, lib/freebl/loader.h). The
@@ -8,14 +8,15 @@
 //! at the offset the version that added it gave it. So:
 //!
 //! 1. `FREEBL_GetVector` (exported) returns the table's address: the one
-//!    RIP-relative `lea rax` whose value reaches a `ret`.
+//!    PC-relative address (`lea rax,[rip+X]`; `adrp x0` + `add x0,x0,#lo`)
+//!    whose value reaches a `ret`.
 //! 2. The header must say version 3.x, x at least the version that added
 //!    the last field read, and a length covering it.
 //! 3. Each field read is a pointer filled by an `R_X86_64_RELATIVE`
-//!    relocation: its addend is the function, which must start a function
-//!    (`.eh_frame_hdr`) in the executable segment.
+//!    (`R_AARCH64_RELATIVE`) relocation: its addend is the function, which
+//!    must start a function (`.eh_frame_hdr`) in the executable segment.
 //! 4. A second property, independent of the table: its functions' own
-//!    code must call each other as freebl's source says. `TLS_P_hash`
+//!    code must call each other (`call rel32`, `bl`) as freebl's source says. `TLS_P_hash`
 //!    computes HMACs (calls `HMAC_Create`, `HMAC_Begin`, `HMAC_Update`
 //!    and `HMAC_Finish`), and `TLS_PRF` calls `TLS_P_hash` (or computes
 //!    HMACs itself). A table read wrong, or a freebl laid out otherwise,
@@ -27,13 +28,15 @@ use std::collections::HashMap;
 
 use anyhow::{bail, ensure, Context, Result};
 use iced_x86::{Code, Decoder, DecoderOptions, FlowControl, Instruction, InstructionInfoFactory, Register};
-use object::elf::{PF_X, PT_LOAD, R_X86_64_RELATIVE};
+use object::elf::{PF_X, PT_LOAD, R_AARCH64_RELATIVE, R_X86_64_RELATIVE};
 use object::read::elf::{ElfFile64, ProgramHeader};
-use object::{Endianness, Object, ReadRef, RelocationFlags};
+use object::{Architecture, Endianness, Object, ReadRef, RelocationFlags};
+use yaxpeax_arm::armv8::a64::{Instruction as A64Instruction, Opcode, Operand};
 
+use super::aarch64;
 use super::boringssl::{containing, function_starts};
 use super::calls::direct_calls;
-use super::elf::{file_offset_of, load_segments, Function, Symbols};
+use super::elf::{file_offset_of, load_segments, Function, Isa, Symbols};
 
 /// The exported function returning the table.
 pub const GET_VECTOR: &str = "FREEBL_GetVector";
@@ -70,16 +73,20 @@ pub struct FreeblPoints {
 /// trusted.
 pub fn find<'d, R: ReadRef<'d>>(data: R) -> Result<FreeblPoints> {
     let elf = ElfFile64::<Endianness, R>::parse(data).context("not a 64-bit ELF file")?;
-    ensure!(elf.architecture() == object::Architecture::X86_64, "not x86-64 code");
+    let isa = match elf.architecture() {
+        Architecture::X86_64 => Isa::X86_64,
+        Architecture::Aarch64 => Isa::Aarch64,
+        other => bail!("machine code for {other:?}, not x86-64 or aarch64"),
+    };
     let segments = load_segments(&elf)?;
     let get_vector = Symbols::parse(data, &[GET_VECTOR])?
         .get(GET_VECTOR)
         .with_context(|| format!("no {GET_VECTOR} exported"))?;
-    let vector = returned_address(data, get_vector)?;
+    let vector = returned_address(data, get_vector, isa)?;
     let version = check_header(data, &segments, vector)?;
     let code = executable_code(&elf, data)?;
     let starts = function_starts(&elf, data)?;
-    let fields = table_fields(&elf, vector)?;
+    let fields = table_fields(&elf, vector, isa)?;
     let function = |offset: u64, name: &str| -> Result<u64> {
         let at = *fields.get(&offset).with_context(|| format!("no relocation fills the table's {name}"))?;
         ensure!(code.contains(at), "the table's {name} ({at:#x}) is not in the executable segment");
@@ -96,7 +103,13 @@ pub fn find<'d, R: ReadRef<'d>>(data: R) -> Result<FreeblPoints> {
     ];
     let calls_of = |at: u64| -> Vec<u64> {
         let (start, end) = containing(&starts, at).unwrap_or((at, at));
-        direct_calls(code.at(start, end), start).into_iter().map(|c| c.target).collect()
+        let code = code.at(start, end);
+        match isa {
+            Isa::X86_64 => direct_calls(code, start).into_iter().map(|c| c.target).collect(),
+            Isa::Aarch64 => aarch64::instructions(code, start)
+                .filter_map(|(at, i)| aarch64::call_target(at, &i))
+                .collect(),
+        }
     };
     let computes_hmac = |calls: &[u64]| hmac.iter().all(|h| calls.contains(h));
     ensure!(
@@ -116,13 +129,29 @@ pub fn find<'d, R: ReadRef<'d>>(data: R) -> Result<FreeblPoints> {
     Ok(FreeblPoints { tls_p_hash: at(p_hash)?, tls_prf: at(prf)?, hmac_finish: at(hmac[3])?, version })
 }
 
-/// The address `f` returns: the `lea rax,[rip+X]` whose value reaches a
-/// `ret` without another write to rax. Exactly one such X.
-fn returned_address<'d, R: ReadRef<'d>>(data: R, f: Function) -> Result<u64> {
+/// The address `f` returns: a PC-relative address loaded into the return
+/// register whose value reaches a `ret` unchanged. Exactly one.
+fn returned_address<'d, R: ReadRef<'d>>(data: R, f: Function, isa: Isa) -> Result<u64> {
     let len = if f.size == 0 { MAX_GET_VECTOR } else { f.size.min(MAX_GET_VECTOR) };
     let code =
         data.read_bytes_at(f.file_offset, len).ok().with_context(|| format!("reading {GET_VECTOR}"))?;
-    let mut decoder = Decoder::with_ip(64, code, f.address, DecoderOptions::NONE);
+    let mut returned = match isa {
+        Isa::X86_64 => returned_addresses_x86(code, f.address),
+        Isa::Aarch64 => returned_addresses_aarch64(code, f.address),
+    };
+    returned.sort_unstable();
+    returned.dedup();
+    match returned[..] {
+        [one] => Ok(one),
+        [] => bail!("{GET_VECTOR} returns no address it loads"),
+        _ => bail!("{GET_VECTOR} returns {} different addresses", returned.len()),
+    }
+}
+
+/// x86-64: each `lea rax,[rip+X]` whose value reaches a `ret` without
+/// another write to rax.
+fn returned_addresses_x86(code: &[u8], address: u64) -> Vec<u64> {
+    let mut decoder = Decoder::with_ip(64, code, address, DecoderOptions::NONE);
     let mut factory = InstructionInfoFactory::new();
     let mut instr = Instruction::default();
     let mut held: Option<u64> = None;
@@ -152,13 +181,81 @@ fn returned_address<'d, R: ReadRef<'d>>(data: R, f: Function) -> Result<u64> {
             held = None;
         }
     }
-    returned.sort_unstable();
-    returned.dedup();
-    match returned[..] {
-        [one] => Ok(one),
-        [] => bail!("{GET_VECTOR} returns no address it loads"),
-        _ => bail!("{GET_VECTOR} returns {} different addresses", returned.len()),
+    returned
+}
+
+/// aarch64: each PC-relative address (`adrp xN, P`, then `add xM, xN,
+/// #L`, moved by `mov`) held in x0 at a `ret`, in straight-line code read
+/// in address order (GCC forms it in another register and moves it to x0
+/// where the `NULL` path joins). Any other instruction forgets every
+/// register it names, and a branch, call or system call forgets them all:
+/// that can only cost a finding (the file is refused), never give another
+/// address.
+fn returned_addresses_aarch64(code: &[u8], address: u64) -> Vec<u64> {
+    use yaxpeax_arm::armv8::a64::{ShiftStyle, SizeCode::X};
+    let mut held: [Option<u64>; 32] = [None; 32];
+    let mut returned = Vec::new();
+    for (at, i) in aarch64::instructions(code, address) {
+        let op = i.operands;
+        let x = |operand: Operand| match operand {
+            Operand::Register(X, n) | Operand::RegisterOrSP(X, n) if n < 31 => Some(usize::from(n)),
+            _ => None,
+        };
+        match (i.opcode, x(op[0]), op[1], op[2]) {
+            (Opcode::ADRP, Some(dest), Operand::PCOffset(offset), _) => {
+                held[dest] = Some((at & !0xfff).wrapping_add(offset as u64));
+                continue;
+            }
+            (Opcode::ADD, Some(dest), source, low @ (Operand::Immediate(_) | Operand::ImmShift(_, 0))) => {
+                let low = match low {
+                    Operand::Immediate(low) => u64::from(low),
+                    Operand::ImmShift(low, _) => u64::from(low),
+                    _ => unreachable!("matched above"),
+                };
+                held[dest] = x(source).and_then(|n| held[n]).map(|a| a.wrapping_add(low));
+                continue;
+            }
+            // `mov xd, xn` is `orr xd, xzr, xn`.
+            (
+                Opcode::ORR,
+                Some(dest),
+                Operand::Register(X, 31),
+                Operand::RegShift(ShiftStyle::LSL, 0, X, n),
+            ) => {
+                held[dest] = held.get(usize::from(n)).copied().flatten();
+                continue;
+            }
+            _ if aarch64::is_return(&i) => {
+                returned.extend(held[0]);
+                held = [None; 32];
+                continue;
+            }
+            _ => {}
+        }
+        if aarch64::is_straight_line(&i) {
+            named_registers(&i).for_each(|n| held[n] = None);
+        } else {
+            held = [None; 32];
+        }
     }
+    returned
+}
+
+/// The general registers any operand of `i` names (alone, in a pair, or
+/// in an address), 31 included.
+fn named_registers(i: &A64Instruction) -> impl Iterator<Item = usize> + '_ {
+    i.operands.iter().flat_map(|op| {
+        let (a, b) = match *op {
+            Operand::Register(_, n) | Operand::RegisterOrSP(_, n) => (Some(n), None),
+            Operand::RegisterPair(_, n) => (Some(n), Some(n + 1)),
+            Operand::RegShift(_, _, _, n) | Operand::RegPreIndex(n, _, _) | Operand::RegPostIndex(n, _) => {
+                (Some(n), None)
+            }
+            Operand::RegRegOffset(a, b, ..) | Operand::RegPostIndexReg(a, b) => (Some(a), Some(b)),
+            _ => (None, None),
+        };
+        [a, b].into_iter().flatten().map(usize::from).filter(|&n| n < 32)
+    })
 }
 
 fn writes_rax(instr: &Instruction, factory: &mut InstructionInfoFactory) -> bool {
@@ -195,17 +292,19 @@ fn check_header<'d, R: ReadRef<'d>>(data: R, segments: &[(u64, u64, u64)], vecto
 fn table_fields<'d, R: ReadRef<'d>>(
     elf: &ElfFile64<'d, Endianness, R>,
     vector: u64,
+    isa: Isa,
 ) -> Result<HashMap<u64, u64>> {
+    let relative = match isa {
+        Isa::X86_64 => R_X86_64_RELATIVE,
+        Isa::Aarch64 => R_AARCH64_RELATIVE,
+    };
     let relocations = elf.dynamic_relocations().context("no dynamic relocations")?;
     let wanted = [TLS_PRF, HMAC_CREATE, HMAC_BEGIN, HMAC_UPDATE, HMAC_FINISH, TLS_P_HASH];
     let mut fields = HashMap::new();
     for (place, relocation) in relocations.take(MAX_RELOCATIONS) {
         let Some(field) = place.checked_sub(vector).filter(|f| wanted.contains(f)) else { continue };
         let RelocationFlags::Elf { r_type } = relocation.flags() else { continue };
-        ensure!(
-            r_type == R_X86_64_RELATIVE,
-            "the table's field at {field} is filled by relocation type {r_type}"
-        );
+        ensure!(r_type == relative, "the table's field at {field} is filled by relocation type {r_type}");
         ensure!(
             fields.insert(field, relocation.addend() as u64).is_none(),
             "two relocations fill field {field}"
@@ -289,6 +388,71 @@ mod tests {
         assert_ne!(found.tls_p_hash, found.hmac_finish);
     }
 
+    /// `FREEBL_GetVector` as GCC builds it for aarch64 with branch
+    /// protection: the version check's load, the stubs' call, then the
+    /// table's `adrp`+`add` (0x31000 + 0x230) to the `ret`; `NULL` on the
+    /// other path.
+    const GET_VECTOR_A64: [u32; 16] = [
+        0xd503233f, // paciasp
+        0xa9bf7bfd, // stp x29, x30, [sp, #-16]!
+        0x910003fd, // mov x29, sp
+        0x90000000, // adrp x0, 0x10000
+        0x39410000, // ldrb w0, [x0, #64]
+        0x94000040, // bl 0x10114
+        0x350000c0, // cbnz w0, 0x10030
+        0xb0000100, // adrp x0, 0x31000
+        0x9108c000, // add x0, x0, #0x230
+        0xa8c17bfd, // ldp x29, x30, [sp], #16
+        0xd50323bf, // autiasp
+        0xd65f03c0, // ret
+        0xd2800000, // mov x0, #0
+        0xa8c17bfd, // ldp x29, x30, [sp], #16
+        0xd50323bf, // autiasp
+        0xd65f03c0, // ret
+    ];
+
+    fn a64(words: &[u32]) -> Vec<u8> {
+        words.iter().flat_map(|w| w.to_le_bytes()).collect()
+    }
+
+    #[test]
+    fn the_aarch64_table_address_is_the_one_reaching_a_ret() {
+        assert_eq!(returned_addresses_aarch64(&a64(&GET_VECTOR_A64), 0x10000), vec![0x31230]);
+        let calls: Vec<u64> = aarch64::instructions(&a64(&GET_VECTOR_A64), 0x10000)
+            .filter_map(|(at, i)| aarch64::call_target(at, &i))
+            .collect();
+        assert_eq!(calls, vec![0x10114]);
+        // x0 changed, or a call, between the address and the ret: nothing.
+        for (at, word) in [(9, 0xaa0103e0), (9, 0x94000040), (10, 0x9a800000), (9, 0xf9400000)] {
+            let mut words = GET_VECTOR_A64.to_vec();
+            words.insert(at, word); // mov x0, x1; bl; csel x0, x0, x0, eq; ldr x0, [x0]
+            assert_eq!(returned_addresses_aarch64(&a64(&words), 0x10000), Vec::<u64>::new(), "{word:#x}");
+        }
+        // Debian 12's arm64 freebl: the address formed in x1 and moved to
+        // x0 where the NULL path (x1 = 0) joins.
+        let gcc = [
+            0xa9be7bfd, // stp x29, x30, [sp, #-32]!
+            0x94013d0a, // bl
+            0xd2800001, // mov x1, #0
+            0x35000080, // cbnz w0, +0x10
+            0x9400487b, // bl
+            0xb0000101, // adrp x1, 0x31000
+            0x9108c021, // add x1, x1, #0x230
+            0xaa0103e0, // mov x0, x1
+            0xa8c27bfd, // ldp x29, x30, [sp], #32
+            0xd65f03c0, // ret
+        ];
+        assert_eq!(returned_addresses_aarch64(&a64(&gcc), 0x10000), vec![0x31230]);
+        // An add to it is followed.
+        let mut words = GET_VECTOR_A64.to_vec();
+        words.insert(9, 0x91000400); // add x0, x0, #1
+        assert_eq!(returned_addresses_aarch64(&a64(&words), 0x10000), vec![0x31231]);
+        // An instruction that leaves x0 alone keeps it.
+        let mut words = GET_VECTOR_A64.to_vec();
+        words.insert(9, 0xaa0103e2); // mov x2, x1
+        assert_eq!(returned_addresses_aarch64(&a64(&words), 0x10000), vec![0x31230]);
+    }
+
     #[test]
     fn refuses_other_files() {
         // Another library of the same host: no FREEBL_GetVector.
@@ -313,7 +477,7 @@ mod tests {
         let elf = ElfFile64::<Endianness, &[u8]>::parse(&bytes[..]).unwrap();
         let segments = load_segments(&elf).unwrap();
         let get_vector = Symbols::parse(&bytes[..], &[GET_VECTOR]).unwrap().get(GET_VECTOR).unwrap();
-        let vector = returned_address(&bytes[..], get_vector).unwrap();
+        let vector = returned_address(&bytes[..], get_vector, Isa::HOST).unwrap();
         let header = file_offset_of(&segments, vector).unwrap() as usize;
 
         let mut old = bytes.clone();
@@ -340,7 +504,7 @@ mod tests {
         let mut bytes = std::fs::read(installed_freebl()).unwrap();
         let found = find(&bytes[..]).unwrap();
         let get_vector = Symbols::parse(&bytes[..], &[GET_VECTOR]).unwrap().get(GET_VECTOR).unwrap();
-        let vector = returned_address(&bytes[..], get_vector).unwrap();
+        let vector = returned_address(&bytes[..], get_vector, Isa::HOST).unwrap();
         let elf = ElfFile64::<Endianness, &[u8]>::parse(&bytes[..]).unwrap();
         let table = file_offset_of(&load_segments(&elf).unwrap(), vector).unwrap() as usize;
         let code = |f: Function| (f.file_offset as usize, f.size.clamp(1, 256) as usize);

@@ -23,6 +23,13 @@ ARM64_DEFAULT_TESTS=(
     cleartap:discover::gnutls_keylog::tests::the_system_libgnutls_agrees_with_itself_at_run_time
     cleartap:discover::gnutls_keylog::tests::mutated_libgnutls_never_panics
     e2e_keylog:gnutls_tls12_and_tls13_secrets_equal_the_servers_key_log
+    # NSS secrets: freebl's PRF and HMAC found from its vector table and
+    # aarch64 code (unit tests, natively here), then end to end, client
+    # and server, against OpenSSL peers' own key logs.
+    cleartap:discover::nss_freebl::tests::finds_the_prf_and_hmac_of_the_installed_freebl
+    cleartap:discover::nss_freebl::tests::mutated_freebl_never_panics
+    e2e_keylog:nss_client_tls12_and_tls13_secrets_equal_the_servers_key_log
+    e2e_keylog:nss_server_tls12_and_tls13_secrets_equal_the_clients_key_log
     # rustls (statically linked, found by its symbols), both sides
     # byte-exact; the peer is cross-built on the host.
     e2e_rustls:rustls_client_and_server_both_ways
