@@ -8,16 +8,16 @@
 //! at the offset the version that added it gave it. So:
 //!
 //! 1. `FREEBL_GetVector` (exported) returns the table's address: the one
-//!    PC-relative address (`lea rax,[rip+X]`; `adrp x0` + `add x0,x0,#lo`)
-//!    whose value reaches a `ret`.
+//!    PC-relative address (`lea rax,[rip+X]`; `adrp`+`add`, then moved
+//!    to x0) whose value reaches a `ret`.
 //! 2. The header must say version 3.x, x at least the version that added
 //!    the last field read, and a length covering it.
 //! 3. Each field read is a pointer filled by an `R_X86_64_RELATIVE`
 //!    (`R_AARCH64_RELATIVE`) relocation: its addend is the function, which
 //!    must start a function (`.eh_frame_hdr`) in the executable segment.
 //! 4. A second property, independent of the table: its functions' own
-//!    code must call each other (`call rel32`, `bl`) as freebl's source says. `TLS_P_hash`
-//!    computes HMACs (calls `HMAC_Create`, `HMAC_Begin`, `HMAC_Update`
+//!    code must call each other (`call rel32`, `bl`) as freebl's source
+//!    says. `TLS_P_hash` computes HMACs (calls `HMAC_Create`, `HMAC_Begin`, `HMAC_Update`
 //!    and `HMAC_Finish`), and `TLS_PRF` calls `TLS_P_hash` (or computes
 //!    HMACs itself). A table read wrong, or a freebl laid out otherwise,
 //!    fails here, and the file is refused, naming what did not agree.
@@ -206,13 +206,12 @@ fn returned_addresses_aarch64(code: &[u8], address: u64) -> Vec<u64> {
                 held[dest] = Some((at & !0xfff).wrapping_add(offset as u64));
                 continue;
             }
-            (Opcode::ADD, Some(dest), source, low @ (Operand::Immediate(_) | Operand::ImmShift(_, 0))) => {
-                let low = match low {
-                    Operand::Immediate(low) => u64::from(low),
-                    Operand::ImmShift(low, _) => u64::from(low),
-                    _ => unreachable!("matched above"),
-                };
-                held[dest] = x(source).and_then(|n| held[n]).map(|a| a.wrapping_add(low));
+            (Opcode::ADD, Some(dest), source, Operand::Immediate(low)) => {
+                held[dest] = x(source).and_then(|n| held[n]).map(|a| a.wrapping_add(u64::from(low)));
+                continue;
+            }
+            (Opcode::ADD, Some(dest), source, Operand::ImmShift(low, 0)) => {
+                held[dest] = x(source).and_then(|n| held[n]).map(|a| a.wrapping_add(u64::from(low)));
                 continue;
             }
             // `mov xd, xn` is `orr xd, xzr, xn`.
@@ -388,10 +387,10 @@ mod tests {
         assert_ne!(found.tls_p_hash, found.hmac_finish);
     }
 
-    /// `FREEBL_GetVector` as GCC builds it for aarch64 with branch
-    /// protection: the version check's load, the stubs' call, then the
-    /// table's `adrp`+`add` (0x31000 + 0x230) to the `ret`; `NULL` on the
-    /// other path.
+    /// A `FREEBL_GetVector` for aarch64 with branch protection: the
+    /// version check's load, the stubs' call, then the table's `adrp`+`add`
+    /// straight into x0 (0x31000 + 0x230) to the `ret`; `NULL` on the other
+    /// path. (Debian's own shape, through x1, is tested below.)
     const GET_VECTOR_A64: [u32; 16] = [
         0xd503233f, // paciasp
         0xa9bf7bfd, // stp x29, x30, [sp, #-16]!
