@@ -41,49 +41,6 @@ pub fn call_target(at: u64, i: &Instruction) -> Option<u64> {
     }
 }
 
-/// Control goes on to the next instruction, and nothing but the operands
-/// changes: not a branch, call, return or exception.
-pub fn is_straight_line(i: &Instruction) -> bool {
-    use Opcode::*;
-    !matches!(
-        i.opcode,
-        B | BL
-            | BR
-            | BLR
-            | Bcc(_)
-            | CBZ
-            | CBNZ
-            | TBZ
-            | TBNZ
-            | RET
-            | ERET
-            | SVC
-            | HVC
-            | SMC
-            | BRK
-            | HLT
-            | DCPS1
-            | DCPS2
-            | DCPS3
-            | BLRAA
-            | BLRAAZ
-            | BLRAB
-            | BLRABZ
-            | BRAA
-            | BRAAZ
-            | BRAB
-            | BRABZ
-            | RETAA
-            | RETAB
-            | ERETAA
-            | ERETAB
-            | RETAASPPC
-            | RETABSPPC
-            | RETAASPPCR
-            | RETABSPPCR
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -27,16 +27,15 @@
 use std::collections::HashMap;
 
 use anyhow::{bail, ensure, Context, Result};
-use iced_x86::{Code, Decoder, DecoderOptions, FlowControl, Instruction, InstructionInfoFactory, Register};
 use object::elf::{PF_X, PT_LOAD, R_AARCH64_RELATIVE, R_X86_64_RELATIVE};
 use object::read::elf::{ElfFile64, ProgramHeader};
 use object::{Architecture, Endianness, Object, ReadRef, RelocationFlags};
-use yaxpeax_arm::armv8::a64::{Instruction as A64Instruction, Opcode, Operand};
 
 use super::aarch64;
 use super::boringssl::{containing, function_starts};
 use super::calls::direct_calls;
 use super::elf::{file_offset_of, load_segments, Function, Isa, Symbols};
+use super::gnutls_keylog::{trace, Aarch64, Event, Machine, Value, X86_64};
 
 /// The exported function returning the table.
 pub const GET_VECTOR: &str = "FREEBL_GetVector";
@@ -129,15 +128,18 @@ pub fn find<'d, R: ReadRef<'d>>(data: R) -> Result<FreeblPoints> {
     Ok(FreeblPoints { tls_p_hash: at(p_hash)?, tls_prf: at(prf)?, hmac_finish: at(hmac[3])?, version })
 }
 
-/// The address `f` returns: a PC-relative address loaded into the return
-/// register whose value reaches a `ret` unchanged. Exactly one.
+/// The address `f` returns: a PC-relative address (`lea rax,[rip+X]`,
+/// `adrp`+`add`, moved between registers or not) in the result register
+/// at a `ret`, as the GnuTLS tracer follows the code. Exactly one. (Debian
+/// 12's aarch64 build forms it in x1 and moves it to x0 where the `NULL`
+/// path joins.)
 fn returned_address<'d, R: ReadRef<'d>>(data: R, f: Function, isa: Isa) -> Result<u64> {
     let len = if f.size == 0 { MAX_GET_VECTOR } else { f.size.min(MAX_GET_VECTOR) };
     let code =
         data.read_bytes_at(f.file_offset, len).ok().with_context(|| format!("reading {GET_VECTOR}"))?;
     let mut returned = match isa {
-        Isa::X86_64 => returned_addresses_x86(code, f.address),
-        Isa::Aarch64 => returned_addresses_aarch64(code, f.address),
+        Isa::X86_64 => returned_addresses::<X86_64>(code, f.address),
+        Isa::Aarch64 => returned_addresses::<Aarch64>(code, f.address),
     };
     returned.sort_unstable();
     returned.dedup();
@@ -148,121 +150,14 @@ fn returned_address<'d, R: ReadRef<'d>>(data: R, f: Function, isa: Isa) -> Resul
     }
 }
 
-/// x86-64: each `lea rax,[rip+X]` whose value reaches a `ret` without
-/// another write to rax.
-fn returned_addresses_x86(code: &[u8], address: u64) -> Vec<u64> {
-    let mut decoder = Decoder::with_ip(64, code, address, DecoderOptions::NONE);
-    let mut factory = InstructionInfoFactory::new();
-    let mut instr = Instruction::default();
-    let mut held: Option<u64> = None;
-    let mut returned = Vec::new();
-    while decoder.can_decode() {
-        decoder.decode_out(&mut instr);
-        if instr.is_invalid() {
-            break;
-        }
-        if instr.code() == Code::Lea_r64_m
-            && instr.op0_register() == Register::RAX
-            && instr.is_ip_rel_memory_operand()
-        {
-            held = Some(instr.ip_rel_memory_address());
-            continue;
-        }
-        match instr.flow_control() {
-            FlowControl::Return => {
-                returned.extend(held.take());
-                continue;
-            }
-            FlowControl::Next => {}
-            // A jump or call: what rax holds after it is not this code's.
-            _ => held = None,
-        }
-        if writes_rax(&instr, &mut factory) {
-            held = None;
-        }
-    }
-    returned
-}
-
-/// aarch64: each PC-relative address (`adrp xN, P`, then `add xM, xN,
-/// #L`, moved by `mov`) held in x0 at a `ret`, in straight-line code read
-/// in address order (GCC forms it in another register and moves it to x0
-/// where the `NULL` path joins). Any other instruction forgets every
-/// register it names, and a branch, call or system call forgets them all:
-/// that can only cost a finding (the file is refused), never give another
-/// address.
-fn returned_addresses_aarch64(code: &[u8], address: u64) -> Vec<u64> {
-    use yaxpeax_arm::armv8::a64::{ShiftStyle, SizeCode::X};
-    let mut held: [Option<u64>; 32] = [None; 32];
-    let mut returned = Vec::new();
-    for (at, i) in aarch64::instructions(code, address) {
-        let op = i.operands;
-        let x = |operand: Operand| match operand {
-            Operand::Register(X, n) | Operand::RegisterOrSP(X, n) if n < 31 => Some(usize::from(n)),
+/// Each PC-relative address the function at `address` returns.
+fn returned_addresses<M: Machine>(code: &[u8], address: u64) -> Vec<u64> {
+    (trace::<M>(code, address).into_iter())
+        .filter_map(|event| match event {
+            Event::Return { value: Value::Address(returned) } => Some(returned),
             _ => None,
-        };
-        match (i.opcode, x(op[0]), op[1], op[2]) {
-            (Opcode::ADRP, Some(dest), Operand::PCOffset(offset), _) => {
-                held[dest] = Some((at & !0xfff).wrapping_add(offset as u64));
-                continue;
-            }
-            (Opcode::ADD, Some(dest), source, Operand::Immediate(low)) => {
-                held[dest] = x(source).and_then(|n| held[n]).map(|a| a.wrapping_add(u64::from(low)));
-                continue;
-            }
-            (Opcode::ADD, Some(dest), source, Operand::ImmShift(low, 0)) => {
-                held[dest] = x(source).and_then(|n| held[n]).map(|a| a.wrapping_add(u64::from(low)));
-                continue;
-            }
-            // `mov xd, xn` is `orr xd, xzr, xn`.
-            (
-                Opcode::ORR,
-                Some(dest),
-                Operand::Register(X, 31),
-                Operand::RegShift(ShiftStyle::LSL, 0, X, n),
-            ) => {
-                held[dest] = held.get(usize::from(n)).copied().flatten();
-                continue;
-            }
-            _ if aarch64::is_return(&i) => {
-                returned.extend(held[0]);
-                held = [None; 32];
-                continue;
-            }
-            _ => {}
-        }
-        if aarch64::is_straight_line(&i) {
-            named_registers(&i).for_each(|n| held[n] = None);
-        } else {
-            held = [None; 32];
-        }
-    }
-    returned
-}
-
-/// The general registers any operand of `i` names (alone, in a pair, or
-/// in an address), 31 included.
-fn named_registers(i: &A64Instruction) -> impl Iterator<Item = usize> + '_ {
-    i.operands.iter().flat_map(|op| {
-        let (a, b) = match *op {
-            Operand::Register(_, n) | Operand::RegisterOrSP(_, n) => (Some(n), None),
-            Operand::RegisterPair(_, n) => (Some(n), Some(n + 1)),
-            Operand::RegShift(_, _, _, n) | Operand::RegPreIndex(n, _, _) | Operand::RegPostIndex(n, _) => {
-                (Some(n), None)
-            }
-            Operand::RegRegOffset(a, b, ..) | Operand::RegPostIndexReg(a, b) => (Some(a), Some(b)),
-            _ => (None, None),
-        };
-        [a, b].into_iter().flatten().map(usize::from).filter(|&n| n < 32)
-    })
-}
-
-fn writes_rax(instr: &Instruction, factory: &mut InstructionInfoFactory) -> bool {
-    use iced_x86::OpAccess::{CondWrite, ReadCondWrite, ReadWrite, Write};
-    factory.info(instr).used_registers().iter().any(|used| {
-        matches!(used.access(), Write | CondWrite | ReadWrite | ReadCondWrite)
-            && used.register().full_register() == Register::RAX
-    })
+        })
+        .collect()
 }
 
 /// The table's `u16 length, u16 version`: version 3.x with x >= MIN_MINOR,
@@ -416,7 +311,7 @@ mod tests {
 
     #[test]
     fn the_aarch64_table_address_is_the_one_reaching_a_ret() {
-        assert_eq!(returned_addresses_aarch64(&a64(&GET_VECTOR_A64), 0x10000), vec![0x31230]);
+        assert_eq!(returned_addresses::<Aarch64>(&a64(&GET_VECTOR_A64), 0x10000), vec![0x31230]);
         let calls: Vec<u64> = aarch64::instructions(&a64(&GET_VECTOR_A64), 0x10000)
             .filter_map(|(at, i)| aarch64::call_target(at, &i))
             .collect();
@@ -425,7 +320,7 @@ mod tests {
         for (at, word) in [(9, 0xaa0103e0), (9, 0x94000040), (10, 0x9a800000), (9, 0xf9400000)] {
             let mut words = GET_VECTOR_A64.to_vec();
             words.insert(at, word); // mov x0, x1; bl; csel x0, x0, x0, eq; ldr x0, [x0]
-            assert_eq!(returned_addresses_aarch64(&a64(&words), 0x10000), Vec::<u64>::new(), "{word:#x}");
+            assert_eq!(returned_addresses::<Aarch64>(&a64(&words), 0x10000), Vec::<u64>::new(), "{word:#x}");
         }
         // Debian 12's arm64 freebl: the address formed in x1 and moved to
         // x0 where the NULL path (x1 = 0) joins.
@@ -441,15 +336,15 @@ mod tests {
             0xa8c27bfd, // ldp x29, x30, [sp], #32
             0xd65f03c0, // ret
         ];
-        assert_eq!(returned_addresses_aarch64(&a64(&gcc), 0x10000), vec![0x31230]);
+        assert_eq!(returned_addresses::<Aarch64>(&a64(&gcc), 0x10000), vec![0x31230]);
         // An add to it is followed.
         let mut words = GET_VECTOR_A64.to_vec();
         words.insert(9, 0x91000400); // add x0, x0, #1
-        assert_eq!(returned_addresses_aarch64(&a64(&words), 0x10000), vec![0x31231]);
+        assert_eq!(returned_addresses::<Aarch64>(&a64(&words), 0x10000), vec![0x31231]);
         // An instruction that leaves x0 alone keeps it.
         let mut words = GET_VECTOR_A64.to_vec();
         words.insert(9, 0xaa0103e2); // mov x2, x1
-        assert_eq!(returned_addresses_aarch64(&a64(&words), 0x10000), vec![0x31230]);
+        assert_eq!(returned_addresses::<Aarch64>(&a64(&words), 0x10000), vec![0x31230]);
     }
 
     #[test]

@@ -18,6 +18,8 @@ pub struct Aarch64;
 impl Machine for Aarch64 {
     /// x0, x1, x2 (AAPCS64).
     const ARGS: [usize; 3] = [0, 1, 2];
+    /// x0.
+    const RESULT: usize = 0;
     /// x0..x18 (x16/x17 are the PLT's scratch, x18 the platform
     /// register) and the link register x30.
     const CALLER_SAVED: &'static [usize] =
@@ -162,6 +164,7 @@ fn execute(instr: &Instruction, at: u64, regs: &mut Regs, events: &mut Vec<Event
         // nop, bti, paciasp, ...: no general register changes that matters
         // here (pointer authentication signs x30, which no finding uses).
         Opcode::HINT => {}
+        _ if crate::discover::aarch64::is_return(instr) => return Flow::Return,
         _ if ends_the_path(instr.opcode) => return Flow::Stop,
         _ => clobber_named(instr, regs),
     }

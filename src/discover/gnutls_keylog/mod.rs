@@ -83,6 +83,8 @@ pub trait Machine {
     /// The integer argument registers of the C calling convention, in
     /// order, as indices into [`Regs`].
     const ARGS: [usize; 3];
+    /// The register a function returns its (integer) result in.
+    const RESULT: usize;
     /// The registers a call may change.
     const CALLER_SAVED: &'static [usize];
     /// Relocations by which the loader puts a symbol's address into a
@@ -344,7 +346,8 @@ const PLT_STUB_BYTES: u64 = 24;
 /// slot into a register first).
 fn stub_slot<M: Machine>(code: &[u8], address: u64) -> Option<u64> {
     let events = trace::<M>(code, address);
-    let mut effects = events.iter().filter(|event| !matches!(event, Event::Load { .. }));
+    let mut effects =
+        events.iter().filter(|event| !matches!(event, Event::Load { .. } | Event::Return { .. }));
     match (effects.next(), effects.next()) {
         (Some(&Event::Call { target: Target::Slot(slot), .. }), None) => Some(slot),
         _ => None,
@@ -430,6 +433,8 @@ pub enum Event {
     /// A call or tail jump out of the function, with the second argument
     /// register at it.
     Call { at: u64, target: Target, second_arg: Value },
+    /// A return to the caller, with the result register at it.
+    Return { value: Value },
 }
 
 /// Where control goes after one instruction.
@@ -445,12 +450,15 @@ pub enum Flow {
     /// A call: the next instruction runs after it, with the caller-saved
     /// registers changed.
     Call(Target),
-    /// A return, a trap, or anything not followed.
+    /// A return to the caller.
+    Return,
+    /// A trap, or anything else not followed.
     Stop,
 }
 
 /// Follows every path through `code` (at `address`) from its entry,
-/// decoding each instruction once, and reports stores, loads and calls.
+/// decoding each instruction once, and reports stores, loads, calls and
+/// returns.
 pub fn trace<M: Machine>(code: &[u8], address: u64) -> Vec<Event> {
     let mut entry = [Value::Unknown; 32];
     for (n, &reg) in M::ARGS.iter().enumerate() {
@@ -490,6 +498,10 @@ pub fn trace<M: Machine>(code: &[u8], address: u64) -> Vec<Event> {
                     for &reg in M::CALLER_SAVED {
                         regs[reg] = Value::Unknown;
                     }
+                }
+                Flow::Return => {
+                    events.push(Event::Return { value: regs[M::RESULT] });
+                    break;
                 }
                 Flow::Stop => break,
             }

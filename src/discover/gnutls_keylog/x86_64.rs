@@ -14,6 +14,8 @@ pub struct X86_64;
 impl Machine for X86_64 {
     /// rdi, rsi, rdx: the first System V argument registers.
     const ARGS: [usize; 3] = [7, 6, 2];
+    /// rax.
+    const RESULT: usize = 0;
     /// rax, rcx, rdx, rsi, rdi, r8-r11.
     const CALLER_SAVED: &'static [usize] = &[0, 1, 2, 6, 7, 8, 9, 10, 11];
     const SYMBOL_SLOTS: [u32; 2] = [R_X86_64_JUMP_SLOT, R_X86_64_GLOB_DAT];
@@ -50,7 +52,8 @@ impl Machine for X86_64 {
                 Some(to) => Target::Direct(to),
                 None => indirect_target(&instr),
             }),
-            // ret, int3, ud2, xbegin, ...
+            FlowControl::Return => Flow::Return,
+            // int3, ud2, xbegin, ...
             _ => Flow::Stop,
         };
         Some((instr.len(), flow))
