@@ -1,6 +1,8 @@
 //! BoringSSL linked into executables (the `boring` crate 4.22.0, which
-//! vendors BoringSSL and links it statically), and BoringSSL as a shared
-//! library (Debian's android-libboringssl, at the end). A client and a server built
+//! vendors BoringSSL and links it statically; on aarch64 cross-built by
+//! tests/vm/arm64.sh for the arm64 guest), and BoringSSL as a shared
+//! library (Debian's android-libboringssl, at the end; on aarch64 under a
+//! C peer cross-built by tests/vm/arm64.sh). A client and a server built
 //! from tests/boring/boringpeer, once, and a `strip --strip-all` copy of
 //! that build (the same code without a symbol table). Both sides record
 //! every byte they pass to SSL_write and get from SSL_read, per
@@ -26,7 +28,18 @@ use support::*;
 
 /// tests/boring/boringpeer built once (BoringSSL's C++ build is a few
 /// minutes), cached under target/boring-tests: (with symbols, stripped).
+/// With CLEARTAP_TEST_BORING_PREBUILT=DIR (a guest without cargo: the
+/// arm64 one, whose peer tests/vm/arm64.sh cross-builds and strips),
+/// DIR/boringpeer and DIR/boringpeer-stripped.
 fn boringpeer() -> (PathBuf, PathBuf) {
+    if let Some(dir) = std::env::var_os("CLEARTAP_TEST_BORING_PREBUILT") {
+        let built = ["boringpeer", "boringpeer-stripped"].map(|name| Path::new(&dir).join(name));
+        for file in &built {
+            assert!(file.exists(), "{} is missing (CLEARTAP_TEST_BORING_PREBUILT)", file.display());
+        }
+        let [with_symbols, stripped] = built;
+        return (with_symbols, stripped);
+    }
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let target = root.join("target/boring-tests");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
@@ -117,17 +130,26 @@ fn boringssl_functions_are_found_from_the_code_alone() {
     }
 }
 
-/// `mov edx, SSL_R_BAD_LENGTH` in SSL_write made another reason: SSL_write
+/// Loading SSL_R_BAD_LENGTH (111) into the third argument register, and
+/// the same instruction with 112, in this machine's code.
+#[cfg(target_arch = "x86_64")]
+const BAD_LENGTH_ARGUMENT: ([u8; 5], [u8; 5]) = ([0xba, 111, 0, 0, 0], [0xba, 112, 0, 0, 0]); // mov edx, imm32
+#[cfg(target_arch = "aarch64")]
+const BAD_LENGTH_ARGUMENT: ([u8; 4], [u8; 4]) = (0x52800de2u32.to_le_bytes(), 0x52800e02u32.to_le_bytes()); // mov w2, #imm16
+
+/// SSL_write's SSL_R_BAD_LENGTH argument made another reason: SSL_write
 /// has no anchor left, and the file is refused, not guessed at.
 fn without_the_bad_length_anchor(with_symbols: &Path, stripped: &Path, dir: &Path) -> PathBuf {
     let bytes = fs::read(with_symbols).unwrap();
     let write = Symbols::parse(&bytes[..], &["SSL_write"]).unwrap().get("SSL_write").unwrap();
     let mut code = fs::read(stripped).unwrap();
     let range = write.file_offset as usize..(write.file_offset + write.size) as usize;
-    let mov_edx_111 = [0xba, 111, 0, 0, 0];
-    let at =
-        code[range.clone()].windows(5).position(|w| w == mov_edx_111).expect("mov edx, 111 in SSL_write");
-    code[range.start + at + 1] = 112;
+    let (reason_111, reason_112) = BAD_LENGTH_ARGUMENT;
+    let at = code[range.clone()]
+        .windows(reason_111.len())
+        .position(|w| w == reason_111)
+        .expect("SSL_R_BAD_LENGTH loaded in SSL_write");
+    code[range.start + at..][..reason_112.len()].copy_from_slice(&reason_112);
     let patched = dir.join("boringpeer-no-anchor");
     fs::write(&patched, &code).unwrap();
     fs::set_permissions(&patched, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
@@ -349,15 +371,30 @@ fn boringssl_key_log_function_is_found_from_the_code_alone() {
 }
 
 /// Debian's android-libboringssl-dev (scripts/install-deps --test): the
-/// headers of BoringSSL as Android 13 ships it, and the link names of the
-/// shared libssl and libcrypto that android-libboringssl installs.
+/// headers of BoringSSL as Android 13 ships it; android-libboringssl: the
+/// shared libssl and libcrypto, under their sonames.
 const ANDROID_INCLUDE: &str = "/usr/include/android";
+#[cfg(target_arch = "x86_64")]
 const ANDROID_LIB: &str = "/usr/lib/x86_64-linux-gnu/android";
+#[cfg(target_arch = "aarch64")]
+const ANDROID_LIB: &str = "/usr/lib/aarch64-linux-gnu/android";
+const ANDROID_SONAMES: [&str; 2] = ["libssl.so.0", "libcrypto.so.0"];
 
 /// tests/support/boring_so_peer.c (boringpeer's exchange and records in
-/// C) built in `dir` against Debian's shared BoringSSL, loading it from
-/// where the package put it.
-fn boring_so_peer(dir: &Path) -> PathBuf {
+/// C) in `dir`, linked against Debian's shared BoringSSL with `rpath`.
+/// Built here with cc, or, with CLEARTAP_TEST_BORING_SO_PEER_PREBUILT=DIR
+/// (the arm64 guest, which has no compiler; tests/vm/arm64.sh cross-builds
+/// them), copied from DIR/boring_so_peer-system (rpath: the library's
+/// directory) or DIR/boring_so_peer-origin (rpath: `$ORIGIN`).
+fn boring_so_peer_in(dir: &Path, rpath: &str) -> PathBuf {
+    if let Some(prebuilt) = std::env::var_os("CLEARTAP_TEST_BORING_SO_PEER_PREBUILT") {
+        let variant = if rpath == "$ORIGIN" { "origin" } else { "system" };
+        let from = Path::new(&prebuilt).join(format!("boring_so_peer-{variant}"));
+        let to = dir.join("boring_so_peer");
+        fs::copy(&from, &to)
+            .unwrap_or_else(|e| panic!("{} (CLEARTAP_TEST_BORING_SO_PEER_PREBUILT): {e}", from.display()));
+        return to;
+    }
     // A header only BoringSSL has: these are its headers, not OpenSSL's.
     let header = Path::new(ANDROID_INCLUDE).join("openssl/is_boringssl.h");
     assert!(
@@ -365,26 +402,27 @@ fn boring_so_peer(dir: &Path) -> PathBuf {
         "{} is missing: install android-libboringssl-dev (scripts/install-deps --test)",
         header.display()
     );
-    build_against_libssl("boring_so_peer", ANDROID_INCLUDE, ANDROID_LIB, ANDROID_LIB, dir)
+    build_against_libssl("boring_so_peer", ANDROID_INCLUDE, ANDROID_LIB, rpath, dir)
+}
+
+/// The peer built in `dir` against Debian's shared BoringSSL, loading it
+/// from where the package put it.
+fn boring_so_peer(dir: &Path) -> PathBuf {
+    boring_so_peer_in(dir, ANDROID_LIB)
 }
 
 /// The same peer with its own copies of the libraries beside it in `dir`
 /// (rpath `$ORIGIN`): files no process maps when cleartap starts. The
 /// peer and its copy of libssl.
 fn boring_so_peer_with_private_copy(dir: &Path) -> (PathBuf, PathBuf) {
-    let peer = build_against_libssl("boring_so_peer", ANDROID_INCLUDE, ANDROID_LIB, "$ORIGIN", dir);
-    let copies =
-        ["libssl.so", "libcrypto.so"].map(|name| copy_beside(&Path::new(ANDROID_LIB).join(name), dir));
+    let peer = boring_so_peer_in(dir, "$ORIGIN");
+    let copies = ANDROID_SONAMES.map(|name| {
+        let copy = dir.join(name);
+        fs::copy(Path::new(ANDROID_LIB).join(name), &copy)
+            .unwrap_or_else(|e| panic!("{ANDROID_LIB}/{name}: {e} (android-libboringssl)"));
+        copy
+    });
     (peer, copies[0].clone())
-}
-
-/// The file the link name `link` points to (the soname programs load),
-/// copied into `dir` under that name.
-fn copy_beside(link: &Path, dir: &Path) -> PathBuf {
-    let target = fs::read_link(link).unwrap_or_else(|e| panic!("{}: {e}", link.display()));
-    let copy = dir.join(target.file_name().unwrap());
-    fs::copy(link.parent().unwrap().join(&target), &copy).unwrap();
-    copy
 }
 
 /// The libssl `pid` maps, from /proc/PID/maps (exactly one).
@@ -526,9 +564,9 @@ fn resolve(libssl: &Path) -> TlsTarget {
 fn a_shared_boringssl_is_told_from_openssl_by_its_content() {
     let dir = tempfile::tempdir().unwrap();
     let renamed = dir.path().join("libssl.so.3");
-    fs::copy(Path::new(ANDROID_LIB).join("libssl.so"), &renamed)
-        .expect("android-libboringssl-dev (scripts/install-deps --test)");
-    fs::copy(Path::new(ANDROID_LIB).join("libcrypto.so"), dir.path().join("libcrypto.so.3")).unwrap();
+    fs::copy(Path::new(ANDROID_LIB).join(ANDROID_SONAMES[0]), &renamed)
+        .expect("android-libboringssl (scripts/install-deps --test)");
+    fs::copy(Path::new(ANDROID_LIB).join(ANDROID_SONAMES[1]), dir.path().join("libcrypto.so.3")).unwrap();
     let boring = resolve(&renamed);
     assert_eq!(boring.library, "boringssl");
     assert!(boring.callers.is_empty(), "OpenSSL's internal functions are not BoringSSL's");

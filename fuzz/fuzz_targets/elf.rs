@@ -16,8 +16,8 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         }
     }
     let _ = Dependencies::parse(data);
-    let _ = boringssl::find(data);
-    let _ = boringssl::find_keylog(data);
+    let _ = boringssl::find_in(data);
+    let _ = boringssl::find_keylog_in(data);
     let _ = nss_freebl::find(data);
     if let Ok(Some(go)) = GoBinary::parse(data, &["crypto/tls.(*Conn).Read", "crypto/tls.(*Conn).Write"]) {
         for name in ["crypto/tls.(*Conn).Read", "crypto/tls.(*Conn).Write"] {

@@ -1,17 +1,21 @@
-//! BoringSSL linked into an executable without a symbol table (x86-64):
-//! `SSL_write`, `SSL_read` and `SSL_do_handshake` found from the code.
-//! Where it logs its secrets (`find_keylog`) is found from the code too,
-//! in executables and in BoringSSL's shared libssl (which exports its
-//! plaintext functions, but not that one).
+//! BoringSSL linked into an executable without a symbol table (x86-64
+//! and aarch64): `SSL_write`, `SSL_read` and `SSL_do_handshake` found from
+//! the code. Where it logs its secrets (`find_keylog`) is found from the
+//! code too, in executables and in BoringSSL's shared libssl (which
+//! exports its plaintext functions, but not that one).
 //!
 //! The anchor BoringSSL cannot remove: every error it reports is a call
 //! `ERR_put_error(ERR_LIB_SSL, 0, reason, __FILE__, __LINE__)`
-//! (`OPENSSL_PUT_ERROR`), so the code of `ssl/ssl_lib.cc` loads the address
-//! of the string `.../ssl/ssl_lib.cc` (RIP-relative `lea`) next to the
-//! constants 16 (ERR_LIB_SSL) and a reason code before a direct call.
-//! Reason codes are part of BoringSSL's API and never renumbered; line
-//! numbers change with every version and are not used. In ssl_lib.cc
-//! (checked in BoringSSL's source as the `boring` crate 4.22 vendors it):
+//! (`OPENSSL_PUT_ERROR`), so the code of `ssl/ssl_lib.cc` forms the address
+//! of the string `.../ssl/ssl_lib.cc` (`lea rcx,[rip+X]`; `adrp x3` and
+//! `add x3,x3,#lo`) and loads the constants 16 (ERR_LIB_SSL) and a reason
+//! code before a direct call. Each function forming that address is traced
+//! along every path ([`super::trace`]), so a report is a call that sees
+//! those four arguments, wherever they were loaded (clang on aarch64 lets
+//! several reports share one call). Reason codes are part of BoringSSL's
+//! API and never renumbered; line numbers change with every version and are
+//! not used. In ssl_lib.cc (checked in BoringSSL's source as the `boring`
+//! crate 4.22 vendors it):
 //! - `SSL_do_handshake` is the only function reporting
 //!   SSL_R_CONNECTION_TYPE_NOT_SET;
 //! - `SSL_write` the only one reporting SSL_R_BAD_LENGTH, beside
@@ -19,8 +23,9 @@
 //! - `SSL_peek` reports ERR_R_SHOULD_NOT_HAVE_BEEN_CALLED and calls the
 //!   static `ssl_read_impl` (SSL_R_UNINITIALIZED, SSL_R_SSL_HANDSHAKE_FAILURE);
 //!   `SSL_read` is `SSL_peek` plus consuming what it returned: the compiler
-//!   inlines SSL_peek into it (measured: clang, `boring` 4.22), or SSL_read
-//!   calls it first with its own arguments.
+//!   inlines SSL_peek into it (measured: the `boring` crate 4.22 on x86-64
+//!   and, GCC, on aarch64), or SSL_read calls it first with its own
+//!   arguments.
 //!
 //! Each is then checked by a property the reason codes do not give: the
 //! call graph. SSL_write and ssl_read_impl must call the SSL_do_handshake
@@ -40,10 +45,11 @@ use iced_x86::{Code, Decoder, DecoderOptions, FlowControl, Instruction, Instruct
 use object::elf::{PF_X, PT_GNU_EH_FRAME, PT_LOAD};
 use object::read::elf::{ElfFile64, ProgramHeader};
 use object::{Architecture, Endianness, Object, ReadRef};
+use yaxpeax_arm::armv8::a64::{Opcode, Operand, ShiftStyle, SizeCode};
 
-use super::calls;
-use super::elf::{file_offset_of, load_segments, Function};
+use super::elf::{file_offset_of, load_segments, Function, Isa};
 use super::pinned::PinnedFile;
+use super::trace::{trace, trace_paths, Aarch64, Event, Machine, Target, Value, X86_64};
 
 /// `ERR_LIB_SSL` (include/openssl/err.h).
 const ERR_LIB_SSL: u64 = 16;
@@ -76,7 +82,7 @@ pub struct BoringsslPoints {
 }
 
 /// One `OPENSSL_PUT_ERROR(SSL, reason)` of ssl_lib.cc.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Report {
     callee: u64,
     reason: Option<u64>,
@@ -86,7 +92,7 @@ struct Report {
 #[derive(Debug, Default)]
 struct Body {
     reports: Vec<Report>,
-    calls: Vec<calls::DirectCall>,
+    calls: HashSet<u64>,
 }
 
 impl Body {
@@ -95,7 +101,7 @@ impl Body {
     }
 
     fn calls(&self, target: u64) -> bool {
-        self.calls.iter().any(|c| c.target == target)
+        self.calls.contains(&target)
     }
 }
 
@@ -132,38 +138,58 @@ pub fn is_linked_in(file: &PinnedFile) -> bool {
 /// `Ok(None)`: no BoringSSL ssl_lib.cc in this file. An error: it is there
 /// but its functions could not be found with certainty (not probed).
 pub fn find<'d, R: ReadRef<'d>>(data: R) -> Result<Option<BoringsslPoints>> {
+    find_checked(data, true)
+}
+
+/// [`find`] in a file of either instruction set, whatever this machine is
+/// (what tests read; a probe never goes on code of another one).
+pub fn find_in<'d, R: ReadRef<'d>>(data: R) -> Result<Option<BoringsslPoints>> {
+    find_checked(data, false)
+}
+
+fn find_checked<'d, R: ReadRef<'d>>(data: R, host_only: bool) -> Result<Option<BoringsslPoints>> {
     let Ok(elf) = ElfFile64::<Endianness, R>::parse(data) else { return Ok(None) };
     let files = source_file_strings(&elf, data);
     if files.is_empty() {
         return Ok(None);
     }
-    if elf.architecture() != Architecture::X86_64 {
-        bail!("BoringSSL's ssl_lib.cc is linked in, but its code is found on x86-64 only");
-    }
-    find_functions(&elf, data, &files)
-        .context("BoringSSL's ssl_lib.cc is linked in without symbols")
-        .map(Some)
+    let found = match instruction_set(&elf, host_only)? {
+        Isa::X86_64 => find_functions::<X86_64, R>(&elf, data, &files),
+        Isa::Aarch64 => find_functions::<Aarch64, R>(&elf, data, &files),
+    };
+    found.context("BoringSSL's ssl_lib.cc is linked in without symbols").map(Some)
 }
 
-fn find_functions<'d, R: ReadRef<'d>>(
+/// The file's instruction set; with `host_only`, only this machine's.
+fn instruction_set<'d, R: ReadRef<'d>>(elf: &ElfFile64<'d, Endianness, R>, host_only: bool) -> Result<Isa> {
+    if host_only {
+        return Isa::of_elf(elf);
+    }
+    match elf.architecture() {
+        Architecture::X86_64 => Ok(Isa::X86_64),
+        Architecture::Aarch64 => Ok(Isa::Aarch64),
+        other => bail!("machine code for {other:?}, not x86-64 or aarch64"),
+    }
+}
+
+fn find_functions<'d, M: Machine, R: ReadRef<'d>>(
     elf: &ElfFile64<'d, Endianness, R>,
     data: R,
     files: &HashSet<u64>,
 ) -> Result<BoringsslPoints> {
     let starts = function_starts(elf, data)?;
     let code = executable_segment(elf, data)?;
-    let sites = rip_relative_loads(&code, files);
     let mut bodies: BTreeMap<u64, Body> = BTreeMap::new();
-    for site in sites {
+    for site in M::address_references(code.bytes, code.address, files) {
         let Some((start, end)) = containing(&starts, site) else { continue };
         if bodies.len() >= MAX_FUNCTIONS && !bodies.contains_key(&start) {
             bail!("more than {MAX_FUNCTIONS} functions refer to ssl_lib.cc");
         }
         bodies
             .entry(start)
-            .or_insert_with(|| body(code.at(start, end.min(start + MAX_FUNCTION)), start, files));
+            .or_insert_with(|| body::<M>(code.at(start, end.min(start + MAX_FUNCTION)), start, files));
     }
-    let points = identify(&bodies, &code, &starts)?;
+    let points = identify::<M>(&bodies, &code, &starts)?;
     let segments = load_segments(elf)?;
     let function = |start: u64| -> Result<Function> {
         let (start, end) = containing(&starts, start).context("a function outside .eh_frame_hdr")?;
@@ -185,7 +211,7 @@ struct Found {
 }
 
 /// The functions named by their reason codes, each checked by its calls.
-fn identify(bodies: &BTreeMap<u64, Body>, code: &Text, starts: &[u64]) -> Result<Found> {
+fn identify<M: Machine>(bodies: &BTreeMap<u64, Body>, code: &Text, starts: &[u64]) -> Result<Found> {
     let callees: HashSet<u64> = bodies.values().flat_map(|b| b.reports.iter().map(|r| r.callee)).collect();
     if callees.len() != 1 {
         bail!("its error reports call {} different functions, not one ERR_put_error", callees.len());
@@ -211,7 +237,7 @@ fn identify(bodies: &BTreeMap<u64, Body>, code: &Text, starts: &[u64]) -> Result
             read_impl(at, b) && b.reports(SHOULD_NOT_HAVE_BEEN_CALLED)
         })
     })?;
-    let read = read_wrapper(code, starts, peek)?.unwrap_or(peek);
+    let read = read_wrapper::<M>(code, starts, peek)?.unwrap_or(peek);
     Ok(Found { write, read, do_handshake })
 }
 
@@ -232,13 +258,24 @@ fn only_where(bodies: &BTreeMap<u64, Body>, what: &str, wanted: impl Fn(u64, &Bo
 /// `SSL_read` when `SSL_peek` is a function of its own: the one function
 /// whose first call is to it, with its own arguments. None: no such
 /// function (SSL_peek is inlined into SSL_read, and `peek` is SSL_read).
-fn read_wrapper(code: &Text, starts: &[u64], peek: u64) -> Result<Option<u64>> {
+fn read_wrapper<M: Machine>(code: &Text, starts: &[u64], peek: u64) -> Result<Option<u64>> {
+    let own_arguments = [Value::Arg(0, 0), Value::Arg(1, 0), Value::Arg(2, 0)];
     let mut wrappers = Vec::new();
-    for site in direct_calls_to(code, peek) {
+    for site in M::direct_calls_to(code.bytes, code.address, peek).into_iter().take(MAX_FUNCTIONS) {
         let Some((start, end)) = containing(starts, site) else { continue };
-        let first =
-            calls::direct_calls(code.at(start, end.min(start + MAX_FUNCTION)), start).into_iter().next();
-        if first.is_some_and(|c| c.target == peek && c.passes_arguments) && !wrappers.contains(&start) {
+        if wrappers.contains(&start) {
+            continue;
+        }
+        let first_call = trace::<M>(code.at(start, end.min(start + MAX_FUNCTION)), start)
+            .into_iter()
+            .filter_map(|event| match event {
+                Event::Call { at, target, args } => Some((at, target, args)),
+                _ => None,
+            })
+            .min_by_key(|&(at, ..)| at);
+        if first_call
+            .is_some_and(|(_, target, args)| target == Target::Direct(peek) && args[..3] == own_arguments)
+        {
             wrappers.push(start);
         }
     }
@@ -278,17 +315,19 @@ fn find_all<'a>(hay: &'a [u8], needle: &'a [u8]) -> impl Iterator<Item = usize> 
         .filter(move |&i| hay[i] == first && hay[i..].starts_with(needle))
 }
 
-/// (address, bytes) of each PT_LOAD segment that is (or is not) executable,
-/// within [`MAX_SEGMENT`].
+/// (address, bytes) of each PT_LOAD segment, or of the executable ones
+/// only, within [`MAX_SEGMENT`]. Read-only data (strings) is searched in
+/// all of them: a linker that does not separate code (GNU ld for aarch64,
+/// by default) puts it in the executable segment.
 fn segments<'d, R: ReadRef<'d>>(
     elf: &ElfFile64<'d, Endianness, R>,
     data: R,
-    executable: bool,
+    executable_only: bool,
 ) -> Vec<(u64, &'d [u8])> {
     let endian = elf.endian();
     elf.elf_program_headers()
         .iter()
-        .filter(|ph| ph.p_type(endian) == PT_LOAD && (ph.p_flags(endian) & PF_X != 0) == executable)
+        .filter(|ph| ph.p_type(endian) == PT_LOAD && (!executable_only || ph.p_flags(endian) & PF_X != 0))
         .filter_map(|ph| {
             let size = ph.p_filesz(endian).min(MAX_SEGMENT);
             Some((ph.p_vaddr(endian), data.read_bytes_at(ph.p_offset(endian), size).ok()?))
@@ -305,36 +344,6 @@ fn executable_segment<'d, R: ReadRef<'d>>(elf: &ElfFile64<'d, Endianness, R>, da
     }
 }
 
-/// Every `lea r64,[rip+X]` in the code with X one of `targets`: the
-/// instruction's address.
-fn rip_relative_loads(code: &Text, targets: &HashSet<u64>) -> Vec<u64> {
-    let b = code.bytes;
-    (0..b.len().saturating_sub(6))
-        .filter(|&i| matches!(b[i], 0x48 | 0x4c) && b[i + 1] == 0x8d && b[i + 2] & 0xc7 == 0x05)
-        .filter_map(|i| {
-            let disp = i32::from_le_bytes(b[i + 3..i + 7].try_into().ok()?);
-            let next = code.address.wrapping_add(i as u64 + 7);
-            targets.contains(&next.wrapping_add(disp as i64 as u64)).then(|| code.address + i as u64)
-        })
-        .collect()
-}
-
-/// Every `call rel32` to `target` in the code: the instruction's address.
-/// Byte patterns, so some may be inside other instructions: each is
-/// decoded again as part of its function before it counts.
-fn direct_calls_to(code: &Text, target: u64) -> Vec<u64> {
-    let b = code.bytes;
-    (0..b.len().saturating_sub(4))
-        .filter(|&i| b[i] == 0xe8)
-        .filter_map(|i| {
-            let rel = i32::from_le_bytes(b[i + 1..i + 5].try_into().ok()?);
-            let next = code.address.wrapping_add(i as u64 + 5);
-            (next.wrapping_add(rel as i64 as u64) == target).then(|| code.address + i as u64)
-        })
-        .take(MAX_FUNCTIONS)
-        .collect()
-}
-
 /// The function around `address`: [start, end) between two entries of
 /// the sorted `starts`.
 pub(crate) fn containing(starts: &[u64], address: u64) -> Option<(u64, u64)> {
@@ -344,81 +353,30 @@ pub(crate) fn containing(starts: &[u64], address: u64) -> Option<(u64, u64)> {
     Some((start, end))
 }
 
-/// The error reports of ssl_lib.cc in one function's code, and its calls:
-/// straight-line code only (constants are forgotten at every branch,
-/// call, and write to their register).
-fn body(code: &[u8], address: u64, files: &HashSet<u64>) -> Body {
-    let mut decoder = Decoder::with_ip(64, code, address, DecoderOptions::NONE);
-    let mut factory = InstructionInfoFactory::new();
-    let mut instr = Instruction::default();
-    let mut regs = Registers::default();
-    let mut reports = Vec::new();
-    while decoder.can_decode() {
-        decoder.decode_out(&mut instr);
-        if instr.is_invalid() {
-            break;
-        }
-        if instr.code() == Code::Call_rel32_64 {
-            let from_ssl_lib = regs.get(Register::RCX).is_some_and(|f| files.contains(&f));
-            if from_ssl_lib && regs.get(Register::RDI) == Some(ERR_LIB_SSL) {
-                reports.push(Report { callee: instr.near_branch_target(), reason: regs.get(Register::RDX) });
-            }
-            regs = Registers::default();
-            continue;
-        }
-        if instr.flow_control() != FlowControl::Next {
-            regs = Registers::default();
-            continue;
-        }
-        regs.step(&instr, &mut factory);
-    }
-    Body { reports, calls: calls::direct_calls(code, address) }
-}
+/// Each path through a function is followed up to this many times where
+/// paths join: error reports share their call to ERR_put_error, each
+/// having loaded its own reason before jumping there (clang on aarch64).
+const JOINS_FOLLOWED: u8 = 8;
 
-/// The constants known in rdi, rdx and rcx.
-#[derive(Default)]
-struct Registers {
-    known: [Option<u64>; 3],
-}
-
-impl Registers {
-    const TRACKED: [Register; 3] = [Register::RDI, Register::RDX, Register::RCX];
-
-    fn get(&self, reg: Register) -> Option<u64> {
-        Self::TRACKED.iter().position(|r| *r == reg).and_then(|i| self.known[i])
-    }
-
-    fn set(&mut self, reg: Register, value: Option<u64>) {
-        if let Some(i) = Self::TRACKED.iter().position(|r| *r == reg) {
-            self.known[i] = value;
+/// The error reports of ssl_lib.cc in one function's code, and its direct
+/// calls, from a trace of every path through it: a report is a call with
+/// `ERR_LIB_SSL` as its first argument and ssl_lib.cc's name as its fourth.
+fn body<M: Machine>(code: &[u8], address: u64, files: &HashSet<u64>) -> Body {
+    let mut body = Body::default();
+    for event in trace_paths::<M>(code, address, JOINS_FOLLOWED) {
+        let Event::Call { target: Target::Direct(callee), args, .. } = event else { continue };
+        body.calls.insert(callee);
+        let [Value::Const(ERR_LIB_SSL), _, reason, Value::Address(file)] = args else { continue };
+        let reason = match reason {
+            Value::Const(code) => Some(code & 0xffff_ffff),
+            _ => None,
+        };
+        let report = Report { callee, reason };
+        if files.contains(&file) && !body.reports.contains(&report) {
+            body.reports.push(report);
         }
     }
-
-    /// `mov r32, imm32`, `xor r32, r32` and `lea r64, [rip+X]` set a
-    /// constant; any other write to a tracked register forgets it.
-    fn step(&mut self, instr: &Instruction, factory: &mut InstructionInfoFactory) {
-        let dest = instr.op0_register().full_register();
-        match instr.code() {
-            Code::Mov_r32_imm32 | Code::Mov_rm32_imm32 | Code::Mov_rm64_imm32
-                if instr.op0_kind() == iced_x86::OpKind::Register =>
-            {
-                return self.set(dest, Some(instr.immediate(1) & 0xffff_ffff));
-            }
-            Code::Xor_r32_rm32 | Code::Xor_rm32_r32 if instr.op0_register() == instr.op1_register() => {
-                return self.set(dest, Some(0));
-            }
-            Code::Lea_r64_m if instr.is_ip_rel_memory_operand() => {
-                return self.set(dest, Some(instr.ip_rel_memory_address()));
-            }
-            _ => {}
-        }
-        for used in factory.info(instr).used_registers() {
-            use iced_x86::OpAccess::{CondWrite, ReadCondWrite, ReadWrite, Write};
-            if matches!(used.access(), Write | CondWrite | ReadWrite | ReadCondWrite) {
-                self.set(used.register().full_register(), None);
-            }
-        }
-    }
+    body
 }
 
 /// Function start addresses, sorted, from `.eh_frame_hdr`'s search table
@@ -509,18 +467,33 @@ const MAX_FIELD_OFFSET: u64 = 0x1_0000;
 const RANDOM_SIZE: u64 = 32;
 
 pub fn find_keylog<'d, R: ReadRef<'d>>(data: R) -> Result<BoringsslKeylogPoints> {
+    find_keylog_checked(data, true)
+}
+
+/// [`find_keylog`] in a file of either instruction set (what tests read).
+pub fn find_keylog_in<'d, R: ReadRef<'d>>(data: R) -> Result<BoringsslKeylogPoints> {
+    find_keylog_checked(data, false)
+}
+
+fn find_keylog_checked<'d, R: ReadRef<'d>>(data: R, host_only: bool) -> Result<BoringsslKeylogPoints> {
     let elf = ElfFile64::<Endianness, R>::parse(data).context("not a 64-bit ELF file")?;
-    if elf.architecture() != Architecture::X86_64 {
-        bail!("BoringSSL's key log function is found on x86-64 only");
+    match instruction_set(&elf, host_only)? {
+        Isa::X86_64 => find_keylog_for::<X86_64, R>(&elf, data, client_random_place),
+        Isa::Aarch64 => find_keylog_for::<Aarch64, R>(&elf, data, client_random_place_aarch64),
     }
-    let code = executable_segment(&elf, data)?;
+}
+
+fn find_keylog_for<'d, M: Machine, R: ReadRef<'d>>(
+    elf: &ElfFile64<'d, Endianness, R>,
+    data: R,
+    client_random_place: fn(&[u8], u64) -> Result<(u32, u32)>,
+) -> Result<BoringsslKeylogPoints> {
+    let code = executable_segment(elf, data)?;
+    let starts = function_starts(elf, data)?;
     let mut callees = HashSet::new();
     for label in LABELS {
-        let strings = label_strings(&elf, data, label);
-        let found: HashSet<u64> = rip_relative_loads(&code, &strings)
-            .into_iter()
-            .filter_map(|site| call_after_label(&code, site))
-            .collect();
+        let strings = label_strings(elf, data, label);
+        let found = callees_given(&code, &starts, &strings, M::address_references, trace::<M>);
         if found.is_empty() {
             bail!("no call passes the label {} (BoringSSL's ssl_log_secret)", String::from_utf8_lossy(label));
         }
@@ -530,7 +503,6 @@ pub fn find_keylog<'d, R: ReadRef<'d>>(data: R) -> Result<BoringsslKeylogPoints>
         [one] => *one,
         _ => bail!("the key log labels are passed to {} functions, not one ssl_log_secret", callees.len()),
     };
-    let starts = function_starts(&elf, data)?;
     let (start, end) =
         containing(&starts, log_secret).filter(|(s, _)| *s == log_secret).with_context(|| {
             format!("ssl_log_secret at {log_secret:#x} is not a function start in .eh_frame_hdr")
@@ -538,12 +510,42 @@ pub fn find_keylog<'d, R: ReadRef<'d>>(data: R) -> Result<BoringsslKeylogPoints>
     let (s3_offset, random_offset) =
         client_random_place(code.at(start, end.min(start + MAX_FUNCTION)), start)?;
     let file_offset =
-        file_offset_of(&load_segments(&elf)?, start).context("ssl_log_secret outside the file")?;
+        file_offset_of(&load_segments(elf)?, start).context("ssl_log_secret outside the file")?;
     Ok(BoringsslKeylogPoints {
         log_secret: Function { address: start, size: end - start, file_offset },
         s3_offset,
         random_offset,
     })
+}
+
+/// The functions directly called with one of `strings` as their second
+/// argument, from a trace of each function that forms such an address.
+fn callees_given(
+    code: &Text,
+    starts: &[u64],
+    strings: &HashSet<u64>,
+    references: fn(&[u8], u64, &HashSet<u64>) -> Vec<u64>,
+    trace: fn(&[u8], u64) -> Vec<Event>,
+) -> HashSet<u64> {
+    let mut callers: Vec<(u64, u64)> = references(code.bytes, code.address, strings)
+        .into_iter()
+        .filter_map(|at| containing(starts, at))
+        .collect();
+    callers.sort_unstable();
+    callers.dedup();
+    callers
+        .into_iter()
+        .take(MAX_FUNCTIONS)
+        .flat_map(|(start, end)| trace(code.at(start, end.min(start + MAX_FUNCTION)), start))
+        .filter_map(|event| match event {
+            Event::Call { target: Target::Direct(callee), args: [_, Value::Address(label), ..], .. }
+                if strings.contains(&label) =>
+            {
+                Some(callee)
+            }
+            _ => None,
+        })
+        .collect()
 }
 
 /// Addresses of `label` as a NUL-terminated string in read-only data.
@@ -561,40 +563,6 @@ fn label_strings<'d, R: ReadRef<'d>>(
         }
     }
     found
-}
-
-/// The callee of the first direct call after `lea rsi,[rip+label]` at
-/// `site`, when straight-line code that leaves rsi alone leads to it.
-fn call_after_label(code: &Text, site: u64) -> Option<u64> {
-    const WINDOW: usize = 8;
-    let bytes = code.at(site, site.saturating_add(WINDOW as u64 * 15));
-    let mut decoder = Decoder::with_ip(64, bytes, site, DecoderOptions::NONE);
-    let mut factory = InstructionInfoFactory::new();
-    let first = decoder.decode();
-    if first.code() != Code::Lea_r64_m || first.op0_register() != Register::RSI {
-        return None;
-    }
-    for _ in 0..WINDOW {
-        let instr = decoder.decode();
-        if instr.is_invalid() {
-            return None;
-        }
-        if instr.code() == Code::Call_rel32_64 {
-            return Some(instr.near_branch_target());
-        }
-        if instr.flow_control() != FlowControl::Next || writes(&instr, &mut factory, Register::RSI) {
-            return None;
-        }
-    }
-    None
-}
-
-fn writes(instr: &Instruction, factory: &mut InstructionInfoFactory, reg: Register) -> bool {
-    use iced_x86::OpAccess::{CondWrite, ReadCondWrite, ReadWrite, Write};
-    factory.info(instr).used_registers().iter().any(|used| {
-        matches!(used.access(), Write | CondWrite | ReadWrite | ReadCondWrite)
-            && used.register().full_register() == reg
-    })
 }
 
 /// In `ssl_log_secret`'s code, the hex encoding of `ssl->s3->client_random`:
@@ -669,9 +637,171 @@ fn client_random_place(code: &[u8], address: u64) -> Result<(u32, u32)> {
             }
         }
     }
-    let pairs: HashSet<(u64, u64)> =
-        spans.iter().filter(|&&(a, b)| spans.contains(&(a, b + RANDOM_SIZE))).copied().collect();
-    match pairs.into_iter().collect::<Vec<_>>()[..] {
+    only_place(span_pairs(&spans))
+}
+
+/// [`client_random_place`] on aarch64: `s3 = ldr xN, [ssl, #A]` (ssl: x0,
+/// or a register it was moved to), then either the span's two ends
+/// `add xD, s3, #B` and `add xE, s3, #B+32` (GCC's build of the `boring`
+/// crate), or its start `add xS, s3, #B` read byte by byte,
+/// `ldrb wT, [xS, xI]`, in a loop bounded by `cmp xI, #32` (clang's, in
+/// Android 13's libssl). (A, B), when exactly one such place is there.
+fn client_random_place_aarch64(code: &[u8], address: u64) -> Result<(u32, u32)> {
+    let mut regs = SslRegisters::default();
+    regs.ssl.insert(0);
+    let mut spans: Vec<(u64, u64)> = Vec::new();
+    let mut indexed_reads: Vec<((u64, u64), u16)> = Vec::new();
+    let mut compared_to_32: HashSet<u16> = HashSet::new();
+    for (_, instr) in super::aarch64::instructions(code, address) {
+        let op = instr.operands;
+        match instr.opcode {
+            Opcode::BL | Opcode::BLR => {
+                // The callee may change x0-x18 and the link register.
+                (0..=18).chain([30]).for_each(|reg| regs.forget(reg));
+            }
+            // `mov xd, xn` is `orr xd, xzr, xn`.
+            Opcode::ORR if op[1] == Operand::Register(SizeCode::X, 31) => {
+                let from_ssl = matches!(op[2], Operand::RegShift(ShiftStyle::LSL, 0, SizeCode::X, n) if regs.ssl.contains(&n));
+                regs.forget_written(&instr);
+                if let (true, Some(dest)) = (from_ssl, x_register(op[0])) {
+                    regs.ssl.insert(dest);
+                }
+            }
+            // Code is read in address order, and an epilogue's restores
+            // come before blocks that branches reach with the registers as
+            // they were (as `pop` on x86): a load from the stack into a
+            // callee-saved register changes nothing for what follows.
+            Opcode::LDP | Opcode::LDR if restores_callee_saved(&op) => {}
+            Opcode::LDR => {
+                let field = match op[1] {
+                    Operand::RegPreIndex(base, disp, false)
+                        if regs.ssl.contains(&base) && (0..MAX_FIELD_OFFSET as i32).contains(&disp) =>
+                    {
+                        Some(disp as u64)
+                    }
+                    _ => None,
+                };
+                regs.forget_written(&instr);
+                if let (Some(field), Some(dest)) = (field, x_register(op[0])) {
+                    regs.loaded.insert(dest, field);
+                }
+            }
+            Opcode::ADD => {
+                let immediate = match op[2] {
+                    Operand::Immediate(imm) => Some(u64::from(imm)),
+                    Operand::ImmShift(imm, shift) if shift < 32 => Some(u64::from(imm) << shift),
+                    _ => None,
+                };
+                let s3 = x_register(op[1]).and_then(|n| regs.loaded.get(&n).copied());
+                let span = s3.zip(immediate.filter(|&imm| imm < MAX_FIELD_OFFSET));
+                regs.forget_written(&instr);
+                if let (Some(span), Some(dest)) = (span, x_register(op[0])) {
+                    spans.push(span);
+                    regs.starts.insert(dest, span);
+                }
+            }
+            Opcode::LDRB => {
+                if let Operand::RegRegOffset(base, index, SizeCode::X, _, 0) = op[1] {
+                    if let Some(&span) = regs.starts.get(&base) {
+                        indexed_reads.push((span, index));
+                    }
+                }
+                regs.forget_written(&instr);
+            }
+            // `cmp xI, #32` is `subs xzr, xI, #32`: it writes no register.
+            Opcode::SUBS if op[0] == Operand::Register(SizeCode::X, 31) => {
+                if let (Some(index), Operand::Immediate(32)) = (x_register(op[1]), op[2]) {
+                    compared_to_32.insert(index);
+                }
+            }
+            _ => regs.forget_written(&instr),
+        }
+    }
+    let mut places = span_pairs(&spans);
+    places.extend(
+        indexed_reads.iter().filter(|(_, index)| compared_to_32.contains(index)).map(|&(span, _)| span),
+    );
+    only_place(places)
+}
+
+fn x_register(operand: Operand) -> Option<u16> {
+    match operand {
+        Operand::Register(SizeCode::X, n) | Operand::RegisterOrSP(SizeCode::X, n) => Some(n),
+        _ => None,
+    }
+}
+
+/// What [`client_random_place_aarch64`] knows of each register: holds
+/// `ssl`; holds `*(ssl + A)`; holds `*(ssl + A) + B`.
+#[derive(Default)]
+struct SslRegisters {
+    ssl: HashSet<u16>,
+    loaded: BTreeMap<u16, u64>,
+    starts: BTreeMap<u16, (u64, u64)>,
+}
+
+impl SslRegisters {
+    fn forget(&mut self, reg: u16) {
+        self.ssl.remove(&reg);
+        self.loaded.remove(&reg);
+        self.starts.remove(&reg);
+    }
+
+    /// Forgets what the registers `instr` writes held: its destination
+    /// (the first operand, but for stores and branches, which write none)
+    /// and a base it moves (pre- or post-index writeback).
+    fn forget_written(&mut self, instr: &yaxpeax_arm::armv8::a64::Instruction) {
+        let writes_none = matches!(
+            instr.opcode,
+            Opcode::STR
+                | Opcode::STRB
+                | Opcode::STRH
+                | Opcode::STUR
+                | Opcode::STURB
+                | Opcode::STURH
+                | Opcode::STP
+                | Opcode::Bcc(_)
+                | Opcode::CBZ
+                | Opcode::CBNZ
+                | Opcode::TBZ
+                | Opcode::TBNZ
+                | Opcode::B
+        );
+        for (i, operand) in instr.operands.iter().enumerate() {
+            match *operand {
+                Operand::Register(_, n) | Operand::RegisterOrSP(_, n) if i == 0 && !writes_none => {
+                    self.forget(n)
+                }
+                // ldp: two destinations.
+                Operand::Register(_, n) if i == 1 && instr.opcode == Opcode::LDP => self.forget(n),
+                Operand::RegPreIndex(n, _, true)
+                | Operand::RegPostIndex(n, _)
+                | Operand::RegPostIndexReg(n, _) => self.forget(n),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// `ldr`/`ldp` of callee-saved registers (x19-x30) from the stack.
+fn restores_callee_saved(operands: &[Operand; 4]) -> bool {
+    let saved = |o: &Operand| matches!(o, Operand::Register(SizeCode::X, 19..=30));
+    let from_stack = |o: &Operand| matches!(o, Operand::RegPreIndex(31, ..) | Operand::RegPostIndex(31, _));
+    match operands {
+        [a, b, c, _] if saved(a) && saved(b) && from_stack(c) => true,
+        [a, b, ..] => saved(a) && from_stack(b),
+    }
+}
+
+/// The `(A, B)` whose span `[s3 + B, s3 + B + 32)` a function forms both
+/// ends of, among the `(A, offset)` addresses it forms (`s3 = [ssl + A]`).
+fn span_pairs(spans: &[(u64, u64)]) -> HashSet<(u64, u64)> {
+    spans.iter().filter(|&&(a, b)| spans.contains(&(a, b + RANDOM_SIZE))).copied().collect()
+}
+
+/// The one place the client random is read from, or an error.
+fn only_place(places: HashSet<(u64, u64)>) -> Result<(u32, u32)> {
+    match places.into_iter().collect::<Vec<_>>()[..] {
         [(a, b)] => Ok((a as u32, b as u32)),
         ref all => bail!(
             "ssl_log_secret reads the client random {} ways, not one: its place is not known",
@@ -723,6 +853,58 @@ mod tests {
         let add_end = [0x48, 0x83, 0xc5, 0x50]; // add rbp, 0x50
         assert_eq!(place(&[&MOV_R15_RDI, &LOAD_S3, &LEA_START, &lea_end]).unwrap(), (0x30, 0x30));
         assert_eq!(place(&[&MOV_R15_RDI, &LOAD_S3, &LEA_START, &add_end]).unwrap(), (0x30, 0x30));
+    }
+
+    fn words(ws: &[u32]) -> Vec<u8> {
+        ws.iter().flat_map(|w| w.to_le_bytes()).collect()
+    }
+
+    const MOV_X20_X0: u32 = 0xaa0003f4;
+    const BL_AHEAD: u32 = 0x94000040; // bl +0x100
+    const RET_A64: u32 = 0xd65f03c0;
+
+    /// GCC's aarch64 build of the `boring` crate (its instructions): s3
+    /// loaded through the copy of ssl in x20, after the epilogue's restore
+    /// of x20 laid out before it, and the span's two ends.
+    #[test]
+    fn the_client_random_span_on_aarch64_as_gcc_builds_it() {
+        let ldp_x19_x20 = 0xa94153f3; // ldp x19, x20, [sp, #16]
+        let load_s3 = 0xf9401a99; // ldr x25, [x20, #48]
+        let start = 0x9100c321; // add x1, x25, #0x30
+        let end = 0x91014326; // add x6, x25, #0x50
+        let code = [MOV_X20_X0, BL_AHEAD, ldp_x19_x20, load_s3, start, end, RET_A64];
+        assert_eq!(client_random_place_aarch64(&words(&code), 0x1000).unwrap(), (0x30, 0x30));
+        let end_64_on = 0x91018326; // add x6, x25, #0x60
+        let code = [MOV_X20_X0, BL_AHEAD, load_s3, start, end_64_on, RET_A64];
+        assert!(client_random_place_aarch64(&words(&code), 0x1000).is_err());
+        let without_ssl = [BL_AHEAD, load_s3, start, end, RET_A64];
+        assert!(client_random_place_aarch64(&words(&without_ssl), 0x1000).is_err(), "x20 is not ssl");
+    }
+
+    /// Clang's in Android 13's arm64 libssl (its instructions): the span's
+    /// start read byte by byte with an index compared with 32.
+    #[test]
+    fn the_client_random_read_in_a_loop_on_aarch64_as_clang_builds_it() {
+        let code = |bound: u32| {
+            words(&[
+                0xaa0003f3, // mov x19, x0
+                0xf9401a77, // ldr x23, [x19, #48]
+                BL_AHEAD, 0x9100c2e9, // add x9, x23, #0x30
+                0xaa1f03e8, // mov x8, xzr
+                0x3868692a, // ldrb w10, [x9, x8]
+                0x91000508, // add x8, x8, #0x1
+                bound,      // cmp x8, #...
+                0x54ffffa1, // b.ne -0xc
+                RET_A64,
+            ])
+        };
+        assert_eq!(client_random_place_aarch64(&code(0xf100811f), 0x1000).unwrap(), (0x30, 0x30));
+        // cmp x8, #0x10: not the client random's 32 bytes.
+        assert!(client_random_place_aarch64(&code(0xf100411f), 0x1000).is_err());
+        let all = code(0xf100811f);
+        for cut in (0..all.len()).step_by(4) {
+            let _ = client_random_place_aarch64(&all[..cut], 0x1000);
+        }
     }
 
     /// An end that is not 32 bytes on, an `add` to a register that holds

@@ -13,4 +13,5 @@ pub mod mutate;
 pub mod nss_freebl;
 pub mod pinned;
 pub mod procs;
+pub mod trace;
 pub mod version;

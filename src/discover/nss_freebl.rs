@@ -35,7 +35,7 @@ use super::aarch64;
 use super::boringssl::{containing, function_starts};
 use super::calls::direct_calls;
 use super::elf::{file_offset_of, load_segments, Function, Isa, Symbols};
-use super::gnutls_keylog::{trace, Aarch64, Event, Machine, Value, X86_64};
+use super::trace::{trace, Aarch64, Event, Machine, Value, X86_64};
 
 /// The exported function returning the table.
 pub const GET_VECTOR: &str = "FREEBL_GetVector";

@@ -33,6 +33,23 @@ ARM64_DEFAULT_TESTS=(
     # rustls (statically linked, found by its symbols), both sides
     # byte-exact; the peer is cross-built on the host.
     e2e_rustls:rustls_client_and_server_both_ways
+    # BoringSSL linked into an executable (the `boring` crate, cross-built
+    # on the host), with its symbols and stripped: its functions and its
+    # key log function found from aarch64 code (checked against the
+    # symbol table, on patched and mutated copies), then both sides
+    # byte-exact and the secrets equal to the program's own key log.
+    e2e_boringssl:boringssl_functions_are_found_from_the_code_alone
+    e2e_boringssl:a_boringssl_whose_anchors_do_not_hold_is_refused_and_garbage_never_panics
+    e2e_boringssl:changed_code_gives_the_same_boringssl_functions_or_none
+    e2e_boringssl:boringssl_key_log_function_is_found_from_the_code_alone
+    e2e_boringssl:boringssl_stripped_and_not_both_ways
+    e2e_boringssl:boringssl_secrets_equal_the_programs_own_key_log
+    # Android 13's shared BoringSSL (Debian's android-libboringssl): its
+    # exported functions, and its key log function and client random found
+    # from clang's aarch64 code, under a C peer cross-built on the host.
+    e2e_boringssl:a_shared_boringssl_is_told_from_openssl_by_its_content
+    e2e_boringssl:boringssl_shared_library_both_ways
+    e2e_boringssl:boringssl_shared_library_secrets_equal_the_programs_own_key_log
 )
 ARM64_TARGET=aarch64-unknown-linux-gnu
 
@@ -81,6 +98,42 @@ arm64_build_rustls_peer() {
     RUSTLS_DIR="$target_dir/$ARM64_TARGET"
 }
 
+# The BoringSSL peer (tests/boring/boringpeer: the `boring` crate, which
+# compiles BoringSSL with the cross gcc and g++) for arm64, and its
+# `strip --strip-all` copy; sets BORING_DIR to what the tests take as
+# CLEARTAP_TEST_BORING_PREBUILT.
+arm64_build_boring_peer() {
+    local target_dir="$REPO/target/boring-tests-arm64"
+    CARGO_TARGET_DIR=$target_dir CXX_aarch64_unknown_linux_gnu=aarch64-linux-gnu-g++ \
+        "$REPO/scripts/cross-build-arm64" --manifest-path "$REPO/tests/boring/boringpeer/Cargo.toml" >&2 ||
+        die "the cross build of the arm64 BoringSSL peer failed (scripts/cross-build-arm64; it needs aarch64-linux-gnu-g++: scripts/install-deps --arm64)"
+    BORING_DIR="$target_dir/$ARM64_TARGET/release"
+    aarch64-linux-gnu-strip --strip-all -o "$BORING_DIR/boringpeer-stripped" "$BORING_DIR/boringpeer" ||
+        die "aarch64-linux-gnu-strip of the BoringSSL peer failed"
+}
+
+# tests/support/boring_so_peer.c cross-built against the arm64 shared
+# BoringSSL (android-libboringssl:arm64, headers from the amd64
+# android-libboringssl-dev: they are the same), loading it from its
+# directory (-system) or from beside itself (-origin); sets BORING_SO_DIR
+# to what the tests take as CLEARTAP_TEST_BORING_SO_PEER_PREBUILT.
+arm64_build_boring_so_peer() {
+    local lib=/usr/lib/aarch64-linux-gnu/android variant rpath
+    [ -r "$lib/libssl.so.0" ] || die "$lib/libssl.so.0 is missing: scripts/install-deps --arm64"
+    [ -r /usr/include/android/openssl/is_boringssl.h ] ||
+        die "/usr/include/android is missing: scripts/install-deps --test (android-libboringssl-dev)"
+    BORING_SO_DIR="$REPO/target/boring-so-peer-arm64"
+    mkdir -p "$BORING_SO_DIR"
+    for variant in system origin; do
+        rpath=$lib
+        [ $variant = origin ] && rpath='$ORIGIN'
+        aarch64-linux-gnu-gcc -O1 -Wall -Werror -o "$BORING_SO_DIR/boring_so_peer-$variant" \
+            "$REPO/tests/support/boring_so_peer.c" -I/usr/include/android \
+            "$lib/libssl.so.0" "$lib/libcrypto.so.0" "-Wl,-rpath,$rpath" ||
+            die "the cross build of tests/support/boring_so_peer.c failed"
+    done
+}
+
 arm64_prepare() {
     local bin_dir="${CARGO_TARGET_DIR:-$REPO/target}/$ARM64_TARGET/release"
     BIN_DIR=$bin_dir
@@ -105,6 +158,9 @@ arm64_prepare() {
     local rustls=""
     case " ${ARM64_TESTS[*]}" in *" e2e_rustls:"*) rustls=1 ;; esac
     [ -n "$rustls" ] && arm64_build_rustls_peer
+    local boring=""
+    case " ${ARM64_TESTS[*]}" in *" e2e_boringssl:"*) boring=1 ;; esac
+    [ -n "$boring" ] && arm64_build_boring_peer && arm64_build_boring_so_peer
 
     # What the guest needs beyond the root filesystem, at the paths the
     # binaries expect, packed as a second cpio after the first.
@@ -132,6 +188,14 @@ arm64_prepare() {
     if [ -n "$rustls" ]; then
         arm64_stage "$RUSTLS_DIR/release/rustlspeer"
         guest_cmd+=" CLEARTAP_TEST_RUSTLS_PREBUILT=$RUSTLS_DIR"
+    fi
+    if [ -n "$boring" ]; then
+        arm64_stage "$BORING_DIR/boringpeer"
+        arm64_stage "$BORING_DIR/boringpeer-stripped"
+        guest_cmd+=" CLEARTAP_TEST_BORING_PREBUILT=$BORING_DIR"
+        arm64_stage "$BORING_SO_DIR/boring_so_peer-system"
+        arm64_stage "$BORING_SO_DIR/boring_so_peer-origin"
+        guest_cmd+=" CLEARTAP_TEST_BORING_SO_PEER_PREBUILT=$BORING_SO_DIR"
     fi
     guest_cmd+=" CLEARTAP_VM_TEST_TIMEOUT=$TEST_TIMEOUT $HERE/guest.sh /tmp/results ${ARM64_TESTS[*]}"
     cat >"$STAGE/init" <<INIT

@@ -27,32 +27,23 @@
 //!    argument, which is what the kernel probe reads. Anything else is
 //!    refused: no probe rather than a probe on the wrong function.
 //!
-//! Each function is traced symbolically: registers hold "argument N plus
-//! k", a constant, a PC-relative address, the word at such an address, or
-//! unknown; both sides of every conditional branch are followed, each
-//! instruction once. Every read is bounds-checked and decoding is capped
-//! at [`super::calls::MAX_FUNCTION`] bytes per function: these bytes come
-//! from any file on the host.
-
-mod aarch64;
-mod x86_64;
+//! Each function is traced symbolically ([`super::trace`]); decoding is
+//! capped at [`super::calls::MAX_FUNCTION`] bytes per function: these
+//! bytes come from any file on the host.
 
 use anyhow::{bail, Context, Result};
-use object::elf::{PF_X, PT_LOAD};
-use object::read::elf::{ElfFile64, ProgramHeader};
-use object::{
-    Architecture, Endianness, Object, ObjectSymbol, ObjectSymbolTable, ReadRef, RelocationFlags,
-    RelocationTarget,
-};
+use object::read::elf::ElfFile64;
+use object::{Architecture, Endianness, Object, ReadRef};
 
 use super::calls::function_code;
 #[cfg(test)]
 use super::calls::MAX_FUNCTION;
 use super::elf::{file_offset_of, load_segments, Function, Isa, Symbols};
 use super::pinned::PinnedFile;
-
-pub use aarch64::Aarch64;
-pub use x86_64::X86_64;
+use super::trace::{
+    code_at, executable_ranges, relative_slots, stub_slot, symbol_slots, trace, Aarch64, Event, Machine,
+    Target, Value, PLT_STUB_BYTES, X86_64,
+};
 
 /// Where to probe for GnuTLS secrets and how to read the client random.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,33 +65,6 @@ const MAX_CLIENT_RANDOM_OFFSET: i64 = 0x1_0000;
 const CLIENT_RANDOM_SIZE: u64 = 32;
 
 const UNAVAILABLE: &str = "GnuTLS key log lines are unavailable for this library";
-
-/// The instruction-set-specific half of the tracer: decoding one
-/// instruction into its effect. Everything else (following paths, what
-/// the effects mean) is shared, so both instruction sets run the same
-/// algorithm.
-pub trait Machine {
-    /// The integer argument registers of the C calling convention, in
-    /// order, as indices into [`Regs`].
-    const ARGS: [usize; 3];
-    /// The register a function returns its (integer) result in.
-    const RESULT: usize;
-    /// The registers a call may change.
-    const CALLER_SAVED: &'static [usize];
-    /// Relocations by which the loader puts a symbol's address into a
-    /// GOT slot (PLT slots and `call [GOT]`/`adrp+ldr` slots).
-    const SYMBOL_SLOTS: [u32; 2];
-    /// The relocation by which the loader puts `base + addend` into a
-    /// slot: how position-independent code holds its own functions'
-    /// addresses in the GOT.
-    const RELATIVE: u32;
-
-    /// Decodes the instruction at the start of `code` (linked at `at`),
-    /// applies its effect to `regs`, records its stores and loads in
-    /// `events`, and returns its length and where control goes; `None`
-    /// when nothing decodes there.
-    fn step(code: &[u8], at: u64, regs: &mut Regs, events: &mut Vec<Event>) -> Option<(usize, Flow)>;
-}
 
 pub fn find(file: &PinnedFile) -> Result<GnutlsKeylogPoints> {
     let bytes = file.data();
@@ -243,7 +207,7 @@ fn default_keylog_function<M: Machine>(
     let mut found: Vec<(u64, u64)> = Vec::new();
     let mut calls = 0;
     for event in &events {
-        let Event::Call { at, target, second_arg } = event else { continue };
+        let Event::Call { at, target, args: [_, second_arg, ..] } = event else { continue };
         if !is_set_keylog(target) {
             continue;
         }
@@ -300,215 +264,6 @@ fn reads_a_datum_through_its_third_argument<M: Machine>(code: &[u8], address: u6
         })
     };
     reads(0, 8) && reads(8, 4)
-}
-
-/// Addresses of the GOT slots the dynamic loader fills with `name`'s
-/// address (`*_JUMP_SLOT` for PLT stubs, `*_GLOB_DAT` for `.plt.got` stubs
-/// and loads from the GOT).
-fn symbol_slots<'d, M: Machine, R: ReadRef<'d>>(elf: &ElfFile64<'d, Endianness, R>, name: &str) -> Vec<u64> {
-    let (Some(relocations), Some(symbols)) = (elf.dynamic_relocations(), elf.dynamic_symbol_table()) else {
-        return Vec::new();
-    };
-    let mut slots = Vec::new();
-    for (slot, relocation) in relocations {
-        let RelocationFlags::Elf { r_type } = relocation.flags() else { continue };
-        if !M::SYMBOL_SLOTS.contains(&r_type) {
-            continue;
-        }
-        let RelocationTarget::Symbol(index) = relocation.target() else { continue };
-        let Ok(symbol) = symbols.symbol_by_index(index) else { continue };
-        if symbol.name_bytes().is_ok_and(|n| n == name.as_bytes()) {
-            slots.push(slot);
-        }
-    }
-    slots
-}
-
-/// (slot, address as linked) of every GOT slot the loader fills with an
-/// address inside the library itself (`*_RELATIVE`, explicit addend).
-fn relative_slots<'d, M: Machine, R: ReadRef<'d>>(elf: &ElfFile64<'d, Endianness, R>) -> Vec<(u64, u64)> {
-    let Some(relocations) = elf.dynamic_relocations() else { return Vec::new() };
-    relocations
-        .filter(|(_, relocation)| {
-            relocation.flags() == RelocationFlags::Elf { r_type: M::RELATIVE }
-                && !relocation.has_implicit_addend()
-        })
-        .map(|(slot, relocation)| (slot, relocation.addend() as u64))
-        .collect()
-}
-
-/// A PLT stub is a few instructions: x86 `[endbr64] [bnd] jmp [rip+slot]`,
-/// aarch64 `[bti c] adrp x16; ldr x17,[x16,#lo]; add x16,x16,#lo; br x17`.
-const PLT_STUB_BYTES: u64 = 24;
-
-/// The GOT slot a PLT stub at `address` jumps through: its only way out
-/// is a jump through that slot, and it stores nothing (it may load the
-/// slot into a register first).
-fn stub_slot<M: Machine>(code: &[u8], address: u64) -> Option<u64> {
-    let events = trace::<M>(code, address);
-    let mut effects =
-        events.iter().filter(|event| !matches!(event, Event::Load { .. } | Event::Return { .. }));
-    match (effects.next(), effects.next()) {
-        (Some(&Event::Call { target: Target::Slot(slot), .. }), None) => Some(slot),
-        _ => None,
-    }
-}
-
-/// Up to `len` bytes of the file at `address` (as linked); empty outside it.
-fn code_at<'d, R: ReadRef<'d>>(bytes: R, segments: &[(u64, u64, u64)], address: u64, len: u64) -> &'d [u8] {
-    let Some(start) = file_offset_of(segments, address) else { return &[] };
-    let end = start.saturating_add(len).min(bytes.len().unwrap_or(0));
-    if end <= start {
-        return &[];
-    }
-    bytes.read_bytes_at(start, end - start).unwrap_or(&[])
-}
-
-/// [start, end) of the file-backed part of each executable PT_LOAD segment.
-fn executable_ranges<'d, R: ReadRef<'d>>(elf: &ElfFile64<'d, Endianness, R>) -> Vec<(u64, u64)> {
-    let endian = elf.endian();
-    elf.elf_program_headers()
-        .iter()
-        .filter(|ph| ph.p_type(endian) == PT_LOAD && ph.p_flags(endian) & PF_X != 0)
-        .map(|ph| {
-            let start = ph.p_vaddr(endian);
-            (start, start.saturating_add(ph.p_filesz(endian)))
-        })
-        .collect()
-}
-
-/// What a register holds, as far as a trace can tell.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Value {
-    Unknown,
-    /// Argument N (0 = the first) as on entry, plus an offset.
-    Arg(u8, i64),
-    Const(u64),
-    /// A PC-relative address (`lea reg,[rip+X]`, `adrp`, `adr`).
-    Address(u64),
-    /// The 64-bit word at a PC-relative address (`mov reg,[rip+X]`,
-    /// `adrp`+`ldr`): a GOT slot's contents once the loader filled it.
-    Loaded(u64),
-}
-
-impl Value {
-    fn plus(self, delta: i64) -> Value {
-        match self {
-            Value::Unknown | Value::Loaded(_) => Value::Unknown,
-            Value::Arg(n, offset) => Value::Arg(n, offset.wrapping_add(delta)),
-            Value::Const(c) => Value::Const(c.wrapping_add(delta as u64)),
-            Value::Address(a) => Value::Address(a.wrapping_add(delta as u64)),
-        }
-    }
-
-    /// The value as the target of an indirect call or jump.
-    fn as_target(self) -> Target {
-        match self {
-            Value::Address(to) => Target::Direct(to),
-            Value::Loaded(slot) => Target::Slot(slot),
-            _ => Target::Unknown,
-        }
-    }
-}
-
-/// The registers a trace follows, indexed as each [`Machine`] numbers
-/// them (x86: rax..r15 in hardware order; aarch64: x0..x30, then sp).
-pub type Regs = [Value; 32];
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Target {
-    /// A known address (`call rel32`, `bl`, or a register holding one).
-    Direct(u64),
-    /// Through a GOT slot (`call [rip+slot]`, `br x17` after `adrp`+`ldr`).
-    Slot(u64),
-    Unknown,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Event {
-    /// `mov [base+disp], value`, `width` bytes.
-    Store { at: u64, base: Value, disp: i64, width: usize, value: Value },
-    /// A load of `width` bytes from `[base+disp]` into a general register.
-    Load { base: Value, disp: i64, width: usize },
-    /// A call or tail jump out of the function, with the second argument
-    /// register at it.
-    Call { at: u64, target: Target, second_arg: Value },
-    /// A return to the caller, with the result register at it.
-    Return { value: Value },
-}
-
-/// Where control goes after one instruction.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Flow {
-    /// To the next instruction.
-    Next,
-    /// A conditional branch: to `to` or to the next instruction.
-    Branch(u64),
-    /// An unconditional jump: inside the function, the path goes on there;
-    /// outside, it is a tail call.
-    Jump(Target),
-    /// A call: the next instruction runs after it, with the caller-saved
-    /// registers changed.
-    Call(Target),
-    /// A return to the caller.
-    Return,
-    /// A trap, or anything else not followed.
-    Stop,
-}
-
-/// Follows every path through `code` (at `address`) from its entry,
-/// decoding each instruction once, and reports stores, loads, calls and
-/// returns.
-pub fn trace<M: Machine>(code: &[u8], address: u64) -> Vec<Event> {
-    let mut entry = [Value::Unknown; 32];
-    for (n, &reg) in M::ARGS.iter().enumerate() {
-        entry[reg] = Value::Arg(n as u8, 0);
-    }
-    let inside = |target: u64| target.wrapping_sub(address) < code.len() as u64;
-    let mut visited = vec![false; code.len()];
-    let mut pending = vec![(address, entry)];
-    let mut events = Vec::new();
-    while let Some((start, mut regs)) = pending.pop() {
-        let mut at = start;
-        loop {
-            let offset = at.wrapping_sub(address) as usize;
-            if visited.get(offset).copied().unwrap_or(true) {
-                break;
-            }
-            visited[offset] = true;
-            let Some((len, flow)) = M::step(&code[offset..], at, &mut regs, &mut events) else { break };
-            let call = |target| Event::Call { at, target, second_arg: regs[M::ARGS[1]] };
-            match flow {
-                Flow::Next => {}
-                Flow::Branch(to) => {
-                    if inside(to) {
-                        pending.push((to, regs));
-                    }
-                }
-                Flow::Jump(Target::Direct(to)) if inside(to) => {
-                    pending.push((to, regs));
-                    break;
-                }
-                Flow::Jump(target) => {
-                    events.push(call(target));
-                    break;
-                }
-                Flow::Call(target) => {
-                    events.push(call(target));
-                    for &reg in M::CALLER_SAVED {
-                        regs[reg] = Value::Unknown;
-                    }
-                }
-                Flow::Return => {
-                    events.push(Event::Return { value: regs[M::RESULT] });
-                    break;
-                }
-                Flow::Stop => break,
-            }
-            at = at.wrapping_add(len as u64);
-        }
-    }
-    events
 }
 
 #[cfg(test)]
@@ -844,29 +599,6 @@ mod tests {
         assert_eq!(keylog_func_field::<Aarch64>(&words(&[0xb9066001, 0xd65f03c0]), 0x1000), None);
         // str x0, [x1, #0x660]: the other way round.
         assert_eq!(keylog_func_field::<Aarch64>(&words(&[0xf9033020, 0xd65f03c0]), 0x1000), None);
-    }
-
-    #[test]
-    fn plt_stubs() {
-        // jmp [rip+0x2000]
-        let plain = [0xff, 0x25, 0x00, 0x20, 0, 0, 0x68, 0, 0, 0, 0];
-        assert_eq!(stub_slot::<X86_64>(&plain, 0x1000), Some(0x3006));
-        // endbr64; bnd jmp [rip+0x2000]
-        let sec = [0xf3, 0x0f, 0x1e, 0xfa, 0xf2, 0xff, 0x25, 0x00, 0x20, 0, 0, 0x0f, 0x1f, 0x44, 0, 0];
-        assert_eq!(stub_slot::<X86_64>(&sec, 0x1000), Some(0x300b));
-        assert_eq!(stub_slot::<X86_64>(&sec[..6], 0x1000), None);
-        assert_eq!(stub_slot::<X86_64>(&[0x90; 16], 0x1000), None);
-        // adrp x16, +3 pages; ldr x17, [x16, #0x838]; add x16, x16, #0x838; br x17
-        let stub = words(&[0xf0000010, 0xf9441e11, 0x9120e210, 0xd61f0220]);
-        assert_eq!(stub_slot::<Aarch64>(&stub, 0x36eb0), Some(0x36000 + 0x3000 + 0x838));
-        assert_eq!(stub_slot::<Aarch64>(&stub[..12], 0x36eb0), None);
-        // With branch target identification: bti c first.
-        let bti = words(&[0xd503245f, 0xf0000010, 0xf9441e11, 0x9120e210, 0xd61f0220]);
-        assert_eq!(stub_slot::<Aarch64>(&bti, 0x36eb0), Some(0x36000 + 0x3000 + 0x838));
-        // br x16 (the address, not the slot's contents): not a PLT stub.
-        let through_address = words(&[0xf0000010, 0xf9441e11, 0x9120e210, 0xd61f0200]);
-        assert_eq!(stub_slot::<Aarch64>(&through_address, 0x36eb0), None);
-        assert_eq!(stub_slot::<Aarch64>(&words(&[0xd503201f; 4]), 0x36eb0), None);
     }
 
     #[test]

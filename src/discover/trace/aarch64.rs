@@ -1,9 +1,11 @@
-//! aarch64 instructions as the GnuTLS tracer sees them, decoded by
+//! aarch64 instructions as the tracer sees them, decoded by
 //! yaxpeax-arm. Instructions are modelled only as far as the tracer needs
 //! them (moves, PC-relative addresses, add/sub of an immediate, loads and
 //! stores at a fixed offset, branches and calls); any other instruction
 //! makes every general register it names unknown, which can only lose a
 //! finding, never invent one.
+
+use std::collections::HashSet;
 
 use object::elf::{R_AARCH64_GLOB_DAT, R_AARCH64_JUMP_SLOT, R_AARCH64_RELATIVE};
 use yaxpeax_arch::{Decoder, U8Reader};
@@ -16,8 +18,8 @@ use super::{Event, Flow, Machine, Regs, Target, Value};
 pub struct Aarch64;
 
 impl Machine for Aarch64 {
-    /// x0, x1, x2 (AAPCS64).
-    const ARGS: [usize; 3] = [0, 1, 2];
+    /// x0..x3 (AAPCS64).
+    const ARGS: [usize; 4] = [0, 1, 2, 3];
     /// x0.
     const RESULT: usize = 0;
     /// x0..x18 (x16/x17 are the PLT's scratch, x18 the platform
@@ -32,6 +34,64 @@ impl Machine for Aarch64 {
         let instr = InstDecoder::default().decode(&mut U8Reader::new(word)).ok()?;
         Some((4, execute(&instr, at, regs, events)))
     }
+
+    fn address_references(code: &[u8], address: u64, targets: &HashSet<u64>) -> Vec<u64> {
+        let words: Vec<u32> =
+            code.chunks_exact(4).map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]])).collect();
+        let mut sites = Vec::new();
+        for (i, &word) in words.iter().enumerate() {
+            let at = address.wrapping_add(4 * i as u64);
+            let Some((rd, page)) = adrp(word, at) else { continue };
+            // The `add` that completes it, within a few instructions.
+            let completed =
+                words[i + 1..].iter().take(ADRP_ADD_WINDOW).find_map(|&next| match add_immediate(next) {
+                    Some((_, rn, imm)) if rn == rd => Some(page.wrapping_add(imm)),
+                    _ => None,
+                });
+            if completed.is_some_and(|to| targets.contains(&to)) {
+                sites.push(at);
+            }
+        }
+        sites
+    }
+
+    fn direct_calls_to(code: &[u8], address: u64, target: u64) -> Vec<u64> {
+        code.chunks_exact(4)
+            .enumerate()
+            .filter_map(|(i, w)| {
+                let word = u32::from_le_bytes([w[0], w[1], w[2], w[3]]);
+                let at = address.wrapping_add(4 * i as u64);
+                // bl imm26: the offset in words, signed.
+                let offset = ((word << 6) as i32 >> 4) as i64;
+                (word & 0xfc00_0000 == 0x9400_0000 && at.wrapping_add(offset as u64) == target).then_some(at)
+            })
+            .collect()
+    }
+}
+
+/// Instructions looked at after an `adrp` for the `add` of its low bits.
+const ADRP_ADD_WINDOW: usize = 16;
+
+/// `adrp xd, page`: (d, page).
+fn adrp(word: u32, at: u64) -> Option<(u32, u64)> {
+    if word & 0x9f00_0000 != 0x9000_0000 {
+        return None;
+    }
+    let immediate = ((word >> 3) & 0x001f_fffc) | ((word >> 29) & 3);
+    // 21 bits, signed, in pages.
+    let pages = ((immediate << 11) as i32 >> 11) as i64;
+    Some((word & 31, (at & !0xfff).wrapping_add((pages << 12) as u64)))
+}
+
+/// `add xd, xn, #imm` (64-bit, immediate, optionally shifted by 12):
+/// (d, n, imm).
+fn add_immediate(word: u32) -> Option<(u32, u32, u64)> {
+    let shift = match word & 0xffc0_0000 {
+        0x9100_0000 => 0,
+        0x9140_0000 => 12,
+        _ => return None,
+    };
+    Some((word & 31, (word >> 5) & 31, (((word >> 10) & 0xfff) as u64) << shift))
 }
 
 /// A general register's value as an operand reads it: `xzr`/`wzr` is 0,

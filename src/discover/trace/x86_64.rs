@@ -1,4 +1,6 @@
-//! x86-64 instructions as the GnuTLS tracer sees them, decoded by iced-x86.
+//! x86-64 instructions as the tracer sees them, decoded by iced-x86.
+
+use std::collections::HashSet;
 
 use iced_x86::{
     Decoder, DecoderOptions, FlowControl, Instruction, InstructionInfoFactory, Mnemonic, OpAccess, OpKind,
@@ -12,8 +14,8 @@ use super::{Event, Flow, Machine, Regs, Target, Value};
 pub struct X86_64;
 
 impl Machine for X86_64 {
-    /// rdi, rsi, rdx: the first System V argument registers.
-    const ARGS: [usize; 3] = [7, 6, 2];
+    /// rdi, rsi, rdx, rcx: the first System V argument registers.
+    const ARGS: [usize; 4] = [7, 6, 2, 1];
     /// rax.
     const RESULT: usize = 0;
     /// rax, rcx, rdx, rsi, rdi, r8-r11.
@@ -57,6 +59,28 @@ impl Machine for X86_64 {
             _ => Flow::Stop,
         };
         Some((instr.len(), flow))
+    }
+
+    fn address_references(code: &[u8], address: u64, targets: &HashSet<u64>) -> Vec<u64> {
+        (0..code.len().saturating_sub(6))
+            .filter(|&i| matches!(code[i], 0x48 | 0x4c) && code[i + 1] == 0x8d && code[i + 2] & 0xc7 == 0x05)
+            .filter_map(|i| {
+                let disp = i32::from_le_bytes(code[i + 3..i + 7].try_into().ok()?);
+                let next = address.wrapping_add(i as u64 + 7);
+                targets.contains(&next.wrapping_add(disp as i64 as u64)).then(|| address + i as u64)
+            })
+            .collect()
+    }
+
+    fn direct_calls_to(code: &[u8], address: u64, target: u64) -> Vec<u64> {
+        (0..code.len().saturating_sub(4))
+            .filter(|&i| code[i] == 0xe8)
+            .filter_map(|i| {
+                let rel = i32::from_le_bytes(code[i + 1..i + 5].try_into().ok()?);
+                let next = address.wrapping_add(i as u64 + 5);
+                (next.wrapping_add(rel as i64 as u64) == target).then(|| address + i as u64)
+            })
+            .collect()
     }
 }
 
