@@ -352,8 +352,28 @@ fn mapped_files(pid: u32) -> BTreeSet<String> {
         .collect()
 }
 
-fn check_static_executable(started_before_cleartap: bool) {
-    let binary = claims_client(Link::Static);
+/// `strip --strip-all` of a static claims client, still named
+/// `claims_client` (its comm), in a directory of its own beside the
+/// build; made under another name and renamed, so that tests running at
+/// once never see half a file.
+fn stripped_claims_client(link: Link) -> PathBuf {
+    let built = claims_client(link);
+    let dir = built.parent().unwrap().with_extension("stripped");
+    let stripped = dir.join("claims_client");
+    if stripped.exists() {
+        return stripped;
+    }
+    fs::create_dir_all(&dir).unwrap();
+    let partial = dir.join(format!("claims_client.{}.partial", std::process::id()));
+    let status =
+        Command::new(tool("strip")).arg("--strip-all").arg("-o").arg(&partial).arg(&built).status().unwrap();
+    assert!(status.success(), "strip --strip-all {}", built.display());
+    fs::rename(&partial, &stripped).unwrap();
+    stripped
+}
+
+fn check_static_executable(started_before_cleartap: bool, stripped: bool) {
+    let binary = if stripped { stripped_claims_client(Link::Static) } else { claims_client(Link::Static) };
     let path = binary.to_str().unwrap();
     let server = TlsServer::start();
     let dir = tempfile::tempdir().unwrap();
@@ -404,7 +424,69 @@ fn check_static_executable(started_before_cleartap: bool) {
 fn openssl_in_a_static_executable_running_before_cleartap_or_started_later_is_captured_byte_exact() {
     let Some(_one) = capture_test() else { return };
     for started_before_cleartap in [true, false] {
-        check_static_executable(started_before_cleartap);
+        check_static_executable(started_before_cleartap, false);
+    }
+}
+
+/// The same executable stripped (`strip --strip-all`): its SSL_write and
+/// SSL_read found from its code (`discover::openssl_stripped`), both
+/// directions byte-exact, running before cleartap or started after.
+#[test]
+fn openssl_in_a_stripped_static_executable_is_captured_byte_exact() {
+    let Some(_one) = capture_test() else { return };
+    for started_before_cleartap in [true, false] {
+        check_static_executable(started_before_cleartap, true);
+    }
+}
+
+/// OpenSSL's SSL_write and SSL_read found from the code alone: in the
+/// stripped static executable, the addresses its unstripped build's symbol
+/// table names (Debian's shared libssl.so.3 is checked by the module's
+/// unit test). Copies with bytes changed in those functions give the same
+/// functions or a refusal, never others; cut or foreign files never panic.
+#[test]
+fn openssl_functions_are_found_from_the_code_alone() {
+    use cleartap::discover::elf::Symbols;
+    use cleartap::discover::{mutate, openssl_stripped};
+    let names = ["SSL_write", "SSL_read"];
+    {
+        let (with_symbols, code_only) = (claims_client(Link::Static), stripped_claims_client(Link::Static));
+        let symbols = Symbols::parse(&fs::read(&with_symbols).unwrap()[..], &names).unwrap();
+        let bytes = fs::read(&code_only).unwrap();
+        let found = openssl_stripped::find(&bytes[..]).unwrap().expect("OpenSSL's ssl_lib.c found");
+        for (name, function) in names.iter().zip([found.write, found.read]) {
+            let want = symbols.get(name).unwrap_or_else(|| panic!("{name} in {}", with_symbols.display()));
+            assert_eq!(function.address, want.address, "{name} in {}", code_only.display());
+            assert_eq!(function.file_offset, want.file_offset, "{name} in {}", code_only.display());
+        }
+        let mut copy = bytes.clone();
+        let ranges: Vec<(usize, usize)> = [found.write, found.read]
+            .iter()
+            .map(|f| (f.file_offset as usize, f.size.clamp(1, 1024) as usize))
+            .collect();
+        let (mut same, mut refused) = (0, 0);
+        mutate::with_changed_bytes(&mut copy, &ranges, 300, |changed| {
+            match openssl_stripped::find(changed) {
+                Ok(Some(points)) => {
+                    assert_eq!(
+                        points,
+                        found,
+                        "a changed copy of {} gave other functions",
+                        code_only.display()
+                    );
+                    same += 1;
+                }
+                Ok(None) | Err(_) => refused += 1,
+            }
+        });
+        eprintln!("{}: {same} found the same, {refused} refused, of 300 changed copies", code_only.display());
+        assert!(refused > 0, "no change was ever refused: the test reaches nothing");
+        for cut in [0, 64, 4096, bytes.len() / 3, bytes.len() / 2, bytes.len() - 1] {
+            let _ = openssl_stripped::find(&bytes[..cut]);
+        }
+    }
+    for other in ["/bin/true", "/bin/bash"] {
+        assert_eq!(openssl_stripped::find(&fs::read(other).unwrap()[..]).unwrap(), None, "{other}");
     }
 }
 
@@ -507,8 +589,19 @@ fn held_programs_run_as_if_never_held_and_a_slow_check_does_not_hold_them_long()
 #[test]
 fn openssl_in_a_static_executable_gives_its_secrets_to_the_key_log_and_pcapng() {
     let Some(_one) = capture_test() else { return };
+    check_static_secrets(claims_client(Link::StaticKeylog));
+}
+
+/// The same, stripped: its SSL_write and SSL_read found from its code, its
+/// secrets read by the version string the linker kept.
+#[test]
+fn openssl_in_a_stripped_static_executable_gives_its_secrets_to_the_key_log_and_pcapng() {
+    let Some(_one) = capture_test() else { return };
+    check_static_secrets(stripped_claims_client(Link::StaticKeylog));
+}
+
+fn check_static_secrets(binary: PathBuf) {
     let _tshark = tool("tshark");
-    let binary = claims_client(Link::StaticKeylog);
     let path = binary.to_str().unwrap();
     let server = TlsServer::start();
     let dir = tempfile::tempdir().unwrap();

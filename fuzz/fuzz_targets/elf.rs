@@ -1,11 +1,11 @@
 #![no_main]
 // Any file on a host may be handed to the ELF readers: symbols,
-// dependencies, Go build info and pclntab, RET offsets, BoringSSL found in
-// stripped code and its key log function, NSS freebl's secret points,
-// OpenSSL's internal probe points. None may panic.
+// dependencies, Go build info and pclntab, RET offsets, BoringSSL and
+// OpenSSL found in stripped code, BoringSSL's key log function, NSS
+// freebl's secret points, OpenSSL's internal probe points. None may panic.
 use cleartap::discover::elf::{Dependencies, Isa, Symbols};
 use cleartap::discover::golang::{self, GoBinary};
-use cleartap::discover::{boringssl, nss_freebl};
+use cleartap::discover::{boringssl, nss_freebl, openssl_stripped};
 use cleartap::sources::openssl;
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
@@ -18,6 +18,7 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let _ = Dependencies::parse(data);
     let _ = boringssl::find_in(data);
     let _ = boringssl::find_keylog_in(data);
+    let _ = openssl_stripped::find_in(data);
     let _ = nss_freebl::find(data);
     if let Ok(Some(go)) = GoBinary::parse(data, &["crypto/tls.(*Conn).Read", "crypto/tls.(*Conn).Write"]) {
         for name in ["crypto/tls.(*Conn).Read", "crypto/tls.(*Conn).Write"] {

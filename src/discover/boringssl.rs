@@ -42,13 +42,15 @@ use std::collections::{BTreeMap, HashSet};
 
 use anyhow::{bail, Context, Result};
 use iced_x86::{Code, Decoder, DecoderOptions, FlowControl, Instruction, InstructionInfoFactory, Register};
-use object::elf::{PF_X, PT_GNU_EH_FRAME, PT_LOAD};
-use object::read::elf::{ElfFile64, ProgramHeader};
+use object::read::elf::ElfFile64;
 use object::{Architecture, Endianness, Object, ReadRef};
 use yaxpeax_arm::armv8::a64::{Opcode, Operand, ShiftStyle, SizeCode};
 
 use super::elf::{file_offset_of, load_segments, Function, Isa};
 use super::pinned::PinnedFile;
+use super::text::{
+    c_strings, containing, executable_segment, find_all, function_starts, segments, Text, MAX_FUNCTION,
+};
 use super::trace::{trace, trace_paths, Aarch64, Event, Machine, Target, Value, X86_64};
 
 /// `ERR_LIB_SSL` (include/openssl/err.h).
@@ -65,13 +67,9 @@ const SOURCE_FILE: &[u8] = b"ssl_lib.cc";
 const SOURCE_PATH_SUFFIX: &[u8] = b"/ssl/ssl_lib.cc";
 /// Longest file path looked back over from `ssl_lib.cc`.
 const MAX_PATH: usize = 4096;
-/// Bytes of one segment read (code or read-only data).
-const MAX_SEGMENT: u64 = 256 << 20;
 /// Functions referring to ssl_lib.cc that are disassembled (ssl_lib.cc has
 /// a few hundred).
 const MAX_FUNCTIONS: usize = 4096;
-/// Bytes of one function disassembled.
-const MAX_FUNCTION: u64 = 16 * 1024;
 
 /// Where BoringSSL's plaintext functions are in the file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,20 +100,6 @@ impl Body {
 
     fn calls(&self, target: u64) -> bool {
         self.calls.contains(&target)
-    }
-}
-
-/// A file's code: its executable segment.
-struct Text<'d> {
-    address: u64,
-    bytes: &'d [u8],
-}
-
-impl Text<'_> {
-    fn at(&self, start: u64, end: u64) -> &[u8] {
-        let from = start.saturating_sub(self.address).min(self.bytes.len() as u64) as usize;
-        let to = end.saturating_sub(self.address).min(self.bytes.len() as u64) as usize;
-        &self.bytes[from..to.max(from)]
     }
 }
 
@@ -308,51 +292,6 @@ fn source_file_strings<'d, R: ReadRef<'d>>(elf: &ElfFile64<'d, Endianness, R>, d
     found
 }
 
-/// Where `needle` starts in `hay`.
-fn find_all<'a>(hay: &'a [u8], needle: &'a [u8]) -> impl Iterator<Item = usize> + 'a {
-    let first = needle[0];
-    (0..hay.len().saturating_sub(needle.len() - 1))
-        .filter(move |&i| hay[i] == first && hay[i..].starts_with(needle))
-}
-
-/// (address, bytes) of each PT_LOAD segment, or of the executable ones
-/// only, within [`MAX_SEGMENT`]. Read-only data (strings) is searched in
-/// all of them: a linker that does not separate code (GNU ld for aarch64,
-/// by default) puts it in the executable segment.
-fn segments<'d, R: ReadRef<'d>>(
-    elf: &ElfFile64<'d, Endianness, R>,
-    data: R,
-    executable_only: bool,
-) -> Vec<(u64, &'d [u8])> {
-    let endian = elf.endian();
-    elf.elf_program_headers()
-        .iter()
-        .filter(|ph| ph.p_type(endian) == PT_LOAD && (!executable_only || ph.p_flags(endian) & PF_X != 0))
-        .filter_map(|ph| {
-            let size = ph.p_filesz(endian).min(MAX_SEGMENT);
-            Some((ph.p_vaddr(endian), data.read_bytes_at(ph.p_offset(endian), size).ok()?))
-        })
-        .collect()
-}
-
-/// The one executable segment (what linkers make); more is refused rather
-/// than guessed through.
-fn executable_segment<'d, R: ReadRef<'d>>(elf: &ElfFile64<'d, Endianness, R>, data: R) -> Result<Text<'d>> {
-    match segments(elf, data, true)[..] {
-        [(address, bytes)] => Ok(Text { address, bytes }),
-        ref all => bail!("{} executable segments, not one", all.len()),
-    }
-}
-
-/// The function around `address`: [start, end) between two entries of
-/// the sorted `starts`.
-pub(crate) fn containing(starts: &[u64], address: u64) -> Option<(u64, u64)> {
-    let next = starts.partition_point(|&s| s <= address);
-    let start = *starts.get(next.checked_sub(1)?)?;
-    let end = starts.get(next).copied().unwrap_or(start.saturating_add(MAX_FUNCTION));
-    Some((start, end))
-}
-
 /// Each path through a function is followed up to this many times where
 /// paths join: error reports share their call to ERR_put_error, each
 /// having loaded its own reason before jumping there (clang on aarch64).
@@ -377,61 +316,6 @@ fn body<M: Machine>(code: &[u8], address: u64, files: &HashSet<u64>) -> Body {
         }
     }
     body
-}
-
-/// Function start addresses, sorted, from `.eh_frame_hdr`'s search table
-/// (`PT_GNU_EH_FRAME`). The encodings every x86-64 linker writes (a
-/// 4-byte count, `datarel|sdata4` entries) are read; others are refused.
-pub(crate) fn function_starts<'d, R: ReadRef<'d>>(
-    elf: &ElfFile64<'d, Endianness, R>,
-    data: R,
-) -> Result<Vec<u64>> {
-    let endian = elf.endian();
-    let header = elf
-        .elf_program_headers()
-        .iter()
-        .find(|ph| ph.p_type(endian) == PT_GNU_EH_FRAME)
-        .context("no .eh_frame_hdr (PT_GNU_EH_FRAME) to tell where functions start")?;
-    let base = header.p_vaddr(endian);
-    let bytes = data
-        .read_bytes_at(header.p_offset(endian), header.p_filesz(endian).min(MAX_SEGMENT))
-        .ok()
-        .context("reading .eh_frame_hdr")?;
-    parse_eh_frame_hdr(bytes, base)
-}
-
-/// DW_EH_PE_udata4, DW_EH_PE_sdata4, and datarel|sdata4.
-const UDATA4: u8 = 0x03;
-const SDATA4: u8 = 0x0b;
-const DATAREL_SDATA4: u8 = 0x3b;
-
-fn parse_eh_frame_hdr(bytes: &[u8], base: u64) -> Result<Vec<u64>> {
-    let &[version, pointer_encoding, count_encoding, table_encoding, ..] = bytes else {
-        bail!(".eh_frame_hdr is cut short");
-    };
-    let pointer_size = match pointer_encoding & 0x0f {
-        0x03 | 0x0b => 4,
-        0x04 | 0x0c => 8,
-        _ => bail!(".eh_frame_hdr: eh_frame_ptr encoding {pointer_encoding:#x} not read"),
-    };
-    if version != 1 || !matches!(count_encoding, UDATA4 | SDATA4) || table_encoding != DATAREL_SDATA4 {
-        bail!(".eh_frame_hdr version {version}, encodings {count_encoding:#x}/{table_encoding:#x} not read");
-    }
-    let word = |at: usize| bytes.get(at..at + 4).and_then(|w| w.try_into().ok()).map(i32::from_le_bytes);
-    let count_at = 4 + pointer_size;
-    let count = word(count_at).context(".eh_frame_hdr is cut short")? as u32 as usize;
-    let table = count_at + 4;
-    // Each entry is 8 bytes: a count beyond the bytes there is a lie.
-    if count > bytes.len().saturating_sub(table) / 8 {
-        bail!(".eh_frame_hdr claims {count} functions, more than it holds");
-    }
-    let mut starts: Vec<u64> = (0..count)
-        .filter_map(|i| word(table + i * 8))
-        .map(|rel| base.wrapping_add(rel as i64 as u64))
-        .collect();
-    starts.sort_unstable();
-    starts.dedup();
-    Ok(starts)
 }
 
 /// Where BoringSSL's secrets are read: the entry of its internal
@@ -492,7 +376,7 @@ fn find_keylog_for<'d, M: Machine, R: ReadRef<'d>>(
     let starts = function_starts(elf, data)?;
     let mut callees = HashSet::new();
     for label in LABELS {
-        let strings = label_strings(elf, data, label);
+        let strings = c_strings(elf, data, label);
         let found = callees_given(&code, &starts, &strings, M::address_references, trace::<M>);
         if found.is_empty() {
             bail!("no call passes the label {} (BoringSSL's ssl_log_secret)", String::from_utf8_lossy(label));
@@ -546,23 +430,6 @@ fn callees_given(
             _ => None,
         })
         .collect()
-}
-
-/// Addresses of `label` as a NUL-terminated string in read-only data.
-fn label_strings<'d, R: ReadRef<'d>>(
-    elf: &ElfFile64<'d, Endianness, R>,
-    data: R,
-    label: &[u8],
-) -> HashSet<u64> {
-    let mut found = HashSet::new();
-    for (address, bytes) in segments(elf, data, false) {
-        for at in find_all(bytes, label) {
-            if bytes.get(at + label.len()) == Some(&0) {
-                found.insert(address + at as u64);
-            }
-        }
-    }
-    found
 }
 
 /// In `ssl_log_secret`'s code, the hex encoding of `ssl->s3->client_random`:

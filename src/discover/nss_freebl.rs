@@ -32,9 +32,9 @@ use object::read::elf::{ElfFile64, ProgramHeader};
 use object::{Architecture, Endianness, Object, ReadRef, RelocationFlags};
 
 use super::aarch64;
-use super::boringssl::{containing, function_starts};
 use super::calls::direct_calls;
 use super::elf::{file_offset_of, load_segments, Function, Isa, Symbols};
+use super::text::{containing, function_starts};
 use super::trace::{trace, Aarch64, Event, Machine, Value, X86_64};
 
 /// The exported function returning the table.

@@ -144,15 +144,17 @@ impl Discovery {
                 Err(e) => errors.push(format!("{e:#}")),
             }
         }
-        // No symbols: BoringSSL may still be found by its code.
+        // No symbols: BoringSSL or OpenSSL may still be found by its code.
         if self.wants(&openssl::SOURCE) {
-            match openssl::stripped_boringssl(file.clone(), path) {
-                Ok(Some(target)) => {
-                    self.seen.insert(file.id());
-                    return Ok(target);
+            for find in [openssl::stripped_boringssl, openssl::stripped_openssl] {
+                match find(file.clone(), path) {
+                    Ok(Some(target)) => {
+                        self.seen.insert(file.id());
+                        return Ok(target);
+                    }
+                    Ok(None) => {}
+                    Err(e) => errors.push(format!("{e:#}")),
                 }
-                Ok(None) => {}
-                Err(e) => errors.push(format!("{e:#}")),
             }
         }
         bail!("--lib {}: {}", path.display(), errors.join("; "))
@@ -305,9 +307,10 @@ impl Discovery {
             .linked_openssl(&file, &exe)
             .or_else(|| self.rustls_program(&file, &exe))
             .or_else(|| self.go_program(file.clone(), &exe))
-            // Last: it scans the read-only data of every stripped
-            // executable, which would delay a stripped Go program's probes.
-            .or_else(|| self.stripped_boringssl(&file, &exe))?;
+            // Last: they scan the data of every stripped executable,
+            // which would delay a stripped Go program's probes.
+            .or_else(|| self.stripped_boringssl(&file, &exe))
+            .or_else(|| self.stripped_openssl(&file, &exe))?;
         Some(self.ready(TlsTarget { display_path: exe.display_path, ..target }))
     }
 
@@ -327,6 +330,15 @@ impl Discovery {
             return None;
         }
         warn_unprobed("BoringSSL in", exe, openssl::stripped_boringssl(file.clone(), &exe.path))
+    }
+
+    /// An executable with OpenSSL 3 linked in and no symbol table (see
+    /// `discover::openssl_stripped`), as [`Self::stripped_boringssl`].
+    fn stripped_openssl(&self, file: &Rc<PinnedFile>, exe: &Executable) -> Option<TlsTarget> {
+        if !self.wants(&openssl::SOURCE) {
+            return None;
+        }
+        warn_unprobed("OpenSSL in", exe, openssl::stripped_openssl(file.clone(), &exe.path))
     }
 
     /// An executable with rustls linked in: found by its symbols (see

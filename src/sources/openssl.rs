@@ -10,7 +10,7 @@ use super::{Entry, TlsHook, TlsSource, TlsTarget};
 use crate::discover::elf::{Function, Symbols};
 use crate::discover::pinned::PinnedFile;
 use crate::discover::version;
-use crate::discover::{boringssl, calls};
+use crate::discover::{boringssl, calls, openssl_stripped};
 use crate::events::tls_function;
 
 pub const SOURCE: TlsSource = TlsSource {
@@ -47,29 +47,60 @@ pub fn is_boringssl(symbols: &Symbols, file: &PinnedFile, version: Option<&str>)
 /// file has a symbol table (then its symbols were what counts). An error
 /// says why a BoringSSL found there is not probed.
 pub fn stripped_boringssl(file: Rc<PinnedFile>, path: &Path) -> Result<Option<TlsTarget>> {
-    let data = file.data();
-    let Ok(elf) = object::read::elf::ElfFile64::<object::Endianness, _>::parse(data) else { return Ok(None) };
-    // Reading every executable's code would cost every exec'd program a
-    // scan: only files without symbols need it.
-    if object::Object::section_by_name(&elf, ".symtab").is_some() {
+    if has_symbol_table(&file) {
         return Ok(None);
     }
-    let Some(points) = boringssl::find(data)? else { return Ok(None) };
+    let Some(points) = boringssl::find(file.data())? else { return Ok(None) };
+    Ok(Some(stripped_target(file, path, "boringssl", points.write, points.read)))
+}
+
+/// OpenSSL 3 linked into an executable without a symbol table, as
+/// [`stripped_boringssl`] (see `discover::openssl_stripped`).
+pub fn stripped_openssl(file: Rc<PinnedFile>, path: &Path) -> Result<Option<TlsTarget>> {
+    if has_symbol_table(&file) {
+        return Ok(None);
+    }
+    let Some(points) = openssl_stripped::find(file.data())? else { return Ok(None) };
+    Ok(Some(stripped_target(file, path, "openssl", points.write, points.read)))
+}
+
+/// Reading every executable's code would cost every exec'd program a
+/// scan: only files without symbols need it (and an unparsable file has
+/// nothing to find).
+fn has_symbol_table(file: &PinnedFile) -> bool {
+    match object::read::elf::ElfFile64::<object::Endianness, _>::parse(file.data()) {
+        Ok(elf) => object::Object::section_by_name(&elf, ".symtab").is_some(),
+        Err(_) => true,
+    }
+}
+
+/// The target of a stripped executable whose SSL_write and SSL_read were
+/// found from its code.
+fn stripped_target(
+    file: Rc<PinnedFile>,
+    path: &Path,
+    library: &'static str,
+    write: Function,
+    read: Function,
+) -> TlsTarget {
     let hook = |symbol: &str| *SOURCE.hooks.iter().find(|h| h.symbol == symbol).expect("an OpenSSL hook");
-    Ok(Some(TlsTarget {
+    // OpenSSL's version string, when the linker kept it: what its secrets
+    // are read by (BoringSSL's are found from its code).
+    let version = if library == "openssl" { openssl_version(&file, path) } else { None };
+    TlsTarget {
         id: file.id(),
-        version: None,
+        version,
         file,
         path: path.to_path_buf(),
         display_path: path.to_string_lossy().into_owned(),
-        library: "boringssl",
+        library,
         source: Some(&SOURCE),
-        hooks: vec![(hook("SSL_write"), points.write), (hook("SSL_read"), points.read)],
+        hooks: vec![(hook("SSL_write"), write), (hook("SSL_read"), read)],
         go: None,
         library_id: 0,
         callers: Vec::new(),
         secret_points: None,
-    }))
+    }
 }
 
 /// `OpenSSL 3.0.19 27 Jan 2026` lives in libcrypto, next to libssl; an
