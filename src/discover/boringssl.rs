@@ -43,13 +43,14 @@ use std::collections::{BTreeMap, HashSet};
 use anyhow::{bail, Context, Result};
 use iced_x86::{Code, Decoder, DecoderOptions, FlowControl, Instruction, InstructionInfoFactory, Register};
 use object::read::elf::ElfFile64;
-use object::{Architecture, Endianness, Object, ReadRef};
+use object::{Endianness, ReadRef};
 use yaxpeax_arm::armv8::a64::{Opcode, Operand, ShiftStyle, SizeCode};
 
 use super::elf::{file_offset_of, load_segments, Function, Isa};
 use super::pinned::PinnedFile;
 use super::text::{
-    c_strings, containing, executable_segment, find_all, function_starts, segments, Text, MAX_FUNCTION,
+    c_strings, containing, executable_segment, find_all, function_starts, instruction_set, segments, Text,
+    MAX_FUNCTION,
 };
 use super::trace::{trace, trace_paths, Aarch64, Event, Machine, Target, Value, X86_64};
 
@@ -142,18 +143,6 @@ fn find_checked<'d, R: ReadRef<'d>>(data: R, host_only: bool) -> Result<Option<B
         Isa::Aarch64 => find_functions::<Aarch64, R>(&elf, data, &files),
     };
     found.context("BoringSSL's ssl_lib.cc is linked in without symbols").map(Some)
-}
-
-/// The file's instruction set; with `host_only`, only this machine's.
-fn instruction_set<'d, R: ReadRef<'d>>(elf: &ElfFile64<'d, Endianness, R>, host_only: bool) -> Result<Isa> {
-    if host_only {
-        return Isa::of_elf(elf);
-    }
-    match elf.architecture() {
-        Architecture::X86_64 => Ok(Isa::X86_64),
-        Architecture::Aarch64 => Ok(Isa::Aarch64),
-        other => bail!("machine code for {other:?}, not x86-64 or aarch64"),
-    }
 }
 
 fn find_functions<'d, M: Machine, R: ReadRef<'d>>(
@@ -367,10 +356,14 @@ fn find_keylog_checked<'d, R: ReadRef<'d>>(data: R, host_only: bool) -> Result<B
     }
 }
 
+/// Reads `ssl_log_secret`'s code (bytes, address) for the client random's
+/// `(s3_offset, random_offset)`: one per instruction set.
+type ClientRandomReader = fn(&[u8], u64) -> Result<(u32, u32)>;
+
 fn find_keylog_for<'d, M: Machine, R: ReadRef<'d>>(
     elf: &ElfFile64<'d, Endianness, R>,
     data: R,
-    client_random_place: fn(&[u8], u64) -> Result<(u32, u32)>,
+    client_random_place: ClientRandomReader,
 ) -> Result<BoringsslKeylogPoints> {
     let code = executable_segment(elf, data)?;
     let starts = function_starts(elf, data)?;

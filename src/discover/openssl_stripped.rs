@@ -28,10 +28,12 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use anyhow::{bail, Context, Result};
 use object::read::elf::ElfFile64;
-use object::{Architecture, Endianness, Object, ReadRef};
+use object::{Endianness, ReadRef};
 
 use super::elf::{file_offset_of, load_segments, Function, Isa};
-use super::text::{c_strings, containing, executable_segment, function_starts, Text, MAX_FUNCTION};
+use super::text::{
+    c_strings, containing, executable_segment, function_starts, instruction_set, Text, MAX_FUNCTION,
+};
 use super::trace::{trace, Aarch64, Event, Machine, Target, Value, X86_64};
 
 /// The source file name OpenSSL's `OPENSSL_FILE` ends with (`../ssl/ssl_lib.c`
@@ -72,13 +74,7 @@ fn find_checked<'d, R: ReadRef<'d>>(data: R, host_only: bool) -> Result<Option<O
     if files.is_empty() {
         return Ok(None);
     }
-    let isa = match (host_only, elf.architecture()) {
-        (true, _) => Isa::of_elf(&elf)?,
-        (false, Architecture::X86_64) => Isa::X86_64,
-        (false, Architecture::Aarch64) => Isa::Aarch64,
-        (false, other) => bail!("machine code for {other:?}, not x86-64 or aarch64"),
-    };
-    let found = match isa {
+    let found = match instruction_set(&elf, host_only)? {
         Isa::X86_64 => find_functions::<X86_64, R>(&elf, data, &files),
         Isa::Aarch64 => find_functions::<Aarch64, R>(&elf, data, &files),
     };

@@ -8,7 +8,25 @@ use std::collections::HashSet;
 use anyhow::{bail, Context, Result};
 use object::elf::{PF_X, PT_GNU_EH_FRAME, PT_LOAD};
 use object::read::elf::{ElfFile64, ProgramHeader};
-use object::{Endianness, ReadRef};
+use object::{Architecture, Endianness, ReadRef};
+
+use super::elf::Isa;
+
+/// The file's instruction set; with `host_only`, only this machine's (a
+/// probe never goes on code of another one; tests read both).
+pub fn instruction_set<'d, R: ReadRef<'d>>(
+    elf: &ElfFile64<'d, Endianness, R>,
+    host_only: bool,
+) -> Result<Isa> {
+    if host_only {
+        return Isa::of_elf(elf);
+    }
+    match object::Object::architecture(elf) {
+        Architecture::X86_64 => Ok(Isa::X86_64),
+        Architecture::Aarch64 => Ok(Isa::Aarch64),
+        other => bail!("machine code for {other:?}, not x86-64 or aarch64"),
+    }
+}
 
 /// Bytes of one segment read (code or read-only data).
 const MAX_SEGMENT: u64 = 256 << 20;
