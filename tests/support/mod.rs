@@ -1022,13 +1022,15 @@ pub fn spawn_listening(cmd: &mut Command) -> (Child, u16) {
 /// Where this host's loader finds `soname` (`ldconfig -p`), with symbolic
 /// links resolved (as processes' maps name a file).
 pub fn system_library(soname: &str) -> PathBuf {
+    // How `ldconfig -p` names this machine's libraries.
+    let arch = if cfg!(target_arch = "aarch64") { "AArch64" } else { "x86-64" };
     let out = Command::new("ldconfig").arg("-p").output().expect("ldconfig (libc-bin)");
     let listing = String::from_utf8_lossy(&out.stdout).into_owned();
     let path = listing
         .lines()
-        .filter(|l| l.trim_start().starts_with(&format!("{soname} ")) && l.contains("x86-64"))
+        .filter(|l| l.trim_start().starts_with(&format!("{soname} ")) && l.contains(arch))
         .find_map(|l| l.rsplit_once("=> ").map(|(_, p)| p.trim().to_string()))
-        .unwrap_or_else(|| panic!("ldconfig -p lists no x86-64 {soname}:\n{listing}"));
+        .unwrap_or_else(|| panic!("ldconfig -p lists no {arch} {soname}:\n{listing}"));
     std::fs::canonicalize(&path).unwrap()
 }
 
