@@ -1,7 +1,8 @@
 //! A file's code as the finders that work without symbols read it: its
 //! segments, its one executable segment, where its functions start
-//! (`.eh_frame_hdr`, which `strip` keeps), and the strings in it. Shared
-//! by the BoringSSL, OpenSSL and NSS finders; every read is bounded.
+//! (`.eh_frame_hdr`, or `.eh_frame`: `strip` keeps both, unwinding needs
+//! them), and the strings in it. Shared by the BoringSSL, OpenSSL and NSS
+//! finders; every read is bounded.
 
 use std::collections::HashSet;
 
@@ -30,8 +31,10 @@ pub fn instruction_set<'d, R: ReadRef<'d>>(
 
 /// Bytes of one segment read (code or read-only data).
 const MAX_SEGMENT: u64 = 256 << 20;
-/// Functions without a next start in `.eh_frame_hdr` end this far on.
+/// Bytes of one function read (and where the last function ends).
 pub const MAX_FUNCTION: u64 = 16 * 1024;
+/// FDEs read from `.eh_frame` (a large program has a few hundred thousand).
+const MAX_FDES: usize = 1 << 22;
 
 /// A file's code: its executable segment.
 pub struct Text<'d> {
@@ -186,6 +189,9 @@ fn eh_frame_starts<'d, R: ReadRef<'d>>(elf: &ElfFile64<'d, Endianness, R>) -> Re
                 .parse(|section, bases, offset| section.cie_from_offset(bases, offset))
                 .context(".eh_frame has a malformed FDE")?;
             starts.push(fde.initial_address());
+            if starts.len() > MAX_FDES {
+                bail!(".eh_frame has more than {MAX_FDES} FDEs");
+            }
         }
     }
     starts.sort_unstable();
