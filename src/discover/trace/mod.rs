@@ -2,7 +2,8 @@
 //! without symbols: the same algorithm on x86-64 and aarch64 code; only
 //! decoding one instruction into its effect differs ([`x86_64`],
 //! [`aarch64`], behind the [`Machine`] trait). Used by the GnuTLS key log
-//! finder, the NSS freebl finder and the BoringSSL finders.
+//! finder, the NSS freebl finder, and the BoringSSL and OpenSSL finders
+//! for stripped executables.
 //!
 //! Registers hold "argument N plus k", a constant, a PC-relative address,
 //! the word at such an address, or unknown; both sides of every
