@@ -49,8 +49,8 @@ use yaxpeax_arm::armv8::a64::{Opcode, Operand, ShiftStyle, SizeCode};
 use super::elf::{file_offset_of, load_segments, Function, Isa};
 use super::pinned::PinnedFile;
 use super::text::{
-    c_strings, containing, executable_segment, find_all, function_starts, instruction_set, segments, Text,
-    MAX_FUNCTION,
+    c_strings, containing, executable_segment, find_all, function_starts, instruction_set,
+    strings_ending_with, Text, MAX_FUNCTION, MAX_STRING,
 };
 use super::trace::{trace, trace_paths, Aarch64, Event, Machine, Target, Value, X86_64};
 
@@ -66,8 +66,6 @@ const UNINITIALIZED: u64 = 226;
 /// The source file name BoringSSL's `__FILE__` ends with.
 const SOURCE_FILE: &[u8] = b"ssl_lib.cc";
 const SOURCE_PATH_SUFFIX: &[u8] = b"/ssl/ssl_lib.cc";
-/// Longest file path looked back over from `ssl_lib.cc`.
-const MAX_PATH: usize = 4096;
 /// Functions referring to ssl_lib.cc that are disassembled (ssl_lib.cc has
 /// a few hundred).
 const MAX_FUNCTIONS: usize = 4096;
@@ -114,7 +112,7 @@ pub fn is_linked_in(file: &PinnedFile) -> bool {
         let whole = before.last().is_none_or(|&b| b == 0);
         bytes.get(at + SOURCE_FILE.len()) == Some(&0) && (whole || before.ends_with(b"/ssl/"))
     };
-    file.scan(MAX_PATH.min(256), |chunk| {
+    file.scan(MAX_STRING.min(256), |chunk| {
         find_all(chunk.bytes, SOURCE_FILE).find(|&at| names_it(chunk.bytes, at))
     })
     .is_some()
@@ -263,20 +261,12 @@ fn read_wrapper<M: Machine>(code: &Text, starts: &[u64], peek: u64) -> Result<Op
 /// in the file's read-only data.
 fn source_file_strings<'d, R: ReadRef<'d>>(elf: &ElfFile64<'d, Endianness, R>, data: R) -> HashSet<u64> {
     let mut found = HashSet::new();
-    for (address, bytes) in segments(elf, data, false) {
-        for end in find_all(bytes, SOURCE_FILE).map(|at| at + SOURCE_FILE.len()) {
-            if bytes.get(end) != Some(&0) {
-                continue;
-            }
-            let floor = end.saturating_sub(MAX_PATH);
-            let start = bytes[floor..end].iter().rposition(|&b| b == 0).map_or(floor, |nul| floor + nul + 1);
-            let string = &bytes[start..end];
-            if string == SOURCE_FILE || string.ends_with(SOURCE_PATH_SUFFIX) {
-                found.insert(address + start as u64);
-            }
-            // A merged string: `ssl_lib.cc` alone may point into the path.
-            found.insert(address + (end - SOURCE_FILE.len()) as u64);
+    for s in strings_ending_with(elf, data, SOURCE_FILE) {
+        if s.string == SOURCE_FILE || s.string.ends_with(SOURCE_PATH_SUFFIX) {
+            found.insert(s.start);
         }
+        // A merged string: `ssl_lib.cc` alone may point into the path.
+        found.insert(s.tail);
     }
     found
 }
@@ -370,7 +360,7 @@ fn find_keylog_for<'d, M: Machine, R: ReadRef<'d>>(
     let mut callees = HashSet::new();
     for label in LABELS {
         let strings = c_strings(elf, data, label);
-        let found = callees_given(&code, &starts, &strings, M::address_references, trace::<M>);
+        let found = callees_given::<M>(&code, &starts, &strings);
         if found.is_empty() {
             bail!("no call passes the label {} (BoringSSL's ssl_log_secret)", String::from_utf8_lossy(label));
         }
@@ -397,14 +387,8 @@ fn find_keylog_for<'d, M: Machine, R: ReadRef<'d>>(
 
 /// The functions directly called with one of `strings` as their second
 /// argument, from a trace of each function that forms such an address.
-fn callees_given(
-    code: &Text,
-    starts: &[u64],
-    strings: &HashSet<u64>,
-    references: fn(&[u8], u64, &HashSet<u64>) -> Vec<u64>,
-    trace: fn(&[u8], u64) -> Vec<Event>,
-) -> HashSet<u64> {
-    let mut callers: Vec<(u64, u64)> = references(code.bytes, code.address, strings)
+fn callees_given<M: Machine>(code: &Text, starts: &[u64], strings: &HashSet<u64>) -> HashSet<u64> {
+    let mut callers: Vec<(u64, u64)> = M::address_references(code.bytes, code.address, strings)
         .into_iter()
         .filter_map(|at| containing(starts, at))
         .collect();
@@ -413,7 +397,7 @@ fn callees_given(
     callers
         .into_iter()
         .take(MAX_FUNCTIONS)
-        .flat_map(|(start, end)| trace(code.at(start, end.min(start + MAX_FUNCTION)), start))
+        .flat_map(|(start, end)| trace::<M>(code.at(start, end.min(start + MAX_FUNCTION)), start))
         .filter_map(|event| match event {
             Event::Call { target: Target::Direct(callee), args: [_, Value::Address(label), ..], .. }
                 if strings.contains(&label) =>

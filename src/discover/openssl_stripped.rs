@@ -32,15 +32,14 @@ use object::{Endianness, ReadRef};
 
 use super::elf::{file_offset_of, load_segments, Function, Isa};
 use super::text::{
-    c_strings, containing, executable_segment, function_starts, instruction_set, Text, MAX_FUNCTION,
+    c_strings, containing, executable_segment, function_starts, instruction_set, strings_ending_with, Text,
+    MAX_FUNCTION,
 };
 use super::trace::{trace, Aarch64, Event, Machine, Target, Value, X86_64};
 
 /// The source file name OpenSSL's `OPENSSL_FILE` ends with (`../ssl/ssl_lib.c`
 /// in Debian's build).
 const SOURCE_FILE_SUFFIX: &[u8] = b"ssl/ssl_lib.c";
-/// Longest file path looked back over from its suffix.
-const MAX_PATH: usize = 4096;
 /// Functions referring to ssl_lib.c that are traced (it has a few hundred).
 const MAX_FUNCTIONS: usize = 4096;
 
@@ -81,29 +80,11 @@ fn find_checked<'d, R: ReadRef<'d>>(data: R, host_only: bool) -> Result<Option<O
     found.context("OpenSSL's ssl_lib.c is linked in without symbols").map(Some)
 }
 
-/// Addresses of the NUL-terminated strings ending with `ssl/ssl_lib.c`.
+/// Addresses of the NUL-terminated strings ending with `ssl/ssl_lib.c`:
+/// where each starts, and (should a longer string have been merged into
+/// it) where the suffix starts; the code may form either.
 fn source_file_strings<'d, R: ReadRef<'d>>(elf: &ElfFile64<'d, Endianness, R>, data: R) -> HashSet<u64> {
-    let mut found = HashSet::new();
-    for end in c_strings(elf, data, SOURCE_FILE_SUFFIX) {
-        // The whole string starts after the NUL before it (or this one is
-        // a merged tail): both addresses may be what the code forms.
-        found.insert(end);
-        if let Some(start) = string_start(elf, data, end) {
-            found.insert(start);
-        }
-    }
-    found
-}
-
-/// Where the NUL-terminated string that `tail` (an address inside it)
-/// belongs to starts, looking back at most [`MAX_PATH`] bytes.
-fn string_start<'d, R: ReadRef<'d>>(elf: &ElfFile64<'d, Endianness, R>, data: R, tail: u64) -> Option<u64> {
-    let segments = load_segments(elf).ok()?;
-    let offset = file_offset_of(&segments, tail)?;
-    let floor = offset.saturating_sub(MAX_PATH as u64);
-    let before = data.read_bytes_at(floor, offset - floor).ok()?;
-    let back = before.iter().rev().position(|&b| b == 0).unwrap_or(before.len());
-    Some(tail - back as u64)
+    strings_ending_with(elf, data, SOURCE_FILE_SUFFIX).into_iter().flat_map(|s| [s.start, s.tail]).collect()
 }
 
 /// Per function traced: the function names it reports as, and its calls.

@@ -107,6 +107,44 @@ pub fn c_strings<'d, R: ReadRef<'d>>(
     found
 }
 
+/// Longest string looked back over from a suffix found in it.
+pub const MAX_STRING: usize = 4096;
+
+/// A NUL-terminated string in a loaded segment that ends with a suffix.
+pub struct EndingString<'d> {
+    /// Where the suffix starts (what a merged string's user points at).
+    pub tail: u64,
+    /// Where the whole string starts: after the NUL before it, looking
+    /// back at most [`MAX_STRING`] bytes.
+    pub start: u64,
+    pub string: &'d [u8],
+}
+
+/// Every NUL-terminated string ending with `suffix`, in any loaded segment.
+pub fn strings_ending_with<'d, R: ReadRef<'d>>(
+    elf: &ElfFile64<'d, Endianness, R>,
+    data: R,
+    suffix: &[u8],
+) -> Vec<EndingString<'d>> {
+    let mut found = Vec::new();
+    for (address, bytes) in segments(elf, data, false) {
+        for at in find_all(bytes, suffix) {
+            let end = at + suffix.len();
+            if bytes.get(end) != Some(&0) {
+                continue;
+            }
+            let floor = end.saturating_sub(MAX_STRING);
+            let start = bytes[floor..end].iter().rposition(|&b| b == 0).map_or(floor, |nul| floor + nul + 1);
+            found.push(EndingString {
+                tail: address + at as u64,
+                start: address + start as u64,
+                string: &bytes[start..end],
+            });
+        }
+    }
+    found
+}
+
 /// The function around `address`: [start, end) between two entries of
 /// the sorted `starts`.
 pub fn containing(starts: &[u64], address: u64) -> Option<(u64, u64)> {
