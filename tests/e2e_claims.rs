@@ -170,7 +170,12 @@ enum Link {
     StaticKeylog,
     /// Against the system's libssl.so.3.
     Dynamic,
+    /// `gcc -static` with OpenSSL 1.1.1's archives (scripts/build-openssl111).
+    Static111,
 }
+
+/// OpenSSL 1.1.1, as scripts/build-openssl111 installs it.
+const OPENSSL_111: &str = "/opt/cleartap-test/openssl-1.1.1w";
 
 /// tests/support/claims_client.c built as `link`, cached under target/ by
 /// a hash of its sources and flags; the file is always named
@@ -189,19 +194,27 @@ fn claims_client(link: Link) -> PathBuf {
     if link == Link::StaticKeylog {
         args.push("-DCLAIMS_KEYLOG");
     }
-    let libs: &[&str] = match link {
-        Link::Static | Link::StaticKeylog => &["-lssl", "-lcrypto", "-ldl", "-lpthread"],
-        Link::Dynamic => &["-lssl", "-lcrypto"],
+    let include = format!("-I{OPENSSL_111}/include");
+    let ssl_111 = format!("{OPENSSL_111}/lib/libssl.a");
+    let crypto_111 = format!("{OPENSSL_111}/lib/libcrypto.a");
+    if link == Link::Static111 {
+        assert!(Path::new(&ssl_111).exists(), "{ssl_111} is missing: {HINT}");
+        args.push(&include);
+    }
+    let libs: Vec<&str> = match link {
+        Link::Static | Link::StaticKeylog => vec!["-lssl", "-lcrypto", "-ldl", "-lpthread"],
+        Link::Dynamic => vec!["-lssl", "-lcrypto"],
+        Link::Static111 => vec![&ssl_111, &crypto_111, "-ldl", "-lpthread"],
     };
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    (&text, &args, libs).hash(&mut hasher);
+    (&text, &args, &libs).hash(&mut hasher);
     let dir = target_dir().join(format!("claims_client-{link:?}-{:016x}", hasher.finish()).to_lowercase());
     let binary = dir.join("claims_client");
     if binary.exists() {
         return binary;
     }
     fs::create_dir_all(&dir).unwrap();
-    let partial = dir.join(format!("claims_client.{}.partial", std::process::id()));
+    let partial = dir.join(partial_name("claims_client"));
     let out = Command::new(tool("gcc"))
         .args(&args)
         .arg("-o")
@@ -352,6 +365,12 @@ fn mapped_files(pid: u32) -> BTreeSet<String> {
         .collect()
 }
 
+/// A name to build `name` under before renaming it: tests run as
+/// threads of one process, so the process id alone is not unique.
+fn partial_name(name: &str) -> String {
+    format!("{name}.{}.{:?}.partial", std::process::id(), std::thread::current().id())
+}
+
 /// `strip --strip-all` of a static claims client, still named
 /// `claims_client` (its comm), in a directory of its own beside the
 /// build; made under another name and renamed, so that tests running at
@@ -364,7 +383,7 @@ fn stripped_claims_client(link: Link) -> PathBuf {
         return stripped;
     }
     fs::create_dir_all(&dir).unwrap();
-    let partial = dir.join(format!("claims_client.{}.partial", std::process::id()));
+    let partial = dir.join(partial_name("claims_client"));
     let status =
         Command::new(tool("strip")).arg("--strip-all").arg("-o").arg(&partial).arg(&built).status().unwrap();
     assert!(status.success(), "strip --strip-all {}", built.display());
@@ -372,8 +391,9 @@ fn stripped_claims_client(link: Link) -> PathBuf {
     stripped
 }
 
-fn check_static_executable(started_before_cleartap: bool, stripped: bool) {
-    let binary = if stripped { stripped_claims_client(Link::Static) } else { claims_client(Link::Static) };
+/// `ex`: the client calls SSL_write_ex and SSL_read_ex instead of
+/// SSL_write and SSL_read.
+fn check_static_executable(binary: PathBuf, started_before_cleartap: bool, ex: bool) {
     let path = binary.to_str().unwrap();
     let server = TlsServer::start();
     let dir = tempfile::tempdir().unwrap();
@@ -381,7 +401,9 @@ fn check_static_executable(started_before_cleartap: bool, stripped: bool) {
     let request = request(&body, 200_000);
     let request_file = write_request(dir.path(), &request);
     let port = server.port.to_string();
-    let start_client = || Client::start(Command::new(&binary).args(["127.0.0.1", &port]).arg(&request_file));
+    let api: &[&str] = if ex { &["ex"] } else { &[] };
+    let start_client =
+        || Client::start(Command::new(&binary).args(["127.0.0.1", &port]).arg(&request_file).args(api));
 
     let (client, mut capture) = if started_before_cleartap {
         let client = start_client();
@@ -415,7 +437,12 @@ fn check_static_executable(started_before_cleartap: bool, stripped: bool) {
         assert_eq!(r["library_path"], path, "{r}");
         assert_eq!(r["fd"], fd, "{r}");
         let function = r["function"].as_str().unwrap();
-        let want = if r["direction"] == "send" { "SSL_write" } else { "SSL_read" };
+        let want = match (r["direction"] == "send", ex) {
+            (true, false) => "SSL_write",
+            (false, false) => "SSL_read",
+            (true, true) => "SSL_write_ex",
+            (false, true) => "SSL_read_ex",
+        };
         assert_eq!(function, want, "{r}");
     }
 }
@@ -424,7 +451,7 @@ fn check_static_executable(started_before_cleartap: bool, stripped: bool) {
 fn openssl_in_a_static_executable_running_before_cleartap_or_started_later_is_captured_byte_exact() {
     let Some(_one) = capture_test() else { return };
     for started_before_cleartap in [true, false] {
-        check_static_executable(started_before_cleartap, false);
+        check_static_executable(claims_client(Link::Static), started_before_cleartap, false);
     }
 }
 
@@ -435,58 +462,143 @@ fn openssl_in_a_static_executable_running_before_cleartap_or_started_later_is_ca
 fn openssl_in_a_stripped_static_executable_is_captured_byte_exact() {
     let Some(_one) = capture_test() else { return };
     for started_before_cleartap in [true, false] {
-        check_static_executable(started_before_cleartap, true);
+        check_static_executable(stripped_claims_client(Link::Static), started_before_cleartap, false);
     }
 }
 
-/// OpenSSL's SSL_write and SSL_read found from the code alone: in the
-/// stripped static executable, the addresses its unstripped build's symbol
-/// table names (Debian's shared libssl.so.3 is checked by the module's
-/// unit test). Copies with bytes changed in those functions give the same
-/// functions or a refusal, never others; cut or foreign files never panic.
+/// The same stripped executable calling SSL_write_ex and SSL_read_ex,
+/// which report nothing of their own: captured at the internal functions
+/// behind both pairs (found from the code too), each record named by the
+/// function it came through.
+#[test]
+fn openssl_ex_calls_in_a_stripped_static_executable_are_captured_byte_exact() {
+    let Some(_one) = capture_test() else { return };
+    for started_before_cleartap in [true, false] {
+        check_static_executable(stripped_claims_client(Link::Static), started_before_cleartap, true);
+    }
+}
+
+/// OpenSSL 1.1.1 linked in and stripped (its error reports name functions
+/// by number): both directions byte-exact, through the plain functions
+/// from a process running before cleartap, through the _ex ones from one
+/// started after.
+#[test]
+fn openssl_111_in_a_stripped_static_executable_is_captured_byte_exact() {
+    let Some(_one) = capture_test() else { return };
+    check_static_executable(stripped_claims_client(Link::Static111), true, false);
+    check_static_executable(stripped_claims_client(Link::Static111), false, true);
+}
+
+/// The (major, minor) version of the libssl.a static executables link,
+/// as its package's pkg-config file says (libssl-dev).
+fn libssl_dev_version() -> (u32, u32) {
+    let out = Command::new(tool("pkg-config")).args(["--modversion", "libssl"]).output().unwrap();
+    assert!(out.status.success(), "pkg-config --modversion libssl (libssl-dev): {HINT}");
+    let version = String::from_utf8(out.stdout).unwrap();
+    let mut parts = version.trim().split('.').map(|p| p.parse::<u32>().unwrap());
+    (parts.next().unwrap(), parts.next().unwrap())
+}
+
+/// OpenSSL's SSL_write and SSL_read, and the internal functions behind
+/// them and the _ex ones, found from the code alone: in the stripped static
+/// executable, the addresses its unstripped build's symbol table names
+/// (Debian's shared libssl.so.3 is checked by the module's unit test).
+/// Copies with bytes changed in those functions give the same functions or
+/// a refusal, never others (an internal function may be dropped, never
+/// changed); cut or foreign files never panic.
 #[test]
 fn openssl_functions_are_found_from_the_code_alone() {
+    use cleartap::discover::openssl_stripped;
+    check_functions_found_from_the_code(Link::Static, libssl_dev_version());
+    for other in ["/bin/true", "/bin/bash"] {
+        assert_eq!(openssl_stripped::find(&fs::read(other).unwrap()[..]).unwrap(), None, "{other}");
+    }
+}
+
+/// The same with OpenSSL 1.1.1 linked in.
+#[test]
+fn openssl_111_functions_are_found_from_the_code_alone() {
+    check_functions_found_from_the_code(Link::Static111, (1, 1));
+}
+
+/// The claims client linked as `link` with OpenSSL `(major, minor)`.
+fn check_functions_found_from_the_code(link: Link, (major, minor): (u32, u32)) {
     use cleartap::discover::elf::Symbols;
+    use cleartap::discover::openssl_stripped::{CountArgument, Internal};
     use cleartap::discover::{mutate, openssl_stripped};
-    let names = ["SSL_write", "SSL_read"];
+    let names =
+        ["SSL_write", "SSL_read", "ssl_write_internal", "ssl_read_internal", "SSL_write_ex", "SSL_read_ex"];
     {
-        let (with_symbols, code_only) = (claims_client(Link::Static), stripped_claims_client(Link::Static));
+        let (with_symbols, code_only) = (claims_client(link), stripped_claims_client(link));
         let symbols = Symbols::parse(&fs::read(&with_symbols).unwrap()[..], &names).unwrap();
+        let symbol =
+            |name: &str| symbols.get(name).unwrap_or_else(|| panic!("{name} in {}", with_symbols.display()));
         let bytes = fs::read(&code_only).unwrap();
         let found = openssl_stripped::find(&bytes[..]).unwrap().expect("OpenSSL's ssl_lib.c found");
         for (name, function) in names.iter().zip([found.write, found.read]) {
-            let want = symbols.get(name).unwrap_or_else(|| panic!("{name} in {}", with_symbols.display()));
+            let want = symbol(name);
             assert_eq!(function.address, want.address, "{name} in {}", code_only.display());
             assert_eq!(function.file_offset, want.file_offset, "{name} in {}", code_only.display());
+        }
+        // The internal functions, the argument their count is in (by the
+        // version of libssl.a: the 5th for writes from 3.3) and the calls
+        // naming their records, each inside the function it names.
+        let write_count = if (major, minor) >= (3, 3) { CountArgument::Fifth } else { CountArgument::Fourth };
+        let inside = |at: u64, name: &str| {
+            let f = symbol(name);
+            assert!((f.address..f.address + f.size).contains(&at), "{at:#x} is not in {name} {f:x?}");
+        };
+        for (internal, name, count, plain, ex) in [
+            (&found.write_internal, "ssl_write_internal", write_count, "SSL_write", "SSL_write_ex"),
+            (&found.read_internal, "ssl_read_internal", CountArgument::Fourth, "SSL_read", "SSL_read_ex"),
+        ] {
+            let internal: &Internal = internal.as_ref().unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(internal.address, symbol(name).address, "{name}");
+            assert_eq!(internal.file_offset, symbol(name).file_offset, "{name}");
+            assert_eq!(internal.count, count, "{name} of OpenSSL {major}.{minor}");
+            inside(internal.plain_returns_to, plain);
+            // From 3.3 SSL_write_ex goes through SSL_write_ex2.
+            if (major, minor) < (3, 3) || name == "ssl_read_internal" {
+                inside(internal.ex_returns_to.unwrap_or_else(|| panic!("{ex} not found")), ex);
+            }
         }
         let mut copy = bytes.clone();
         let ranges: Vec<(usize, usize)> = [found.write, found.read]
             .iter()
             .map(|f| (f.file_offset as usize, f.size.clamp(1, 1024) as usize))
             .collect();
-        let (mut same, mut refused) = (0, 0);
+        let (mut same, mut without_internal, mut refused) = (0, 0, 0);
         mutate::with_changed_bytes(&mut copy, &ranges, 300, |changed| {
             match openssl_stripped::find(changed) {
                 Ok(Some(points)) => {
-                    assert_eq!(
-                        points,
-                        found,
-                        "a changed copy of {} gave other functions",
-                        code_only.display()
-                    );
-                    same += 1;
+                    let other = || format!("a changed copy of {} gave other functions", code_only.display());
+                    assert_eq!((points.write, points.read), (found.write, found.read), "{}", other());
+                    // An internal function is the same, or not probed
+                    // (its exported function is, as before).
+                    for (got, want) in [
+                        (&points.write_internal, &found.write_internal),
+                        (&points.read_internal, &found.read_internal),
+                    ] {
+                        assert!(got.is_err() || got == want, "{}: {got:x?}", other());
+                    }
+                    if points == found {
+                        same += 1;
+                    } else {
+                        without_internal += 1;
+                    }
                 }
                 Ok(None) | Err(_) => refused += 1,
             }
         });
-        eprintln!("{}: {same} found the same, {refused} refused, of 300 changed copies", code_only.display());
+        eprintln!(
+            "{}: {same} found the same, {without_internal} the same without an internal function, {refused} refused, \
+             of 300 changed copies",
+            code_only.display()
+        );
         assert!(refused > 0, "no change was ever refused: the test reaches nothing");
         for cut in [0, 64, 4096, bytes.len() / 3, bytes.len() / 2, bytes.len() - 1] {
             let _ = openssl_stripped::find(&bytes[..cut]);
         }
-    }
-    for other in ["/bin/true", "/bin/bash"] {
-        assert_eq!(openssl_stripped::find(&fs::read(other).unwrap()[..]).unwrap(), None, "{other}");
     }
 }
 

@@ -240,7 +240,7 @@ fn read_wrapper<M: Machine>(code: &Text, starts: &[u64], peek: u64) -> Result<Op
         let first_call = trace::<M>(code.at(start, end.min(start + MAX_FUNCTION)), start)
             .into_iter()
             .filter_map(|event| match event {
-                Event::Call { at, target, args } => Some((at, target, args)),
+                Event::Call { at, target, args, .. } => Some((at, target, args)),
                 _ => None,
             })
             .min_by_key(|&(at, ..)| at);

@@ -207,7 +207,7 @@ fn default_keylog_function<M: Machine>(
     let mut found: Vec<(u64, u64)> = Vec::new();
     let mut calls = 0;
     for event in &events {
-        let Event::Call { at, target, args: [_, second_arg, ..] } = event else { continue };
+        let Event::Call { at, target, args: [_, second_arg, ..], .. } = event else { continue };
         if !is_set_keylog(target) {
             continue;
         }

@@ -324,7 +324,13 @@ impl TlsTarget {
     /// Swap exported OpenSSL hooks for the internal functions behind them
     /// where that saves a trap.
     fn use_internal_points(&mut self, symbols: &Symbols) {
-        for point in openssl::internal_points(self.file.data(), symbols, self.version.as_deref()) {
+        let points = openssl::internal_points(self.file.data(), symbols, self.version.as_deref());
+        self.probe_internal_points(points);
+    }
+
+    /// Probes each of `points` instead of the hooks it replaces.
+    fn probe_internal_points(&mut self, points: Vec<openssl::InternalPoint>) {
+        for point in points {
             self.hooks.retain(|(h, _)| !point.replaces.contains(&h.symbol));
             self.hooks.push((point.hook, point.function));
             self.callers.extend(point.callers);

@@ -54,14 +54,73 @@ pub fn stripped_boringssl(file: Rc<PinnedFile>, path: &Path) -> Result<Option<Tl
     Ok(Some(stripped_target(file, path, "boringssl", points.write, points.read)))
 }
 
-/// OpenSSL 3 linked into an executable without a symbol table, as
-/// [`stripped_boringssl`] (see `discover::openssl_stripped`).
+/// OpenSSL 3.x or 1.1.1 linked into an executable without a symbol table, as
+/// [`stripped_boringssl`] (see `discover::openssl_stripped`), probed at
+/// the internal functions behind the plain and the _ex ones where their
+/// calls are recognised (else at SSL_write and SSL_read, with a warning
+/// that the _ex calls are not seen).
 pub fn stripped_openssl(file: Rc<PinnedFile>, path: &Path) -> Result<Option<TlsTarget>> {
     if has_symbol_table(&file) {
         return Ok(None);
     }
     let Some(points) = openssl_stripped::find(file.data())? else { return Ok(None) };
-    Ok(Some(stripped_target(file, path, "openssl", points.write, points.read)))
+    let mut target = stripped_target(file, path, "openssl", points.write, points.read);
+    let version = target.version.as_deref().and_then(major_minor);
+    let mut internal = Vec::new();
+    for (found, write) in [(points.write_internal, true), (points.read_internal, false)] {
+        match found.and_then(|i| stripped_internal_point(i, write, version)) {
+            Ok(point) => internal.push(point),
+            Err(why) => crate::eprintln_escaped!(
+                "cleartap: warning: {}: calls of {} are not seen, {} only: {why}",
+                path.display(),
+                if write { "SSL_write_ex" } else { "SSL_read_ex" },
+                if write { "SSL_write" } else { "SSL_read" },
+            ),
+        }
+    }
+    target.probe_internal_points(internal);
+    Ok(Some(target))
+}
+
+/// The probe point of an internal function found in a stripped OpenSSL
+/// (`write`: ssl_write_internal), which stands for the plain and the _ex
+/// function. Where the file names its version, that version must take the
+/// count where its call was seen to pass it.
+fn stripped_internal_point(
+    found: openssl_stripped::Internal,
+    write: bool,
+    version: Option<(u32, u32)>,
+) -> std::result::Result<InternalPoint, String> {
+    use openssl_stripped::CountArgument::{Fifth, Fourth};
+    if let Some((major, minor)) = version {
+        let expected = if write && (major, minor) >= (3, 3) { Fifth } else { Fourth };
+        if found.count != expected {
+            return Err(format!(
+                "its call passes the count as the {:?} argument, OpenSSL {major}.{minor} as the {expected:?}",
+                found.count
+            ));
+        }
+    }
+    let (hook, replaces, names): (TlsHook, &'static [&'static str], [&'static str; 2]) =
+        match (write, found.count) {
+            (true, Fourth) => (WRITE_INTERNAL, &["SSL_write", "SSL_write_ex"], ["SSL_write", "SSL_write_ex"]),
+            (true, Fifth) => (
+                TlsHook { entry: Entry::Internal5, ..WRITE_INTERNAL },
+                &["SSL_write", "SSL_write_ex", WRITE_EX2],
+                ["SSL_write", WRITE_EX2],
+            ),
+            (false, Fourth) => (READ_INTERNAL, &["SSL_read", "SSL_read_ex"], ["SSL_read", "SSL_read_ex"]),
+            (false, Fifth) => return Err("a read function with a 5th argument".to_string()),
+        };
+    let caller = |returns_to: u64, name| Caller {
+        function_id: hook.function_id,
+        delta: returns_to.wrapping_sub(found.address) as i64,
+        name,
+    };
+    let mut callers = vec![caller(found.plain_returns_to, names[0])];
+    callers.extend(found.ex_returns_to.map(|at| caller(at, names[1])));
+    let function = Function { address: found.address, size: 0, file_offset: found.file_offset };
+    Ok(InternalPoint { hook, function, replaces, callers })
 }
 
 /// Reading every executable's code would cost every exec'd program a

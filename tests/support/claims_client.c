@@ -1,5 +1,5 @@
 /*
- * claims_client HOST PORT REQUEST_FILE
+ * claims_client HOST PORT REQUEST_FILE [ex]
  *
  * A TLS client whose every byte the test owns, built by tests/e2e_claims.rs
  * statically (OpenSSL linked into the executable), dynamically, and inside a
@@ -8,8 +8,9 @@
  * first), then connects to HOST:PORT (certificate verification off), sends
  * the whole request in one SSL_write, and SSL_reads until the server closes,
  * copying the response to stdout. It prints "fd N" on stderr, N being the
- * socket's descriptor. Exits 0 on success; on any error prints a
- * message on stderr and exits 1 (2 for bad arguments).
+ * socket's descriptor. With "ex" it calls SSL_write_ex and SSL_read_ex
+ * instead. Exits 0 on success; on any error prints a message on stderr and
+ * exits 1 (2 for bad arguments).
  *
  * Built with -DCLAIMS_KEYLOG, it also prints OpenSSL's version on stderr
  * first (which links the "OpenSSL x.y.z" string in, as any program showing
@@ -81,11 +82,12 @@ int main(int argc, char **argv)
     SSL_CTX *ctx;
     SSL *ssl;
     char *request, buf[65536], line[16];
-    size_t request_len;
-    int fd, n;
+    size_t request_len, done;
+    int fd, n, ex;
 
-    if (argc != 4) {
-        fprintf(stderr, "usage: claims_client HOST PORT REQUEST_FILE\n");
+    ex = argc == 5 && strcmp(argv[4], "ex") == 0;
+    if (argc != 4 && !ex) {
+        fprintf(stderr, "usage: claims_client HOST PORT REQUEST_FILE [ex]\n");
         return 2;
     }
     signal(SIGPIPE, SIG_IGN);
@@ -121,11 +123,21 @@ int main(int argc, char **argv)
     if (SSL_connect(ssl) != 1)
         fail("SSL_connect");
     /* Not SSL_MODE_ENABLE_PARTIAL_WRITE: one call writes everything. */
-    if (SSL_write(ssl, request, (int)request_len) != (int)request_len)
-        fail("SSL_write");
-    while ((n = SSL_read(ssl, buf, sizeof(buf))) > 0) {
-        if (fwrite(buf, 1, (size_t)n, stdout) != (size_t)n)
-            fail("writing the response");
+    if (ex) {
+        if (SSL_write_ex(ssl, request, request_len, &done) != 1 || done != request_len)
+            fail("SSL_write_ex");
+        while (SSL_read_ex(ssl, buf, sizeof(buf), &done) == 1) {
+            if (fwrite(buf, 1, done, stdout) != done)
+                fail("writing the response");
+        }
+        n = 0;
+    } else {
+        if (SSL_write(ssl, request, (int)request_len) != (int)request_len)
+            fail("SSL_write");
+        while ((n = SSL_read(ssl, buf, sizeof(buf))) > 0) {
+            if (fwrite(buf, 1, (size_t)n, stdout) != (size_t)n)
+                fail("writing the response");
+        }
     }
     if (SSL_get_error(ssl, n) != SSL_ERROR_ZERO_RETURN && SSL_get_error(ssl, n) != SSL_ERROR_SYSCALL)
         fail("SSL_read");

@@ -40,8 +40,11 @@ ARM64_DEFAULT_TESTS=(
     # byte-exact and the secrets equal to the program's own key log.
     e2e_boringssl:boringssl_functions_are_found_from_the_code_alone
     # OpenSSL without symbols: SSL_write and SSL_read found from the
-    # aarch64 code of the guest's libssl.so.3, equal to its dynamic symbols.
+    # aarch64 code of the guest's libssl.so.3, equal to its dynamic symbols,
+    # and the internal functions its _ex functions call, with the argument
+    # their count is in (`add x3, sp, #N`).
     cleartap:discover::openssl_stripped::tests::finds_ssl_write_and_read_in_the_system_libssl
+    cleartap:discover::openssl_stripped::tests::finds_the_internal_functions_in_the_system_libssl
     e2e_boringssl:a_boringssl_whose_anchors_do_not_hold_is_refused_and_garbage_never_panics
     e2e_boringssl:changed_code_gives_the_same_boringssl_functions_or_none
     e2e_boringssl:boringssl_key_log_function_is_found_from_the_code_alone

@@ -26,6 +26,8 @@ impl Machine for Aarch64 {
     /// register) and the link register x30.
     const CALLER_SAVED: &'static [usize] =
         &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 30];
+    /// sp.
+    const STACK_POINTER: usize = 31;
     const SYMBOL_SLOTS: [u32; 2] = [R_AARCH64_JUMP_SLOT, R_AARCH64_GLOB_DAT];
     const RELATIVE: u32 = R_AARCH64_RELATIVE;
 

@@ -39,6 +39,8 @@ pub trait Machine {
     const RESULT: usize;
     /// The registers a call may change.
     const CALLER_SAVED: &'static [usize];
+    /// The stack pointer, which holds [`Value::Stack`]`(0)` on entry.
+    const STACK_POINTER: usize;
     /// Relocations by which the loader puts a symbol's address into a
     /// GOT slot (PLT slots and `call [GOT]`/`adrp+ldr` slots).
     const SYMBOL_SLOTS: [u32; 2];
@@ -159,6 +161,9 @@ pub enum Value {
     /// The 64-bit word at a PC-relative address (`mov reg,[rip+X]`,
     /// `adrp`+`ldr`): a GOT slot's contents once the loader filled it.
     Loaded(u64),
+    /// The stack pointer as on entry, plus an offset: the address of a
+    /// local variable (`lea rcx,[rsp+8]`, `add x3, sp, #8`).
+    Stack(i64),
 }
 
 impl Value {
@@ -166,6 +171,7 @@ impl Value {
         match self {
             Value::Unknown | Value::Loaded(_) => Value::Unknown,
             Value::Arg(n, offset) => Value::Arg(n, offset.wrapping_add(delta)),
+            Value::Stack(offset) => Value::Stack(offset.wrapping_add(delta)),
             Value::Const(c) => Value::Const(c.wrapping_add(delta as u64)),
             Value::Address(a) => Value::Address(a.wrapping_add(delta as u64)),
         }
@@ -201,8 +207,9 @@ pub enum Event {
     /// A load of `width` bytes from `[base+disp]` into a general register.
     Load { base: Value, disp: i64, width: usize },
     /// A call or tail jump out of the function, with the first four
-    /// argument registers at it.
-    Call { at: u64, target: Target, args: [Value; 4] },
+    /// argument registers at it; `next` is the instruction after it (a
+    /// call's return address).
+    Call { at: u64, next: u64, target: Target, args: [Value; 4] },
     /// A return to the caller, with the result register at it.
     Return { value: Value },
 }
@@ -243,6 +250,7 @@ pub fn trace_paths<M: Machine>(code: &[u8], address: u64, max_visits: u8) -> Vec
     for (n, &reg) in M::ARGS.iter().enumerate() {
         entry[reg] = Value::Arg(n as u8, 0);
     }
+    entry[M::STACK_POINTER] = Value::Stack(0);
     let inside = |target: u64| target.wrapping_sub(address) < code.len() as u64;
     let mut visits = vec![0u8; code.len()];
     let mut pending = vec![(address, entry)];
@@ -256,7 +264,8 @@ pub fn trace_paths<M: Machine>(code: &[u8], address: u64, max_visits: u8) -> Vec
                 _ => break,
             }
             let Some((len, flow)) = M::step(&code[offset..], at, &mut regs, &mut events) else { break };
-            let call = |target| Event::Call { at, target, args: M::ARGS.map(|reg| regs[reg]) };
+            let next = at.wrapping_add(len as u64);
+            let call = |target| Event::Call { at, next, target, args: M::ARGS.map(|reg| regs[reg]) };
             match flow {
                 Flow::Next => {}
                 Flow::Branch(to) => {

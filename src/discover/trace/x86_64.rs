@@ -20,6 +20,8 @@ impl Machine for X86_64 {
     const RESULT: usize = 0;
     /// rax, rcx, rdx, rsi, rdi, r8-r11.
     const CALLER_SAVED: &'static [usize] = &[0, 1, 2, 6, 7, 8, 9, 10, 11];
+    /// rsp.
+    const STACK_POINTER: usize = RSP;
     const SYMBOL_SLOTS: [u32; 2] = [R_X86_64_JUMP_SLOT, R_X86_64_GLOB_DAT];
     const RELATIVE: u32 = R_X86_64_RELATIVE;
 
@@ -84,6 +86,8 @@ impl Machine for X86_64 {
     }
 }
 
+const RSP: usize = 4;
+
 /// rax..r15, in iced's (and the hardware's) order.
 fn gpr(register: Register) -> Option<usize> {
     let index = (register.full_register() as usize).wrapping_sub(Register::RAX as usize);
@@ -119,6 +123,7 @@ fn execute(
     // the registers before the instruction.
     let dest64 = reg(0).filter(|r| r.is_gpr64()).and_then(gpr).filter(|_| kind(0) == Some(OpKind::Register));
     let mut result = None;
+    let mut stack = None;
     match instr.mnemonic() {
         Mnemonic::Lea => {
             if let (Some(dest), Some(OpKind::Memory)) = (dest64, kind(1)) {
@@ -180,9 +185,15 @@ fn execute(
                 result = Some((dest, Value::Const(0)));
             }
         }
+        // They move rsp by a word (iced reports rsp as written: kept here).
+        Mnemonic::Push if instr.stack_pointer_increment() == -8 => stack = Some(regs[RSP].plus(-8)),
+        Mnemonic::Pop if instr.stack_pointer_increment() == 8 => stack = Some(regs[RSP].plus(8)),
         _ => {}
     }
     clobber_written(instr, regs, factory);
+    if let Some(value) = stack {
+        regs[RSP] = value;
+    }
     if let Some((dest, value)) = result {
         regs[dest] = value;
     }
