@@ -172,6 +172,8 @@ enum Link {
     Dynamic,
     /// `gcc -static` with OpenSSL 1.1.1's archives (scripts/build-openssl111).
     Static111,
+    /// As `Static111`, with -DCLAIMS_KEYLOG.
+    Static111Keylog,
 }
 
 /// OpenSSL 1.1.1, as scripts/build-openssl111 installs it.
@@ -191,20 +193,20 @@ fn claims_client(link: Link) -> PathBuf {
         }
         args.push("-static");
     }
-    if link == Link::StaticKeylog {
+    if matches!(link, Link::StaticKeylog | Link::Static111Keylog) {
         args.push("-DCLAIMS_KEYLOG");
     }
     let include = format!("-I{OPENSSL_111}/include");
     let ssl_111 = format!("{OPENSSL_111}/lib/libssl.a");
     let crypto_111 = format!("{OPENSSL_111}/lib/libcrypto.a");
-    if link == Link::Static111 {
+    if matches!(link, Link::Static111 | Link::Static111Keylog) {
         assert!(Path::new(&ssl_111).exists(), "{ssl_111} is missing: {HINT}");
         args.push(&include);
     }
     let libs: Vec<&str> = match link {
         Link::Static | Link::StaticKeylog => vec!["-lssl", "-lcrypto", "-ldl", "-lpthread"],
         Link::Dynamic => vec!["-lssl", "-lcrypto"],
-        Link::Static111 => vec![&ssl_111, &crypto_111, "-ldl", "-lpthread"],
+        Link::Static111 | Link::Static111Keylog => vec![&ssl_111, &crypto_111, "-ldl", "-lpthread"],
     };
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     (&text, &args, &libs).hash(&mut hasher);
@@ -701,7 +703,7 @@ fn held_programs_run_as_if_never_held_and_a_slow_check_does_not_hold_them_long()
 #[test]
 fn openssl_in_a_static_executable_gives_its_secrets_to_the_key_log_and_pcapng() {
     let Some(_one) = capture_test() else { return };
-    check_static_secrets(claims_client(Link::StaticKeylog));
+    check_static_secrets(claims_client(Link::StaticKeylog), &system_openssl_version());
 }
 
 /// The same, stripped: its SSL_write and SSL_read found from its code, its
@@ -709,10 +711,24 @@ fn openssl_in_a_static_executable_gives_its_secrets_to_the_key_log_and_pcapng() 
 #[test]
 fn openssl_in_a_stripped_static_executable_gives_its_secrets_to_the_key_log_and_pcapng() {
     let Some(_one) = capture_test() else { return };
-    check_static_secrets(stripped_claims_client(Link::StaticKeylog));
+    check_static_secrets(stripped_claims_client(Link::StaticKeylog), &system_openssl_version());
 }
 
-fn check_static_secrets(binary: PathBuf) {
+/// The same with OpenSSL 1.1.1 (its own struct layouts) linked in.
+#[test]
+fn openssl_111_in_a_stripped_static_executable_gives_its_secrets_to_the_key_log_and_pcapng() {
+    let Some(_one) = capture_test() else { return };
+    check_static_secrets(stripped_claims_client(Link::Static111Keylog), "1.1.1w");
+}
+
+/// libssl-dev's version, as libssl.a's: its `openssl` command's.
+fn system_openssl_version() -> String {
+    let version = run(Command::new("openssl").arg("version"), b"");
+    String::from_utf8(version.stdout).unwrap().split(' ').nth(1).unwrap().to_string()
+}
+
+/// `version`: the OpenSSL linked into `binary`, as cleartap must name it.
+fn check_static_secrets(binary: PathBuf, version: &str) {
     let _tshark = tool("tshark");
     let path = binary.to_str().unwrap();
     let server = TlsServer::start();
@@ -737,9 +753,6 @@ fn check_static_secrets(binary: PathBuf) {
     let Done { response, .. } = client.go();
     let got = capture.stop_json();
     got.assert_clean_exit();
-    let version = run(Command::new("openssl").arg("version"), b"");
-    let version = String::from_utf8(version.stdout).unwrap();
-    let version = version.split(' ').nth(1).unwrap(); // libssl-dev's, as libssl.a
     assert!(
         got.stderr.contains(&format!("cleartap: attached to {path} (openssl {version}:")),
         "{}",
