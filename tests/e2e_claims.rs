@@ -491,13 +491,11 @@ fn openssl_111_in_a_stripped_static_executable_is_captured_byte_exact() {
     check_static_executable(stripped_claims_client(Link::Static111), false, true);
 }
 
-/// The (major, minor) version of the libssl.a static executables link,
-/// as its package's pkg-config file says (libssl-dev).
+/// The (major, minor) version of the libssl.a static executables link
+/// (see [`system_openssl_version`]).
 fn libssl_dev_version() -> (u32, u32) {
-    let out = Command::new(tool("pkg-config")).args(["--modversion", "libssl"]).output().unwrap();
-    assert!(out.status.success(), "pkg-config --modversion libssl (libssl-dev): {HINT}");
-    let version = String::from_utf8(out.stdout).unwrap();
-    let mut parts = version.trim().split('.').map(|p| p.parse::<u32>().unwrap());
+    let version = system_openssl_version();
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap());
     (parts.next().unwrap(), parts.next().unwrap())
 }
 
