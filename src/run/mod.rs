@@ -411,11 +411,21 @@ pub fn raise_fd_limit() {
 /// installed first thing in main, so that a signal while attaching, too,
 /// ends with a clean stop (files whole, everything detached) once `pump`
 /// starts. Idempotent.
+///
+/// The three signals are blocked while the handlers go in: signal-hook
+/// installs its handler for a signal before it publishes the actions it
+/// runs (signal-hook-registry 1.4, `register_sigaction_impl`), and a
+/// signal landing between the two would run no action and be lost, the
+/// process running on as if never told to stop. Blocked, such a signal
+/// stays pending and arrives when the mask is restored, with every flag
+/// in place. (A signal the parent left ignored, as a non-interactive
+/// shell does for SIGINT of a job started with `&`, is discarded by the
+/// kernel until the handler is in: nothing here can see it.)
 pub fn stop_on_signals() -> Result<Arc<AtomicBool>> {
     if let Some(s) = SIGNALS.get() {
         return Ok(Arc::clone(&s.stop));
     }
-    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let _blocked = BlockedSignals::new(&[libc::SIGINT, libc::SIGTERM, libc::SIGHUP]);
     let s = Signals {
         stop: Arc::new(AtomicBool::new(false)),
         terminate: Arc::new(AtomicBool::new(false)),
@@ -424,13 +434,41 @@ pub fn stop_on_signals() -> Result<Arc<AtomicBool>> {
     let register = |sig, flag: &Arc<AtomicBool>| {
         signal_hook::flag::register(sig, Arc::clone(flag)).context("installing signal handlers")
     };
-    for sig in [SIGINT, SIGTERM, SIGHUP] {
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
         register(sig, &s.stop)?;
     }
-    register(SIGINT, &s.terminate)?;
-    register(SIGTERM, &s.terminate)?;
-    register(SIGHUP, &s.hangup)?;
+    register(libc::SIGINT, &s.terminate)?;
+    register(libc::SIGTERM, &s.terminate)?;
+    register(libc::SIGHUP, &s.hangup)?;
     Ok(Arc::clone(&SIGNALS.get_or_init(|| s).stop))
+}
+
+/// Signals blocked in the calling thread until dropped; then the thread's
+/// mask is what it was, and a signal that came meanwhile is delivered.
+struct BlockedSignals(libc::sigset_t);
+
+impl BlockedSignals {
+    fn new(signals: &[libc::c_int]) -> Self {
+        // SAFETY: sigemptyset/sigaddset fill a local set; pthread_sigmask
+        // with valid pointers only changes this thread's mask.
+        unsafe {
+            let mut block: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut block);
+            for &sig in signals {
+                libc::sigaddset(&mut block, sig);
+            }
+            let mut before: libc::sigset_t = std::mem::zeroed();
+            libc::pthread_sigmask(libc::SIG_BLOCK, &block, &mut before);
+            BlockedSignals(before)
+        }
+    }
+}
+
+impl Drop for BlockedSignals {
+    fn drop(&mut self) {
+        // SAFETY: restores the mask saved by `new`, a valid set.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.0, std::ptr::null_mut()) };
+    }
 }
 
 /// Has SIGINT or SIGTERM arrived?
