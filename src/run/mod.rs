@@ -392,6 +392,9 @@ struct Signals {
 
 static SIGNALS: OnceLock<Signals> = OnceLock::new();
 
+/// What the subcommands stop on.
+const STOP_SIGNALS: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
+
 /// Soft limit on open files raised to the hard limit: a host with many
 /// libraries and programs to probe needs a descriptor per file while it is
 /// parsed and attached, and running out would blind the capture. A failure
@@ -425,7 +428,7 @@ pub fn stop_on_signals() -> Result<Arc<AtomicBool>> {
     if let Some(s) = SIGNALS.get() {
         return Ok(Arc::clone(&s.stop));
     }
-    let _blocked = BlockedSignals::new(&[libc::SIGINT, libc::SIGTERM, libc::SIGHUP]);
+    let _blocked = BlockedSignals::new(&STOP_SIGNALS);
     let s = Signals {
         stop: Arc::new(AtomicBool::new(false)),
         terminate: Arc::new(AtomicBool::new(false)),
@@ -434,7 +437,7 @@ pub fn stop_on_signals() -> Result<Arc<AtomicBool>> {
     let register = |sig, flag: &Arc<AtomicBool>| {
         signal_hook::flag::register(sig, Arc::clone(flag)).context("installing signal handlers")
     };
-    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+    for sig in STOP_SIGNALS {
         register(sig, &s.stop)?;
     }
     register(libc::SIGINT, &s.terminate)?;
