@@ -40,7 +40,8 @@ struct active_call {
 	__u8 parked;   /* 1: the call this one runs inside waits in parked_calls */
 	__u8 layered;  /* 1: this call runs inside one of the same direction
 			* (SSL_write_ex -> SSL_write_ex2) and reports for both */
-	__u8 _pad[5];
+	__u8 fn;       /* enum ct_tls_function, or CALL_FN_NONE */
+	__u8 _pad[4];
 };
 
 /* The direction of each plaintext function: the one list that the return
@@ -77,15 +78,9 @@ static __always_inline __u32 library_id(void *ctx)
 }
 
 #define CALL_DIR_UNKNOWN 0xff
-
-/* Which way the probed function moves bytes, known at its entry: the
- * cookie's bits 32-39 hold its function id plus one (src/sources/tls.rs;
- * 0: not a plaintext function). Unknown without cookies (< 5.15). */
-static __always_inline __u8 call_dir(void *ctx)
-{
-	__u64 fn_plus_one = has_attach_cookie ? (bpf_get_attach_cookie(ctx) >> 32) & 0xff : 0;
-	return fn_plus_one ? fn_dir(fn_plus_one - 1) : CALL_DIR_UNKNOWN;
-}
+/* No plaintext function: SSL_do_handshake's entry, and slots made by
+ * anything but an entry (ct_tls_function starts at 1). */
+#define CALL_FN_NONE 0
 
 /* LRU: slots of threads that are gone (or idle the longest) are the ones
  * reused when it is full; a thread killed mid-call leaks nothing. */
@@ -121,8 +116,8 @@ CT_MAP(PROG_ARRAY, emit_continue, __u32, __u32, 1);
 
 /* --- Calls inside calls ------------------------------------------------------
  * A thread has one slot, so a call that starts while another is running
- * takes it. Two cases, told apart by direction (known at entry from the
- * probe's cookie):
+ * takes it. Two cases, told apart by direction (known at entry: each
+ * function has an entry program of its own):
  *  - the same direction: the library's own layering (SSL_write_ex calls
  *    SSL_write_ex2, gnutls_record_send calls gnutls_record_send2). The
  *    inner call reports the bytes for both, and the outer one's return
@@ -132,9 +127,8 @@ CT_MAP(PROG_ARRAY, emit_continue, __u32, __u32, 1);
  *    JavaScript may SSL_write). The outer call is parked and comes back to
  *    the slot when the inner one returns, so both are reported.
  * A third level of the other direction drops both outer calls, counted as
- * calls not captured. Without cookies (< 5.15) the direction is unknown
- * and an inner call always takes the slot: an outer call of the other
- * direction is then not captured, and not counted. */
+ * calls not captured. SSL_do_handshake's entry has no direction: a call
+ * inside it, or it inside a call, takes the slot. */
 
 /* `c` starts while `slot`'s call runs on the same thread. */
 static __always_inline void start_inside(struct active_call *slot, struct active_call *c, __u64 id)
@@ -176,8 +170,10 @@ static __always_inline void resume_outer(struct active_call *slot, __u64 id)
 
 /* len_ptr: where an _ex-shaped function writes its byte count (0: the
  * byte count is the return value). with_caller: remember the return
- * address, which names the API function behind an internal probe point. */
-static __always_inline int on_entry(struct pt_regs *ctx, __u64 len_ptr, bool with_caller)
+ * address, which names the API function behind an internal probe point.
+ * fn: the probed function (a constant of each entry program), which its
+ * return reads from the slot. */
+static __always_inline int on_entry(struct pt_regs *ctx, __u64 len_ptr, bool with_caller, __u8 fn)
 {
 	if (!current_task_wanted())
 		return 0;
@@ -189,7 +185,8 @@ static __always_inline int on_entry(struct pt_regs *ctx, __u64 len_ptr, bool wit
 		.ip = PT_REGS_IP(ctx),
 		.fd = -1,
 		.library_id = library_id(ctx),
-		.dir = call_dir(ctx),
+		.fn = fn,
+		.dir = fn == CALL_FN_NONE ? CALL_DIR_UNKNOWN : fn_dir(fn),
 	};
 	if (with_caller)
 		ct_entry_return_address(ctx, &c.caller);
@@ -616,12 +613,17 @@ static __always_inline int on_return_without_io(struct pt_regs *ctx, struct acti
 	return emit_conn_call(ctx, c, cs, n, fn, dir, fetch);
 }
 
-static __always_inline int on_return(struct pt_regs *ctx, __u8 fn, bool fetch)
+/* The return of every library function but rustls's: the function is the
+ * one its entry recorded (so one program serves them all, without uprobe
+ * cookies too: one copy per function cost the verifier 15 times this
+ * program's work at start, 40 of 52 s on 5.10 under emulation). */
+static __always_inline int on_return(struct pt_regs *ctx, bool fetch)
 {
-	__u8 dir = fn_dir(fn);
 	struct active_call c;
-	if (!end_call(&c))
+	if (!end_call(&c) || c.fn == CALL_FN_NONE)
 		return 0;
+	__u8 fn = c.fn;
+	__u8 dir = fn_dir(fn);
 	if (capture_secrets && (fn <= CT_FN_SSL_READ_EX || fn >= CT_FN_SSL_WRITE_INTERNAL))
 		report_ssl_keys(c.handle, c.library_id);
 
@@ -660,30 +662,34 @@ int emit_more(struct pt_regs *ctx)
 	return 0;
 }
 
-/* Entry probes depend only on the shape; the return probe knows the function. */
-SEC("uprobe")
-int BPF_KPROBE(plain_entry) { return on_entry(ctx, 0, false); }
-SEC("uprobe")
-int BPF_KPROBE(ex_entry) { return on_entry(ctx, PT_REGS_PARM4(ctx), false); }
+/* Entry probes: one per shape and function, the function a constant (so
+ * that its return knows it where uprobes have no cookies, < 5.15), named
+ * <shape>_entry_<symbol in lower case> (src/sources/mod.rs,
+ * TlsHook::entry_program). The shapes: */
+#define PLAIN_ENTRY(symbol, fn) \
+	SEC("uprobe") int BPF_KPROBE(plain_entry_##symbol) { return on_entry(ctx, 0, false, fn); }
+#define EX_ENTRY(symbol, fn) \
+	SEC("uprobe") int BPF_KPROBE(ex_entry_##symbol) { return on_entry(ctx, PT_REGS_PARM4(ctx), false, fn); }
 /* OpenSSL's ssl_read_internal/ssl_write_internal: the count pointer is
  * the 4th argument, or the 5th (ssl_write_internal since 3.3). */
-SEC("uprobe")
-int BPF_KPROBE(internal_entry) { return on_entry(ctx, PT_REGS_PARM4(ctx), true); }
-SEC("uprobe")
-int BPF_KPROBE(internal5_entry) { return on_entry(ctx, PT_REGS_PARM5(ctx), true); }
+#define INTERNAL_ENTRY(symbol, fn) \
+	SEC("uprobe") int BPF_KPROBE(internal_entry_##symbol) { return on_entry(ctx, PT_REGS_PARM4(ctx), true, fn); }
+#define INTERNAL5_ENTRY(symbol, fn) \
+	SEC("uprobe") int BPF_KPROBE(internal5_entry_##symbol) { return on_entry(ctx, PT_REGS_PARM5(ctx), true, fn); }
 /* SSL_write_ex2(ssl, buf, num, flags, written), OpenSSL 3.3+. SSL_write_ex
  * calls it: when both are probed, the inner entry takes the thread's slot
  * and its return ends the call, so the outer return finds it done and the
  * bytes are reported once. */
-SEC("uprobe")
-int BPF_KPROBE(ex5_entry) { return on_entry(ctx, PT_REGS_PARM5(ctx), false); }
+#define EX5_ENTRY(symbol, fn) \
+	SEC("uprobe") int BPF_KPROBE(ex5_entry_##symbol) { return on_entry(ctx, PT_REGS_PARM5(ctx), false, fn); }
+#define NSPR_ENTRY(symbol, fn) \
+	SEC("uprobe") int BPF_KPROBE(nspr_entry_##symbol, void *fd) { return on_nspr_entry(ctx, fd, fn); }
 
 /* NSPR carries files and plain sockets too. A TLS descriptor is layered:
  * the SSL layer sits on the socket, so PRFileDesc.lower is set. Plain
  * sockets and files are a single layer. PRFileDesc is public, stable ABI:
  * { methods, secret, lower, higher, dtor, identity }. */
-SEC("uprobe")
-int BPF_KPROBE(nspr_entry, void *fd)
+static __always_inline int on_nspr_entry(struct pt_regs *ctx, void *fd, __u8 fn)
 {
 	void *lower = NULL;
 	if (bpf_probe_read_user(&lower, sizeof(lower), (char *)fd + 2 * sizeof(void *)) || !lower) {
@@ -696,8 +702,29 @@ int BPF_KPROBE(nspr_entry, void *fd)
 		}
 		return 0;
 	}
-	return on_entry(ctx, 0, false);
+	return on_entry(ctx, 0, false, fn);
 }
+
+PLAIN_ENTRY(ssl_write, CT_FN_SSL_WRITE)
+PLAIN_ENTRY(ssl_read, CT_FN_SSL_READ)
+EX_ENTRY(ssl_write_ex, CT_FN_SSL_WRITE_EX)
+EX_ENTRY(ssl_read_ex, CT_FN_SSL_READ_EX)
+EX5_ENTRY(ssl_write_ex2, CT_FN_SSL_WRITE_EX2)
+INTERNAL_ENTRY(ssl_write_internal, CT_FN_SSL_WRITE_INTERNAL)
+INTERNAL_ENTRY(ssl_read_internal, CT_FN_SSL_READ_INTERNAL)
+INTERNAL5_ENTRY(ssl_write_internal, CT_FN_SSL_WRITE_INTERNAL)
+PLAIN_ENTRY(gnutls_record_send, CT_FN_GNUTLS_RECORD_SEND)
+PLAIN_ENTRY(gnutls_record_recv, CT_FN_GNUTLS_RECORD_RECV)
+PLAIN_ENTRY(gnutls_record_send2, CT_FN_GNUTLS_RECORD_SEND2)
+PLAIN_ENTRY(gnutls_record_recv_seq, CT_FN_GNUTLS_RECORD_RECV_SEQ)
+NSPR_ENTRY(pr_write, CT_FN_PR_WRITE)
+NSPR_ENTRY(pr_read, CT_FN_PR_READ)
+NSPR_ENTRY(pr_send, CT_FN_PR_SEND)
+NSPR_ENTRY(pr_recv, CT_FN_PR_RECV)
+
+/* SSL_do_handshake's entry (its return is ssl_handshake_return). */
+SEC("uprobe")
+int BPF_KPROBE(handshake_entry) { return on_entry(ctx, 0, false, CALL_FN_NONE); }
 
 /* --- rustls ---------------------------------------------------------------
  * rustls is linked into Rust executables; its plaintext passes through two
@@ -797,44 +824,11 @@ int BPF_KRETPROBE(rustls_read_return) { return on_rustls_return(ctx, CT_FN_RUSTL
 SEC("uretprobe")
 int BPF_KRETPROBE(rustls_read_return_nofetch) { return on_rustls_return(ctx, CT_FN_RUSTLS_READ, false); }
 
-/* One return program for every function of these shapes where uprobes
- * have cookies (5.15+): the cookie names the function (see call_dir).
- * Otherwise one copy per function, the function a constant (below). Each
- * copy costs the verifier as much as this one: loading the 15 copies was
- * 82% of the instructions verified at start. */
-static __always_inline int on_any_return(struct pt_regs *ctx, bool fetch)
-{
-	__u64 fn_plus_one = (bpf_get_attach_cookie(ctx) >> 32) & 0xff;
-	if (!fn_plus_one)
-		return 0;
-	return on_return(ctx, fn_plus_one - 1, fetch);
-}
-
+/* The return of every entry above (see on_return). */
 SEC("uretprobe")
-int BPF_KRETPROBE(tls_return) { return on_any_return(ctx, true); }
+int BPF_KRETPROBE(tls_return) { return on_return(ctx, true); }
 SEC("uretprobe")
-int BPF_KRETPROBE(tls_return_nofetch) { return on_any_return(ctx, false); }
-
-/* Each in two variants: see next_call_seq. */
-#define RETURN_PROBE(name, fn)                                                 \
-	SEC("uretprobe") int BPF_KRETPROBE(name) { return on_return(ctx, fn, true); } \
-	SEC("uretprobe") int BPF_KRETPROBE(name##_nofetch) { return on_return(ctx, fn, false); }
-
-RETURN_PROBE(ssl_write_return, CT_FN_SSL_WRITE)
-RETURN_PROBE(ssl_read_return, CT_FN_SSL_READ)
-RETURN_PROBE(ssl_write_ex_return, CT_FN_SSL_WRITE_EX)
-RETURN_PROBE(ssl_read_ex_return, CT_FN_SSL_READ_EX)
-RETURN_PROBE(gnutls_record_send_return, CT_FN_GNUTLS_RECORD_SEND)
-RETURN_PROBE(gnutls_record_recv_return, CT_FN_GNUTLS_RECORD_RECV)
-RETURN_PROBE(gnutls_record_send2_return, CT_FN_GNUTLS_RECORD_SEND2)
-RETURN_PROBE(gnutls_record_recv_seq_return, CT_FN_GNUTLS_RECORD_RECV_SEQ)
-RETURN_PROBE(pr_write_return, CT_FN_PR_WRITE)
-RETURN_PROBE(pr_read_return, CT_FN_PR_READ)
-RETURN_PROBE(pr_send_return, CT_FN_PR_SEND)
-RETURN_PROBE(pr_recv_return, CT_FN_PR_RECV)
-RETURN_PROBE(ssl_write_internal_return, CT_FN_SSL_WRITE_INTERNAL)
-RETURN_PROBE(ssl_read_internal_return, CT_FN_SSL_READ_INTERNAL)
-RETURN_PROBE(ssl_write_ex2_return, CT_FN_SSL_WRITE_EX2)
+int BPF_KRETPROBE(tls_return_nofetch) { return on_return(ctx, false); }
 
 /* The thread's first socket write after a write of its pending_writer
  * connection: that connection's socket, unless a read already tied the

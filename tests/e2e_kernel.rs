@@ -23,11 +23,17 @@ fn check_loads_every_program_and_reports_verifier_instructions() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
     print!("{text}");
-    // One return program for every library function where uprobes have
-    // cookies, one per function where they do not (bpf/tls.bpf.c).
-    let library_return =
-        if cleartap::kernel::has_attach_cookie() { "tls_return" } else { "ssl_write_return" };
-    for program in [library_return, "go_keylog", "gnutls_keylog", "packet_egress", "bash_readline_entry"] {
+    // One return program for every library function but rustls's
+    // (bpf/tls.bpf.c; tls_return_nofetch where the kernel has no atomic
+    // fetch), one entry program per function.
+    for program in [
+        "tls_return",
+        "plain_entry_ssl_write",
+        "go_keylog",
+        "gnutls_keylog",
+        "packet_egress",
+        "bash_readline_entry",
+    ] {
         let line =
             text.lines().find(|l| l.starts_with(program)).unwrap_or_else(|| panic!("{program}: {text}"));
         let count: u32 = line.split_whitespace().last().unwrap().parse().unwrap();
@@ -38,9 +44,9 @@ fn check_loads_every_program_and_reports_verifier_instructions() {
 
 /// Names (as bpftool shows them, 15 bytes) of programs only cleartap loads.
 const OUR_PROGRAMS: [&str; 7] = [
-    "plain_entry",
+    "plain_entry_ssl",
+    "internal_entry_",
     "tls_return",
-    "ssl_write_retur",
     "packet_egress",
     "packet_ingress",
     "owner_connect_e",

@@ -76,24 +76,6 @@ pub enum Entry {
     RustlsMark,
 }
 
-impl Entry {
-    /// The kernel program (`bpf/tls.bpf.c`) that takes the call's
-    /// arguments; Go's are attached by `TlsProbes::attach_go`.
-    pub fn program(self) -> Option<&'static str> {
-        match self {
-            Entry::Plain => Some("plain_entry"),
-            Entry::Ex => Some("ex_entry"),
-            Entry::Nspr => Some("nspr_entry"),
-            Entry::Internal => Some("internal_entry"),
-            Entry::Internal5 => Some("internal5_entry"),
-            Entry::Ex5 => Some("ex5_entry"),
-            Entry::Rustls => Some("rustls_entry"),
-            Entry::RustlsMark => Some("rustls_mark"),
-            Entry::Go => None,
-        }
-    }
-}
-
 /// One plaintext function of a TLS library.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TlsHook {
@@ -104,21 +86,41 @@ pub struct TlsHook {
 }
 
 impl TlsHook {
-    /// The kernel program that reads the call's result: by convention
-    /// `<symbol in lower case>_return` in `bpf/tls.bpf.c`, and its
-    /// `_nofetch` variant for kernels without atomic fetch operations
-    /// (see `kernel::has_atomic_fetch`).
-    /// rustls's functions are named by their function id instead
-    /// (`rustls_write_return`, `rustls_read_return`): their symbols are
-    /// Rust paths.
+    /// The kernel program that takes the call's arguments: by convention
+    /// `<shape>_entry_<symbol in lower case>` in `bpf/tls.bpf.c`, one per
+    /// function (its return reads the function from the thread's slot).
+    /// rustls's entries serve both its functions, whose returns are
+    /// programs of their own; Go's are attached by `TlsProbes::attach_go`.
+    pub fn entry_program(&self) -> Option<String> {
+        let shape = match self.entry {
+            Entry::Go => return None,
+            Entry::Rustls => return Some("rustls_entry".to_string()),
+            Entry::RustlsMark => return Some("rustls_mark".to_string()),
+            Entry::Plain => "plain",
+            Entry::Ex => "ex",
+            Entry::Nspr => "nspr",
+            Entry::Internal => "internal",
+            Entry::Internal5 => "internal5",
+            Entry::Ex5 => "ex5",
+        };
+        Some(format!("{shape}_entry_{}", self.symbol.to_ascii_lowercase()))
+    }
+
+    /// The kernel program that reads the call's result: `tls_return` for
+    /// every library function but rustls's (which return a Rust
+    /// `io::Result` in two registers: `rustls_write_return`,
+    /// `rustls_read_return`), and its `_nofetch` variant for kernels
+    /// without atomic fetch operations (see `kernel::has_atomic_fetch`).
     pub fn return_program(&self, has_fetch: bool) -> String {
         let suffix = if has_fetch { "" } else { "_nofetch" };
-        if self.entry == Entry::Rustls {
-            let what =
-                if self.function_id == crate::events::tls_function::RUSTLS_WRITE { "write" } else { "read" };
-            return format!("rustls_{what}_return{suffix}");
-        }
-        format!("{}_return{suffix}", self.symbol.to_ascii_lowercase())
+        let name = match self.entry {
+            Entry::Rustls if self.function_id == crate::events::tls_function::RUSTLS_WRITE => {
+                "rustls_write_return"
+            }
+            Entry::Rustls => "rustls_read_return",
+            _ => "tls_return",
+        };
+        format!("{name}{suffix}")
     }
 }
 
@@ -159,7 +161,8 @@ pub const TLS_SOURCES: [&TlsSource; 4] = [&openssl::SOURCE, &gnutls::SOURCE, &ns
 /// Every plaintext hook a library file can get: the registry's, and
 /// OpenSSL's internal functions that replace some of them.
 pub fn library_hooks() -> impl Iterator<Item = &'static TlsHook> {
-    TLS_SOURCES.iter().flat_map(|s| s.hooks.iter()).chain([&openssl::WRITE_INTERNAL, &openssl::READ_INTERNAL])
+    let internal = [&openssl::WRITE_INTERNAL, &openssl::WRITE_INTERNAL5, &openssl::READ_INTERNAL];
+    TLS_SOURCES.iter().flat_map(|s| s.hooks.iter()).chain(internal)
 }
 
 /// The function name of an `enum ct_tls_function` value, and its family.

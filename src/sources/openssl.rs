@@ -104,11 +104,9 @@ fn stripped_internal_point(
     let (hook, replaces, names): (TlsHook, &'static [&'static str], [&'static str; 2]) =
         match (write, found.count) {
             (true, Fourth) => (WRITE_INTERNAL, &["SSL_write", "SSL_write_ex"], ["SSL_write", "SSL_write_ex"]),
-            (true, Fifth) => (
-                TlsHook { entry: Entry::Internal5, ..WRITE_INTERNAL },
-                &["SSL_write", "SSL_write_ex", WRITE_EX2],
-                ["SSL_write", WRITE_EX2],
-            ),
+            (true, Fifth) => {
+                (WRITE_INTERNAL5, &["SSL_write", "SSL_write_ex", WRITE_EX2], ["SSL_write", WRITE_EX2])
+            }
             (false, Fourth) => (READ_INTERNAL, &["SSL_read", "SSL_read_ex"], ["SSL_read", "SSL_read_ex"]),
             (false, Fifth) => return Err("a read function with a 5th argument".to_string()),
         };
@@ -184,6 +182,8 @@ pub const WRITE_INTERNAL: TlsHook = TlsHook {
     entry: Entry::Internal,
     function_id: tls_function::SSL_WRITE_INTERNAL,
 };
+/// `ssl_write_internal` of OpenSSL 3.3+, whose count pointer is the 5th argument.
+pub const WRITE_INTERNAL5: TlsHook = TlsHook { entry: Entry::Internal5, ..WRITE_INTERNAL };
 pub const READ_INTERNAL: TlsHook = TlsHook {
     symbol: "ssl_read_internal",
     entry: Entry::Internal,
@@ -246,11 +246,7 @@ pub fn internal_points<'d, R: object::ReadRef<'d>>(
     let Ok(segments) = crate::discover::elf::load_segments(&elf) else { return Vec::new() };
     let (write_replaces, write_wrapper, write_hook): (&[&str], _, _) = match (major, minor) {
         (1, 1) | (3, 0..=2) => (&["SSL_write", "SSL_write_ex"], "SSL_write_ex", WRITE_INTERNAL),
-        (3, 3..=6) => (
-            &["SSL_write", "SSL_write_ex", WRITE_EX2],
-            WRITE_EX2,
-            TlsHook { entry: Entry::Internal5, ..WRITE_INTERNAL },
-        ),
+        (3, 3..=6) => (&["SSL_write", "SSL_write_ex", WRITE_EX2], WRITE_EX2, WRITE_INTERNAL5),
         _ => return Vec::new(),
     };
     let sides = [

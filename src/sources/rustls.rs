@@ -177,7 +177,7 @@ mod tests {
 
     #[test]
     fn hooks_are_the_std_io_functions() {
-        assert_eq!(SOURCE.hooks[0].entry.program(), Some("rustls_entry"));
+        assert_eq!(SOURCE.hooks[0].entry_program().as_deref(), Some("rustls_entry"));
         assert_eq!(SOURCE.hooks[0].return_program(true), "rustls_write_return");
         assert_eq!(SOURCE.hooks[1].return_program(false), "rustls_read_return_nofetch");
         assert!(!SOURCE.is_library_path("/usr/lib/libssl.so.3"));

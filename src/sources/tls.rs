@@ -58,12 +58,9 @@ impl Features {
         open.progs.emit_more.set_autoload(!self.has_loop);
         let object = open.open_object_mut();
         let names: Vec<String> = object.progs().map(|p| p.name().to_string_lossy().into_owned()).collect();
-        let unused_returns = self.unused_return_programs();
         for mut prog in object.progs_mut() {
             let name = prog.name().to_string_lossy().into_owned();
-            if unused_returns.contains(&name) {
-                prog.set_autoload(false);
-            } else if name.ends_with(NOFETCH) {
+            if name.ends_with(NOFETCH) {
                 prog.set_autoload(!self.has_fetch);
             } else if names.contains(&format!("{name}{NOFETCH}")) {
                 prog.set_autoload(self.has_fetch);
@@ -71,37 +68,6 @@ impl Features {
         }
         Ok(())
     }
-
-    /// With cookies one program (`tls_return`) serves every function the
-    /// per-function copies serve; without, the copies, for `tls_return`
-    /// needs the cookie. Not loading the other saves the verifier's time.
-    fn unused_return_programs(&self) -> Vec<String> {
-        if !self.has_cookie {
-            return vec![ANY_RETURN.to_string(), format!("{ANY_RETURN}{NOFETCH}")];
-        }
-        super::library_hooks()
-            .filter(|h| uses_any_return(h))
-            .flat_map(|h| [h.return_program(true), h.return_program(false)])
-            .collect()
-    }
-
-    /// The program that reads `hook`'s result.
-    fn return_program(&self, hook: &TlsHook) -> String {
-        if self.has_cookie && uses_any_return(hook) {
-            let suffix = if self.has_fetch { "" } else { NOFETCH };
-            return format!("{ANY_RETURN}{suffix}");
-        }
-        hook.return_program(self.has_fetch)
-    }
-}
-
-/// The return program that learns its function from the uprobe cookie.
-const ANY_RETURN: &str = "tls_return";
-
-/// rustls's returns read a Rust `io::Result` (two registers): programs of
-/// their own. Every other library function returns through `tls_return`.
-fn uses_any_return(hook: &TlsHook) -> bool {
-    hook.entry != Entry::Rustls
 }
 
 /// The loaded TLS programs. Attaching returns links; dropping a link
@@ -149,17 +115,13 @@ impl<'obj> TlsProbes<'obj> {
     }
 
     /// The uprobe cookie: `target`'s file id, which names the file in its
-    /// records (low 32 bits), and the probed plaintext function's id plus
-    /// one (bits 32-39, 0 for other probes), from which the entry learns
-    /// the call's direction (bpf/tls.bpf.c, "Calls inside calls"). 0 on
-    /// kernels without cookies (< 5.15), which refuse to attach a uprobe
-    /// with any other value (EOPNOTSUPP).
-    fn cookie(&self, target: &TlsTarget, function_id: Option<u8>) -> u64 {
+    /// records. 0 on kernels without cookies (< 5.15), which refuse to
+    /// attach a uprobe with any other value (EOPNOTSUPP).
+    fn cookie(&self, target: &TlsTarget) -> u64 {
         if !self.features.has_cookie {
             return 0;
         }
-        let function = function_id.map_or(0, |id| u64::from(id) + 1);
-        u64::from(target.library_id) | function << 32
+        u64::from(target.library_id)
     }
 
     /// Large payloads continue in a tail call to `emit_more_loop` (or
@@ -216,7 +178,7 @@ impl<'obj> TlsProbes<'obj> {
                 vec![(entry, false), (ret, true)]
             };
             for (prog, retprobe) in programs {
-                let cookie = self.cookie(target, Some(hook.function_id));
+                let cookie = self.cookie(target);
                 let opts = UprobeOpts { retprobe, cookie, ..Default::default() };
                 let link = prog.attach_uprobe_with_opts(-1, &path, offset, opts).with_context(|| {
                     format!(
@@ -305,10 +267,10 @@ impl<'obj> TlsProbes<'obj> {
         }
         let Some(f) = do_handshake else { return Ok(Vec::new()) };
         let p = &self.skel.progs;
-        [(&p.plain_entry, false), (&p.ssl_handshake_return, true)]
+        [(&p.handshake_entry, false), (&p.ssl_handshake_return, true)]
             .into_iter()
             .map(|(prog, retprobe)| {
-                let opts = UprobeOpts { retprobe, cookie: self.cookie(target, None), ..Default::default() };
+                let opts = UprobeOpts { retprobe, cookie: self.cookie(target), ..Default::default() };
                 prog.attach_uprobe_with_opts(-1, target.file.proc_path(), f.file_offset as usize, opts)
                     .with_context(|| format!("attaching to SSL_do_handshake in {}", target.display_path))
             })
@@ -318,7 +280,7 @@ impl<'obj> TlsProbes<'obj> {
     fn attach_gnutls_secrets(&self, target: &TlsTarget, points: &GnutlsKeylogPoints) -> Result<Vec<Link>> {
         let offset = points.client_random_offset.to_ne_bytes();
         self.skel.maps.gnutls_random_offsets.update(&self.settings_key(target), &offset, MapFlags::ANY)?;
-        let opts = UprobeOpts { cookie: self.cookie(target, None), ..Default::default() };
+        let opts = UprobeOpts { cookie: self.cookie(target), ..Default::default() };
         let link = self
             .skel
             .progs
@@ -329,7 +291,7 @@ impl<'obj> TlsProbes<'obj> {
     }
 
     fn attach_rustls_secrets(&self, target: &TlsTarget, loggers: &[(String, Function)]) -> Result<Vec<Link>> {
-        let opts = || UprobeOpts { cookie: self.cookie(target, None), ..Default::default() };
+        let opts = || UprobeOpts { cookie: self.cookie(target), ..Default::default() };
         let program = &self.skel.progs.rustls_keylog;
         loggers
             .iter()
@@ -351,7 +313,7 @@ impl<'obj> TlsProbes<'obj> {
         offsets.extend_from_slice(&points.random_offset.to_ne_bytes());
         let maps = &self.skel.maps;
         maps.boringssl_random_offsets.update(&self.settings_key(target), &offsets, MapFlags::ANY)?;
-        let opts = UprobeOpts { cookie: self.cookie(target, None), ..Default::default() };
+        let opts = UprobeOpts { cookie: self.cookie(target), ..Default::default() };
         let offset = points.log_secret.file_offset as usize;
         let link = self
             .skel
@@ -372,11 +334,8 @@ impl<'obj> TlsProbes<'obj> {
         probes
             .iter()
             .map(|(prog, f, retprobe, name)| {
-                let opts = UprobeOpts {
-                    retprobe: *retprobe,
-                    cookie: self.cookie(target, None),
-                    ..Default::default()
-                };
+                let opts =
+                    UprobeOpts { retprobe: *retprobe, cookie: self.cookie(target), ..Default::default() };
                 prog.attach_uprobe_with_opts(-1, target.file.proc_path(), f.file_offset as usize, opts)
                     .with_context(|| format!("attaching to {name} in {}", target.display_path))
             })
@@ -407,7 +366,7 @@ impl<'obj> TlsProbes<'obj> {
         probes
             .into_iter()
             .map(|(prog, offset, what)| {
-                let opts = UprobeOpts { cookie: self.cookie(target, None), ..Default::default() };
+                let opts = UprobeOpts { cookie: self.cookie(target), ..Default::default() };
                 prog.attach_uprobe_with_opts(-1, &path, offset as usize, opts)
                     .with_context(|| format!("attaching a uprobe to {what} in {}", target.display_path))
             })
@@ -415,11 +374,11 @@ impl<'obj> TlsProbes<'obj> {
     }
 
     /// The entry and return programs of `hook`, by name (see
-    /// `Entry::program` and `TlsHook::return_program`).
+    /// `TlsHook::entry_program` and `TlsHook::return_program`).
     fn programs_for(&self, hook: &TlsHook) -> Result<(ProgramMut<'_>, ProgramMut<'_>)> {
-        let entry = hook.entry.program().context("attached by attach_go")?;
-        let ret = self.features.return_program(hook);
-        Ok((self.program(entry)?, self.program(&ret)?))
+        let entry = hook.entry_program().context("attached by attach_go")?;
+        let ret = hook.return_program(self.features.has_fetch);
+        Ok((self.program(&entry)?, self.program(&ret)?))
     }
 
     fn program(&self, name: &str) -> Result<ProgramMut<'_>> {
@@ -477,7 +436,7 @@ const NO_OFFSET: u32 = u32::MAX;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sources::{gotls, library_hooks, rustls};
+    use crate::sources::{library_hooks, rustls};
 
     /// Every hook of the registry names an entry and a return program
     /// (both variants) that `bpf/tls.bpf.c` defines: a new library's
@@ -489,19 +448,17 @@ mod tests {
         let open = TlsSkelBuilder::default().open(&mut storage).unwrap();
         let names: Vec<String> =
             open.open_object().progs().map(|p| p.name().to_string_lossy().into_owned()).collect();
-        let hooks = library_hooks().chain(gotls::HOOKS.iter().filter(|h| h.entry.program().is_some()));
-        assert!(names.iter().any(|n| n == rustls::MARKS[0].entry.program().unwrap()));
-        assert!(names.iter().any(|n| n == ANY_RETURN) && names.contains(&format!("{ANY_RETURN}{NOFETCH}")));
+        let hooks = library_hooks().chain(rustls::MARKS.iter());
         let mut checked = 0;
         for hook in hooks {
-            let entry = hook.entry.program().unwrap();
-            assert!(names.iter().any(|n| n == entry), "{}: no {entry}", hook.symbol);
+            let entry = hook.entry_program().unwrap();
+            assert!(names.contains(&entry), "{}: no {entry}", hook.symbol);
             for fetch in [true, false] {
                 let ret = hook.return_program(fetch);
-                assert!(names.contains(&ret), "{}: no {ret}", hook.symbol);
+                assert!(hook.entry == Entry::RustlsMark || names.contains(&ret), "{}: no {ret}", hook.symbol);
             }
             checked += 1;
         }
-        assert!(checked >= 15, "{checked} hooks");
+        assert!(checked >= 18, "{checked} hooks");
     }
 }
