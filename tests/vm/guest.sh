@@ -20,9 +20,10 @@ export LC_ALL=C.UTF-8
 # exchange (tests/support reads this), so the VM checks what each kernel
 # takes, not how fast qemu is. Natively the tests use the default ring.
 export CLEARTAP_TEST_RINGBUF_SIZE=128M
-# cleartap's start under emulation: 5.10 verifies its programs many times
-# slower than 6.x (cleartap check: 38-62 s against 7 s), and a capture
-# started beside a test's server missed the tests' default 60 s.
+# cleartap's start under emulation: 5.10 verifies its programs several times
+# slower than 6.x (cleartap check: about 20 s against 7-12 s; 38-62 s while
+# it loaded one TLS return program per function), and a capture started
+# beside a test's server missed the tests' default 60 s.
 export CLEARTAP_TEST_READY_TIMEOUT=300
 # Under emulation a page of a traced program can be unmapped for a while
 # (a huge-page collapse or migration copies 2 MiB many times slower than
