@@ -461,4 +461,26 @@ mod tests {
         }
         assert!(checked >= 18, "{checked} hooks");
     }
+
+    /// Each entry program's function id (a constant of the program, which
+    /// its return reads back) is the hook's: `bpf/tls.bpf.c` defines it as
+    /// `<SHAPE>_ENTRY(<symbol>, CT_FN_<SYMBOL>)`, and
+    /// `function_ids_match_the_c_header` ties that name to the id.
+    #[test]
+    fn every_entry_program_records_its_own_function() {
+        let source = include_str!("../../bpf/tls.bpf.c");
+        let mut checked = 0;
+        for hook in library_hooks().filter(|h| h.entry != Entry::Rustls) {
+            let program = hook.entry_program().unwrap();
+            let (shape, symbol) = program.split_once("_entry_").unwrap();
+            let line = format!(
+                "{}_ENTRY({symbol}, CT_FN_{})",
+                shape.to_ascii_uppercase(),
+                symbol.to_ascii_uppercase()
+            );
+            assert_eq!(source.lines().filter(|l| *l == line).count(), 1, "{line}");
+            checked += 1;
+        }
+        assert_eq!(checked, 16);
+    }
 }
