@@ -111,16 +111,19 @@ impl TlsHook {
     /// `io::Result` in two registers: `rustls_write_return`,
     /// `rustls_read_return`), and its `_nofetch` variant for kernels
     /// without atomic fetch operations (see `kernel::has_atomic_fetch`).
-    pub fn return_program(&self, has_fetch: bool) -> String {
+    /// None: no return probe (rustls's marks; Go's, attached by
+    /// `TlsProbes::attach_go`).
+    pub fn return_program(&self, has_fetch: bool) -> Option<String> {
         let suffix = if has_fetch { "" } else { "_nofetch" };
         let name = match self.entry {
+            Entry::Go | Entry::RustlsMark => return None,
             Entry::Rustls if self.function_id == crate::events::tls_function::RUSTLS_WRITE => {
                 "rustls_write_return"
             }
             Entry::Rustls => "rustls_read_return",
             _ => "tls_return",
         };
-        format!("{name}{suffix}")
+        Some(format!("{name}{suffix}"))
     }
 }
 

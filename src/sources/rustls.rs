@@ -178,8 +178,10 @@ mod tests {
     #[test]
     fn hooks_are_the_std_io_functions() {
         assert_eq!(SOURCE.hooks[0].entry_program().as_deref(), Some("rustls_entry"));
-        assert_eq!(SOURCE.hooks[0].return_program(true), "rustls_write_return");
-        assert_eq!(SOURCE.hooks[1].return_program(false), "rustls_read_return_nofetch");
+        assert_eq!(SOURCE.hooks[0].return_program(true).as_deref(), Some("rustls_write_return"));
+        assert_eq!(SOURCE.hooks[1].return_program(false).as_deref(), Some("rustls_read_return_nofetch"));
+        assert_eq!(MARKS[0].entry_program().as_deref(), Some("rustls_mark"));
+        assert_eq!(MARKS[0].return_program(true), None);
         assert!(!SOURCE.is_library_path("/usr/lib/libssl.so.3"));
     }
 }

@@ -12,7 +12,7 @@ use libbpf_rs::{Link, MapCore, MapFlags, OpenObject, ProgramMut, UprobeOpts};
 use super::gotls::GoProbePoints;
 use super::openssl_layout::SslLayout;
 use super::secret_points::{self, SecretPoints};
-use super::{Entry, TlsHook, TlsTarget};
+use super::{TlsHook, TlsTarget};
 use crate::bpf::tls::{OpenTlsSkel, TlsSkel, TlsSkelBuilder};
 use crate::bpf::types::ct_ssl_layout;
 use crate::discover::boringssl::BoringsslKeylogPoints;
@@ -170,14 +170,7 @@ impl<'obj> TlsProbes<'obj> {
         for (hook, function) in &target.hooks {
             let offset = function.file_offset as usize;
             let path = target.file.proc_path();
-            let programs = if hook.entry == Entry::RustlsMark {
-                // An entry probe only (see bpf/tls.bpf.c: rustls_mark).
-                vec![(self.program("rustls_mark")?, false)]
-            } else {
-                let (entry, ret) = self.programs_for(hook)?;
-                vec![(entry, false), (ret, true)]
-            };
-            for (prog, retprobe) in programs {
+            for (prog, retprobe) in self.programs_for(hook)? {
                 let cookie = self.cookie(target);
                 let opts = UprobeOpts { retprobe, cookie, ..Default::default() };
                 let link = prog.attach_uprobe_with_opts(-1, &path, offset, opts).with_context(|| {
@@ -373,12 +366,17 @@ impl<'obj> TlsProbes<'obj> {
             .collect()
     }
 
-    /// The entry and return programs of `hook`, by name (see
-    /// `TlsHook::entry_program` and `TlsHook::return_program`).
-    fn programs_for(&self, hook: &TlsHook) -> Result<(ProgramMut<'_>, ProgramMut<'_>)> {
+    /// The entry program of `hook` and its return program if it has one
+    /// (rustls's marks are entries only), each with whether it is a
+    /// return probe, by name (see `TlsHook::entry_program` and
+    /// `TlsHook::return_program`).
+    fn programs_for(&self, hook: &TlsHook) -> Result<Vec<(ProgramMut<'_>, bool)>> {
         let entry = hook.entry_program().context("attached by attach_go")?;
-        let ret = hook.return_program(self.features.has_fetch);
-        Ok((self.program(&entry)?, self.program(&ret)?))
+        let mut programs = vec![(self.program(&entry)?, false)];
+        if let Some(ret) = hook.return_program(self.features.has_fetch) {
+            programs.push((self.program(&ret)?, true));
+        }
+        Ok(programs)
     }
 
     fn program(&self, name: &str) -> Result<ProgramMut<'_>> {
@@ -436,7 +434,7 @@ const NO_OFFSET: u32 = u32::MAX;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sources::{library_hooks, rustls};
+    use crate::sources::{library_hooks, rustls, Entry};
 
     /// Every hook of the registry names an entry and a return program
     /// (both variants) that `bpf/tls.bpf.c` defines: a new library's
@@ -454,8 +452,10 @@ mod tests {
             let entry = hook.entry_program().unwrap();
             assert!(names.contains(&entry), "{}: no {entry}", hook.symbol);
             for fetch in [true, false] {
-                let ret = hook.return_program(fetch);
-                assert!(hook.entry == Entry::RustlsMark || names.contains(&ret), "{}: no {ret}", hook.symbol);
+                match hook.return_program(fetch) {
+                    Some(ret) => assert!(names.contains(&ret), "{}: no {ret}", hook.symbol),
+                    None => assert_eq!(hook.entry, Entry::RustlsMark, "{}: no return program", hook.symbol),
+                }
             }
             checked += 1;
         }
