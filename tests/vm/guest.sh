@@ -94,9 +94,13 @@ guest_setup() {
 if [ "${CLEARTAP_VM_HOST:-0}" != 1 ]; then guest_setup; fi
 
 echo "cleartap-vm: kernel $(uname -r) ($(uname -v))"
-# The guest's symbols (addresses after KASLR, modules too) name its CPUs'
-# places in tests/vm/stall-report if it stalls; Debian's System.map is a stub.
-if [ "${CLEARTAP_VM_HOST:-0}" != 1 ]; then cat /proc/kallsyms >"$RESULTS/kallsyms" 2>/dev/null; fi
+# For tests/vm/stall-report, if the guest stalls: its symbols (addresses
+# after KASLR, modules too; Debian's System.map is a stub), and the kernel's
+# messages as they come (vng sends its console to /dev/null).
+if [ "${CLEARTAP_VM_HOST:-0}" != 1 ]; then
+    cat /proc/kallsyms >"$RESULTS/kallsyms" 2>/dev/null
+    dmesg --follow --time-format iso >"$RESULTS/kernel.log" 2>&1 &
+fi
 echo "cleartap-vm: BTF $([ -e /sys/kernel/btf/vmlinux ] && echo present || echo MISSING)," \
     "tracefs $([ -d /sys/kernel/tracing/events ] && echo mounted || echo MISSING)," \
     "lo $(cat /sys/class/net/lo/operstate 2>/dev/null)," \
