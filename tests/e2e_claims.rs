@@ -174,10 +174,17 @@ enum Link {
     Static111,
     /// As `Static111`, with -DCLAIMS_KEYLOG.
     Static111Keylog,
+    /// `gcc -static` with a current OpenSSL's archives (3.5, from
+    /// scripts/build-openssl3): ssl_write_internal with five arguments.
+    Static35,
+    /// As `Static35`, with -DCLAIMS_KEYLOG.
+    Static35Keylog,
 }
 
 /// OpenSSL 1.1.1, as scripts/build-openssl111 installs it.
 const OPENSSL_111: &str = "/opt/cleartap-test/openssl-1.1.1w";
+/// A current OpenSSL 3.x, as scripts/build-openssl3 installs it.
+const OPENSSL_3X: &str = "/opt/cleartap-test/openssl-3.x";
 
 /// tests/support/claims_client.c built as `link`, cached under target/ by
 /// a hash of its sources and flags; the file is always named
@@ -193,20 +200,27 @@ fn claims_client(link: Link) -> PathBuf {
         }
         args.push("-static");
     }
-    if matches!(link, Link::StaticKeylog | Link::Static111Keylog) {
+    if matches!(link, Link::StaticKeylog | Link::Static111Keylog | Link::Static35Keylog) {
         args.push("-DCLAIMS_KEYLOG");
     }
-    let include = format!("-I{OPENSSL_111}/include");
-    let ssl_111 = format!("{OPENSSL_111}/lib/libssl.a");
-    let crypto_111 = format!("{OPENSSL_111}/lib/libcrypto.a");
-    if matches!(link, Link::Static111 | Link::Static111Keylog) {
-        assert!(Path::new(&ssl_111).exists(), "{ssl_111} is missing: {HINT}");
-        args.push(&include);
+    // Another OpenSSL's headers and archives, for the links that name one.
+    let prefix = match link {
+        Link::Static111 | Link::Static111Keylog => Some(OPENSSL_111),
+        Link::Static35 | Link::Static35Keylog => Some(OPENSSL_3X),
+        _ => None,
+    };
+    let include = prefix.map(|p| format!("-I{p}/include"));
+    let archives = prefix.map(|p| [format!("{p}/lib/libssl.a"), format!("{p}/lib/libcrypto.a")]);
+    if let (Some(include), Some(archives)) = (&include, &archives) {
+        for archive in archives {
+            assert!(Path::new(archive).exists(), "{archive} is missing: {HINT}");
+        }
+        args.push(include);
     }
-    let libs: Vec<&str> = match link {
-        Link::Static | Link::StaticKeylog => vec!["-lssl", "-lcrypto", "-ldl", "-lpthread"],
-        Link::Dynamic => vec!["-lssl", "-lcrypto"],
-        Link::Static111 | Link::Static111Keylog => vec![&ssl_111, &crypto_111, "-ldl", "-lpthread"],
+    let libs: Vec<&str> = match &archives {
+        Some([ssl, crypto]) => vec![ssl.as_str(), crypto.as_str(), "-ldl", "-lpthread"],
+        None if link == Link::Dynamic => vec!["-lssl", "-lcrypto"],
+        None => vec!["-lssl", "-lcrypto", "-ldl", "-lpthread"],
     };
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     (&text, &args, &libs).hash(&mut hasher);
@@ -393,9 +407,14 @@ fn stripped_claims_client(link: Link) -> PathBuf {
     stripped
 }
 
+/// The claims client linked as `link`, stripped or not, capture checked.
 /// `ex`: the client calls SSL_write_ex and SSL_read_ex instead of
 /// SSL_write and SSL_read.
-fn check_static_executable(binary: PathBuf, started_before_cleartap: bool, ex: bool) {
+fn check_static_executable(link: Link, stripped: bool, started_before_cleartap: bool, ex: bool) {
+    let binary = if stripped { stripped_claims_client(link) } else { claims_client(link) };
+    // From OpenSSL 3.3 SSL_write_ex is SSL_write_ex2 without flags: its
+    // records come through, and are named by, SSL_write_ex2.
+    let write_ex = if link_version(link) >= (3, 3) { "SSL_write_ex2" } else { "SSL_write_ex" };
     let path = binary.to_str().unwrap();
     let server = TlsServer::start();
     let dir = tempfile::tempdir().unwrap();
@@ -442,7 +461,7 @@ fn check_static_executable(binary: PathBuf, started_before_cleartap: bool, ex: b
         let want = match (r["direction"] == "send", ex) {
             (true, false) => "SSL_write",
             (false, false) => "SSL_read",
-            (true, true) => "SSL_write_ex",
+            (true, true) => write_ex,
             (false, true) => "SSL_read_ex",
         };
         assert_eq!(function, want, "{r}");
@@ -453,7 +472,7 @@ fn check_static_executable(binary: PathBuf, started_before_cleartap: bool, ex: b
 fn openssl_in_a_static_executable_running_before_cleartap_or_started_later_is_captured_byte_exact() {
     let Some(_one) = capture_test() else { return };
     for started_before_cleartap in [true, false] {
-        check_static_executable(claims_client(Link::Static), started_before_cleartap, false);
+        check_static_executable(Link::Static, false, started_before_cleartap, false);
     }
 }
 
@@ -464,7 +483,7 @@ fn openssl_in_a_static_executable_running_before_cleartap_or_started_later_is_ca
 fn openssl_in_a_stripped_static_executable_is_captured_byte_exact() {
     let Some(_one) = capture_test() else { return };
     for started_before_cleartap in [true, false] {
-        check_static_executable(stripped_claims_client(Link::Static), started_before_cleartap, false);
+        check_static_executable(Link::Static, true, started_before_cleartap, false);
     }
 }
 
@@ -476,7 +495,7 @@ fn openssl_in_a_stripped_static_executable_is_captured_byte_exact() {
 fn openssl_ex_calls_in_a_stripped_static_executable_are_captured_byte_exact() {
     let Some(_one) = capture_test() else { return };
     for started_before_cleartap in [true, false] {
-        check_static_executable(stripped_claims_client(Link::Static), started_before_cleartap, true);
+        check_static_executable(Link::Static, true, started_before_cleartap, true);
     }
 }
 
@@ -487,8 +506,29 @@ fn openssl_ex_calls_in_a_stripped_static_executable_are_captured_byte_exact() {
 #[test]
 fn openssl_111_in_a_stripped_static_executable_is_captured_byte_exact() {
     let Some(_one) = capture_test() else { return };
-    check_static_executable(stripped_claims_client(Link::Static111), true, false);
-    check_static_executable(stripped_claims_client(Link::Static111), false, true);
+    check_static_executable(Link::Static111, true, true, false);
+    check_static_executable(Link::Static111, true, false, true);
+}
+
+/// A current OpenSSL (3.5) linked in and stripped: from 3.3 its
+/// ssl_write_internal takes `flags` before the count pointer (found from
+/// the code as for 3.0), so both directions byte-exact through the plain
+/// functions from a process running before cleartap, through the _ex ones
+/// from one started after. This is what `gcc -static` links on Debian 13.
+#[test]
+fn openssl_35_in_a_stripped_static_executable_is_captured_byte_exact() {
+    let Some(_one) = capture_test() else { return };
+    check_static_executable(Link::Static35, true, true, false);
+    check_static_executable(Link::Static35, true, false, true);
+}
+
+/// The (major, minor) version of the OpenSSL `link` links in.
+fn link_version(link: Link) -> (u32, u32) {
+    match link {
+        Link::Static | Link::StaticKeylog | Link::Dynamic => libssl_dev_version(),
+        Link::Static111 | Link::Static111Keylog => (1, 1),
+        Link::Static35 | Link::Static35Keylog => openssl_3x_version(),
+    }
 }
 
 /// The (major, minor) version of the libssl.a static executables link
@@ -519,6 +559,27 @@ fn openssl_functions_are_found_from_the_code_alone() {
 #[test]
 fn openssl_111_functions_are_found_from_the_code_alone() {
     check_functions_found_from_the_code(Link::Static111, (1, 1));
+}
+
+/// The same with a current OpenSSL (3.5) linked in: the five-argument
+/// ssl_write_internal.
+#[test]
+fn openssl_35_functions_are_found_from_the_code_alone() {
+    check_functions_found_from_the_code(Link::Static35, openssl_3x_version());
+}
+
+/// The version scripts/build-openssl3 built (`3.5.5`), from the VERSION
+/// file it writes (`openssl-src-300.5.5+3.5.5`).
+fn openssl_3x_release() -> String {
+    let text = fs::read_to_string(format!("{OPENSSL_3X}/VERSION")).unwrap_or_else(|e| panic!("{e}: {HINT}"));
+    text.trim().rsplit('+').next().unwrap().to_string()
+}
+
+/// Its (major, minor).
+fn openssl_3x_version() -> (u32, u32) {
+    let release = openssl_3x_release();
+    let mut parts = release.split('.').map(|p| p.parse::<u32>().unwrap_or_else(|_| panic!("{release}")));
+    (parts.next().unwrap(), parts.next().unwrap())
 }
 
 /// The claims client linked as `link` with OpenSSL `(major, minor)`.
@@ -717,6 +778,14 @@ fn openssl_in_a_stripped_static_executable_gives_its_secrets_to_the_key_log_and_
 fn openssl_111_in_a_stripped_static_executable_gives_its_secrets_to_the_key_log_and_pcapng() {
     let Some(_one) = capture_test() else { return };
     check_static_secrets(stripped_claims_client(Link::Static111Keylog), "1.1.1w");
+}
+
+/// The same with a current OpenSSL (3.5) linked in: its layouts are among
+/// the generated ones, and its version string names it.
+#[test]
+fn openssl_35_in_a_stripped_static_executable_gives_its_secrets_to_the_key_log_and_pcapng() {
+    let Some(_one) = capture_test() else { return };
+    check_static_secrets(stripped_claims_client(Link::Static35Keylog), &openssl_3x_release());
 }
 
 /// libssl-dev's version, as libssl.a's: its `openssl` command's.
