@@ -190,6 +190,9 @@ const OPENSSL_3X: &str = "/opt/cleartap-test/openssl-3.x";
 /// a hash of its sources and flags; the file is always named
 /// `claims_client` (its comm).
 fn claims_client(link: Link) -> PathBuf {
+    if let Some(dir) = prebuilt_claims_client(link) {
+        return dir.join("claims_client");
+    }
     let source = support_dir().join("claims_client.c");
     let text = [fs::read(&source).unwrap(), fs::read(support_dir().join("connect_tcp.h")).unwrap()];
     let mut args: Vec<&str> = vec!["-O1", "-Wall", "-Wextra", "-Werror"];
@@ -387,11 +390,28 @@ fn partial_name(name: &str) -> String {
     format!("{name}.{}.{:?}.partial", std::process::id(), std::thread::current().id())
 }
 
+/// With CLEARTAP_TEST_CLAIMS_PREBUILT=DIR (the arm64 guest, which has no
+/// compiler: tests/vm/arm64.sh cross-builds them), the `Link::Static`
+/// client is DIR/claims_client and its stripped copy
+/// DIR/stripped/claims_client; no other link is prebuilt.
+fn prebuilt_claims_client(link: Link) -> Option<PathBuf> {
+    let dir = PathBuf::from(std::env::var_os("CLEARTAP_TEST_CLAIMS_PREBUILT")?);
+    assert_eq!(
+        link,
+        Link::Static,
+        "only the Link::Static client is prebuilt (CLEARTAP_TEST_CLAIMS_PREBUILT)"
+    );
+    Some(dir)
+}
+
 /// `strip --strip-all` of a static claims client, still named
 /// `claims_client` (its comm), in a directory of its own beside the
 /// build; made under another name and renamed, so that tests running at
 /// once never see half a file.
 fn stripped_claims_client(link: Link) -> PathBuf {
+    if let Some(dir) = prebuilt_claims_client(link) {
+        return dir.join("stripped").join("claims_client");
+    }
     let built = claims_client(link);
     let dir = built.parent().unwrap().with_extension("stripped");
     let stripped = dir.join("claims_client");

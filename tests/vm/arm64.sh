@@ -45,6 +45,13 @@ ARM64_DEFAULT_TESTS=(
     # their count is in (`add x3, sp, #N`).
     cleartap:discover::openssl_stripped::tests::finds_ssl_write_and_read_in_the_system_libssl
     cleartap:discover::openssl_stripped::tests::finds_the_internal_functions_in_the_system_libssl
+    # OpenSSL linked into a static executable and stripped (Debian's arm64
+    # libssl.a, cross-linked on the host): its functions found from the
+    # aarch64 code equal the unstripped build's symbols, and both
+    # directions byte-exact through the plain and the _ex functions.
+    e2e_claims:openssl_functions_are_found_from_the_code_alone
+    e2e_claims:openssl_in_a_stripped_static_executable_is_captured_byte_exact
+    e2e_claims:openssl_ex_calls_in_a_stripped_static_executable_are_captured_byte_exact
     e2e_boringssl:a_boringssl_whose_anchors_do_not_hold_is_refused_and_garbage_never_panics
     e2e_boringssl:changed_code_gives_the_same_boringssl_functions_or_none
     e2e_boringssl:boringssl_key_log_function_is_found_from_the_code_alone
@@ -140,6 +147,25 @@ arm64_build_boring_so_peer() {
     done
 }
 
+# tests/support/claims_client.c linked with the arm64 libssl.a (Debian's
+# libssl-dev:arm64) by the cross gcc, and its `strip --strip-all` copy,
+# both named claims_client (their comm); sets CLAIMS_DIR to what the tests
+# take as CLEARTAP_TEST_CLAIMS_PREBUILT (DIR/claims_client and
+# DIR/stripped/claims_client).
+arm64_build_claims_client() {
+    local lib=/usr/lib/aarch64-linux-gnu
+    [ -r "$lib/libssl.a" ] || die "$lib/libssl.a is missing: scripts/install-deps --arm64 (libssl-dev:arm64)"
+    CLAIMS_DIR="$REPO/target/claims-client-arm64"
+    mkdir -p "$CLAIMS_DIR/stripped"
+    # The static link warns that getaddrinfo wants glibc's shared NSS
+    # modules at run time: the client passes numeric hosts only.
+    aarch64-linux-gnu-gcc -O1 -Wall -Wextra -Werror -static -o "$CLAIMS_DIR/claims_client" \
+        "$REPO/tests/support/claims_client.c" "$lib/libssl.a" "$lib/libcrypto.a" -ldl -lpthread 2>/dev/null ||
+        die "the cross build of tests/support/claims_client.c failed (aarch64-linux-gnu-gcc -static)"
+    aarch64-linux-gnu-strip --strip-all -o "$CLAIMS_DIR/stripped/claims_client" "$CLAIMS_DIR/claims_client" ||
+        die "aarch64-linux-gnu-strip of the claims client failed"
+}
+
 arm64_prepare() {
     local bin_dir="${CARGO_TARGET_DIR:-$REPO/target}/$ARM64_TARGET/release"
     BIN_DIR=$bin_dir
@@ -167,6 +193,9 @@ arm64_prepare() {
     local boring=""
     case " ${ARM64_TESTS[*]}" in *" e2e_boringssl:"*) boring=1 ;; esac
     [ -n "$boring" ] && arm64_build_boring_peer && arm64_build_boring_so_peer
+    local claims=""
+    case " ${ARM64_TESTS[*]}" in *" e2e_claims:"*) claims=1 ;; esac
+    [ -n "$claims" ] && arm64_build_claims_client
 
     # What the guest needs beyond the root filesystem, at the paths the
     # binaries expect, packed as a second cpio after the first.
@@ -202,6 +231,11 @@ arm64_prepare() {
         arm64_stage "$BORING_SO_DIR/boring_so_peer-system"
         arm64_stage "$BORING_SO_DIR/boring_so_peer-origin"
         guest_cmd+=" CLEARTAP_TEST_BORING_SO_PEER_PREBUILT=$BORING_SO_DIR"
+    fi
+    if [ -n "$claims" ]; then
+        arm64_stage "$CLAIMS_DIR/claims_client"
+        arm64_stage "$CLAIMS_DIR/stripped/claims_client"
+        guest_cmd+=" CLEARTAP_TEST_CLAIMS_PREBUILT=$CLAIMS_DIR"
     fi
     guest_cmd+=" CLEARTAP_VM_TEST_TIMEOUT=$TEST_TIMEOUT $HERE/guest.sh /tmp/results ${ARM64_TESTS[*]}"
     cat >"$STAGE/init" <<INIT
