@@ -7,7 +7,7 @@
 #   RESULTS_DIR  where each test's full output goes (shared with the host)
 #   BINARY:TEST  e.g. e2e_tls:small_bodies_both_processes_both_directions;
 #                without any, the default smoke subset below.
-# Environment: CLEARTAP_VM_TEST_TIMEOUT (seconds per test, default 420);
+# Environment: CLEARTAP_VM_TEST_TIMEOUT (seconds per test, default 900);
 #   CLEARTAP_VM_BIN_DIR  where cleartap and deps/ (the test binaries) are
 #                        (default REPO/target/release; the arm64 guest's
 #                        are cross-built under aarch64-unknown-linux-gnu/).
@@ -37,7 +37,7 @@ RESULTS=${1:?usage: guest.sh RESULTS_DIR [BINARY:TEST ...]}
 shift
 BIN_DIR=${CLEARTAP_VM_BIN_DIR:-$REPO/target/release}
 mkdir -p "$RESULTS"
-PER_TEST=${CLEARTAP_VM_TEST_TIMEOUT:-420}
+PER_TEST=${CLEARTAP_VM_TEST_TIMEOUT:-900}
 
 # The host's runner waits for this line to know the guest booted.
 echo "cleartap-vm: guest up"
