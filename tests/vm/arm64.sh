@@ -158,10 +158,14 @@ arm64_build_claims_client() {
     CLAIMS_DIR="$REPO/target/claims-client-arm64"
     mkdir -p "$CLAIMS_DIR/stripped"
     # The static link warns that getaddrinfo wants glibc's shared NSS
-    # modules at run time: the client passes numeric hosts only.
+    # modules at run time (the client passes numeric hosts only): its
+    # messages are shown only if it fails.
     aarch64-linux-gnu-gcc -O1 -Wall -Wextra -Werror -static -o "$CLAIMS_DIR/claims_client" \
-        "$REPO/tests/support/claims_client.c" "$lib/libssl.a" "$lib/libcrypto.a" -ldl -lpthread 2>/dev/null ||
+        "$REPO/tests/support/claims_client.c" "$lib/libssl.a" "$lib/libcrypto.a" -ldl -lpthread \
+        2>"$CLAIMS_DIR/build.log" || {
+        cat "$CLAIMS_DIR/build.log" >&2
         die "the cross build of tests/support/claims_client.c failed (aarch64-linux-gnu-gcc -static)"
+    }
     aarch64-linux-gnu-strip --strip-all -o "$CLAIMS_DIR/stripped/claims_client" "$CLAIMS_DIR/claims_client" ||
         die "aarch64-linux-gnu-strip of the claims client failed"
 }
