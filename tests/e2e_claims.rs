@@ -181,11 +181,6 @@ enum Link {
     Static35Keylog,
 }
 
-/// OpenSSL 1.1.1, as scripts/build-openssl111 installs it.
-const OPENSSL_111: &str = "/opt/cleartap-test/openssl-1.1.1w";
-/// A current OpenSSL 3.x, as scripts/build-openssl3 installs it.
-const OPENSSL_3X: &str = "/opt/cleartap-test/openssl-3.x";
-
 /// tests/support/claims_client.c built as `link`, cached under target/ by
 /// a hash of its sources and flags; the file is always named
 /// `claims_client` (its comm).

