@@ -148,14 +148,6 @@ fn openssl_tls12_and_tls13_secrets_equal_curls_own_and_the_capture_decrypts() {
     assert_eq!(fs::metadata(done.keys()).unwrap().permissions().mode() & 0o777, 0o600);
     assert_eq!(fs::metadata(done.pcap()).unwrap().permissions().mode() & 0o777, 0o600);
 
-    // The pcapng alone: its embedded secrets decrypt both connections.
-    let want = "/1234\t\n\t1234\n/5678\t\n\t5678\n";
-    assert_eq!(decrypted_http(&done.pcap(), &[]), want);
-    // The key log alone decrypts the capture without its secrets.
-    let stripped = without_secrets(&done.pcap());
-    assert_eq!(decrypted_http(&stripped, &[]), "", "the stripped capture still decrypts");
-    let keylog_option = format!("tls.keylog_file:{}", done.keys().display());
-    assert_eq!(decrypted_http(&stripped, &["-o", &keylog_option]), want);
     // The plaintext is captured as without -w.
     let sent = done.got.stream("send", |r| r["comm"] == "curl");
     assert!(String::from_utf8_lossy(&sent).contains("GET /1234 HTTP/1.1\r\n"));
@@ -173,10 +165,20 @@ fn openssl_tls12_and_tls13_secrets_equal_curls_own_and_the_capture_decrypts() {
         owner_of_port.insert(port, format!("pid={} comm=curl uid={uid}", curls[i]));
     }
     assert_eq!(owner_of_port.len(), 3, "{owner_of_port:?}");
-    let packets = tshark_fields(&done.pcap(), &["tcp.srcport", "frame.comment"]);
+
+    // One tshark run reads the pcapng alone (each start of tshark is tens
+    // of seconds in an emulated guest): its embedded secrets decrypt both
+    // connections, and its packets carry their owners.
+    let fields =
+        ["frame.protocols", "http.request.uri", "http.content_length", "tcp.srcport", "frame.comment"];
+    let packets = tshark_fields(&done.pcap(), &fields);
+    let mut decrypted = String::new();
     let mut commented = BTreeSet::new();
     for line in packets.lines() {
-        let (port, comment) = line.split_once('\t').unwrap_or((line, ""));
+        let [protocols, uri, length, port, comment] = split_fields(line);
+        if protocols.split(':').any(|p| p == "http") {
+            decrypted += &format!("{uri}\t{length}\n");
+        }
         let port: u16 = port.parse().unwrap_or_else(|_| panic!("{line:?}"));
         let want = owner_of_port.get(&port).unwrap_or_else(|| panic!("a packet from port {port}: {line:?}"));
         // Packets before the socket's owner is known have no comment.
@@ -186,6 +188,15 @@ fn openssl_tls12_and_tls13_secrets_equal_curls_own_and_the_capture_decrypts() {
         }
     }
     assert_eq!(commented.len(), 3, "commented packets from both ends of both connections: {packets}");
+    let want = "/1234\t\n\t1234\n/5678\t\n\t5678\n";
+    assert_eq!(decrypted, want);
+    // The key log alone decrypts the capture without its secrets (which
+    // the file's own blocks show are gone: no second tshark run needed).
+    let stripped = without_secrets(&done.pcap());
+    assert!(secrets_blocks(&done.pcap()) > 0, "no Decryption Secrets Block in the capture");
+    assert_eq!(secrets_blocks(&stripped), 0, "editcap left a Decryption Secrets Block");
+    let keylog_option = format!("tls.keylog_file:{}", done.keys().display());
+    assert_eq!(decrypted_http(&stripped, &["-o", &keylog_option]), want);
 }
 
 /// `tshark -T fields -e FIELD...`: one line per packet, tab-separated.
@@ -198,6 +209,39 @@ fn tshark_fields(pcap: &Path, fields: &[&str]) -> String {
     let out = cmd.output().unwrap();
     assert!(out.status.success(), "tshark: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap()
+}
+
+/// The `N` tab-separated fields of a `tshark -T fields` line (missing
+/// ones empty).
+fn split_fields<const N: usize>(line: &str) -> [&str; N] {
+    let mut fields = line.splitn(N, '\t');
+    std::array::from_fn(|_| fields.next().unwrap_or(""))
+}
+
+/// How many Decryption Secrets Blocks (pcapng block type 0x0A) `pcap`
+/// holds, read from the file's own block headers.
+fn secrets_blocks(pcap: &Path) -> usize {
+    const DECRYPTION_SECRETS: u32 = 0x0A;
+    let bytes = fs::read(pcap).unwrap();
+    // The Section Header Block's byte-order magic says how to read it.
+    let big_endian = bytes.get(8..12) == Some(&[0x1a, 0x2b, 0x3c, 0x4d][..]);
+    let word = |at: usize| {
+        let b: [u8; 4] = bytes[at..at + 4].try_into().unwrap();
+        if big_endian {
+            u32::from_be_bytes(b)
+        } else {
+            u32::from_le_bytes(b)
+        }
+    };
+    let (mut at, mut found) = (0, 0);
+    while at + 12 <= bytes.len() {
+        let (kind, length) = (word(at), word(at + 4) as usize);
+        assert!(length >= 12 && length % 4 == 0 && at + length <= bytes.len(), "a broken block at {at}");
+        found += usize::from(kind == DECRYPTION_SECRETS);
+        at += length;
+    }
+    assert_eq!(at, bytes.len(), "trailing bytes after the last block");
+    found
 }
 
 /// tests/support/keylog_peer.c built against OpenSSL 1.1.1w.
