@@ -86,18 +86,8 @@ arm64_stage() {
 }
 
 arm64_build_go_peers() {
-    local go=/usr/lib/go-1.19/bin/go build out
-    [ -x "$go" ] || die "$go is missing (the Go peers are cross-built on the host): scripts/install-deps --test"
     GO_DIR="$REPO/target/go-tests-arm64"
-    mkdir -p "$GO_DIR"
-    for build in plain stripped; do
-        out="$GO_DIR/tlspeer-go1.19-$build"
-        local flags=()
-        [ $build = stripped ] && flags=(-ldflags "-s -w")
-        (cd "$REPO/tests/go/tlspeer" && GOARCH=arm64 CGO_ENABLED=0 GOFLAGS= GOTOOLCHAIN=local \
-            GOCACHE="$REPO/target/go-tests/cache" GOPATH="$REPO/target/go-tests/gopath" \
-            "$go" build "${flags[@]}" -o "$out") || die "go build of the arm64 Go peer ($build) failed"
-    done
+    "$HERE/go-peers" arm64 "$GO_DIR" || die "the arm64 Go peers could not be built (tests/vm/go-peers)"
 }
 
 # The rustls peer (tests/rustls/rustlspeer) for arm64, with the cross
@@ -170,6 +160,22 @@ arm64_build_claims_client() {
         die "aarch64-linux-gnu-strip of the claims client failed"
 }
 
+# Whether ARM64_TESTS holds a test of the test binary NAME.
+arm64_asked() {
+    case " ${ARM64_TESTS[*]}" in *" $1:"*) return 0 ;; esac
+    return 1
+}
+
+# The peers the tests in ARM64_TESTS run, cross-built on the host (each
+# build is a no-op when it is up to date; tests/vm/arm64-build runs them
+# ahead of a run).
+arm64_build_peers() {
+    arm64_build_go_peers
+    if arm64_asked e2e_rustls; then arm64_build_rustls_peer; fi
+    if arm64_asked e2e_boringssl; then arm64_build_boring_peer && arm64_build_boring_so_peer; fi
+    if arm64_asked e2e_claims; then arm64_build_claims_client; fi
+}
+
 arm64_prepare() {
     local bin_dir="${CARGO_TARGET_DIR:-$REPO/target}/$ARM64_TARGET/release"
     BIN_DIR=$bin_dir
@@ -190,16 +196,11 @@ arm64_prepare() {
     [ -r "$IMAGE" ] || die "no arm64 kernel at $IMAGE (tests/vm/arm64-rootfs puts it there)"
     BOOT_TIMEOUT=${CLEARTAP_VM_BOOT_TIMEOUT:-600}
     new_results arm64
-    arm64_build_go_peers
-    local rustls=""
-    case " ${ARM64_TESTS[*]}" in *" e2e_rustls:"*) rustls=1 ;; esac
-    [ -n "$rustls" ] && arm64_build_rustls_peer
-    local boring=""
-    case " ${ARM64_TESTS[*]}" in *" e2e_boringssl:"*) boring=1 ;; esac
-    [ -n "$boring" ] && arm64_build_boring_peer && arm64_build_boring_so_peer
-    local claims=""
-    case " ${ARM64_TESTS[*]}" in *" e2e_claims:"*) claims=1 ;; esac
-    [ -n "$claims" ] && arm64_build_claims_client
+    arm64_build_peers
+    local rustls="" boring="" claims=""
+    arm64_asked e2e_rustls && rustls=1
+    arm64_asked e2e_boringssl && boring=1
+    arm64_asked e2e_claims && claims=1
 
     # What the guest needs beyond the root filesystem, at the paths the
     # binaries expect, packed as a second cpio after the first.
