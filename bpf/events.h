@@ -123,6 +123,11 @@ struct ct_tls_secret {
 	__u32 random_len;
 	__u32 secret_len;
 	__u32 missing;   /* 1: label, 2: client_random, 4: secret */
+	/* Where the label is in the process when it could not be read here
+	 * (missing & 1), else 0: a constant in the program's read-only data,
+	 * whose page may not have been faulted in yet (a probe cannot fault),
+	 * so user space reads it from the process. */
+	__u64 label_addr;
 	char label[CT_SECRET_LABEL_MAX];
 	__u8 client_random[CT_RANDOM_LEN];
 	__u8 secret[CT_SECRET_MAX];

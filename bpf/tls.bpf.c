@@ -1025,6 +1025,7 @@ static __always_inline struct ct_tls_secret *reserve_secret(void)
 	e->kind = CT_EV_TLS_SECRET;
 	e->pid = bpf_get_current_pid_tgid() >> 32;
 	e->missing = 0;
+	e->label_addr = 0;
 	return e;
 }
 
@@ -1040,6 +1041,8 @@ static __always_inline struct ct_tls_secret *reserve_labelled_secret(const char 
 	e->label_len = n > 0 ? n - 1 : 0;
 	if (n <= 1)
 		e->missing |= 1;
+	if (n < 0)
+		e->label_addr = (__u64)label;
 	e->random_len = CT_RANDOM_LEN;
 	return e;
 }
@@ -1063,8 +1066,10 @@ static __always_inline int emit_secret(__u64 label, __u64 label_len, __u64 rando
 	e->label_len = label_len;
 	e->random_len = random_len;
 	e->secret_len = secret_len;
-	if (!copy_field(e->label, sizeof(e->label), label_len, label))
+	if (!copy_field(e->label, sizeof(e->label), label_len, label)) {
 		e->missing |= 1;
+		e->label_addr = label;
+	}
 	if (!copy_field(e->client_random, sizeof(e->client_random), random_len, random))
 		e->missing |= 2;
 	if (!copy_field(e->secret, sizeof(e->secret), secret_len, secret))

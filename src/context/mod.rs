@@ -5,6 +5,7 @@
 
 pub mod clock;
 pub mod libraries;
+pub mod memory;
 pub mod users;
 
 use std::hash::Hash;

@@ -200,6 +200,8 @@ struct Secrets {
     capture: Option<PacketCapture>,
     /// Secrets whose fields could not be read whole: not written.
     unreadable: u64,
+    /// Labels the probe could not read, read from the process afterwards.
+    labels_read_late: u64,
     /// OpenSSL handshakes whose fields failed the sanity check, by library.
     refused: HashMap<u16, u64>,
 }
@@ -220,10 +222,12 @@ impl Secrets {
         let refused: u64 = self.refused.values().sum();
         if let Some(keylog) = &self.keylog {
             crate::note!(
-                "cleartap: {} TLS secrets written to the key log; {} could not be read whole; {} OpenSSL \
-                 handshakes refused by the sanity check; {} refused for an unknown label or length",
+                "cleartap: {} TLS secrets written to the key log; {} could not be read whole; {} labels read \
+                 from their process after the call (not in memory at it); {} OpenSSL handshakes refused by \
+                 the sanity check; {} refused for an unknown label or length",
                 keylog.written,
                 self.unreadable,
+                self.labels_read_late,
                 refused,
                 self.lines.invalid
             );
@@ -272,13 +276,13 @@ impl TlsHandler<'_, '_> {
     /// A secret -> one key log line, when readable whole.
     fn tls_secret(&mut self, s: &ct_tls_secret) -> io::Result<()> {
         let field = |bytes: &[u8], len: u32| bytes.get(..len as usize).map(<[u8]>::to_vec);
-        let (label, random, secret) = (
-            field(c_chars(&s.label), s.label_len),
-            field(&s.client_random, s.random_len),
-            field(&s.secret, s.secret_len),
-        );
-        match (s.missing, label, random, secret) {
-            (0, Some(label), Some(random), Some(secret)) if !secret.is_empty() => {
+        let label = match s.missing {
+            0 => field(c_chars(&s.label), s.label_len),
+            1 => label_read_late(s).inspect(|_| self.secrets.labels_read_late += 1),
+            _ => None,
+        };
+        match (label, field(&s.client_random, s.random_len), field(&s.secret, s.secret_len)) {
+            (Some(label), Some(random), Some(secret)) if !secret.is_empty() => {
                 self.secrets.line(&String::from_utf8_lossy(&label), &random, &secret)
             }
             _ => {
@@ -319,6 +323,25 @@ impl TlsHandler<'_, '_> {
             }
         }
         Ok(())
+    }
+}
+
+/// The label of a secret whose label alone the probe could not read, read
+/// from the process now. It is a constant in the program's read-only data
+/// (Go's, rustls's, a library's), so it holds what it held at the call;
+/// its page had not been faulted in yet, which a probe cannot do (seen on
+/// the first secret of a Go program fresh from disk). A length of 0 is a C
+/// string (GnuTLS, BoringSSL), up to its NUL. What is read is checked as
+/// any label is: only the key log format's labels are written.
+fn label_read_late(s: &ct_tls_secret) -> Option<Vec<u8>> {
+    let (max, len) = (s.label.len(), s.label_len as usize);
+    if s.label_addr == 0 || len > max {
+        return None;
+    }
+    let bytes = crate::context::memory::read(s.pid, s.label_addr, if len == 0 { max } else { len })?;
+    match len {
+        0 => bytes.iter().position(|&b| b == 0).map(|end| bytes[..end].to_vec()),
+        _ => (bytes.len() == len).then_some(bytes),
     }
 }
 
@@ -398,5 +421,44 @@ impl Handler for TlsHandler<'_, '_> {
             );
         }
         self.assembler.finish(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A secret record whose label the probe could not read, at `label`
+    /// in this process.
+    fn unread_label(label: &[u8], len: usize) -> ct_tls_secret {
+        ct_tls_secret {
+            pid: std::process::id(),
+            missing: 1,
+            label_addr: label.as_ptr() as u64,
+            label_len: len as u32,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_label_the_probe_could_not_read_is_read_from_the_process() {
+        let go_label = b"CLIENT_HANDSHAKE_TRAFFIC_SECRET and what follows it";
+        let got = label_read_late(&unread_label(go_label, 31));
+        assert_eq!(got.as_deref(), Some(&b"CLIENT_HANDSHAKE_TRAFFIC_SECRET"[..]));
+        // A C string (length 0): up to its NUL, which must come within
+        // the record's label size.
+        let c_label = b"SERVER_TRAFFIC_SECRET_0\0garbage";
+        assert_eq!(
+            label_read_late(&unread_label(c_label, 0)).as_deref(),
+            Some(&b"SERVER_TRAFFIC_SECRET_0"[..])
+        );
+        assert_eq!(label_read_late(&unread_label(&[b'A'; 64], 0)), None, "no NUL in 32 bytes");
+        // Longer than a record's label, no address, or a process gone.
+        assert_eq!(label_read_late(&unread_label(&[b'A'; 64], 33)), None);
+        assert_eq!(label_read_late(&ct_tls_secret { label_addr: 0, ..unread_label(go_label, 31) }), None);
+        assert_eq!(
+            label_read_late(&ct_tls_secret { pid: u32::MAX >> 1, ..unread_label(go_label, 31) }),
+            None
+        );
     }
 }
