@@ -197,10 +197,6 @@ arm64_prepare() {
     BOOT_TIMEOUT=${CLEARTAP_VM_BOOT_TIMEOUT:-600}
     new_results arm64
     arm64_build_peers
-    local rustls="" boring="" claims=""
-    arm64_asked e2e_rustls && rustls=1
-    arm64_asked e2e_boringssl && boring=1
-    arm64_asked e2e_claims && claims=1
 
     # What the guest needs beyond the root filesystem, at the paths the
     # binaries expect, packed as a second cpio after the first.
@@ -225,11 +221,11 @@ arm64_prepare() {
     mkdir -p "$STAGE$GO_DIR"
     cp -a "$GO_DIR"/tlspeer-go1.19-* "$STAGE$GO_DIR/"
     local guest_cmd="CLEARTAP_VM_BIN_DIR=$bin_dir CLEARTAP_TEST_GO_PREBUILT=$GO_DIR"
-    if [ -n "$rustls" ]; then
+    if arm64_asked e2e_rustls; then
         arm64_stage "$RUSTLS_DIR/release/rustlspeer"
         guest_cmd+=" CLEARTAP_TEST_RUSTLS_PREBUILT=$RUSTLS_DIR"
     fi
-    if [ -n "$boring" ]; then
+    if arm64_asked e2e_boringssl; then
         arm64_stage "$BORING_DIR/boringpeer"
         arm64_stage "$BORING_DIR/boringpeer-stripped"
         guest_cmd+=" CLEARTAP_TEST_BORING_PREBUILT=$BORING_DIR"
@@ -237,7 +233,7 @@ arm64_prepare() {
         arm64_stage "$BORING_SO_DIR/boring_so_peer-origin"
         guest_cmd+=" CLEARTAP_TEST_BORING_SO_PEER_PREBUILT=$BORING_SO_DIR"
     fi
-    if [ -n "$claims" ]; then
+    if arm64_asked e2e_claims; then
         arm64_stage "$CLAIMS_DIR/claims_client"
         arm64_stage "$CLAIMS_DIR/stripped/claims_client"
         guest_cmd+=" CLEARTAP_TEST_CLAIMS_PREBUILT=$CLAIMS_DIR"
