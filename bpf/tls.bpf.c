@@ -1014,6 +1014,31 @@ static __always_inline bool copy_field(void *dst, __u32 max, __u64 len, __u64 sr
 	return bpf_probe_read_user(dst, n, (void *)src) == 0;
 }
 
+/* Sleepable variants of the secret probes (NAME_sleepable, SEC
+ * "uprobe.s", Linux 6.0): a probe cannot fault a page in, so a field
+ * whose page is not mapped yet (a label in the program's read-only data
+ * before its first use, a program fresh from disk) would read as
+ * missing. These touch the first and last byte of each field with
+ * bpf_copy_from_user first, which faults its pages in as the caller is
+ * about to do itself, and then read as NAME does. The faults come before
+ * the ring buffer reservation: no record waits on them. User space loads
+ * one of each pair (kernel::has_sleepable_uprobes); where only NAME
+ * loads, a label still missing is read from the process afterwards
+ * (label_addr). A field longer than its place in the record is refused
+ * anyway: nothing of it is touched. The faults happen in the calling
+ * thread, on its own memory. */
+static __always_inline void fault_in(__u64 addr, __u64 len, __u32 max)
+{
+	char byte;
+	if (!addr || !len || len > max)
+		return;
+	bpf_copy_from_user(&byte, 1, (void *)addr);
+	if (len > 1)
+		bpf_copy_from_user(&byte, 1, (void *)(addr + len - 1));
+}
+
+#define SECRET_FIELD_MAX(field) sizeof(((struct ct_tls_secret *)0)->field)
+
 /* A secret record with its kind and pid set, or NULL (counted lost). */
 static __always_inline struct ct_tls_secret *reserve_secret(void)
 {
@@ -1056,10 +1081,15 @@ static __always_inline void submit_secret(struct ct_tls_secret *e)
 /* A key log line's three parts, each a (pointer, length) of the caller's:
  * one secret record. */
 static __always_inline int emit_secret(__u64 label, __u64 label_len, __u64 random, __u64 random_len,
-				       __u64 secret, __u64 secret_len)
+				       __u64 secret, __u64 secret_len, bool sleepable)
 {
 	if (!current_task_wanted())
 		return 0;
+	if (sleepable) {
+		fault_in(label, label_len, SECRET_FIELD_MAX(label));
+		fault_in(random, random_len, SECRET_FIELD_MAX(client_random));
+		fault_in(secret, secret_len, SECRET_FIELD_MAX(secret));
+	}
 	struct ct_tls_secret *e = reserve_secret();
 	if (!e)
 		return 0;
@@ -1080,24 +1110,30 @@ static __always_inline int emit_secret(__u64 label, __u64 label_len, __u64 rando
 
 /* (*Config).writeKeyLog(label string, clientRandom, secret []byte): called
  * for every secret whether or not the program set a KeyLogWriter. */
-SEC("uprobe")
-int go_keylog(struct pt_regs *ctx)
+static __always_inline int go_keylog_body(struct pt_regs *ctx, bool sleepable)
 {
 	return emit_secret(CT_GO_PARM2(ctx), CT_GO_PARM3(ctx), CT_GO_PARM4(ctx), CT_GO_PARM5(ctx),
-			   CT_GO_PARM7(ctx), CT_GO_PARM8(ctx));
+			   CT_GO_PARM7(ctx), CT_GO_PARM8(ctx), sleepable);
 }
+SEC("uprobe")
+int go_keylog(struct pt_regs *ctx) { return go_keylog_body(ctx, false); }
+SEC("uprobe.s")
+int go_keylog_sleepable(struct pt_regs *ctx) { return go_keylog_body(ctx, true); }
 
 /* <T as rustls::KeyLog>::log(&self, label: &str, client_random: &[u8],
  * secret: &[u8]), on each implementation the program has: rustls calls
  * the program's logger for every secret (src/sources/rustls.rs). Each
  * slice is two arguments (pointer, length), so the secret's length is the
  * 7th (checked with objdump on rustls 0.23.46 built by Rust 1.95). */
-SEC("uprobe")
-int rustls_keylog(struct pt_regs *ctx)
+static __always_inline int rustls_keylog_body(struct pt_regs *ctx, bool sleepable)
 {
 	return emit_secret(PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx), PT_REGS_PARM4(ctx), PT_REGS_PARM5(ctx),
-			   PT_REGS_PARM6(ctx), ct_entry_parm7(ctx));
+			   PT_REGS_PARM6(ctx), ct_entry_parm7(ctx), sleepable);
 }
+SEC("uprobe")
+int rustls_keylog(struct pt_regs *ctx) { return rustls_keylog_body(ctx, false); }
+SEC("uprobe.s")
+int rustls_keylog_sleepable(struct pt_regs *ctx) { return rustls_keylog_body(ctx, true); }
 
 /* GnuTLS (3.6.13+) hands every secret to session->internals.keylog_func;
  * this probe sits on the default one gnutls_init installs: (session, label,
@@ -1106,28 +1142,43 @@ int rustls_keylog(struct pt_regs *ctx)
 /* Library id -> the offset of the client random in its session. */
 CT_MAP(HASH, gnutls_random_offsets, __u32, __u32, 64);
 
-SEC("uprobe")
-int BPF_KPROBE(gnutls_keylog, void *session, const char *label, void *datum)
+static __always_inline int gnutls_keylog_body(struct pt_regs *ctx, bool sleepable)
 {
+	void *session = (void *)PT_REGS_PARM1(ctx);
+	const char *label = (const char *)PT_REGS_PARM2(ctx);
+	void *datum = (void *)PT_REGS_PARM3(ctx);
 	if (!current_task_wanted())
 		return 0;
 	__u32 lib = library_id(ctx);
 	__u32 *random_offset = bpf_map_lookup_elem(&gnutls_random_offsets, &lib);
 	if (!random_offset)
 		return 0;
+	__u64 random = (__u64)session + *random_offset;
 	struct { __u64 data; __u32 size; } secret = {};
+	if (sleepable)
+		fault_in((__u64)datum, sizeof(secret), sizeof(secret));
+	bpf_probe_read_user(&secret, sizeof(secret), datum);
+	if (sleepable) {
+		/* A C string: its place in the record, whatever its length. */
+		fault_in((__u64)label, SECRET_FIELD_MAX(label), SECRET_FIELD_MAX(label));
+		fault_in(random, CT_RANDOM_LEN, CT_RANDOM_LEN);
+		fault_in(secret.data, secret.size, SECRET_FIELD_MAX(secret));
+	}
 	struct ct_tls_secret *e = reserve_labelled_secret(label);
 	if (!e)
 		return 0;
-	if (bpf_probe_read_user(e->client_random, CT_RANDOM_LEN, (char *)session + *random_offset))
+	if (bpf_probe_read_user(e->client_random, CT_RANDOM_LEN, (void *)random))
 		e->missing |= 2;
-	bpf_probe_read_user(&secret, sizeof(secret), datum);
 	e->secret_len = secret.size;
 	if (!copy_field(e->secret, sizeof(e->secret), secret.size, secret.data))
 		e->missing |= 4;
 	submit_secret(e);
 	return 0;
 }
+SEC("uprobe")
+int gnutls_keylog(struct pt_regs *ctx) { return gnutls_keylog_body(ctx, false); }
+SEC("uprobe.s")
+int gnutls_keylog_sleepable(struct pt_regs *ctx) { return gnutls_keylog_body(ctx, true); }
 
 /* BoringSSL passes every secret it derives to its internal
  * ssl_log_secret(const SSL *ssl, const char *label, Span<const uint8_t>
@@ -1143,28 +1194,43 @@ struct ct_boringssl_offsets {
 /* By library id. */
 CT_MAP(HASH, boringssl_random_offsets, __u32, struct ct_boringssl_offsets, 64);
 
-SEC("uprobe")
-int BPF_KPROBE(boringssl_keylog, void *ssl, const char *label, void *secret, __u64 secret_len)
+static __always_inline int boringssl_keylog_body(struct pt_regs *ctx, bool sleepable)
 {
+	char *ssl = (char *)PT_REGS_PARM1(ctx);
+	const char *label = (const char *)PT_REGS_PARM2(ctx);
+	__u64 secret = PT_REGS_PARM3(ctx), secret_len = PT_REGS_PARM4(ctx);
 	if (!current_task_wanted())
 		return 0;
 	__u32 lib = library_id(ctx);
 	struct ct_boringssl_offsets *offsets = bpf_map_lookup_elem(&boringssl_random_offsets, &lib);
 	if (!offsets)
 		return 0;
+	char *s3 = 0;
+	if (sleepable)
+		fault_in((__u64)ssl + offsets->s3, sizeof(s3), sizeof(s3));
+	bool have_s3 = !bpf_probe_read_user(&s3, sizeof(s3), ssl + offsets->s3);
+	if (sleepable) {
+		/* A C string: its place in the record, whatever its length. */
+		fault_in((__u64)label, SECRET_FIELD_MAX(label), SECRET_FIELD_MAX(label));
+		if (have_s3)
+			fault_in((__u64)s3 + offsets->random, CT_RANDOM_LEN, CT_RANDOM_LEN);
+		fault_in(secret, secret_len, SECRET_FIELD_MAX(secret));
+	}
 	struct ct_tls_secret *e = reserve_labelled_secret(label);
 	if (!e)
 		return 0;
-	void *s3 = 0;
-	if (bpf_probe_read_user(&s3, sizeof(s3), (char *)ssl + offsets->s3) ||
-	    bpf_probe_read_user(e->client_random, CT_RANDOM_LEN, (char *)s3 + offsets->random))
+	if (!have_s3 || bpf_probe_read_user(e->client_random, CT_RANDOM_LEN, s3 + offsets->random))
 		e->missing |= 2;
 	e->secret_len = secret_len;
-	if (!copy_field(e->secret, sizeof(e->secret), secret_len, (__u64)secret))
+	if (!copy_field(e->secret, sizeof(e->secret), secret_len, secret))
 		e->missing |= 4;
 	submit_secret(e);
 	return 0;
 }
+SEC("uprobe")
+int boringssl_keylog(struct pt_regs *ctx) { return boringssl_keylog_body(ctx, false); }
+SEC("uprobe.s")
+int boringssl_keylog_sleepable(struct pt_regs *ctx) { return boringssl_keylog_body(ctx, true); }
 
 /* NSS: its secrets are computed inside its PKCS#11 token (docs/nss-secrets.md). */
 #include "nss_secrets.h"

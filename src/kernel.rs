@@ -233,27 +233,60 @@ pub fn has_attach_cookie() -> bool {
 /// come in two variants (see `next_call_seq` in bpf/tls.bpf.c). Probed by
 /// loading a six-instruction program that uses one.
 pub fn has_atomic_fetch() -> bool {
-    use libbpf_sys::{
-        BPF_ADD, BPF_ALU64, BPF_ATOMIC, BPF_DW, BPF_EXIT, BPF_FETCH, BPF_JMP, BPF_K, BPF_MEM, BPF_MOV,
-        BPF_STX,
+    use libbpf_sys::{BPF_ADD, BPF_ALU64, BPF_ATOMIC, BPF_DW, BPF_FETCH, BPF_K, BPF_MEM, BPF_MOV, BPF_STX};
+    loads(
+        &[
+            insn(BPF_ALU64 | BPF_MOV | BPF_K, 1, 0, 0, 0),  // r1 = 0
+            insn(BPF_STX | BPF_DW | BPF_MEM, 10, 1, -8, 0), // *(u64 *)(r10 - 8) = r1
+            insn(BPF_ALU64 | BPF_MOV | BPF_K, 1, 0, 0, 1),  // r1 = 1
+            // r1 = atomic_fetch_add((u64 *)(r10 - 8), r1)
+            insn(BPF_STX | BPF_DW | BPF_ATOMIC, 10, 1, -8, (BPF_ADD | BPF_FETCH) as i32),
+        ],
+        0,
+    )
+}
+
+/// Can uprobe programs sleep (`uprobe.s`, 6.0), and so fault in a page a
+/// probe cannot read (bpf_copy_from_user)? The secret probes then load as
+/// their `_sleepable` variants (see `fault_in` in bpf/tls.bpf.c). Probed
+/// by loading a sleepable program that calls bpf_copy_from_user: kernels
+/// before 6.0 refuse any sleepable program of the uprobes' type.
+pub fn has_sleepable_uprobes() -> bool {
+    use libbpf_sys::{BPF_FUNC_copy_from_user, BPF_ADD, BPF_ALU64, BPF_CALL, BPF_JMP, BPF_K, BPF_MOV, BPF_X};
+    loads(
+        &[
+            insn(BPF_ALU64 | BPF_MOV | BPF_X, 1, 10, 0, 0), // r1 = r10
+            insn(BPF_ALU64 | BPF_ADD | BPF_K, 1, 0, 0, -8), // r1 -= 8
+            insn(BPF_ALU64 | BPF_MOV | BPF_K, 2, 0, 0, 1),  // r2 = 1
+            insn(BPF_ALU64 | BPF_MOV | BPF_K, 3, 0, 0, 0),  // r3 = 0 (NULL)
+            // bpf_copy_from_user(r10 - 8, 1, NULL)
+            insn(BPF_JMP | BPF_CALL, 0, 0, 0, BPF_FUNC_copy_from_user as i32),
+        ],
+        libbpf_sys::BPF_F_SLEEPABLE,
+    )
+}
+
+fn insn(code: u32, dst: u8, src: u8, off: i16, imm: i32) -> libbpf_sys::bpf_insn {
+    let mut i = libbpf_sys::bpf_insn { code: code as u8, off, imm, ..Default::default() };
+    i.set_dst_reg(dst);
+    i.set_src_reg(src);
+    i
+}
+
+/// Whether the kernel loads `body`, then `return 0`, as a program of the
+/// uprobes' type with `flags` (BPF_F_*).
+fn loads(body: &[libbpf_sys::bpf_insn], flags: u32) -> bool {
+    use libbpf_sys::{BPF_ALU64, BPF_EXIT, BPF_JMP, BPF_K, BPF_MOV};
+    let mut insns = body.to_vec();
+    insns.push(insn(BPF_ALU64 | BPF_MOV | BPF_K, 0, 0, 0, 0)); // r0 = 0
+    insns.push(insn(BPF_JMP | BPF_EXIT, 0, 0, 0, 0));
+    let mut opts = libbpf_sys::bpf_prog_load_opts {
+        sz: std::mem::size_of::<libbpf_sys::bpf_prog_load_opts>() as libbpf_sys::size_t,
+        prog_flags: flags,
+        ..Default::default()
     };
-    fn insn(code: u32, dst: u8, src: u8, off: i16, imm: i32) -> libbpf_sys::bpf_insn {
-        let mut i = libbpf_sys::bpf_insn { code: code as u8, off, imm, ..Default::default() };
-        i.set_dst_reg(dst);
-        i.set_src_reg(src);
-        i
-    }
-    let insns = [
-        insn(BPF_ALU64 | BPF_MOV | BPF_K, 1, 0, 0, 0),  // r1 = 0
-        insn(BPF_STX | BPF_DW | BPF_MEM, 10, 1, -8, 0), // *(u64 *)(r10 - 8) = r1
-        insn(BPF_ALU64 | BPF_MOV | BPF_K, 1, 0, 0, 1),  // r1 = 1
-        // r1 = atomic_fetch_add((u64 *)(r10 - 8), r1)
-        insn(BPF_STX | BPF_DW | BPF_ATOMIC, 10, 1, -8, (BPF_ADD | BPF_FETCH) as i32),
-        insn(BPF_ALU64 | BPF_MOV | BPF_K, 0, 0, 0, 0), // r0 = 0
-        insn(BPF_JMP | BPF_EXIT, 0, 0, 0, 0),
-    ];
-    // SAFETY: the instructions outlive the call; the fd it returns is ours
-    // and closed here.
+    // SAFETY: the instructions and options outlive the call; the fd it
+    // returns is ours and closed here.
     let fd = unsafe {
         libbpf_sys::bpf_prog_load(
             libbpf_sys::BPF_PROG_TYPE_KPROBE,
@@ -261,7 +294,7 @@ pub fn has_atomic_fetch() -> bool {
             c"GPL".as_ptr(),
             insns.as_ptr(),
             insns.len() as libbpf_sys::size_t,
-            std::ptr::null_mut(),
+            &mut opts,
         )
     };
     if fd < 0 {

@@ -202,3 +202,66 @@ fn stripped_and_lto_rustls_programs_are_refused_with_a_warning() {
     assert!(got.stderr.contains("is not a function of its own (inlined: built with LTO?)"), "{}", got.stderr);
     assert_eq!(got.tls().count(), 0);
 }
+
+/// A label the probe cannot read at first: a probe cannot fault a page in,
+/// and a program's read-only data (where rustls's and Go's labels are) is
+/// not in its page tables before its first use (a Go program fresh from
+/// disk lost its first secret so). The peer hands its key logger a label
+/// from a file it mapped and never touched (its page certainly absent at
+/// the call), and a random and a secret of its own, and stays alive until
+/// the capture has stopped. Where uprobes can sleep (6.0) the probe faults
+/// the page in itself; without (forced here too) the label is read from
+/// the process when the record arrives. Both give the peer's own line.
+#[test]
+fn a_label_not_in_memory_at_the_call_is_read_from_the_process() {
+    if !require_bpf() {
+        return;
+    }
+    let binary = rustlspeer("release");
+    let _one = exclusive();
+    let sleepable = cleartap::kernel::has_sleepable_uprobes();
+    let runs: &[(&[(&str, &str)], u32)] =
+        &[(&[], if sleepable { 0 } else { 1 }), (&[("CLEARTAP_TEST_NO_SLEEPABLE", "1")], 1)];
+    for &(env, read_late) in runs {
+        let (keylog, logged, stderr) = log_an_untouched_label(&binary, env);
+        assert!(logged.starts_with("CLIENT_RANDOM 0108"), "the peer's own line: {logged}");
+        assert_eq!(keylog, logged, "{env:?}: {stderr}");
+        // How it was read: in the kernel, or from the process afterwards
+        // (the premise: the probe alone could not read it).
+        let late = format!("{read_late} labels read from their process after the call");
+        assert!(stderr.contains(&late), "{env:?}: wanted {late:?}: {stderr}");
+    }
+}
+
+/// `rustlspeer late-label` under `cleartap tls --keylog` with `env`:
+/// cleartap's key log, the peer's own, and cleartap's standard error.
+fn log_an_untouched_label(binary: &Path, env: &[(&str, &str)]) -> (String, String, String) {
+    use std::io::{BufRead, BufReader, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let label_file = dir.path().join("label");
+    fs::write(&label_file, "CLIENT_RANDOM").unwrap();
+    let mut peer = Command::new(binary)
+        .arg("late-label")
+        .arg(&label_file)
+        .arg(dir.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut said = BufReader::new(peer.stdout.take().unwrap()).lines();
+    let mut next_line = || said.next().and_then(Result::ok).unwrap_or_default();
+    assert_eq!(next_line(), "ready");
+    let keylog = dir.path().join("cleartap.keys");
+    let pid = peer.id().to_string();
+    let args = ["tls", "--library", "rustls", "--pid", &pid, "--keylog", keylog.to_str().unwrap()];
+    let capture = Capture::start_with_env(&args, env);
+    let mut stdin = peer.stdin.take().unwrap();
+    writeln!(stdin, "go").unwrap();
+    assert_eq!(next_line(), "logged");
+    let got = capture.stop();
+    drop(stdin);
+    assert!(peer.wait().unwrap().success());
+    got.assert_clean_exit();
+    let logged = fs::read_to_string(dir.path().join("keys")).unwrap();
+    (fs::read_to_string(&keylog).unwrap_or_default(), logged, got.stderr)
+}

@@ -41,6 +41,13 @@ pub fn run() -> Result<()> {
         "atomic fetch-and-add (5.12): {}",
         yes_no(features.has_fetch, "the *_nofetch programs, plain per-connection call numbering")
     );
+    say!(
+        "sleepable uprobes (6.0): {}",
+        yes_no(
+            features.has_sleepable,
+            "a TLS secret's label not yet in memory is read from its process later"
+        )
+    );
     say!("TCX links (6.6): {}", yes_no(has_tcx(), "-w attaches a netlink clsact qdisc and cls_bpf filter"));
     say!("ancestor cgroup id in uprobes: {}", yes_no(kernel::has_ancestor_cgroup_id(), "--cgroup refused"));
     say!("{:<38} {:>12}", "program", "verified insns");

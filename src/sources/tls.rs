@@ -34,10 +34,16 @@ pub struct Features {
     /// Atomic fetch-and-add (5.12): the programs that number calls are
     /// loaded as NAME, else as NAME_nofetch (see bpf/tls.bpf.c).
     pub has_fetch: bool,
+    /// Sleepable uprobes (6.0): the secret probes load as NAME_sleepable,
+    /// which fault in the pages of what they read (see `fault_in` in
+    /// bpf/tls.bpf.c), else as NAME.
+    pub has_sleepable: bool,
 }
 
 /// Suffix of the programs loaded where the kernel has no atomic fetch.
 const NOFETCH: &str = "_nofetch";
+/// Suffix of the programs loaded where uprobes can sleep.
+const SLEEPABLE: &str = "_sleepable";
 
 impl Features {
     pub fn probe() -> Self {
@@ -45,11 +51,16 @@ impl Features {
             has_loop: kernel::has_bpf_loop(),
             has_cookie: kernel::has_attach_cookie(),
             has_fetch: kernel::has_atomic_fetch(),
+            // The end-to-end test of the fallback (a label read from its
+            // process later) turns them off on a kernel that has them.
+            has_sleepable: kernel::has_sleepable_uprobes()
+                && std::env::var_os("CLEARTAP_TEST_NO_SLEEPABLE").is_none(),
         }
     }
 
     /// Set the flags in `.rodata` and pick which programs load: one of
-    /// each NAME / NAME_nofetch pair, and one continuation.
+    /// each NAME / NAME_nofetch and NAME / NAME_sleepable pair, and one
+    /// continuation.
     fn prepare(&self, open: &mut OpenTlsSkel) -> Result<()> {
         let rodata = open.maps.rodata_data.as_deref_mut().context("no .rodata in the BPF object")?;
         rodata.has_bpf_loop = self.has_loop;
@@ -64,6 +75,10 @@ impl Features {
                 prog.set_autoload(!self.has_fetch);
             } else if names.contains(&format!("{name}{NOFETCH}")) {
                 prog.set_autoload(self.has_fetch);
+            } else if name.ends_with(SLEEPABLE) {
+                prog.set_autoload(self.has_sleepable);
+            } else if names.contains(&format!("{name}{SLEEPABLE}")) {
+                prog.set_autoload(!self.has_sleepable);
             }
         }
         Ok(())
@@ -274,10 +289,9 @@ impl<'obj> TlsProbes<'obj> {
         let offset = points.client_random_offset.to_ne_bytes();
         self.skel.maps.gnutls_random_offsets.update(&self.settings_key(target), &offset, MapFlags::ANY)?;
         let opts = UprobeOpts { cookie: self.cookie(target), ..Default::default() };
+        let p = &self.skel.progs;
         let link = self
-            .skel
-            .progs
-            .gnutls_keylog
+            .secret_program(&p.gnutls_keylog, &p.gnutls_keylog_sleepable)
             .attach_uprobe_with_opts(-1, target.file.proc_path(), points.keylog_function as usize, opts)
             .with_context(|| format!("attaching to the key log function of {}", target.display_path))?;
         Ok(vec![link])
@@ -285,7 +299,8 @@ impl<'obj> TlsProbes<'obj> {
 
     fn attach_rustls_secrets(&self, target: &TlsTarget, loggers: &[(String, Function)]) -> Result<Vec<Link>> {
         let opts = || UprobeOpts { cookie: self.cookie(target), ..Default::default() };
-        let program = &self.skel.progs.rustls_keylog;
+        let p = &self.skel.progs;
+        let program = self.secret_program(&p.rustls_keylog, &p.rustls_keylog_sleepable);
         loggers
             .iter()
             .map(|(name, f)| {
@@ -308,13 +323,26 @@ impl<'obj> TlsProbes<'obj> {
         maps.boringssl_random_offsets.update(&self.settings_key(target), &offsets, MapFlags::ANY)?;
         let opts = UprobeOpts { cookie: self.cookie(target), ..Default::default() };
         let offset = points.log_secret.file_offset as usize;
+        let p = &self.skel.progs;
         let link = self
-            .skel
-            .progs
-            .boringssl_keylog
+            .secret_program(&p.boringssl_keylog, &p.boringssl_keylog_sleepable)
             .attach_uprobe_with_opts(-1, target.file.proc_path(), offset, opts)
             .with_context(|| format!("attaching to ssl_log_secret in {}", target.display_path))?;
         Ok(vec![link])
+    }
+
+    /// Of a secret probe's two variants, the one that loaded (see
+    /// `Features::has_sleepable`).
+    fn secret_program<'p>(
+        &self,
+        plain: &'p ProgramMut<'obj>,
+        sleepable: &'p ProgramMut<'obj>,
+    ) -> &'p ProgramMut<'obj> {
+        if self.features.has_sleepable {
+            sleepable
+        } else {
+            plain
+        }
     }
 
     /// Probes that read secrets only: (program, function, return probe,
@@ -355,7 +383,8 @@ impl<'obj> TlsProbes<'obj> {
         };
         let mut probes = vec![(write, points.write, "Write"), (&p.go_read_entry, points.read, "Read")];
         probes.extend(points.read_returns.iter().map(|&ret| (read_return, ret, "Read (a RET)")));
-        probes.extend(points.keylog.map(|at| (&p.go_keylog, at, "writeKeyLog")));
+        let keylog = self.secret_program(&p.go_keylog, &p.go_keylog_sleepable);
+        probes.extend(points.keylog.map(|at| (keylog, at, "writeKeyLog")));
         probes
             .into_iter()
             .map(|(prog, offset, what)| {

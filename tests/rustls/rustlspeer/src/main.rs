@@ -12,6 +12,14 @@
 //!     as bench/tls_pair.c does (ssl_calls: every `read` and `write` on the
 //!     two `StreamOwned`s in the timed rounds).
 //!
+//! rustlspeer late-label LABELFILE TRUTHDIR
+//!     maps LABELFILE (a key log label) without touching it, prints
+//!     "ready", and at a line on stdin hands that label, a client random and
+//!     a secret of its own to its key logger (TRUTHDIR/keys) as rustls
+//!     would; prints "logged", and exits at the end of stdin. The label's
+//!     page is then not in the process's page tables at the call, as a
+//!     program's read-only data is before its first use.
+//!
 //! Both sides write what they passed to rustls (`Write::write` on a
 //! `rustls::StreamOwned`) and what they got from it (`Read::read`) into
 //! TRUTHDIR/<local port>-<remote port>.sent and .recv (the exchange and its
@@ -154,6 +162,39 @@ fn pingpong(cert: &Path, key: &Path, size: usize, iterations: usize) {
     });
 }
 
+extern "C" {
+    fn mmap(addr: *mut u8, len: usize, prot: i32, flags: i32, fd: i32, offset: i64) -> *mut u8;
+}
+
+/// `late-label` (see the top of this file).
+fn late_label(label_file: &Path, truth: &Path) {
+    use std::io::BufRead;
+    use std::os::fd::AsRawFd;
+    const PROT_READ: i32 = 1;
+    const MAP_PRIVATE: i32 = 2;
+    let file = File::open(label_file).unwrap();
+    let len = file.metadata().unwrap().len() as usize;
+    // SAFETY: a private read-only mapping of a whole file this process
+    // opened; nothing writes to it, and it is never unmapped.
+    let at = unsafe { mmap(std::ptr::null_mut(), len, PROT_READ, MAP_PRIVATE, file.as_raw_fd(), 0) };
+    assert!(!at.is_null() && at as isize != -1, "mmap of {}", label_file.display());
+    // SAFETY: `len` bytes mapped above. Not checked as UTF-8 here: that
+    // would read the page before the call (the test wrote ASCII).
+    let label = unsafe { std::str::from_utf8_unchecked(std::slice::from_raw_parts(at, len)) };
+    let logger: Arc<dyn rustls::KeyLog> =
+        Arc::new(TruthKeyLog(File::create(truth.join("keys")).unwrap().into()));
+    let random: Vec<u8> = (0..32).map(|i| i * 7 + 1).collect();
+    let secret: Vec<u8> = (0..48).map(|i| 255 - i * 3).collect();
+    println!("ready");
+    let mut lines = std::io::stdin().lock().lines();
+    lines.next();
+    // Through the trait object, as rustls calls it: a call of the probed
+    // `<TruthKeyLog as KeyLog>::log`, not a copy inlined here.
+    std::hint::black_box(&logger).log(label, &random, &secret);
+    println!("logged");
+    lines.for_each(drop);
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
@@ -170,10 +211,11 @@ fn main() {
             args[4].parse().unwrap(),
             args[5].parse().unwrap(),
         ),
+        Some("late-label") if args.len() == 4 => late_label(Path::new(&args[2]), Path::new(&args[3])),
         _ => {
             eprintln!(
                 "usage: rustlspeer server CERT KEY TRUTHDIR | client PORT COUNT SIZE TRUTHDIR | \
-                 pingpong CERT KEY SIZE ITERATIONS"
+                 pingpong CERT KEY SIZE ITERATIONS | late-label LABELFILE TRUTHDIR"
             );
             std::process::exit(2);
         }
