@@ -213,7 +213,7 @@ fn stripped_and_lto_rustls_programs_are_refused_with_a_warning() {
 /// the page in itself; without (forced here too) the label is read from
 /// the process when the record arrives. Both give the peer's own line.
 #[test]
-fn a_label_not_in_memory_at_the_call_is_read_from_the_process() {
+fn a_label_not_in_memory_at_the_call_is_still_logged() {
     if !require_bpf() {
         return;
     }
